@@ -1,0 +1,1 @@
+"""The Expertflow SMS channel connector: Socket.IO client, REST, durable SMS, transports."""

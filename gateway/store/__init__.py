@@ -1,0 +1,1 @@
+"""Durable records: CDRs and the rest, behind an interface that is not tied to SQLite."""
