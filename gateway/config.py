@@ -1,0 +1,154 @@
+"""The gateway's configuration: TOML in, one frozen :class:`Config` out.
+
+``load(None)`` reads the embedded defaults, which are the packaged copy of
+``etc/gateway.toml``; ``load(path)`` reads an operator's file. A file is the
+whole configuration (it is not merged over the defaults): a key it leaves out
+takes the default written in the section class, and a section it leaves out is
+off. ``tests/test_config.py`` keeps the classes' defaults and the values in
+``etc/gateway.toml`` identical.
+
+The adapters' sections live beside their code (``gateway/<room>/config.py``)
+and are composed here.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import tomllib
+import attrs
+
+from gateway.chat.config import ChatConfig
+from gateway.confschema import (
+    ConfigError,
+    Secret,
+    ServerEndpoint,
+    check,
+    section,
+    structure,
+)
+from gateway.cti.config import CtiConfig
+from gateway.drivers.config import OptimaccsConfig, PbxConfig
+from gateway.patriot.config import PatriotConfig
+
+__all__ = ["Config", "ConfigError", "DEFAULTS_NAME", "load", "loads"]
+
+#: how the embedded defaults are named in messages
+DEFAULTS_NAME = "gateway/etc/gateway.toml (embedded defaults)"
+
+@section
+class GatewaySection:
+    node: str = attrs.field(default="gateway", validator=check(bool, "must not be empty"))
+    state_dir: str = attrs.field(default="var", validator=check(bool, "must not be empty"))
+    plugin_dirs: list[str] = attrs.Factory(list)
+    shutdown_grace: float = attrs.field(
+        default=5.0, validator=check(lambda v: 0 <= v <= 3600, "must be between 0 and 3600 seconds, got {value!r}")
+    )
+
+
+@section
+class AdminSection:
+    listen: ServerEndpoint = ServerEndpoint("tcp:8080:interface=127.0.0.1")
+    token: Secret = Secret("")
+
+
+@section
+class StoreSection:
+    url: str = attrs.field(
+        default="sqlite:var/gateway.sqlite",
+        validator=check(lambda v: v.startswith("sqlite:") and len(v) > 7, "expected sqlite:PATH, got {value!r}"),
+    )
+
+
+_EXT_ID = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+
+
+@section
+class Extension:
+    """A desktop user's device; Patriot operators and CTI agents are bound to one."""
+
+    id: str = attrs.field(validator=check(_EXT_ID.match, "expected 1-64 letters, digits or _.+-, got {value!r}"))
+    name: str = ""
+    #: how the user's phone is reached: "sim" (a simulated phone), "sim:answer=2.5",
+    #: "sim:manual" (rings until answered through the API), "optimaccs:+6281..."
+    device: str = attrs.field(default="sim", validator=check(lambda v: bool(v.partition(":")[0]), "must name a driver"))
+
+
+_ROUTE_TO = re.compile(r"^(extension:[A-Za-z0-9_.+-]{1,64}|app:[a-z][a-z0-9_-]*(:.*)?)$")
+
+
+@section
+class Route:
+    """An inbound DID (an exact number or ``*``) and where its calls go."""
+
+    did: str = attrs.field(validator=check(bool, "must not be empty"))
+    to: str = attrs.field(
+        validator=check(_ROUTE_TO.match, "expected extension:<id> or app:<name>[:<arg>], got {value!r}")
+    )
+
+
+@section
+class Config:
+    gateway: GatewaySection = attrs.Factory(GatewaySection)
+    admin: AdminSection = attrs.Factory(AdminSection)
+    store: StoreSection = attrs.Factory(StoreSection)
+    pbx: PbxConfig = attrs.Factory(PbxConfig)
+    extensions: list[Extension] = attrs.Factory(list)
+    routes: list[Route] = attrs.Factory(list)
+    optimaccs: OptimaccsConfig | None = None
+    patriot: PatriotConfig | None = None
+    cti: CtiConfig | None = None
+    chat: ChatConfig | None = None
+
+    def __attrs_post_init__(self):
+        seen = set()
+        for i, ext in enumerate(self.extensions):
+            if ext.id in seen:
+                raise ConfigError(f"extensions[{i}].id", f"duplicate extension id {ext.id!r}")
+            seen.add(ext.id)
+        for i, route in enumerate(self.routes):
+            kind, _, target = route.to.partition(":")
+            if kind == "extension" and target not in seen:
+                raise ConfigError(f"routes[{i}].to", f"no extension with id {target!r}")
+        for path, ext_id in self.extension_references():
+            if ext_id not in seen:
+                raise ConfigError(path, f"no extension with id {ext_id!r}")
+
+    def extension(self, ext_id: str) -> Extension | None:
+        return next((e for e in self.extensions if e.id == ext_id), None)
+
+    def extension_references(self):
+        """(key path, extension id) for every adapter setting that names an extension."""
+        for name in ("optimaccs", "patriot", "cti", "chat"):
+            sub = getattr(self, name)
+            refs = getattr(sub, "extension_references", None)
+            if refs is not None:
+                for path, ext_id in refs():
+                    yield f"{name}.{path}", ext_id
+
+
+def loads(text: str, source: str) -> Config:
+    """Parse and validate TOML text; ``source`` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"invalid TOML: {e}", source) from None
+    try:
+        return structure(Config, data)
+    except ConfigError as e:
+        raise e.with_source(source) from None
+
+
+def load(path: str | None = None) -> Config:
+    """Load ``path``, or the embedded defaults when ``path`` is None."""
+    if path is None:
+        text = importlib.resources.files("gateway.etc").joinpath("gateway.toml").read_text("utf-8")
+        return loads(text, DEFAULTS_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("", f"cannot read the file: {e.strerror}", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("", "the file is not UTF-8 text", path) from None
+    return loads(text, path)

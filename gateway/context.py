@@ -1,0 +1,82 @@
+"""What every room of the gateway is handed when the daemon is assembled.
+
+:func:`gateway.tap.makeService` builds one :class:`Context` and passes it to
+each room's ``make_service(ctx)``. Rooms take what they need from it instead
+of importing globals: the reactor, the validated configuration, the metrics
+registry, the readiness board, and (once built) the store and call registry.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import typing
+
+import attrs
+from twisted.logger import Logger
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from prometheus_client import CollectorRegistry
+
+    from gateway.config import Config
+
+log = Logger()
+
+
+@attrs.define(eq=False)
+class Component:
+    """One thing readiness depends on: a listener or an outgoing link."""
+
+    name: str
+    up: bool = False
+    reason: str = "not started"
+
+    def set_up(self) -> None:
+        if not self.up:
+            log.info("{component} is up", component=self.name)
+        self.up, self.reason = True, ""
+
+    def set_down(self, reason: str) -> None:
+        if self.up:
+            log.warn("{component} is down: {reason}", component=self.name, reason=reason)
+        self.up, self.reason = False, reason
+
+
+@attrs.define
+class Readiness:
+    """The board behind ``/readyz``: every listener bound, every configured link up."""
+
+    components: dict[str, Component] = attrs.Factory(dict)
+
+    def register(self, name: str) -> Component:
+        if name in self.components:
+            raise ValueError(f"readiness component {name!r} registered twice")
+        component = self.components[name] = Component(name)
+        return component
+
+    def unregister(self, name: str) -> None:
+        self.components.pop(name, None)
+
+    def not_ready(self) -> dict[str, str]:
+        """Name -> reason for every component that is not up."""
+        return {c.name: c.reason for c in self.components.values() if not c.up}
+
+    @property
+    def ready(self) -> bool:
+        return not self.not_ready()
+
+
+@attrs.define(eq=False)
+class Context:
+    reactor: typing.Any
+    config: "Config"
+    state_dir: pathlib.Path
+    metrics: "CollectorRegistry"
+    readiness: Readiness = attrs.Factory(Readiness)
+    #: the CDR store (gateway.store), set when the daemon is assembled
+    store: typing.Any = None
+    #: the call registry (gateway.core.registry.Registry)
+    registry: typing.Any = None
+    #: the admin HTTP API router (gateway.admin), where rooms add their routes
+    api: typing.Any = None
+    #: name -> object for the live status of each adapter (status page, /api/status)
+    status: dict[str, typing.Any] = attrs.Factory(dict)

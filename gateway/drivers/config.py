@@ -1,0 +1,60 @@
+"""Configuration of the PBX side: ``[pbx]``, ``[pbx.sim]`` and ``[optimaccs]``."""
+
+from __future__ import annotations
+
+import re
+import typing
+
+import attrs
+
+from gateway.confschema import ServerEndpoint, check, section
+
+
+def _is_regex(text: str) -> bool:
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
+
+
+@section
+class NumberRule:
+    """What the simulated network does when ``match`` (a regular expression,
+    matched against the whole dialled number) is dialled."""
+
+    match: str = attrs.field(validator=check(_is_regex, "not a valid regular expression: {value!r}"))
+    outcome: typing.Literal["answer", "busy", "no-answer", "failed"] = "answer"
+    #: seconds of ringing before the outcome happens
+    after: float = attrs.field(default=2.0, validator=check(lambda v: v >= 0, "must not be negative"))
+
+
+@section
+class SimNetworkConfig:
+    """The simulated phone network (driver ``sim``)."""
+
+    #: seconds a simulated extension phone rings before it answers by itself
+    phone_answer_delay: float = attrs.field(default=1.0, validator=check(lambda v: v >= 0, "must not be negative"))
+    #: seconds a dialled number rings before answering, when no rule matches
+    ring_time: float = attrs.field(default=2.0, validator=check(lambda v: v >= 0, "must not be negative"))
+    #: seconds an unanswered dial rings before it ends with cause no-answer
+    no_answer_timeout: float = attrs.field(default=30.0, validator=check(lambda v: v > 0, "must be positive"))
+    #: what simulated parties send: a 425 Hz tone, speech-like noise, or silence
+    audio: typing.Literal["tone", "noise", "silence"] = "noise"
+    rules: list[NumberRule] = attrs.Factory(list)
+
+
+@section
+class PbxConfig:
+    #: the driver that places calls to dialled numbers: "sim" or "optimaccs"
+    driver: str = "sim"
+    sim: SimNetworkConfig = attrs.Factory(SimNetworkConfig)
+
+
+@section
+class OptimaccsConfig:
+    """OptimaCCS: the inbound-call WebSocket server and the outbound driver."""
+
+    enabled: bool = True
+    #: where the provider's inbound-call WebSocket connects (ssl: gives wss)
+    listen: ServerEndpoint = ServerEndpoint("tcp:4143")
