@@ -80,3 +80,17 @@ class Context:
     api: typing.Any = None
     #: name -> object for the live status of each adapter (status page, /api/status)
     status: dict[str, typing.Any] = attrs.Factory(dict)
+    #: listeners to bind at start, in order (see :meth:`listen`)
+    listeners: list = attrs.Factory(list)
+    #: the process exit status once the reactor stops (set by a fatal error)
+    exit_code: int = 0
+
+    def listen(self, name: str, description: str, factory) -> None:
+        """Ask for ``factory`` to be served on the endpoint ``description``.
+
+        Every listener is bound before the daemon reports itself started; one
+        that cannot be bound stops the start with an error naming it.
+        """
+        from gateway.listeners import Listener
+
+        self.listeners.append(Listener(self.reactor, name, description, factory, self.readiness.register(f"listener:{name}")))

@@ -1,0 +1,72 @@
+"""Binding listening endpoints so that a port in use stops the daemon at start.
+
+``StreamServerEndpointService`` only logs a failed listen, which leaves a
+half-started daemon; :class:`Listener` binds synchronously when the service
+starts and raises :class:`StartupError` naming the listener and its endpoint.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is the one line an operator reads."""
+
+
+class Listener(service.Service):
+    """Serve one protocol factory on one endpoint string."""
+
+    def __init__(self, reactor, name: str, description: str, factory, component):
+        self.name = name
+        self.description = str(description)
+        self._reactor = reactor
+        self._factory = factory
+        self._component = component
+        self.port = None
+
+    def bind(self) -> None:
+        """Listen now, or raise :class:`StartupError`."""
+        if self.port is not None:
+            return
+        try:
+            endpoint = serverFromString(self._reactor, self.description)
+        except Exception as e:
+            raise StartupError(f"cannot listen on {self.description} ({self.name}): {e}") from None
+        outcome = []
+        endpoint.listen(self._factory).addBoth(outcome.append)
+        if not outcome:
+            raise StartupError(f"listening on {self.description} ({self.name}) did not complete at start")
+        if isinstance(outcome[0], Failure):
+            error = outcome[0].value
+            reason = getattr(error, "socketError", None) or error
+            detail = getattr(reason, "strerror", None) or str(reason)
+            raise StartupError(f"cannot listen on {self.description} ({self.name}): {detail}")
+        self.port = outcome[0]
+        self._component.set_up()
+        address = getattr(self.port, "getHost", lambda: None)()
+        log.info("{listener} listening on {endpoint} ({address})", listener=self.name,
+                 endpoint=self.description, address=address)
+
+    def privilegedStartService(self):
+        # Bound here, before twistd sheds privileges, like strports.service.
+        self.bind()
+        super().privilegedStartService()
+
+    def startService(self):
+        self.bind()  # `twist` never calls privilegedStartService
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        self._component.set_down("stopped")
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return maybeDeferred(port.stopListening)

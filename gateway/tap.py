@@ -1,0 +1,217 @@
+"""``twistd gateway``: command-line options and the assembly of the daemon.
+
+:func:`makeService` loads the configuration, builds one :class:`Context`, and
+asks each room for its service, in this order: the store, the admin HTTP
+server, the call core, then every enabled adapter. :class:`GatewayService`
+starts them in that order and stops them so that nothing is lost:
+
+1. stop accepting (every listener closes),
+2. end live calls with cause ``shutdown`` within ``[gateway] shutdown_grace``
+   (the call core), while the adapters can still tell their peers,
+3. stop the adapters, newest first,
+4. close the store, which flushes pending CDR writes.
+
+A bad configuration or a listener that cannot be bound ends the process with
+status 1 and one line on stderr, before anything is served.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import sys
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+
+import gateway
+from gateway.config import DEFAULTS_NAME, ConfigError, load
+from gateway.context import Context
+from gateway.listeners import StartupError
+
+log = Logger()
+
+#: adapter section -> "module:function" building its service; a section that is
+#: absent or has ``enabled = false`` is skipped.
+ADAPTERS = {
+    "optimaccs": "gateway.drivers.optimaccs:make_service",
+    "patriot": "gateway.patriot.service:make_service",
+    "cti": "gateway.cti.service:make_service",
+    "chat": "gateway.chat.service:make_service",
+}
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Run the telephony gateway. Without --config it runs on the embedded defaults, "
+        "which are the packaged copy of etc/gateway.toml."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: the embedded etc/gateway.toml)."],
+    ]
+
+
+def _resolve(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _enabled(section) -> bool:
+    return section is not None and getattr(section, "enabled", True)
+
+
+class GatewayService(service.MultiService):
+    """The daemon: listeners, then rooms in start order; stopped in phases."""
+
+    def __init__(self, ctx: Context, systemd):
+        super().__init__()
+        self.ctx = ctx
+        self.systemd = systemd
+        self.store_service = None
+        self.core_service = None
+        self.adapter_services: list = []
+
+    # -- start -----------------------------------------------------------
+
+    def _bind_listeners(self) -> None:
+        try:
+            for listener in self.ctx.listeners:
+                listener.bind()
+        except StartupError as e:
+            for listener in self.ctx.listeners:
+                if listener.port is not None:
+                    listener.stopService()
+            log.critical("{error}", error=str(e))
+            raise SystemExit(f"gateway: {e}") from None
+
+    def privilegedStartService(self):
+        self._bind_listeners()
+        super().privilegedStartService()
+
+    def startService(self):
+        self._bind_listeners()
+        for listener in self.ctx.listeners:
+            listener.startService()
+        super().startService()
+        opened = self.store_service.opened if self.store_service else defer.succeed(None)
+        opened.addCallback(lambda _: self._started())
+        opened.addErrback(self._fatal, "the store could not be opened")
+
+    def _started(self):
+        log.info(
+            "gateway {node} started: {listeners}",
+            node=self.ctx.config.gateway.node,
+            listeners=", ".join(f"{l.name}={l.description}" for l in self.ctx.listeners),
+        )
+        self.systemd.mark_ready()
+
+    def _fatal(self, failure, what):
+        log.failure("{what}; stopping", failure, what=what)
+        self.ctx.exit_code = 1
+        if self.ctx.reactor.running:
+            self.ctx.reactor.stop()
+
+    # -- stop ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        log.info("gateway stopping: no new connections; live calls get {grace} s",
+                 grace=self.ctx.config.gateway.shutdown_grace)
+        yield defer.DeferredList([defer.maybeDeferred(l.stopService) for l in self.ctx.listeners])
+        for svc in [self.core_service, *reversed(self.adapter_services), self.store_service]:
+            if svc is not None and svc.running:
+                try:
+                    yield defer.maybeDeferred(svc.stopService)
+                except Exception:
+                    log.failure("stopping {service} failed", service=getattr(svc, "name", svc))
+        yield defer.maybeDeferred(self.systemd.stopService)
+        log.info("gateway stopped")
+
+
+def _exit_code_trigger(ctx: Context):
+    """After the reactor stopped, leave with ``ctx.exit_code`` when it is not 0."""
+    code = ctx.exit_code
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def build(config, reactor) -> GatewayService:
+    """Assemble the daemon for a validated ``config`` (used by tests too)."""
+    from gateway.admin.metrics import make_metrics_registry
+    from gateway.admin.site import make_site
+    from gateway.admin.token import resolve_token
+    from gateway.core.service import make_service as make_core
+    from gateway.pluginload import extend_plugin_path
+    from gateway.store import open_store
+    from gateway.systemd import Notifier, SystemdService
+
+    state_dir = pathlib.Path(config.gateway.state_dir)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    extend_plugin_path(config.gateway.plugin_dirs)
+
+    ctx = Context(reactor=reactor, config=config, state_dir=state_dir, metrics=make_metrics_registry())
+    root = GatewayService(ctx, SystemdService(Notifier(), reactor))
+
+    ctx.store = open_store(config.store.url, reactor)
+    root.store_service = _StoreService(ctx.store)
+    root.store_service.setServiceParent(root)
+
+    token = resolve_token(config.admin.token, state_dir)
+    ctx.listen("admin", config.admin.listen, make_site(ctx, token))
+
+    root.core_service = make_core(ctx)
+    root.core_service.setServiceParent(root)
+
+    for name, spec in ADAPTERS.items():
+        section = getattr(config, name)
+        if _enabled(section):
+            svc = _resolve(spec)(ctx)
+            svc.setServiceParent(root)
+            root.adapter_services.append(svc)
+    root.systemd.setServiceParent(root)
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_code_trigger, ctx)
+    return root
+
+
+class _StoreService(service.Service):
+    """Opens the store at start and closes (flushes) it last at stop."""
+
+    name = "store"
+
+    def __init__(self, store):
+        self.store = store
+        self.opened = None
+
+    def startService(self):
+        super().startService()
+        self.opened = self.store.open()
+
+    def stopService(self):
+        super().stopService()
+        return self.store.close()
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    try:
+        config = load(options["config"])
+    except ConfigError as e:
+        raise SystemExit(f"gateway: configuration error: {e}") from None
+    log.info(
+        "gateway {version} configuring node {node} from {source}",
+        version=gateway.__version__,
+        node=config.gateway.node,
+        source=options["config"] or DEFAULTS_NAME,
+    )
+    try:
+        return build(config, reactor)
+    except (ConfigError, StartupError) as e:
+        raise SystemExit(f"gateway: {e}") from None

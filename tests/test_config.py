@@ -1,0 +1,145 @@
+"""Configuration: defaults, the annotated etc/gateway.toml, and one-line errors with key paths."""
+
+import pathlib
+import re
+import tomllib
+import typing
+
+import attrs
+import pytest
+
+from gateway import config
+from gateway.confschema import ConfigError, Secret, structure
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ETC = ROOT / "etc" / "gateway.toml"
+
+
+def test_embedded_defaults_are_the_etc_file():
+    assert config.load(None) == config.load(str(ETC))
+
+
+def _section_classes(cls, prefix=""):
+    """(dotted table name, section class) for every nested table of ``cls``."""
+    for name, tp in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = args[0] if args and typing.get_origin(tp) is not list else tp
+        if attrs.has(inner) and inner is not Secret:
+            yield f"{prefix}{name}", inner
+            yield from _section_classes(inner, f"{prefix}{name}.")
+
+
+def _table(data, dotted):
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def test_values_in_etc_file_are_the_code_defaults():
+    """Each table in etc/gateway.toml lists every key of its section with the default value."""
+    data = tomllib.loads(ETC.read_text())
+    checked = 0
+    for dotted, cls in _section_classes(config.Config):
+        table = _table(data, dotted)
+        if table is None:
+            continue
+        written = structure(cls, table, dotted)
+        default = cls()
+        hints = typing.get_type_hints(cls)
+        for field in attrs.fields(cls):
+            if attrs.has(hints[field.name]) and hints[field.name] is not Secret:
+                continue  # nested tables are compared on their own
+            assert field.name in table, f"{dotted}.{field.name} is not documented in etc/gateway.toml"
+            assert getattr(written, field.name) == getattr(default, field.name), (
+                f"{dotted}.{field.name}: etc/gateway.toml says {table[field.name]!r}, "
+                f"the code's default is {getattr(default, field.name)!r}"
+            )
+        checked += 1
+    assert checked >= 4
+
+
+def test_every_key_in_etc_file_has_a_comment():
+    lines = ETC.read_text().splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        if re.match(r"^[a-z_]+\s*=", line):
+            j = i - 1
+            while j >= 0 and lines[j].strip() and not lines[j].startswith("#") and re.match(r"^[a-z_]+\s*=", lines[j]):
+                j -= 1
+            if j < 0 or not lines[j].startswith("#"):
+                undocumented.append(line)
+    assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[gateway]\nnode = 1', "x.toml: gateway.node: expected a string, got int 1"),
+        ('[gateway]\nnodee = "a"', "x.toml: gateway.nodee: unknown key"),
+        ("[gatway]", "x.toml: gatway: unknown key"),
+        ("x =", "x.toml: invalid TOML"),
+        ('[gateway]\nshutdown_grace = -1', "x.toml: gateway.shutdown_grace: must be between 0 and 3600"),
+        ('[gateway]\nshutdown_grace = true', "gateway.shutdown_grace: expected a number, got boolean true"),
+        ('[admin]\nlisten = "tcp:abc"', "x.toml: admin.listen: bad listening endpoint 'tcp:abc'"),
+        ('[admin]\nlisten = "nope:1"', "admin.listen: bad listening endpoint 'nope:1': Unknown endpoint type"),
+        ('[admin]\nlisten = "systemd:domain=INET"', "admin.listen: bad listening endpoint"),
+        ('[store]\nurl = "postgres://x"', "x.toml: store.url: expected sqlite:PATH"),
+        ("[[extensions]]\nname = 'a'", "x.toml: extensions[0].id: missing required key"),
+        ("[[extensions]]\nid = 'a b'", "extensions[0].id: expected 1-64 letters"),
+        ("[[extensions]]\nid = 'a'\n[[extensions]]\nid = 'a'", "extensions[1].id: duplicate extension id 'a'"),
+        ("[[routes]]\ndid = '*'\nto = 'extension:9'", "x.toml: routes[0].to: no extension with id '9'"),
+        ("[[routes]]\ndid = '*'\nto = 'fax:9'", "routes[0].to: expected extension:<id> or app:<name>"),
+        ("extensions = 3", "x.toml: extensions: expected an array, got int 3"),
+        ("[pbx.sim]\nrules = [{match = '('}]", "pbx.sim.rules[0].match: not a valid regular expression"),
+        ("[pbx.sim]\nrules = [{match = '1', outcome = 'maybe'}]", "pbx.sim.rules[0].outcome: expected one of"),
+        (
+            "[[extensions]]\nid = '1'\n[patriot.bridge]\nusers = [{username = 'u', password = 'p', extension = 42}]",
+            "x.toml: patriot.bridge.users[0].extension: expected a string, got int 42",
+        ),
+        (
+            "[patriot.bridge]\nusers = [{username = 'u', password = 'p', extension = '7'}]",
+            "x.toml: patriot.bridge.users[0].extension: no extension with id '7'",
+        ),
+    ],
+)
+def test_errors_are_one_line_naming_file_key_and_problem(text, message):
+    with pytest.raises(ConfigError) as caught:
+        config.loads(text, "x.toml")
+    rendered = str(caught.value)
+    assert "\n" not in rendered
+    assert message in rendered
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read the file: No such file"):
+        config.load(str(tmp_path / "nope.toml"))
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"[gateway]\nnode = '\xe9'\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(str(path))
+
+
+def test_a_file_is_the_whole_configuration():
+    """Keys left out take the section defaults; adapter sections left out are off."""
+    cfg = config.loads("[gateway]\nnode = 'edge-1'", "x.toml")
+    assert cfg.gateway.node == "edge-1"
+    assert cfg.gateway.state_dir == "var"
+    assert cfg.admin == config.AdminSection()
+    assert (cfg.optimaccs, cfg.patriot, cfg.cti, cfg.chat) == (None, None, None, None)
+
+
+def test_secrets_are_never_rendered():
+    cfg = config.loads(
+        "[admin]\ntoken = 'hunter2-token'\n[[extensions]]\nid = '1'\n"
+        "[patriot.bridge]\nusers = [{username = 'u', password = 'pw-s3cret', extension = '1'}]",
+        "x.toml",
+    )
+    rendered = repr(cfg) + str(cfg)
+    assert "hunter2-token" not in rendered and "pw-s3cret" not in rendered
+    assert cfg.admin.token.reveal() == "hunter2-token"
+    assert cfg.patriot.bridge.users[0].password.reveal() == "pw-s3cret"
