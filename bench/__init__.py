@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench <name>`` (``make bench ARGS=<name>``); results in bench/README.md."""
