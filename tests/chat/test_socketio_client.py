@@ -1,0 +1,403 @@
+"""The Socket.IO client against a scripted in-memory Engine.IO server (iosim, MemoryReactorClock).
+
+Every test drives both ends by hand: the server side is an Autobahn WebSocket server protocol
+that records what the client sent and sends exactly the frames the test writes.
+"""
+
+import json
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.chat.socketio import (
+    AckTimeout,
+    CallbackHandler,
+    LinkLost,
+    NotConnected,
+    PacketError,
+    SocketIOClient,
+)
+
+OPEN = {"sid": "eio-1", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000000}
+
+
+class ScriptedServer(WebSocketServerProtocol):
+    """The server end: records every frame the client sends."""
+
+    def __init__(self):
+        super().__init__()
+        self.received: list[str | bytes] = []
+
+    def onMessage(self, payload, isBinary):
+        self.received.append(payload if isBinary else payload.decode())
+
+    def send_text(self, text: str) -> None:
+        self.sendMessage(text.encode(), isBinary=False)
+
+
+class Harness:
+    """A started SocketIOClient on a MemoryReactorClock, and a way to accept its connections."""
+
+    def __init__(self, testcase, **options):
+        self.reactor = MemoryReactorClock()
+        self.events = []
+        self.handler = CallbackHandler(
+            events={
+                "greet": lambda *args: self.events.append(("greet", args)),
+                "question": lambda text: f"answer to {text}",
+                "pair": lambda: ("a", 1),
+                "later": lambda: self.later,
+                "broken": lambda: 1 / 0,
+            },
+            connected=lambda client: self.events.append("connected"),
+            disconnected=lambda client, reason: self.events.append("disconnected"),
+        )
+        self.later = defer.Deferred()
+        endpoint = TCP4ClientEndpoint(self.reactor, "chat.example", 8080)
+        self.client = SocketIOClient(
+            self.reactor, endpoint, "http://chat.example:8080", self.handler,
+            retry_policy=lambda attempt: 5.0, ack_timeout=10.0, connect_timeout=15.0, **options
+        )
+        self.client.startService()
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        self.server = self.pump = None
+
+    def accept(self) -> ScriptedServer:
+        """Complete the client's latest TCP connection attempt and the WebSocket handshake."""
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        server_address = IPv4Address("TCP", "127.0.0.1", port)
+        client_address = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.reactor.tcpClients))
+        client_protocol = factory.buildProtocol(server_address)
+        server_factory = WebSocketServerFactory(reactor=self.reactor)
+        server_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        server_factory.protocol = ScriptedServer
+        self.server = server_factory.buildProtocol(None)
+        self.pump = iosim.connect(
+            self.server, iosim.FakeTransport(self.server, True, server_address, client_address),
+            client_protocol, iosim.FakeTransport(client_protocol, False, client_address, server_address),
+            clock=self.reactor,
+        )
+        return self.server
+
+    def send(self, *frames) -> None:
+        for frame in frames:
+            if isinstance(frame, bytes):
+                self.server.sendMessage(frame, isBinary=True)
+            else:
+                self.server.send_text(frame)
+        self.pump.flush()
+
+    def take(self) -> list:
+        """Frames the client sent since the last call."""
+        self.pump.flush()
+        frames, self.server.received[:] = list(self.server.received), []
+        return frames
+
+    def connect(self, open_packet=OPEN) -> None:
+        """Accept, then play the Engine.IO open and the namespace CONNECT answer."""
+        self.accept()
+        self.send("0" + json.dumps(open_packet))
+        assert self.take() == ["40"], self.server.received
+        self.send('40{"sid":"sio-1"}')
+
+    def warnings(self) -> list[str]:
+        from twisted.logger import formatEvent
+        return [formatEvent(e) for e in self.logged if e.get("log_level") and e["log_level"].name in ("warn", "error", "critical")]
+
+    @property
+    def link_lost(self) -> bool:
+        return bool(self.pump.clientIO.disconnected)
+
+
+class ConnectTests(SynchronousTestCase):
+    def test_handshake_then_namespace_connect(self):
+        h = Harness(self)
+        self.assertFalse(h.client.connected)
+        waiting = h.client.when_connected()
+        h.connect()
+        self.assertTrue(h.client.connected)
+        self.assertEqual(h.events, ["connected"])
+        self.assertIs(self.successResultOf(waiting), h.client)
+        self.assertEqual(h.server.http_request_uri, "/socket.io/?EIO=4&transport=websocket")
+        self.assertEqual(h.server.http_headers["host"], "chat.example:8080")
+
+    def test_auth_and_custom_namespace(self):
+        h = Harness(self, namespace="/chat", auth={"token": "t"})
+        h.accept()
+        h.send("0" + json.dumps(OPEN))
+        self.assertEqual(h.take(), ['40/chat,{"token":"t"}'])
+        h.send('40{"sid":"wrong-namespace"}')
+        self.assertFalse(h.client.connected)
+        h.send('40/chat,{"sid":"s"}')
+        self.assertTrue(h.client.connected)
+
+    def test_connect_error_closes_the_link_and_retries(self):
+        h = Harness(self)
+        h.accept()
+        h.send("0" + json.dumps(OPEN))
+        h.take()
+        h.send('44{"message":"Not authorized"}')
+        self.assertEqual(h.take(), ["1"])
+        self.assertTrue(h.link_lost)
+        self.assertIn("refused namespace", " ".join(h.warnings()))
+        self.assertEqual(h.events, [])
+        h.reactor.advance(5.0)
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+
+    def test_server_disconnect_packet_closes_the_link(self):
+        h = Harness(self)
+        h.connect()
+        h.send("41")
+        self.assertTrue(h.link_lost)
+        self.assertEqual(h.events, ["connected", "disconnected"])
+        self.assertFalse(h.client.connected)
+
+    def test_reconnects_and_connects_again(self):
+        h = Harness(self)
+        h.connect()
+        h.server.dropConnection(abort=True)
+        h.pump.flush()
+        self.assertEqual(h.events, ["connected", "disconnected"])
+        h.reactor.advance(5.0)
+        h.connect()
+        self.assertEqual(h.events, ["connected", "disconnected", "connected"])
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+
+    def test_stop_leaves_the_namespace(self):
+        h = Harness(self)
+        h.connect()
+        stopped = h.client.stopService()
+        self.assertEqual(h.take(), ["41", "1"])
+        h.pump.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(h.events, ["connected", "disconnected"])
+        h.reactor.advance(60)
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+
+    def test_stop_fails_waiters(self):
+        h = Harness(self)
+        waiting = h.client.when_connected()
+        h.client.stopService()
+        self.failureResultOf(waiting, NotConnected)
+
+
+class HeartbeatTests(SynchronousTestCase):
+    def test_ping_is_answered_with_pong(self):
+        h = Harness(self)
+        h.connect()
+        h.send("2")
+        self.assertEqual(h.take(), ["3"])
+
+    def test_pings_keep_the_link_alive(self):
+        h = Harness(self)
+        h.connect()
+        for _ in range(5):
+            h.reactor.advance(25.0)
+            h.send("2")
+        self.assertFalse(h.link_lost)
+        self.assertEqual(h.take(), ["3"] * 5)
+
+    def test_silent_link_is_dropped_after_interval_plus_timeout(self):
+        h = Harness(self)
+        h.connect()
+        h.reactor.advance(44.9)
+        h.pump.flush()
+        self.assertFalse(h.link_lost)
+        h.reactor.advance(0.2)
+        h.pump.flush()
+        self.assertTrue(h.link_lost)
+        self.assertEqual(h.events, ["connected", "disconnected"])
+        self.assertIn("no ping from the server in time", " ".join(h.warnings()))
+
+    def test_missing_handshake_is_dropped(self):
+        h = Harness(self)
+        h.accept()
+        h.reactor.advance(15.0)
+        h.pump.flush()
+        self.assertTrue(h.link_lost)
+        self.assertEqual(h.events, [])
+
+    def test_missing_namespace_answer_is_dropped(self):
+        h = Harness(self)
+        h.accept()
+        h.send("0" + json.dumps({**OPEN, "pingInterval": 5000, "pingTimeout": 5000}))
+        for _ in range(3):
+            h.reactor.advance(5.0)
+            h.send("2")
+        self.assertTrue(h.link_lost)
+
+    def test_server_close_packet(self):
+        h = Harness(self)
+        h.connect()
+        h.send("1")
+        self.assertTrue(h.link_lost)
+        self.assertEqual(h.events, ["connected", "disconnected"])
+
+
+class EventTests(SynchronousTestCase):
+    def setUp(self):
+        self.h = Harness(self)
+        self.h.connect()
+
+    def test_emit_with_ack(self):
+        d = self.h.client.emit("registerConnector", {"id": "sms"})
+        self.assertEqual(self.h.take(), ['420["registerConnector",{"id":"sms"}]'])
+        self.assertNoResult(d)
+        self.h.send("430[true]")
+        self.assertEqual(self.successResultOf(d), [True])
+
+    def test_ack_ids_increase(self):
+        first, second = self.h.client.emit("a"), self.h.client.emit("b")
+        self.assertEqual(self.h.take(), ['420["a"]', '421["b"]'])
+        self.h.send('431["second"]', '430["first"]')
+        self.assertEqual(self.successResultOf(first), ["first"])
+        self.assertEqual(self.successResultOf(second), ["second"])
+
+    def test_ack_timeout(self):
+        d = self.h.client.emit("slow")
+        self.h.reactor.advance(10.0)
+        failure = self.failureResultOf(d, AckTimeout)
+        self.assertEqual(failure.value.event, "slow")
+        self.h.send("430[true]")
+        self.assertIn("acked unknown id 0", " ".join(self.h.warnings()))
+        self.assertFalse(self.h.link_lost)
+
+    def test_cancelled_emit_forgets_its_timer(self):
+        d = self.h.client.emit("x")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(
+            [c for c in self.h.reactor.getDelayedCalls() if c.func.__name__ == "_ack_expired"], []
+        )
+
+    def test_link_lost_fails_pending_acks(self):
+        d = self.h.client.emit("x")
+        self.h.server.dropConnection(abort=True)
+        self.h.pump.flush()
+        self.failureResultOf(d, LinkLost)
+
+    def test_emit_when_not_connected(self):
+        self.h.send("41")
+        self.failureResultOf(self.h.client.emit("x"), NotConnected)
+        with self.assertRaises(NotConnected):
+            self.h.client.send("x")
+
+    def test_emit_unencodable(self):
+        self.failureResultOf(self.h.client.emit("x", object()), PacketError)
+
+    def test_send_without_ack(self):
+        self.h.client.send("typing", {"on": True})
+        self.assertEqual(self.h.take(), ['42["typing",{"on":true}]'])
+
+    def test_emit_binary(self):
+        self.h.client.emit("upload", b"\x00\xff")
+        self.assertEqual(self.h.take(), ['451-0["upload",{"_placeholder":true,"num":0}]', b"\x00\xff"])
+
+    def test_server_event_without_ack(self):
+        self.h.send('42["greet","hi",{"n":1}]')
+        self.assertEqual(self.h.events[-1], ("greet", ("hi", {"n": 1})))
+        self.assertEqual(self.h.take(), [])
+
+    def test_server_event_with_ack(self):
+        self.h.send('4212["question","life"]', '4213["pair"]', '4214["greet"]')
+        self.assertEqual(self.h.take(), ['4312["answer to life"]', '4313["a",1]', "4314[]"])
+
+    def test_ack_from_a_deferred(self):
+        self.h.send('427["later"]')
+        self.assertEqual(self.h.take(), [])
+        self.h.later.callback({"ok": True})
+        self.assertEqual(self.h.take(), ['437[{"ok":true}]'])
+
+    def test_binary_event_is_reassembled(self):
+        self.h.send('452-["greet",{"_placeholder":true,"num":0},{"b":{"_placeholder":true,"num":1}}]', b"\x01", b"\x02")
+        self.assertEqual(self.h.events[-1], ("greet", (b"\x01", {"b": b"\x02"})))
+
+    def test_binary_ack_is_reassembled(self):
+        d = self.h.client.emit("fetch")
+        self.h.send('461-0[{"_placeholder":true,"num":0}]', b"data")
+        self.assertEqual(self.successResultOf(d), [b"data"])
+
+
+class BadInputTests(SynchronousTestCase):
+    """Malformed or unexpected input is logged with the peer named and the link is kept."""
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.h.connect()
+
+    def assertKeptAndLogged(self, text):
+        self.assertFalse(self.h.link_lost)
+        self.assertTrue(self.h.client.connected)
+        warnings = " ".join(self.h.warnings())
+        self.assertIn(text, warnings)
+        self.assertIn("127.0.0.1", warnings)
+        self.h.send("2")
+        self.assertEqual(self.h.take()[-1], "3")
+
+    def test_malformed_engine_packet(self):
+        self.h.send("9garbage")
+        self.assertKeptAndLogged("malformed packet")
+
+    def test_malformed_socketio_packet(self):
+        self.h.send('42{"not":"a list"}')
+        self.assertKeptAndLogged("malformed packet")
+
+    def test_bad_json(self):
+        self.h.send("42[oops")
+        self.assertKeptAndLogged("not valid JSON")
+
+    def test_unexpected_event_gets_no_ack(self):
+        self.h.send('425["nobody-handles-this",1]')
+        self.assertKeptAndLogged("unexpected event 'nobody-handles-this'")
+        self.assertEqual(self.h.take(), [])
+
+    def test_failing_handler(self):
+        self.h.send('425["broken"]')
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.h.take(), [])
+        self.assertFalse(self.h.link_lost)
+
+    def test_stray_binary_frame(self):
+        self.h.send(b"\x00")
+        self.assertKeptAndLogged("binary frame nobody expected")
+
+    def test_text_while_attachments_missing(self):
+        self.h.send('452-["greet",{"_placeholder":true,"num":0}]', b"\x01", '42["greet","next"]')
+        self.assertEqual(self.h.events[-1], ("greet", ("next",)))
+        self.assertKeptAndLogged("lacked 1 attachment(s)")
+
+    def test_bad_placeholder(self):
+        self.h.send('451-["greet",{"_placeholder":true,"num":4}]', b"\x01")
+        self.assertKeptAndLogged("malformed binary packet")
+
+    def test_other_namespace(self):
+        self.h.send('42/elsewhere,["greet"]')
+        self.assertKeptAndLogged("namespace /elsewhere")
+
+    def test_message_before_handshake(self):
+        h = Harness(self)
+        h.accept()
+        h.send('42["greet"]')
+        self.assertIn("before the handshake", " ".join(h.warnings()))
+        self.assertFalse(h.link_lost)
+
+    def test_event_before_namespace_connect(self):
+        h = Harness(self)
+        h.accept()
+        h.send("0" + json.dumps(OPEN), '42["greet"]')
+        self.assertIn("before CONNECT", " ".join(h.warnings()))
+        self.assertEqual(h.events, [])
+
+    def test_bad_handshake_drops_the_link(self):
+        h = Harness(self)
+        h.accept()
+        h.send('0{"sid":1}')
+        self.assertTrue(h.link_lost)
