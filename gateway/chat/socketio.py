@@ -593,7 +593,10 @@ class SocketIOClient(service.Service):
         self._session.sendPacket(Packet(PacketType.EVENT, self.namespace, [event, *args]))
 
     def when_connected(self) -> defer.Deferred:
-        """A Deferred firing with this client once the namespace session is (or next gets) up."""
+        """A Deferred firing with this client once the namespace session is (or next gets) up.
+
+        Waiters fire after the handler's ``on_connect`` was called.
+        """
         if self._session is not None:
             return defer.succeed(self)
         waiter = defer.Deferred(self._waiters.remove)
@@ -618,12 +621,12 @@ class SocketIOClient(service.Service):
 
     def _session_started(self, session: SocketIOClientProtocol) -> None:
         self._session = session
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(self)
         defer.maybeDeferred(self.handler.on_connect, self).addErrback(
             self._handler_failed, "on_connect", session.peer
         )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self)
 
     def _session_ended(self, session: SocketIOClientProtocol, reason) -> None:
         if self._session is session:
