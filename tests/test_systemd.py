@@ -1,6 +1,9 @@
 """sd_notify without libsystemd: real datagram sockets receive what the gateway sends."""
 
+import configparser
 import os
+import pathlib
+import re
 import socket
 import tempfile
 import uuid
@@ -9,7 +12,12 @@ from twisted.internet import task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.config import GatewaySection
+from gateway.confschema import ServerEndpoint
+from gateway.drivers.config import OptimaccsConfig
 from gateway.systemd import Notifier, SystemdService
+
+UNITS = pathlib.Path(__file__).resolve().parent.parent / "etc" / "systemd"
 
 
 class ReceiverMixin:
@@ -185,3 +193,31 @@ class SystemdServiceTests(ReceiverMixin, SynchronousTestCase):
         svc.stopService()
         self.assertFalse(svc.running)
         self.assertEqual(events, [])
+
+
+def read_unit(name):
+    unit = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    unit.optionxform = str
+    unit.read_string((UNITS / name).read_text())
+    return unit
+
+
+class UnitFileTests(SynchronousTestCase):
+    """The shipped units agree with the code they drive."""
+
+    def test_service_speaks_the_notify_protocol(self):
+        svc = read_unit("gateway.service")["Service"]
+        self.assertEqual((svc["Type"], svc["NotifyAccess"]), ("notify", "main"))
+        self.assertGreater(int(svc["WatchdogSec"]), 0)
+        self.assertIn("--nodaemon --pidfile= gateway --config ", svc["ExecStart"])
+
+    def test_stop_timeout_exceeds_shutdown_grace(self):
+        timeout = int(read_unit("gateway.service")["Service"]["TimeoutStopSec"])
+        self.assertGreaterEqual(timeout, GatewaySection().shutdown_grace + 10)
+
+    def test_socket_matches_the_documented_listen_line(self):
+        text = (UNITS / "gateway.socket").read_text()
+        [listen] = re.findall(r'^#\s+listen = "([^"]+)"$', text, re.M)
+        self.assertEqual(ServerEndpoint.check(listen), "systemd:domain=INET:index=0")
+        port = read_unit("gateway.socket")["Socket"]["ListenStream"]
+        self.assertEqual(OptimaccsConfig().listen, f"tcp:{port}")
