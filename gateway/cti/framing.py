@@ -21,7 +21,7 @@ simulator can count them as protocol violations) after being logged with the pee
 import json
 
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 #: Bytes in the length prefix.
 LENGTH_SIZE = 4
@@ -128,18 +128,15 @@ class FramedJSONProtocol(Protocol):
 
     def _break(self, length):
         self._broken = True
-        log.error(
-            "HIS peer {peer} sent a frame length of {length} bytes (over the absolute limit of {limit}):"
-            " the stream is out of step, dropping the link",
-            peer=self.peer,
-            length=length,
-            limit=ABSOLUTE_MAX_FRAME_SIZE,
+        self._reject(
+            f"frame length {length} is over the absolute limit of {ABSOLUTE_MAX_FRAME_SIZE}:"
+            " the stream is out of step; dropping the link",
+            LogLevel.error,
         )
-        self.frameRejected(f"frame length {length} is over the absolute limit of {ABSOLUTE_MAX_FRAME_SIZE}; link dropped")
         self.transport.loseConnection()
 
-    def _reject(self, reason):
-        log.warn("HIS peer {peer}: {reason}", peer=self.peer, reason=reason)
+    def _reject(self, reason, level=LogLevel.warn):
+        log.emit(level, "HIS peer {peer}: {reason}", peer=self.peer, reason=reason)
         self.frameRejected(reason)
 
     def _deliver(self, frame):

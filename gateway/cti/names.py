@@ -167,14 +167,17 @@ class CtiNames:
         known = {field.name for field in attrs.fields(cls)}
         unknown = sorted(set(mapping) - known)
         if unknown:
-            raise ValueError(f"unknown key(s) in [cti.names]: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown key(s) in [cti.names]: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            )
         return cls(**mapping)
 
     def _fields(self, role, kind=None):
         """(key, value) of the fields of ``role`` (``message`` = any message role), optionally of one ``kind``."""
         for field in attrs.fields(type(self)):
             field_role = field.metadata["role"]
-            if (role == field_role or (role == "message" and field_role != "status")) and kind in (None, field.metadata.get("kind")):
+            role_matches = role == field_role or (role == "message" and field_role != "status")
+            if role_matches and kind in (None, field.metadata.get("kind")):
                 yield field.name, getattr(self, field.name)
 
     @property
@@ -364,7 +367,8 @@ class InteractionInit:
     data: dict = attrs.field(factory=dict)
 
     def to_body(self):
-        conversations = {role: {"id": cid} for role, cid in (("primary", self.primary), ("consult", self.consult)) if cid}
+        ids = (("primary", self.primary), ("consult", self.consult))
+        conversations = {role: {"id": cid} for role, cid in ids if cid}
         return {"interaction-state": self.state, "interaction-data": self.data, "conversations": conversations}
 
     @classmethod

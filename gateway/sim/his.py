@@ -592,7 +592,11 @@ class HisBridgeSim(Factory):
 
     def _closing_event(self, destination, event):
         """``channel.disposed`` may follow a disposed channel's dispose response, once."""
-        return destination.kind == "channel" and event.name == self.names.channel_disposed and not destination.disposed_event_seen
+        return (
+            destination.kind == "channel"
+            and event.name == self.names.channel_disposed
+            and not destination.disposed_event_seen
+        )
 
     def _apply_event(self, event):
         names, destination = self.names, self.destinations[event.target]
@@ -622,7 +626,7 @@ class HisBridgeSim(Factory):
         self._notify(_ScriptDone(responses))
 
     def _wait_from(self, cursor, step):
-        """A Deferred firing with the log position just after the first event at or after ``cursor`` matching ``step``."""
+        """A Deferred firing with the log position just past the first event from ``cursor`` on matching ``step``."""
         for index in range(cursor, len(self.event_log)):
             if _event_matches(self.event_log[index], step.event, step.target):
                 return defer.succeed(index + 1)
@@ -699,7 +703,13 @@ def main(argv=None):
     """Run the simulator until interrupted, printing one line per message."""
     from twisted.internet import reactor
     from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
     from gateway.sim.tlsutil import generate_self_signed
 
