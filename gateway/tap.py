@@ -120,6 +120,7 @@ class GatewayService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        yield defer.maybeDeferred(self.systemd.stopService)  # STOPPING=1 first
         log.info("gateway stopping: no new connections; live calls get {grace} s",
                  grace=self.ctx.config.gateway.shutdown_grace)
         yield defer.DeferredList([defer.maybeDeferred(l.stopService) for l in self.ctx.listeners])
@@ -129,7 +130,6 @@ class GatewayService(service.MultiService):
                     yield defer.maybeDeferred(svc.stopService)
                 except Exception:
                     log.failure("stopping {service} failed", service=getattr(svc, "name", svc))
-        yield defer.maybeDeferred(self.systemd.stopService)
         log.info("gateway stopped")
 
 
