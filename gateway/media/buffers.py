@@ -1,0 +1,136 @@
+"""The two buffers of the media plane: exact 20 ms re-framing, and the bounded frame queue.
+
+:class:`Reframer` cuts a byte stream written in pieces of any length (7 bytes,
+5000 bytes) into payloads of exactly one frame, keeping the remainder.
+
+:class:`FrameQueue` is the one bounded buffer policy used everywhere: when it
+reaches its high-water mark it pauses the producer feeding it; if items still
+arrive (real-time sources ignore pauses) it drops the OLDEST and counts it;
+once drained to its low-water mark it resumes the producer.
+"""
+
+from __future__ import annotations
+
+import collections
+import typing
+
+__all__ = ["FrameQueue", "Reframer"]
+
+
+class Reframer:
+    """Re-frames a byte stream into ``size``-byte payloads passed to ``emit``."""
+
+    __slots__ = ("size", "_emit", "_rest")
+
+    def __init__(self, size: int, emit: typing.Callable[[bytes], object]) -> None:
+        if size <= 0:
+            raise ValueError(f"frame size must be positive, not {size}")
+        self.size = size
+        self._emit = emit
+        self._rest = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back until a whole frame is there."""
+        return len(self._rest)
+
+    def push(self, data: bytes) -> None:
+        """Add ``data``; emit every whole frame it completes."""
+        size = self.size
+        if self._rest:
+            self._rest += data
+            if len(self._rest) < size:
+                return
+            data = bytes(self._rest)
+            self._rest.clear()
+        elif len(data) == size:
+            self._emit(bytes(data))  # the common case: no copy for bytes
+            return
+        end = len(data) - len(data) % size
+        if end != len(data):
+            self._rest += data[end:]
+        with memoryview(data) as view:
+            for offset in range(0, end, size):
+                self._emit(view[offset : offset + size].tobytes())
+
+    def take_padded(self, fill: int) -> bytes:
+        """The held-back remainder as one whole frame, padded with byte ``fill``."""
+        frame = bytes(self._rest) + bytes([fill]) * (self.size - len(self._rest))
+        self._rest.clear()
+        return frame
+
+    def clear(self) -> int:
+        """Discard the remainder; return how many bytes were discarded."""
+        discarded = len(self._rest)
+        self._rest.clear()
+        return discarded
+
+
+class FrameQueue:
+    """A bounded FIFO that pauses ``producer`` at its high-water mark and drops the oldest when full.
+
+    ``producer`` (an ``IPushProducer`` or None) is resumed when the queue drains
+    to its low-water mark. ``frames_dropped`` counts items dropped because the
+    queue was full.
+    """
+
+    __slots__ = ("capacity", "high_water", "low_water", "producer", "producer_paused", "frames_dropped", "_items")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"queue capacity must be at least one frame, not {capacity}")
+        self.capacity = capacity
+        self.high_water = capacity - capacity // 4
+        self.low_water = capacity // 4
+        self.producer = None
+        self.producer_paused = False
+        self.frames_dropped = 0
+        self._items: collections.deque = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def push(self, item) -> None:
+        items = self._items
+        if len(items) >= self.capacity:
+            items.popleft()
+            self.frames_dropped += 1
+        items.append(item)
+        if len(items) >= self.high_water:
+            self._pause_producer()
+
+    def pop(self):
+        """The oldest item (the queue must not be empty)."""
+        item = self._items.popleft()
+        if self.producer_paused and len(self._items) <= self.low_water:
+            self._resume_producer()
+        return item
+
+    def clear(self) -> int:
+        """Discard every item, resume the producer; return how many were discarded."""
+        discarded = len(self._items)
+        self._items.clear()
+        if self.producer_paused:
+            self._resume_producer()
+        return discarded
+
+    def set_producer(self, producer) -> None:
+        """Feed from ``producer`` (None: no producer); it is paused at once if the queue is high."""
+        self.producer = producer
+        self.producer_paused = False
+        if len(self._items) >= self.high_water:
+            self._pause_producer()
+
+    def _pause_producer(self) -> None:
+        if self.producer is not None and not self.producer_paused:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def _resume_producer(self) -> None:
+        # Cleared first: resuming may synchronously push again and pause again.
+        self.producer_paused = False
+        if self.producer is not None:
+            self.producer.resumeProducing()
