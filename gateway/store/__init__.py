@@ -1,1 +1,38 @@
-"""Durable records: CDRs and the rest, behind an interface that is not tied to SQLite."""
+"""Durable records: CDRs and the rest, behind an interface that is not tied to SQLite.
+
+The daemon builds its store from the ``[store] url`` with :func:`open_store`
+and calls ``open()`` on it; everything else holds an :class:`ICdrStore`.
+Tests of other rooms use :class:`MemoryCdrStore`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from gateway.store.interfaces import DuplicateCdr, ICdrStore, SchemaTooNew, StoreUnavailable
+from gateway.store.memory import MemoryCdrStore
+from gateway.store.records import MAX_LIMIT, normalize_timestamp
+from gateway.store.sqlite import SqliteCdrStore
+
+__all__ = [
+    "MAX_LIMIT",
+    "DuplicateCdr",
+    "ICdrStore",
+    "MemoryCdrStore",
+    "SchemaTooNew",
+    "SqliteCdrStore",
+    "StoreUnavailable",
+    "normalize_timestamp",
+    "open_store",
+]
+
+
+def open_store(url: str, reactor) -> ICdrStore:
+    """The store a URL names, not yet opened: ``sqlite:PATH`` (relative to the working directory).
+
+    Raises ``ValueError`` for any other URL.
+    """
+    scheme, _, rest = url.partition(":")
+    if scheme == "sqlite" and rest:
+        return SqliteCdrStore(pathlib.Path(rest).absolute(), reactor)
+    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:PATH")
