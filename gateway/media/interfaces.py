@@ -1,0 +1,52 @@
+"""The plug point for media apps: :class:`IMediaApp`, and the sessions they start.
+
+Bundled apps are ``twisted.plugin`` plugins in ``plugins/media_apps.py``,
+found with ``twisted.plugin.getPlugins(IMediaApp, gateway.plugins)``; an
+operator's own apps are modules providing ``IPlugin`` and ``IMediaApp`` in a
+directory listed in ``[gateway] plugin_dirs``.
+"""
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IConference", "IMediaApp", "IMediaSession"]
+
+
+class IMediaApp(Interface):
+    """Something to do with the audio of one or more ports: echo, play, record, bridge, mix, hold."""
+
+    name = Attribute("Short unique name used in routing and configuration, e.g. 'echo'.")
+    description = Attribute("One line for humans.")
+
+    def start(ports, clock, arg=None, state_dir=None):
+        """Start the app on ``ports`` (a sequence of MediaPort) and return its IMediaSession.
+
+        ``clock`` is an IReactorTime; ``arg`` is the app's argument (a file to
+        play, a recording's name...); ``state_dir`` is a directory the app may
+        read or write (recordings, prompts). Raises
+        :class:`gateway.media.errors.MediaError` (wrong number of ports, bad
+        argument, unsupported file, port already in use) without touching the
+        ports.
+        """
+
+
+class IMediaSession(Interface):
+    """A running media app."""
+
+    finished = Attribute(
+        "Deferred fired once when the session ends, by itself or by stop(). Its value depends on"
+        " the app: play gives True if the file played to its end (False if stopped first), record"
+        " the path of the WAV file written, the others None."
+    )
+
+    def stop():
+        """Detach from the ports, discarding audio the session queued toward them. Idempotent."""
+
+
+class IConference(IMediaSession):
+    """A session whose set of ports changes while it runs (the ``mix`` app)."""
+
+    def add(port):
+        """Add ``port`` as a party: it hears the others and they hear it."""
+
+    def remove(port):
+        """Remove ``port``; its buffered audio toward it is discarded."""
