@@ -1,0 +1,179 @@
+"""The typed events the registry publishes to its observers.
+
+Every event is a frozen attrs object with ``call_id``, ``extension`` (None
+for a call no desktop owns, e.g. after a blind transfer to a number),
+``leg_id`` where it concerns one leg, and ``at`` (``clock.seconds()``).
+Adapters subscribe with ``registry.subscribe(callback, extension=...)`` and
+translate events into their wire messages.
+
+Order is part of the contract: a call's :class:`CallCreated` comes before any
+other event of that call, its :class:`CallEnded` (carrying the CDR) comes
+last, and a leg's :class:`LegCreated` precedes that leg's other events and
+its :class:`LegEnded` follows them.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import attrs
+
+__all__ = [
+    "CallCreated",
+    "CallEnded",
+    "CallEvent",
+    "ConferenceFailed",
+    "DtmfReceived",
+    "LegAnswered",
+    "LegBusy",
+    "LegCreated",
+    "LegDialing",
+    "LegEnded",
+    "LegFailed",
+    "LegHeld",
+    "LegMuted",
+    "LegRetrieved",
+    "LegRinging",
+    "LegUnmuted",
+    "PartyAdded",
+    "PartyRemoved",
+    "TransferFailed",
+]
+
+
+def _event(cls):
+    return attrs.frozen(kw_only=True)(cls)
+
+
+@_event
+class CallEvent:
+    """What every event carries."""
+
+    call_id: str
+    extension: str | None
+    at: float
+    leg_id: str | None = None
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, typing.Any]:
+        """A JSON-able dict with the event's ``type`` name."""
+        return {"type": self.type, **attrs.asdict(self, recurse=False)}
+
+
+@_event
+class CallCreated(CallEvent):
+    """A new call: ``direction`` inbound|outbound, ``caller`` (who calls), ``number`` (who is called)."""
+
+    direction: str
+    caller: str | None
+    number: str | None
+    did: str | None = None
+    attributes: dict = attrs.Factory(dict)
+
+
+@_event
+class LegCreated(CallEvent):
+    """A leg joined the call; ``role`` is ``device`` (the extension's phone) or ``party``."""
+
+    role: str
+    direction: str
+    number: str | None
+    driver: str
+    state: str
+
+
+@_event
+class LegRinging(CallEvent):
+    """The leg is alerting (an inbound leg arrived, or the far end of a dial rings)."""
+
+
+@_event
+class LegDialing(CallEvent):
+    """An outbound leg has been dialled through its driver."""
+
+
+@_event
+class LegAnswered(CallEvent):
+    """The leg is TALKING."""
+
+
+@_event
+class LegHeld(CallEvent):
+    pass
+
+
+@_event
+class LegRetrieved(CallEvent):
+    pass
+
+
+@_event
+class LegMuted(CallEvent):
+    pass
+
+
+@_event
+class LegUnmuted(CallEvent):
+    pass
+
+
+@_event
+class PartyAdded(CallEvent):
+    """A conference party answered and was mixed in."""
+
+    number: str | None
+    name: str = ""
+
+
+@_event
+class PartyRemoved(CallEvent):
+    """A remote party left a call that goes on."""
+
+    number: str | None
+
+
+@_event
+class LegBusy(CallEvent):
+    pass
+
+
+@_event
+class LegFailed(CallEvent):
+    reason: str
+
+
+@_event
+class TransferFailed(CallEvent):
+    """A blind transfer did not complete; the call is exactly as it was."""
+
+    reason: str
+
+
+@_event
+class ConferenceFailed(CallEvent):
+    """A conference party could not be added; the call is exactly as it was."""
+
+    reason: str
+
+
+@_event
+class DtmfReceived(CallEvent):
+    digit: str
+    duration_ms: int | None = None
+
+
+@_event
+class LegEnded(CallEvent):
+    cause: str
+
+
+@_event
+class CallEnded(CallEvent):
+    """The call is over; ``cdr`` is the record handed to the store."""
+
+    cause: str
+    hangup_by: str | None
+    cdr: dict

@@ -1,0 +1,84 @@
+"""States, termination causes, and the one transition table of the call model.
+
+A leg is ``RINGING`` (inbound, alerting), ``DIALING`` (outbound, not yet
+answered), ``TALKING``, ``HELD`` or ``RELEASED``; ``muted`` is a flag beside
+the state. A call's state, as its extension's desktop sees it, uses the same
+five words and is derived from its legs (see :mod:`gateway.core.model`).
+
+:data:`TRANSITIONS` is the only place that says which input is legal in which
+state and where it leads. Leg inputs (``answered``, ``hold``, ``retrieve``,
+``mute``, ``unmute``, ``release``) change legs; the registry's commands
+(``answer``, ``reject``, ``transfer``, ...) are checked against the call's
+derived state with the same table, so "hold is illegal while RINGING" is
+written once. :func:`next_state` raises :class:`IllegalState` for anything
+the table does not list.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from gateway.core.errors import IllegalState
+
+__all__ = ["Cause", "LegState", "TRANSITIONS", "next_state"]
+
+
+class LegState(str, enum.Enum):
+    RINGING = "RINGING"
+    DIALING = "DIALING"
+    TALKING = "TALKING"
+    HELD = "HELD"
+    RELEASED = "RELEASED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Cause(str, enum.Enum):
+    """Why a leg or a call ended."""
+
+    NORMAL = "normal"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    FAILED = "failed"
+    REMOTE_HANGUP = "remote_hangup"
+    TRANSPORT_LOST = "transport_lost"
+    SHUTDOWN = "shutdown"
+    REJECTED = "rejected"
+    NO_ROUTE = "no_route"
+    TRANSFERRED = "transferred"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RINGING, DIALING, TALKING, HELD, RELEASED = LegState
+
+_LIVE = (RINGING, DIALING, TALKING, HELD)
+_CONNECTED = (TALKING, HELD)
+
+#: (state, input) -> next state. Inputs on a leg: answered, hold, retrieve,
+#: mute, unmute, release. Commands checked on a call's state: answer, reject,
+#: hangup, hold, retrieve, mute, unmute, dtmf, transfer, conference, remove_party.
+TRANSITIONS: dict[tuple[LegState, str], LegState] = {
+    (RINGING, "answer"): TALKING,
+    (DIALING, "answer"): TALKING,  # a click-to-dial's own phone, picked up through the API
+    (RINGING, "answered"): TALKING,
+    (DIALING, "answered"): TALKING,
+    (RINGING, "reject"): RELEASED,
+    (TALKING, "hold"): HELD,
+    (HELD, "hold"): HELD,
+    (HELD, "retrieve"): TALKING,
+    (TALKING, "retrieve"): TALKING,
+    **{(state, flag): state for state in _CONNECTED for flag in ("mute", "unmute")},
+    **{(state, cmd): state for state in _CONNECTED for cmd in ("dtmf", "transfer", "conference", "remove_party")},
+    **{(state, cmd): RELEASED for state in _LIVE for cmd in ("release", "hangup")},
+}
+
+
+def next_state(state: LegState, command: str, what: str = "call") -> LegState:
+    """Where ``command`` leads from ``state``; :class:`IllegalState` if it is not allowed there."""
+    try:
+        return TRANSITIONS[(state, command)]
+    except KeyError:
+        raise IllegalState(command, str(state), what) from None
