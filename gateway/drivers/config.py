@@ -41,7 +41,16 @@ class SimNetworkConfig:
     no_answer_timeout: float = attrs.field(default=30.0, validator=check(lambda v: v > 0, "must be positive"))
     #: what simulated parties send: a 425 Hz tone, speech-like noise, or silence
     audio: typing.Literal["tone", "noise", "silence"] = "noise"
+    #: an 8 kHz mono 16-bit WAV file simulated parties play in a loop instead ("": use audio)
+    audio_file: str = ""
     rules: list[NumberRule] = attrs.Factory(list)
+    #: seconds between demo inbound calls the network places by itself (0: none)
+    inbound_every: float = attrs.field(default=0.0, validator=check(lambda v: v >= 0, "must not be negative"))
+    #: the caller id and the DID of those demo calls
+    inbound_caller: str = attrs.field(default="5550100", validator=check(bool, "must not be empty"))
+    inbound_did: str = attrs.field(default="100", validator=check(bool, "must not be empty"))
+    #: seconds a demo caller talks after being answered before hanging up
+    inbound_duration: float = attrs.field(default=20.0, validator=check(lambda v: v > 0, "must be positive"))
 
 
 @section
