@@ -163,12 +163,13 @@ class RecordSession(_Session):
                  port=self.port, path=self.recorder.path)
 
 
-def _ports(app: str, ports, count: int) -> list:
+def _ports(app: str, ports, count: int | None = None) -> list:
+    """``ports`` as a list, checked: ``count`` of them (any number if None), all different."""
     ports = list(ports)
-    if len(ports) != count:
+    if count is not None and len(ports) != count:
         raise AppArgumentError(f"{app} takes {count} port(s), not {len(ports)}")
     if len(set(map(id, ports))) != len(ports):
-        raise AppArgumentError(f"{app} needs {count} different ports")
+        raise AppArgumentError(f"{app} needs different ports")
     return ports
 
 
@@ -235,10 +236,8 @@ def start_hold(ports, clock, arg=None, state_dir=None) -> FeedSession:
 
 
 def start_mix(ports, clock, arg=None, state_dir=None) -> Conference:
-    ports = list(ports)
+    ports = _ports("mix", ports)
     _no_arg("mix", arg)
-    if len(set(map(id, ports))) != len(ports):
-        raise AppArgumentError("mix needs different ports")
     _claim("mix", ports, source=True, sink=True)
     conference = Conference(clock)
     for port in ports:

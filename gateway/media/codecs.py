@@ -33,6 +33,7 @@ __all__ = [
     "ALAW",
     "CODECS",
     "FRAME_MS",
+    "FRAME_SAMPLES",
     "PCM16",
     "RATE",
     "ULAW",
@@ -52,6 +53,8 @@ CODECS = {PCM16: 2, ULAW: 1, ALAW: 1}
 RATE = 8000
 #: the frame duration used everywhere in the media plane
 FRAME_MS = 20
+#: samples in one frame
+FRAME_SAMPLES = RATE * FRAME_MS // 1000
 
 #: the byte value that encodes linear 0 (silence) in each codec
 _SILENT_BYTE = {PCM16: 0x00, ULAW: 0xFF, ALAW: 0xD5}

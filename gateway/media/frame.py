@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from gateway.media.codecs import FRAME_MS, RATE, check_codec
+from gateway.media.codecs import FRAME_SAMPLES, RATE, check_codec
 
 __all__ = ["Frame", "Stamper"]
 
@@ -38,11 +38,10 @@ class Stamper:
     the samples of one frame whatever the payload's length.
     """
 
-    __slots__ = ("codec", "seq", "ts", "marker", "_step")
+    __slots__ = ("codec", "seq", "ts", "marker")
 
-    def __init__(self, codec: str, frame_ms: int = FRAME_MS) -> None:
+    def __init__(self, codec: str) -> None:
         self.codec = check_codec(codec)
-        self._step = RATE * frame_ms // 1000
         self.seq = 0
         self.ts = 0
         self.marker = True
@@ -50,7 +49,7 @@ class Stamper:
     def __call__(self, payload: bytes) -> Frame:
         frame = Frame(self.codec, RATE, self.seq, self.ts, self.marker, payload)
         self.seq = (self.seq + 1) & 0xFFFF
-        self.ts = (self.ts + self._step) & 0xFFFFFFFF
+        self.ts = (self.ts + FRAME_SAMPLES) & 0xFFFFFFFF
         self.marker = False
         return frame
 

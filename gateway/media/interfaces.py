@@ -39,7 +39,10 @@ class IMediaSession(Interface):
     )
 
     def stop():
-        """Detach from the ports, discarding audio the session queued toward them. Idempotent."""
+        """Detach from the ports, discarding audio the session queued toward them. Idempotent.
+
+        Closing a port does not end the sessions using it: stop them.
+        """
 
 
 class IConference(IMediaSession):
@@ -49,4 +52,4 @@ class IConference(IMediaSession):
         """Add ``port`` as a party: it hears the others and they hear it."""
 
     def remove(port):
-        """Remove ``port``; its buffered audio toward it is discarded."""
+        """Remove ``port``; audio queued toward it is discarded."""

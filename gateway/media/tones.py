@@ -15,7 +15,7 @@ import math
 import random
 import typing
 
-from gateway.media.codecs import FRAME_MS, PCM16, RATE, converter, frame_size, silence
+from gateway.media.codecs import FRAME_MS, FRAME_SAMPLES, PCM16, RATE, converter, frame_size, silence
 from gateway.media.frame import Frame, Stamper
 
 __all__ = [
@@ -28,8 +28,6 @@ __all__ = [
     "synthesize",
     "tone",
 ]
-
-_SAMPLES_PER_FRAME = RATE * FRAME_MS // 1000
 
 #: digit -> (low group Hz, high group Hz), ITU-T Q.23
 DTMF_FREQUENCIES = {
@@ -61,7 +59,7 @@ def _period_frames(freqs: typing.Sequence[int]) -> int:
     period = 1  # samples
     for f in freqs:
         period = math.lcm(period, RATE // math.gcd(RATE, f))
-    return math.lcm(period, _SAMPLES_PER_FRAME) // _SAMPLES_PER_FRAME
+    return math.lcm(period, FRAME_SAMPLES) // FRAME_SAMPLES
 
 
 def _whole_hertz(freqs: typing.Sequence[float]) -> tuple[int, ...]:
@@ -73,7 +71,7 @@ def _whole_hertz(freqs: typing.Sequence[float]) -> tuple[int, ...]:
 def tone(freqs: float | typing.Sequence[float], codec: str = PCM16, amplitude: float = 0.3) -> typing.Iterator[bytes]:
     """An endless steady tone (one frequency, or the sum of several), rounded to whole hertz."""
     whole = _whole_hertz([freqs] if isinstance(freqs, (int, float)) else freqs)
-    pcm = synthesize(whole, _period_frames(whole) * _SAMPLES_PER_FRAME, amplitude)
+    pcm = synthesize(whole, _period_frames(whole) * FRAME_SAMPLES, amplitude)
     return itertools.cycle(_split(pcm, codec))
 
 
@@ -84,7 +82,7 @@ def cadence(
     on, off = round(on_ms / FRAME_MS), round(off_ms / FRAME_MS)
     if on < 1 or off < 0:
         raise ValueError(f"a cadence needs at least one frame of tone, not on={on_ms} ms off={off_ms} ms")
-    pcm = synthesize(_whole_hertz(freqs), on * _SAMPLES_PER_FRAME, amplitude)
+    pcm = synthesize(_whole_hertz(freqs), on * FRAME_SAMPLES, amplitude)
     return itertools.cycle(_split(pcm, codec) + [silence(codec)] * off)
 
 
@@ -102,7 +100,7 @@ def dtmf_frames(digit: str, duration_ms: int = 100, codec: str = PCM16) -> list[
         raise ValueError(f"DTMF duration must be positive, not {duration_ms} ms")
     frames = -(-duration_ms // FRAME_MS)
     stamp = Stamper(codec)
-    return [stamp(payload) for payload in _split(synthesize(pair, frames * _SAMPLES_PER_FRAME, 0.35), codec)]
+    return [stamp(payload) for payload in _split(synthesize(pair, frames * FRAME_SAMPLES, 0.35), codec)]
 
 
 def silence_payloads(codec: str = PCM16) -> typing.Iterator[bytes]:
@@ -122,7 +120,7 @@ def speech_like(codec: str = PCM16, seed: int | None = None) -> typing.Iterator[
             # a raised-cosine envelope over the burst, like a syllable
             gain = level * (0.5 - 0.5 * math.cos(2 * math.pi * (index + 0.5) / frames))
             samples = array.array("h", bytes(frame_size(PCM16)))
-            for n in range(_SAMPLES_PER_FRAME):
+            for n in range(FRAME_SAMPLES):
                 smoothed += 0.45 * (rng.gauss(0.0, gain) - smoothed)
                 samples[n] = max(-32768, min(32767, round(smoothed)))
             yield convert(samples.tobytes())

@@ -20,12 +20,10 @@ import wave
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
-from gateway.media.codecs import FRAME_MS, PCM16, RATE, converter, frame_size
+from gateway.media.codecs import FRAME_SAMPLES, PCM16, RATE, converter, frame_size
 from gateway.media.errors import UnsupportedFormat
 
 __all__ = ["WavRecorder", "open_wav", "wav_payloads"]
-
-_SAMPLES_PER_FRAME = RATE * FRAME_MS // 1000
 
 
 def open_wav(path: str | os.PathLike) -> wave.Wave_read:
@@ -58,7 +56,7 @@ def _payloads(reader: wave.Wave_read, convert, loop: bool) -> typing.Generator[b
     size = frame_size(PCM16)
     with reader:
         while True:
-            data = reader.readframes(_SAMPLES_PER_FRAME)
+            data = reader.readframes(FRAME_SAMPLES)
             if not data:
                 if not (loop and reader.getnframes()):
                     return

@@ -175,6 +175,22 @@ class MixTests(AppTestCase):
         c.close()  # a closed port leaves the conference
         self.assertEqual(conference.ports, [a])
 
+    def test_a_party_whose_wire_stalls_is_skipped_not_buffered(self):
+        a, b = self.port("a"), self.port("b")
+        self.start("mix", [a, b])
+        b.playout.pauseProducing()  # b's transport cannot keep up
+        for _ in range(60):
+            a.receive(constant(5))
+            self.clock.advance(0.02)
+        # b's playout paused the mix toward b at its high water (38 of 50 frames): nothing dropped
+        self.assertEqual((b.playout.queued, b.playout.frames_dropped), (38, 0))
+        b.playout.resumeProducing()
+        self.run_for(40)
+        self.assertEqual(len(self.wires["b"]), 38)
+        a.receive(constant(6))
+        self.run_for(1)
+        self.assertEqual(samples(self.wires["b"][-1]), {6})
+
     def test_idle_conference_schedules_nothing(self):
         a, b = self.port("a"), self.port("b")
         conference = self.start("mix", [a, b])
