@@ -32,9 +32,10 @@ from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.media.errors import AppArgumentError, PortBusy
+from gateway.media.errors import AppArgumentError
 from gateway.media.interfaces import IMediaSession
 from gateway.media.mixer import Conference
+from gateway.media.port import check_free
 from gateway.media.producers import FrameFeeder
 from gateway.media.tones import HOLD_TONE, cadence
 from gateway.media.wav import WavRecorder, wav_payloads
@@ -173,15 +174,6 @@ def _ports(app: str, ports, count: int | None = None) -> list:
     return ports
 
 
-def _claim(app: str, ports, source: bool, sink: bool) -> None:
-    """Raise PortBusy unless the named sides of every port are free."""
-    for port in ports:
-        if port.closed:
-            raise PortBusy(f"{app}: {port!r} is closed")
-        if (source and port.source.consumer is not None) or (sink and port.sink.producer is not None):
-            raise PortBusy(f"{app}: {port!r} is in use by another media session")
-
-
 def _no_arg(app: str, arg) -> None:
     if arg is not None:
         raise AppArgumentError(f"{app} takes no argument, not {arg!r}")
@@ -198,21 +190,21 @@ def _file(app: str, arg, state_dir) -> pathlib.Path:
 def start_echo(ports, clock, arg=None, state_dir=None) -> LinkSession:
     (port,) = _ports("echo", ports, 1)
     _no_arg("echo", arg)
-    _claim("echo", [port], source=True, sink=True)
+    check_free("echo", [port], source=True, sink=True)
     return LinkSession([(port, port)])
 
 
 def start_bridge(ports, clock, arg=None, state_dir=None) -> LinkSession:
     a, b = _ports("bridge", ports, 2)
     _no_arg("bridge", arg)
-    _claim("bridge", [a, b], source=True, sink=True)
+    check_free("bridge", [a, b], source=True, sink=True)
     return LinkSession([(a, b), (b, a)])
 
 
 def start_play(ports, clock, arg=None, state_dir=None) -> FeedSession:
     (port,) = _ports("play", ports, 1)
     path = _file("play", arg, state_dir)
-    _claim("play", [port], source=False, sink=True)
+    check_free("play", [port], source=False, sink=True)
     return FeedSession(port, wav_payloads(path, port.codec))
 
 
@@ -220,13 +212,13 @@ def start_record(ports, clock, arg=None, state_dir=None) -> RecordSession:
     (port,) = _ports("record", ports, 1)
     if state_dir is None:
         raise AppArgumentError("record needs a state_dir to write recordings in")
-    _claim("record", [port], source=True, sink=False)
+    check_free("record", [port], source=True, sink=False)
     return RecordSession(port, WavRecorder(state_dir, arg or port.name or "recording"))
 
 
 def start_hold(ports, clock, arg=None, state_dir=None) -> FeedSession:
     (port,) = _ports("hold", ports, 1)
-    _claim("hold", [port], source=True, sink=True)
+    check_free("hold", [port], source=True, sink=True)
     if arg is None:
         freqs, on_ms, off_ms = HOLD_TONE
         payloads = cadence(freqs, on_ms, off_ms, port.codec)
@@ -238,7 +230,7 @@ def start_hold(ports, clock, arg=None, state_dir=None) -> FeedSession:
 def start_mix(ports, clock, arg=None, state_dir=None) -> Conference:
     ports = _ports("mix", ports)
     _no_arg("mix", arg)
-    _claim("mix", ports, source=True, sink=True)
+    check_free("mix", ports, source=True, sink=True)
     conference = Conference(clock)
     for port in ports:
         conference.add(port)

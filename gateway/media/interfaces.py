@@ -52,4 +52,4 @@ class IConference(IMediaSession):
         """Add ``port`` as a party: it hears the others and they hear it."""
 
     def remove(port):
-        """Remove ``port``; audio queued toward it is discarded."""
+        """Remove ``port``; audio queued toward it is discarded. A no-op if it is not a party."""

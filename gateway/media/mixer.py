@@ -24,10 +24,11 @@ from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue
 from gateway.media.codecs import PCM16, converter
-from gateway.media.errors import AppArgumentError, PortBusy
+from gateway.media.errors import AppArgumentError
 from gateway.media.frame import Stamper
 from gateway.media.interfaces import IConference
 from gateway.media.pacing import Pacer
+from gateway.media.port import check_free
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -109,17 +110,17 @@ class Conference:
             raise AppArgumentError(f"{self.name}: the conference has ended")
         if port in self._parties:
             raise AppArgumentError(f"{self.name}: {port!r} is already a party")
-        if port.source.consumer is not None or port.sink.producer is not None:
-            raise PortBusy(f"{self.name}: {port!r} is in use by another media session")
+        check_free(self.name, [port], source=True, sink=True)
         party = _Party(self, port)
         port.sink.registerProducer(party, True)
         port.source.connect(party)
         self._parties[port] = party
 
     def remove(self, port) -> None:
+        """Let ``port`` go (a no-op if it is not a party: a closed port has left by itself)."""
         party = self._parties.pop(port, None)
         if party is None:
-            raise AppArgumentError(f"{self.name}: {port!r} is not a party")
+            return
         port.source.disconnect()
         if port.sink.producer is party:
             port.sink.unregisterProducer()

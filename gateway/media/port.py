@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from gateway.media.buffers import Reframer
 from gateway.media.codecs import FRAME_MS, PCM16, check_codec, frame_size
+from gateway.media.errors import PortBusy
 from gateway.media.playout import Playout
 from gateway.media.producers import FrameSource
 
-__all__ = ["MediaPort"]
+__all__ = ["MediaPort", "check_free"]
 
 
 class MediaPort:
@@ -99,3 +100,12 @@ class MediaPort:
         self.source.disconnect()
         self.source.upstream = None
         self.playout.close()
+
+
+def check_free(user: str, ports, source: bool, sink: bool) -> None:
+    """Raise PortBusy (naming ``user``) unless every port is open and the named sides are unclaimed."""
+    for port in ports:
+        if port.closed:
+            raise PortBusy(f"{user}: {port!r} is closed")
+        if (source and port.source.consumer is not None) or (sink and port.sink.producer is not None):
+            raise PortBusy(f"{user}: {port!r} is in use by another media session")
