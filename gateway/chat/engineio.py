@@ -303,6 +303,7 @@ class EngineIOClientFactory(WebSocketClientFactory):
     """
 
     protocol = EngineIOClientProtocol
+    noisy = False  # no "Starting factory" line on every reconnect
 
     def __init__(self, url: str, *, reactor, open_timeout: float = 20.0, headers=None):
         super().__init__(url=url, reactor=reactor, headers=headers)

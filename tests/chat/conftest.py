@@ -4,12 +4,14 @@ Servers print ``listening on <host>:<port>`` once they accept connections; :func
 starts them through ``reactor.spawnProcess``, waits for that line, and kills every one at teardown.
 """
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections import defaultdict
 
 import attrs
 import pytest
@@ -215,3 +217,124 @@ def service_runner():
 
     yield run
     pytest_twisted.blockon(defer.DeferredList([defer.maybeDeferred(s.stopService) for s in running if s.running]))
+
+
+@attrs.define
+class ChatSim:
+    """A running ``python -m gateway.sim chat-server`` and a small JSON client for its HTTP side."""
+
+    process: ServerProcess
+    http: object
+    scheme: str = "http"
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> defer.Deferred:
+        """``(status, body)``: body is parsed JSON, or bytes when the reply is not JSON."""
+        return self._reply(self.http.get(self.url + path))
+
+    def post(self, path: str, payload=None) -> defer.Deferred:
+        return self._reply(self.http.post(self.url + path, json=payload))
+
+    @defer.inlineCallbacks
+    def _reply(self, requested):
+        response = yield requested
+        body = yield response.content()
+        content_type = response.headers.getRawHeaders("content-type", [""])[0]
+        if content_type.startswith("application/json"):
+            body = json.loads(body)
+        return response.code, body
+
+
+@pytest.fixture
+def chat_sim_launcher(server_launcher):
+    """``launch(*options, port=0) -> Deferred[ChatSim]``: start the chat server simulator."""
+    from treq.client import HTTPClient
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+    def launch(*options, port=0):
+        argv = [sys.executable, "-u", "-m", "gateway.sim", "chat-server", "--port", str(port), *options]
+        return server_launcher(argv).addCallback(lambda process: ChatSim(process, http))
+
+    return launch
+
+
+#: seconds any test waits for one thing to happen
+WAIT = 15.0
+
+
+class Recorder:
+    """A Socket.IO handler that records what it is told; ``wait(name, count)`` fires once seen.
+
+    ``record`` names the server events kept (their argument tuples go to ``seen[event]``),
+    ``answer`` maps events to callables whose result is the ack; ``connected`` and
+    ``disconnected`` are recorded too, and ``on_connect(client)`` runs on every connect (its result
+    is recorded as ``ready``).
+    """
+
+    def __init__(self, record=(), answer=None, on_connect=None):
+        from gateway.chat.socketio import CallbackHandler
+
+        self.seen = defaultdict(list)
+        self._waiters = defaultdict(list)
+        events = {name: (lambda *args, name=name: self.note(name, args)) for name in record}
+        events.update(answer or {})
+        self._on_connect = on_connect
+        self.handler = CallbackHandler(events=events, connected=self._connected, disconnected=self._disconnected)
+
+    def _connected(self, client):
+        self.note("connected", client)
+        if self._on_connect is not None:
+            return defer.maybeDeferred(self._on_connect, client).addCallback(lambda result: self.note("ready", result))
+
+    def _disconnected(self, client, reason):
+        self.note("disconnected", reason)
+
+    def note(self, name, value):
+        self.seen[name].append(value)
+        for entry in [e for e in self._waiters[name] if len(self.seen[name]) >= e[0]]:
+            self._waiters[name].remove(entry)
+            entry[1].callback(self.seen[name])
+
+    def wait(self, name, count=1) -> defer.Deferred:
+        """Fires with ``seen[name]`` once it holds ``count`` entries; times out after WAIT s."""
+        from twisted.internet import reactor
+
+        if len(self.seen[name]) >= count:
+            return defer.succeed(self.seen[name])
+        d = defer.Deferred()
+        self._waiters[name].append((count, d))
+        return d.addTimeout(WAIT, reactor)
+
+
+@pytest.fixture
+def socketio_client(service_runner):
+    """``make(url, *, endpoint=None, record=(), answer=None, on_connect=None, **options)``.
+
+    Returns a started ``(SocketIOClient, Recorder)`` (stopped at teardown); the endpoint defaults
+    to TCP to the URL's port on 127.0.0.1, retries every 0.2 s, acks time out after WAIT s.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from gateway.chat.socketio import SocketIOClient
+
+    def make(url, *, endpoint=None, record=(), answer=None, on_connect=None, **options):
+        recorder = Recorder(record, answer, on_connect)
+        if endpoint is None:
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", int(url.rpartition(":")[2]))
+        options.setdefault("retry_policy", lambda attempt: 0.2)
+        options.setdefault("ack_timeout", WAIT)
+        client = SocketIOClient(reactor, endpoint, url, recorder.handler, **options)
+        return service_runner(client), recorder
+
+    return make
