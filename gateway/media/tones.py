@@ -90,7 +90,10 @@ def dtmf_frames(digit: str, duration_ms: int = 100, codec: str = PCM16) -> list[
     """In-band DTMF: ``duration_ms`` (rounded up to whole 20 ms frames) of ``digit``'s dual tone.
 
     ``digit`` is one of ``0-9 * # A-D``; the frames are numbered from 0 and
-    the first carries the marker.
+    the first carries the marker. Write them to ``port.sink`` and wait for
+    ``port.playout.checkpoint()`` to know when the tone has been played; while
+    another producer (a bridge) feeds that sink, its frames interleave with
+    the tone's, so suspend it for the digit.
     """
     try:
         pair = DTMF_FREQUENCIES[digit.upper()]
