@@ -16,23 +16,17 @@ is real time and one slow leg must not hold up the others.
 
 from __future__ import annotations
 
-import warnings
-
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue
-from gateway.media.codecs import PCM16, converter
+from gateway.media.codecs import PCM16, audioop, converter  # audioop imported once, without its warning
 from gateway.media.errors import AppArgumentError
 from gateway.media.frame import Stamper
 from gateway.media.interfaces import IConference
 from gateway.media.pacing import Pacer
 from gateway.media.port import check_free
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 __all__ = ["Conference"]
 
