@@ -25,6 +25,8 @@ calls the handler's ``on_connect`` (where the Expertflow connector emits ``regis
 :class:`AckTimeout` / :class:`LinkLost`; an incoming event with an ack id is answered with the
 handler's return value. Malformed packets and unexpected events are logged with the peer named
 and the link is kept.
+
+:class:`FakeSocketIOClient` is an in-memory :class:`ISocketIOClient` for handlers' unit tests.
 """
 
 import enum
@@ -37,8 +39,10 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 from gateway.chat.engineio import (
     EngineIOClientFactory,
@@ -52,6 +56,9 @@ from gateway.chat.engineio import (
 __all__ = [
     "AckTimeout",
     "CallbackHandler",
+    "Emitted",
+    "FakeSocketIOClient",
+    "ISocketIOClient",
     "ISocketIOHandler",
     "LinkLost",
     "NotConnected",
@@ -229,7 +236,22 @@ def _reconstruct(data, buffers: list[bytes]):
     return {key: _reconstruct(value, buffers) for key, value in data.items()}
 
 
-# -- the handler -------------------------------------------------------------------------------
+# -- the handler and the client, as interfaces ---------------------------------------------------
+
+
+class ISocketIOClient(Interface):
+    """What a handler (the Expertflow connector) uses: :class:`SocketIOClient` or the fake."""
+
+    connected = Attribute("True while the namespace session is up.")
+
+    def emit(event, *args):
+        """Send an event asking for an ack: a Deferred firing with the ack's argument list."""
+
+    def send(event, *args):
+        """Send an event without an ack; raises :class:`NotConnected` when down."""
+
+    def when_connected():
+        """A Deferred firing with the client once the namespace session is (or next gets) up."""
 
 
 class ISocketIOHandler(Interface):
@@ -516,6 +538,7 @@ def _secured(endpoint, ws_url: str, tls):
     return endpoint
 
 
+@implementer(ISocketIOClient)
 class SocketIOClient(service.Service):
     """Keeps one Socket.IO namespace session up through a ``ClientService``.
 
@@ -638,3 +661,78 @@ class SocketIOClient(service.Service):
 
     def _handler_failed(self, failure, what: str, peer: str) -> None:
         log.failure("the Socket.IO handler's {what} for {peer} failed", failure, what=what, peer=peer)
+
+
+# -- a fake for the handler's tests --------------------------------------------------------------
+
+
+@implementer(ISocketIOClient)
+class FakeSocketIOClient:
+    """An in-memory :class:`ISocketIOClient` that drives a handler the way the real client does.
+
+    For unit tests of handlers (the Expertflow connector): :meth:`connect` and :meth:`disconnect`
+    play the session's start and end, :meth:`receive` delivers a server event (returning the
+    ack the handler produced); what the handler emits lands in ``emitted`` as :class:`Emitted`
+    entries whose Deferreds the test fires with :meth:`Emitted.ack`.
+    """
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.connected = False
+        self.emitted: list[Emitted] = []
+        self.sent: list[tuple] = []
+        self._waiters: list[defer.Deferred] = []
+
+    def emit(self, event: str, *args) -> defer.Deferred:
+        if not self.connected:
+            return defer.fail(NotConnected("the fake client is not connected"))
+        entry = Emitted(event, args, defer.Deferred())
+        self.emitted.append(entry)
+        return entry.deferred
+
+    def send(self, event: str, *args) -> None:
+        if not self.connected:
+            raise NotConnected("the fake client is not connected")
+        self.sent.append((event, *args))
+
+    def when_connected(self) -> defer.Deferred:
+        if self.connected:
+            return defer.succeed(self)
+        waiter = defer.Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return waiter
+
+    def connect(self) -> defer.Deferred:
+        """Start a session: ``on_connect`` runs, then waiters fire; returns on_connect's Deferred."""
+        self.connected = True
+        result = defer.maybeDeferred(self.handler.on_connect, self)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self)
+        return result
+
+    def disconnect(self, reason=None) -> defer.Deferred:
+        """End the session: unacked emits fail with :class:`LinkLost`, then ``on_disconnect`` runs."""
+        self.connected = False
+        for entry in self.emitted:
+            if not entry.deferred.called:
+                entry.deferred.errback(LinkLost(f"fake link lost before the ack for {entry.event!r}"))
+        reason = reason if reason is not None else Failure(ConnectionDone("fake disconnect"))
+        return defer.maybeDeferred(self.handler.on_disconnect, self, reason)
+
+    def receive(self, event: str, *args) -> defer.Deferred:
+        """Deliver a server event; fires with the ack arguments the real client would send."""
+        return defer.maybeDeferred(self.handler.on_event, self, event, list(args)).addCallback(_ack_arguments)
+
+
+@attrs.define
+class Emitted:
+    """One event the handler emitted through a :class:`FakeSocketIOClient`."""
+
+    event: str
+    args: tuple
+    deferred: defer.Deferred
+
+    def ack(self, *args) -> None:
+        """Acknowledge with ``args`` (the Deferred fires with them as a list)."""
+        self.deferred.callback(list(args))

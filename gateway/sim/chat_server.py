@@ -368,6 +368,11 @@ async def _request_errors(request, handler):
         return web.json_response({"error": str(error)}, status=error.status)
 
 
+def _field(payload, key: str):
+    """``payload[key]`` when the payload is an object, else None (payloads come from peers)."""
+    return payload.get(key) if isinstance(payload, dict) else None
+
+
 def _logging_failures(event: str, handler):
     """Wrap a Socket.IO handler so that a failure is logged (python-socketio keeps it quiet)."""
 
@@ -432,7 +437,7 @@ class ChatServerSim:
 
     async def _on_joinConversation(self, sid, data=None, *extra):
         try:
-            conversation = self.state.conversation((data or {}).get("conversationId") if isinstance(data, dict) else None)
+            conversation = self.state.conversation(_field(data, "conversationId"))
         except RequestError as error:
             log.warn("socket {sid} cannot join: {error}", sid=sid, error=error)
             return False
@@ -457,7 +462,7 @@ class ChatServerSim:
             log.warn("socket {sid} sent a message of no known type: {message!r}", sid=sid, message=message)
             return False
         try:
-            conversation = self.state.open_conversation(message.get("conversationId"))
+            conversation = self.state.open_conversation(_field(message, "conversationId"))
         except RequestError as error:
             log.warn("socket {sid} cannot send: {error}", sid=sid, error=error)
             return False
@@ -468,7 +473,7 @@ class ChatServerSim:
 
     async def _on_endConversation(self, sid, data=None, *extra):
         try:
-            conversation = self.state.open_conversation(data.get("conversationId") if isinstance(data, dict) else None)
+            conversation = self.state.open_conversation(_field(data, "conversationId"))
         except RequestError as error:
             log.warn("socket {sid} cannot end: {error}", sid=sid, error=error)
             return False

@@ -15,13 +15,18 @@ from twisted.logger import globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from zope.interface.verify import verifyObject
+
 from gateway.chat.socketio import (
     AckTimeout,
     CallbackHandler,
+    FakeSocketIOClient,
+    ISocketIOClient,
     LinkLost,
     NotConnected,
     PacketError,
     SocketIOClient,
+    UnexpectedEvent,
 )
 
 OPEN = {"sid": "eio-1", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000000}
@@ -401,3 +406,45 @@ class BadInputTests(SynchronousTestCase):
         h.accept()
         h.send('0{"sid":1}')
         self.assertTrue(h.link_lost)
+
+
+class FakeClientTests(SynchronousTestCase):
+    """FakeSocketIOClient drives a handler like the real client, without I/O."""
+
+    def setUp(self):
+        self.acks = []
+        self.handler = CallbackHandler(
+            events={"question": lambda text: f"answer to {text}", "pair": lambda: ("a", 1)},
+            connected=lambda client: client.emit("registerConnector", {"id": "sms"}).addCallback(self.acks.append),
+            disconnected=lambda client, reason: self.acks.append("disconnected"),
+        )
+        self.fake = FakeSocketIOClient(self.handler)
+
+    def test_both_clients_provide_the_interface(self):
+        verifyObject(ISocketIOClient, self.fake)
+        verifyObject(ISocketIOClient, Harness(self).client)
+
+    def test_connect_runs_on_connect_and_acks_reach_it(self):
+        waiting = self.fake.when_connected()
+        registered = self.fake.connect()
+        self.assertIs(self.successResultOf(waiting), self.fake)
+        [entry] = self.fake.emitted
+        self.assertEqual((entry.event, entry.args), ("registerConnector", ({"id": "sms"},)))
+        entry.ack(True)
+        self.successResultOf(registered)
+        self.assertEqual(self.acks, [[True]])
+
+    def test_receive_returns_the_ack_arguments(self):
+        self.fake.connect()
+        self.assertEqual(self.successResultOf(self.fake.receive("question", "life")), ["answer to life"])
+        self.assertEqual(self.successResultOf(self.fake.receive("pair")), ["a", 1])
+        self.failureResultOf(self.fake.receive("unknown"), UnexpectedEvent)
+
+    def test_disconnect_fails_pending_emits(self):
+        self.fake.connect()
+        self.fake.disconnect()
+        self.failureResultOf(self.fake.emitted[0].deferred, LinkLost)
+        self.assertEqual(self.acks, ["disconnected"])
+        self.failureResultOf(self.fake.emit("x"), NotConnected)
+        with self.assertRaises(NotConnected):
+            self.fake.send("x")
