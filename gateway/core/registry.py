@@ -1,0 +1,819 @@
+"""The call registry: every call and leg, every command, every event, one CDR per call.
+
+Protocol adapters (Patriot, CTI, the admin API) turn their requests into the
+commands below and translate the events back; drivers report through the
+:class:`~gateway.core.interfaces.ILegEvents` the registry gives each leg. No
+I/O happens here: time comes from the ``clock`` (an IReactorTime), the far
+ends are reached through drivers, audio through the media controller.
+
+Commands return Deferreds that fire (with a :class:`CallSnapshot`, or None for
+``dispose``/``shutdown``) once the effect has happened, or fail with a
+:class:`~gateway.core.errors.CallError`. Outcomes that come later (a dialled
+party answering, a transfer failing) arrive as events and in the CDR.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import re
+import secrets
+import typing
+
+import attrs
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.core import events as ev
+from gateway.core.cdr import RetryingSink, build_cdr
+from gateway.core.errors import (
+    CallError,
+    DriverError,
+    ExtensionBusy,
+    IllegalState,
+    InvalidArgument,
+    UnknownCall,
+    UnknownExtension,
+    UnknownParty,
+)
+from gateway.core.interfaces import ILegEvents
+from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
+from gateway.core.states import Cause, LegState, next_state
+
+__all__ = ["Registry", "DEFAULT_RETENTION"]
+
+log = Logger()
+
+RINGING, DIALING, TALKING, HELD, RELEASED = LegState
+
+#: seconds a released call stays queryable
+DEFAULT_RETENTION = 60.0
+
+_NUMBER = re.compile(r"^\+?[0-9*#]{1,40}$")
+_DIGITS = re.compile(r"^[0-9*#A-D]+$")
+_CONSULT_EVENTS = {"transfer": ev.TransferFailed, "conference": ev.ConferenceFailed}
+_PENDING_REASONS = {
+    Cause.BUSY: "busy",
+    Cause.NO_ANSWER: "no answer",
+    Cause.REMOTE_HANGUP: "hung up before answering",
+    Cause.TRANSPORT_LOST: "the connection was lost",
+}
+
+
+@attrs.frozen
+class _Destination:
+    """Where a dial goes: through ``driver`` to ``address``; ``extension`` set for an extension's phone."""
+
+    driver: str
+    address: str
+    number: str
+    name: str = ""
+    extension: str | None = None
+
+    @property
+    def attributes(self) -> dict:
+        return {"extension": self.extension} if self.extension is not None else {}
+
+
+@attrs.define(eq=False)
+class _Subscription:
+    callback: typing.Callable
+    extension: str | None
+
+
+def _command(name: str):
+    """Run a registry command: exceptions become failed Deferreds, and the outcome is counted."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            d = defer.maybeDeferred(method, self, *args, **kwargs)
+            d.addBoth(self._count_command, name)
+            return d
+
+        return run
+
+    return decorate
+
+
+def _unwrap_first_error(failure: Failure) -> Failure:
+    failure.trap(defer.FirstError)
+    return failure.value.subFailure
+
+
+@implementer(ILegEvents)
+class _LegEvents:
+    """What a driver reports about one leg, passed to the registry without ever raising into the driver."""
+
+    def __init__(self, registry: "Registry", leg: Leg) -> None:
+        self._registry = registry
+        self._leg = leg
+
+    @property
+    def call_id(self) -> str:
+        """The call the leg is in now (beyond ILegEvents: for drivers' logs and the sim's API)."""
+        return self._leg.call.call_id
+
+    @property
+    def leg_id(self) -> str:
+        return self._leg.leg_id
+
+    def _report(self, what: str, handler, *args) -> None:
+        try:
+            handler(self._leg, *args)
+        except Exception:
+            log.failure("handling {what} from driver {driver} on leg {leg_id} failed",
+                        what=what, driver=self._leg.driver, leg_id=self._leg.leg_id)
+
+    def ringing(self):
+        self._report("ringing", self._registry._leg_ringing)
+
+    def answered(self):
+        self._report("answered", self._registry._leg_answered)
+
+    def busy(self):
+        self._report("busy", self._registry._leg_over, Cause.BUSY)
+
+    def no_answer(self):
+        self._report("no_answer", self._registry._leg_over, Cause.NO_ANSWER)
+
+    def failed(self, reason):
+        self._report("failed", self._registry._leg_over, Cause.FAILED, str(reason))
+
+    def hung_up(self, cause="remote_hangup"):
+        self._report("hung_up", self._registry._leg_hung_up, cause)
+
+    def dtmf(self, digit, duration_ms=None):
+        self._report("dtmf", self._registry._leg_dtmf, digit, duration_ms)
+
+    def provider_cdr(self, source, data):
+        self._report("provider_cdr", self._registry._provider_cdr, source, data)
+
+
+class Registry:
+    """Owns calls and legs; see the module docstring."""
+
+    def __init__(
+        self,
+        clock,
+        drivers: typing.Mapping[str, typing.Any],
+        *,
+        extensions: typing.Iterable = (),
+        router=None,
+        media=None,
+        pbx_driver: str = "sim",
+        node: str = "gateway",
+        cdr_sink: typing.Callable[[dict], defer.Deferred] | None = None,
+        provider_cdr_sink: typing.Callable[[str, str, dict], defer.Deferred] | None = None,
+        retention: float = DEFAULT_RETENTION,
+        on_command: typing.Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``drivers``: name -> IDriver; ``extensions``: objects with ``id``, ``name``, ``device``
+        (``gateway.config.Extension``); ``router``: a :class:`~gateway.core.routing.Router`;
+        ``media``: a :class:`~gateway.core.mediactl.MediaController` (None: no audio is wired);
+        ``cdr_sink(cdr)`` and ``provider_cdr_sink(call_id, source, data)``: the store's
+        ``add_cdr`` and ``attach_provider_cdr``; ``on_command(name, result)``: told the outcome
+        (``ok`` or an error code) of every command."""
+        self._clock = clock
+        self._drivers = dict(drivers)
+        self._extensions = {ext.id: ext for ext in extensions}
+        self._router = router
+        self._media = media
+        self._pbx_driver = pbx_driver
+        self._node = node
+        self._retention = retention
+        self._on_command = on_command
+        self._cdrs = RetryingSink(clock, cdr_sink, "CDR") if cdr_sink else None
+        self._provider_cdrs = RetryingSink(clock, provider_cdr_sink, "provider CDR") if provider_cdr_sink else None
+        self._calls: dict[str, Call] = {}
+        self._forget_timers: dict[str, typing.Any] = {}
+        self._subscriptions: list[_Subscription] = []
+        self._queue: collections.deque = collections.deque()
+        self._dispatching = False
+        self._closing = False
+        self._drained: list[defer.Deferred] = []
+        self._shutdown_timer = None
+        if media is not None:
+            media.app_finished = self._app_finished
+
+    # -- observers -----------------------------------------------------------
+
+    def subscribe(self, callback: typing.Callable[[ev.CallEvent], object], extension: str | None = None):
+        """Call ``callback(event)`` for every event (of ``extension``'s calls only, if given).
+        Returns a function that unsubscribes."""
+        subscription = _Subscription(callback, extension)
+        self._subscriptions.append(subscription)
+
+        def unsubscribe() -> None:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+
+        return unsubscribe
+
+    def _emit(self, event: ev.CallEvent) -> None:
+        """Deliver in order: an event raised by an observer's own command waits for the current one."""
+        self._queue.append(event)
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._queue:
+                self._deliver(self._queue.popleft())
+        finally:
+            self._dispatching = False
+
+    def _deliver(self, event: ev.CallEvent) -> None:
+        for subscription in list(self._subscriptions):
+            if subscription.extension is not None and subscription.extension != event.extension:
+                continue
+            try:
+                subscription.callback(event)
+            except Exception:
+                log.failure("observer {observer!r} failed on {event} of call {call_id}",
+                            observer=subscription.callback, event=event.type, call_id=event.call_id)
+
+    def _event(self, cls, call: Call, leg: Leg | None = None, **fields) -> None:
+        self._emit(cls(call_id=call.call_id, extension=call.extension, at=self._clock.seconds(),
+                       leg_id=leg.leg_id if leg is not None else None, **fields))
+
+    # -- queries -------------------------------------------------------------
+
+    def _snapshot(self, call: Call) -> CallSnapshot:
+        return call.snapshot(self._clock.seconds())
+
+    def calls(self, include_released: bool = False) -> list[CallSnapshot]:
+        """Live calls (and released ones still retained, if asked), oldest first."""
+        return [self._snapshot(c) for c in self._calls.values() if include_released or not c.ended]
+
+    def call(self, call_id: str) -> CallSnapshot:
+        """One call, live or retained; raises UnknownCall."""
+        return self._snapshot(self._find(call_id))
+
+    def calls_for(self, extension_id: str) -> list[CallSnapshot]:
+        """The extension's calls, live and retained."""
+        return [self._snapshot(c) for c in self._calls.values() if c.extension == extension_id]
+
+    def active_call_for(self, extension_id: str) -> CallSnapshot | None:
+        """The extension's live call, if any."""
+        call = next((c for c in self._calls.values() if c.extension == extension_id and not c.ended), None)
+        return self._snapshot(call) if call is not None else None
+
+    @property
+    def extensions(self) -> list[str]:
+        return list(self._extensions)
+
+    def status(self) -> dict:
+        """Counts for the admin status page."""
+        states = collections.Counter(c.state.value for c in self._calls.values() if not c.ended)
+        return {"live_calls": sum(states.values()), "by_state": dict(states),
+                "retained_calls": sum(1 for c in self._calls.values() if c.ended)}
+
+    def leg_states(self) -> collections.Counter:
+        """State -> number of legs of live calls (for metrics)."""
+        return collections.Counter(leg.state.value for c in self._calls.values() if not c.ended for leg in c.legs)
+
+    def _find(self, call_id: str) -> Call:
+        try:
+            return self._calls[call_id]
+        except KeyError:
+            raise UnknownCall(call_id) from None
+
+    def _checked(self, call_id: str, command: str) -> Call:
+        """The call, if ``command`` is legal in its state (UnknownCall / IllegalState otherwise)."""
+        call = self._find(call_id)
+        next_state(call.state, command)
+        return call
+
+    # -- commands ------------------------------------------------------------
+
+    def _count_command(self, result, name: str):
+        if self._on_command is not None:
+            outcome = "ok" if not isinstance(result, Failure) else getattr(result.value, "code", "error")
+            self._on_command(name, outcome)
+        return result
+
+    @_command("originate")
+    def originate(self, extension_id: str, number: str, *, attributes: dict | None = None):
+        """Click-to-dial: ring the extension's phone; when it answers, dial ``number`` and bridge."""
+        self._check_open("originate")
+        ext = self._extension(extension_id)
+        target = self._destination(number)
+        if target.extension == ext.id:
+            raise InvalidArgument(f"extension {ext.id} cannot call itself")
+        for busy in {extension_id, target.extension} - {None}:
+            self._check_free(busy)
+        attributes = dict(attributes or {})
+        call = self._new_call(extension=ext.id, direction=OUTBOUND, caller=ext.id, number=number, attributes=attributes)
+        try:
+            self._dial(call, DEVICE, self._device(ext), caller_id=number)
+        except CallError:
+            self._end_call(call, Cause.FAILED, "gateway")
+            raise
+        return self._snapshot(call)
+
+    def incoming(self, driver_leg, *, caller_id: str | None, did: str | None, attributes: dict | None = None):
+        """A driver delivers a new inbound leg; returns the leg's ILegEvents.
+
+        The call is routed by ``did``: to an extension (its phone rings), to a
+        media app (answered, the app started), or nowhere (hung up, cause no_route).
+        """
+        attributes = dict(attributes or {})
+        target = self._router.route(did) if self._router is not None and not self._closing else None
+        call = self._new_call(
+            extension=target.name if target is not None and target.kind == "extension" else None,
+            direction=INBOUND, caller=caller_id, number=did, did=did, attributes=attributes,
+        )
+        if target is not None and target.kind == "app":
+            call.app, call.app_arg = target.name, target.arg
+        leg = self._add_leg(call, PARTY, INBOUND, caller_id, getattr(driver_leg, "driver", "?"), RINGING,
+                            caller_id=caller_id, attributes={"did": did, **attributes})
+        leg.driver_leg = driver_leg
+        self._event(ev.LegRinging, call, leg)
+        if self._closing:
+            self._end_call(call, Cause.SHUTDOWN, "gateway")
+        elif target is None:
+            log.warn("no route for DID {did} (call {call_id} from {caller}); hung up", did=did,
+                     call_id=call.call_id, caller=caller_id)
+            self._end_call(call, Cause.NO_ROUTE, "gateway")
+        elif call.app is not None:
+            self._answer_inbound(leg)
+        else:
+            self._ring_extension(call, target.name)
+        return _LegEvents(self, leg)
+
+    def _ring_extension(self, call: Call, extension_id: str) -> None:
+        ext = self._extensions.get(extension_id)
+        if ext is None:
+            log.error("call {call_id}: routed to unknown extension {extension}", call_id=call.call_id,
+                      extension=extension_id)
+            self._end_call(call, Cause.NO_ROUTE, "gateway")
+            return
+        if self._busy_call(ext.id, besides=call) is not None:
+            self._end_call(call, Cause.BUSY, "gateway")
+            return
+        try:
+            self._dial(call, DEVICE, self._device(ext), caller_id=call.caller, state=RINGING)
+        except CallError:
+            self._end_call(call, Cause.FAILED, "gateway")
+
+    @_command("answer")
+    def answer(self, call_id: str):
+        """Answer an alerting call (or pick up a click-to-dial's own phone) at the extension's phone."""
+        call = self._checked(call_id, "answer")
+        device = call.device
+        if device is None or device.state not in (RINGING, DIALING):
+            raise IllegalState("answer", device.state.value if device else "not an extension's call", "call's phone")
+        d = self._driver_op(device, "answer", device.driver_leg.answer)
+        d.addCallback(lambda _: self._leg_answered(device))
+        return d.addCallback(lambda _: self._snapshot(call))
+
+    @_command("reject")
+    def reject(self, call_id: str, *, by: str = "api"):
+        """Refuse an alerting inbound call (cause rejected)."""
+        call = self._checked(call_id, "reject")
+        return self._end_call(call, Cause.REJECTED, by).addCallback(lambda _: self._snapshot(call))
+
+    @_command("hangup")
+    def hangup(self, call_id: str, *, by: str = "api"):
+        """End the call: every leg is hung up (cause normal)."""
+        call = self._checked(call_id, "hangup")
+        return self._end_call(call, Cause.NORMAL, by).addCallback(lambda _: self._snapshot(call))
+
+    @_command("hold")
+    def hold(self, call_id: str):
+        """Put the remote parties on hold (idempotent)."""
+        return self._set_held(call_id, "hold", TALKING, ev.LegHeld)
+
+    @_command("retrieve")
+    def retrieve(self, call_id: str):
+        """Take the remote parties off hold (idempotent)."""
+        return self._set_held(call_id, "retrieve", HELD, ev.LegRetrieved)
+
+    def _set_held(self, call_id: str, command: str, from_state: LegState, event) -> CallSnapshot:
+        call = self._checked(call_id, command)
+        for leg in call.parties:
+            if leg.state is from_state:
+                leg.state = next_state(leg.state, command, "leg")
+                self._event(event, call, leg)
+        self._progress(call)
+        return self._snapshot(call)
+
+    @_command("mute")
+    def mute(self, call_id: str):
+        """Stop forwarding the extension's audio (idempotent)."""
+        return self._set_muted(call_id, "mute", True, ev.LegMuted)
+
+    @_command("unmute")
+    def unmute(self, call_id: str):
+        return self._set_muted(call_id, "unmute", False, ev.LegUnmuted)
+
+    def _set_muted(self, call_id: str, command: str, muted: bool, event) -> CallSnapshot:
+        call = self._checked(call_id, command)
+        device = call.device
+        if device is None:
+            raise IllegalState(command, "not an extension's call")
+        next_state(device.state, command, "extension's phone")
+        if device.muted != muted:
+            device.muted = muted
+            self._event(event, call, device)
+            self._progress(call)
+        return self._snapshot(call)
+
+    @_command("transfer")
+    def transfer(self, call_id: str, destination: str, *, by: str = "api"):
+        """Blind transfer: dial ``destination`` (an extension id or a number); when it answers, the
+        remote parties talk to it in a new call and this one ends (cause transferred). Fires once
+        dialled; a failure arrives as a TransferFailed event and leaves the call as it was."""
+        return self._consult(call_id, destination, "transfer", by)
+
+    @_command("conference")
+    def conference(self, call_id: str, destination: str, *, by: str = "api"):
+        """Dial ``destination``; when it answers it is mixed into the call (PartyAdded). Fires once
+        dialled; a failure arrives as a ConferenceFailed event and leaves the call as it was."""
+        return self._consult(call_id, destination, "conference", by)
+
+    def _consult(self, call_id: str, destination: str, kind: str, by: str) -> CallSnapshot:
+        call = self._checked(call_id, kind)
+        if call.pending is not None:
+            raise IllegalState(kind, f"already dialling {call.pending.number} for a {call.pending.pending}")
+        target = self._destination(destination)
+        if target.extension is not None:
+            if target.extension == call.extension:
+                raise InvalidArgument(f"cannot {kind} call {call_id} to its own extension {target.extension}")
+            self._check_free(target.extension)
+        caller_id = call.parties[0].number if call.parties else None
+        call.pending = self._dial(call, PARTY, target, caller_id=caller_id, pending=kind)
+        call.pending_by = by
+        return self._snapshot(call)
+
+    @_command("remove_party")
+    def remove_party(self, call_id: str, number: str, *, by: str = "api"):
+        """Hang up one remote party; the call goes on while another remains."""
+        call = self._checked(call_id, "remove_party")
+        leg = next((p for p in call.parties if p.number == number), None)
+        if leg is None:
+            raise UnknownParty(call_id, number)
+        d = self._hangup_driver(leg, Cause.NORMAL)
+        self._release(leg, Cause.NORMAL)
+        self._party_left(call, leg, Cause.NORMAL, by)
+        return d.addCallback(lambda _: self._snapshot(call))
+
+    @_command("dtmf")
+    def send_dtmf(self, call_id: str, digits: str, duration_ms: int = 100, gap_ms: int = 50):
+        """Send ``digits`` to the remote parties one after another; fires when the last tone ended."""
+        digits = str(digits).upper()
+        if not _DIGITS.match(digits) or len(digits) > 64:
+            raise InvalidArgument(f"DTMF digits must be 1-64 of 0-9 * # A-D, not {digits!r}")
+        if not (isinstance(duration_ms, int) and 20 <= duration_ms <= 1000):
+            raise InvalidArgument(f"DTMF duration must be 20-1000 ms, not {duration_ms!r}")
+        if not (isinstance(gap_ms, int) and 0 <= gap_ms <= 1000):
+            raise InvalidArgument(f"DTMF gap must be 0-1000 ms, not {gap_ms!r}")
+        call = self._checked(call_id, "dtmf")
+        return call.dtmf_lock.run(self._play_digits, call, digits, duration_ms, gap_ms)
+
+    @defer.inlineCallbacks
+    def _play_digits(self, call: Call, digits: str, duration_ms: int, gap_ms: int):
+        for index, digit in enumerate(digits):
+            if index:
+                yield task.deferLater(self._clock, gap_ms / 1000)
+            next_state(call.state, "dtmf")
+            sends = [self._driver_op(leg, "send_dtmf", leg.driver_leg.send_dtmf, digit, duration_ms)
+                     for leg in call.parties]
+            yield defer.gatherResults(sends, consumeErrors=True).addErrback(_unwrap_first_error)
+            call.dtmf_count += 1
+        return self._snapshot(call)
+
+    @_command("dispose")
+    def dispose(self, call_id: str, *, by: str = "api"):
+        """Forget a call now (a live one is hung up first)."""
+        call = self._find(call_id)
+        return self._end_call(call, Cause.NORMAL, by).addCallback(lambda _: self._forget(call_id))
+
+    def shutdown(self, grace: float) -> defer.Deferred:
+        """Refuse new calls, give live ones ``grace`` seconds, end the rest (cause shutdown), then
+        settle the CDR deliveries. Fires with None."""
+        self._closing = True
+        drained = defer.Deferred()
+        self._drained.append(drained)
+        if self._shutdown_timer is None:
+            self._shutdown_timer = self._clock.callLater(grace, self._end_all, Cause.SHUTDOWN)
+        self._check_drained()
+        drained.addCallback(lambda _: self._settle())
+        return drained
+
+    def _end_all(self, cause: Cause) -> None:
+        self._shutdown_timer = None
+        for call in [c for c in self._calls.values() if not c.ended]:
+            self._end_call(call, cause, "gateway")
+
+    def _check_drained(self) -> None:
+        if not self._closing or any(not c.ended for c in self._calls.values()):
+            return
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+            self._shutdown_timer = None
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
+
+    def _settle(self) -> defer.Deferred:
+        for timer in self._forget_timers.values():
+            timer.cancel()
+        self._forget_timers.clear()
+        sinks = [s.close() for s in (self._cdrs, self._provider_cdrs) if s is not None]
+        return defer.DeferredList(sinks).addCallback(lambda _: None)
+
+    # -- building calls and legs ----------------------------------------------
+
+    def _check_open(self, command: str) -> None:
+        if self._closing:
+            raise IllegalState(command, "shutting down", "gateway")
+
+    def _extension(self, extension_id: str):
+        try:
+            return self._extensions[extension_id]
+        except KeyError:
+            raise UnknownExtension(extension_id) from None
+
+    def _device(self, ext) -> _Destination:
+        driver, _, address = ext.device.partition(":")
+        return _Destination(driver, address, ext.id, ext.name, ext.id)
+
+    def _destination(self, destination: str) -> _Destination:
+        """An extension id rings that extension's phone; anything else must be a number for [pbx] driver."""
+        destination = str(destination or "").strip()
+        ext = self._extensions.get(destination)
+        if ext is not None:
+            return self._device(ext)
+        if not _NUMBER.match(destination):
+            raise InvalidArgument(f"{destination!r} is neither an extension nor a phone number")
+        return _Destination(self._pbx_driver, destination, destination)
+
+    def _busy_call(self, extension_id: str, besides: Call | None = None) -> Call | None:
+        """The live call the extension (or its phone, as a party elsewhere) is in."""
+        for call in self._calls.values():
+            if call.ended or call is besides:
+                continue
+            if call.extension == extension_id or any(
+                leg.live and leg.attributes.get("extension") == extension_id for leg in call.legs
+            ):
+                return call
+        return None
+
+    def _check_free(self, extension_id: str) -> None:
+        busy = self._busy_call(extension_id)
+        if busy is not None:
+            raise ExtensionBusy(extension_id, busy.call_id)
+
+    def _new_call(self, **fields) -> Call:
+        call = Call(call_id=secrets.token_hex(8), created_at=self._clock.seconds(), **fields)
+        call.dtmf_lock = defer.DeferredLock()
+        self._calls[call.call_id] = call
+        self._announce(call)
+        return call
+
+    def _announce(self, call: Call) -> None:
+        self._event(ev.CallCreated, call, direction=call.direction, caller=call.caller, number=call.number,
+                    did=call.did, attributes=dict(call.attributes))
+
+    def _add_leg(self, call: Call, role: str, direction: str, number, driver: str, state: LegState, **fields) -> Leg:
+        leg = Leg(leg_id=secrets.token_hex(8), call=call, role=role, direction=direction, number=number,
+                  driver=driver, state=state, started_at=self._clock.seconds(), **fields)
+        call.legs.append(leg)
+        self._announce_leg(call, leg)
+        return leg
+
+    def _announce_leg(self, call: Call, leg: Leg) -> None:
+        self._event(ev.LegCreated, call, leg, role=leg.role, direction=leg.direction, number=leg.number,
+                    driver=leg.driver, state=leg.state.value)
+
+    def _dial(self, call: Call, role: str, target: _Destination, *, caller_id=None, pending=None,
+              state: LegState = DIALING) -> Leg:
+        """Add a leg and dial it; on a refused dial the leg ends (cause failed) and DriverError is raised."""
+        leg = self._add_leg(call, role, OUTBOUND, target.number, target.driver, state, caller_id=caller_id,
+                            name=target.name, attributes=target.attributes, pending=pending)
+        driver = self._drivers.get(target.driver)
+        try:
+            if driver is None:
+                raise DriverError(target.driver, "no such driver is configured")
+            leg.driver_leg = driver.dial(target.address, _LegEvents(self, leg), caller_id=caller_id,
+                                         attributes=dict(target.attributes))
+        except Exception as e:
+            error = e if isinstance(e, CallError) else DriverError(target.driver, f"dial failed: {e}")
+            log.warn("call {call_id}: dialling {number} through {driver} failed: {error}", call_id=call.call_id,
+                     number=target.number, driver=target.driver, error=error)
+            self._event(ev.LegFailed, call, leg, reason=str(error))
+            self._release(leg, Cause.FAILED)
+            raise error from None
+        self._event(ev.LegDialing, call, leg)
+        return leg
+
+    def _driver_op(self, leg: Leg, what: str, operation, *args) -> defer.Deferred:
+        """Run a driver operation; anything but a CallError it fails with becomes a DriverError."""
+
+        def as_driver_error(failure):
+            if failure.check(CallError):
+                return failure
+            log.failure("driver {driver}: {what} on leg {leg_id} failed", failure, driver=leg.driver,
+                        what=what, leg_id=leg.leg_id)
+            raise DriverError(leg.driver, f"{what} failed: {failure.getErrorMessage()}")
+
+        return defer.maybeDeferred(operation, *args).addErrback(as_driver_error)
+
+    def _hangup_driver(self, leg: Leg, cause: Cause) -> defer.Deferred:
+        """Tell the driver to end the leg; a failure is logged, never passed on (the leg is over for us)."""
+        if leg.driver_leg is None:
+            return defer.succeed(None)
+        d = self._driver_op(leg, "hangup", leg.driver_leg.hangup, str(cause))
+        return d.addErrback(lambda f: log.warn("call {call_id}: {error}", call_id=leg.call.call_id,
+                                               error=f.getErrorMessage()))
+
+    def _release(self, leg: Leg, cause: Cause) -> None:
+        leg.state = next_state(leg.state, "release", "leg")
+        leg.ended_at = self._clock.seconds()
+        leg.cause = str(cause)
+        leg.pending = None
+        self._event(ev.LegEnded, leg.call, leg, cause=str(cause))
+
+    def _progress(self, call: Call) -> None:
+        """After any change: note when the conversation started, and fit the media to the legs."""
+        if call.answered_at is None and call.state is TALKING:
+            call.answered_at = self._clock.seconds()
+        if self._media is not None and not self._media.update(call) and call.app is not None and not call.ended:
+            self._end_call(call, Cause.FAILED, "gateway")
+
+    def _answer_inbound(self, leg: Leg) -> None:
+        """Accept an inbound leg at its driver; a refusal ends the call (cause failed)."""
+        d = self._driver_op(leg, "answer", leg.driver_leg.answer)
+        d.addCallback(lambda _: self._leg_answered(leg))
+
+        def refused(failure):
+            log.warn("call {call_id}: answering the caller failed: {error}", call_id=leg.call.call_id,
+                     error=failure.getErrorMessage())
+            self._end_call(leg.call, Cause.FAILED, "gateway")
+
+        d.addErrback(refused)
+
+    # -- what drivers report ----------------------------------------------------
+
+    def _leg_ringing(self, leg: Leg) -> None:
+        if leg.state in (RINGING, DIALING):
+            self._event(ev.LegRinging, leg.call, leg)
+
+    def _leg_answered(self, leg: Leg) -> None:
+        if leg.state not in (RINGING, DIALING) or leg.call.ended:
+            return
+        call = leg.call
+        leg.state = next_state(leg.state, "answered", "leg")
+        leg.answered_at = self._clock.seconds()
+        self._event(ev.LegAnswered, call, leg)
+        if leg.pending == "conference":
+            self._conference_answered(call, leg)
+        elif leg.pending == "transfer":
+            self._transfer_answered(call, leg)
+            return
+        elif leg.role == DEVICE:
+            self._device_answered(call)
+        self._progress(call)
+
+    def _device_answered(self, call: Call) -> None:
+        """The extension picked up: accept the waiting caller, or dial a click-to-dial's number."""
+        if call.direction == INBOUND:
+            for leg in call.parties:
+                if leg.state is RINGING:
+                    self._answer_inbound(leg)
+        elif not call.parties:
+            try:
+                self._dial(call, PARTY, self._destination(call.number),
+                           caller_id=call.attributes.get("caller_id"))
+            except CallError:
+                self._end_call(call, Cause.FAILED, "gateway")
+
+    def _leg_over(self, leg: Leg, cause: Cause, reason: str | None = None) -> None:
+        """The driver ended the leg (busy, no answer, failed, hung up)."""
+        if not leg.live:
+            return
+        call = leg.call
+        if cause is Cause.BUSY:
+            self._event(ev.LegBusy, call, leg)
+        elif cause is Cause.FAILED:
+            self._event(ev.LegFailed, call, leg, reason=reason or "failed")
+        kind = leg.pending
+        self._release(leg, cause)
+        if kind is not None:
+            call.pending = None
+            why = _PENDING_REASONS.get(cause) or f"failed: {reason}"
+            self._event(_CONSULT_EVENTS[kind], call, leg, reason=why)
+        elif leg.role == DEVICE:
+            self._end_call(call, Cause.NORMAL if cause is Cause.REMOTE_HANGUP else cause, "extension")
+        else:
+            self._party_left(call, leg, cause, "remote")
+
+    def _leg_hung_up(self, leg: Leg, cause: str) -> None:
+        try:
+            cause = Cause(cause)
+        except ValueError:
+            log.warn("driver {driver} reported an unknown hangup cause {cause!r} on leg {leg_id}",
+                     driver=leg.driver, cause=cause, leg_id=leg.leg_id)
+            cause = Cause.REMOTE_HANGUP
+        self._leg_over(leg, cause)
+
+    def _party_left(self, call: Call, leg: Leg, cause: Cause, by: str) -> None:
+        """A remote party is gone: the call ends when too few are left, else goes on without it."""
+        needed = 1 if call.device is not None or call.app is not None else 2
+        if len(call.parties) < needed:
+            self._end_call(call, cause, by)
+        else:
+            self._event(ev.PartyRemoved, call, leg, number=leg.number)
+            self._progress(call)
+
+    def _leg_dtmf(self, leg: Leg, digit, duration_ms) -> None:
+        digit = str(digit).upper()
+        if len(digit) != 1 or not _DIGITS.match(digit):
+            log.warn("driver {driver} reported an invalid DTMF digit {digit!r} on leg {leg_id}; ignored",
+                     driver=leg.driver, digit=digit, leg_id=leg.leg_id)
+            return
+        if leg.live:
+            leg.call.dtmf_count += 1
+            self._event(ev.DtmfReceived, leg.call, leg, digit=digit, duration_ms=duration_ms)
+
+    def _app_finished(self, call_id: str) -> None:
+        """A routed media app ended by itself (a prompt played out): so does the call."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            self._end_call(call, Cause.NORMAL, "gateway")
+
+    def _provider_cdr(self, leg: Leg, source: str, data: dict) -> None:
+        if self._provider_cdrs is not None:
+            self._provider_cdrs.write(leg.call.call_id, str(source), data)
+
+    # -- transfer and conference ----------------------------------------------
+
+    def _conference_answered(self, call: Call, leg: Leg) -> None:
+        call.pending = leg.pending = None
+        for party in call.parties:
+            if party.state is HELD:
+                party.state = next_state(party.state, "retrieve", "leg")
+                self._event(ev.LegRetrieved, call, party)
+        self._event(ev.PartyAdded, call, leg, number=leg.number, name=leg.name)
+
+    def _transfer_answered(self, call: Call, target: Leg) -> None:
+        """The remote parties and the answered target go on in a new call; this one ends, transferred."""
+        moving = [*call.parties, target]
+        call.pending = target.pending = None
+        now = self._clock.seconds()
+        for leg in moving:
+            left = attrs.evolve(leg, state=RELEASED, ended_at=now, cause=str(Cause.TRANSFERRED), driver_leg=None)
+            call.legs[call.legs.index(leg)] = left
+            self._event(ev.LegEnded, call, left, cause=str(Cause.TRANSFERRED))
+        self._end_call(call, Cause.TRANSFERRED, call.pending_by or "api")
+        successor = Call(call_id=secrets.token_hex(8), extension=target.attributes.get("extension"),
+                         direction=call.direction, created_at=now, caller=call.caller, number=call.number,
+                         did=call.did, attributes={**call.attributes, "transferred_from": call.call_id})
+        successor.dtmf_lock = defer.DeferredLock()
+        self._calls[successor.call_id] = successor
+        self._announce(successor)
+        if successor.extension is not None:
+            target.role = DEVICE
+        for leg in moving:
+            leg.call = successor
+            if leg.state is HELD:
+                leg.state = next_state(leg.state, "retrieve", "leg")
+            successor.legs.append(leg)
+            self._announce_leg(successor, leg)
+        self._progress(successor)
+
+    # -- ending -----------------------------------------------------------------
+
+    def _end_call(self, call: Call, cause: Cause, by: str | None) -> defer.Deferred:
+        """Hang up every live leg, stop the media, publish CallEnded with the CDR; fires when the
+        drivers have hung up."""
+        if call.ended:
+            return defer.succeed(None)
+        if call.pending is not None:
+            kind, call.pending = call.pending.pending, None
+            self._event(_CONSULT_EVENTS[kind], call, None, reason="the call ended")
+        hangups = []
+        for leg in call.live_legs:
+            hangups.append(self._hangup_driver(leg, cause))
+            self._release(leg, cause)
+        call.ended_at = self._clock.seconds()
+        call.cause, call.hangup_by = str(cause), by
+        if self._media is not None:
+            self._media.update(call)
+        cdr = build_cdr(call, self._node)
+        self._event(ev.CallEnded, call, cause=str(cause), hangup_by=by, cdr=cdr)
+        if self._cdrs is not None:
+            self._cdrs.write(cdr)
+        if not self._closing:
+            self._forget_timers[call.call_id] = self._clock.callLater(self._retention, self._forget, call.call_id)
+        self._check_drained()
+        return defer.DeferredList(hangups).addCallback(lambda _: None)
+
+    def _forget(self, call_id: str) -> None:
+        timer = self._forget_timers.pop(call_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._calls.pop(call_id, None)
