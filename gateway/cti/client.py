@@ -1,0 +1,356 @@
+"""The Bridge Client: answers the processor bridge's queries and requests from the call core's state,
+and raises the bridge's events from the call core's events.
+
+One :class:`BridgeClient` lives as long as the adapter; each connection (:class:`~gateway.cti.link.BridgeLink`)
+gets a fresh :class:`~gateway.cti.destinations.DestinationTree`, which the bridge fills by initialising
+its destinations again, so a reconnection neither loses a call (a channel's init lists every live call
+of its extension) nor announces one twice (a call listed there is not announced again).
+
+The destinations and the IDs the client gives them:
+
+- control ``<processor>.CONTROL``: the status query (answered, then the status event), capabilities;
+  the status is DEGRADED while a telephony-side readiness component is down, STOPPED at shutdown;
+- session ``<target the bridge chose>``: the agent named in ``session.query.init`` must be in
+  ``[[cti.agents]]``; its one channel group is ``cg``, which has one telephony channel ``tel``
+  whose end-point is the agent's extension;
+- interaction ``<call id>`` under the channel, announced with ``channel.interaction`` when a call of the
+  extension appears (inbound, click-to-dial, ``channel.request.dial``); its conversation is ``primary``.
+
+Every request becomes one registry command; its failure (unknown call, illegal in this state, driver
+error...) is the FAILURE response's errorMessage.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.logger import Logger
+
+from gateway.core import events as ev
+from gateway.core.errors import UnknownCall
+from gateway.cti.calls import TrackedCall
+from gateway.cti.destinations import DestinationTree
+from gateway.cti.link import Refusal, Reply
+from gateway.cti.names import (
+    BodyError,
+    Channel,
+    ChannelGroupInit,
+    ChannelInit,
+    ControlStatus,
+    InteractionAnnouncement,
+    SessionInit,
+    SessionLogin,
+    control_target,
+)
+
+log = Logger()
+
+#: the id of each session's channel group, and of its telephony channel
+CHANNEL_GROUP_ID = "cg"
+TELEPHONY_CHANNEL_ID = "tel"
+
+#: the body of the capabilities response
+CAPABILITIES = {
+    "channelgroups": True,
+    "telephony": True,
+    "answer": True,
+    "hold": True,
+    "mute": True,
+    "dtmf": True,
+    "blind-transfer": True,
+    "blind-conference": True,
+    "consult": False,
+}
+
+#: who the registry is told ended a call or removed a party
+BY = "desktop"
+
+
+@attrs.define(eq=False)
+class AgentSession:
+    """What a session destination stands for: a configured agent, and its ready state."""
+
+    agent: str
+    extension: str
+    ready: bool = False
+
+
+class BridgeClient:
+    """The Bridge Client's logic, handler of every :class:`~gateway.cti.link.BridgeLink`.
+
+    :param config: the ``[cti]`` section.
+    :param registry: the call core's registry.
+    :param metrics: a :class:`gateway.cti.metrics.CtiMetrics`.
+    :param component: the readiness component of the link (``gateway.context.Component``).
+    """
+
+    def __init__(self, config, registry, metrics, component):
+        self.config = config
+        self.names = config.names
+        self.registry = registry
+        self.metrics = metrics
+        self.component = component
+        component.set_down(f"connecting to {config.connect}")
+        self.link = None
+        self.tree = None
+        self.telephony = (self.names.status_started, None)
+        self._handlers = self._build_handlers()
+        self._unsubscribe = registry.subscribe(self._call_event)
+
+    def _build_handlers(self):
+        """(destination kind, message name) -> handler(destination, message)."""
+        n = self.names
+        table = {
+            "control": {n.control_query_status: self._control_status, n.cti_query_capabilities: self._capabilities},
+            "session": {n.session_request_ready: self._ready, n.session_request_notready: self._not_ready},
+            "channelgroup": {n.channelgroup_query_init: self._channelgroup_init},
+            "channel": {
+                n.channel_query_init: self._channel_init,
+                n.channel_request_dial: self._dial,
+                n.channel_request_dispose: self._channel_dispose,
+            },
+            "interaction": {
+                n.interaction_query_init: self._interaction_init,
+                n.interaction_request_accept: self._command("answer"),
+                n.interaction_request_reject: self._command("reject", by=BY),
+                n.interaction_request_complete: self._complete,
+                n.interaction_request_dispose: self._dispose,
+            },
+            "conversation": {
+                n.conversation_query_init: self._conversation_init,
+                n.conversation_request_answer: self._command("answer"),
+                n.conversation_request_release: self._command("hangup", by=BY),
+                n.conversation_request_removeparty: self._command("remove_party", "number", by=BY),
+                n.conversation_request_hold: self._command("hold"),
+                n.conversation_request_retrieve: self._command("retrieve"),
+                n.conversation_request_mute: self._command("mute"),
+                n.conversation_request_unmute: self._command("unmute"),
+                n.conversation_request_transfer: self._command("transfer", "destination", by=BY),
+                n.conversation_request_conference: self._command("conference", "destination", by=BY),
+                n.conversation_request_senddtmf: self._command("send_dtmf", "digits"),
+                n.conversation_request_dispose: self._dispose,
+            },
+        }
+        return {(kind, name): handler for kind, handlers in table.items() for name, handler in handlers.items()}
+
+    # -- the link --------------------------------------------------------------------------------
+
+    def link_made(self, link):
+        if self.tree is not None:
+            self.tree.close()
+        self.link = link
+        self.tree = DestinationTree(link.send)
+        self.tree.add("control", control_target(self.config.processor))
+        self.metrics.link_up(True)
+        self.component.set_up()
+
+    def link_lost(self, link, reason):
+        if link is not self.link:
+            return
+        self.tree.close()
+        self.link = self.tree = None
+        self.metrics.link_up(False)
+        self.component.set_down(f"link to the processor bridge lost: {reason.getErrorMessage()}")
+
+    def observe(self, direction, message):
+        self.metrics.observe(direction, message)
+
+    def stop(self):
+        """The gateway stops: tell the bridge (status STOPPED), and stop following the call core."""
+        self._unsubscribe()
+        control = self._control()
+        if control is not None and control.ready:
+            control.raise_event(self.names.control_status, ControlStatus(self.names.status_stopped).to_body())
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def handle(self, message):
+        """Answer one query or request (see :class:`~gateway.cti.link.BridgeLink`)."""
+        if message.name == self.names.session_query_init:
+            return self._session_init(message)
+        destination = self.tree.get(message.target)
+        if destination is None:
+            raise Refusal(f"unknown target {message.target!r}: there is no such destination")
+        handler = self._handlers.get((destination.kind, message.name))
+        if handler is None:
+            raise Refusal(f"unknown name {message.name!r} for the {destination.kind} destination {message.target}")
+        for key in self.names.required_properties(message.name):
+            value = message.body.get(key)
+            if not isinstance(value, str) or not value:
+                raise Refusal(f"{message.name} needs the property {key!r} (a non-empty string), not {value!r}")
+        return handler(destination, message)
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def _control(self):
+        return self.tree.get(control_target(self.config.processor)) if self.tree is not None else None
+
+    def _status_body(self):
+        status, reason = self.telephony
+        return ControlStatus(status, reason).to_body()
+
+    def _control_status(self, control, message):
+        body = self._status_body()
+
+        def answered():
+            control.init_answered()
+            control.raise_event(self.names.control_status, body)
+
+        return Reply(body, answered)
+
+    def _capabilities(self, control, message):
+        return dict(CAPABILITIES)
+
+    def telephony_changed(self, up, reason=None):
+        """The telephony side went down (``reason`` says which part and why) or came back."""
+        names = self.names
+        self.telephony = (names.status_started, None) if up else (names.status_degraded, reason)
+        log.info("HIS: telephony side {state}{reason}", state="up" if up else "down", reason=f": {reason}" if reason else "")
+        if self.tree is None:
+            return
+        control = self._control()
+        if control is not None and control.ready:
+            control.raise_event(names.control_status, self._status_body())
+        for channel in self.tree.of_kind("channel"):
+            if channel.ready:
+                channel.raise_event(names.channel_available if up else names.channel_unavailable)
+
+    # -- session, channel group, channel ---------------------------------------------------------
+
+    def _session_init(self, message):
+        existing = self.tree.get(message.target)
+        if existing is not None and existing.kind != "session":
+            raise Refusal(f"target {message.target!r} is the {existing.kind} destination, not a session")
+        try:
+            login = SessionLogin.from_body(message.body)
+        except BodyError as e:
+            raise Refusal(str(e)) from None
+        agent = self.config.agent(login.name)
+        if agent is None:
+            raise Refusal(f"agent {login.name!r} is not configured on this gateway ([[cti.agents]])")
+        subject = AgentSession(agent.agent, agent.extension)
+        session = self.tree.add("session", message.target, subject=subject)
+        group = session.add_child("channelgroup", CHANNEL_GROUP_ID, subject)
+        log.info("HIS: agent {agent} logged in on {target} (extension {extension})", agent=agent.agent,
+                 target=message.target, extension=agent.extension)
+        return Reply(SessionInit(group.id).to_body(), session.init_answered)
+
+    def _ready(self, session, message):
+        session.subject.ready = True
+
+    def _not_ready(self, session, message):
+        session.subject.ready = False
+
+    def _channelgroup_init(self, group, message):
+        extension = group.subject.extension
+        channel = group.add_child("channel", TELEPHONY_CHANNEL_ID, extension)
+        for snapshot in self.registry.calls_for(extension):
+            if snapshot.state != "RELEASED":
+                self._track(channel, snapshot.call_id, snapshot)
+        return Reply(ChannelGroupInit([Channel(channel.id, extension)]).to_body(), group.init_answered)
+
+    def _channel_init(self, channel, message):
+        state = "ACTIVATED" if self.telephony[0] == self.names.status_started else "UNAVAILABLE"
+        return Reply(ChannelInit(state, list(channel.children)).to_body(), channel.init_answered)
+
+    def _dial(self, channel, message):
+        d = self.registry.originate(channel.subject, message.body["destination"])
+        return d.addCallback(lambda snapshot: {"id": snapshot.call_id})
+
+    def _channel_dispose(self, channel, message):
+        def disposed():
+            channel.raise_event(self.names.channel_disposed)
+            channel.dispose()
+
+        return Reply(after=disposed)
+
+    # -- interaction and conversation ------------------------------------------------------------
+
+    def _track(self, channel, call_id, snapshot):
+        """Follow a call of the channel's extension: its interaction and conversation destinations."""
+        interaction = channel.add_child("interaction", call_id)
+        interaction.subject = TrackedCall(self.names, call_id, interaction)
+        interaction.subject.start(snapshot)
+        return interaction
+
+    def _snapshot(self, call_id):
+        try:
+            return self.registry.call(call_id)
+        except UnknownCall:
+            return None
+
+    def _interaction_init(self, interaction, message):
+        body = interaction.subject.interaction_init(self._snapshot(interaction.subject.call_id))
+        return Reply(body, interaction.init_answered)
+
+    def _conversation_init(self, conversation, message):
+        body = conversation.subject.conversation_init(self._snapshot(conversation.subject.call_id))
+        return Reply(body, conversation.init_answered)
+
+    def _command(self, command, argument=None, **kwargs):
+        """A handler running the registry's ``command`` on the destination's call."""
+
+        def run(destination, message):
+            args = (message.body[argument],) if argument else ()
+            d = getattr(self.registry, command)(destination.subject.call_id, *args, **kwargs)
+            return d.addCallback(lambda _: None)
+
+        return run
+
+    def _complete(self, interaction, message):
+        tracked = interaction.subject
+        if not tracked.over:
+            raise Refusal(f"cannot complete: the interaction is {tracked.interaction_state}; release the call first")
+        tracked.complete()
+
+    def _dispose(self, destination, message):
+        """Dispose of an interaction or conversation, and of its call, once the response has gone out."""
+
+        def disposed():
+            destination.dispose()
+            call_id = destination.subject.call_id
+            if self._snapshot(call_id) is not None:
+                d = self.registry.dispose(call_id, by=BY)
+                d.addErrback(lambda f: log.warn("HIS: disposing call {call_id} failed: {error}", call_id=call_id,
+                                                error=f.getErrorMessage()))
+
+        return Reply(after=disposed)
+
+    # -- call core events ------------------------------------------------------------------------
+
+    def _call_event(self, event):
+        if self.tree is None:
+            return
+        if isinstance(event, ev.CallCreated) and event.extension is not None:
+            self._announce(event)
+        for interaction in self.tree.of_kind("interaction"):
+            if interaction.subject.call_id == event.call_id:
+                interaction.subject.follow(event, self._snapshot(event.call_id))
+
+    def _announce(self, event):
+        """A new call of an agent's extension: its interaction appears on each of the agent's channels."""
+        snapshot = self._snapshot(event.call_id)
+        for channel in self.tree.of_kind("channel"):
+            if channel.subject == event.extension and event.call_id not in channel.children:
+                self._track(channel, event.call_id, snapshot)
+                if channel.ready:
+                    channel.raise_event(self.names.channel_interaction, InteractionAnnouncement(event.call_id).to_body())
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self):
+        """The live status for ``/api/status``."""
+        status, reason = self.telephony
+        tree = self.tree
+        sessions = tree.of_kind("session") if tree is not None else []
+        return {
+            "connected": self.link is not None,
+            "peer": self.link.peer if self.link is not None else None,
+            "status": status,
+            "reason": reason,
+            "agents": [
+                {"agent": s.subject.agent, "extension": s.subject.extension, "target": s.target,
+                 "ready": s.subject.ready}
+                for s in sessions
+            ],
+            "interactions": len(tree.of_kind("interaction")) if tree is not None else 0,
+        }

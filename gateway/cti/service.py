@@ -1,0 +1,71 @@
+"""The ``[cti]`` adapter as a service: one link to the processor bridge, kept up by a ClientService.
+
+:func:`make_service` (named in :data:`gateway.tap.ADAPTERS`) builds the :class:`~gateway.cti.client.BridgeClient`
+on the call registry, connects it through a ``ClientService`` that retries with an exponential backoff
+(``reconnect_initial`` doubling up to ``reconnect_max``), registers the readiness component
+``cti:<processor>`` (up while the link is), the metrics and the ``/api/status`` entry ``cti``, and
+watches the telephony side's readiness components for the control status.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.protocol import Factory
+
+from gateway.cti.client import BridgeClient
+from gateway.cti.endpoint import bridge_endpoint
+from gateway.cti.health import TelephonyWatch
+from gateway.cti.link import BridgeLink
+from gateway.cti.metrics import CtiMetrics
+
+
+class BridgeLinkFactory(Factory):
+    """Builds a :class:`BridgeLink` for each connection, all handled by one client."""
+
+    noisy = False
+
+    def __init__(self, client, byteorder, max_frame_size):
+        self.client = client
+        self.byteorder = byteorder
+        self.max_frame_size = max_frame_size
+
+    def buildProtocol(self, addr):
+        link = BridgeLink(self.client, self.byteorder, self.max_frame_size)
+        link.factory = self
+        return link
+
+
+class CtiService(service.MultiService):
+    """The link's ClientService and the telephony watch; at stop, the bridge is told STOPPED first."""
+
+    name = "cti"
+
+    def __init__(self, client, link_service, watch):
+        super().__init__()
+        self.client = client
+        self.watch = watch
+        link_service.setServiceParent(self)
+
+    def startService(self):
+        super().startService()
+        self.watch.start()
+
+    def stopService(self):
+        self.watch.stop()
+        self.client.stop()
+        return super().stopService()
+
+
+def make_service(ctx) -> CtiService:
+    config = ctx.config.cti
+    client = BridgeClient(config, ctx.registry, CtiMetrics(ctx.metrics), ctx.readiness.register(f"cti:{config.processor}"))
+    link_service = ClientService(
+        bridge_endpoint(ctx.reactor, config),
+        BridgeLinkFactory(client, config.byte_order, config.max_frame_size),
+        retryPolicy=backoffPolicy(initialDelay=config.reconnect_initial, maxDelay=config.reconnect_max, factor=2.0),
+        clock=ctx.reactor,
+    )
+    watch = TelephonyWatch(ctx.reactor, ctx.readiness, config.telephony, config.health_interval, client.telephony_changed)
+    ctx.status["cti"] = client
+    return CtiService(client, link_service, watch)
