@@ -46,7 +46,8 @@ NAME = "sim"
 #: the frequency of ``audio = "tone"``
 TONE_HZ = 425
 #: seconds of received audio a party keeps for tone checks
-HEARING_SECONDS = 2.0
+HEARING_SECONDS = 4.0
+_BLOCK_BYTES = 1600  # 100 ms of pcm16
 #: ended parties kept for inspection
 HISTORY = 200
 
@@ -114,13 +115,16 @@ class SimParty:
         return bytes(self._heard)
 
     def tone_level(self, hz: float) -> float:
-        """The share (0..1) of the recently heard energy that is at ``hz``."""
-        pcm = self._heard
-        samples = len(pcm) // 2
-        if not samples:
+        """The share (0..1) of the recently heard energy that is at ``hz`` (measured in 100 ms blocks,
+        so a tone heard in bursts counts as fully as a steady one)."""
+        pcm = bytes(self._heard)
+        energy = sum(x * x for x in memoryview(pcm).cast("h"))
+        if not energy:
             return 0.0
-        energy = sum(x * x for x in memoryview(pcm).cast("h")) / samples
-        return 0.0 if energy == 0 else min(1.0, 2 * tone_power(bytes(pcm), hz) / energy)
+        blocks = (pcm[i : i + _BLOCK_BYTES] for i in range(0, len(pcm), _BLOCK_BYTES))
+        # Goertzel: for a steady tone, 2 * power * samples is the tone's energy in the block
+        at_hz = sum(2 * tone_power(block, hz) * (len(block) // 2) for block in blocks)
+        return min(1.0, at_hz / energy)
 
     def heard_tone(self, hz: float, share: float = 0.1) -> bool:
         """Whether ``hz`` carries at least ``share`` of what the party recently heard."""

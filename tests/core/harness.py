@@ -79,13 +79,15 @@ class Harness:
         self.provider_cdrs.append((call_id, source, data))
         return defer.succeed(None)
 
-    def advance(self, seconds: float, step: float = 0.02) -> None:
-        """Let ``seconds`` pass in 20 ms steps (audio flows frame by frame), ending exactly on time."""
-        start = self.clock.seconds()
-        steps = max(1, round(seconds / step))
-        for index in range(1, steps + 1):
-            moment = start + seconds * index / steps
-            self.clock.advance(max(0.0, moment - self.clock.seconds()))
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass as a reactor would: each timer runs at its own time, in order."""
+        moment = self.clock.seconds() + seconds
+        while True:
+            due = [call.getTime() for call in self.clock.getDelayedCalls() if call.getTime() <= moment]
+            if not due:
+                break
+            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
+        self.clock.advance(max(0.0, moment - self.clock.seconds()))
 
     def types(self, call_id: str | None = None) -> list[str]:
         return [e.type for e in self.events if call_id is None or e.call_id == call_id]
