@@ -579,7 +579,13 @@ def _arguments(argv):
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one")
-    parser.add_argument("--ping-interval", type=float, default=25.0, help="Engine.IO ping interval, seconds")
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=25.0,
+        help="Engine.IO ping interval, seconds (python-engineio advertises it truncated to whole seconds,"
+        " so with fractions keep --ping-timeout well above the interval)",
+    )
     parser.add_argument("--ping-timeout", type=float, default=20.0, help="Engine.IO ping timeout, seconds")
     parser.add_argument("--tls", action="store_true", help="serve https/wss with a new self-signed certificate")
     parser.add_argument("--cert-out", help="with --tls: write the certificate (PEM) here for clients to trust")
