@@ -15,6 +15,7 @@ party answering, a transfer failing) arrive as events and in the CDR.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import re
 import secrets
@@ -83,13 +84,26 @@ class _Subscription:
     extension: str | None
 
 
+def _batched(method):
+    """Run a registry entry point as one batch: its events reach observers once it is done."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._batch():
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 def _command(name: str):
-    """Run a registry command: exceptions become failed Deferreds, and the outcome is counted."""
+    """Run a registry command as one batch: exceptions become failed Deferreds, the outcome is counted."""
 
     def decorate(method):
+        batched = _batched(method)
+
         @functools.wraps(method)
         def run(self, *args, **kwargs):
-            d = defer.maybeDeferred(method, self, *args, **kwargs)
+            d = defer.maybeDeferred(batched, self, *args, **kwargs)
             d.addBoth(self._count_command, name)
             return d
 
@@ -122,7 +136,8 @@ class _LegEvents:
 
     def _report(self, what: str, handler, *args) -> None:
         try:
-            handler(self._leg, *args)
+            with self._registry._batch():
+                handler(self._leg, *args)
         except Exception:
             log.failure("handling {what} from driver {driver} on leg {leg_id} failed",
                         what=what, driver=self._leg.driver, leg_id=self._leg.leg_id)
@@ -191,6 +206,7 @@ class Registry:
         self._forget_timers: dict[str, typing.Any] = {}
         self._subscriptions: list[_Subscription] = []
         self._queue: collections.deque = collections.deque()
+        self._depth = 0
         self._dispatching = False
         self._closing = False
         self._drained: list[defer.Deferred] = []
@@ -212,9 +228,25 @@ class Registry:
 
         return unsubscribe
 
+    @contextlib.contextmanager
+    def _batch(self):
+        """Hold events back until the outermost entry point is done, so that observers (who may
+        issue commands of their own) always see the registry in a consistent state."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._dispatch()
+
     def _emit(self, event: ev.CallEvent) -> None:
-        """Deliver in order: an event raised by an observer's own command waits for the current one."""
         self._queue.append(event)
+        if self._depth == 0:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Deliver queued events in order; events raised meanwhile by observers' commands queue up behind."""
         if self._dispatching:
             return
         self._dispatching = True
@@ -313,6 +345,7 @@ class Registry:
             raise
         return self._snapshot(call)
 
+    @_batched
     def incoming(self, driver_leg, *, caller_id: str | None, did: str | None, attributes: dict | None = None):
         """A driver delivers a new inbound leg; returns the leg's ILegEvents.
 
@@ -503,6 +536,7 @@ class Registry:
         drained.addCallback(lambda _: self._settle())
         return drained
 
+    @_batched
     def _end_all(self, cause: Cause) -> None:
         self._shutdown_timer = None
         for call in [c for c in self._calls.values() if not c.ended]:
@@ -652,7 +686,8 @@ class Registry:
         def refused(failure):
             log.warn("call {call_id}: answering the caller failed: {error}", call_id=leg.call.call_id,
                      error=failure.getErrorMessage())
-            self._end_call(leg.call, Cause.FAILED, "gateway")
+            with self._batch():
+                self._end_call(leg.call, Cause.FAILED, "gateway")
 
         d.addErrback(refused)
 
@@ -662,6 +697,7 @@ class Registry:
         if leg.state in (RINGING, DIALING):
             self._event(ev.LegRinging, leg.call, leg)
 
+    @_batched
     def _leg_answered(self, leg: Leg) -> None:
         if leg.state not in (RINGING, DIALING) or leg.call.ended:
             return
@@ -739,6 +775,7 @@ class Registry:
             leg.call.dtmf_count += 1
             self._event(ev.DtmfReceived, leg.call, leg, digit=digit, duration_ms=duration_ms)
 
+    @_batched
     def _app_finished(self, call_id: str) -> None:
         """A routed media app ended by itself (a prompt played out): so does the call."""
         call = self._calls.get(call_id)
