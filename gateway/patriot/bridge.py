@@ -1,0 +1,245 @@
+"""Patriot as client: the gateway's Dialler Bridge, the WebSocket server Patriot connects to.
+
+Each connection is a :class:`BridgeSession`:
+
+- a handshake on another path than ``[patriot.bridge] path`` is refused with HTTP 404, and one
+  from an address refused for failed inits with HTTP 403;
+- ``init-request`` is checked (:mod:`gateway.patriot.auth`) and answered with ``init-response``;
+  a repeated identical init gets the same answer again without being counted twice; after
+  ``max_init_failures`` failures from one address the connection is closed (1008) and the
+  address refused for ``block_time`` seconds;
+- until an init succeeded every other message is ignored with a log line;
+- then ``heartbeat`` is answered with ``heartbeat-response`` at once, and the call control of
+  :class:`~gateway.patriot.session.Session` applies, on the line of the user's extension;
+- a connection silent for ``heartbeat_timeout`` seconds is dropped as dead;
+- a message larger than ``max_message_size`` closes that connection with 1009 (Autobahn's check).
+
+:class:`DiallerBridge` holds what the sessions share (users, address guard, lines) and builds the
+Autobahn factory given to ``ctx.listen``.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.patriot.auth import AddressGuard, Authenticator, InitRefused
+from gateway.patriot.config import BridgeConfig
+from gateway.patriot.line import Lines
+from gateway.patriot.messages import Heartbeat, HeartbeatResponse, InitRequest, InitResponse, PatriotMessage
+from gateway.patriot.metrics import PatriotMetrics
+from gateway.patriot.session import IConnection, Session, WebSocketConnection
+
+log = Logger()
+
+#: WebSocket close codes the bridge sends
+CLOSE_GOING_AWAY = 1001  # the gateway is stopping
+CLOSE_POLICY = 1008  # too many failed init requests
+
+
+class BridgeSession(Session):
+    """One Patriot client connected to the bridge."""
+
+    mode = "bridge"
+
+    def __init__(self, connection: IConnection, bridge: DiallerBridge):
+        config = bridge.config
+        super().__init__(connection, metrics=bridge.metrics, max_phone_length=config.max_phone_length,
+                         dial_while_busy=config.dial_while_busy)
+        self.bridge = bridge
+        self.user = None
+        #: the payload of the init being checked or answered, its answer once known, and how
+        #: many answers are owed while it is being checked
+        self._init_payload: dict | None = None
+        self._init_response: InitResponse | None = None
+        self._answers_owed = 0
+        #: fires once the connection is gone
+        self.done = defer.Deferred()
+        self._idle = bridge.clock.callLater(config.heartbeat_timeout, self._silent)
+
+    @property
+    def who(self) -> str:
+        user = f" (user {self.user.username})" if self.user is not None else ""
+        return f"Patriot {self.connection.peer}{user}"
+
+    # -- life
+
+    def frame_received(self, payload: bytes, is_binary: bool) -> None:
+        if self._idle.active():
+            self._idle.reset(self.bridge.config.heartbeat_timeout)
+        super().frame_received(payload, is_binary)
+
+    def _silent(self) -> None:
+        log.warn("{who}: nothing received for {timeout} s; dropping the connection as dead",
+                 who=self.who, timeout=self.bridge.config.heartbeat_timeout)
+        self.connection.abort()
+
+    def closed(self, reason: str) -> None:
+        if self._idle.active():
+            self._idle.cancel()
+        log.info("{who} disconnected: {reason}", who=self.who, reason=reason)
+        super().closed(reason)
+        self.bridge.session_closed(self)
+        self.done.callback(None)
+
+    # -- messages
+
+    def message_received(self, message: PatriotMessage) -> None:
+        if isinstance(message, InitRequest):
+            self._init(message.payload)
+        elif self.user is None:
+            self.ignore(message, "no successful init-request yet")
+        elif isinstance(message, Heartbeat):
+            self.send(HeartbeatResponse())
+        elif not self.call_control(message):
+            self.ignore(message, "not a message Patriot sends to a Dialler Bridge")
+
+    def _init(self, payload: dict) -> None:
+        if payload == self._init_payload:
+            self._repeat_init()
+        elif self.user is not None:
+            self.send(InitResponse(False, f"already initialised as {self.user.username!r}; "
+                                          "reconnect to log in as another user"))
+        elif self._answers_owed:
+            self.send(InitResponse(False, "another init-request is being checked"))
+        else:
+            self._check_init(payload)
+
+    def _repeat_init(self) -> None:
+        """Patriot re-sends its init when no answer came in 30 s: the same answer again."""
+        log.info("{who}: repeated init-request", who=self.who)
+        if self._init_response is None:
+            self._answers_owed += 1
+        else:
+            self.send(self._init_response)
+
+    def _check_init(self, payload: dict) -> None:
+        self._init_payload, self._init_response, self._answers_owed = payload, None, 1
+        checked = self.bridge.authenticator.check(payload)
+        checked.addCallbacks(self._logged_in, self._refused)
+        checked.addErrback(self._check_failed)
+
+    def _logged_in(self, user) -> None:
+        if not self.open:
+            return
+        self.user = user
+        log.info("{who} logged in on extension {extension}", who=self.who, extension=user.extension)
+        self.bridge.guard.succeeded(self.connection.host)
+        self.metrics.logins.labels(self.mode, "success").inc()
+        self._answer(InitResponse(True))
+        self.attach(self.bridge.lines.get(user.extension))
+
+    def _refused(self, failure) -> None:
+        failure.trap(InitRefused)
+        if not self.open:
+            return
+        log.warn("{who}: init-request refused: {reason}", who=self.who, reason=str(failure.value))
+        self.metrics.logins.labels(self.mode, "failure").inc()
+        self._answer(InitResponse(False, str(failure.value)))
+        if self.bridge.guard.failed(self.connection.host):
+            log.warn("{who}: {count} failed init-requests; refusing {address} for {seconds} s",
+                     who=self.who, count=self.bridge.config.max_init_failures, address=self.connection.host,
+                     seconds=self.bridge.config.block_time)
+            self.connection.close(CLOSE_POLICY, "too many failed init-requests")
+
+    def _check_failed(self, failure) -> None:
+        log.failure("{who}: checking the init-request failed", failure, who=self.who)
+        self._init_payload = None
+        self._answer(InitResponse(False, "the init-request could not be checked"))
+
+    def _answer(self, response: InitResponse) -> None:
+        self._init_response = response
+        owed, self._answers_owed = self._answers_owed, 0
+        for _ in range(owed):
+            self.send(response)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "user": self.user.username if self.user else None}
+
+
+class DiallerBridge:
+    """What the bridge's sessions share, and the WebSocket factory serving them."""
+
+    def __init__(self, config: BridgeConfig, *, reactor, lines: Lines, metrics: PatriotMetrics, run_blocking):
+        self.config = config
+        self.clock = reactor
+        self.lines = lines
+        self.metrics = metrics
+        self.authenticator = Authenticator(config.users, username_field=config.username_field,
+                                           password_field=config.password_field, run_blocking=run_blocking)
+        self.guard = AddressGuard(reactor, max_failures=config.max_init_failures, block_time=config.block_time)
+        self.sessions: list[BridgeSession] = []
+        self.factory = _BridgeFactory(self, reactor)
+        metrics.bridge_connections.labels("open").set_function(lambda: len(self.sessions))
+        metrics.bridge_connections.labels("initialised").set_function(
+            lambda: sum(1 for session in self.sessions if session.user is not None)
+        )
+
+    def refusal(self, path: str, host: str, peer: str) -> ConnectionDeny | None:
+        """Why a WebSocket handshake is refused, or ``None``."""
+        if path != self.config.path:
+            log.info("refusing Patriot {peer}: no Dialler Bridge at {path}", peer=peer, path=path)
+            return ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no Dialler Bridge at {path}")
+        if self.guard.blocked(host):
+            log.info("refusing Patriot {peer}: too many failed init-requests from {address}", peer=peer, address=host)
+            return ConnectionDeny(ConnectionDeny.FORBIDDEN, "too many failed init-requests; try again later")
+        return None
+
+    def session_opened(self, connection: IConnection) -> BridgeSession:
+        log.info("Patriot {peer} connected to the Dialler Bridge", peer=connection.peer)
+        session = BridgeSession(connection, self)
+        self.sessions.append(session)
+        return session
+
+    def session_closed(self, session: BridgeSession) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+
+    def close_all(self) -> defer.Deferred:
+        """The gateway is stopping: close every connection (1001); fires once all are gone."""
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.connection.close(CLOSE_GOING_AWAY, "the gateway is stopping")
+        return defer.DeferredList([session.done for session in sessions])
+
+    def status(self) -> dict:
+        return {
+            "listen": str(self.config.listen),
+            "path": self.config.path,
+            "sessions": [session.to_dict() for session in self.sessions],
+            **self.guard.to_dict(),
+        }
+
+
+class _BridgeProtocol(WebSocketServerProtocol):
+    session: BridgeSession | None = None
+
+    def onConnect(self, request):
+        connection = WebSocketConnection(self)
+        refusal = self.factory.bridge.refusal(request.path, connection.host, connection.peer)
+        if refusal is not None:
+            raise refusal
+        self._connection = connection
+
+    def onOpen(self):
+        self.session = self.factory.bridge.session_opened(self._connection)
+
+    def onMessage(self, payload, isBinary):
+        self.session.frame_received(payload, isBinary)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self.session is not None:
+            self.session.closed(reason.getErrorMessage())
+
+
+class _BridgeFactory(WebSocketServerFactory):
+    protocol = _BridgeProtocol
+
+    def __init__(self, bridge: DiallerBridge, reactor):
+        super().__init__(reactor=reactor)
+        size = bridge.config.max_message_size
+        self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size, webStatus=False)
+        self.bridge = bridge

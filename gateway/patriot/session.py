@@ -1,0 +1,209 @@
+"""What one Patriot connection does with its frames, whichever side connected.
+
+A :class:`Session` sits behind a thin WebSocket adapter (``bridge.py``: Patriot connected to us;
+``desktop.py``: we connected to Patriot) that implements :class:`IConnection` and feeds it frames.
+It parses every frame, logs and counts bad ones with the peer named (a bad frame never ends the
+connection and never reaches other sessions), and, once the connection is logged in (init or
+authentication, done by the subclass), carries out Patriot's call control on the user's
+:class:`~gateway.patriot.line.Line`:
+
+- ``dial-request`` -> :meth:`Line.dial`; a refused or failed dial, and a dial-request that is not
+  valid (bad phone number, missing payload), are answered with a ``call-status-update`` of the
+  current call, since Patriot has no error message;
+- ``hangup-request`` -> :meth:`Line.hangup`; without a call, answered with a status update;
+- ``call-status-request`` -> a ``call-status-update`` at once;
+- every change of the line's call -> a ``call-status-update``.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from gateway.core.errors import CallError
+from gateway.patriot.line import Line
+from gateway.patriot.messages import (
+    CallStatusRequest,
+    DialRequest,
+    HangupRequest,
+    PatriotMessage,
+    PatriotMessageError,
+    encode,
+    parse,
+)
+from gateway.patriot.metrics import PatriotMetrics
+
+log = Logger()
+
+
+class IConnection(Interface):
+    """The WebSocket connection under a session."""
+
+    peer = Attribute("The peer's address and port, readable (for logs).")
+    host = Attribute("The peer's address alone.")
+
+    def send_text(text):
+        """Send one text frame."""
+
+    def close(code, reason):
+        """Start the WebSocket closing handshake with ``code`` and ``reason``."""
+
+    def abort():
+        """Drop the connection at once (a dead peer cannot complete a closing handshake)."""
+
+
+@implementer(IConnection)
+class WebSocketConnection:
+    """:class:`IConnection` on an Autobahn protocol (either side)."""
+
+    def __init__(self, protocol):
+        self._protocol = protocol
+        address = protocol.transport.getPeer()
+        self.host = getattr(address, "host", str(address))
+        self.peer = f"{self.host}:{getattr(address, 'port', '')}".rstrip(":")
+
+    def send_text(self, text: str) -> None:
+        self._protocol.sendMessage(text.encode("utf-8"), isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        self._protocol.sendClose(code, reason)
+
+    def abort(self) -> None:
+        self._protocol.dropConnection(abort=True)
+
+
+class Session:
+    """Frames in, messages out, and call control once :meth:`attach` gave the session a line."""
+
+    #: "bridge" or "desktop", for logs and metrics
+    mode = ""
+
+    def __init__(self, connection: IConnection, *, metrics: PatriotMetrics, max_phone_length: int,
+                 dial_while_busy: str):
+        self.connection = connection
+        self.metrics = metrics
+        self.max_phone_length = max_phone_length
+        self.dial_while_busy = dial_while_busy
+        self.line: Line | None = None
+        self.open = True
+        self._stop_listening = None
+
+    @property
+    def who(self) -> str:
+        """Who this session is, for logs and the CDR's ``requested_by``."""
+        return f"Patriot {self.mode} peer {self.connection.peer}"
+
+    # -- from the adapter
+
+    def frame_received(self, payload: bytes, is_binary: bool) -> None:
+        """One WebSocket message arrived; never raises."""
+        try:
+            message = self._parse(payload, is_binary)
+        except PatriotMessageError as e:
+            self._bad_message(e)
+            return
+        self.metrics.messages.labels(self.mode, message.TYPE).inc()
+        try:
+            self.message_received(message)
+        except Exception:
+            log.failure("{who}: handling {type} failed", who=self.who, type=message.TYPE)
+
+    def closed(self, reason: str) -> None:
+        """The connection is gone."""
+        self.open = False
+        self.detach()
+
+    def message_received(self, message: PatriotMessage) -> None:
+        raise NotImplementedError
+
+    # -- parsing
+
+    def _parse(self, payload: bytes, is_binary: bool) -> PatriotMessage:
+        if is_binary:
+            raise PatriotMessageError(f"binary frame of {len(payload)} bytes (Patriot messages are JSON text)")
+        return parse(payload, max_phone_length=self.max_phone_length)
+
+    def _bad_message(self, error: PatriotMessageError) -> None:
+        log.warn("{who} sent a bad message: {reason}", who=self.who, reason=error.reason)
+        self.metrics.bad_messages.labels(self.mode).inc()
+        if error.message_type == DialRequest.TYPE and self.line is not None:
+            self.metrics.commands.labels(self.mode, "dial", "invalid_argument").inc()
+            self.send(self.line.status)
+
+    def ignore(self, message: PatriotMessage, why: str) -> None:
+        log.info("{who}: ignoring {type}: {why}", who=self.who, type=message.TYPE, why=why)
+
+    # -- sending
+
+    def send(self, message: PatriotMessage) -> None:
+        if self.open:
+            self.connection.send_text(encode(message))
+
+    # -- call control
+
+    def attach(self, line: Line) -> None:
+        """Logged in: follow ``line`` and send its current status."""
+        self.detach()
+        self.line = line
+        self._stop_listening = line.listen(self.send)
+        self.send(line.status)
+
+    def detach(self) -> None:
+        if self._stop_listening is not None:
+            self._stop_listening()
+        self._stop_listening = None
+        self.line = None
+
+    def call_control(self, message: PatriotMessage) -> bool:
+        """Carry out a dial, hangup or status request; ``False`` for any other message."""
+        if isinstance(message, CallStatusRequest):
+            self.send(self.line.status)
+        elif isinstance(message, DialRequest):
+            self._dial(message)
+        elif isinstance(message, HangupRequest):
+            self._hangup()
+        else:
+            return False
+        return True
+
+    def _dial(self, request: DialRequest) -> None:
+        line = self.line
+        log.info("{who} dials {number} (typed {raw!r}) from extension {extension}", who=self.who,
+                 number=request.phone_no, raw=request.raw_phone_no, extension=line.extension)
+        dialled = line.dial(request.phone_no, request.raw_phone_no, self.who,
+                            replace=self.dial_while_busy == "replace")
+        dialled.addCallback(self._done, "dial")
+        dialled.addErrback(self._failed, "dial", line)
+
+    def _hangup(self) -> None:
+        line = self.line
+        hung_up = line.hangup()
+        hung_up.addCallback(self._hung_up, line)
+        hung_up.addErrback(self._failed, "hangup", line)
+
+    def _hung_up(self, call_id, line: Line) -> None:
+        if call_id is None:
+            log.info("{who}: hangup-request without a call on extension {extension}",
+                     who=self.who, extension=line.extension)
+            self.metrics.commands.labels(self.mode, "hangup", "no_call").inc()
+            self.send(line.status)
+        else:
+            self._done(call_id, "hangup")
+
+    def _done(self, call, command: str) -> None:
+        self.metrics.commands.labels(self.mode, command, "ok").inc()
+
+    def _failed(self, failure, command: str, line: Line) -> None:
+        if failure.check(CallError):
+            error = failure.value
+            log.warn("{who}: {command} refused: {error}", who=self.who, command=command, error=error.message)
+            result = error.code
+        else:
+            log.failure("{who}: {command} failed", failure, who=self.who, command=command)
+            result = "error"
+        self.metrics.commands.labels(self.mode, command, result).inc()
+        self.send(line.status)
+
+    def to_dict(self) -> dict:
+        """The session for the status page."""
+        return {"peer": self.connection.peer, "extension": self.line.extension if self.line else None}

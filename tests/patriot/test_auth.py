@@ -1,0 +1,201 @@
+"""Bridge logins: password hashes and the hashpw command, the init payload check, the address guard,
+and the configuration errors of both Patriot modes."""
+
+import io
+
+import pytest
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config
+from gateway.confschema import ConfigError, Secret
+from gateway.patriot import hashpw
+from gateway.patriot.auth import BAD_CREDENTIALS, AddressGuard, Authenticator, InitRefused
+from gateway.patriot.config import BridgeUser
+
+#: cheap scrypt parameters so the tests stay fast
+FAST = {"n": 2**4, "r": 1, "p": 1}
+
+
+def run_now(function, *args):
+    return defer.maybeDeferred(function, *args)
+
+
+class HashTests(SynchronousTestCase):
+    def test_hash_verifies_its_password_only(self):
+        stored = hashpw.hash_password("s3cret", **FAST)
+        self.assertTrue(stored.startswith("scrypt$n=16,r=1,p=1$"))
+        self.assertTrue(hashpw.verify_password("s3cret", stored))
+        self.assertFalse(hashpw.verify_password("s3cret!", stored))
+        self.assertFalse(hashpw.verify_password("", stored))
+
+    def test_salt_makes_each_hash_different(self):
+        self.assertNotEqual(hashpw.hash_password("pw", **FAST), hashpw.hash_password("pw", **FAST))
+
+    def test_default_cost_round_trips(self):
+        stored = hashpw.hash_password("pw")
+        parsed = hashpw.parse_hash(stored)
+        self.assertEqual((parsed.n, parsed.r, parsed.p), (hashpw.DEFAULT_N, hashpw.DEFAULT_R, hashpw.DEFAULT_P))
+        self.assertEqual(str(parsed), stored)
+
+    def test_plain_passwords_compare_exactly(self):
+        self.assertTrue(hashpw.verify_password("pässword", "pässword"))
+        self.assertFalse(hashpw.verify_password("password", "pässword"))
+
+    def test_malformed_hashes_are_named(self):
+        for bad, words in [
+            ("scrypt$x", "scrypt$n=N,r=R,p=P$SALT$KEY"),
+            ("scrypt$n=16,r=1$AAAAAAAAAAA=$" + "A" * 24, "cannot read"),
+            ("scrypt$n=15,r=1,p=1$AAAAAAAAAAA=$" + "A" * 24, "unusable scrypt parameters"),
+            ("scrypt$n=16,r=1,p=1$AAAA$" + "A" * 24, "too short"),
+            ("scrypt$n=16,r=1,p=1$!!!$AAAA", "cannot read"),
+            (f"scrypt$n={2**30},r=8,p=1$AAAAAAAAAAA=$" + "A" * 24, "unusable"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                hashpw.parse_hash(bad)
+            self.assertIn(words, str(caught.exception), bad)
+
+    def test_command_prints_a_hash_of_the_password_typed_twice(self):
+        out = io.StringIO()
+        answers = iter(["typed-pw", "typed-pw"])
+        self.assertEqual(hashpw.main([], read_password=lambda prompt: next(answers), out=out), 0)
+        stored = out.getvalue().strip()
+        self.assertTrue(hashpw.verify_password("typed-pw", stored))
+
+    def test_command_refuses_two_different_passwords_and_an_empty_one(self):
+        out = io.StringIO()
+        answers = iter(["a", "b"])
+        self.assertEqual(hashpw.main([], read_password=lambda prompt: next(answers), out=out), 1)
+        self.assertEqual(hashpw.main([], read_password=lambda prompt: "", out=out), 1)
+        self.assertEqual(out.getvalue(), "")
+
+
+def _users():
+    return [
+        BridgeUser(username="plain", password=Secret("pw-plain"), extension="1001"),
+        BridgeUser(username="hashed", password=Secret(hashpw.hash_password("pw-hashed", **FAST)), extension="1002"),
+    ]
+
+
+class AuthenticatorTests(SynchronousTestCase):
+    def setUp(self):
+        self.calls = []
+
+        def run(function, *args):
+            self.calls.append(function)
+            return run_now(function, *args)
+
+        self.auth = Authenticator(_users(), username_field="userName", password_field="password", run_blocking=run)
+
+    def check(self, payload):
+        return self.successResultOf(self.auth.check(payload))
+
+    def refused(self, payload) -> str:
+        return str(self.failureResultOf(self.auth.check(payload), InitRefused).value)
+
+    def test_plain_and_hashed_passwords_log_in(self):
+        self.assertEqual(self.check({"userName": "plain", "password": "pw-plain"}).extension, "1001")
+        self.assertEqual(self.check({"userName": "hashed", "password": "pw-hashed", "extra": 1}).extension, "1002")
+        self.assertEqual(self.calls, [hashpw.verify_password] * 2)
+
+    def test_wrong_password_and_unknown_user_get_the_same_answer_after_the_same_work(self):
+        self.assertEqual(self.refused({"userName": "plain", "password": "nope"}), BAD_CREDENTIALS)
+        self.assertEqual(self.refused({"userName": "hashed", "password": "pw-plain"}), BAD_CREDENTIALS)
+        self.assertEqual(self.refused({"userName": "ghost", "password": "pw-plain"}), BAD_CREDENTIALS)
+        self.assertEqual(len(self.calls), 3)  # the unknown user was checked against the decoy too
+
+    def test_payload_without_the_fields_is_refused_naming_them(self):
+        for payload in [{}, {"userName": "plain"}, {"userName": 5, "password": "pw-plain"}, {"password": "x"}]:
+            reason = self.refused(payload)
+            self.assertIn("'userName'", reason)
+            self.assertIn("'password'", reason)
+        self.assertEqual(self.calls, [])
+
+    def test_configured_field_names(self):
+        auth = Authenticator(_users(), username_field="user", password_field="secret", run_blocking=run_now)
+        user = self.successResultOf(auth.check({"user": "plain", "secret": "pw-plain"}))
+        self.assertEqual(user.username, "plain")
+        self.failureResultOf(auth.check({"userName": "plain", "password": "pw-plain"}), InitRefused)
+
+    def test_decoy_is_a_hash_when_any_user_has_one(self):
+        self.assertTrue(hashpw.is_hash(self.auth._decoy))
+        plain_only = Authenticator(_users()[:1], username_field="u", password_field="p", run_blocking=run_now)
+        self.assertFalse(hashpw.is_hash(plain_only._decoy))
+
+
+class AddressGuardTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.guard = AddressGuard(self.clock, max_failures=3, block_time=60.0)
+
+    def test_blocks_after_max_failures_for_block_time(self):
+        self.assertEqual([self.guard.failed("10.0.0.1") for _ in range(3)], [False, False, True])
+        self.assertTrue(self.guard.blocked("10.0.0.1"))
+        self.assertFalse(self.guard.blocked("10.0.0.2"))
+        self.assertEqual(self.guard.to_dict(), {"blocked": {"10.0.0.1": 60.0}})
+        self.clock.advance(59.9)
+        self.assertTrue(self.guard.blocked("10.0.0.1"))
+        self.clock.advance(0.1)
+        self.assertFalse(self.guard.blocked("10.0.0.1"))
+        self.assertFalse(self.guard.failed("10.0.0.1"))  # counting starts again
+
+    def test_success_forgets_failures(self):
+        self.guard.failed("a")
+        self.guard.failed("a")
+        self.guard.succeeded("a")
+        self.assertFalse(self.guard.failed("a"))
+        self.assertFalse(self.guard.failed("a"))
+        self.assertTrue(self.guard.failed("a"))
+
+    def test_old_failures_are_forgotten(self):
+        self.guard.failed("a")
+        self.guard.failed("a")
+        self.clock.advance(60.0)
+        self.assertFalse(self.guard.failed("a"))
+        self.assertEqual(self.guard._failures, {"a": (1, 60.0)})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[patriot.bridge]\nusers = [{username = 'u', password = '', extension = '1'}]",
+         "patriot.bridge.users[0].password: must not be empty"),
+        ("[patriot.bridge]\nusers = [{username = 'u', password = 'scrypt$n=1', extension = '1'}]",
+         "patriot.bridge.users[0].password: a password hash reads"),
+        ("[patriot.bridge]\nusers = [{username = 'u', password = 'a', extension = '1'},"
+         " {username = 'u', password = 'b', extension = '1'}]",
+         "patriot.bridge.users[1].username: user 'u' is configured twice"),
+        ("[patriot.bridge]\npath = 'dialler'", "patriot.bridge.path: must start with '/'"),
+        ("[patriot.bridge]\nheartbeat_timeout = 0", "patriot.bridge.heartbeat_timeout: must be positive"),
+        ("[patriot.bridge]\nmax_message_size = 10", "patriot.bridge.max_message_size: must be between 256"),
+        ("[patriot.bridge]\ndial_while_busy = 'queue'", "patriot.bridge.dial_while_busy: expected one of"),
+        ("[[patriot.desktop]]\nextension = '1'", "patriot.desktop[0].api_key: missing required key"),
+        ("[[patriot.desktop]]\napi_key = ''\nextension = '1'", "patriot.desktop[0].api_key: must not be empty"),
+        ("[[patriot.desktop]]\napi_key = 'k'\nextension = '9'", "patriot.desktop[0].extension: no extension with id '9'"),
+        ("[[patriot.desktop]]\napi_key = 'k'\nextension = '1'\nurl = 'https://x/'",
+         "patriot.desktop[0].url: expected a ws:// or wss:// URL"),
+        ("[[patriot.desktop]]\napi_key = 'k'\nextension = '1'\nfingerprint = 'AB:CD'",
+         "patriot.desktop[0].fingerprint: expected a SHA-256 fingerprint"),
+        ("[[patriot.desktop]]\napi_key = 'k'\nextension = '1'\nurl = 'ws://h/p'\nca = 'c.pem'",
+         "patriot.desktop[0].ca: is set but url 'ws://h/p' is not a wss:// URL"),
+        ("[[patriot.desktop]]\napi_key = 'k'\nextension = '1'\nconnect = 'tls:h:1'",
+         "patriot.desktop[0].connect: expected a tcp: or unix: endpoint"),
+    ],
+)
+def test_configuration_errors_name_the_key(text, message):
+    with pytest.raises(ConfigError) as caught:
+        config.loads("[[extensions]]\nid = '1'\n" + text, "x.toml")
+    assert message in str(caught.value)
+
+
+def test_a_full_desktop_entry_and_a_pinned_fingerprint_load():
+    fingerprint = ":".join(["ab"] * 32)
+    cfg = config.loads(
+        "[[extensions]]\nid = '1'\n[[patriot.desktop]]\napi_key = 'k'\nextension = '1'\n"
+        f"connect = 'tcp:host=127.0.0.1:port=9009'\nfingerprint = '{fingerprint}'\n",
+        "x.toml",
+    )
+    (link,) = cfg.patriot.desktop
+    assert link.url == "wss://desktop-client-api.patriotsystems.com:9009/ws/dialler/v1"
+    assert (link.connect, link.fingerprint, link.api_key.reveal()) == ("tcp:host=127.0.0.1:port=9009", fingerprint, "k")
+    assert cfg.patriot.bridge is None

@@ -1,0 +1,388 @@
+"""The Dialler Bridge's sessions on a real call registry (sim driver) and a task.Clock: init,
+heartbeats, dead links, blocking, call control and status updates, bad input."""
+
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from core.harness import Harness
+from gateway.confschema import Secret
+from gateway.patriot.bridge import CLOSE_GOING_AWAY, CLOSE_POLICY, DiallerBridge
+from gateway.patriot.config import BridgeConfig, BridgeUser
+from gateway.patriot.line import Lines
+
+from .support import FakeConnection, frame, new_metrics, status
+
+ALICE = {"userName": "alice", "password": "pw-alice"}
+BOB = {"userName": "bob", "password": "pw-bob"}
+
+
+def run_now(function, *args):
+    return defer.maybeDeferred(function, *args)
+
+
+class BridgeTestCase(SynchronousTestCase):
+    config_overrides: dict = {}
+
+    def setUp(self):
+        self.harness = Harness()
+        self.clock = self.harness.clock
+        self.registry = self.harness.registry
+        users = [
+            BridgeUser(username="alice", password=Secret("pw-alice"), extension="1001"),
+            BridgeUser(username="bob", password=Secret("pw-bob"), extension="1002"),
+        ]
+        self.config = BridgeConfig(users=users, max_init_failures=3, **self.config_overrides)
+        self.metrics, self.prometheus = new_metrics()
+        self.lines = Lines(self.registry)
+        self.run_blocking = run_now
+        self.bridge = DiallerBridge(self.config, reactor=self.clock, lines=self.lines, metrics=self.metrics,
+                                    run_blocking=lambda f, *a: self.run_blocking(f, *a))
+
+    def tearDown(self):
+        for session in list(self.bridge.sessions):
+            session.closed("test over")
+        self.lines.close()
+
+    def connect(self, host="10.0.0.7", port=50000):
+        connection = FakeConnection(host, port)
+        return self.bridge.session_opened(connection), connection
+
+    def login(self, payload=ALICE, **kw):
+        session, connection = self.connect(**kw)
+        session.frame_received(frame("init-request", payload), False)
+        self.assertEqual(connection.take(), [{"type": "init-response", "payload": {"success": True}},
+                                             {"type": "call-status-update", "payload": status(False)}])
+        return session, connection
+
+    def sample(self, name, **labels):
+        return self.prometheus.get_sample_value(name, labels) or 0
+
+
+class InitTests(BridgeTestCase):
+    def test_messages_before_init_are_ignored(self):
+        session, connection = self.connect()
+        for message in [frame("heartbeat"), frame("call-status-request"), frame("hangup-request"),
+                        frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "555 1234"})]:
+            session.frame_received(message, False)
+        self.assertEqual(connection.take(), [])
+        self.assertEqual(self.registry.calls(), [])
+        self.assertIsNone(session.line)
+
+    def test_successful_init_then_heartbeats_are_answered(self):
+        session, connection = self.login()
+        self.assertEqual(session.user.username, "alice")
+        self.assertEqual(session.line.extension, "1001")
+        session.frame_received(frame("heartbeat"), False)
+        session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.take(), [{"type": "heartbeat-response"}] * 2)
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="success"), 1)
+        self.assertEqual(self.sample("gateway_patriot_bridge_connections", state="initialised"), 1)
+
+    def test_wrong_password_gets_success_false_and_cannot_dial(self):
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", {"userName": "alice", "password": "guess"}), False)
+        self.assertEqual(connection.take(), [{"type": "init-response",
+                                              "payload": {"success": False, "error": "invalid user name or password"}}])
+        session.frame_received(frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "5551234"}), False)
+        session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.take(), [])
+        self.assertEqual(self.registry.calls(), [])
+        self.assertEqual(connection.closes, [])
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), 1)
+
+    def test_payload_without_credentials_is_refused_with_the_reason(self):
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", {"user": "alice"}), False)
+        (response,) = connection.take()
+        self.assertFalse(response["payload"]["success"])
+        self.assertIn("'userName'", response["payload"]["error"])
+
+    def test_repeated_init_is_answered_again_without_counting_twice(self):
+        session, connection = self.login()
+        session.frame_received(frame("init-request", ALICE), False)
+        self.assertEqual(connection.take(), [{"type": "init-response", "payload": {"success": True}}])
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="success"), 1)
+        wrong = {"userName": "alice", "password": "guess"}
+        other, other_connection = self.connect(port=50001)
+        for _ in range(5):  # the same wrong init, re-sent: one failure, never blocked
+            other.frame_received(frame("init-request", wrong), False)
+        self.assertEqual(len(other_connection.take()), 5)
+        self.assertEqual(other_connection.closes, [])
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), 1)
+
+    def test_init_repeated_while_being_checked_gets_one_answer_each(self):
+        pending = defer.Deferred()
+        self.run_blocking = lambda f, *a: pending
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", ALICE), False)
+        session.frame_received(frame("init-request", ALICE), False)
+        session.frame_received(frame("init-request", BOB), False)
+        self.assertEqual(connection.take(), [{"type": "init-response", "payload": {
+            "success": False, "error": "another init-request is being checked"}}])
+        pending.callback(True)
+        self.assertEqual([m["type"] for m in connection.take()],
+                         ["init-response", "init-response", "call-status-update"])
+        self.assertEqual(session.user.username, "alice")
+
+    def test_another_user_on_an_initialised_connection_is_refused(self):
+        session, connection = self.login()
+        session.frame_received(frame("init-request", BOB), False)
+        (response,) = connection.take()
+        self.assertEqual(response["payload"]["success"], False)
+        self.assertIn("already initialised as 'alice'", response["payload"]["error"])
+        self.assertEqual(session.user.username, "alice")
+
+    def test_check_that_fails_unexpectedly_is_answered_and_can_be_retried(self):
+        self.run_blocking = lambda f, *a: defer.fail(RuntimeError("thread pool gone"))
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", ALICE), False)
+        self.assertEqual(connection.take(), [{"type": "init-response", "payload": {
+            "success": False, "error": "the init-request could not be checked"}}])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.run_blocking = run_now
+        session.frame_received(frame("init-request", ALICE), False)
+        self.assertEqual(connection.take()[0], {"type": "init-response", "payload": {"success": True}})
+
+    def test_answer_after_the_connection_closed_is_dropped(self):
+        pending = defer.Deferred()
+        self.run_blocking = lambda f, *a: pending
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", ALICE), False)
+        session.closed("gone")
+        pending.callback(True)
+        self.assertEqual(connection.take(), [])
+        self.assertIsNone(session.user)
+
+    def test_too_many_failures_close_and_refuse_the_address(self):
+        wrong = [{"userName": "alice", "password": f"guess{i}"} for i in range(3)]
+        session, connection = self.connect(host="10.0.0.9")
+        for payload in wrong[:2]:
+            session.frame_received(frame("init-request", payload), False)
+        self.assertEqual(connection.closes, [])
+        again, again_connection = self.connect(host="10.0.0.9", port=50002)
+        again.frame_received(frame("init-request", wrong[2]), False)
+        self.assertEqual(again_connection.closes, [(CLOSE_POLICY, "too many failed init-requests")])
+        refusal = self.bridge.refusal("/dialler", "10.0.0.9", "10.0.0.9:50003")
+        self.assertIsInstance(refusal, ConnectionDeny)
+        self.assertEqual(refusal.code, ConnectionDeny.FORBIDDEN)
+        self.assertIsNone(self.bridge.refusal("/dialler", "10.0.0.8", "10.0.0.8:1"))
+        self.assertEqual(self.bridge.status()["blocked"], {"10.0.0.9": 300.0})
+        self.clock.advance(300)
+        self.assertIsNone(self.bridge.refusal("/dialler", "10.0.0.9", "10.0.0.9:50004"))
+
+    def test_success_forgets_the_address_failures(self):
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", {"userName": "alice", "password": "x"}), False)
+        session.frame_received(frame("init-request", {"userName": "alice", "password": "y"}), False)
+        session.frame_received(frame("init-request", ALICE), False)
+        self.assertEqual(connection.take()[-2]["payload"], {"success": True})
+        self.assertEqual(self.bridge.guard._failures, {})
+
+    def test_other_paths_are_refused(self):
+        refusal = self.bridge.refusal("/other", "10.0.0.7", "10.0.0.7:1")
+        self.assertEqual(refusal.code, ConnectionDeny.NOT_FOUND)
+
+
+class LivenessTests(BridgeTestCase):
+    def test_silent_connection_is_dropped_as_dead(self):
+        session, connection = self.login()
+        for _ in range(4):  # heartbeats every 5 s keep it alive
+            self.clock.advance(5)
+            session.frame_received(frame("heartbeat"), False)
+        self.clock.advance(14.9)
+        self.assertFalse(connection.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(connection.aborted)
+
+    def test_any_frame_counts_as_life_even_before_init(self):
+        session, connection = self.connect()
+        self.clock.advance(10)
+        session.frame_received(b"not json", False)
+        self.clock.advance(10)
+        self.assertFalse(connection.aborted)
+        self.clock.advance(5)
+        self.assertTrue(connection.aborted)
+
+    def test_closed_session_leaves_no_timer_and_no_listener(self):
+        session, connection = self.login()
+        session.closed("connection lost")
+        self.assertTrue(session.done.called)
+        self.assertEqual(self.bridge.sessions, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.registry.originate("1001", "5551234")
+        self.assertEqual(connection.take(), [])
+
+    def test_close_all_closes_with_going_away_and_waits(self):
+        first, first_connection = self.login()
+        second, second_connection = self.connect(port=50001)
+        stopped = self.bridge.close_all()
+        self.assertEqual(first_connection.closes, [(CLOSE_GOING_AWAY, "the gateway is stopping")])
+        self.assertEqual(second_connection.closes, [(CLOSE_GOING_AWAY, "the gateway is stopping")])
+        self.assertNoResult(stopped)
+        first.closed("closed")
+        second.closed("closed")
+        self.successResultOf(stopped)
+
+
+class CallControlTests(BridgeTestCase):
+    def test_dial_answer_and_hangup_from_patriot(self):
+        session, connection = self.login()
+        session.frame_received(frame("dial-request", {"phoneNo": "+5551234", "rawPhoneNo": "+555 (1234)"}), False)
+        self.assertEqual(connection.statuses(), [status(True, True, "+5551234")])
+        (call,) = self.registry.calls()
+        self.assertEqual(call.attributes["raw_number"], "+555 (1234)")
+        self.assertIn("alice", call.attributes["requested_by"])
+        self.harness.advance(3.0)
+        self.assertEqual(self.registry.call(call.call_id).state, "TALKING")
+        self.assertEqual(connection.statuses(), [status(True, True, "+5551234")])  # answered
+        session.frame_received(frame("call-status-request"), False)
+        self.assertEqual(connection.statuses(), [status(True, True, "+5551234")])
+        session.frame_received(frame("hangup-request"), False)
+        self.assertEqual(connection.statuses(), [status(False, True, "+5551234")])
+        self.harness.advance(0.1)
+        (cdr,) = self.harness.cdrs
+        self.assertEqual((cdr["cause"], cdr["hangup_by"]), ("normal", "desktop"))
+        self.assertEqual(self.sample("gateway_patriot_commands_total", mode="bridge", command="hangup", result="ok"), 1)
+        session.frame_received(frame("call-status-request"), False)
+        self.assertEqual(connection.statuses(), [status(False, True, "+5551234")])
+
+    def test_far_end_hangs_up(self):
+        session, connection = self.login()
+        session.frame_received(frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "5551234"}), False)
+        self.harness.advance(3.0)
+        connection.take()
+        self.harness.network.party("5551234").hang_up()
+        self.assertEqual(connection.statuses(), [status(False, True, "5551234")])
+
+    def test_inbound_call_to_the_extension(self):
+        session, connection = self.login()
+        self.harness.network.place_inbound("0299998888", "100")  # routed to extension 1001
+        self.assertEqual(connection.statuses(), [status(True, False, "0299998888")])
+        self.harness.advance(1.0)  # alice's phone answers
+        self.assertEqual(connection.statuses(), [status(True, False, "0299998888")])
+        self.harness.network.party("0299998888").hang_up()
+        self.assertEqual(connection.statuses(), [status(False, False, "0299998888")])
+
+    def test_login_during_a_call_is_told_the_call(self):
+        self.registry.originate("1001", "5551234")
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", ALICE), False)
+        self.assertEqual(connection.take()[1], {"type": "call-status-update", "payload": status(True, True, "5551234")})
+
+    def test_calls_of_other_extensions_are_not_reported(self):
+        session, connection = self.login()
+        self.registry.originate("1002", "5551234")
+        self.harness.advance(5.0)
+        self.assertEqual(connection.take(), [])
+
+    def test_same_user_on_two_workstations_shares_the_call(self):
+        first, first_connection = self.login()
+        second, second_connection = self.login(port=50001)
+        first.frame_received(frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "5551234"}), False)
+        self.harness.advance(3.0)
+        expected = [status(True, True, "5551234")] * 2
+        self.assertEqual(first_connection.statuses(), expected)
+        self.assertEqual(second_connection.statuses(), expected)
+        second.frame_received(frame("hangup-request"), False)
+        self.assertEqual(first_connection.statuses(), [status(False, True, "5551234")])
+        self.assertEqual(second_connection.statuses(), [status(False, True, "5551234")])
+
+    def test_dial_while_busy_is_refused_with_the_current_status(self):
+        session, connection = self.login()
+        session.frame_received(frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "5551234"}), False)
+        self.harness.advance(3.0)
+        connection.take()
+        session.frame_received(frame("dial-request", {"phoneNo": "5554321", "rawPhoneNo": "5554321"}), False)
+        self.assertEqual(connection.statuses(), [status(True, True, "5551234")])
+        self.assertEqual(len(self.registry.calls()), 1)
+        self.assertEqual(
+            self.sample("gateway_patriot_commands_total", mode="bridge", command="dial", result="extension_busy"), 1)
+
+    def test_hangup_without_a_call_answers_with_the_status(self):
+        session, connection = self.login()
+        session.frame_received(frame("hangup-request"), False)
+        self.assertEqual(connection.statuses(), [status(False)])
+
+    def test_failed_dial_is_answered_with_the_status(self):
+        session, connection = self.login()
+        self.registry._extensions.pop("1001")  # the extension vanished from the registry
+        session.frame_received(frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "5551234"}), False)
+        self.assertEqual(connection.statuses(), [status(False)])
+        self.assertEqual(
+            self.sample("gateway_patriot_commands_total", mode="bridge", command="dial", result="unknown_extension"), 1)
+
+    def test_busy_number_ends_the_call(self):
+        session, connection = self.login()
+        session.frame_received(frame("dial-request", {"phoneNo": "5550001", "rawPhoneNo": "5550001"}), False)
+        self.harness.advance(3.0)
+        self.assertEqual(connection.statuses(), [status(True, True, "5550001"), status(False, True, "5550001")])
+
+
+class ReplaceTests(BridgeTestCase):
+    config_overrides = {"dial_while_busy": "replace"}
+
+    def test_dial_while_busy_ends_the_call_then_dials(self):
+        session, connection = self.login()
+        session.frame_received(frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "5551234"}), False)
+        self.harness.advance(3.0)
+        first = self.registry.active_call_for("1001").call_id
+        connection.take()
+        session.frame_received(frame("dial-request", {"phoneNo": "5554321", "rawPhoneNo": "5554321"}), False)
+        self.assertEqual(connection.statuses(), [status(False, True, "5551234"), status(True, True, "5554321")])
+        self.assertEqual(self.registry.call(first).state, "RELEASED")
+        self.assertEqual(self.registry.active_call_for("1001").number, "5554321")
+
+
+class BadInputTests(BridgeTestCase):
+    def test_bad_frames_are_logged_counted_and_harmless(self):
+        session, connection = self.login()
+        bystander, bystander_connection = self.login(BOB, port=50001)
+        for payload, is_binary in [
+            (b"{not json", False),
+            (b"[1, 2]", False),
+            (b'{"type": "shout"}', False),
+            (b'{"payload": {}}', False),
+            (b"\xff\xfe", False),
+            (b"\x00\x01binary", True),
+            (frame("init-response", {"success": True}), False),
+        ]:
+            session.frame_received(payload, is_binary)
+        self.assertEqual(connection.take(), [])
+        self.assertEqual(self.sample("gateway_patriot_bad_messages_total", mode="bridge"), 6)
+        self.assertEqual(bystander_connection.take(), [])
+        session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.take(), [{"type": "heartbeat-response"}])
+
+    def test_invalid_dial_requests_are_answered_with_the_status(self):
+        session, connection = self.login()
+        for payload in [None, {"phoneNo": "", "rawPhoneNo": ""}, {"phoneNo": "555-1234", "rawPhoneNo": "x"},
+                        {"phoneNo": "1" * 33, "rawPhoneNo": "x"}, {"phoneNo": 5551234, "rawPhoneNo": "x"},
+                        {"rawPhoneNo": "5551234"}]:
+            session.frame_received(frame("dial-request", payload), False)
+        self.assertEqual(connection.statuses(), [status(False)] * 6)
+        self.assertEqual(self.registry.calls(), [])
+        self.assertEqual(
+            self.sample("gateway_patriot_commands_total", mode="bridge", command="dial", result="invalid_argument"), 6)
+
+    def test_a_failing_handler_is_logged_not_raised(self):
+        session, connection = self.login()
+        session.call_control = lambda message: 1 / 0
+        session.frame_received(frame("call-status-request"), False)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.take(), [{"type": "heartbeat-response"}])
+
+
+class StatusTests(BridgeTestCase):
+    def test_status_lists_sessions_and_lines(self):
+        self.login()
+        self.connect(port=50001)
+        status_ = self.bridge.status()
+        self.assertEqual(status_["listen"], "tcp:8765:interface=127.0.0.1")
+        self.assertEqual(status_["sessions"], [
+            {"peer": "10.0.0.7:50000", "extension": "1001", "user": "alice"},
+            {"peer": "10.0.0.7:50001", "extension": None, "user": None},
+        ])
+        self.assertEqual(self.lines.to_dict()["1001"], {"extension": "1001", "call_id": None, "listeners": 1,
+                                                        "callActive": False})
