@@ -9,6 +9,7 @@ Plus unit tests of the script language, the CLI options and the certificate help
 
 import json
 import os
+import tempfile
 
 import pytest
 import pytest_twisted
@@ -508,7 +509,9 @@ class CertificateTests(SynchronousTestCase):
         self.assertRegex(cert.fingerprint, r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
 
     def test_load_or_create_keeps_the_certificate(self):
-        directory = self.mktemp()
+        scratch = tempfile.TemporaryDirectory()
+        self.addCleanup(scratch.cleanup)
+        directory = os.path.join(scratch.name, "cert")
         first = tlsutil.load_or_create(directory, HOSTNAME)
         self.assertEqual(os.stat(first.key_path).st_mode & 0o777, 0o600)
         again = tlsutil.load_or_create(directory, HOSTNAME)
