@@ -24,8 +24,8 @@ TLS_OPTIONS = ("host", "port", "timeout")
 def bridge_endpoint(reactor, config):
     """The client endpoint for the ``[cti]`` section ``config``; ConfigError for an unusable trust setting."""
     if not config.tls_ca_file:
-        return clientFromString(reactor, config.connect)
-    host, port, timeout = _tls_address(config.connect)
+        return clientFromString(reactor, str(config.connect))  # a str subclass trips Twisted's parser
+    host, port, timeout = _tls_address(str(config.connect))
     options = ssl.optionsForClientTLS(host, trustRoot=ssl.trustRootFromCertificates(_certificates(config.tls_ca_file)))
     return wrapClientTLS(options, HostnameEndpoint(reactor, host.encode("idna"), port, timeout))
 

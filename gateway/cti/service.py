@@ -2,12 +2,14 @@
 
 :func:`make_service` (named in :data:`gateway.tap.ADAPTERS`) builds the :class:`~gateway.cti.client.BridgeClient`
 on the call registry, connects it through a ``ClientService`` that retries with an exponential backoff
-(``reconnect_initial`` doubling up to ``reconnect_max``), registers the readiness component
+(:func:`retry_delay`), registers the readiness component
 ``cti:<processor>`` (up while the link is), the metrics and the ``/api/status`` entry ``cti``, and
 watches the telephony side's readiness components for the control status.
 """
 
 from __future__ import annotations
+
+import random
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
@@ -18,6 +20,13 @@ from gateway.cti.endpoint import bridge_endpoint
 from gateway.cti.health import TelephonyWatch
 from gateway.cti.link import BridgeLink
 from gateway.cti.metrics import CtiMetrics
+
+
+def retry_delay(initial, maximum):
+    """Seconds before reconnection attempt ``n`` (1, 2, ...): ``initial``, doubling up to ``maximum``,
+    plus a jitter of up to half of ``initial``."""
+    policy = backoffPolicy(initialDelay=initial, maxDelay=maximum, factor=2.0, jitter=lambda: random.random() * initial / 2)
+    return lambda attempt: policy(attempt - 1)
 
 
 class BridgeLinkFactory(Factory):
@@ -63,7 +72,7 @@ def make_service(ctx) -> CtiService:
     link_service = ClientService(
         bridge_endpoint(ctx.reactor, config),
         BridgeLinkFactory(client, config.byte_order, config.max_frame_size),
-        retryPolicy=backoffPolicy(initialDelay=config.reconnect_initial, maxDelay=config.reconnect_max, factor=2.0),
+        retryPolicy=retry_delay(config.reconnect_initial, config.reconnect_max),
         clock=ctx.reactor,
     )
     watch = TelephonyWatch(ctx.reactor, ctx.readiness, config.telephony, config.health_interval, client.telephony_changed)
