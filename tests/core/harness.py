@@ -37,6 +37,17 @@ ROUTES = [
 ]
 
 
+def advance(clock, seconds: float) -> None:
+    """Let ``seconds`` pass as a reactor would: each timer runs at its own time, in order."""
+    moment = clock.seconds() + seconds
+    while True:
+        due = [call.getTime() for call in clock.getDelayedCalls() if call.getTime() <= moment]
+        if not due:
+            break
+        clock.advance(max(0.0, min(due) - clock.seconds()))
+    clock.advance(max(0.0, moment - clock.seconds()))
+
+
 def media_apps() -> dict:
     return {app.name: app for app in plugins(IMediaApp)}
 
@@ -80,14 +91,7 @@ class Harness:
         return defer.succeed(None)
 
     def advance(self, seconds: float) -> None:
-        """Let ``seconds`` pass as a reactor would: each timer runs at its own time, in order."""
-        moment = self.clock.seconds() + seconds
-        while True:
-            due = [call.getTime() for call in self.clock.getDelayedCalls() if call.getTime() <= moment]
-            if not due:
-                break
-            self.clock.advance(max(0.0, min(due) - self.clock.seconds()))
-        self.clock.advance(max(0.0, moment - self.clock.seconds()))
+        advance(self.clock, seconds)
 
     def types(self, call_id: str | None = None) -> list[str]:
         return [e.type for e in self.events if call_id is None or e.call_id == call_id]

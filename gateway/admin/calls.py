@@ -1,0 +1,114 @@
+"""The calls API: live calls and every call command over the admin router.
+
+- ``GET /api/calls`` (``?extension=ID``: that extension's calls, live and
+  recently released): ``{"calls": [call, ...]}``;
+- ``GET /api/calls/{id}``: one call (live or recently released);
+- ``POST /api/calls`` ``{"extension", "number", "attributes"?}``: click-to-dial, 201 with the call;
+- ``POST /api/calls/{id}/{action}``: ``hangup``, ``answer``, ``reject``, ``hold``,
+  ``retrieve``, ``mute``, ``unmute`` (no body); ``transfer`` and ``conference``
+  ``{"destination"}``; ``dtmf`` ``{"digits", "duration_ms"?, "gap_ms"?}``;
+  ``remove_party`` ``{"number"}``: the call after the command;
+- ``DELETE /api/calls/{id}``: forget the call (a live one is hung up first);
+- ``POST /api/sim/inbound`` ``{"caller_id", "did"}`` when the simulated network
+  is in use: a simulated caller dials in, 201 with the call.
+
+A call is rendered by ``CallSnapshot.to_dict()``. The registry's errors carry
+their own status and code (404 unknown call, 409 illegal in this state, ...),
+which the router renders as ``{"error": code, "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from gateway.admin.api import ApiError, ApiRequest, ApiResponse
+
+__all__ = ["register_calls_api"]
+
+#: the actions taking no body, and the registry command each one runs
+_SIMPLE = ("hangup", "answer", "reject", "hold", "retrieve", "mute", "unmute")
+_BY = {"hangup": {"by": "api"}, "reject": {"by": "api"}}
+
+
+def register_calls_api(api, registry, sim=None) -> None:
+    """Add the calls routes to ``api`` (an ApiRouter); ``sim``: the simulated network, if in use."""
+    calls = _CallsApi(registry, sim)
+    api.route("GET", "/api/calls", calls.list)
+    api.route("POST", "/api/calls", calls.originate)
+    api.route("GET", "/api/calls/{id}", calls.get)
+    api.route("DELETE", "/api/calls/{id}", calls.dispose)
+    api.route("POST", "/api/calls/{id}/{action}", calls.action)
+    if sim is not None:
+        api.route("POST", "/api/sim/inbound", calls.sim_inbound)
+
+
+def _text(body: dict, name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"{name!r} is required and must be a non-empty string")
+    return value
+
+
+def _integer(body: dict, name: str, default: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{name!r} must be an integer number of milliseconds")
+    return value
+
+
+def _rendered(snapshot) -> dict:
+    return snapshot.to_dict()
+
+
+class _CallsApi:
+    def __init__(self, registry, sim) -> None:
+        self._registry = registry
+        self._sim = sim
+        self._actions: dict[str, typing.Callable] = {
+            **{name: self._simple(name) for name in _SIMPLE},
+            "transfer": lambda call_id, body: registry.transfer(call_id, _text(body, "destination"), by="api"),
+            "conference": lambda call_id, body: registry.conference(call_id, _text(body, "destination"), by="api"),
+            "remove_party": lambda call_id, body: registry.remove_party(call_id, _text(body, "number"), by="api"),
+            "dtmf": lambda call_id, body: registry.send_dtmf(
+                call_id, _text(body, "digits"), _integer(body, "duration_ms", 100), _integer(body, "gap_ms", 50)
+            ),
+        }
+
+    def _simple(self, name: str):
+        command = getattr(self._registry, name)
+        return lambda call_id, body: command(call_id, **_BY.get(name, {}))
+
+    def list(self, request: ApiRequest) -> dict:
+        extension = request.query.get("extension")
+        found = self._registry.calls_for(extension) if extension else self._registry.calls()
+        return {"calls": [_rendered(c) for c in found]}
+
+    def get(self, request: ApiRequest) -> dict:
+        return _rendered(self._registry.call(request.params["id"]))
+
+    def originate(self, request: ApiRequest):
+        body = request.json()
+        attributes = body.get("attributes", {})
+        if not isinstance(attributes, dict):
+            raise ApiError(400, "'attributes' must be an object")
+        d = self._registry.originate(_text(body, "extension"), _text(body, "number"), attributes=attributes)
+        return d.addCallback(lambda call: ApiResponse(201, _rendered(call)))
+
+    def action(self, request: ApiRequest):
+        name = request.params["action"]
+        run = self._actions.get(name)
+        if run is None:
+            raise ApiError(404, f"no call action {name!r} (known: {', '.join(sorted(self._actions))})")
+        body = {} if name in _SIMPLE else request.json()
+        return run(request.params["id"], body).addCallback(_rendered)
+
+    def dispose(self, request: ApiRequest):
+        call_id = request.params["id"]
+        return self._registry.dispose(call_id, by="api").addCallback(lambda _: {"call_id": call_id, "disposed": True})
+
+    def sim_inbound(self, request: ApiRequest) -> ApiResponse:
+        body = request.json()
+        leg = self._sim.place_inbound(_text(body, "caller_id"), _text(body, "did"))
+        return ApiResponse(201, _rendered(self._registry.call(leg.events.call_id)))
