@@ -327,8 +327,11 @@ class BridgeClient:
                 interaction.subject.follow(event, self._snapshot(event.call_id))
 
     def _announce(self, event):
-        """A new call of an agent's extension: its interaction appears on each of the agent's channels."""
+        """A new call of an agent's extension: its interaction appears on each of the agent's channels
+        (unless it is already over, e.g. refused because the extension was busy)."""
         snapshot = self._snapshot(event.call_id)
+        if snapshot is None or snapshot.state == "RELEASED":
+            return
         for channel in self.tree.of_kind("channel"):
             if channel.subject == event.extension and event.call_id not in channel.children:
                 self._track(channel, event.call_id, snapshot)

@@ -323,6 +323,25 @@ class HisBridgeSim(Factory):
 
     def request(self, message):
         """Send a query or request envelope as it is; a Deferred firing with its response."""
+        return self._expect_response(message, lambda: self._send(message))
+
+    def request_malformed(self, obj):
+        """Send ``obj`` as it is, though it is not a valid envelope (a test of the client's robustness).
+
+        Its ``header`` must still name a query or request (type, name, target, requestId): the
+        Deferred fires with the response, which a client should send even so (a FAILURE).
+        """
+        header = obj["header"]
+        named = env.Envelope(env.Header(header["type"], header["name"], header["target"], request_id=header["requestId"]))
+        return self._expect_response(named, lambda: self._link.sendMessage(obj))
+
+    def send_bytes(self, data):
+        """Write raw ``data`` on the client link (broken or oversized frames, for robustness tests)."""
+        if self._link is None:
+            raise SimulatorError("no client link to write to")
+        self._link.transport.write(data)
+
+    def _expect_response(self, message, send):
         if message.type not in env.ANSWERABLE:
             raise ValueError(f"{message.type} {message.name} expects no response")
         if self._link is None:
@@ -330,7 +349,7 @@ class HisBridgeSim(Factory):
         d = defer.Deferred()
         timeout = self.reactor.callLater(self.response_timeout, self._expire, message.request_id)
         self._outstanding[message.request_id] = _Outstanding(message, d, timeout)
-        self._send(message)
+        send()
         return d
 
     # -- link ----------------------------------------------------------------------------------

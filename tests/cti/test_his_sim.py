@@ -672,3 +672,39 @@ def test_command_line_prints_each_message():
         process.terminate()
         process.wait(timeout=10)
         process.stdout.close()
+
+
+class RawClient(FakeClient):
+    """Keeps messages that are not envelopes instead of parsing them."""
+
+    def __init__(self):
+        super().__init__()
+        self.raw = []
+
+    def messageReceived(self, obj):
+        if isinstance(obj.get("body"), dict):
+            super().messageReceived(obj)
+        else:
+            self.raw.append(obj)
+
+
+class RawSendTests(SimTestCase):
+    def test_a_malformed_request_waits_for_its_response(self):
+        client = self.connect(RawClient())
+        header = {"type": "cti.request", "name": "x.request.y", "target": CHANNEL, "requestId": "r1"}
+        d = self.sim.request_malformed({"header": header, "body": [1]})
+        self.flush()
+        self.assertEqual(client.raw, [{"header": header, "body": [1]}])
+        self.assertNoResult(d)
+        client.send(env.failure(env.request("x.request.y", CHANNEL, request_id="r1"), "malformed"))
+        self.assertEqual(self.result(d).header.error_message, "malformed")
+        self.assertEqual(self.sim.violations, [])
+
+    def test_raw_bytes_reach_the_client(self):
+        client = self.connect(RawClient())
+        self.sim.send_bytes(encode_frame({"body": "x"}))
+        self.flush()
+        self.assertEqual(client.raw, [{"body": "x"}])
+
+    def test_raw_bytes_need_a_link(self):
+        self.assertRaises(SimulatorError, self.sim.send_bytes, b"x")
