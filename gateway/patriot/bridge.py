@@ -6,7 +6,7 @@ Each connection is a :class:`BridgeSession`:
   from an address refused for failed inits with HTTP 403;
 - ``init-request`` is checked (:mod:`gateway.patriot.auth`) and answered with ``init-response``;
   a repeated identical init gets the same answer again without being counted twice; after
-  ``max_init_failures`` failures from one address the connection is closed (1008) and the
+  ``max_init_failures`` failures from one address the connection is closed (4008) and the
   address refused for ``block_time`` seconds;
 - until an init succeeded every other message is ignored with a log line;
 - then ``heartbeat`` is answered with ``heartbeat-response`` at once, and the call control of
@@ -34,9 +34,9 @@ from gateway.patriot.session import IConnection, Session, WebSocketConnection
 
 log = Logger()
 
-#: WebSocket close codes the bridge sends
-CLOSE_GOING_AWAY = 1001  # the gateway is stopping
-CLOSE_POLICY = 1008  # too many failed init requests
+#: WebSocket close codes the bridge sends (an application may send 1000 or 3000-4999)
+CLOSE_NORMAL = 1000  # the gateway is stopping
+CLOSE_TOO_MANY_FAILURES = 4008  # too many failed init-requests (4000 + the policy code 1008)
 
 
 class BridgeSession(Session):
@@ -142,7 +142,7 @@ class BridgeSession(Session):
             log.warn("{who}: {count} failed init-requests; refusing {address} for {seconds} s",
                      who=self.who, count=self.bridge.config.max_init_failures, address=self.connection.host,
                      seconds=self.bridge.config.block_time)
-            self.connection.close(CLOSE_POLICY, "too many failed init-requests")
+            self.connection.close(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")
 
     def _check_failed(self, failure) -> None:
         log.failure("{who}: checking the init-request failed", failure, who=self.who)
@@ -198,10 +198,10 @@ class DiallerBridge:
             self.sessions.remove(session)
 
     def close_all(self) -> defer.Deferred:
-        """The gateway is stopping: close every connection (1001); fires once all are gone."""
+        """The gateway is stopping: close every connection (1000); fires once all are gone."""
         sessions = list(self.sessions)
         for session in sessions:
-            session.connection.close(CLOSE_GOING_AWAY, "the gateway is stopping")
+            session.connection.close(CLOSE_NORMAL, "the gateway is stopping")
         return defer.DeferredList([session.done for session in sessions])
 
     def status(self) -> dict:

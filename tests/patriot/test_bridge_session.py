@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from core.harness import Harness
 from gateway.confschema import Secret
-from gateway.patriot.bridge import CLOSE_GOING_AWAY, CLOSE_POLICY, DiallerBridge
+from gateway.patriot.bridge import CLOSE_NORMAL, CLOSE_TOO_MANY_FAILURES, DiallerBridge
 from gateway.patriot.config import BridgeConfig, BridgeUser
 from gateway.patriot.line import Lines
 
@@ -162,7 +162,7 @@ class InitTests(BridgeTestCase):
         self.assertEqual(connection.closes, [])
         again, again_connection = self.connect(host="10.0.0.9", port=50002)
         again.frame_received(frame("init-request", wrong[2]), False)
-        self.assertEqual(again_connection.closes, [(CLOSE_POLICY, "too many failed init-requests")])
+        self.assertEqual(again_connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
         refusal = self.bridge.refusal("/dialler", "10.0.0.9", "10.0.0.9:50003")
         self.assertIsInstance(refusal, ConnectionDeny)
         self.assertEqual(refusal.code, ConnectionDeny.FORBIDDEN)
@@ -217,8 +217,8 @@ class LivenessTests(BridgeTestCase):
         first, first_connection = self.login()
         second, second_connection = self.connect(port=50001)
         stopped = self.bridge.close_all()
-        self.assertEqual(first_connection.closes, [(CLOSE_GOING_AWAY, "the gateway is stopping")])
-        self.assertEqual(second_connection.closes, [(CLOSE_GOING_AWAY, "the gateway is stopping")])
+        self.assertEqual(first_connection.closes, [(CLOSE_NORMAL, "the gateway is stopping")])
+        self.assertEqual(second_connection.closes, [(CLOSE_NORMAL, "the gateway is stopping")])
         self.assertNoResult(stopped)
         first.closed("closed")
         second.closed("closed")

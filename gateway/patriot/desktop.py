@@ -1,0 +1,226 @@
+"""Patriot as server: the gateway as a dialler client of Patriot's Desktop API.
+
+One :class:`DesktopLink` per ``[[patriot.desktop]]`` entry keeps a WebSocket connection to
+Patriot up with a ``ClientService`` and a backoff retry policy. ``connect`` (an endpoint) may say
+where to connect while the URL's host stays the TLS server name and the Host header; the
+certificate is trusted as :mod:`gateway.patriot.tls` says.
+
+Each connection is a :class:`DesktopSession`: at once it sends ``authentication-request``
+``{requestId, apiKey}``; a ``success: true`` response (with our ``requestId``) logs it in and the
+call control of :class:`~gateway.patriot.session.Session` applies on the line of the link's
+extension. Refused, or unanswered for ``auth_timeout`` seconds, the connection is closed and
+retried later. Every connection that ends before it was authenticated (refused key, TLS
+failure, WebSocket handshake refused) lengthens the next delay as a failed connection attempt
+does, so a wrong key or a wrong pin never makes the link spin; a successful authentication
+resets the delay. Patriot's Desktop API has no heartbeat: WebSocket pings every ``ping_interval``
+seconds detect a dead server.
+
+The link's readiness component (``patriot-desktop:<index>``) and the
+``gateway_patriot_desktop_up{link}`` gauge are up exactly while the link is authenticated.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.util import parse_url
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+from twisted.logger import Logger
+
+from gateway.patriot.config import DesktopConfig
+from gateway.patriot.line import Line
+from gateway.patriot.messages import AuthenticationRequest, AuthenticationResponse, PatriotMessage
+from gateway.patriot.metrics import PatriotMetrics
+from gateway.patriot.session import IConnection, Session, WebSocketConnection
+from gateway.patriot.tls import client_tls
+
+log = Logger()
+
+#: the close code the link sends (refused key, no answer, the gateway stopping)
+CLOSE_NORMAL = 1000
+
+
+def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None):
+    """Where a link connects: ``connect`` or the URL's host and port, with TLS for ``wss://``."""
+    is_secure, host, port, _, _, _ = parse_url(config.url)
+    if config.connect is not None:
+        endpoint = clientFromString(reactor, str(config.connect))
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port)
+    if not is_secure:
+        return endpoint
+    return wrapClientTLS(client_tls(host, ca_certificates=ca_certificates, fingerprint=config.fingerprint), endpoint)
+
+
+class DesktopSession(Session):
+    """One connection to Patriot's Desktop API."""
+
+    mode = "desktop"
+
+    def __init__(self, connection: IConnection, link: DesktopLink):
+        config = link.config
+        super().__init__(connection, metrics=link.metrics, max_phone_length=config.max_phone_length,
+                         dial_while_busy=config.dial_while_busy)
+        self.link = link
+        self.request_id = uuid.uuid4().hex
+        self.authenticated = False
+        self._timer = None
+
+    @property
+    def who(self) -> str:
+        return f"Patriot desktop link {self.link.index} ({self.connection.peer})"
+
+    def opened(self) -> None:
+        self.send(AuthenticationRequest(api_key=self.link.config.api_key.reveal(), request_id=self.request_id))
+        self._timer = self.link.clock.callLater(self.link.config.auth_timeout, self._unanswered)
+
+    def _unanswered(self) -> None:
+        log.warn("{who}: no authentication-response in {timeout} s; closing", who=self.who,
+                 timeout=self.link.config.auth_timeout)
+        self.connection.close(CLOSE_NORMAL, "no authentication-response")
+
+    def closed(self, reason: str) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        super().closed(reason)
+
+    def message_received(self, message: PatriotMessage) -> None:
+        if isinstance(message, AuthenticationResponse):
+            self._authentication_response(message)
+        elif not self.authenticated:
+            self.ignore(message, "not authenticated yet")
+        elif not self.call_control(message):
+            self.ignore(message, "not a message Patriot sends to a dialler client")
+
+    def _authentication_response(self, response: AuthenticationResponse) -> None:
+        if self._timer is None or not self._timer.active():
+            self.ignore(response, "no authentication-request is waiting for an answer")
+            return
+        if response.request_id != self.request_id:
+            self.ignore(response, f"it answers request {response.request_id!r}, not ours")
+            return
+        self._timer.cancel()
+        if response.success:
+            self.authenticated = True
+            self.metrics.logins.labels(self.mode, "success").inc()
+            self.link.authenticated(self)
+            self.attach(self.link.line)
+        else:
+            log.warn("{who}: Patriot refused the API key: {error}", who=self.who,
+                     error=response.error or "(no reason given)")
+            self.metrics.logins.labels(self.mode, "failure").inc()
+            self.connection.close(CLOSE_NORMAL, "authentication failed")
+
+
+class DesktopLink(service.Service):
+    """One ``[[patriot.desktop]]`` link, kept up (and authenticated) while the service runs."""
+
+    def __init__(self, index: int, config: DesktopConfig, *, reactor, endpoint, line: Line,
+                 metrics: PatriotMetrics, component):
+        self.index = index
+        self.name = f"patriot-desktop:{index}"
+        self.config = config
+        self.clock = reactor
+        self.line = line
+        self.metrics = metrics
+        self.component = component
+        self.session: DesktopSession | None = None
+        #: connections in a row that ended before they were authenticated
+        self.rejections = 0
+        self._policy = backoffPolicy(config.retry_initial, config.retry_max)
+        self._up = metrics.desktop_up.labels(str(index))
+        self._up.set(0)
+        self._client = ClientService(endpoint, _DesktopFactory(self, reactor), retryPolicy=self._retry_delay,
+                                     clock=reactor)
+
+    def _retry_delay(self, attempt: int) -> float:
+        delay = self._policy(attempt + self.rejections)
+        self.component.set_down(f"not connected to {self.config.url}; next attempt in {delay:.1f} s")
+        return delay
+
+    # -- life
+
+    def startService(self):
+        super().startService()
+        self.component.set_down(f"connecting to {self.config.url}")
+        self._client.startService()
+
+    def stopService(self):
+        super().stopService()
+        if self.session is not None:
+            self.session.connection.close(CLOSE_NORMAL, "the gateway is stopping")
+        return self._client.stopService()
+
+    # -- from the protocol and the session
+
+    def session_opened(self, connection: IConnection) -> DesktopSession:
+        log.info("Patriot desktop link {index}: connected to {url} ({peer})", index=self.index,
+                 url=self.config.url, peer=connection.peer)
+        self.session = DesktopSession(connection, self)
+        self.session.opened()
+        return self.session
+
+    def authenticated(self, session: DesktopSession) -> None:
+        log.info("{who}: authenticated; extension {extension}", who=session.who, extension=self.config.extension)
+        self.rejections = 0
+        self._up.set(1)
+        self.component.set_up()
+
+    def connection_lost(self, session: DesktopSession | None, reason: str) -> None:
+        if session is not None:
+            session.closed(reason)
+        if session is None or not session.authenticated:
+            self.rejections += 1
+            log.warn("Patriot desktop link {index}: connection to {url} ended before authentication: {reason}",
+                     index=self.index, url=self.config.url, reason=reason)
+        else:
+            log.warn("Patriot desktop link {index}: connection to {url} lost: {reason}",
+                     index=self.index, url=self.config.url, reason=reason)
+        if session is self.session:
+            self.session = None
+        self._up.set(0)
+        self.component.set_down(reason)
+
+    def status(self) -> dict:
+        return {
+            "url": self.config.url,
+            "connect": self.config.connect,
+            "extension": self.config.extension,
+            "up": self.component.up,
+            "reason": self.component.reason,
+            "rejections": self.rejections,
+        }
+
+
+class _DesktopProtocol(WebSocketClientProtocol):
+    session: DesktopSession | None = None
+    _close_reason: str | None = None
+
+    def onOpen(self):
+        self.session = self.factory.link.session_opened(WebSocketConnection(self))
+
+    def onMessage(self, payload, isBinary):
+        self.session.frame_received(payload, isBinary)
+
+    def onClose(self, wasClean, code, reason):
+        self._close_reason = f"closed with {code}: {reason}" if code else reason
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.link.connection_lost(self.session, self._close_reason or reason.getErrorMessage())
+
+
+class _DesktopFactory(WebSocketClientFactory):
+    protocol = _DesktopProtocol
+
+    def __init__(self, link: DesktopLink, reactor):
+        super().__init__(link.config.url, reactor=reactor)
+        config = link.config
+        size = config.max_message_size
+        self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size)
+        if config.ping_interval > 0:
+            self.setProtocolOptions(autoPingInterval=config.ping_interval, autoPingTimeout=config.ping_interval)
+        self.link = link
