@@ -10,7 +10,7 @@ from gateway.core.mediactl import MediaController
 from gateway.core.registry import Registry
 from gateway.core.routing import Router
 from gateway.drivers.config import NumberRule, SimNetworkConfig
-from gateway.drivers.sim import SimNetwork
+from gateway.drivers.sim import SimNetwork, run_clock
 from gateway.media import IMediaApp
 from gateway.pluginload import plugins
 
@@ -35,17 +35,6 @@ ROUTES = [
     Route(did="200", to="app:echo"),
     Route(did="*", to="extension:1002"),
 ]
-
-
-def advance(clock, seconds: float) -> None:
-    """Let ``seconds`` pass as a reactor would: each timer runs at its own time, in order."""
-    moment = clock.seconds() + seconds
-    while True:
-        due = [call.getTime() for call in clock.getDelayedCalls() if call.getTime() <= moment]
-        if not due:
-            break
-        clock.advance(max(0.0, min(due) - clock.seconds()))
-    clock.advance(max(0.0, moment - clock.seconds()))
 
 
 def media_apps() -> dict:
@@ -91,7 +80,7 @@ class Harness:
         return defer.succeed(None)
 
     def advance(self, seconds: float) -> None:
-        advance(self.clock, seconds)
+        run_clock(self.clock, seconds)
 
     def types(self, call_id: str | None = None) -> list[str]:
         return [e.type for e in self.events if call_id is None or e.call_id == call_id]

@@ -14,9 +14,8 @@ from gateway.config import ConfigError, loads
 from gateway.confschema import Secret
 from gateway.context import Context
 from gateway.core.service import make_service
+from gateway.drivers.sim import run_clock
 from gateway.store import MemoryCdrStore
-
-from .harness import advance
 
 BASE = """
 [gateway]
@@ -48,7 +47,7 @@ class ServiceTests(SynchronousTestCase):
         return ctx
 
     def advance(self, ctx, seconds):
-        advance(ctx.reactor, seconds)
+        run_clock(ctx.reactor, seconds)
 
     def test_assembly_start_a_call_and_stop(self):
         ctx = self.context()
