@@ -9,8 +9,9 @@
   ``{"destination"}``; ``dtmf`` ``{"digits", "duration_ms"?, "gap_ms"?}``;
   ``remove_party`` ``{"number"}``: the call after the command;
 - ``DELETE /api/calls/{id}``: forget the call (a live one is hung up first);
-- ``POST /api/sim/inbound`` ``{"caller_id", "did"}`` when the simulated network
-  is in use: a simulated caller dials in, 201 with the call.
+- ``POST /api/sim/inbound`` ``{"caller_id", "did", "hang_up_after"?}`` when the simulated
+  network is in use: a simulated caller dials in (and hangs up ``hang_up_after`` seconds
+  after being answered), 201 with the call.
 
 A call is rendered by ``CallSnapshot.to_dict()``. The registry's errors carry
 their own status and code (404 unknown call, 409 illegal in this state, ...),
@@ -110,5 +111,9 @@ class _CallsApi:
 
     def sim_inbound(self, request: ApiRequest) -> ApiResponse:
         body = request.json()
-        leg = self._sim.place_inbound(_text(body, "caller_id"), _text(body, "did"))
+        hang_up_after = body.get("hang_up_after")
+        if hang_up_after is not None and (isinstance(hang_up_after, bool) or not isinstance(hang_up_after, (int, float))
+                                          or hang_up_after < 0):
+            raise ApiError(400, "'hang_up_after' must be a number of seconds >= 0")
+        leg = self._sim.place_inbound(_text(body, "caller_id"), _text(body, "did"), hang_up_after=hang_up_after)
         return ApiResponse(201, _rendered(self._registry.call(leg.events.call_id)))

@@ -101,6 +101,18 @@ class CallsApiTests(SynchronousTestCase):
         code, rejected = self.call("POST", f"/api/calls/{call['call_id']}/reject")
         self.assertEqual((code, rejected["cause"]), (200, "rejected"))
 
+    def test_simulated_caller_hangs_up_after_being_answered(self):
+        code, call = self.call("POST", "/api/sim/inbound", {"caller_id": "0811222333", "did": "103",
+                                                            "hang_up_after": 2})
+        self.call("POST", f"/api/calls/{call['call_id']}/answer")
+        self.h.advance(1.9)
+        self.assertEqual(self.call("GET", f"/api/calls/{call['call_id']}")[1]["state"], "TALKING")
+        self.h.advance(0.2)
+        released = self.call("GET", f"/api/calls/{call['call_id']}")[1]
+        self.assertEqual((released["state"], released["cause"]), ("RELEASED", "remote_hangup"))
+        code, body = self.call("POST", "/api/sim/inbound", {"caller_id": "1", "did": "103", "hang_up_after": "soon"})
+        self.assertEqual((code, body["error"]), (400, "bad_request"))
+
     def test_errors_are_json_with_a_fitting_status(self):
         cases = [
             ("GET", "/api/calls/nope", None, 404, "unknown_call"),
