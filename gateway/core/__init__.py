@@ -1,1 +1,67 @@
-"""The protocol-agnostic call core: calls, legs, parties, state machines, registry, routing, errors (no I/O)."""
+"""The protocol-agnostic call core: calls, legs, the registry, routing, CDRs (no I/O at all).
+
+A map of the public API (adapters use these; everything else is internal):
+
+``gateway.core.registry.Registry(clock, drivers, *, extensions, router, media, pbx_driver, node,
+cdr_sink, provider_cdr_sink, retention=60, on_command=None)`` — built by
+``gateway.core.service.make_service(ctx)`` and found as ``ctx.registry``.
+
+- Commands (each returns a Deferred firing with a :class:`CallSnapshot` once done, or failing with a
+  :class:`CallError`): ``originate(extension_id, number, *, attributes=None)``, ``answer(call_id)``,
+  ``reject(call_id, *, by)``, ``hangup(call_id, *, by)``, ``hold``/``retrieve``/``mute``/``unmute(call_id)``
+  (idempotent), ``transfer(call_id, destination, *, by)``, ``conference(call_id, destination, *, by)``,
+  ``remove_party(call_id, number, *, by)``, ``send_dtmf(call_id, digits, duration_ms=100, gap_ms=50)``,
+  ``dispose(call_id)``, and ``shutdown(grace)``.
+- Queries: ``calls(include_released=False)``, ``call(call_id)``, ``calls_for(extension_id)``,
+  ``active_call_for(extension_id)`` -> :class:`CallSnapshot` (``to_dict()`` for JSON).
+- Events: ``subscribe(callback, extension=None) -> unsubscribe``; the classes are in
+  :mod:`gateway.core.events` (``CallCreated`` first, ``CallEnded`` with the CDR last).
+- Drivers: the interfaces in :mod:`gateway.core.interfaces` (``IDriverFactory`` plugins build an
+  ``IDriver``; inbound calls arrive with ``registry.incoming(driver_leg, caller_id=, did=)``, which
+  returns the leg's ``ILegEvents``).
+
+Also: :mod:`gateway.core.errors` (``CallError`` and its subclasses, with ``code`` and
+``http_status``), :mod:`gateway.core.states` (``LegState``, ``Cause``, the transition table),
+:mod:`gateway.core.routing` (``Router``), :mod:`gateway.core.cdr` (``build_cdr``),
+:mod:`gateway.core.mediactl` (the media wiring), :mod:`gateway.core.metrics`.
+"""
+
+from gateway.core.errors import (
+    CallError,
+    ConferenceFailed,
+    DriverError,
+    ExtensionBusy,
+    IllegalState,
+    InvalidArgument,
+    NoRoute,
+    TransferFailed,
+    UnknownCall,
+    UnknownExtension,
+    UnknownParty,
+)
+from gateway.core.interfaces import IDriver, IDriverFactory, IDriverLeg, ILegEvents
+from gateway.core.model import CallSnapshot, LegSnapshot, Party
+from gateway.core.states import Cause, LegState
+
+__all__ = [
+    "CallError",
+    "CallSnapshot",
+    "Cause",
+    "ConferenceFailed",
+    "DriverError",
+    "ExtensionBusy",
+    "IDriver",
+    "IDriverFactory",
+    "IDriverLeg",
+    "ILegEvents",
+    "IllegalState",
+    "InvalidArgument",
+    "LegSnapshot",
+    "LegState",
+    "NoRoute",
+    "Party",
+    "TransferFailed",
+    "UnknownCall",
+    "UnknownExtension",
+    "UnknownParty",
+]

@@ -64,6 +64,7 @@ class ILegEvents(Interface):
 class IDriverLeg(Interface):
     """One leg as its driver carries it."""
 
+    driver = Attribute("The name of the driver carrying the leg.")
     port = Attribute("The leg's gateway.media.MediaPort: audio from and toward the party.")
 
     def answer():

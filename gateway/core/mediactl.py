@@ -107,7 +107,8 @@ class MediaController:
                 raise LookupError(f"no media app named {name!r}")
             session = app.start(list(ports), self._clock, arg=arg, state_dir=self._state_dir)
         except Exception as e:
-            log.error("call {call_id}: media app {app} could not start: {error}", call_id=call.call_id, app=name, error=e)
+            log.error("call {call_id}: media app {app} could not start: {error}",
+                      call_id=call.call_id, app=name, error=e)
             return False
         current[spec] = session
         if name == call.app:

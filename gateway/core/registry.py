@@ -47,7 +47,7 @@ __all__ = ["Registry", "DEFAULT_RETENTION"]
 
 log = Logger()
 
-RINGING, DIALING, TALKING, HELD, RELEASED = LegState
+RINGING, DIALING, TALKING, HELD = LegState.RINGING, LegState.DIALING, LegState.TALKING, LegState.HELD
 
 #: seconds a released call stays queryable
 DEFAULT_RETENTION = 60.0
@@ -360,7 +360,7 @@ class Registry:
         )
         if target is not None and target.kind == "app":
             call.app, call.app_arg = target.name, target.arg
-        leg = self._add_leg(call, PARTY, INBOUND, caller_id, getattr(driver_leg, "driver", "?"), RINGING,
+        leg = self._add_leg(call, PARTY, INBOUND, caller_id, driver_leg.driver, RINGING,
                             caller_id=caller_id, attributes={"did": did, **attributes})
         leg.driver_leg = driver_leg
         self._event(ev.LegRinging, call, leg)
@@ -802,7 +802,8 @@ class Registry:
         call.pending = target.pending = None
         now = self._clock.seconds()
         for leg in moving:
-            left = attrs.evolve(leg, state=RELEASED, ended_at=now, cause=str(Cause.TRANSFERRED), driver_leg=None)
+            left = attrs.evolve(leg, state=next_state(leg.state, "release", "leg"), ended_at=now,
+                                cause=str(Cause.TRANSFERRED), driver_leg=None)
             call.legs[call.legs.index(leg)] = left
             self._event(ev.LegEnded, call, left, cause=str(Cause.TRANSFERRED))
         self._end_call(call, Cause.TRANSFERRED, call.pending_by or "api")

@@ -94,7 +94,8 @@ class CallsApiTests(SynchronousTestCase):
 
     def test_inbound_through_the_simulated_network_answer_and_reject(self):
         code, call = self.call("POST", "/api/sim/inbound", {"caller_id": "0811222333", "did": "103"})
-        self.assertEqual((code, call["state"], call["extension"], call["caller"]), (201, "RINGING", "1003", "0811222333"))
+        self.assertEqual((code, call["state"], call["extension"], call["caller"]),
+                         (201, "RINGING", "1003", "0811222333"))
         code, answered = self.call("POST", f"/api/calls/{call['call_id']}/answer")
         self.assertEqual((code, answered["state"]), (200, "TALKING"))
         code, call = self.call("POST", "/api/sim/inbound", {"caller_id": "0811222333", "did": "100"})

@@ -33,7 +33,8 @@ class RenderingTests(SynchronousTestCase):
         self.assertEqual((caller["role"], caller["direction"], caller["number"], caller["driver"]),
                          ("party", "inbound", "0811222333", "sim"))
         self.assertEqual(caller["attributes"], {"did": "100", "session_id": "s-9"})
-        self.assertEqual((device["role"], device["number"], device["attributes"]), ("device", "1001", {"extension": "1001"}))
+        self.assertEqual((device["role"], device["number"], device["attributes"]),
+                         ("device", "1001", {"extension": "1001"}))
         self.assertEqual((device["answered_at"], device["cause"]), ("1970-01-01T00:00:01.000Z", "remote_hangup"))
 
 

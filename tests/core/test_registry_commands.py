@@ -201,7 +201,8 @@ class TransferTests(SynchronousTestCase):
         self.assertEqual(self.h.network.party("1001").state, "ended")
         [created] = self.h.of(ev.CallCreated)[1:]
         new = self.registry.call(created.call_id)
-        self.assertEqual((new.state, new.extension, new.attributes["transferred_from"]), ("TALKING", None, self.call_id))
+        self.assertEqual((new.state, new.extension, new.attributes["transferred_from"]),
+                         ("TALKING", None, self.call_id))
         self.assertEqual([p.number for p in new.parties], ["5551234", "5552222"])
         target = self.h.network.party("5552222")
         target.play_tone(THIRD)
