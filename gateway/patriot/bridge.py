@@ -241,5 +241,7 @@ class _BridgeFactory(WebSocketServerFactory):
     def __init__(self, bridge: DiallerBridge, reactor):
         super().__init__(reactor=reactor)
         size = bridge.config.max_message_size
-        self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size, webStatus=False)
+        # failByDrop=False: a peer breaking the rules (a message too large) is told why (1009)
+        self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size, failByDrop=False,
+                                webStatus=False)
         self.bridge = bridge

@@ -220,7 +220,7 @@ class _DesktopFactory(WebSocketClientFactory):
         super().__init__(link.config.url, reactor=reactor)
         config = link.config
         size = config.max_message_size
-        self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size)
+        self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size, failByDrop=False)
         if config.ping_interval > 0:
             self.setProtocolOptions(autoPingInterval=config.ping_interval, autoPingTimeout=config.ping_interval)
         self.link = link
