@@ -1,25 +1,30 @@
-"""Durable records: CDRs and the rest, behind an interface that is not tied to SQLite.
+"""Durable records: CDRs, SMS and chat conversations, behind interfaces not tied to SQLite.
 
 The daemon builds its store from the ``[store] url`` with :func:`open_store`
-and calls ``open()`` on it; everything else holds an :class:`ICdrStore`.
-Tests of other rooms use :class:`MemoryCdrStore`.
+and calls ``open()`` on it; everything else holds an :class:`ICdrStore`, and
+the chat connector an :class:`ISmsStore`. Tests of other rooms use
+:class:`MemoryCdrStore`.
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from gateway.store.interfaces import DuplicateCdr, ICdrStore, SchemaTooNew, StoreUnavailable
+from gateway.store.interfaces import DuplicateCdr, ICdrStore, ISmsStore, SchemaTooNew, StoreUnavailable
 from gateway.store.memory import MemoryCdrStore
 from gateway.store.records import MAX_LIMIT, normalize_timestamp
+from gateway.store.sms import ConversationRecord, SmsRecord
 from gateway.store.sqlite import SqliteCdrStore
 
 __all__ = [
     "MAX_LIMIT",
+    "ConversationRecord",
     "DuplicateCdr",
     "ICdrStore",
+    "ISmsStore",
     "MemoryCdrStore",
     "SchemaTooNew",
+    "SmsRecord",
     "SqliteCdrStore",
     "StoreUnavailable",
     "normalize_timestamp",

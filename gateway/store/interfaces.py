@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from zope.interface import Interface
 
-__all__ = ["DuplicateCdr", "ICdrStore", "SchemaTooNew", "StoreUnavailable"]
+__all__ = ["DuplicateCdr", "ICdrStore", "ISmsStore", "SchemaTooNew", "StoreUnavailable"]
 
 
 class StoreUnavailable(Exception):
@@ -68,3 +68,48 @@ class ICdrStore(Interface):
 
     def close():
         """Finish every operation already asked for, then release the database."""
+
+
+class ISmsStore(Interface):
+    """Durable SMS records and the chat conversations they belong to (see :mod:`gateway.store.sms`).
+
+    Records are :class:`gateway.store.sms.SmsRecord` and
+    :class:`gateway.store.sms.ConversationRecord`; a malformed one fails with ``ValueError``.
+    Operations asked for before ``open`` has finished wait for it.
+    """
+
+    def add_sms(record):
+        """Store a new pending SMS; fires once durably committed with ``(stored, created)``.
+
+        ``stored`` is the record with its ``seq``. When a record of the same direction and
+        ``external_id`` exists already, nothing is stored: ``(existing, False)``.
+        """
+
+    def pending_sms():
+        """A Deferred list of every pending SMS record, in ``seq`` order."""
+
+    def sms_attempt_failed(seq, error):
+        """Count one failed delivery attempt of a pending SMS and keep ``error`` (text)."""
+
+    def finish_sms(seq, status, finished_at, conversation_id=None, error=None):
+        """Mark a pending SMS ``delivered`` or ``failed`` (refused for good) at ISO ``finished_at``.
+
+        ``conversation_id`` (where an inbound SMS went) and ``error`` are kept when given.
+        Fires with True, or False when the record was not pending.
+        """
+
+    def list_sms(direction=None, number=None, after=0, limit=100):
+        """A Deferred list of SMS records with ``seq > after``, oldest first, at most ``limit``.
+
+        ``direction`` (inbound/outbound) and ``number`` narrow the list; ``limit`` is capped at
+        :data:`gateway.store.MAX_LIMIT`.
+        """
+
+    def save_conversation(record):
+        """Store an open conversation; another open one for the same number is closed ("replaced")."""
+
+    def close_conversation(conversation_id, closed_at, reason):
+        """Mark a conversation closed; fires with True, or False when it was not open."""
+
+    def open_conversations():
+        """A Deferred list of the open conversations, oldest first."""

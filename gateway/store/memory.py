@@ -1,4 +1,4 @@
-"""An in-memory :class:`ICdrStore` for tests of other rooms: same checks, same answers, no disk.
+"""An in-memory :class:`ICdrStore` and :class:`ISmsStore` for tests of other rooms: same checks, same answers, no disk.
 
 It keeps rows exactly as the SQLite store does (so a test sees the same
 errors and the same returned dicts) and answers with already-fired
@@ -7,10 +7,11 @@ Deferreds. ``clock`` (a ``task.Clock`` in tests) stamps provider CDRs.
 
 from __future__ import annotations
 
+import attrs
 from twisted.internet.defer import Deferred, execute, fail, succeed
 from zope.interface import implementer
 
-from gateway.store.interfaces import DuplicateCdr, ICdrStore, StoreUnavailable
+from gateway.store.interfaces import DuplicateCdr, ICdrStore, ISmsStore, StoreUnavailable
 from gateway.store.records import (
     CdrRow,
     ProviderRow,
@@ -19,16 +20,28 @@ from gateway.store.records import (
     encode_provider_cdr,
     query_bounds,
 )
+from gateway.store.sms import (
+    ConversationRecord,
+    SmsRecord,
+    check_conversation,
+    check_finish,
+    check_query,
+    check_sms,
+    matches,
+)
 
 __all__ = ["MemoryCdrStore"]
 
 
-@implementer(ICdrStore)
+@implementer(ICdrStore, ISmsStore)
 class MemoryCdrStore:
     def __init__(self, clock):
         self._clock = clock
         self._cdrs: dict[str, CdrRow] = {}
         self._providers: list[ProviderRow] = []
+        #: seq -> record, in seq order
+        self._sms: dict[int, SmsRecord] = {}
+        self._conversations: dict[str, ConversationRecord] = {}
         self.closed = False
 
     def open(self) -> Deferred:
@@ -46,6 +59,34 @@ class MemoryCdrStore:
 
     def cdr(self, call_id: str) -> Deferred:
         return self._run(lambda: self._get(call_id))
+
+    def add_sms(self, record: SmsRecord) -> Deferred:
+        return self._run(lambda: self._add_sms(check_sms(record)))
+
+    def pending_sms(self) -> Deferred:
+        return self._run(lambda: [r for r in self._sms.values() if r.status == "pending"])
+
+    def sms_attempt_failed(self, seq: int, error: str) -> Deferred:
+        return self._run(lambda: self._attempt_failed(seq, error))
+
+    def finish_sms(self, seq: int, status: str, finished_at: str, conversation_id=None, error=None) -> Deferred:
+        return self._run(lambda: self._finish(seq, check_finish(status), finished_at, conversation_id, error))
+
+    def list_sms(self, direction=None, number=None, after: int = 0, limit: int = 100) -> Deferred:
+        def select():
+            capped = check_query(direction, number, after, limit)
+            return [r for r in self._sms.values() if matches(r, direction, number, after)][:capped]
+
+        return self._run(select)
+
+    def save_conversation(self, record: ConversationRecord) -> Deferred:
+        return self._run(lambda: self._save_conversation(check_conversation(record)))
+
+    def close_conversation(self, conversation_id: str, closed_at: str, reason: str) -> Deferred:
+        return self._run(lambda: self._close_conversation(conversation_id, closed_at, reason))
+
+    def open_conversations(self) -> Deferred:
+        return self._run(lambda: [c for c in self._conversations.values() if c.status == "open"])
 
     def close(self) -> Deferred:
         self.closed = True
@@ -71,3 +112,45 @@ class MemoryCdrStore:
 
     def _decode(self, row: CdrRow) -> dict:
         return decode_cdr(row.document, [p for p in self._providers if p.call_id == row.call_id])
+
+    def _add_sms(self, record: SmsRecord) -> tuple[SmsRecord, bool]:
+        for existing in self._sms.values():
+            if existing.uid == record.uid or (
+                record.external_id is not None and (existing.direction, existing.external_id) == (record.direction, record.external_id)
+            ):
+                return existing, False
+        stored = attrs.evolve(record, seq=max(self._sms, default=0) + 1)
+        self._sms[stored.seq] = stored
+        return stored, True
+
+    def _attempt_failed(self, seq: int, error: str) -> None:
+        record = self._sms.get(seq)
+        if record is not None:
+            self._sms[seq] = attrs.evolve(record, attempts=record.attempts + 1, last_error=error)
+
+    def _finish(self, seq: int, status: str, finished_at: str, conversation_id, error) -> bool:
+        record = self._sms.get(seq)
+        if record is None or record.status != "pending":
+            return False
+        self._sms[seq] = attrs.evolve(
+            record,
+            status=status,
+            finished_at=finished_at,
+            conversation_id=record.conversation_id if conversation_id is None else conversation_id,
+            last_error=record.last_error if error is None else error,
+        )
+        return True
+
+    def _save_conversation(self, record: ConversationRecord) -> None:
+        for other in list(self._conversations.values()):
+            if other.number == record.number and other.status == "open" and other.conversation_id != record.conversation_id:
+                self._close_conversation(other.conversation_id, record.opened_at, "replaced")
+        self._conversations.pop(record.conversation_id, None)
+        self._conversations[record.conversation_id] = record
+
+    def _close_conversation(self, conversation_id: str, closed_at: str, reason: str) -> bool:
+        record = self._conversations.get(conversation_id)
+        if record is None or record.status != "open":
+            return False
+        self._conversations[conversation_id] = attrs.evolve(record, status="closed", closed_at=closed_at, close_reason=reason)
+        return True

@@ -39,7 +39,42 @@ CREATE TABLE provider_cdrs (
 CREATE INDEX provider_cdrs_by_call ON provider_cdrs (call_id, id);
 """
 
+# 2: durable SMS (gateway.store.sms): every SMS is stored before it is acknowledged and stays
+# pending until delivered; seq (AUTOINCREMENT: never reused) keeps the order per number. The
+# chat conversations opened for customers' numbers, at most one open per number.
+_SMS = """
+CREATE TABLE sms (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid             TEXT NOT NULL UNIQUE,
+    direction       TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+    number          TEXT NOT NULL,
+    text            TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    external_id     TEXT,
+    conversation_id TEXT,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    finished_at     TEXT
+);
+CREATE UNIQUE INDEX sms_by_external_id ON sms (direction, external_id);
+CREATE INDEX sms_pending ON sms (seq) WHERE status = 'pending';
+CREATE INDEX sms_by_number ON sms (number, seq);
+CREATE TABLE chat_conversations (
+    conversation_id TEXT PRIMARY KEY,
+    number          TEXT NOT NULL,
+    participant     TEXT NOT NULL,
+    opened_at       TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+    closed_at       TEXT,
+    close_reason    TEXT
+);
+CREATE UNIQUE INDEX chat_conversations_open ON chat_conversations (number) WHERE status = 'open';
+"""
+
 #: migration N (1-based) brings a database from user_version N-1 to N
 MIGRATIONS: list[str] = [
     _CDRS,
+    _SMS,
 ]

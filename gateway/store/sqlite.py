@@ -24,7 +24,8 @@ from twisted.internet.defer import Deferred, DeferredLock, execute, fail, succee
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.store.interfaces import DuplicateCdr, ICdrStore, SchemaTooNew, StoreUnavailable
+from gateway.store import sms_sql
+from gateway.store.interfaces import DuplicateCdr, ICdrStore, ISmsStore, SchemaTooNew, StoreUnavailable
 from gateway.store.records import (
     CdrRow,
     ProviderRow,
@@ -34,6 +35,7 @@ from gateway.store.records import (
     query_bounds,
 )
 from gateway.store.schema import MIGRATIONS
+from gateway.store.sms import check_conversation, check_finish, check_query, check_sms
 
 __all__ = ["SqliteCdrStore"]
 
@@ -124,9 +126,9 @@ class _State(enum.Enum):
     CLOSING = "closing"  # close() was called
 
 
-@implementer(ICdrStore)
+@implementer(ICdrStore, ISmsStore)
 class SqliteCdrStore:
-    """CDRs in one SQLite file. ``migrations`` is for tests; the gateway uses :data:`MIGRATIONS`."""
+    """CDRs and SMS records in one SQLite file. ``migrations`` is for tests; the gateway uses :data:`MIGRATIONS`."""
 
     def __init__(self, path: pathlib.Path, reactor, migrations: Sequence[str] = MIGRATIONS):
         self.path = pathlib.Path(path)
@@ -193,6 +195,36 @@ class SqliteCdrStore:
 
     def cdr(self, call_id: str) -> Deferred:
         return self._run(_select_cdr, call_id)
+
+    # -- ISmsStore (gateway.store.sms) ------------------------------------------------------
+
+    def add_sms(self, record) -> Deferred:
+        return execute(check_sms, record).addCallback(lambda r: self._run(sms_sql.insert_sms, r))
+
+    def pending_sms(self) -> Deferred:
+        return self._run(sms_sql.pending_sms)
+
+    def sms_attempt_failed(self, seq: int, error: str) -> Deferred:
+        return self._run(sms_sql.sms_attempt_failed, seq, error)
+
+    def finish_sms(self, seq: int, status: str, finished_at: str, conversation_id=None, error=None) -> Deferred:
+        d = execute(check_finish, status)
+        d.addCallback(lambda _: self._run(sms_sql.finish_sms, seq, status, finished_at, conversation_id, error))
+        return d
+
+    def list_sms(self, direction=None, number=None, after: int = 0, limit: int = 100) -> Deferred:
+        d = execute(check_query, direction, number, after, limit)
+        d.addCallback(lambda capped: self._run(sms_sql.select_sms, direction, number, after, capped))
+        return d
+
+    def save_conversation(self, record) -> Deferred:
+        return execute(check_conversation, record).addCallback(lambda r: self._run(sms_sql.save_conversation, r))
+
+    def close_conversation(self, conversation_id: str, closed_at: str, reason: str) -> Deferred:
+        return self._run(sms_sql.close_conversation, conversation_id, closed_at, reason)
+
+    def open_conversations(self) -> Deferred:
+        return self._run(sms_sql.open_conversations)
 
     def close(self) -> Deferred:
         if self._state is _State.CLOSING:
