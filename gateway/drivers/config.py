@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import typing
+import urllib.parse
 
 import attrs
 
-from gateway.confschema import ServerEndpoint, check, section
+from gateway.confschema import Secret, ServerEndpoint, check, section
 
 
 def _is_regex(text: str) -> bool:
@@ -60,10 +62,73 @@ class PbxConfig:
     sim: SimNetworkConfig = attrs.Factory(SimNetworkConfig)
 
 
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _all_networks(values: list) -> bool:
+    return all(_is_network(v) for v in values)
+
+
+def _is_http_url(text: str) -> bool:
+    parsed = urllib.parse.urlsplit(text)
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname)
+
+
+_positive = check(lambda v: v > 0, "must be positive, got {value!r}")
+_not_negative = check(lambda v: v >= 0, "must not be negative, got {value!r}")
+
+
+@section
+class OptimaccsOutboundConfig:
+    """The provider's outbound call API, used by the ``optimaccs`` driver ([pbx] driver, extension devices)."""
+
+    #: the REST API's base URL; the media WebSocket goes to the host of the endpointUrl it returns
+    api_url: str = attrs.field(default="https://voice.optimaccs.com",
+                               validator=check(_is_http_url, "expected an http:// or https:// URL, got {value!r}"))
+    #: the Bearer token (required when the driver is used)
+    token: Secret = Secret("")
+    #: callerId sent when the call names none ("": the provider's default)
+    caller_id: str = ""
+    #: seconds the provider lets a call ring before it gives up (the request's timeout)
+    ring_timeout: int = attrs.field(default=60, validator=check(lambda v: 1 <= v <= 600, "must be 1-600 seconds, got {value!r}"))
+    #: seconds an API request, or opening the media WebSocket, may take
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: how the gateway hangs up: "websocket" (the media WebSocket's hangup, POST /pbx/hangup when it is
+    #: not open), "rest" (always POST /pbx/hangup), or "both"
+    hangup: typing.Literal["websocket", "rest", "both"] = "websocket"
+
+
 @section
 class OptimaccsConfig:
     """OptimaCCS: the inbound-call WebSocket server and the outbound driver."""
 
+    #: whether the inbound-call server runs (the outbound driver runs when [pbx] or a device names it)
     enabled: bool = True
     #: where the provider's inbound-call WebSocket connects (ssl: gives wss)
     listen: ServerEndpoint = ServerEndpoint("tcp:4143")
+    #: the audio format on the wire, both directions: 8 kHz pcm16 (little-endian), ulaw or alaw
+    audio: typing.Literal["pcm16", "ulaw", "alaw"] = "pcm16"
+    #: seconds to wait for the provider's cdr after the gateway hung up, before closing
+    cdr_wait: float = attrs.field(default=10.0, validator=_not_negative)
+    #: seconds a connection may stay open without an incoming_call (closed 1008 then)
+    setup_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: the largest WebSocket message and frame accepted, in bytes (larger: closed 1009)
+    max_message_size: int = attrs.field(
+        default=65536, validator=check(lambda v: 1024 <= v <= 16 * 1024 * 1024, "must be 1024-16777216 bytes, got {value!r}"))
+    #: seconds the WebSocket opening handshake may take
+    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: seconds between WebSocket pings on a connection (0: none), and how long a pong may take
+    ping_interval: float = attrs.field(default=20.0, validator=_not_negative)
+    ping_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: a shared secret the provider must send (query parameter token=, or "Authorization: Bearer");
+    #: "" with an empty allow_from leaves the listener open (a warning is logged at start)
+    secret: Secret = Secret("")
+    #: addresses or networks allowed to connect, e.g. ["203.0.113.0/24"] ([]: any)
+    allow_from: list[str] = attrs.field(
+        factory=list, validator=check(_all_networks, "expected IP addresses or networks, got {value!r}"))
+    outbound: OptimaccsOutboundConfig = attrs.Factory(OptimaccsOutboundConfig)

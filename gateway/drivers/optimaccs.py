@@ -1,0 +1,508 @@
+"""OptimaCCS inbound calls (spec 002): the WebSocket server the provider connects to, one call per connection.
+
+:func:`make_service` is the ``[optimaccs]`` adapter named in ``gateway.tap``.
+It asks for the listener ``optimaccs`` on ``[optimaccs] listen`` (``ssl:``
+gives wss) and serves :class:`InboundCall` connections:
+
+- ``incoming_call`` hands a new inbound leg to the call registry, which routes
+  it by ``didNumber``; ``callerId``, ``didNumber`` and ``sessionId`` stay on the
+  leg and in the CDR (attribute ``session_id``). The connection is the leg's
+  :class:`~gateway.core.interfaces.IDriverLeg`:
+  answer -> ``{"event":"answer"}``; hangup -> ``{"event":"hangup"}``, then up to
+  ``cdr_wait`` seconds for the provider's ``cdr`` before the gateway closes;
+  one DTMF digit -> ``{"event":"dtmf","digit","duration"}`` (``0-9*#``,
+  1..1000 ms), its Deferred firing when the tone has played; flush (barge-in)
+  -> ``{"event":"interrupt"}`` and the leg's own playout queue emptied.
+- The provider's ``dtmf`` becomes a DTMF event on the leg, ``hangup`` ends the
+  leg (cause ``remote_hangup``), ``cdr`` is attached to the call's CDR (source
+  ``optimaccs``); a connection lost while the call is up ends the leg with
+  cause ``transport_lost``. The gateway's own CDR never waits for the provider's.
+- Binary messages are audio in ``[optimaccs] audio`` (8 kHz), of any length:
+  the leg's :class:`~gateway.media.MediaPort` re-frames them to 20 ms, and
+  paces audio toward the provider. The port's playout is registered as the TCP
+  transport's producer (a provider that stops reading pauses whatever feeds the
+  leg) and the transport is the port's upstream (a full inbound path stops
+  reading from the socket).
+- Access: an optional shared secret (query parameter ``token`` or
+  ``Authorization: Bearer``) and an address allow-list, checked during the
+  opening handshake (HTTP 403); with neither, a warning is logged at start.
+
+Bad input closes the connection with a code and reason, or is ignored with a
+log line; the table is :data:`CLOSE_CODES` and ``docs/optimaccs.md``. No input
+raises out of the protocol, and one connection's trouble affects no other call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import typing
+
+from autobahn.util import encode_truncate
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from prometheus_client import Counter, Gauge
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.admin.metrics import define_metric
+from gateway.core.errors import DriverError
+from gateway.core.interfaces import IDriverLeg
+from gateway.drivers import optimaccs_wire as wire
+from gateway.media import MediaPort
+
+__all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "make_service"]
+
+log = Logger()
+
+NAME = "optimaccs"
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+
+#: what the gateway does with each kind of bad input (the table in docs/optimaccs.md)
+CLOSE_CODES: dict[str, int | None] = {
+    "text that is not UTF-8": CLOSE_INVALID,  # Autobahn's check
+    "message or frame larger than max_message_size": CLOSE_TOO_BIG,  # Autobahn's check
+    "text that is not JSON": CLOSE_INVALID,
+    "JSON that is not an object, or has no string event": CLOSE_INVALID,
+    "incoming_call with a missing or ill-typed field": CLOSE_POLICY,
+    "a second incoming_call": CLOSE_POLICY,
+    "no incoming_call within setup_timeout": CLOSE_POLICY,
+    "binary audio before incoming_call": CLOSE_UNSUPPORTED,
+    "an unknown event": None,  # ignored with a log line
+    "dtmf with a digit outside 0-9 * # A-D": None,
+    "dtmf, hangup or cdr before incoming_call": None,
+    "a second cdr, or events after the call ended": None,
+}
+
+#: phases of a connection
+SETUP = "setup"  # open, no incoming_call yet
+LIVE = "live"  # the call is up at the provider
+ENDING = "ending"  # the call is over; waiting for the provider's cdr, then closing
+CLOSED = "closed"
+
+
+class _Metrics:
+    """The adapter's Prometheus metrics on the gateway's registry."""
+
+    def __init__(self, registry) -> None:
+        self.connections = define_metric(registry, Gauge, "optimaccs_connections",
+                                         "Open OptimaCCS inbound-call connections.")
+        self.closed = define_metric(registry, Counter, "optimaccs_closed",
+                                    "OptimaCCS inbound connections refused (403) or closed by the gateway, "
+                                    "by code.", ["code"])
+        self.ignored = define_metric(registry, Counter, "optimaccs_ignored_messages",
+                                     "OptimaCCS inbound messages ignored (logged), by reason.", ["reason"])
+
+
+@implementer(IDriverLeg)
+class InboundCall:
+    """One provider connection and the call it carries: the IDriverLeg of the call's inbound leg."""
+
+    driver = NAME
+
+    def __init__(self, server: "InboundServer", link: "_ProviderProtocol") -> None:
+        self.server = server
+        self.link = link
+        self.peer = link.peer_address
+        self.phase = SETUP
+        self.port: MediaPort | None = None
+        self.events = None
+        self.setup: wire.CallSetup | None = None
+        self.answered = False
+        self.cdr: dict | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self._clock = server.clock
+        self._timer = self._clock.callLater(server.config.setup_timeout, self._setup_timed_out)
+        self._tones: list[defer.Deferred] = []
+        #: fires once the connection is gone
+        self.done = defer.Deferred()
+
+    @property
+    def who(self) -> str:
+        session = f" session {self.setup.session_id}" if self.setup is not None else ""
+        return f"OptimaCCS {self.peer}{session}"
+
+    # -- IDriverLeg ---------------------------------------------------------------
+
+    def answer(self) -> defer.Deferred:
+        if self.phase != LIVE:
+            return defer.fail(DriverError(NAME, f"cannot answer: the call is {self.phase}"))
+        if not self.answered:
+            self.answered = True
+            self._send({"event": "answer"})
+        return defer.succeed(None)
+
+    def hangup(self, cause) -> defer.Deferred:
+        """Tell the provider; its cdr is awaited for ``cdr_wait`` seconds, the command does not wait."""
+        if self.phase == LIVE:
+            log.info("{who}: hanging up ({cause})", who=self.who, cause=cause)
+            self._send({"event": "hangup"})
+            self._end_call()
+        return defer.succeed(None)
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> defer.Deferred:
+        if self.phase != LIVE:
+            return defer.fail(DriverError(NAME, f"cannot send DTMF: the call is {self.phase}"))
+        if digit not in wire.COMMAND_DIGITS:
+            return defer.fail(DriverError(NAME, f"the provider plays only 0-9 * # as DTMF, not {digit!r}"))
+        duration = wire.clamp_duration(duration_ms)
+        self._send({"event": "dtmf", "digit": digit, "duration": duration})
+        tone = task.deferLater(self._clock, duration / 1000)
+        self._tones.append(tone)
+        return tone.addBoth(self._tone_over, tone)
+
+    def flush(self) -> None:
+        if self.phase == LIVE:
+            self._send({"event": "interrupt"})
+        if self.port is not None:
+            self.port.flush()
+
+    # -- from the provider ----------------------------------------------------------
+
+    def received(self, payload: bytes, binary: bool) -> None:
+        """One WebSocket message from the provider (never raises)."""
+        try:
+            if binary:
+                self._audio(payload)
+            else:
+                self._text(payload)
+        except Exception:
+            log.failure("{who}: handling a message failed", who=self.who)
+            self._close(CLOSE_INTERNAL, "internal error")
+
+    def _audio(self, payload: bytes) -> None:
+        if self.phase == LIVE:
+            self.frames_in += 1
+            self.port.receive(payload)
+        elif self.phase == SETUP:
+            self._reject(CLOSE_UNSUPPORTED, "binary audio before incoming_call")
+
+    def _text(self, payload: bytes) -> None:
+        if self.phase == CLOSED:
+            return
+        try:
+            event, message = wire.parse_event(payload)
+        except wire.BadMessage as error:
+            self._reject(CLOSE_INVALID, f"bad message: {error}")
+            return
+        handler = self._handlers.get(event)
+        if handler is None:
+            self._ignore("unknown event", f"unknown event {event!r}")
+        else:
+            handler(self, message)
+
+    def _on_incoming_call(self, message: dict) -> None:
+        if self.phase != SETUP:
+            self._reject(CLOSE_POLICY, "a second incoming_call: one call per connection")
+            return
+        try:
+            self.setup = wire.incoming_call(message)
+        except wire.BadMessage as error:
+            self._reject(CLOSE_POLICY, str(error))
+            return
+        self._timer.cancel()
+        self.phase = LIVE
+        self._open_port()
+        setup = self.setup
+        log.info("{who}: incoming call from {caller} to {did}", who=self.who, caller=setup.caller_id or "anonymous",
+                 did=setup.did)
+        try:
+            self.events = self.server.registry.incoming(
+                self, caller_id=setup.caller_id or None, did=setup.did, attributes={"session_id": setup.session_id})
+        except Exception:
+            log.failure("{who}: the call registry refused the call", who=self.who)
+            self._close(CLOSE_INTERNAL, "internal error")
+
+    def _on_dtmf(self, message: dict) -> None:
+        digit = wire.keypad_digit(message.get("digit"))
+        if self.phase != LIVE or self.events is None:
+            self._ignore("no live call", f"dtmf while the call is {self.phase}")
+        elif digit is None:
+            self._ignore("bad digit", f"dtmf digit {message.get('digit')!r} is not one of 0-9 * # A-D")
+        else:
+            self.events.dtmf(digit)
+
+    def _on_hangup(self, message: dict) -> None:
+        if self.phase != LIVE:
+            if self.phase == SETUP:
+                self._ignore("no live call", "hangup before incoming_call")
+            return
+        log.info("{who}: the provider hung up", who=self.who)
+        self._end_call()
+        if self.events is not None:
+            self.events.hung_up("remote_hangup")
+
+    def _on_cdr(self, message: dict) -> None:
+        if self.phase == SETUP:
+            self._ignore("no live call", "cdr before incoming_call")
+            return
+        if self.cdr is not None:
+            self._ignore("second cdr", "a second cdr")
+            return
+        self.cdr = wire.normalise_cdr({k: v for k, v in message.items() if k != "event"})
+        if self.events is not None:
+            self.events.provider_cdr(wire.SOURCE, self.cdr)
+        if self.phase == ENDING:
+            self._close(CLOSE_NORMAL, "call ended")
+
+    _handlers: typing.ClassVar[dict] = {
+        "incoming_call": _on_incoming_call,
+        "dtmf": _on_dtmf,
+        "hangup": _on_hangup,
+        "cdr": _on_cdr,
+    }
+
+    def closed(self, code, reason) -> None:
+        """The connection is gone (whoever closed it)."""
+        if self.phase == CLOSED:
+            return
+        was_live = self.phase == LIVE
+        self.phase = CLOSED
+        if self._timer.active():
+            self._timer.cancel()
+        self._close_port()
+        for tone in list(self._tones):
+            tone.cancel()
+        log.info("{who}: connection closed (code {code}, {reason})", who=self.who, code=code, reason=reason or "")
+        if was_live and self.events is not None:
+            self.events.hung_up("transport_lost")
+        self.server.forget(self)
+        self.done.callback(None)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _open_port(self) -> None:
+        port = self.port = MediaPort(self._clock, self.server.config.audio, name=f"optimaccs:{self.setup.session_id}")
+        transport = self.link.transport
+        port.set_wire(self._send_audio)
+        transport.registerProducer(port.playout, True)
+        port.upstream = transport
+
+    def _close_port(self) -> None:
+        if self.port is not None and not self.port.closed:
+            self.port.close()
+            if self.link.transport is not None:
+                self.link.transport.unregisterProducer()
+
+    def _end_call(self) -> None:
+        """The call is over at the provider: stop the audio, then wait for the cdr (or close now)."""
+        self.phase = ENDING
+        self._close_port()
+        if self.cdr is not None:
+            self._close(CLOSE_NORMAL, "call ended")
+        else:
+            self._timer = self._clock.callLater(self.server.config.cdr_wait, self._cdr_timed_out)
+
+    def _cdr_timed_out(self) -> None:
+        log.warn("{who}: no cdr within {wait} s of the hangup; closing", who=self.who,
+                 wait=self.server.config.cdr_wait)
+        self._close(CLOSE_NORMAL, "call ended")
+
+    def _setup_timed_out(self) -> None:
+        self._reject(CLOSE_POLICY, f"no incoming_call within {self.server.config.setup_timeout:g} s")
+
+    def _tone_over(self, result, tone: defer.Deferred):
+        self._tones.remove(tone)
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
+            raise DriverError(NAME, "the connection closed while the DTMF tone played")
+        return result
+
+    def _send(self, message: dict) -> None:
+        if self.link.state == WebSocketProtocol.STATE_OPEN:
+            self.link.sendMessage(wire.encode(message), isBinary=False)
+
+    def _send_audio(self, payload: bytes) -> None:
+        if self.link.state == WebSocketProtocol.STATE_OPEN:
+            self.frames_out += 1
+            self.link.sendMessage(payload, isBinary=True)
+
+    def _reject(self, code: int, reason: str) -> None:
+        log.warn("{who}: {reason}; closing with {code}", who=self.who, reason=reason, code=code)
+        self._close(code, reason)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.link.state == WebSocketProtocol.STATE_OPEN:
+            self.server.metrics.closed.labels(str(code)).inc()
+            # sendClose() allows only 1000 and 3000-4999; the protocol's own codes go through sendCloseFrame
+            self.link.sendCloseFrame(code, encode_truncate(reason, 123), isReply=False)
+
+    def _ignore(self, kind: str, what: str) -> None:
+        log.info("{who}: {what}; ignored", who=self.who, what=what)
+        self.server.metrics.ignored.labels(kind).inc()
+
+    def to_dict(self) -> dict:
+        setup = self.setup
+        return {
+            "peer": self.peer,
+            "phase": self.phase,
+            "session_id": setup.session_id if setup else None,
+            "caller_id": setup.caller_id if setup else None,
+            "did": setup.did if setup else None,
+            "call_id": getattr(self.events, "call_id", None),
+            "answered": self.answered,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "cdr_received": self.cdr is not None,
+        }
+
+
+class _ProviderProtocol(WebSocketServerProtocol):
+    """The wire side of one connection: access check, then everything goes to its InboundCall."""
+
+    call: InboundCall | None = None
+
+    @property
+    def peer_address(self) -> str:
+        address = self.transport.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
+
+    def onConnect(self, request):
+        self.factory.server.admit(self, request)
+
+    def onOpen(self):
+        self.call = self.factory.server.opened(self)
+
+    def onMessage(self, payload, isBinary):
+        if self.call is not None:
+            self.call.received(payload, isBinary)
+
+    def onClose(self, wasClean, code, reason):
+        if self.call is not None:
+            self.call.closed(code, reason)
+
+
+class InboundServer:
+    """What the connections share: configuration, the registry, access control, metrics, the live calls."""
+
+    def __init__(self, clock, config, registry, metrics: _Metrics) -> None:
+        """``config``: :class:`gateway.drivers.config.OptimaccsConfig`; ``registry``: the call registry."""
+        self.clock = clock
+        self.config = config
+        self.registry = registry
+        self.metrics = metrics
+        self.calls: list[InboundCall] = []
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in config.allow_from]
+
+    @property
+    def open_to_all(self) -> bool:
+        return not self.config.secret and not self._networks
+
+    def factory(self, reactor) -> WebSocketServerFactory:
+        """The Autobahn factory for ``ctx.listen``, with the options of docs/optimaccs.md."""
+        config = self.config
+        factory = WebSocketServerFactory(reactor=reactor)
+        factory.protocol = _ProviderProtocol
+        factory.server = self
+        factory.setProtocolOptions(
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_message_size,
+            openHandshakeTimeout=config.handshake_timeout,
+            autoPingInterval=config.ping_interval,
+            autoPingTimeout=config.ping_timeout,
+            utf8validateIncoming=True,
+            failByDrop=False,
+            webStatus=False,
+            tcpNoDelay=True,
+        )
+        return factory
+
+    def admit(self, protocol: _ProviderProtocol, request) -> None:
+        """Raise ConnectionDeny (HTTP 403) unless the peer may connect."""
+        problem = self._refusal(protocol.transport.getPeer(), request)
+        if problem is not None:
+            log.warn("OptimaCCS {peer}: connection refused: {problem}", peer=protocol.peer_address, problem=problem)
+            self.metrics.closed.labels("403").inc()
+            raise ConnectionDeny(403, "Forbidden")
+
+    def _refusal(self, address, request) -> str | None:
+        if self._networks:
+            try:
+                host = ipaddress.ip_address(getattr(address, "host", ""))
+            except ValueError:
+                return f"address {address} is not an IP address"
+            if not any(host in network for network in self._networks):
+                return f"address {host} is not in allow_from"
+        secret = self.config.secret
+        if secret:
+            offered = _offered_secret(request)
+            if offered is None:
+                return "no secret offered"
+            if not hmac.compare_digest(offered.encode("utf-8"), secret.reveal().encode("utf-8")):
+                return "wrong secret"
+        return None
+
+    def opened(self, protocol: _ProviderProtocol) -> InboundCall:
+        call = InboundCall(self, protocol)
+        self.calls.append(call)
+        self.metrics.connections.inc()
+        return call
+
+    def forget(self, call: InboundCall) -> None:
+        if call in self.calls:
+            self.calls.remove(call)
+            self.metrics.connections.dec()
+
+    def close_all(self) -> defer.Deferred:
+        """Close every connection that is not waiting for its cdr (1001); fires once all are gone."""
+        calls = list(self.calls)
+        for call in calls:
+            if call.phase != ENDING:
+                call._close(CLOSE_GOING_AWAY, "the gateway is stopping")
+        return defer.DeferredList([call.done for call in calls]).addCallback(lambda _: None)
+
+    def status(self) -> dict:
+        return {
+            "listen": str(self.config.listen),
+            "audio": self.config.audio,
+            "access": {"secret": bool(self.config.secret), "allow_from": list(self.config.allow_from)},
+            "connections": [call.to_dict() for call in self.calls],
+        }
+
+
+def _offered_secret(request) -> str | None:
+    """The secret in the handshake: query parameter ``token`` or an ``Authorization: Bearer`` header."""
+    tokens = request.params.get("token")
+    if tokens:
+        return tokens[0]
+    scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+class OptimaccsService(service.Service):
+    """Warns at start when the listener is open to anyone; at stop, lets the calls go."""
+
+    name = "optimaccs"
+
+    def __init__(self, server: InboundServer) -> None:
+        self.server = server
+
+    def startService(self) -> None:
+        super().startService()
+        if self.server.open_to_all:
+            log.warn("the OptimaCCS listener {listen} accepts calls from anyone who can reach it: "
+                     "set [optimaccs] secret and/or allow_from", listen=str(self.server.config.listen))
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return self.server.close_all()
+
+
+def make_service(ctx) -> OptimaccsService:
+    """The ``[optimaccs]`` adapter: the inbound-call listener, its status and metrics."""
+    server = InboundServer(ctx.reactor, ctx.config.optimaccs, ctx.registry, _Metrics(ctx.metrics))
+    ctx.listen(NAME, ctx.config.optimaccs.listen, server.factory(ctx.reactor))
+    ctx.status[NAME] = server
+    return OptimaccsService(server)

@@ -1,0 +1,506 @@
+"""The OptimaCCS inbound-call server against the provider simulator, over iosim on one task.Clock.
+
+Every call goes through the real call registry (routes: DID 200 -> app:echo, 100 -> extension 1001
+on a simulated phone that answers by itself, 103 -> extension 1003 whose phone rings until answered
+through the registry).
+"""
+
+from twisted.internet import protocol
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.confschema import Secret
+from gateway.core import events as ev
+from gateway.core.errors import DriverError
+from gateway.drivers.optimaccs import ENDING, OptimaccsService
+from gateway.media import dtmf_frames
+from gateway.media.testing import FrameCollector, tone_power
+from gateway.sim import audio
+from gateway.sim.optimaccs import CallScript, TimedDigit
+
+from .inbound_bench import ECHO_DID, MANUAL_DID, Bench, RecordingTransport
+
+CALLER_HZ = 440  # the simulator's test tone
+PHONE_HZ = 600
+HOLD_HZ = 425
+
+
+class LogCapture:
+    def __init__(self, case):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def text(self) -> str:
+        return "\n".join(formatEvent(e) for e in self.events)
+
+    @property
+    def tracebacks(self) -> list:
+        return [e for e in self.events if "log_failure" in e]
+
+
+def raw(did=ECHO_DID, **options) -> CallScript:
+    """A simulated provider that sends only what the test tells it to."""
+    return CallScript(did=did, raw=True, **options)
+
+
+def incoming_call(sim_call, did=ECHO_DID, caller="0811"):
+    sim_call.send_text(f'{{"event":"incoming_call","callerId":"{caller}","didNumber":"{did}",'
+                       f'"sessionId":"{sim_call.session_id}"}}')
+
+
+def level(pcm: bytes, hz: float) -> float:
+    return tone_power(pcm, hz) ** 0.5
+
+
+class EchoCallTests(SynchronousTestCase):
+    def setUp(self):
+        self.bench = Bench(self)
+
+    def test_echo_call_hears_itself_and_leaves_both_cdrs(self):
+        call, _ = self.bench.connect(CallScript(did=ECHO_DID, caller_id="0811", hangup_after=1.0))
+        self.bench.run(1.5)
+        self.assertIsNotNone(call.answered_at)
+        self.assertTrue(call.echo().matched)
+        self.assertGreaterEqual(call.frames_received, 45)
+        self.assertEqual(call.frame_sizes_received, {320})
+        self.assertEqual((call.errors, call.close_code), ([], 1000))
+        (cdr,) = self.bench.h.cdrs
+        self.assertEqual((cdr["cause"], cdr["caller"], cdr["did"], cdr["app"]), ("remote_hangup", "0811", ECHO_DID, "echo"))
+        self.assertEqual(cdr["attributes"], {"session_id": call.session_id})
+        self.assertEqual(cdr["legs"][0]["driver"], "optimaccs")
+        (provider,) = self.bench.h.provider_cdrs
+        self.assertEqual(provider[:2], (cdr["call_id"], "optimaccs"))
+        self.assertEqual(provider[2]["sessionId"], call.session_id)
+        self.assertEqual(provider[2]["hangupCauseCode"], 16)  # "16" on the wire
+        self.assertEqual(self.bench.server.calls, [])
+
+    def test_frames_of_any_length_are_reframed_to_20_ms(self):
+        call, _ = self.bench.connect(raw())
+        incoming_call(call)
+        self.bench.flush()
+        sent = audio.tone(0.5)
+        for size in (7, 1000, 313, 2000, 1):
+            chunk, sent = sent[:size], sent[size:]
+            call.send_binary(chunk)
+            call.sent_audio += chunk
+            self.bench.run(0.02)
+        self.bench.run(0.5)
+        self.assertEqual(call.frame_sizes_received, {320})
+        self.assertEqual(bytes(call.received_audio), bytes(call.sent_audio[:len(call.received_audio)]))
+        self.assertEqual(len(call.received_audio), 3320 - 3320 % 320)
+
+    def test_ulaw_is_framed_in_160_bytes(self):
+        self.bench = Bench(self, audio="ulaw")
+        call, _ = self.bench.connect(CallScript(did=ECHO_DID, codec="ulaw", hangup_after=0.5))
+        self.bench.run(1.0)
+        self.assertTrue(call.echo().matched)
+        self.assertEqual(call.frame_sizes_received, {160})
+        self.assertEqual(self.bench.server.calls, [])
+
+    def test_provider_dtmf_reaches_the_leg(self):
+        call, _ = self.bench.connect(CallScript(did=ECHO_DID, dtmf=(TimedDigit("5", 0.1), TimedDigit("D", 0.2))))
+        self.bench.run(0.5)
+        digits = self.bench.h.of(ev.DtmfReceived)
+        self.assertEqual([d.digit for d in digits], ["5", "D"])
+        self.assertEqual(self.bench.call_of(call).dtmf_count, 2)
+
+    def test_a_connection_lost_without_hangup_ends_the_leg_with_transport_lost(self):
+        call, server = self.bench.connect()
+        self.bench.run(0.3)
+        server.transport.loseConnection()
+        self.bench.flush()
+        snapshot = self.bench.call_of(call)
+        self.assertEqual((snapshot.state, snapshot.cause), ("RELEASED", "transport_lost"))
+        self.assertEqual([e.cause for e in self.bench.h.of(ev.LegEnded)], ["transport_lost"])
+        self.assertEqual(self.bench.h.cdrs[0]["cause"], "transport_lost")
+        self.assertEqual(self.bench.server.calls, [])
+        self.assertEqual(self.bench.metric("gateway_optimaccs_connections"), 0)
+
+
+class ExtensionCallTests(SynchronousTestCase):
+    def setUp(self):
+        self.bench = Bench(self)
+        self.registry = self.bench.h.registry
+        self.call, self.protocol = self.bench.connect(CallScript(did=MANUAL_DID, caller_id="0811"))
+        self.bench.run(0.3)
+        self.call_id = self.bench.call_of(self.call).call_id
+
+    def answer(self):
+        self.successResultOf(self.registry.answer(self.call_id))
+        self.bench.h.network.party("1003").play_tone(PHONE_HZ)
+        self.bench.run(0.5)
+
+    def test_rings_until_answered_through_the_registry(self):
+        self.assertEqual(self.bench.call_of(self.call).state, "RINGING")
+        self.assertEqual(self.call.events, [])
+        self.answer()
+        self.assertEqual([e.event for e in self.call.events], ["answer"])
+        self.assertEqual(self.bench.call_of(self.call).state, "TALKING")
+
+    def test_bridged_audio_dtmf_hold_and_hangup_with_both_cdrs(self):
+        self.answer()
+        phone = self.bench.h.network.party("1003")
+        self.call.received_audio.clear()
+        phone.forget_heard()
+        self.bench.run(0.5)
+        self.assertTrue(phone.heard_tone(CALLER_HZ))
+        self.assertGreater(level(bytes(self.call.received_audio), PHONE_HZ), 1000)
+
+        sent = self.registry.send_dtmf(self.call_id, "12#", 200, 100)
+        self.bench.flush()
+        self.bench.run(0.7)
+        self.assertNoResult(sent)
+        self.bench.run(0.12)
+        self.successResultOf(sent)
+        received = self.call.dtmf_received
+        self.assertEqual([(d.digit, d.duration) for d in received], [("1", 200), ("2", 200), ("#", 200)])
+        gaps = [round(b.at - a.at, 2) for a, b in zip(received, received[1:])]
+        self.assertEqual(gaps, [0.3, 0.3])  # tone and gap, on the simulated clock (10 ms steps)
+
+        self.successResultOf(self.registry.hold(self.call_id))
+        self.bench.run(0.1)
+        frames_heard = phone.frames_received
+        self.call.received_audio.clear()
+        self.bench.run(1.0)
+        held = bytes(self.call.received_audio)
+        self.assertGreater(level(held, HOLD_HZ), 1000)  # the hold tone plays to the caller
+        self.assertLess(level(held, PHONE_HZ), 100)  # and nothing from the phone
+        self.assertEqual(phone.frames_received, frames_heard)  # nor anything from the caller to the phone
+
+        self.successResultOf(self.registry.hangup(self.call_id))
+        self.bench.run(0.1)
+        self.assertEqual((self.call.hangup_by, self.call.close_code, self.call.errors), ("CALLEE", 1000, []))
+        (cdr,) = self.bench.h.cdrs
+        self.assertEqual((cdr["call_id"], cdr["cause"], cdr["extension"], cdr["dtmf_count"]),
+                         (self.call_id, "normal", "1003", 3))
+        (provider,) = self.bench.h.provider_cdrs
+        self.assertEqual((provider[0], provider[2]["disposition"]), (self.call_id, "ANSWERED"))
+
+    def test_dtmf_outside_the_providers_digits_fails_and_durations_are_clamped(self):
+        self.answer()
+        failure = self.failureResultOf(self.registry.send_dtmf(self.call_id, "A"), DriverError)
+        self.assertIn("0-9 * #", failure.getErrorMessage())
+        leg = self.bench.server.calls[0]
+        long_tone, short_tone = leg.send_dtmf("1", 5000), leg.send_dtmf("2", 0)
+        self.bench.run(0.01)
+        self.successResultOf(short_tone)
+        self.bench.run(1.0)
+        self.successResultOf(long_tone)
+        self.assertEqual([(d.digit, d.duration) for d in self.call.dtmf_received], [("1", 1000), ("2", 1)])
+
+    def test_a_tone_still_playing_fails_when_the_connection_closes(self):
+        self.answer()
+        tone = self.bench.server.calls[0].send_dtmf("1", 500)
+        self.protocol.transport.loseConnection()
+        self.bench.flush()
+        self.failureResultOf(tone, DriverError)
+
+    def test_flush_interrupts_the_provider_and_empties_the_playout(self):
+        leg = self.bench.server.calls[0]
+        for frame in dtmf_frames("1", 400):
+            leg.port.sink.write(frame)
+        self.assertGreater(leg.port.playout.queued, 10)
+        leg.flush()
+        self.bench.flush()
+        self.assertEqual(leg.port.playout.queued, 0)
+        self.assertEqual(len(self.call.interrupts), 1)
+
+    def test_the_gateway_cdr_does_not_wait_for_the_providers(self):
+        bench = self.bench = Bench(self, cdr_wait=10.0)
+        call, protocol = bench.connect(raw(did=MANUAL_DID))
+        incoming_call(call, did=MANUAL_DID)
+        bench.flush()
+        call_id = bench.call_of(call).call_id
+        self.successResultOf(bench.h.registry.hangup(call_id))
+        bench.flush()
+        self.assertEqual([e.event for e in call.events], ["hangup"])
+        self.assertEqual([c["call_id"] for c in bench.h.cdrs], [call_id])
+        self.assertEqual(bench.server.calls[0].phase, ENDING)
+        bench.run(9.9)
+        self.assertIsNone(call.close_code)
+        bench.run(0.2)
+        self.assertEqual(call.close_code, 1000)
+        self.assertEqual(bench.h.provider_cdrs, [])
+
+    def test_a_late_cdr_is_attached_and_closes_the_connection(self):
+        bench = self.bench = Bench(self)
+        call, _ = bench.connect(raw(did=MANUAL_DID))
+        incoming_call(call, did=MANUAL_DID)
+        bench.flush()
+        call_id = bench.call_of(call).call_id
+        self.successResultOf(bench.h.registry.hangup(call_id))
+        bench.run(2.0)
+        call.send_text('{"event":"cdr","sessionId":"s","hangupCauseCode":"17","disposition":"BUSY","extra":[1]}')
+        bench.flush()
+        self.assertEqual(call.close_code, 1000)
+        self.assertEqual(bench.h.provider_cdrs,
+                         [(call_id, "optimaccs", {"sessionId": "s", "hangupCauseCode": 17, "disposition": "BUSY",
+                                                 "extra": [1]})])
+
+    def test_the_provider_hanging_up_ends_the_call(self):
+        self.answer()
+        self.call.hangup()
+        self.bench.flush()
+        snapshot = self.bench.call_of(self.call)
+        self.assertEqual((snapshot.state, snapshot.cause, snapshot.hangup_by), ("RELEASED", "remote_hangup", "remote"))
+        self.assertEqual(self.bench.h.provider_cdrs[0][2]["hangupBy"], "CALLER")
+        self.assertEqual(self.bench.server.calls, [])
+
+    def test_status_lists_the_connection(self):
+        (entry,) = self.bench.server.status()["connections"]
+        self.assertEqual(
+            {k: entry[k] for k in ("phase", "session_id", "caller_id", "did", "call_id", "answered")},
+            {"phase": "live", "session_id": self.call.session_id, "caller_id": "0811", "did": MANUAL_DID,
+             "call_id": self.call_id, "answered": False},
+        )
+
+
+class BadInputTests(SynchronousTestCase):
+    """Every bad input closes its own connection with a code and reason, or is ignored; others go on."""
+
+    def setUp(self):
+        self.logs = LogCapture(self)
+        self.bench = Bench(self, max_message_size=1024)
+        self.bystander, _ = self.bench.connect(CallScript(did=ECHO_DID))
+        self.call, _ = self.bench.connect(raw())
+
+    def tearDown(self):
+        self.bench.run(0.5)
+        self.assertIsNone(self.bystander.close_code)
+        self.assertTrue(self.bystander.echo().matched)
+        self.assertEqual(self.logs.tracebacks, [])
+
+    def assertClosed(self, code, reason_part):
+        self.bench.flush()
+        self.assertEqual(self.call.close_code, code)
+        self.assertIn(reason_part, self.call.close_reason)
+        self.assertIn(f"closing with {code}", self.logs.text())
+        self.assertEqual(self.bench.metric("gateway_optimaccs_closed_total", code=str(code)), 1)
+
+    def assertStillOpen(self):
+        self.bench.flush()
+        self.assertIsNone(self.call.close_code)
+
+    def test_invalid_json(self):
+        self.call.send_text("{not json")
+        self.assertClosed(1007, "not JSON")
+
+    def test_json_that_is_not_an_object(self):
+        self.call.send_text('["incoming_call"]')
+        self.assertClosed(1007, "not a JSON object")
+
+    def test_an_object_without_a_string_event(self):
+        self.call.send_text('{"event": 5}')
+        self.assertClosed(1007, "event")
+
+    def test_text_that_is_not_utf8(self):
+        self.call.send_text(b'{"event":"dtmf","digit":"\xff"}')
+        self.bench.flush()
+        self.assertEqual(self.call.close_code, 1007)
+
+    def test_oversized_messages(self):
+        incoming_call(self.call)
+        self.call.send_binary(b"\x00" * 1500)
+        self.bench.flush()
+        self.assertEqual(self.call.close_code, 1009)
+        snapshot = self.bench.call_of(self.call)
+        self.assertEqual(snapshot.cause, "transport_lost")
+
+    def test_an_oversized_text_message(self):
+        self.call.send_text('{"event":"dtmf","digit":"' + "1" * 1500 + '"}')
+        self.bench.flush()
+        self.assertEqual(self.call.close_code, 1009)
+
+    def test_an_unknown_event_is_ignored(self):
+        self.call.send_text('{"event":"ringing"}')
+        self.assertStillOpen()
+        self.assertIn("unknown event 'ringing'; ignored", self.logs.text())
+        self.assertEqual(self.bench.metric("gateway_optimaccs_ignored_messages_total", reason="unknown event"), 1)
+        incoming_call(self.call)
+        self.bench.flush()
+        self.assertEqual([e.event for e in self.call.events], ["answer"])
+
+    def test_incoming_call_with_missing_or_ill_typed_fields(self):
+        self.call.send_text('{"event":"incoming_call","callerId":"1","didNumber":200,"sessionId":"s"}')
+        self.assertClosed(1008, "'didNumber' must be a string, not int")
+        other, _ = self.bench.connect(raw())
+        other.send_text('{"event":"incoming_call","callerId":"1","didNumber":"200"}')
+        self.bench.flush()
+        self.assertEqual((other.close_code, other.close_reason),
+                         (1008, "incoming_call: 'sessionId' must be a string, not missing"))
+        self.assertEqual(len(self.bench.h.registry.calls(include_released=True)), 1)  # the bystander's
+
+    def test_binary_audio_before_incoming_call(self):
+        self.call.send_binary(b"\x00" * 320)
+        self.assertClosed(1003, "binary audio before incoming_call")
+
+    def test_a_second_incoming_call(self):
+        incoming_call(self.call)
+        self.bench.flush()
+        incoming_call(self.call)
+        self.assertClosed(1008, "one call per connection")
+        self.assertEqual(self.bench.call_of(self.call).cause, "transport_lost")
+
+    def test_no_incoming_call_within_the_setup_timeout(self):
+        self.bench.run(29.9)
+        self.assertStillOpen()
+        self.bench.run(0.2)
+        self.assertClosed(1008, "no incoming_call within 30 s")
+
+    def test_a_bad_dtmf_digit_is_ignored(self):
+        incoming_call(self.call)
+        self.call.send_text('{"event":"dtmf","digit":"X"}')
+        self.call.send_text('{"event":"dtmf"}')
+        self.call.send_text('{"event":"dtmf","digit":"#"}')
+        self.assertStillOpen()
+        self.assertEqual([e.digit for e in self.bench.h.of(ev.DtmfReceived)], ["#"])
+        self.assertEqual(self.bench.metric("gateway_optimaccs_ignored_messages_total", reason="bad digit"), 2)
+
+    def test_events_before_incoming_call_are_ignored(self):
+        for event in ("dtmf", "hangup", "cdr"):
+            self.call.send_text(f'{{"event":"{event}","digit":"1"}}')
+        self.assertStillOpen()
+        self.assertEqual(self.bench.metric("gateway_optimaccs_ignored_messages_total", reason="no live call"), 3)
+        self.assertEqual(self.bench.h.provider_cdrs, [])
+
+    def test_a_second_cdr_and_events_after_the_hangup_are_ignored(self):
+        incoming_call(self.call)
+        self.call.send_text('{"event":"cdr","hangupCauseCode":16}')
+        self.call.send_text('{"event":"cdr","hangupCauseCode":17}')
+        self.call.send_text('{"event":"hangup"}')
+        self.call.send_text('{"event":"dtmf","digit":"1"}')
+        self.call.send_binary(b"\x00" * 320)
+        self.bench.flush()
+        self.assertEqual([cdr[2] for cdr in self.bench.h.provider_cdrs], [{"hangupCauseCode": 16}])
+        self.assertEqual(self.bench.h.of(ev.DtmfReceived), [])
+        self.assertEqual(self.call.close_code, 1000)  # the call is over and its cdr is in
+
+
+class AccessTests(SynchronousTestCase):
+    def refused(self, bench, call):
+        bench.flush()
+        self.assertIsNone(call.opened_at)
+        self.assertEqual(bench.h.registry.calls(include_released=True), [])
+
+    def test_the_secret_as_query_parameter_or_bearer_header(self):
+        logs = LogCapture(self)
+        bench = Bench(self, secret=Secret("s3cret"))
+        for kwargs in ({}, {"query": "?token=wrong"}, {"headers": {"Authorization": "Bearer wrong"}}):
+            call, _ = bench.connect(**kwargs)
+            self.refused(bench, call)
+        self.assertEqual(bench.metric("gateway_optimaccs_closed_total", code="403"), 3)
+        self.assertIn("no secret offered", logs.text())
+        self.assertNotIn("s3cret", logs.text())
+        by_query, _ = bench.connect(query="?token=s3cret")
+        by_header, _ = bench.connect(headers={"Authorization": "Bearer s3cret"})
+        bench.run(0.1)
+        self.assertEqual([e.event for e in by_query.events + by_header.events], ["answer", "answer"])
+
+    def test_the_allow_list(self):
+        bench = Bench(self, allow_from=["10.0.0.0/8", "192.0.2.7"])
+        for host in ("10.1.2.3", "192.0.2.7"):
+            call, _ = bench.connect(host=host)
+            bench.flush()
+            self.assertIsNotNone(call.opened_at)
+        call, _ = bench.connect(host="192.0.2.8")
+        bench.flush()
+        self.assertIsNone(call.opened_at)
+
+    def test_an_open_listener_is_a_warning_at_start(self):
+        logs = LogCapture(self)
+        OptimaccsService(Bench(self).server).startService()
+        self.assertIn("accepts calls from anyone", logs.text())
+        logs.events.clear()
+        OptimaccsService(Bench(self, allow_from=["10.0.0.1"]).server).startService()
+        self.assertNotIn("accepts calls from anyone", logs.text())
+
+
+class BackpressureTests(SynchronousTestCase):
+    def setUp(self):
+        self.bench = Bench(self)
+
+    def test_a_provider_that_stops_reading_pauses_the_echo_and_gets_paced_audio_after(self):
+        call, server = self.bench.connect()
+        self.bench.run(0.5)
+        transport = server.transport
+        leg = self.bench.server.calls[0]
+        self.assertIs(transport.producer, leg.port.playout)
+        transport.producer.pauseProducing()  # the provider's side of the socket is full
+        received = call.frames_received
+        self.bench.run(2.0)
+        self.assertEqual(call.frames_received, received)
+        self.assertGreaterEqual(transport.pauses, 1)  # the echo backed up to the socket: reading stopped
+        transport.producer.resumeProducing()
+        self.bench.run(0.1)
+        self.assertLessEqual(call.frames_received - received, 6)  # paced, not a burst of the backlog
+
+    def test_a_full_inbound_path_stops_reading_from_the_socket(self):
+        call, server = self.bench.connect(CallScript(did=MANUAL_DID, stream_before_answer=True))
+        leg = self.bench.server.calls[0]
+        collector = FrameCollector()
+        leg.port.source.connect(collector)
+        collector.stop_reading()
+        self.bench.run(1.0)
+        self.assertEqual(server.transport.pauses, 1)
+        collector.resume_reading()
+        self.assertEqual(server.transport.resumes, 1)
+        self.assertGreater(len(collector.frames), 30)
+
+
+class WebSocketOptionsTests(SynchronousTestCase):
+    def test_options_come_from_the_configuration(self):
+        bench = Bench(self, max_message_size=4096, handshake_timeout=3.0, ping_interval=15.0, ping_timeout=5.0)
+        factory = bench.factory
+        self.assertEqual(
+            (factory.maxMessagePayloadSize, factory.maxFramePayloadSize, factory.openHandshakeTimeout,
+             factory.autoPingInterval, factory.autoPingTimeout, factory.utf8validateIncoming, factory.failByDrop),
+            (4096, 4096, 3.0, 15.0, 5.0, True, False),
+        )
+
+    def test_a_silent_call_is_kept_alive_by_pings(self):
+        bench = Bench(self, ping_interval=5.0, ping_timeout=2.0, setup_timeout=60.0)
+        call, server = bench.connect(raw())
+        pongs = []
+        server.onPong = pongs.append
+        bench.run(16.0, step=0.1)
+        self.assertEqual(len(pongs), 3)
+        self.assertIsNone(call.close_code)
+
+    def test_an_unfinished_handshake_is_dropped(self):
+        bench = Bench(self, handshake_timeout=3.0)
+        server = bench.factory.buildProtocol(None)
+        _, _, pump = iosim.connectedServerAndClient(
+            lambda: server, protocol.Protocol,
+            serverTransportFactory=lambda p: RecordingTransport(p, True), clock=bench.clock)
+        bench.clock.advance(2.9)
+        pump.flush()
+        self.assertFalse(server.transport.disconnecting)
+        bench.clock.advance(0.4)  # Autobahn checks its timers in 0.2 s buckets
+        pump.flush()
+        self.assertTrue(server.transport.disconnecting)
+
+
+class StopTests(SynchronousTestCase):
+    def test_stopping_closes_live_connections_and_lets_ending_ones_wait_for_their_cdr(self):
+        bench = Bench(self, cdr_wait=5.0)
+        live, _ = bench.connect(CallScript(did=MANUAL_DID))
+        ending, _ = bench.connect(raw())
+        incoming_call(ending)
+        bench.flush()
+        self.successResultOf(bench.h.registry.hangup(bench.call_of(ending).call_id))
+        bench.flush()
+        svc = OptimaccsService(bench.server)
+        svc.startService()
+        stopped = svc.stopService()
+        bench.flush()
+        self.assertEqual((live.close_code, live.close_reason), (1001, "the gateway is stopping"))
+        self.assertEqual(bench.call_of(live).cause, "transport_lost")
+        self.assertNoResult(stopped)
+        ending.send_text('{"event":"cdr","hangupCauseCode":"16"}')
+        bench.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(ending.close_code, 1000)
+        self.assertEqual([c.phase for c in (bench.server.calls)], [])
+        self.assertEqual(len(bench.h.provider_cdrs), 1)
