@@ -111,7 +111,7 @@ class BridgeClient:
             "interaction": {
                 n.interaction_query_init: self._interaction_init,
                 n.interaction_request_accept: self._command("answer"),
-                n.interaction_request_reject: self._command("reject", by=BY),
+                n.interaction_request_reject: self._reject,
                 n.interaction_request_complete: self._complete,
                 n.interaction_request_dispose: self._dispose,
             },
@@ -157,9 +157,10 @@ class BridgeClient:
     def stop(self):
         """The gateway stops: tell the bridge (status STOPPED), and stop following the call core."""
         self._unsubscribe()
+        self.telephony = (self.names.status_stopped, None)
         control = self._control()
         if control is not None and control.ready:
-            control.raise_event(self.names.control_status, ControlStatus(self.names.status_stopped).to_body())
+            control.raise_event(self.names.control_status, self._status_body())
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -295,6 +296,12 @@ class BridgeClient:
             return d.addCallback(lambda _: None)
 
         return run
+
+    def _reject(self, interaction, message):
+        """Refuse an alerting call; on a call still dialling out (004 sends reject there too), cancel it."""
+        snapshot = self._snapshot(interaction.subject.call_id)
+        command = "hangup" if snapshot is not None and snapshot.state == "DIALING" else "reject"
+        return self._command(command, by=BY)(interaction, message)
 
     def _complete(self, interaction, message):
         tracked = interaction.subject

@@ -240,6 +240,12 @@ class InboundCallTests(Bridge):
         self.assertEqual(self.events(conversation)[-1], "conversation.ended")
         self.assertEqual(self.events(interaction), ["interaction.alerting", "interaction.ended"])
 
+    def test_a_call_refused_because_the_agent_is_busy_is_not_announced(self):
+        self.talking()
+        self.network.place_inbound("5552222", "103")
+        self.flush()
+        self.assertEqual(self.events(CHANNEL), ["channel.interaction"])
+
     def test_the_caller_hanging_up_ends_the_conversation(self):
         call_id, _, conversation = self.talking()
         self.network.party("5551234").hang_up()
@@ -287,6 +293,12 @@ class OutboundCallTests(Bridge):
         self.advance(2.5)
         self.assertEqual(self.events(conversation)[-2:], ["conversation.talking", "conversation.partyadded"])
         self.assertEqual(self.events(interaction), ["interaction.dialing", "interaction.started"])
+
+    def test_rejecting_a_dialling_call_cancels_it(self):
+        call_id, interaction, conversation = self.dial("5551234")
+        self.assertTrue(self.send("reject").ok)
+        self.assertEqual(self.registry.call(call_id).state, "RELEASED")
+        self.assertEqual(self.events(interaction), ["interaction.dialing", "interaction.ended"])
 
     def test_a_busy_number(self):
         call_id, _, conversation = self.dial("5550002")
