@@ -3,6 +3,7 @@ its links over real TLS against the Patriot server simulator (CA file, pinned fi
 pin, a wrong key, a restarted server)."""
 
 import json
+import pathlib
 
 import pytest
 import pytest_twisted
@@ -284,3 +285,43 @@ async def test_restarted_patriot_is_reconnected_and_authenticated_again(patriot,
     await patriot.wait_authenticated()
     await wait_until(lambda: link.component.up, what="link up again")
     assert patriot.auth_successes == 2
+
+
+class ServiceTests(SynchronousTestCase):
+    """make_service: what the adapter asks of the daemon's context."""
+
+    def context(self, text):
+        from prometheus_client import CollectorRegistry
+
+        from gateway import config
+        from gateway.context import Context
+
+        ctx = Context(reactor=MemoryReactorClock(), config=config.loads("[[extensions]]\nid = '1001'\n" + text, "x"),
+                      state_dir=pathlib.Path("unused"), metrics=CollectorRegistry())
+        ctx.registry = Harness().registry
+        return ctx
+
+    def test_bridge_listener_desktop_components_and_status(self):
+        from gateway.patriot.service import make_service
+
+        ctx = self.context("[patriot.bridge]\n[[patriot.desktop]]\napi_key = 'k'\nextension = '1001'\n"
+                           "[[patriot.desktop]]\napi_key = 'k'\nextension = '1001'\nurl = 'ws://127.0.0.1:1/x'\n")
+        svc = make_service(ctx)
+        self.assertEqual([listener.name for listener in ctx.listeners], ["patriot-bridge"])
+        self.assertEqual(sorted(ctx.readiness.not_ready()), ["listener:patriot-bridge", "patriot-desktop:0",
+                                                             "patriot-desktop:1"])
+        status_ = ctx.status["patriot"].status()
+        self.assertEqual(status_["bridge"]["path"], "/dialler")
+        self.assertEqual([link["url"] for link in status_["desktop"]],
+                         ["wss://desktop-client-api.patriotsystems.com:9009/ws/dialler/v1", "ws://127.0.0.1:1/x"])
+        self.assertEqual(list(status_["lines"]), ["1001"])  # both links share the extension's line
+        self.assertIs(ctx.status["patriot"], svc)
+
+    def test_unreadable_ca_file_is_a_configuration_error(self):
+        from gateway.confschema import ConfigError
+        from gateway.patriot.service import make_service
+
+        ctx = self.context("[[patriot.desktop]]\napi_key = 'k'\nextension = '1001'\nca = '/nonexistent/ca.pem'\n")
+        with self.assertRaises(ConfigError) as caught:
+            make_service(ctx)
+        self.assertIn("patriot.desktop[0].ca: cannot read certificates from '/nonexistent/ca.pem'", str(caught.exception))
