@@ -14,9 +14,9 @@ from gateway.store.schema import MIGRATIONS
 
 from .helpers import make_cdr
 
-#: a later migration, like the one the SMS records will bring
-SMS_MIGRATION = """
-CREATE TABLE sms_records (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+#: a migration this gateway does not ship yet: a new table and a new column
+NEXT_MIGRATION = """
+CREATE TABLE later_records (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
 ALTER TABLE cdrs ADD COLUMN queue TEXT;
 """
 
@@ -90,12 +90,27 @@ async def test_a_database_at_version_n_is_migrated_to_n_plus_1_keeping_its_rows(
     await old.close()
     n = user_version(path)
 
-    new = stores(path, MIGRATIONS + [SMS_MIGRATION])
+    new = stores(path, MIGRATIONS + [NEXT_MIGRATION])
     await new.open()
     assert user_version(path) == n + 1
-    assert "sms_records" in tables(path)
+    assert "later_records" in tables(path)
     got = await new.cdr("c1")
     assert got == {**make_cdr("c1"), "provider_cdrs": [{"source": "optimaccs", "data": {"talkTime": 25}, "received_at": got["provider_cdrs"][0]["received_at"]}]}
+
+
+@pytest.mark.parametrize("version", range(1, len(MIGRATIONS)))
+@pytest_twisted.ensureDeferred
+async def test_every_shipped_version_is_migrated_to_the_latest_keeping_its_cdrs(tmp_path, stores, version):
+    path = tmp_path / "shipped.sqlite"
+    old = stores(path, MIGRATIONS[:version])
+    await old.open()
+    await old.add_cdr(make_cdr("c1"))
+    await old.close()
+
+    latest = stores(path)
+    await latest.open()
+    assert user_version(path) == len(MIGRATIONS)
+    assert [c["call_id"] for c in await latest.cdrs()] == ["c1"]
 
 
 @pytest_twisted.ensureDeferred
