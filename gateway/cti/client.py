@@ -205,7 +205,8 @@ class BridgeClient:
         """The telephony side went down (``reason`` says which part and why) or came back."""
         names = self.names
         self.telephony = (names.status_started, None) if up else (names.status_degraded, reason)
-        log.info("HIS: telephony side {state}{reason}", state="up" if up else "down", reason=f": {reason}" if reason else "")
+        log.info("HIS: telephony side {state}: {reason}", state="up" if up else "down",
+                 reason=reason or "all components up")
         if self.tree is None:
             return
         control = self._control()
@@ -343,7 +344,8 @@ class BridgeClient:
             if channel.subject == event.extension and event.call_id not in channel.children:
                 self._track(channel, event.call_id, snapshot)
                 if channel.ready:
-                    channel.raise_event(self.names.channel_interaction, InteractionAnnouncement(event.call_id).to_body())
+                    announcement = InteractionAnnouncement(event.call_id).to_body()
+                    channel.raise_event(self.names.channel_interaction, announcement)
 
     # -- status ----------------------------------------------------------------------------------
 

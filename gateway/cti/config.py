@@ -58,7 +58,8 @@ class CtiConfig:
     max_frame_size: int = attrs.field(
         default=DEFAULT_MAX_FRAME_SIZE,
         validator=check(
-            lambda v: 0 < v <= ABSOLUTE_MAX_FRAME_SIZE, f"must be between 1 and {ABSOLUTE_MAX_FRAME_SIZE}, got {{value!r}}"
+            lambda v: 0 < v <= ABSOLUTE_MAX_FRAME_SIZE,
+            f"must be between 1 and {ABSOLUTE_MAX_FRAME_SIZE}, got {{value!r}}",
         ),
     )
     #: first and longest delay (seconds) between reconnection attempts

@@ -107,7 +107,9 @@ class BridgeLink(FramedJSONProtocol):
     def _answer(self, message):
         d = defer.maybeDeferred(self.handler.handle, message)
         d.addCallbacks(self._succeeded, self._failed, callbackArgs=(message,), errbackArgs=(message,))
-        d.addErrback(lambda f: log.failure("HIS bridge {peer}: answering {name} failed", f, peer=self.peer, name=message.name))
+        d.addErrback(
+            lambda f: log.failure("HIS bridge {peer}: answering {name} failed", f, peer=self.peer, name=message.name)
+        )
 
     def _succeeded(self, result, message):
         reply = result if isinstance(result, Reply) else Reply(result or {})

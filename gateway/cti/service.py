@@ -9,6 +9,7 @@ watches the telephony side's readiness components for the control status.
 
 from __future__ import annotations
 
+import functools
 import random
 
 from twisted.application import service
@@ -25,8 +26,13 @@ from gateway.cti.metrics import CtiMetrics
 def retry_delay(initial, maximum):
     """Seconds before reconnection attempt ``n`` (1, 2, ...): ``initial``, doubling up to ``maximum``,
     plus a jitter of up to half of ``initial``."""
-    policy = backoffPolicy(initialDelay=initial, maxDelay=maximum, factor=2.0, jitter=lambda: random.random() * initial / 2)
+    jitter = functools.partial(_jitter, initial)
+    policy = backoffPolicy(initialDelay=initial, maxDelay=maximum, factor=2.0, jitter=jitter)
     return lambda attempt: policy(attempt - 1)
+
+
+def _jitter(initial):
+    return random.random() * initial / 2
 
 
 class BridgeLinkFactory(Factory):
@@ -68,13 +74,16 @@ class CtiService(service.MultiService):
 
 def make_service(ctx) -> CtiService:
     config = ctx.config.cti
-    client = BridgeClient(config, ctx.registry, CtiMetrics(ctx.metrics), ctx.readiness.register(f"cti:{config.processor}"))
+    component = ctx.readiness.register(f"cti:{config.processor}")
+    client = BridgeClient(config, ctx.registry, CtiMetrics(ctx.metrics), component)
     link_service = ClientService(
         bridge_endpoint(ctx.reactor, config),
         BridgeLinkFactory(client, config.byte_order, config.max_frame_size),
         retryPolicy=retry_delay(config.reconnect_initial, config.reconnect_max),
         clock=ctx.reactor,
     )
-    watch = TelephonyWatch(ctx.reactor, ctx.readiness, config.telephony, config.health_interval, client.telephony_changed)
+    watch = TelephonyWatch(
+        ctx.reactor, ctx.readiness, config.telephony, config.health_interval, client.telephony_changed
+    )
     ctx.status["cti"] = client
     return CtiService(client, link_service, watch)

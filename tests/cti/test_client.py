@@ -360,7 +360,9 @@ class RefusalTests(Bridge):
     def test_a_failing_registry_is_a_readable_failure(self):
         self.talking()
         self.patch(self.registry, "hold", lambda call_id: Failure(RuntimeError("boom")).raiseException())
-        self.refused(self.send("hold"), "internal error of the gateway handling conversation.request.hold (RuntimeError)")
+        self.refused(
+            self.send("hold"), "internal error of the gateway handling conversation.request.hold (RuntimeError)"
+        )
         self.flushLoggedErrors(RuntimeError)
 
 

@@ -132,7 +132,9 @@ class LinkTests(SynchronousTestCase):
         header = {"type": "cti.request", "name": "x.request.y", "target": "t", "requestId": "r1"}
         self.receive({"header": header, "body": [1, 2]})
         (response,) = self.sent()
-        self.assertEqual((response.name, response.target, response.request_id, response.ok), ("x.request.y", "t", "r1", False))
+        self.assertEqual(
+            (response.name, response.target, response.request_id, response.ok), ("x.request.y", "t", "r1", False)
+        )
         self.assertEqual(response.header.error_message, "malformed message: body is a list, not an object")
         self.assertEqual(self.handler.seen, [])
 

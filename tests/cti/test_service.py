@@ -42,12 +42,14 @@ class ConfigTests(SynchronousTestCase):
     def test_bad_settings_name_the_key(self):
         for text, message in [
             ('[cti]\nnames = {channel_newcall = "x"}\n', "x.toml: cti: unknown key(s) in [cti.names]: channel_newcall"),
-            ('[cti]\nnames = {control_status = "x", channel_interaction = "x"}\n', "each message name must be distinct"),
+            ('[cti]\nnames = {control_status = "x", channel_interaction = "x"}\n',
+             "each message name must be distinct"),
             ('[cti]\nbyte_order = "middle"\n', "x.toml: cti.byte_order: expected 'big' or 'little'"),
             ('[cti]\nmax_frame_size = 0\n', "x.toml: cti.max_frame_size: must be between 1 and"),
             ('[cti]\ntls_ca_file = "ca.pem"\n', "tls_ca_file is set but connect 'tcp:host=127.0.0.1:port=9500' is not"),
             (AGENTS.replace('}]', '}, {agent = "alice", extension = "1001"}]'), "agent 'alice' is configured twice"),
-            ('[cti]\nenabled = true\nagents = [{agent = "a", extension = "9"}]\n', "cti.agents[0].extension: no extension"),
+            ('[cti]\nenabled = true\nagents = [{agent = "a", extension = "9"}]\n',
+             "cti.agents[0].extension: no extension"),
         ]:
             self.assertIn(message, self.config_error(text))
 
