@@ -171,6 +171,11 @@ class InboundCallTests(Bridge):
         self.assertEqual(self.events(interaction), ["interaction.alerting"])
         self.assertEqual(self.events(conversation), ["conversation.started", "conversation.ringing"])
 
+    def test_the_providers_session_id_is_in_the_interaction_data(self):
+        self.network.place_inbound("5551234", "103", attributes={"session_id": "opt-42"})
+        self.flush()
+        self.assertEqual(self.sim.active("interaction")[-1].init.data["session-id"], "opt-42")
+
     def test_the_whole_call(self):
         call_id, interaction, conversation = self.talking()
         self.assertEqual(self.registry.call(call_id).state, "TALKING")
