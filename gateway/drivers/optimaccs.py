@@ -38,21 +38,19 @@ import hmac
 import ipaddress
 import typing
 
-from autobahn.util import encode_truncate
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from prometheus_client import Counter, Gauge
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.admin.metrics import define_metric
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
+from gateway.drivers.optimaccs_link import Link, Tones
 from gateway.media import MediaPort
 
 __all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "make_service"]
@@ -111,10 +109,9 @@ class InboundCall:
 
     driver = NAME
 
-    def __init__(self, server: "InboundServer", link: "_ProviderProtocol") -> None:
+    def __init__(self, server: "InboundServer", protocol: "_ProviderProtocol") -> None:
         self.server = server
-        self.link = link
-        self.peer = link.peer_address
+        self.peer = protocol.peer_address
         self.phase = SETUP
         self.port: MediaPort | None = None
         self.events = None
@@ -122,10 +119,10 @@ class InboundCall:
         self.answered = False
         self.cdr: dict | None = None
         self.frames_in = 0
-        self.frames_out = 0
+        self._link = Link(protocol)
         self._clock = server.clock
         self._timer = self._clock.callLater(server.config.setup_timeout, self._setup_timed_out)
-        self._tones: list[defer.Deferred] = []
+        self._tones = Tones(server.clock)
         #: fires once the connection is gone
         self.done = defer.Deferred()
 
@@ -141,14 +138,14 @@ class InboundCall:
             return defer.fail(DriverError(NAME, f"cannot answer: the call is {self.phase}"))
         if not self.answered:
             self.answered = True
-            self._send({"event": "answer"})
+            self._link.send({"event": "answer"})
         return defer.succeed(None)
 
     def hangup(self, cause) -> defer.Deferred:
         """Tell the provider; its cdr is awaited for ``cdr_wait`` seconds, the command does not wait."""
         if self.phase == LIVE:
             log.info("{who}: hanging up ({cause})", who=self.who, cause=cause)
-            self._send({"event": "hangup"})
+            self._link.send({"event": "hangup"})
             self._end_call()
         return defer.succeed(None)
 
@@ -158,14 +155,12 @@ class InboundCall:
         if digit not in wire.COMMAND_DIGITS:
             return defer.fail(DriverError(NAME, f"the provider plays only 0-9 * # as DTMF, not {digit!r}"))
         duration = wire.clamp_duration(duration_ms)
-        self._send({"event": "dtmf", "digit": digit, "duration": duration})
-        tone = task.deferLater(self._clock, duration / 1000)
-        self._tones.append(tone)
-        return tone.addBoth(self._tone_over, tone)
+        self._link.send({"event": "dtmf", "digit": digit, "duration": duration})
+        return self._tones.play(duration)
 
     def flush(self) -> None:
         if self.phase == LIVE:
-            self._send({"event": "interrupt"})
+            self._link.send({"event": "interrupt"})
         if self.port is not None:
             self.port.flush()
 
@@ -273,8 +268,7 @@ class InboundCall:
         if self._timer.active():
             self._timer.cancel()
         self._close_port()
-        for tone in list(self._tones):
-            tone.cancel()
+        self._tones.cancel()
         log.info("{who}: connection closed (code {code}, {reason})", who=self.who, code=code, reason=reason or "")
         if was_live and self.events is not None:
             self.events.hung_up("transport_lost")
@@ -284,17 +278,12 @@ class InboundCall:
     # -- internals -----------------------------------------------------------------
 
     def _open_port(self) -> None:
-        port = self.port = MediaPort(self._clock, self.server.config.audio, name=f"optimaccs:{self.setup.session_id}")
-        transport = self.link.transport
-        port.set_wire(self._send_audio)
-        transport.registerProducer(port.playout, True)
-        port.upstream = transport
+        self.port = MediaPort(self._clock, self.server.config.audio, name=f"optimaccs:{self.setup.session_id}")
+        self._link.attach(self.port)
 
     def _close_port(self) -> None:
-        if self.port is not None and not self.port.closed:
-            self.port.close()
-            if self.link.transport is not None:
-                self.link.transport.unregisterProducer()
+        if self.port is not None:
+            self._link.detach(self.port)
 
     def _end_call(self) -> None:
         """The call is over at the provider: stop the audio, then wait for the cdr (or close now)."""
@@ -313,30 +302,13 @@ class InboundCall:
     def _setup_timed_out(self) -> None:
         self._reject(CLOSE_POLICY, f"no incoming_call within {self.server.config.setup_timeout:g} s")
 
-    def _tone_over(self, result, tone: defer.Deferred):
-        self._tones.remove(tone)
-        if isinstance(result, Failure) and result.check(defer.CancelledError):
-            raise DriverError(NAME, "the connection closed while the DTMF tone played")
-        return result
-
-    def _send(self, message: dict) -> None:
-        if self.link.state == WebSocketProtocol.STATE_OPEN:
-            self.link.sendMessage(wire.encode(message), isBinary=False)
-
-    def _send_audio(self, payload: bytes) -> None:
-        if self.link.state == WebSocketProtocol.STATE_OPEN:
-            self.frames_out += 1
-            self.link.sendMessage(payload, isBinary=True)
-
     def _reject(self, code: int, reason: str) -> None:
         log.warn("{who}: {reason}; closing with {code}", who=self.who, reason=reason, code=code)
         self._close(code, reason)
 
     def _close(self, code: int, reason: str) -> None:
-        if self.link.state == WebSocketProtocol.STATE_OPEN:
+        if self._link.close(code, reason):
             self.server.metrics.closed.labels(str(code)).inc()
-            # sendClose() allows only 1000 and 3000-4999; the protocol's own codes go through sendCloseFrame
-            self.link.sendCloseFrame(code, encode_truncate(reason, 123), isReply=False)
 
     def _ignore(self, kind: str, what: str) -> None:
         log.info("{who}: {what}; ignored", who=self.who, what=what)
@@ -353,7 +325,7 @@ class InboundCall:
             "call_id": getattr(self.events, "call_id", None),
             "answered": self.answered,
             "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
+            "frames_out": self._link.frames_out,
             "cdr_received": self.cdr is not None,
         }
 

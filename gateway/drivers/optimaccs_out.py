@@ -1,0 +1,494 @@
+"""OptimaCCS outbound calls: the ``optimaccs`` driver (``[pbx] driver`` and ``optimaccs:<number>`` devices).
+
+A dial is ``POST /pbx/call`` (:mod:`gateway.drivers.optimaccs_api`), then the
+call's raw WebSocket ``/ws/{sessionId}`` on the host of the returned
+``endpointUrl``, opened with the same Bearer header. On it:
+
+- ``dialStatus`` drives the leg: Dialing (the leg is already dialling),
+  Ringing -> ringing, Connected -> answered, Busy -> busy, Failed -> failed;
+  a ``hangup`` before Connected ends the leg as its ``cdr`` says (BUSY ->
+  busy, NO ANSWER -> no answer, else failed), after it with ``remote_hangup``;
+- ``cdr`` is attached to the call's CDR (source ``optimaccs``); ``dtmf`` from
+  the callee becomes a DTMF event; ``CheckPoint`` fires :meth:`OutboundLeg.checkpoint`;
+- binary messages are audio both ways in ``[optimaccs] audio``, through the
+  leg's MediaPort exactly as on the inbound server (paced playout, backpressure
+  both ways);
+- the gateway sends ``dtmf`` ``{"digit","duration"}``, ``interruption``
+  (barge-in), ``checkPoint`` and ``hangup`` (or ``POST /pbx/hangup``, as
+  ``[optimaccs.outbound] hangup`` says; always REST while the WebSocket is not open).
+
+A refused request fails the leg with the provider's message (401, 422, 500:
+:class:`~gateway.drivers.optimaccs_api.ProviderError`); the readiness component
+``optimaccs:api`` goes down on a refusal that is not about the call itself
+(401, 5xx, no connection) and up again on the next accepted request. A call's
+WebSocket is opened once: a call cannot be rejoined, so there is no retry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import typing
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.util import parse_url
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.confschema import ConfigError
+from gateway.core.errors import DriverError
+from gateway.core.interfaces import IDriver, IDriverLeg
+from gateway.drivers import optimaccs_wire as wire
+from gateway.drivers.config import OptimaccsConfig
+from gateway.drivers.optimaccs_api import ProviderApi, ValidationFailed, digits_only, media_url
+from gateway.drivers.optimaccs_link import Link, Tones
+from gateway.media import MediaPort
+
+__all__ = ["OutboundDriver", "OutboundLeg", "build_driver", "connect_endpoint"]
+
+log = Logger()
+
+NAME = "optimaccs"
+READINESS = "optimaccs:api"
+
+#: the stages of an outbound leg
+REQUESTING = "requesting"  # POST /pbx/call in flight
+CONNECTING = "connecting"  # opening the media WebSocket
+DIALING = "dialing"  # the provider is dialling
+TALKING = "talking"  # Connected
+ENDING = "ending"  # over for the call; waiting for the provider's cdr and close
+OVER = "over"  # nothing left open
+
+_TERMINAL_DISPOSITIONS = {"BUSY": ("busy",), "NO ANSWER": ("no_answer",)}
+
+
+class _MediaProtocol(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.leg.opened(self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.leg.received(payload, isBinary)
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.leg.closed(code, reason)
+
+
+@implementer(IDriverLeg)
+class OutboundLeg:
+    """One call placed through the provider: its REST request, its media WebSocket, its MediaPort."""
+
+    driver = NAME
+
+    def __init__(self, driver: "OutboundDriver", number: str, events, caller_id: str | None) -> None:
+        self._driver = driver
+        self.number = number
+        self.events = events
+        self.caller_id = caller_id
+        self.stage = REQUESTING
+        #: True once the registry was told the leg is over (or asked for the hangup)
+        self.over = False
+        self.session_id: str | None = None
+        self.cdr: dict | None = None
+        self.port = MediaPort(driver.clock, driver.config.audio, name=f"optimaccs:{number}")
+        self._link: Link | None = None
+        #: the TCP connection being made, then the protocol whose opening handshake runs
+        self._connecting: defer.Deferred | None = None
+        self._handshaking = None
+        self._timer = None
+        self._tones = Tones(driver.clock)
+        self._checkpoints: dict[str, defer.Deferred] = {}
+        self._names = itertools.count(1)
+        #: fires once the leg holds nothing open any more
+        self.done = defer.Deferred()
+
+    @property
+    def who(self) -> str:
+        return f"OptimaCCS call {self.session_id or '(not placed)'} to {self.number}"
+
+    # -- IDriverLeg ---------------------------------------------------------------
+
+    def answer(self) -> defer.Deferred:
+        return defer.fail(DriverError(NAME, f"{self.number} is reached through the provider: "
+                                            "it answers by itself and cannot be answered remotely"))
+
+    def hangup(self, cause) -> defer.Deferred:
+        """Hang up at the provider; the provider's cdr is awaited, the command does not wait."""
+        if not self.over:
+            self.over = True
+            log.info("{who}: hanging up ({cause})", who=self.who, cause=cause)
+            if self.stage in (DIALING, TALKING, CONNECTING):
+                self._send_hangup()
+                self._end()
+        return defer.succeed(None)
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> defer.Deferred:
+        if self.stage != TALKING:
+            return defer.fail(DriverError(NAME, f"cannot send DTMF: the call is {self.stage}"))
+        if digit not in wire.COMMAND_DIGITS:
+            return defer.fail(DriverError(NAME, f"the provider plays only 0-9 * # as DTMF, not {digit!r}"))
+        duration = wire.clamp_duration(duration_ms)
+        self._link.send({"event": "dtmf", "data": {"digit": digit, "duration": duration}})
+        return self._tones.play(duration)
+
+    def flush(self) -> None:
+        if self.stage == TALKING:
+            self._link.send({"event": "interruption"})
+        self.port.flush()
+
+    def checkpoint(self) -> defer.Deferred:
+        """Fires once the audio queued toward the callee so far has been played by the provider
+        (or discarded by a flush, or the call ended)."""
+        if self.stage not in (DIALING, TALKING):
+            return defer.succeed(None)
+        name = f"gw-{next(self._names)}"
+        reached = self._checkpoints[name] = defer.Deferred()
+        queued = self.port.playout.checkpoint()
+        queued.addCallback(lambda _: self._mark(name))
+        return reached
+
+    # -- the request and the WebSocket ---------------------------------------------------
+
+    def start(self) -> None:
+        """Place the call (scheduled by ``dial``, so nothing is reported before it returned)."""
+        if self.over:
+            self._finish()
+            return
+        d = self._driver.api.place_call(self.number, self.caller_id)
+        d.addCallbacks(self._placed, self._not_placed)
+        d.addErrback(self._bug, "placing the call")
+
+    def _placed(self, placed) -> None:
+        self._driver.api_up()
+        self.session_id = placed.session_id
+        if self.over:
+            self._rest_hangup()
+            self._finish()
+            return
+        try:
+            url = media_url(placed.endpoint_url, placed.session_id)
+        except DriverError as error:
+            self._give_up(error.reason)
+            return
+        self.stage = CONNECTING
+        log.info("{who}: placed; opening {url}", who=self.who, url=url)
+        self._connecting = self._driver.connect_media(url, self)
+        self._connecting.addCallbacks(self._connected, self._not_connected)
+
+    def _not_placed(self, failure) -> None:
+        error = failure.value
+        if not isinstance(error, ValidationFailed):
+            self._driver.api_down(failure.getErrorMessage())
+        log.warn("{who}: the provider did not place the call: {error}", who=self.who, error=failure.getErrorMessage())
+        self._report("failed", getattr(error, "reason", None) or failure.getErrorMessage())
+        self._finish()
+
+    def _connected(self, protocol) -> None:
+        self._connecting = None
+        self._handshaking = protocol
+
+    def _not_connected(self, failure) -> None:
+        self._connecting = None
+        if self.over:
+            self._finish()  # the gateway hung up while connecting
+        else:
+            self._give_up(f"the provider's media WebSocket could not be opened: {failure.getErrorMessage()}")
+
+    def _give_up(self, reason: str) -> None:
+        log.warn("{who}: {reason}", who=self.who, reason=reason)
+        self._report("failed", reason)
+        self._rest_hangup()
+        self._finish()
+
+    def opened(self, protocol) -> None:
+        self._handshaking = None
+        self._link = Link(protocol)
+        if self.over:
+            self._send_hangup()
+            self._end()
+            return
+        self.stage = DIALING
+        self._link.attach(self.port)
+
+    def received(self, payload: bytes, binary: bool) -> None:
+        """One message from the provider (never raises)."""
+        try:
+            if binary:
+                if self.stage in (DIALING, TALKING):
+                    self.port.receive(payload)
+                return
+            self._text(payload)
+        except Exception:
+            log.failure("{who}: handling a message from the provider failed", who=self.who)
+
+    def _text(self, payload: bytes) -> None:
+        try:
+            event, message = wire.parse_event(payload)
+        except wire.BadMessage as error:
+            log.warn("{who}: bad message from the provider ({error}); ignored", who=self.who, error=error)
+            return
+        handler = self._handlers.get(event)
+        if handler is None:
+            log.info("{who}: unknown event {event!r} from the provider; ignored", who=self.who, event=event)
+        else:
+            handler(self, message.get("data"))
+
+    def _on_dial_status(self, data) -> None:
+        status = data.get("status") if isinstance(data, dict) else None
+        log.info("{who}: dialStatus {status}", who=self.who, status=status)
+        if self.stage != DIALING:
+            return
+        if status == "Ringing":
+            self.events.ringing()
+        elif status == "Connected":
+            self.stage = TALKING
+            self.events.answered()
+        elif status == "Busy":
+            self._report("busy")
+            self._end()
+        elif status == "Failed":
+            self._report("failed", "the provider could not connect the call")
+            self._end()
+
+    def _on_hangup(self, data) -> None:
+        if self.stage == TALKING:
+            self._report("hung_up", "remote_hangup")
+        elif self.stage == DIALING:
+            self._report(*self._unanswered_outcome())
+        if self.stage in (DIALING, TALKING):
+            self._end()
+
+    def _on_cdr(self, data) -> None:
+        if not isinstance(data, dict) or self.cdr is not None:
+            log.info("{who}: cdr {data!r} ignored (not an object, or a second one)", who=self.who, data=data)
+            return
+        self.cdr = wire.normalise_cdr(data)
+        self.events.provider_cdr(wire.SOURCE, self.cdr)
+        if self.stage == ENDING:
+            self._link.close(1000, "call ended")
+
+    def _on_dtmf(self, data) -> None:
+        digit = wire.keypad_digit(data.get("digit") if isinstance(data, dict) else None)
+        if digit is None:
+            log.info("{who}: dtmf {data!r} from the provider ignored", who=self.who, data=data)
+        elif self.stage == TALKING:
+            self.events.dtmf(digit)
+
+    def _on_checkpoint(self, data) -> None:
+        reached = self._checkpoints.pop(data, None) if isinstance(data, str) else None
+        if reached is not None:
+            reached.callback(None)
+
+    _handlers: typing.ClassVar[dict] = {
+        "dialStatus": _on_dial_status,
+        "hangup": _on_hangup,
+        "cdr": _on_cdr,
+        "dtmf": _on_dtmf,
+        "CheckPoint": _on_checkpoint,
+    }
+
+    def closed(self, code, reason) -> None:
+        """The media WebSocket is gone (or its opening handshake failed)."""
+        self._handshaking = None
+        if not self.over:
+            if self.stage == TALKING:
+                self._report("hung_up", "transport_lost")
+            else:
+                self._report("failed", f"the provider closed the media connection (code {code}, {reason or ''})")
+            self._rest_hangup()
+        log.info("{who}: media connection closed (code {code}, {reason})", who=self.who, code=code,
+                 reason=reason or "")
+        self._finish()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _report(self, outcome: str, *args) -> None:
+        """Tell the registry the leg is over (once)."""
+        if not self.over:
+            self.over = True
+            getattr(self.events, outcome)(*args)
+
+    def _unanswered_outcome(self) -> tuple:
+        cdr = self.cdr or {}
+        known = _TERMINAL_DISPOSITIONS.get(cdr.get("disposition"))
+        if known is not None:
+            return known
+        reason = cdr.get("hangupCauseText") or cdr.get("disposition") or "no reason given"
+        return "failed", f"the provider ended the call before it was answered: {reason}"
+
+    def _send_hangup(self) -> None:
+        method = self._driver.config.outbound.hangup
+        link_open = self._link is not None and self._link.open
+        if link_open and method in ("websocket", "both"):
+            self._link.send({"event": "hangup"})
+        if method in ("rest", "both") or not link_open:
+            self._rest_hangup()
+
+    def _rest_hangup(self) -> None:
+        if self.session_id is None:
+            return
+        d = self._driver.api.hangup(self.session_id)
+        d.addErrback(lambda f: log.warn("{who}: POST /pbx/hangup failed: {error}", who=self.who,
+                                        error=f.getErrorMessage()))
+
+    def _end(self) -> None:
+        """The call is over at the provider: stop the audio, wait for its cdr, then close."""
+        self.stage = ENDING
+        self._stop_media()
+        if self._connecting is not None:
+            self._connecting.cancel()  # -> _not_connected -> _finish
+        elif self._handshaking is not None:
+            self._handshaking.transport.abortConnection()  # -> closed -> _finish
+        elif self._link is None:
+            self._finish()
+        elif self.cdr is not None:
+            self._link.close(1000, "call ended")
+        else:
+            self._timer = self._driver.clock.callLater(self._driver.config.cdr_wait, self._cdr_timed_out)
+
+    def _cdr_timed_out(self) -> None:
+        self._timer = None
+        log.warn("{who}: no cdr from the provider in time; closing", who=self.who)
+        self._link.close(1000, "call ended")
+
+    def _stop_media(self) -> None:
+        if self._link is not None:
+            self._link.detach(self.port)
+        else:
+            self.port.close()
+        for reached in self._checkpoints.values():
+            reached.callback(None)
+        self._checkpoints.clear()
+
+    def _mark(self, name: str) -> None:
+        if self.stage in (DIALING, TALKING) and name in self._checkpoints:
+            self._link.send({"event": "checkPoint", "data": name})
+
+    def _finish(self) -> None:
+        if self.stage == OVER:
+            return
+        self.stage = OVER
+        self.over = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._stop_media()
+        self._tones.cancel()
+        self._driver.forget(self)
+        self.done.callback(None)
+
+    def _bug(self, failure, what: str) -> None:
+        log.failure("{who}: {what} failed", failure, who=self.who, what=what)
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "session_id": self.session_id, "stage": self.stage,
+                "frames_out": self._link.frames_out if self._link else 0}
+
+
+def connect_endpoint(reactor, timeout: float):
+    """``connect(url, factory) -> Deferred``: a TCP (or TLS, for wss) connection from ``reactor``."""
+
+    def connect(url: str, factory) -> defer.Deferred:
+        secure, host, port = parse_url(url)[:3]
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        if secure:
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return endpoint.connect(factory)
+
+    return connect
+
+
+@implementer(IDriver)
+class OutboundDriver:
+    """The ``optimaccs`` driver: places calls through the provider's outbound API."""
+
+    name = NAME
+
+    def __init__(self, clock, config, *, http, connect, readiness=None, on_stop=None) -> None:
+        """``config``: ``OptimaccsConfig`` (its ``outbound`` table, ``audio``, ``cdr_wait`` and WebSocket
+        limits); ``http``: a treq HTTPClient; ``connect(url, factory) -> Deferred`` opens a connection
+        (:func:`connect_endpoint`); ``readiness``: a readiness Component; ``on_stop()``: called last
+        at stop (e.g. closing the HTTP connection pool)."""
+        self.clock = clock
+        self.config = config
+        self.api = ProviderApi(http, clock, config.outbound, config.audio)
+        self.legs: list[OutboundLeg] = []
+        self._connect = connect
+        self._readiness = readiness
+        self._on_stop = on_stop
+
+    def dial(self, address, events, caller_id=None, attributes=None) -> OutboundLeg:
+        if not digits_only(address or ""):
+            raise DriverError(NAME, f"{address!r} has no digits to dial")
+        leg = OutboundLeg(self, address, events, caller_id)
+        self.legs.append(leg)
+        self.clock.callLater(0, leg.start)
+        return leg
+
+    def connect_media(self, url: str, leg: OutboundLeg) -> defer.Deferred:
+        """Open ``leg``'s media WebSocket at ``url``; fires once connected (the leg hears ``opened``)."""
+        config = self.config
+        factory = WebSocketClientFactory(url, headers=self.api.headers, reactor=self.clock)
+        factory.protocol = _MediaProtocol
+        factory.leg = leg
+        factory.setProtocolOptions(
+            openHandshakeTimeout=config.outbound.request_timeout,
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_message_size,
+            autoPingInterval=config.ping_interval,
+            autoPingTimeout=config.ping_timeout,
+            tcpNoDelay=True,
+        )
+        return self._connect(url, factory)
+
+    def forget(self, leg: OutboundLeg) -> None:
+        if leg in self.legs:
+            self.legs.remove(leg)
+
+    def api_up(self) -> None:
+        if self._readiness is not None:
+            self._readiness.set_up()
+
+    def api_down(self, reason: str) -> None:
+        if self._readiness is not None:
+            self._readiness.set_down(reason)
+
+    def start(self) -> None:
+        self.api_up()  # until a request says otherwise
+
+    def stop(self) -> defer.Deferred:
+        """Hang up what is left, wait for the legs to let go (bounded by ``cdr_wait`` and the request
+        timeout), then ``on_stop``."""
+        legs = list(self.legs)
+        for leg in legs:
+            leg.hangup("shutdown")
+        d = defer.DeferredList([leg.done for leg in legs])
+        if self._on_stop is not None:
+            d.addCallback(lambda _: self._on_stop())
+        return d.addCallback(lambda _: None)
+
+    def status(self) -> dict:
+        return {"api_url": self.config.outbound.api_url, "calls": [leg.to_dict() for leg in self.legs]}
+
+
+def build_driver(ctx) -> OutboundDriver:
+    """The driver for the daemon: treq over a persistent pool, endpoints from the reactor, readiness
+    ``optimaccs:api``, status ``optimaccs-outbound``. ConfigError without a token."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    config = ctx.config.optimaccs or OptimaccsConfig()
+    if not config.outbound.token:
+        raise ConfigError("optimaccs.outbound.token",
+                          "required when the optimaccs driver is used ([pbx] driver or an optimaccs: device)")
+    reactor = ctx.reactor
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    driver = OutboundDriver(
+        reactor, config,
+        http=HTTPClient(Agent(reactor, pool=pool)),
+        connect=connect_endpoint(reactor, config.outbound.request_timeout),
+        readiness=ctx.readiness.register(READINESS),
+        on_stop=pool.closeCachedConnections,
+    )
+    ctx.status["optimaccs-outbound"] = driver
+    return driver
