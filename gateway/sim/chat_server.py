@@ -63,6 +63,10 @@ Control API for tests and agents (JSON, under ``/sim/``):
   ``GET /sim/sms`` lists those sent.
 - ``POST /sim/init-failures {count, status: 500|503}`` -> the next ``count`` inits fail so.
 - ``GET /sim/connectors`` -> ``{"connected": [registration], "registrations": [every one]}``.
+- ``POST /sim/connectors/{channel}/emit {event, args?: []}`` -> any event to that channel's
+  connector (to see how it copes with events it does not expect); 409 if none is registered.
+- ``POST /sim/connectors/{channel}/raw {data}`` -> ``data`` as one raw Engine.IO message to the
+  connector, e.g. a malformed Socket.IO packet such as ``"2[oops"``.
 """
 
 import argparse
@@ -409,6 +413,8 @@ class ChatServerSim:
             web.post("/sim/sms", self._campaign_sms),
             web.post("/sim/init-failures", self._inject_failures),
             web.get("/sim/connectors", self._list_connectors),
+            web.post("/sim/connectors/{channel}/emit", self._emit_to_connector),
+            web.post("/sim/connectors/{channel}/raw", self._raw_to_connector),
         ]
         self.app.add_routes(routes)
 
@@ -565,6 +571,30 @@ class ChatServerSim:
         return web.json_response(
             {"connected": list(self.state.connectors.values()), "registrations": self.state.registrations}
         )
+
+    def _connector_of(self, request) -> str:
+        channel = request.match_info["channel"]
+        sid = self.state.connector_sid(channel)
+        if sid is None:
+            raise RequestError(409, f"no connector registered for channel {channel!r}")
+        return sid
+
+    async def _emit_to_connector(self, request):
+        body = await self._body_object(request)
+        sid = self._connector_of(request)
+        event, args = body.get("event"), body.get("args", [])
+        if not isinstance(event, str) or not event or not isinstance(args, list):
+            raise RequestError(400, "event (a string) is required; args is a list")
+        await self.sio.emit(event, tuple(args), to=sid)
+        return web.json_response({"deliveredTo": [sid]})
+
+    async def _raw_to_connector(self, request):
+        body = await self._body_object(request)
+        sid = self._connector_of(request)
+        if not isinstance(body.get("data"), str):
+            raise RequestError(400, "data (a string) is required")
+        await self.sio.eio.send(self.sio.manager.eio_sid_from_sid(sid, "/"), body["data"])
+        return web.json_response({"deliveredTo": [sid]})
 
     async def _body_object(self, request) -> dict:
         body = await self._json(request)
