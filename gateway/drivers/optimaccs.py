@@ -50,7 +50,7 @@ from gateway.admin.metrics import define_metric
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
-from gateway.drivers.optimaccs_link import Link, Tones
+from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
 from gateway.media import MediaPort
 
 __all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "make_service"]
@@ -250,7 +250,7 @@ class InboundCall:
         if self.events is not None:
             self.events.provider_cdr(wire.SOURCE, self.cdr)
         if self.phase == ENDING:
-            self._close(CLOSE_NORMAL, "call ended")
+            self._later(CLOSE_GRACE, self._close, CLOSE_NORMAL, "call ended")
 
     _handlers: typing.ClassVar[dict] = {
         "incoming_call": _on_incoming_call,
@@ -286,13 +286,19 @@ class InboundCall:
             self._link.detach(self.port)
 
     def _end_call(self) -> None:
-        """The call is over at the provider: stop the audio, then wait for the cdr (or close now)."""
+        """The call is over at the provider: stop the audio, then wait for the cdr and the provider's close."""
         self.phase = ENDING
         self._close_port()
         if self.cdr is not None:
-            self._close(CLOSE_NORMAL, "call ended")
+            self._later(CLOSE_GRACE, self._close, CLOSE_NORMAL, "call ended")
         else:
-            self._timer = self._clock.callLater(self.server.config.cdr_wait, self._cdr_timed_out)
+            self._later(self.server.config.cdr_wait, self._cdr_timed_out)
+
+    def _later(self, seconds: float, then, *args) -> None:
+        """Replace the connection's one timer."""
+        if self._timer.active():
+            self._timer.cancel()
+        self._timer = self._clock.callLater(seconds, then, *args)
 
     def _cdr_timed_out(self) -> None:
         log.warn("{who}: no cdr within {wait} s of the hangup; closing", who=self.who,

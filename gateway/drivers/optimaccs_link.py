@@ -19,9 +19,12 @@ from twisted.python.failure import Failure
 from gateway.core.errors import DriverError
 from gateway.drivers import optimaccs_wire as wire
 
-__all__ = ["Link", "Tones"]
+__all__ = ["CLOSE_GRACE", "Link", "Tones"]
 
 NAME = "optimaccs"
+#: seconds the peer is given to close by itself once the call and its cdr are over (the provider closes
+#: after its cdr; both sides closing at once can lose the close frames to a reset)
+CLOSE_GRACE = 1.0
 #: the longest close reason a close frame can carry, in bytes
 _MAX_REASON = 123
 

@@ -43,7 +43,7 @@ from gateway.core.interfaces import IDriver, IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.config import OptimaccsConfig
 from gateway.drivers.optimaccs_api import ProviderApi, ValidationFailed, digits_only, media_url
-from gateway.drivers.optimaccs_link import Link, Tones
+from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
 from gateway.media import MediaPort
 
 __all__ = ["OutboundDriver", "OutboundLeg", "build_driver", "connect_endpoint"]
@@ -266,7 +266,7 @@ class OutboundLeg:
         self.cdr = wire.normalise_cdr(data)
         self.events.provider_cdr(wire.SOURCE, self.cdr)
         if self.stage == ENDING:
-            self._link.close(1000, "call ended")
+            self._later(CLOSE_GRACE, self._link.close, 1000, "call ended")
 
     def _on_dtmf(self, data) -> None:
         digit = wire.keypad_digit(data.get("digit") if isinstance(data, dict) else None)
@@ -343,12 +343,17 @@ class OutboundLeg:
         elif self._link is None:
             self._finish()
         elif self.cdr is not None:
-            self._link.close(1000, "call ended")
+            self._later(CLOSE_GRACE, self._link.close, 1000, "call ended")
         else:
-            self._timer = self._driver.clock.callLater(self._driver.config.cdr_wait, self._cdr_timed_out)
+            self._later(self._driver.config.cdr_wait, self._cdr_timed_out)
+
+    def _later(self, seconds: float, then, *args) -> None:
+        """Replace the leg's one timer."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._driver.clock.callLater(seconds, then, *args)
 
     def _cdr_timed_out(self) -> None:
-        self._timer = None
         log.warn("{who}: no cdr from the provider in time; closing", who=self.who)
         self._link.close(1000, "call ended")
 
