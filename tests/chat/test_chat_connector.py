@@ -1,0 +1,460 @@
+"""The connector on FakeSocketIOClient, the in-memory store, a fake REST API and the sim transport (task.Clock)."""
+
+import itertools
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.chat.config import ChatConfig
+from gateway.chat.connector import Connector, UnknownConversation
+from gateway.chat.conversations import Conversations
+from gateway.chat.messages import Participant
+from gateway.chat.metrics import ChatMetrics
+from gateway.chat.rest import ChatServerUnavailable
+from gateway.chat.socketio import FakeSocketIOClient, UnexpectedEvent
+from gateway.chat.transports import SimTransport
+from gateway.context import Readiness
+from gateway.store import MemoryCdrStore
+
+NUMBER = "+4915100000001"
+AGENT = {"id": "agent-1", "name": "Agent"}
+
+
+class FakeRest:
+    """``init`` answers with conversation c<n> and participant cust-<n>, or waits when ``hold`` is set."""
+
+    def __init__(self):
+        self.bodies = []
+        self.held = []
+        self.hold = False
+        self.failure = None
+
+    def init(self, body):
+        self.bodies.append(body)
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        n = len(self.bodies)
+        answer = (f"c{n}", Participant(f"cust-{n}", body["phone"]))
+        if self.hold:
+            d = defer.Deferred()
+            self.held.append((d, answer))
+            return d
+        return defer.succeed(answer)
+
+
+class ConnectorTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryCdrStore(self.clock)
+        self.rest = FakeRest()
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def make(self, store=None, **settings):
+        counter = itertools.count(1)
+        new_id = lambda: f"id-{next(counter)}"  # noqa: E731
+        config = ChatConfig(enabled=True, **settings)
+        metrics = ChatMetrics(CollectorRegistry())
+        self.readiness = Readiness().register("chat")
+        self.conversations = Conversations(
+            self.clock, store or self.store, self.rest, channel="sms", customer={"language": "en", "subject": "support"},
+            idle_timeout=config.idle_timeout, new_id=new_id, metrics=metrics,
+        )
+        self.transport = SimTransport(self.clock)
+        self.connector = Connector(
+            self.clock, store or self.store, self.conversations, self.transport, config, metrics, self.readiness,
+            retry_policy=lambda failures: 2.0 ** failures, new_id=new_id,
+        )
+        self.successResultOf(self.connector.start())
+        self.link = FakeSocketIOClient(self.connector)
+        return self.connector
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def connect(self):
+        """Connect and acknowledge the registration."""
+        self.link.connect()
+        self.ack("registerConnector")
+
+    def unacked(self, event):
+        return [e for e in self.link.emitted if e.event == event and not e.deferred.called]
+
+    def ack(self, event, *answer):
+        """Acknowledge every unacknowledged ``event`` (with ``True`` unless told otherwise)."""
+        entries = self.unacked(event)
+        self.assertTrue(entries, f"nothing emitted for {event}")
+        for entry in entries:
+            entry.ack(*(answer or (True,)))
+        return entries
+
+    def sms(self, text, number=NUMBER, external_id=None):
+        record, created = self.successResultOf(self.connector.receive_sms(number, text, external_id))
+        return record
+
+    def stored(self, direction=None):
+        return self.successResultOf(self.store.list_sms(direction=direction))
+
+    def arrive(self, **message):
+        return self.successResultOf(self.link.receive("messageArrived", message))
+
+    def agent_says(self, text, conversation="c1", **extra):
+        return self.arrive(type="ChatMessage", conversationId=conversation, id=extra.pop("id", f"m-{text}"),
+                           **{"from": AGENT, "to": [], "text": text, "refId": NUMBER, "tag": "", **extra})
+
+    def activity(self, kind, conversation="c1", **extra):
+        return self.arrive(type="ActivityMessage", conversationId=conversation, activityType=kind, id=f"a-{kind}",
+                           **{"from": AGENT, **extra})
+
+    def sent_texts(self):
+        return [(sms["to"], sms["text"]) for sms in self.transport.sent]
+
+    def warnings(self):
+        return [formatEvent(e) for e in self.logged if e.get("log_level") in (LogLevel.warn, LogLevel.error)]
+
+    def open_conversation(self, text="hello"):
+        """An SMS that opens c1 and is delivered into it."""
+        self.sms(text)
+        self.ack("joinConversation")
+        self.ack("sendMessage")
+
+    # -- registration --------------------------------------------------------------------------
+
+    def test_the_connector_registers_on_every_connect(self):
+        self.make()
+        self.link.connect()
+        [registration] = self.unacked("registerConnector")
+        self.assertEqual(registration.args, ({"id": "sms", "name": "ExpertFlow SMS Connector", "channel": "sms"},))
+        self.assertFalse(self.readiness.up)
+        registration.ack(True)
+        self.assertTrue(self.readiness.up and self.connector.registered)
+
+        self.link.disconnect()
+        self.assertFalse(self.readiness.up)
+        self.assertIn("not connected to the chat server", self.readiness.reason)
+        self.connect()
+        self.assertTrue(self.readiness.up)
+        self.assertEqual(len([e for e in self.link.emitted if e.event == "registerConnector"]), 2)
+
+    def test_a_refused_registration_leaves_the_connector_not_ready(self):
+        self.make()
+        self.link.connect()
+        self.ack("registerConnector", False)
+        self.assertFalse(self.readiness.up)
+        self.assertEqual(self.readiness.reason, "the chat server refused the registration")
+        self.assertTrue(any("refused registerConnector" in w for w in self.warnings()))
+
+    # -- SMS from customers --------------------------------------------------------------------
+
+    def test_an_sms_opens_a_conversation_joins_it_and_is_sent_from_the_customer(self):
+        self.make()
+        self.connect()
+        record = self.sms("hello")
+        self.assertEqual(record.status, "pending")
+        [body] = self.rest.bodies
+        self.assertEqual({k: body[k] for k in ("phone", "refId", "channel", "firstName", "language", "subject")},
+                         {"phone": NUMBER, "refId": NUMBER, "channel": "sms", "firstName": NUMBER, "language": "en", "subject": "support"})
+        self.assertTrue(body["requestId"] and body["timestamp"].endswith("Z"))
+        [join] = self.ack("joinConversation")
+        self.assertEqual(join.args, ({"conversationId": "c1", "id": "cust-1", "name": NUMBER},))
+        [send] = self.unacked("sendMessage")
+        message = send.args[0]
+        self.assertEqual((message["id"], message["conversationId"], message["from"], message["text"], message["refId"]),
+                         (record.uid, "c1", {"id": "cust-1", "name": NUMBER}, "hello", NUMBER))
+        self.assertEqual(self.stored()[0].status, "pending")  # not before the chat server acknowledged it
+        send.ack(True)
+        [delivered] = self.stored()
+        self.assertEqual((delivered.status, delivered.conversation_id), ("delivered", "c1"))
+
+    def test_later_sms_from_the_number_go_into_the_same_conversation_in_order(self):
+        self.make()
+        self.connect()
+        self.sms("one")
+        self.sms("two")
+        self.ack("joinConversation")
+        self.assertEqual([e.args[0]["text"] for e in self.unacked("sendMessage")], ["one"])
+        self.ack("sendMessage")
+        self.assertEqual([e.args[0]["text"] for e in self.unacked("sendMessage")], ["two"])
+        self.ack("sendMessage")
+        self.sms("three")
+        self.ack("sendMessage")
+        self.assertEqual(len(self.rest.bodies), 1)
+        self.assertEqual([(r.text, r.status, r.conversation_id) for r in self.stored()],
+                         [("one", "delivered", "c1"), ("two", "delivered", "c1"), ("three", "delivered", "c1")])
+
+    def test_a_repeated_provider_message_is_stored_once(self):
+        self.make()
+        first = self.sms("hello", external_id="prov-1")
+        record, created = self.successResultOf(self.connector.receive_sms(NUMBER, "hello", "prov-1"))
+        self.assertEqual((record.uid, record.seq, created), (first.uid, first.seq, False))
+        self.assertEqual(len(self.stored()), 1)
+
+    def test_bad_numbers_and_texts_are_refused(self):
+        self.make()
+        for number, text, external_id in (("", "x", None), (" ", "x", None), ("1" * 65, "x", None), (NUMBER, None, None), (NUMBER, "x", 5)):
+            self.assertRaises(ValueError, self.connector.receive_sms, number, text, external_id)
+        self.assertEqual(self.stored(), [])
+
+    def test_sms_wait_while_the_link_is_down_and_go_in_order_once_registered(self):
+        self.make()
+        for text in ("one", "two", "three"):
+            self.sms(text)
+        self.clock.pump([1] * 100)
+        self.assertEqual((self.link.emitted, self.rest.bodies), ([], []))
+        self.assertEqual(self.stored()[0].attempts, 7)  # at 0, then 1, 3, 7, 15, 31 and 63 s
+        self.connect()  # registration kicks the waiting lane
+        self.ack("joinConversation")
+        for text in ("one", "two", "three"):
+            [send] = self.ack("sendMessage")
+            self.assertEqual(send.args[0]["text"], text)
+        self.assertEqual({r.status for r in self.stored()}, {"delivered"})
+
+    def test_a_chat_server_that_fails_init_is_tried_again_until_it_answers(self):
+        self.make()
+        self.connect()
+        self.rest.failure = ChatServerUnavailable("POST .../init failed 3 time(s); last: HTTP 503")
+        self.sms("hello")
+        self.assertEqual(self.stored()[0].last_error, "ChatServerUnavailable: POST .../init failed 3 time(s); last: HTTP 503")
+        self.rest.failure = None
+        self.clock.advance(1)
+        self.ack("joinConversation")
+        self.ack("sendMessage")
+        self.assertEqual(self.stored()[0].status, "delivered")
+
+    def test_a_refused_message_closes_the_conversation_and_goes_into_a_new_one(self):
+        self.make()
+        self.connect()
+        self.open_conversation("first")
+        self.sms("second")
+        self.ack("sendMessage", False)  # the chat server no longer knows c1
+        self.ack("joinConversation")
+        [send] = self.ack("sendMessage")
+        self.assertEqual((send.args[0]["conversationId"], send.args[0]["text"]), ("c2", "second"))
+        self.assertEqual([c.conversation_id for c in self.successResultOf(self.store.open_conversations())], ["c2"])
+
+    def test_a_reconnect_joins_the_open_conversations_again(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.link.disconnect()
+        self.connect()
+        [join] = self.ack("joinConversation")
+        self.assertEqual(join.args[0]["conversationId"], "c1")
+        self.sms("after")
+        [send] = self.ack("sendMessage")
+        self.assertEqual(send.args[0]["conversationId"], "c1")
+        self.assertEqual(len(self.rest.bodies), 1)
+
+    def test_a_conversation_the_server_forgot_while_away_is_closed_on_reconnect(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.link.disconnect()
+        self.connect()
+        self.ack("joinConversation", False)
+        self.assertEqual(list(self.conversations), [])
+        self.sms("after")
+        self.assertEqual(len(self.rest.bodies), 2)
+
+    def test_pending_sms_and_open_conversations_survive_a_restart(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.link.disconnect()
+        self.sms("while away 1")
+        self.sms("while away 2")
+        self.successResultOf(self.connector.stop())
+
+        self.make()  # a new connector on the same store
+        self.assertEqual([c.id for c in self.conversations], ["c1"])
+        self.connect()
+        self.ack("joinConversation")
+        texts = [self.ack("sendMessage")[0].args[0]["text"] for _ in range(2)]
+        self.assertEqual(texts, ["while away 1", "while away 2"])
+        self.assertEqual(len(self.rest.bodies), 1)
+
+    # -- SMS to customers ----------------------------------------------------------------------
+
+    def test_an_agent_reply_is_stored_then_acknowledged_then_sent_as_sms(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.assertEqual(self.agent_says("Hi, how can I help?"), [True])
+        self.assertEqual(self.sent_texts(), [(NUMBER, "Hi, how can I help?")])
+        [reply] = self.stored("outbound")
+        self.assertEqual((reply.kind, reply.status, reply.external_id, reply.conversation_id), ("reply", "delivered", "m-Hi, how can I help?", "c1"))
+
+    def test_whispers_the_customers_own_messages_and_messages_between_agents_are_not_sent(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.assertEqual(self.agent_says("internal note", tag="whisper"), [True])
+        self.assertEqual(self.agent_says("echo", **{"from": {"id": "cust-1", "name": NUMBER}}), [True])
+        self.assertEqual(self.agent_says("to a colleague", to=[{"id": "agent-2"}]), [True])
+        self.assertEqual(self.agent_says("to the customer", to=[{"id": "cust-1"}]), [True])
+        self.assertEqual(self.sent_texts(), [(NUMBER, "to the customer")])
+
+    def test_a_message_delivered_twice_is_sent_once(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.agent_says("once", id="m-1")
+        self.agent_says("once", id="m-1")
+        self.assertEqual(self.sent_texts(), [(NUMBER, "once")])
+
+    def test_a_campaign_message_is_sent_to_its_number(self):
+        self.make()
+        self.connect()
+        ack = self.arrive(type="ChatMessage", id="camp-1", **{"from": {"id": "system"}}, text="Sale today", refId="+4917000")
+        self.assertEqual(ack, [True])
+        self.assertEqual(self.sent_texts(), [("+4917000", "Sale today")])
+        self.assertEqual(self.stored("outbound")[0].kind, "campaign")
+
+    def test_sms_wait_while_the_transport_is_down(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.transport.down = True
+        self.agent_says("one")
+        self.agent_says("two")
+        self.assertEqual(self.sent_texts(), [])
+        self.assertEqual([r.status for r in self.stored("outbound")], ["pending", "pending"])
+        self.transport.down = False
+        self.clock.advance(1)
+        self.assertEqual(self.sent_texts(), [(NUMBER, "one"), (NUMBER, "two")])
+
+    def test_a_message_with_no_number_is_refused_and_logged(self):
+        self.make()
+        self.connect()
+        self.assertEqual(self.arrive(type="ChatMessage", conversationId="unknown", text="lost", **{"from": AGENT}), [False])
+        self.assertTrue(any("unusable messageArrived" in w and "no refId" in w for w in self.warnings()))
+
+    # -- activities and the end ----------------------------------------------------------------
+
+    def test_participants_joining_and_leaving_are_noted(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.activity("participantJoined")
+        self.activity("participantJoined", info={"participant": {"id": "agent-2", "name": "Bea"}})
+        self.assertEqual(self.conversations.get("c1").agents, {"agent-1": "Agent", "agent-2": "Bea"})
+        self.activity("participantLeft")
+        self.assertEqual(self.conversations.get("c1").agents, {"agent-2": "Bea"})
+
+    def test_no_agent_available_sends_the_configured_auto_reply(self):
+        self.make(no_agent_reply="All agents are busy.")
+        self.connect()
+        self.open_conversation()
+        self.assertEqual(self.activity("noAgentAvailable"), [True])
+        self.assertEqual(self.sent_texts(), [(NUMBER, "All agents are busy.")])
+        self.assertEqual(self.stored("outbound")[0].kind, "auto-reply")
+
+    def test_no_agent_available_sends_nothing_by_default(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.activity("noAgentAvailable")
+        self.assertEqual(self.sent_texts(), [])
+
+    def test_the_end_of_the_conversation_closes_it_and_the_next_sms_opens_another(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.assertEqual(self.activity("endOfConversation", **{"from": {"id": "system"}}), [True])
+        self.assertEqual(list(self.conversations), [])
+        self.assertEqual(self.successResultOf(self.store.open_conversations()), [])
+        self.sms("again")
+        self.assertEqual(len(self.rest.bodies), 2)
+
+    def test_conversation_info_saying_it_ended_closes_it(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        info = {"conversation": {"conversationId": "c1", "status": "open"}, "messages": [], "participant": [], "role": "customer"}
+        self.assertEqual(self.successResultOf(self.link.receive("conversationInfo", info)), [True])
+        self.assertEqual(len(self.conversations), 1)
+        info["conversation"]["status"] = "ended"
+        self.successResultOf(self.link.receive("conversationInfo", info))
+        self.assertEqual(len(self.conversations), 0)
+
+    def test_the_gateway_ends_an_idle_conversation(self):
+        self.make(idle_timeout=300)
+        self.connect()
+        self.open_conversation()
+        self.clock.advance(299)
+        self.agent_says("still there?")  # activity: the idle time starts again
+        self.clock.advance(299)
+        self.assertEqual(self.unacked("endConversation"), [])
+        self.clock.advance(1)
+        [end] = self.ack("endConversation")
+        self.assertEqual(end.args, ({"conversationId": "c1"},))
+        self.assertEqual(list(self.conversations), [])
+
+    def test_the_admin_api_ends_a_conversation(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        d = self.connector.end_conversation("c1")
+        self.ack("endConversation")
+        self.successResultOf(d)
+        self.assertEqual(list(self.conversations), [])
+        self.failureResultOf(self.connector.end_conversation("c1"), UnknownConversation)
+
+    def test_an_unreachable_server_does_not_keep_a_conversation_open(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.link.disconnect()
+        self.successResultOf(self.connector.end_conversation("c1"))
+        self.assertEqual(self.successResultOf(self.store.open_conversations()), [])
+
+    def test_the_admin_api_opens_a_conversation_once_for_concurrent_callers(self):
+        self.make()
+        self.connect()
+        self.rest.hold = True
+        first = self.connector.open_conversation(NUMBER, {"firstName": "Ann"})
+        second = self.connector.open_conversation(NUMBER)
+        [(d, answer)] = self.rest.held
+        self.assertEqual(self.rest.bodies[0]["firstName"], "Ann")
+        d.callback(answer)
+        self.ack("joinConversation")
+        self.assertIs(self.successResultOf(first), self.successResultOf(second))
+
+    # -- what the connector does not expect ----------------------------------------------------
+
+    def test_unexpected_events_are_refused_as_unexpected(self):
+        self.make()
+        self.connect()
+        self.failureResultOf(self.link.receive("surprise", {}), UnexpectedEvent)
+
+    def test_unusable_payloads_are_logged_and_acknowledged_false(self):
+        self.make()
+        self.connect()
+        for event, args in (("messageArrived", ()), ("messageArrived", ("text",)), ("messageArrived", ({"type": "Poll"},)),
+                            ("conversationInfo", ({"conversation": 3},))):
+            self.assertEqual(self.successResultOf(self.link.receive(event, *args)), [False])
+        self.assertEqual(len([w for w in self.warnings() if "sent an unusable" in w]), 4)
+        self.assertTrue(self.link.connected)
+
+    def test_status_shows_the_link_conversations_and_queues(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.transport.down = True
+        self.agent_says("queued")
+        status = self.connector.status()
+        self.assertEqual((status["connected"], status["registered"]), (True, True))
+        self.assertEqual([c["conversationId"] for c in status["conversations"]], ["c1"])
+        self.assertEqual(status["outbound"]["pending"], 1)
+        self.assertEqual(status["transport"], {"name": "sim", "sent": 0, "down": True})
+
+    def test_stop_cancels_an_init_under_way(self):
+        self.make()
+        self.connect()
+        self.rest.hold = True
+        self.sms("hello")
+        self.successResultOf(self.connector.stop())
+        self.assertEqual(self.stored()[0].status, "pending")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
