@@ -5,7 +5,7 @@
 - ``GET /api/calls/{id}``: one call (live or recently released);
 - ``POST /api/calls`` ``{"extension", "number", "attributes"?}``: click-to-dial, 201 with the call;
 - ``POST /api/calls/{id}/{action}``: ``hangup``, ``answer``, ``reject``, ``hold``,
-  ``retrieve``, ``mute``, ``unmute`` (no body); ``transfer`` and ``conference``
+  ``retrieve``, ``mute``, ``unmute``, ``flush`` (barge-in) (no body); ``transfer`` and ``conference``
   ``{"destination"}``; ``dtmf`` ``{"digits", "duration_ms"?, "gap_ms"?}``;
   ``remove_party`` ``{"number"}``: the call after the command;
 - ``DELETE /api/calls/{id}``: forget the call (a live one is hung up first);
@@ -27,7 +27,7 @@ from gateway.admin.api import ApiError, ApiRequest, ApiResponse
 __all__ = ["register_calls_api"]
 
 #: the actions taking no body, and the registry command each one runs
-_SIMPLE = ("hangup", "answer", "reject", "hold", "retrieve", "mute", "unmute")
+_SIMPLE = ("hangup", "answer", "reject", "hold", "retrieve", "mute", "unmute", "flush")
 _BY = {"hangup": {"by": "api"}, "reject": {"by": "api"}}
 
 

@@ -518,6 +518,15 @@ class Registry:
             call.dtmf_count += 1
         return self._snapshot(call)
 
+    @_command("flush")
+    def flush(self, call_id: str):
+        """Barge-in: discard the audio queued toward the remote parties, in the gateway and, where the
+        driver can, at the far end (OptimaCCS ``interrupt``)."""
+        call = self._checked(call_id, "flush")
+        for leg in call.parties:
+            leg.driver_leg.flush()
+        return self._snapshot(call)
+
     @_command("dispose")
     def dispose(self, call_id: str, *, by: str = "api"):
         """Forget a call now (a live one is hung up first)."""

@@ -59,7 +59,7 @@ _CONNECTED = (TALKING, HELD)
 
 #: (state, input) -> next state. Inputs on a leg: answered, hold, retrieve,
 #: mute, unmute, release. Commands checked on a call's state: answer, reject,
-#: hangup, hold, retrieve, mute, unmute, dtmf, transfer, conference, remove_party.
+#: hangup, hold, retrieve, mute, unmute, dtmf, flush, transfer, conference, remove_party.
 TRANSITIONS: dict[tuple[LegState, str], LegState] = {
     (RINGING, "answer"): TALKING,
     (DIALING, "answer"): TALKING,  # a click-to-dial's own phone, picked up through the API
@@ -71,7 +71,8 @@ TRANSITIONS: dict[tuple[LegState, str], LegState] = {
     (HELD, "retrieve"): TALKING,
     (TALKING, "retrieve"): TALKING,
     **{(state, flag): state for state in _CONNECTED for flag in ("mute", "unmute")},
-    **{(state, cmd): state for state in _CONNECTED for cmd in ("dtmf", "transfer", "conference", "remove_party")},
+    **{(state, cmd): state for state in _CONNECTED
+       for cmd in ("dtmf", "flush", "transfer", "conference", "remove_party")},
     **{(state, cmd): RELEASED for state in _LIVE for cmd in ("release", "hangup")},
 }
 

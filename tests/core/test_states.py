@@ -12,7 +12,8 @@ R, D, T, H, X = LegState.RINGING, LegState.DIALING, LegState.TALKING, LegState.H
 LEGAL = {
     (R, "answer"): T, (D, "answer"): T, (R, "answered"): T, (D, "answered"): T, (R, "reject"): X,
     (T, "hold"): H, (H, "hold"): H, (H, "retrieve"): T, (T, "retrieve"): T,
-    **{(s, c): s for s in (T, H) for c in ("mute", "unmute", "dtmf", "transfer", "conference", "remove_party")},
+    **{(s, c): s for s in (T, H)
+       for c in ("mute", "unmute", "dtmf", "flush", "transfer", "conference", "remove_party")},
     **{(s, c): X for s in (R, D, T, H) for c in ("release", "hangup")},
 }
 INPUTS = sorted({command for _, command in LEGAL})
