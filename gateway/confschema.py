@@ -84,9 +84,16 @@ class Secret:
 
 
 class _EndpointString(str):
-    """An endpoint description, checked by Twisted's own parser when configured."""
+    """An endpoint description, checked by Twisted's own parser when configured.
+
+    The subclasses are annotations only: their values are plain ``str``,
+    because Twisted's endpoint parsers do not accept ``str`` subclasses.
+    """
 
     kind = "endpoint"
+
+    def __new__(cls, text):
+        return str(text)
 
     @classmethod
     def check(cls, text: str) -> "_EndpointString":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
+import signal
 import sys
 
 from twisted.application import service
@@ -97,9 +98,23 @@ class GatewayService(service.MultiService):
         for listener in self.ctx.listeners:
             listener.startService()
         super().startService()
+        self.ctx.reactor.callWhenRunning(self._take_over_sigterm)
         opened = self.store_service.opened if self.store_service else defer.succeed(None)
         opened.addCallback(lambda _: self._started())
         opened.addErrback(self._fatal, "the store could not be opened")
+
+    def _take_over_sigterm(self):
+        """SIGTERM is the gateway's normal stop: exit 0 once everything is flushed.
+
+        Twisted's own handler makes twistd re-raise the signal after the
+        reactor stopped, so the process would end by the signal (status 143).
+        """
+        reactor = self.ctx.reactor
+
+        def on_sigterm(signum, frame):
+            reactor.callFromThread(reactor.stop)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def _started(self):
         log.info(
