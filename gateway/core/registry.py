@@ -396,8 +396,10 @@ class Registry:
         """Answer an alerting call (or pick up a click-to-dial's own phone) at the extension's phone."""
         call = self._checked(call_id, "answer")
         device = call.device
-        if device is None or device.state not in (RINGING, DIALING):
-            raise IllegalState("answer", device.state.value if device else "not an extension's call", "call's phone")
+        if device is None:
+            raise IllegalState("answer", "not an extension's call")
+        if device.state not in (RINGING, DIALING):
+            raise IllegalState("answer", device.state.value, "extension's phone")
         d = self._driver_op(device, "answer", device.driver_leg.answer)
         d.addCallback(lambda _: self._leg_answered(device))
         return d.addCallback(lambda _: self._snapshot(call))
