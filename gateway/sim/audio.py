@@ -107,11 +107,6 @@ def tone(seconds, frequency=440.0, level=0.3, noise=64, seed=0):
     )
 
 
-def silence(seconds, codec=CODECS["pcm16"]):
-    """C{seconds} of digital silence in C{codec}."""
-    return codec.silence * round(seconds * SAMPLE_RATE)
-
-
 def read_wav(path):
     """The samples of a WAV file as pcm16; C{ValueError} unless it is 8 kHz mono 16-bit PCM."""
     try:

@@ -410,6 +410,8 @@ async def test_inbound_call_flow_against_an_echoing_gateway(reactor, gateway):
     assert call.errors == []
     assert call.frames_before_answer == 0
     assert call.frames_received > 0 and call.echo().matched
+    assert call.frame_sizes_received == {320} and call.bytes_received == 320 * call.frames_received
+    assert [digit for _, digit in call.dtmf_sent] == ["5"]
     assert cdr["hangupBy"] == "CALLEE" and cdr["disposition"] == "ANSWERED"
     assert cdr["hangupCauseCode"] == "16" and cdr["answerTime"] is not None
     assert cdr == {"event": "cdr", **call.cdr}
@@ -686,7 +688,7 @@ async def test_busy_and_failed_numbers(provider, number, status, disposition, ca
     session_id = (await p.dial(number))["sessionId"]
     client = await p.join(session_id)
     await client.factory.closed
-    assert client.statuses() == ["Dialing", status]
+    assert client.statuses() == p.api.sessions[session_id].statuses == ["Dialing", status]
     assert client.events() == ["dialStatus", "dialStatus", "cdr", "hangup"]
     cdr = client.record[2][1]["data"]
     assert (cdr["disposition"], cdr["hangupCauseCode"], cdr["answerTime"]) == (disposition, cause, None)
