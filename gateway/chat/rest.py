@@ -56,17 +56,15 @@ def _excerpt(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
 
 
-def _describe(failure_value: BaseException) -> str:
-    if isinstance(failure_value, defer.TimeoutError):
-        return "no answer in time"
-    return f"{type(failure_value).__name__}: {failure_value}"
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 class ChatRest:
     """The REST client of one chat server.
 
-    :param clock: ``IReactorTime`` for timeouts and backoff delays.
-    :param http: a treq ``HTTPClient`` (or ``StubTreq``).
+    :param clock: ``IReactorTime`` for the backoff delays.
+    :param http: a :class:`~gateway.chat.web.HttpClient`.
     :param url: the server's base URL (``http(s)://host[:port]``).
     :param timeout: seconds one attempt may take, the body included.
     :param attempts: attempts of a request answered 5xx or not answered.
@@ -119,7 +117,7 @@ class ChatRest:
         url = self._base + path
         for attempt in range(1, self._attempts + 1):
             try:
-                status, content = yield self._once(method, url, **kwargs)
+                status, content = yield self._http.request(method, url, timeout=self._timeout, **kwargs)
             except defer.CancelledError:
                 raise
             except Exception as e:
@@ -136,8 +134,3 @@ class ChatRest:
                 )
                 yield deferLater(self._clock, delay, lambda: None)
         raise ChatServerUnavailable(f"{method} {url} failed {self._attempts} time(s); last: {problem}")
-
-    def _once(self, method: str, url: str, **kwargs):
-        d = self._http.request(method, url, **kwargs)
-        d.addCallback(lambda response: response.content().addCallback(lambda body: (response.code, body)))
-        return d.addTimeout(self._timeout, self._clock)

@@ -1,47 +1,18 @@
 """The connector on FakeSocketIOClient, the in-memory store, a fake REST API and the sim transport (task.Clock)."""
 
-import itertools
-
-from prometheus_client import CollectorRegistry
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.chat.config import ChatConfig
-from gateway.chat.connector import Connector, UnknownConversation
-from gateway.chat.conversations import Conversations
-from gateway.chat.messages import Participant
-from gateway.chat.metrics import ChatMetrics
+from gateway.chat.connector import UnknownConversation
 from gateway.chat.rest import ChatServerUnavailable
-from gateway.chat.socketio import FakeSocketIOClient, UnexpectedEvent
-from gateway.chat.transports import SimTransport
-from gateway.context import Readiness
+from gateway.chat.socketio import UnexpectedEvent
 from gateway.store import MemoryCdrStore
+
+from .bench import ConnectorBench, FakeRest
 
 NUMBER = "+4915100000001"
 AGENT = {"id": "agent-1", "name": "Agent"}
-
-
-class FakeRest:
-    """``init`` answers with conversation c<n> and participant cust-<n>, or waits when ``hold`` is set."""
-
-    def __init__(self):
-        self.bodies = []
-        self.held = []
-        self.hold = False
-        self.failure = None
-
-    def init(self, body):
-        self.bodies.append(body)
-        if self.failure is not None:
-            return defer.fail(self.failure)
-        n = len(self.bodies)
-        answer = (f"c{n}", Participant(f"cust-{n}", body["phone"]))
-        if self.hold:
-            d = defer.Deferred()
-            self.held.append((d, answer))
-            return d
-        return defer.succeed(answer)
 
 
 class ConnectorTests(SynchronousTestCase):
@@ -53,42 +24,12 @@ class ConnectorTests(SynchronousTestCase):
         globalLogPublisher.addObserver(self.logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
 
-    def make(self, store=None, **settings):
-        counter = itertools.count(1)
-        new_id = lambda: f"id-{next(counter)}"  # noqa: E731
-        config = ChatConfig(enabled=True, **settings)
-        metrics = ChatMetrics(CollectorRegistry())
-        self.readiness = Readiness().register("chat")
-        self.conversations = Conversations(
-            self.clock, store or self.store, self.rest, channel="sms", customer={"language": "en", "subject": "support"},
-            idle_timeout=config.idle_timeout, new_id=new_id, metrics=metrics,
-        )
-        self.transport = SimTransport(self.clock)
-        self.connector = Connector(
-            self.clock, store or self.store, self.conversations, self.transport, config, metrics, self.readiness,
-            retry_policy=lambda failures: 2.0 ** failures, new_id=new_id,
-        )
-        self.successResultOf(self.connector.start())
-        self.link = FakeSocketIOClient(self.connector)
+    def make(self, **settings):
+        bench = ConnectorBench.build(self.clock, self.store, self.rest, **settings)
+        self.connector, self.conversations, self.transport = bench.connector, bench.conversations, bench.transport
+        self.readiness, self.link = bench.readiness, bench.link
+        self.connect, self.unacked, self.ack = bench.connect, bench.unacked, bench.ack
         return self.connector
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def connect(self):
-        """Connect and acknowledge the registration."""
-        self.link.connect()
-        self.ack("registerConnector")
-
-    def unacked(self, event):
-        return [e for e in self.link.emitted if e.event == event and not e.deferred.called]
-
-    def ack(self, event, *answer):
-        """Acknowledge every unacknowledged ``event`` (with ``True`` unless told otherwise)."""
-        entries = self.unacked(event)
-        self.assertTrue(entries, f"nothing emitted for {event}")
-        for entry in entries:
-            entry.ack(*(answer or (True,)))
-        return entries
 
     def sms(self, text, number=NUMBER, external_id=None):
         record, created = self.successResultOf(self.connector.receive_sms(number, text, external_id))

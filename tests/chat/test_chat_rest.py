@@ -10,6 +10,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from gateway.chat.messages import Participant
 from gateway.chat.rest import ChatRest, ChatServerError, ChatServerUnavailable, TranscriptNotFound
+from gateway.chat.web import HttpClient
 
 INIT_REPLY = {"conversationId": "c1", "participant": {"id": "p1", "name": "Ann"}, "requestId": "r1", "timestamp": "t"}
 HANG = object()
@@ -41,7 +42,7 @@ class ChatRestTests(SynchronousTestCase):
 
     def rest(self, resource, attempts=3):
         self.stub = StubTreq(resource)
-        return ChatRest(self.clock, self.stub, "http://chat.example:8080/", timeout=5, attempts=attempts,
+        return ChatRest(self.clock, HttpClient(self.clock, self.stub), "http://chat.example:8080/", timeout=5, attempts=attempts,
                         retry_policy=lambda failures: 2.0 ** failures)
 
     def settle(self, d):
@@ -91,6 +92,13 @@ class ChatRestTests(SynchronousTestCase):
         self.stub.flush()
         self.assertEqual(self.successResultOf(d)[0], "c1")
 
+    def test_silence_on_every_attempt_is_reported_as_such(self):
+        d = self.settle(self.rest(Scripted(HANG, HANG), attempts=2).init({}))
+        self.clock.pump([5, 1, 5])
+        failure = self.failureResultOf(d, ChatServerUnavailable)
+        self.assertIn("failed 2 time(s); last: RequestTimedOut: POST http://chat.example:8080/api/customer/init:"
+                      " no complete answer within 5 s", str(failure.value))
+
     def test_other_refusals_fail_at_once(self):
         resource = Scripted((400, {"error": "channel is required"}))
         d = self.settle(self.rest(resource).init({}))
@@ -117,6 +125,16 @@ class ChatRestTests(SynchronousTestCase):
 
     def test_only_pdf_and_email_transcripts_exist(self):
         self.failureResultOf(self.rest(Scripted()).transcript("c1", "html"), ValueError)
+
+    def test_cancelling_a_request_under_way_fails_with_cancelled_and_tries_no_more(self):
+        resource = Scripted(HANG, (200, INIT_REPLY))
+        d = self.settle(self.rest(resource).init({}))
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.clock.advance(10)
+        self.stub.flush()
+        self.assertEqual(len(resource.requests), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_cancelling_stops_the_retries(self):
         resource = Scripted((503, b"down"), (200, INIT_REPLY))

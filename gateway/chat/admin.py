@@ -1,0 +1,142 @@
+"""The connector's admin API routes (behind the admin bearer token, like all of ``/api``).
+
+=======================================================  ==============================================
+``POST /api/sms/inbound {from, text, id?}``              an SMS from a customer (any transport's webhook);
+                                                         200 ``{"sms", "duplicate"}`` once stored
+``GET /api/sms?direction=&number=&after=&limit=``        ``{"sms": [...]}`` oldest first, ``seq > after``
+``GET /api/chat/conversations``                          ``{"conversations": [...]}`` the open ones
+``POST /api/chat/conversations {number, firstName?...}`` init + join for a number (or its open one)
+``POST /api/chat/conversations/{id}/end``                ``endConversation``, then closed here
+``POST /api/chat/transcript/{id}/{type}``                ``type`` pdf: saved to a file, ``{"path", "bytes"}``;
+                                                         email: the chat server mails it
+=======================================================  ==============================================
+
+A chat server that cannot be reached answers 503 ``chat_server_unavailable``; one that refuses
+answers 502 ``chat_server_error`` (404 for a transcript it does not have).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+from twisted.internet import defer
+
+from gateway.admin.api import ApiError, ApiRequest
+from gateway.chat.connector import Connector
+from gateway.chat.engineio import NotConnected
+from gateway.chat.messages import CUSTOMER_FIELDS
+from gateway.chat.rest import TRANSCRIPT_TYPES
+from gateway.chat.socketio import AckTimeout, LinkLost
+from gateway.store import MAX_LIMIT
+
+__all__ = ["Transcripts", "add_routes"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _write_file(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (runs in a thread)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".part")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+class Transcripts:
+    """Fetches transcripts; pdfs are saved in ``directory`` as ``<conversation id>.pdf``.
+
+    :param run_in_thread: ``f(function, *args) -> Deferred`` (file writes stay off the reactor thread).
+    """
+
+    def __init__(self, rest, directory: pathlib.Path, run_in_thread):
+        self._rest = rest
+        self._directory = pathlib.Path(directory)
+        self._run_in_thread = run_in_thread
+
+    @defer.inlineCallbacks
+    def fetch(self, conversation_id: str, kind: str):
+        body = yield self._rest.transcript(conversation_id, kind)
+        result = {"conversationId": conversation_id, "type": kind}
+        if kind == "email":
+            return {**result, "requested": True}
+        path = self._directory / f"{_UNSAFE.sub('_', conversation_id)}.pdf"
+        yield self._run_in_thread(_write_file, path, body)
+        return {**result, "path": str(path), "bytes": len(body)}
+
+
+def _unavailable(failure):
+    """The chat server link was down or lost: 503."""
+    failure.trap(NotConnected, AckTimeout, LinkLost)
+    raise ApiError(503, f"the chat server cannot be reached: {failure.getErrorMessage()}", code="chat_server_unavailable")
+
+
+def _int_query(request: ApiRequest, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if not text:
+        return default
+    if text.isascii() and text.isdigit() and low <= int(text) <= high:
+        return int(text)
+    raise ApiError(400, f"{name} must be a whole number from {low} to {high}, got {text!r}", field=name)
+
+
+class _Routes:
+    def __init__(self, connector: Connector, store, transcripts: Transcripts):
+        self._connector = connector
+        self._store = store
+        self._transcripts = transcripts
+
+    def inbound(self, request: ApiRequest):
+        body = request.json()
+        try:
+            d = self._connector.receive_sms(body.get("from"), body.get("text"), body.get("id"))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        return d.addCallback(lambda result: {"sms": result[0].to_dict(), "duplicate": not result[1]})
+
+    def list_sms(self, request: ApiRequest):
+        direction = request.query.get("direction") or None
+        if direction not in (None, "inbound", "outbound"):
+            raise ApiError(400, f"direction is inbound or outbound, got {direction!r}", field="direction")
+        d = self._store.list_sms(
+            direction=direction,
+            number=request.query.get("number") or None,
+            after=_int_query(request, "after", 0, 0, 2**62),
+            limit=_int_query(request, "limit", 100, 1, MAX_LIMIT),
+        )
+        return d.addCallback(lambda records: {"sms": [r.to_dict() for r in records]})
+
+    def conversations(self, request: ApiRequest) -> dict:
+        return {"conversations": [c.to_json() for c in self._connector.conversations]}
+
+    def open(self, request: ApiRequest):
+        body = request.json()
+        customer = {key: body[key] for key in CUSTOMER_FIELDS if isinstance(body.get(key), str)}
+        try:
+            d = self._connector.open_conversation(body.get("number"), customer)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        return d.addCallbacks(lambda conversation: {"conversation": conversation.to_json()}, _unavailable)
+
+    def end(self, request: ApiRequest):
+        conversation_id = request.params["id"]
+        d = self._connector.end_conversation(conversation_id)
+        return d.addCallback(lambda _: {"ended": conversation_id})
+
+    def transcript(self, request: ApiRequest):
+        kind = request.params["type"]
+        if kind not in TRANSCRIPT_TYPES:
+            raise ApiError(404, f"a transcript is of type pdf or email, not {kind!r}")
+        return self._transcripts.fetch(request.params["id"], kind)
+
+
+def add_routes(api, connector: Connector, store, transcripts: Transcripts) -> None:
+    """Serve the routes of the module docstring on ``api`` (an :class:`~gateway.admin.api.ApiRouter`)."""
+    routes = _Routes(connector, store, transcripts)
+    api.route("POST", "/api/sms/inbound", routes.inbound)
+    api.route("GET", "/api/sms", routes.list_sms)
+    api.route("GET", "/api/chat/conversations", routes.conversations)
+    api.route("POST", "/api/chat/conversations", routes.open)
+    api.route("POST", "/api/chat/conversations/{id}/end", routes.end)
+    api.route("POST", "/api/chat/transcript/{id}/{type}", routes.transcript)

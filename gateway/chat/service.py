@@ -1,0 +1,151 @@
+"""The ``[chat]`` adapter as a service: the Expertflow SMS channel connector.
+
+:func:`make_service` (named in :data:`gateway.tap.ADAPTERS`) builds the REST client, the SMS
+transport plugin named by ``[chat] transport``, the :class:`~gateway.chat.connector.Connector`
+and its Socket.IO link (a ``ClientService`` retrying with an exponential backoff from
+``reconnect_initial`` doubling up to ``reconnect_max``), registers the readiness component
+``chat`` (up while registered with the chat server), the metrics, the ``/api/status`` entry
+``chat`` and the admin routes of :mod:`gateway.chat.admin`.
+
+At start the pending SMS and open conversations are taken from the store; at stop the deliveries
+under way are cancelled (what is not delivered stays stored), then the link and HTTP clients close.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import urllib.parse
+import uuid
+
+from twisted.application import service
+from twisted.application.internet import backoffPolicy
+from twisted.internet import defer, threads
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.logger import Logger
+
+from gateway.chat.admin import Transcripts, add_routes
+from gateway.chat.connector import Connector
+from gateway.chat.conversations import Conversations
+from gateway.chat.interfaces import ISmsTransportFactory
+from gateway.chat.metrics import ChatMetrics
+from gateway.chat.rest import ChatRest
+from gateway.chat.socketio import SocketIOClient
+from gateway.chat.web import HttpClient, client_tls, load_trust
+from gateway.confschema import ConfigError
+from gateway.pluginload import find_plugin, plugins
+
+__all__ = ["ChatService", "make_service"]
+
+log = Logger()
+
+#: seconds the TCP connection to the chat server may take
+CONNECT_TIMEOUT = 10
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _in_thread(reactor, function, *args):
+    """Run ``function(*args)`` in the reactor's thread pool: a Deferred of its result."""
+    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+
+
+def _retry_policy(initial: float, longest: float):
+    """A doubling delay from ``initial`` up to ``longest`` seconds (with up to 1 s of jitter)."""
+    return backoffPolicy(initialDelay=initial, maxDelay=longest, factor=2.0)
+
+
+class ChatService(service.Service):
+    """Starts the connector, then its link; stops them in the other order."""
+
+    name = "chat"
+
+    def __init__(self, connector: Connector, link: SocketIOClient, closers):
+        self.connector = connector
+        self.link = link
+        self._closers = closers
+
+    def startService(self):
+        super().startService()
+        self.connector.start().addErrback(
+            lambda failure: log.failure("the chat connector could not take its pending SMS from the store", failure)
+        )
+        self.link.startService()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        yield self.connector.stop()
+        yield self.link.stopService()
+        for close in self._closers:
+            yield defer.maybeDeferred(close)
+
+
+def _transport_factory(name: str):
+    factory = find_plugin(ISmsTransportFactory, name)
+    if factory is None:
+        known = ", ".join(sorted(p.name for p in plugins(ISmsTransportFactory)))
+        raise ConfigError("chat.transport", f"no SMS transport plugin named {name!r} (known: {known})")
+    return factory
+
+
+def _link(ctx, config, connector) -> SocketIOClient:
+    parts = urllib.parse.urlsplit(config.url)
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    endpoint = HostnameEndpoint(ctx.reactor, parts.hostname.encode("idna"), port, timeout=CONNECT_TIMEOUT)
+    tls = client_tls(parts.hostname, load_trust(config.tls_ca_file, "chat.tls_ca_file")) if secure else None
+    return SocketIOClient(
+        ctx.reactor,
+        endpoint,
+        config.url,
+        connector,
+        path=config.path,
+        ack_timeout=config.ack_timeout,
+        retry_policy=_retry_policy(config.reconnect_initial, config.reconnect_max),
+        tls=tls,
+    )
+
+
+def make_service(ctx) -> ChatService:
+    config = ctx.config.chat
+    factory = _transport_factory(config.transport)
+    metrics = ChatMetrics(ctx.metrics)
+    http = HttpClient.pooled(ctx.reactor, load_trust(config.tls_ca_file, "chat.tls_ca_file"))
+    retry = _retry_policy(config.retry_initial, config.retry_max)
+    rest = ChatRest(
+        ctx.reactor, http, config.url, timeout=config.request_timeout, attempts=config.request_attempts, retry_policy=retry
+    )
+    conversations = Conversations(
+        ctx.reactor,
+        ctx.store,
+        rest,
+        channel=config.channel,
+        customer={"language": config.language, "subject": config.subject},
+        idle_timeout=config.idle_timeout,
+        new_id=_new_id,
+        metrics=metrics,
+    )
+    connector = None
+
+    def receive(number, text, external_id=None):
+        return connector.receive_sms(number, text, external_id)
+
+    transport = factory.build(ctx, receive)
+    connector = Connector(
+        ctx.reactor,
+        ctx.store,
+        conversations,
+        transport,
+        config,
+        metrics,
+        ctx.readiness.register("chat"),
+        retry_policy=retry,
+        new_id=_new_id,
+    )
+    directory = (pathlib.Path(config.transcript_dir) if config.transcript_dir else ctx.state_dir / "transcripts").absolute()
+    add_routes(ctx.api, connector, ctx.store, Transcripts(rest, directory, functools.partial(_in_thread, ctx.reactor)))
+    ctx.status["chat"] = connector
+    return ChatService(connector, _link(ctx, config, connector), [http.close, transport.stop])

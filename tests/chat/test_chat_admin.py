@@ -1,0 +1,125 @@
+"""The connector's admin routes through the real ApiRouter (StubTreq): SMS in, lists, conversations, transcripts."""
+
+import json
+import pathlib
+
+from treq.testing import StubTreq
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.admin.api import ApiRouter
+from gateway.chat.admin import Transcripts, add_routes
+from gateway.chat.rest import ChatServerUnavailable, TranscriptNotFound
+from gateway.confschema import Secret
+from gateway.store import MemoryCdrStore
+
+from .bench import ConnectorBench, FakeRest
+
+TOKEN = "admin-token"
+NUMBER = "+4915100000001"
+
+
+class AdminRouteTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryCdrStore(self.clock)
+        self.rest = FakeRest()
+        self.bench = ConnectorBench.build(self.clock, self.store, self.rest)
+        self.directory = pathlib.Path(self.mktemp())
+        router = ApiRouter(Secret(TOKEN))
+        transcripts = Transcripts(self.rest, self.directory, lambda f, *args: defer.maybeDeferred(f, *args))
+        add_routes(router, self.bench.connector, self.store, transcripts)
+        self.bench.transport.add_routes(router)
+        self.stub = StubTreq(router)
+
+    def start(self, method, path, body=None, token=TOKEN):
+        headers = {"Authorization": [f"Bearer {token}"]} if token else {}
+        d = self.stub.request(method, "http://gateway" + path, headers=headers, **({"json": body} if body is not None else {}))
+        self.stub.flush()
+        return d
+
+    def finish(self, d):
+        self.stub.flush()
+        response = self.successResultOf(d)
+        content = self.successResultOf(response.content())
+        return response.code, json.loads(content)
+
+    def call(self, method, path, body=None, token=TOKEN):
+        return self.finish(self.start(method, path, body, token))
+
+    def test_an_inbound_sms_is_answered_once_stored_and_a_repeat_is_marked_duplicate(self):
+        code, reply = self.call("POST", "/api/sms/inbound", {"from": NUMBER, "text": "hello", "id": "prov-1"})
+        self.assertEqual(code, 200)
+        self.assertEqual((reply["duplicate"], reply["sms"]["status"], reply["sms"]["text"], reply["sms"]["seq"]), (False, "pending", "hello", 1))
+        code, reply = self.call("POST", "/api/sms/inbound", {"from": NUMBER, "text": "hello", "id": "prov-1"})
+        self.assertEqual((code, reply["duplicate"], reply["sms"]["seq"]), (200, True, 1))
+
+    def test_inbound_needs_the_token_and_a_number_and_a_text(self):
+        self.assertEqual(self.call("POST", "/api/sms/inbound", {"from": NUMBER, "text": "x"}, token=None)[0], 401)
+        for body in ({"text": "x"}, {"from": NUMBER}, {"from": NUMBER, "text": "x", "id": 7}):
+            code, reply = self.call("POST", "/api/sms/inbound", body)
+            self.assertEqual((code, reply["error"]), (400, "bad_request"))
+        self.assertEqual(self.successResultOf(self.store.list_sms()), [])
+
+    def test_sms_are_listed_oldest_first_narrowed_by_the_query(self):
+        self.bench.connect()
+        for text in ("one", "two"):
+            self.call("POST", "/api/sms/inbound", {"from": NUMBER, "text": text})
+        self.call("POST", "/api/sms/inbound", {"from": "+2", "text": "other"})
+        code, reply = self.call("GET", "/api/sms?number=%2B4915100000001&direction=inbound&limit=5")
+        self.assertEqual((code, [r["text"] for r in reply["sms"]]), (200, ["one", "two"]))
+        code, reply = self.call("GET", "/api/sms?after=2")
+        self.assertEqual([r["text"] for r in reply["sms"]], ["other"])
+        for query in ("direction=up", "limit=0", "after=x"):
+            self.assertEqual(self.call("GET", f"/api/sms?{query}")[0], 400)
+
+    def test_a_conversation_is_opened_listed_and_ended(self):
+        self.bench.connect()
+        d = self.start("POST", "/api/chat/conversations", {"number": NUMBER, "firstName": "Ann", "lastName": 3})
+        self.bench.ack("joinConversation")
+        code, reply = self.finish(d)
+        self.assertEqual((code, reply["conversation"]["conversationId"], reply["conversation"]["number"]), (200, "c1", NUMBER))
+        self.assertEqual(self.rest.bodies[0]["firstName"], "Ann")
+        self.assertNotIn("lastName", self.rest.bodies[0])
+        self.assertEqual([c["conversationId"] for c in self.call("GET", "/api/chat/conversations")[1]["conversations"]], ["c1"])
+
+        d = self.start("POST", "/api/chat/conversations/c1/end")
+        self.bench.ack("endConversation")
+        self.assertEqual(self.finish(d), (200, {"ended": "c1"}))
+        self.assertEqual(self.call("GET", "/api/chat/conversations")[1], {"conversations": []})
+        self.assertEqual(self.call("POST", "/api/chat/conversations/c1/end")[0], 404)
+
+    def test_opening_a_conversation_without_the_chat_server_is_503(self):
+        code, reply = self.call("POST", "/api/chat/conversations", {"number": NUMBER})
+        self.assertEqual((code, reply["error"]), (503, "chat_server_unavailable"))
+        self.bench.connect()
+        self.rest.failure = ChatServerUnavailable("POST /api/customer/init failed 3 time(s); last: HTTP 503: busy")
+        code, reply = self.call("POST", "/api/chat/conversations", {"number": NUMBER})
+        self.assertEqual((code, reply["error"]), (503, "chat_server_unavailable"))
+        self.assertIn("last: HTTP 503", reply["message"])
+        self.assertEqual(self.call("POST", "/api/chat/conversations", {"number": ""})[0], 400)
+
+    def test_a_pdf_transcript_is_saved_to_a_file(self):
+        self.rest.transcripts["c/1"] = b"%PDF-1.4 transcript"
+        code, reply = self.call("POST", "/api/chat/transcript/c%2F1/pdf")
+        self.assertEqual(code, 200)
+        path = pathlib.Path(reply["path"])
+        self.assertEqual((path.parent, path.name, reply["bytes"]), (self.directory, "c_1.pdf", 19))
+        self.assertEqual(path.read_bytes(), b"%PDF-1.4 transcript")
+
+    def test_an_email_transcript_is_requested(self):
+        self.rest.transcripts["c1"] = b""
+        self.assertEqual(self.call("POST", "/api/chat/transcript/c1/email"),
+                         (200, {"conversationId": "c1", "type": "email", "requested": True}))
+
+    def test_a_transcript_the_server_does_not_have_is_404(self):
+        self.rest.transcripts["c1"] = TranscriptNotFound("the chat server has no pdf transcript of conversation c1", 404)
+        code, reply = self.call("POST", "/api/chat/transcript/c1/pdf")
+        self.assertEqual((code, reply["error"]), (404, "not_found"))
+        self.assertEqual(self.call("POST", "/api/chat/transcript/c1/html")[0], 404)
+
+    def test_the_sim_transport_shows_what_it_sent_and_can_be_switched_down(self):
+        self.assertEqual(self.call("GET", "/api/sms/sim/sent"), (200, {"sent": []}))
+        self.assertEqual(self.call("POST", "/api/sms/sim/state", {"down": True}), (200, {"name": "sim", "sent": 0, "down": True}))
+        self.assertTrue(self.bench.transport.down)
+        self.assertEqual(self.call("POST", "/api/sms/sim/state", {"down": "yes"})[0], 400)
