@@ -67,7 +67,8 @@ class EchoCallTests(SynchronousTestCase):
         self.assertEqual(call.frame_sizes_received, {320})
         self.assertEqual((call.errors, call.close_code), ([], 1000))
         (cdr,) = self.bench.h.cdrs
-        self.assertEqual((cdr["cause"], cdr["caller"], cdr["did"], cdr["app"]), ("remote_hangup", "0811", ECHO_DID, "echo"))
+        self.assertEqual((cdr["cause"], cdr["caller"], cdr["did"], cdr["app"]),
+                         ("remote_hangup", "0811", ECHO_DID, "echo"))
         self.assertEqual(cdr["attributes"], {"session_id": call.session_id})
         self.assertEqual(cdr["legs"][0]["driver"], "optimaccs")
         (provider,) = self.bench.h.provider_cdrs
@@ -206,6 +207,13 @@ class ExtensionCallTests(SynchronousTestCase):
         self.bench.flush()
         self.assertEqual(leg.port.playout.queued, 0)
         self.assertEqual(len(self.call.interrupts), 1)
+
+    def test_a_flush_of_the_call_interrupts_the_provider(self):
+        self.answer()
+        self.successResultOf(self.registry.flush(self.call_id))
+        self.bench.flush()
+        self.assertEqual(len(self.call.interrupts), 1)
+        self.assertEqual(self.call.errors, [])
 
     def test_the_gateway_cdr_does_not_wait_for_the_providers(self):
         bench = self.bench = Bench(self, cdr_wait=10.0)

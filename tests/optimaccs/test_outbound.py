@@ -58,7 +58,8 @@ class ProviderApiTests(SynchronousTestCase):
         error = self.failureResultOf(self.api().place_call("no digits"), ValidationFailed).value
         self.assertEqual(error.status, 422)
         self.assertEqual(error.errors, {"phoneNumber": ["Phone Number containing only digits."]})
-        self.assertEqual(error.provider_message, "Validation failed (phoneNumber: Phone Number containing only digits.)")
+        self.assertEqual(error.provider_message,
+                         "Validation failed (phoneNumber: Phone Number containing only digits.)")
 
     def test_500_is_a_provider_failure(self):
         self.provider.fail_next_calls(1, "Failed to initiate call")
