@@ -6,7 +6,9 @@ contract (times as ISO 8601 UTC from the registry's clock). A
 ``add_cdr`` or ``attach_provider_cdr``) without ever holding up the caller: a
 failure is logged and retried with growing delays, and a record still
 undelivered when the sink is closed is logged in full, so none is lost
-silently.
+silently. A ``ValueError`` is the sink refusing the record itself (the
+store's contract: malformed, or already stored): it is logged in full and not
+retried.
 """
 
 from __future__ import annotations
@@ -103,6 +105,11 @@ class RetryingSink:
         self._in_flight.discard(d)
 
     def _failed(self, failure, args: tuple, attempt: int) -> None:
+        if failure.check(ValueError):
+            # the sink refused the record itself (the store's contract: malformed, or a duplicate)
+            log.error("{what} {record_id} was refused ({error}); not retried: {record!r}", what=self._what,
+                      record_id=_record_id(args), error=failure.getErrorMessage(), record=args)
+            return
         if self._closed:
             self._lost(args, failure.getErrorMessage())
             return

@@ -1,6 +1,7 @@
 """CDR rendering and the retrying delivery to the store."""
 
 from twisted.internet import defer, task
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.core.cdr import RetryingSink
@@ -64,3 +65,21 @@ class RetryingSinkTests(SynchronousTestCase):
         clock.pump([1.0, 3.0, 3.0, 3.0])
         self.assertEqual(times, [0.0, 1.0, 4.0, 7.0, 10.0])
         self.assertEqual(sink.pending, 1)
+
+    def test_a_refused_record_is_logged_in_full_and_not_retried(self):
+        clock = task.Clock()
+        attempts = []
+
+        def refusing(record):
+            attempts.append(record)
+            return defer.fail(ValueError("a CDR for this call is stored already"))
+
+        sink = RetryingSink(clock, refusing, "CDR")
+        with capturedLogs() as events:
+            sink.write({"call_id": "dup"})
+            clock.advance(60)
+        self.assertEqual(len(attempts), 1)
+        self.assertEqual(sink.pending, 0)
+        [refused] = [e for e in events if e["log_level"] is LogLevel.error]
+        self.assertEqual(refused["record"], ({"call_id": "dup"},))
+
