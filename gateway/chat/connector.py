@@ -31,7 +31,7 @@ from gateway.chat.conversations import ENDED_BY_GATEWAY, ENDED_BY_SERVER, REFUSE
 from gateway.chat.interfaces import OutboundSms
 from gateway.chat.messages import BadPayload, IncomingMessage, Participant, customer_message, parse_message
 from gateway.chat.outbox import Outbox
-from gateway.chat.socketio import ISocketIOHandler, UnexpectedEvent
+from gateway.chat.socketio import AckTimeout, ISocketIOHandler, LinkLost, UnexpectedEvent
 from gateway.store.records import timestamp_from_seconds
 from gateway.store.sms import SmsRecord
 
@@ -206,7 +206,12 @@ class Connector:
     def on_connect(self, client):
         self.conversations.connected(client)
         registration = {"id": self._config.id, "name": self._config.name, "channel": self._config.channel}
-        return client.emit("registerConnector", registration).addCallback(self._registered)
+        return client.emit("registerConnector", registration).addCallbacks(self._registered, self._not_registered)
+
+    def _not_registered(self, failure):
+        failure.trap(AckTimeout, LinkLost)
+        log.warn("registerConnector was not acknowledged: {error}", error=failure.getErrorMessage())
+        self._readiness.set_down(f"registration not acknowledged: {failure.getErrorMessage()}")
 
     def _registered(self, ack):
         if refused(ack):

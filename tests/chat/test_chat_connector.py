@@ -87,6 +87,15 @@ class ConnectorTests(SynchronousTestCase):
         self.assertEqual(self.readiness.reason, "the chat server refused the registration")
         self.assertTrue(any("refused registerConnector" in w for w in self.warnings()))
 
+    def test_a_registration_lost_with_the_link_is_logged_and_tried_on_the_next_connect(self):
+        self.make()
+        self.link.connect()
+        self.link.disconnect()
+        self.assertFalse(self.readiness.up)
+        self.assertTrue(any("registerConnector was not acknowledged" in w for w in self.warnings()))
+        self.connect()
+        self.assertTrue(self.readiness.up)
+
     # -- SMS from customers --------------------------------------------------------------------
 
     def test_an_sms_opens_a_conversation_joins_it_and_is_sent_from_the_customer(self):

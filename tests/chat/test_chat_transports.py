@@ -3,7 +3,7 @@
 import json
 
 from treq.testing import StubTreq
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
