@@ -1,6 +1,6 @@
 """Setting calls up and ending them: click-to-dial, inbound routing, every outcome and its one CDR."""
 
-from twisted.logger import globalLogPublisher, formatEvent
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import Route
@@ -10,14 +10,8 @@ from gateway.core.errors import DriverError, ExtensionBusy, IllegalState, Invali
 from .harness import Harness
 
 
-class LogCapture:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def text(self) -> str:
-        return "\n".join(formatEvent(e) for e in self.events)
+def text(events) -> str:
+    return "\n".join(formatEvent(e) for e in events)
 
 
 class OriginateTests(SynchronousTestCase):
@@ -238,13 +232,13 @@ class InboundTests(SynchronousTestCase):
         self.assertEqual(self.registry.call(other).extension, "1002")
 
     def test_no_route_hangs_up_and_names_the_did(self):
-        logs = LogCapture(self)
         h = Harness(routes=[Route(did="100", to="extension:1001")])
-        leg = h.network.place_inbound("0811222333", "4242")
+        with capturedLogs() as events:
+            leg = h.network.place_inbound("0811222333", "4242")
         call = h.registry.call(leg.events.call_id)
         self.assertEqual((call.state, call.cause, call.extension), ("RELEASED", "no_route", None))
         self.assertEqual(leg.party.state, "ended")
-        self.assertIn("no route for DID 4242", logs.text())
+        self.assertIn("no route for DID 4242", text(events))
         self.assertEqual([c["cause"] for c in h.cdrs], ["no_route"])
 
     def test_a_busy_extension_gives_busy(self):
@@ -282,11 +276,11 @@ class InboundTests(SynchronousTestCase):
         self.assertEqual(self.h.types(call_id)[-1], "CallEnded")
 
     def test_bad_driver_reports_are_logged_not_raised(self):
-        logs = LogCapture(self)
         leg, call_id = self.inbound("100")
         self.h.advance(1.0)
-        leg.events.dtmf("x")
-        leg.events.hung_up("because")
-        self.assertIn("invalid DTMF digit 'X'", logs.text())
-        self.assertIn("unknown hangup cause 'because'", logs.text())
+        with capturedLogs() as events:
+            leg.events.dtmf("x")
+            leg.events.hung_up("because")
+        self.assertIn("invalid DTMF digit 'X'", text(events))
+        self.assertIn("unknown hangup cause 'because'", text(events))
         self.assertEqual(self.registry.call(call_id).cause, "remote_hangup")

@@ -1,7 +1,7 @@
 """Observers and event order, CDR delivery, retention and dispose, shutdown."""
 
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.core import events as ev
@@ -29,16 +29,14 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(len(h.cdrs), 1)
 
     def test_the_log_names_the_observer_and_the_event(self):
-        logged = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         h = Harness()
 
         def picky(event):
             raise KeyError("x")
 
         h.registry.subscribe(picky)
-        h.registry.originate("1001", "5551234")
+        with capturedLogs() as logged:
+            h.registry.originate("1001", "5551234")
         self.flushLoggedErrors(KeyError)
         failures = [e for e in logged if "log_failure" in e]
         self.assertEqual(failures[0]["event"], "CallCreated")
@@ -106,14 +104,12 @@ class CdrDeliveryTests(SynchronousTestCase):
         self.assertEqual(len(attempts), 3)
 
     def test_shutdown_tries_once_more_then_logs_the_record_in_full(self):
-        logged = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         h = Harness(cdr_sink=lambda cdr: defer.fail(OSError("gone")))
         call_id = h.talking_call()
         self.successResultOf(h.registry.hangup(call_id))
-        self.successResultOf(h.registry.shutdown(0))
-        [lost] = [e for e in logged if e.get("log_level") and e["log_level"].name == "critical"]
+        with capturedLogs() as logged:
+            self.successResultOf(h.registry.shutdown(0))
+        [lost] = [e for e in logged if e["log_level"] is LogLevel.critical]
         self.assertIn(call_id, repr(lost["record"]))
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
