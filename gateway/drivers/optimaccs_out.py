@@ -384,6 +384,8 @@ class OutboundLeg:
 
     def _bug(self, failure, what: str) -> None:
         log.failure("{who}: {what} failed", failure, who=self.who, what=what)
+        self._report("failed", f"{what} failed (internal error)")
+        self._finish()
 
     def to_dict(self) -> dict:
         return {"number": self.number, "session_id": self.session_id, "stage": self.stage,
