@@ -79,10 +79,6 @@ class ChatRest:
         self._attempts = attempts
         self._retry_policy = retry_policy
 
-    @property
-    def url(self) -> str:
-        return self._base
-
     @defer.inlineCallbacks
     def init(self, body: dict):
         """``POST /api/customer/init``: fires with ``(conversationId, Participant)``."""

@@ -25,7 +25,6 @@ from gateway.store.records import check_limit
 
 __all__ = [
     "DIRECTIONS",
-    "STATUSES",
     "ConversationRecord",
     "SmsRecord",
     "check_conversation",
@@ -37,8 +36,6 @@ __all__ = [
 
 Direction = typing.Literal["inbound", "outbound"]
 DIRECTIONS = ("inbound", "outbound")
-#: pending until delivered; failed when the far end refused it for good
-STATUSES = ("pending", "delivered", "failed")
 
 
 @attrs.frozen
@@ -57,6 +54,7 @@ class SmsRecord:
     kind: str = "sms"
     external_id: str | None = None
     conversation_id: str | None = None
+    #: pending until delivered; failed when the far end refused it for good
     status: str = "pending"
     attempts: int = 0
     last_error: str | None = None
@@ -80,9 +78,6 @@ class ConversationRecord:
     status: str = "open"
     closed_at: str | None = None
     close_reason: str | None = None
-
-    def to_dict(self) -> dict:
-        return attrs.asdict(self)
 
 
 def _text(name: str, value, *, empty: bool = False) -> None:
