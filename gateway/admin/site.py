@@ -13,15 +13,22 @@ Behind the bearer token:
 - ``GET /api/status``: ``{name: obj.status()}`` for each entry of ``ctx.status``, plus ``node`` and ``version``;
 - ``GET /api/cdrs?since=ISO8601&limit=N``: ``{"cdrs": [...]}`` ended at or after ``since``, oldest first;
 - ``GET /api/cdrs/{call_id}``: one CDR.
+
+The live status page (``/status/``, its stream and ``POST /api/status/ticket``)
+is added by :func:`gateway.admin.status_page.add_status_page`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import gateway
 from gateway.admin.api import ApiError, ApiRequest, ApiResponse, ApiRouter
+from gateway.admin.status_page import add_status_page
 from gateway.confschema import Secret
 from gateway.store import MAX_LIMIT, normalize_timestamp
 
@@ -34,7 +41,17 @@ class AdminSite(Site):
     """A Site without twisted.web's access log line per request (probes and scrapes would flood the log).
 
     The router logs what matters itself: refused tokens (with the peer) and errors.
+    ``streams`` (exact path -> resource) are served beside the router, which
+    answers each request once: the status page's event stream stays open.
     """
+
+    def __init__(self, router, streams: Mapping[bytes, Resource] | None = None, **kwargs):
+        super().__init__(router, **kwargs)
+        self.streams = dict(streams or {})
+
+    def getResourceFor(self, request):
+        resource = super().getResourceFor(request)
+        return self.streams.get(request.path, resource)
 
     def log(self, request) -> None:
         """No access log line."""
@@ -51,7 +68,7 @@ def make_site(ctx, token: Secret) -> Site:
     router.route("GET", "/api/cdrs", endpoints.cdrs)
     router.route("GET", "/api/cdrs/{call_id}", endpoints.cdr)
     ctx.api = router
-    return AdminSite(router, reactor=ctx.reactor)
+    return AdminSite(router, add_status_page(ctx, router), reactor=ctx.reactor)
 
 
 class _Endpoints:
