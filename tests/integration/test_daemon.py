@@ -196,6 +196,7 @@ def test_socket_activation(processes, tmp_path):
     # The socket is open before the daemon runs: the first request starts it.
     code = body = None
     for _ in range(200):
+        assert not proc.ended.called, f"the daemon exited:\n{proc.output}"
         try:
             code, body = yield proc.api("GET", "/healthz", token=None)
             break
