@@ -82,12 +82,11 @@ def admin_url(listen: str) -> str:
         serverFromString(reactor, listen).listen(Factory())
     except Exception as e:  # Twisted's parsers raise a zoo of types
         raise CtlError(f"cannot tell the admin URL from [admin] listen = {listen!r} ({e}): give --url", EXIT_USAGE)
-    if reactor.tcpServers:
-        scheme, (port, _factory, _backlog, interface) = "http", reactor.tcpServers[0]
-    elif reactor.sslServers:
-        scheme, (port, _factory, _context, _backlog, interface) = "https", reactor.sslServers[0]
-    else:
+    listened = reactor.tcpServers or reactor.sslServers  # each (port, factory, ..., interface)
+    if not listened:
         raise CtlError(f"[admin] listen = {listen!r} is not a TCP or TLS port: give --url", EXIT_USAGE)
+    port, *_, interface = listened[0]
+    scheme = "http" if reactor.tcpServers else "https"
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(interface, interface)
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
