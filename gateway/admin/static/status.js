@@ -96,7 +96,7 @@
     const down = view.readiness.filter((c) => !c.up);
     const badge = $("ready");
     badge.className = down.length ? "badge bad" : "badge good";
-    badge.textContent = down.length ? `NOT READY · ${down.length}` : "READY";
+    badge.textContent = down.length ? `NOT READY · ${down.map((c) => c.name).join(", ")}` : "READY";
     badge.title = down.map((c) => `${c.name}: ${c.reason}`).join("\n");
   }
 
@@ -121,13 +121,13 @@
       el("span", "arrow", "→"),
       el("span", "party-to", call.number || call.app || "—"));
     const meta = el("div", "meta",
-      el("span", "direction", inbound ? "⬋ inbound" : "⬈ outbound"),
+      el("span", "direction", inbound ? "↙ inbound" : "↗ outbound"),
       call.extension ? el("span", "ext", `ext ${call.extension}`) : el("span", "ext none", "no extension"),
       call.did ? el("span", "tag", `DID ${call.did}`) : null,
       call.app ? el("span", "tag", `app ${call.app}`) : null,
       call.muted ? el("span", "flag", "muted") : null,
       call.dtmf_count ? el("span", "tag", `DTMF ${call.dtmf_count}`) : null);
-    const talk = call.answered_at ? el("div", "talk dim", "talking ", ticking(seconds(call.answered_at))) : null;
+    const talk = call.answered_at ? el("div", "talk dim", "answered ", ticking(seconds(call.answered_at))) : null;
     card.append(
       el("div", "state", pill(call.state)),
       el("div", "main", who, meta),
@@ -158,8 +158,8 @@
       if (blocked.length) parts.push(row("Blocked", blocked.join(", ")));
     }
     for (const link of patriot.desktop) {
-      parts.push(el("div", "item", dot(link.up), el("span", "strong", `desktop ext ${link.extension}`),
-        el("span", "dim", ` ${link.url}${link.up ? "" : " · " + link.reason}`)));
+      parts.push(el("div", "item", dot(link.up), el("span", "strong", `Desktop API · ext ${link.extension}`),
+        el("span", "dim", link.up ? link.url : link.reason)));
     }
     fill("patriot", ...(parts.length ? parts : [empty("nothing configured")]));
   }
@@ -180,8 +180,10 @@
       el("span", "strong", chat.connected ? (chat.registered ? "chat linked" : "linked, registering") : "no chat link"),
       el("span", "dim", ` · SMS via ${chat.transport.name}`));
     const conversations = chat.conversations.map((c) => el("li", "item", dot(true),
-      el("span", "strong", c.number), el("span", "dim", ` ${c.participant.name || ""}`),
-      c.agents.length ? el("span", "tag", c.agents.map((a) => a.name || a.id).join(", ")) : el("span", "tag wait", "waiting")));
+      el("span", "strong", c.number),
+      c.participant.name !== c.number ? el("span", "dim", c.participant.name) : null,
+      c.agents.length ? el("span", "tag", c.agents.map((a) => a.name || a.id).join(", ")) : el("span", "tag wait", "waiting"),
+      ticking(seconds(c.openedAt), "small")));
     const pending = chat.inbound.pending + chat.outbound.pending;
     fill("chat", link, conversations.length ? el("ul", "items", ...conversations) : empty("no open conversation"),
       pending ? row("SMS pending", `${chat.inbound.pending} in · ${chat.outbound.pending} out`) : null);
@@ -194,6 +196,7 @@
       parts.push(row("Inbound", inbound.listen));
       parts.push(...inbound.connections.map((c) => el("div", "item", dot(true),
         el("span", "strong", c.caller_id || "?"), el("span", "dim", ` → ${c.did || "?"} · ${c.phase}`))));
+      if (!inbound.connections.length) parts.push(empty("no provider call connected"));
     }
     if (outbound) {
       parts.push(row("Outbound", outbound.api_url));
@@ -207,7 +210,7 @@
     const tr = el("tr", "",
       el("td", "", timeOfDay(cdr.ended_at)),
       el("td", "", cdr.extension || "—"),
-      el("td", "dim", cdr.direction === "inbound" ? "⬋" : "⬈"),
+      el("td", "dim", cdr.direction === "inbound" ? "↙ in" : "↗ out"),
       el("td", "", cdr.caller || "—"),
       el("td", "", cdr.number || cdr.app || "—"),
       el("td", "num", clock(cdr.duration)),

@@ -1,0 +1,179 @@
+"""The status page in headless Chromium (Debian's, driven by Selenium and chromedriver) against the real daemon.
+
+A person's view: log in with the admin token, watch a call placed through the
+admin API appear with its legs and state, hang it up, watch it leave the live
+calls and its CDR appear. Screenshots go to the ``artifacts_dir``.
+
+Chromium comes from Debian (``make browser`` installs ``chromium`` and
+``chromium-driver`` when run as root); the test is skipped, saying so, only
+when they are not on the machine.
+"""
+
+import os
+import pathlib
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+
+from gateway.testing import TOKEN, GatewayProcess, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+CHROMEDRIVER = pathlib.Path("/usr/bin/chromedriver")
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1920,1080",
+)
+#: seconds a page has to show what the test waits for
+WAIT = 20
+
+CONFIG = """
+[pbx.sim]
+phone_answer_delay = 0.3
+ring_time = 0.5
+
+[[extensions]]
+id = "1001"
+name = "Alice"
+
+[[extensions]]
+id = "1002"
+name = "Bob"
+
+[[routes]]
+did = "100"
+to = "extension:1002"
+
+[patriot.bridge]
+listen = "tcp:{patriot}:interface=127.0.0.1"
+
+[optimaccs]
+listen = "tcp:{optimaccs}:interface=127.0.0.1"
+allow_from = ["127.0.0.1"]
+"""
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A fresh headless Chromium with its own profile, quit at teardown."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.skip(f"Chromium is not installed ({', '.join(missing)} missing): "
+                    "`make browser` installs Debian's chromium and chromium-driver as root")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is not installed: it belongs to the test extra (pip install -e '.[test]')")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """The gateway on free loopback ports; killed at teardown if the test did not stop it."""
+    admin = free_port()
+    config = GatewayProcess.config(admin, CONFIG.format(patriot=free_port(), optimaccs=free_port()))
+    proc = GatewayProcess(reactor, tmp_path, config)
+    proc.admin_port = admin
+    yield proc
+    proc.kill()
+
+
+class StatusPage:
+    """What a person does and sees on the page (blocking Selenium calls: run them in a thread)."""
+
+    def __init__(self, driver, url):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as seen
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        self.url = url
+        self.By = By
+        self.seen = seen
+        self.wait = WebDriverWait(driver, WAIT)
+
+    def find(self, css):
+        return self.driver.find_element(self.By.CSS_SELECTOR, css)
+
+    def visible(self, css):
+        return self.wait.until(self.seen.visibility_of_element_located((self.By.CSS_SELECTOR, css)))
+
+    def text_in(self, css, text):
+        self.wait.until(self.seen.text_to_be_present_in_element((self.By.CSS_SELECTOR, css), text))
+        return self.find(css).text
+
+    def log_in(self, token):
+        self.driver.get(self.url)
+        self.visible("#token").send_keys(token)
+        self.find("#login-button").click()
+
+    def refused_message(self):
+        return self.text_in("#login-error", "refused")
+
+    def wait_live(self):
+        self.visible("#board")
+        return self.text_in("#link", "live")
+
+    def call_card(self, call_id, state):
+        return self.text_in(f'article.call[data-call-id="{call_id}"]', state)
+
+    def wait_call_gone(self, call_id):
+        self.wait.until(lambda d: not d.find_elements(self.By.CSS_SELECTOR, f'article.call[data-call-id="{call_id}"]'))
+        return self.find("#calls").text
+
+    def cdr_row(self, call_id):
+        return self.visible(f'#cdrs tr[data-call-id="{call_id}"]').text
+
+    def storage(self):
+        return self.driver.execute_script(
+            "return [Object.keys(sessionStorage), Object.keys(localStorage), document.cookie, location.href]")
+
+    def screenshot(self, path):
+        assert self.driver.save_screenshot(str(path)), path
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_call_appears_on_the_page_and_leaves_it_for_the_cdrs(daemon, browser, artifacts_dir):
+    yield daemon.start()
+    page = StatusPage(browser, f"http://127.0.0.1:{daemon.admin_port}/")
+
+    yield threads.deferToThread(page.log_in, "not-the-token")
+    assert "refused" in (yield threads.deferToThread(page.refused_message))
+    yield threads.deferToThread(page.log_in, TOKEN)
+    yield threads.deferToThread(page.wait_live)
+    keys, local_keys, cookies, href = yield threads.deferToThread(page.storage)
+    assert (keys, local_keys, cookies) == (["gateway.admin.token"], [], "")
+    assert TOKEN not in href and href.endswith("/status/")
+
+    code, call = yield daemon.api("POST", "/api/calls", {"extension": "1001", "number": "5551234"})
+    assert code == 201
+    code, inbound = yield daemon.api("POST", "/api/sim/inbound", {"caller_id": "+4930123456", "did": "100"})
+    assert code == 201
+    card = yield threads.deferToThread(page.call_card, call["call_id"], "TALKING")
+    assert "1001" in card and "5551234" in card and "ext 1001" in card
+    assert "PHONE" in card.upper() and "PARTY" in card.upper()
+    inbound_card = yield threads.deferToThread(page.call_card, inbound["call_id"], "TALKING")
+    assert "+4930123456" in inbound_card and "ext 1002" in inbound_card
+    yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page-live-calls.png")
+
+    code, _ = yield daemon.api("POST", f"/api/calls/{call['call_id']}/hangup")
+    assert code == 200
+    remaining = yield threads.deferToThread(page.wait_call_gone, call["call_id"])
+    assert "+4930123456" in remaining, "the other call stays"
+    row = yield threads.deferToThread(page.cdr_row, call["call_id"])
+    assert "5551234" in row and "normal" in row and "api" in row
+    yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page.png")
+
+    assert TOKEN not in daemon.output
+    assert (yield daemon.stop()) == 0, daemon.output
