@@ -162,7 +162,7 @@ def build(config, reactor) -> GatewayService:
     from gateway.admin.metrics import make_metrics_registry
     from gateway.admin.site import make_site
     from gateway.admin.token import resolve_token
-    from gateway.core.service import make_service as make_core
+    from gateway.callservice import make_service as make_core
     from gateway.pluginload import extend_plugin_path
     from gateway.store import open_store
     from gateway.systemd import Notifier, SystemdService

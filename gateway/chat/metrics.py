@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from gateway.admin.metrics import define_metric
+from gateway.metrics import define_metric
 
 __all__ = ["ChatMetrics"]
 

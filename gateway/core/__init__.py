@@ -4,7 +4,7 @@ A map of the public API (adapters use these; everything else is internal):
 
 ``gateway.core.registry.Registry(clock, drivers, *, extensions, router, media, pbx_driver, node,
 cdr_sink, provider_cdr_sink, retention=60, on_command=None)`` — built by
-``gateway.core.service.make_service(ctx)`` and found as ``ctx.registry``.
+``gateway.callservice.make_service(ctx)`` and found as ``ctx.registry``.
 
 - Commands (each returns a Deferred firing with a :class:`CallSnapshot` once done, or failing with a
   :class:`CallError`): ``originate(extension_id, number, *, attributes=None)``, ``answer(call_id)``,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from gateway.admin.metrics import NAMESPACE, define_metric
+from gateway.metrics import NAMESPACE, define_metric
 from gateway.core import events as ev
 from gateway.core.states import LegState
 

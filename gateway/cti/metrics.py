@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from gateway.admin.metrics import define_metric
+from gateway.metrics import define_metric
 from gateway.cti.envelope import MessageType
 
 __all__ = ["CtiMetrics"]

@@ -46,7 +46,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.admin.metrics import define_metric
+from gateway.metrics import define_metric
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
 from gateway.drivers import optimaccs_wire as wire

@@ -3,7 +3,8 @@
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.admin.metrics import define_metric, make_metrics_registry
+from gateway.admin.metrics import make_metrics_registry
+from gateway.metrics import define_metric
 
 
 class MetricsTests(SynchronousTestCase):

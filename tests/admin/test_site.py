@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import gateway
-from gateway.admin.metrics import define_metric, make_metrics_registry
+from gateway.admin.metrics import make_metrics_registry
+from gateway.metrics import define_metric
 from gateway.admin.site import make_site
 from gateway.config import load
 from gateway.confschema import Secret

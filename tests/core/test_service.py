@@ -13,7 +13,7 @@ from gateway.admin.metrics import make_metrics_registry
 from gateway.config import ConfigError, loads
 from gateway.confschema import Secret
 from gateway.context import Context
-from gateway.core.service import make_service
+from gateway.callservice import make_service
 from gateway.drivers.sim import run_clock
 from gateway.store import MemoryCdrStore
 

@@ -1,4 +1,4 @@
-"""Assembly of the call core: drivers from plugins, routing, media, the registry, its API and metrics.
+"""Assembly of the call core into the daemon: drivers from plugins, routing, media, the registry, its API and metrics.
 
 :func:`make_service` is called by ``gateway.tap`` once the store and the admin
 site exist. It builds every driver the configuration names (``[pbx] driver``

@@ -1,0 +1,48 @@
+"""The house rules that keep the rooms apart, checked on the source."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ADAPTER_ROOMS = ("gateway.admin", "gateway.drivers", "gateway.patriot", "gateway.cti", "gateway.chat",
+                 "gateway.store", "gateway.sim", "gateway.tap", "gateway.callservice")
+
+
+def _imports(path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def _library_modules():
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        if "sim" in path.relative_to(ROOT).parts or path.name in ("__main__.py", "demo.py", "ctl.py", "testing.py"):
+            continue
+        yield path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "gateway" / "core").glob("*.py")), ids=lambda p: p.name)
+def test_the_core_imports_no_adapter_no_socket(path):
+    bad = [name for name in _imports(path)
+           if name.startswith(ADAPTER_ROOMS) or name in ("socket", "twisted.internet.reactor")]
+    assert bad == []
+
+
+def test_library_code_never_imports_the_global_reactor_at_module_level():
+    offenders = []
+    for path in _library_modules():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in tree.body:  # module level only
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if "twisted.internet.reactor" in names:
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
