@@ -40,6 +40,10 @@ class Component:
             log.warn("{component} is down: {reason}", component=self.name, reason=reason)
         self.up, self.reason = False, reason
 
+    def stopped(self) -> None:
+        """Down because the gateway is stopping: expected, so not a warning."""
+        self.up, self.reason = False, "stopped"
+
 
 @attrs.define
 class Readiness:

@@ -28,6 +28,9 @@ class Listener(service.Service):
         self.description = str(description)
         self._reactor = reactor
         self._factory = factory
+        # The listener's own log lines say what the factory's would.
+        if hasattr(factory, "noisy"):
+            factory.noisy = False
         self._component = component
         self.port = None
 
@@ -65,7 +68,7 @@ class Listener(service.Service):
 
     def stopService(self):
         super().stopService()
-        self._component.set_down("stopped")
+        self._component.stopped()
         port, self.port = self.port, None
         if port is None:
             return None
