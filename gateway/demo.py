@@ -67,7 +67,7 @@ DEMO_CONFIG = """\
 
 [gateway]
 node = "demo"
-state_dir = "{state_dir}"
+state_dir = {state_dir}
 shutdown_grace = 2.0
 
 [admin]
@@ -76,7 +76,7 @@ listen = "tcp:{admin}:interface=127.0.0.1"
 token = ""
 
 [store]
-url = "sqlite:{state_dir}/gateway.sqlite"
+url = {store_url}
 
 [pbx.sim]
 # The operator's simulated phone answers after 1.5 s; dialled numbers after 1.5 s of ringing.
@@ -137,7 +137,9 @@ def demo_config(state_dir: pathlib.Path, *, admin: int, optimaccs: int, patriot:
                 inbound_every: float) -> str:
     """The demo's configuration text for these loopback ports."""
     return DEMO_CONFIG.format(
-        state_dir=state_dir, admin=admin, optimaccs=optimaccs, patriot=patriot, his=his, chat=chat,
+        # JSON strings are TOML basic strings: a path with quotes or backslashes stays one string
+        state_dir=json.dumps(str(state_dir)), store_url=json.dumps(f"sqlite:{state_dir}/gateway.sqlite"),
+        admin=admin, optimaccs=optimaccs, patriot=patriot, his=his, chat=chat,
         inbound_every=inbound_every, echo_did=ECHO_DID, agent=AGENT, agent_extension=AGENT_EXTENSION,
         agent_did=AGENT_DID, operator=OPERATOR, operator_password=OPERATOR_PASSWORD,
         operator_extension=OPERATOR_EXTENSION,
@@ -162,7 +164,6 @@ class Step:
 class Story:
     """Steps that build on each other: after one fails, the rest of the story cannot happen."""
 
-    name: str
     steps: tuple[Step, ...]
     #: when it fails, no later story can happen either (the start-up)
     essential: bool = False
@@ -297,7 +298,7 @@ class Demo:
 
     def stories(self) -> list[Story]:
         return [
-            Story("start", (
+            Story((
                 Step("gateway: the daemon starts with every adapter and its simulated peers", self.start),
                 Step(f"cti: the gateway logs agent {AGENT} in at the HIS bridge", self.cti_login),
                 Step("chat: the gateway registers with the chat server as its SMS connector", self.chat_registered),
@@ -305,7 +306,7 @@ class Demo:
             AgentCall(self).story(),
             ClickToDial(self).story(),
             SmsChat(self).story(),
-            Story("conformance", (Step("simulators: no protocol violation seen", self.no_violations),)),
+            Story((Step("simulators: no protocol violation seen", self.no_violations),)),
         ]
 
     # -- waiting, and the APIs
@@ -441,7 +442,7 @@ class AgentCall:
         self.conversation = self.call_id = self.transferred_id = None
 
     def story(self) -> Story:
-        return Story("agent call", (
+        return Story((
             Step(f"optimaccs: an inbound call to {AGENT_DID} rings {AGENT}'s desktop", self.ring),
             Step(f"cti: {AGENT} answers", self.answer),
             Step(f"cti: {AGENT} holds", lambda: self.request("hold", "conversation.held", "holds the call")),
@@ -530,7 +531,7 @@ class ClickToDial:
         self.call_id = None
 
     def story(self) -> Story:
-        return Story("click-to-dial", (
+        return Story((
             Step(f"patriot: {OPERATOR} logs in to the Dialler Bridge (client mode)", self.log_in),
             Step(f"patriot: click-to-dial {DIALLED} rings the operator's phone", self.dial),
             Step(f"patriot: the operator answers, then {DIALLED} rings", lambda: self.legs("TALKING", "DIALING")),
@@ -610,7 +611,7 @@ class SmsChat:
         self.conversation_id = None
 
     def story(self) -> Story:
-        return Story("sms chat", (
+        return Story((
             Step(f"chat: an SMS from {CUSTOMER} reaches the gateway", self.sms_in),
             Step("chat: the SMS becomes a conversation on the chat server", self.conversation),
             Step(f"chat: an agent's reply goes out as an SMS to {CUSTOMER}", self.reply),

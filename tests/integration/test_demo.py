@@ -49,13 +49,13 @@ class ScriptTests(SynchronousTestCase):
         return self.successResultOf(defer.Deferred.fromCoroutine(script.play(stories)))
 
     def test_every_step_happening_leaves_nothing_missing(self):
-        missing = self.play([Story("a", (self.step("a1"), self.step("a2"))), Story("b", (self.step("b1"),))])
+        missing = self.play([Story((self.step("a1"), self.step("a2"))), Story((self.step("b1"),))])
         self.assertEqual((missing, self.played), ([], ["a1", "a2", "b1"]))
 
     def test_a_failed_step_ends_its_story_and_the_next_story_still_plays(self):
         missing = self.play([
-            Story("a", (self.step("a1"), self.step("a2", _fail("no conversation.held within 20 s")), self.step("a3"))),
-            Story("b", (self.step("b1"),)),
+            Story((self.step("a1"), self.step("a2", _fail("no conversation.held within 20 s")), self.step("a3"))),
+            Story((self.step("b1"),)),
         ])
         self.assertEqual(missing, ["a2: no conversation.held within 20 s", "a3: not reached"])
         self.assertEqual(self.played, ["a1", "a2", "b1"])
@@ -63,8 +63,8 @@ class ScriptTests(SynchronousTestCase):
 
     def test_an_essential_story_failing_skips_every_later_story(self):
         missing = self.play([
-            Story("start", (self.step("s1", _fail("the daemon exited")),), essential=True),
-            Story("b", (self.step("b1"), self.step("b2"))),
+            Story((self.step("s1", _fail("the daemon exited")),), essential=True),
+            Story((self.step("b1"), self.step("b2"))),
         ])
         self.assertEqual(missing, ["s1: the daemon exited", "b1: not reached", "b2: not reached"])
         self.assertEqual(self.played, ["s1"])
@@ -73,15 +73,17 @@ class ScriptTests(SynchronousTestCase):
         async def broken():
             raise KeyError("call_id")
 
-        missing = self.play([Story("a", (self.step("a1", broken),))])
+        missing = self.play([Story((self.step("a1", broken),))])
         self.assertEqual(missing, ["a1: 'call_id'"])
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
 
 class DemoConfigTests(SynchronousTestCase):
     def test_the_demo_configuration_is_valid_and_enables_every_adapter(self):
-        text = demo_config("/tmp/demo/var", admin=1, optimaccs=2, patriot=3, his=4, chat=5, inbound_every=15.0)
+        state_dir = '/tmp/a "demo"\\dir/var'
+        text = demo_config(state_dir, admin=1, optimaccs=2, patriot=3, his=4, chat=5, inbound_every=15.0)
         config = loads(text, "demo")
+        self.assertEqual((config.gateway.state_dir, config.store.url), (state_dir, f"sqlite:{state_dir}/gateway.sqlite"))
         self.assertTrue(all(section.enabled for section in (config.optimaccs, config.cti, config.chat)))
         self.assertTrue(config.patriot.bridge.enabled)
         self.assertEqual(config.cti.connect, "tcp:host=127.0.0.1:port=4")
