@@ -125,6 +125,11 @@ class StatusPage:
         self.visible("#board")
         return self.text_in("#link", "live")
 
+    def wait_lost(self):
+        """The page says it has lost the gateway ("reconnecting", then "unreachable" while it is down)."""
+        self.wait.until(lambda d: "lost" in self.find("#link").get_attribute("class").split())
+        return self.find("#link").text
+
     def call_card(self, call_id, state):
         return self.text_in(f'article.call[data-call-id="{call_id}"]', state)
 
@@ -176,4 +181,22 @@ def test_a_call_appears_on_the_page_and_leaves_it_for_the_cdrs(daemon, browser, 
     yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page.png")
 
     assert TOKEN not in daemon.output
+    assert (yield daemon.stop()) == 0, daemon.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_page_reconnects_with_a_fresh_ticket_when_the_gateway_restarts(daemon, browser):
+    yield daemon.start()
+    page = StatusPage(browser, f"http://127.0.0.1:{daemon.admin_port}/status/")
+    yield threads.deferToThread(page.log_in, TOKEN)
+    yield threads.deferToThread(page.wait_live)
+
+    assert (yield daemon.stop()) == 0, daemon.output
+    assert (yield threads.deferToThread(page.wait_lost)) in ("reconnecting…", "gateway unreachable")
+    yield daemon.start()
+    yield threads.deferToThread(page.wait_live)
+    code, call = yield daemon.api("POST", "/api/calls", {"extension": "1001", "number": "5551234"})
+    assert code == 201
+    yield threads.deferToThread(page.call_card, call["call_id"], "TALKING")
+    assert "status stream refused" not in daemon.output, "the page reused a spent ticket"
     assert (yield daemon.stop()) == 0, daemon.output

@@ -232,17 +232,26 @@
     body.replaceChildren(...cdrs.map(cdrRow));
   }
 
+  // One section that cannot be drawn (an adapter whose status is unavailable) leaves the others live.
+  function section(id, draw, ...data) {
+    try {
+      draw(...data);
+    } catch (error) {
+      fill(id, el("p", "error", "status unavailable"));
+      console.error(`status page: ${id}:`, error);
+    }
+  }
+
   function render(view) {
     skew = Date.now() / 1000 - view.now;
     const adapters = view.adapters;
     renderHeader(view);
-    renderCalls(view.calls);
-    renderPatriot(adapters.patriot);
-    renderCti(adapters.cti);
-    renderChat(adapters.chat);
-    renderOptimaccs(adapters.optimaccs, adapters["optimaccs-outbound"]);
-    renderCdrs(view.cdrs);
-    document.body.dataset.updated = String(view.now);
+    section("calls", renderCalls, view.calls);
+    section("patriot", renderPatriot, adapters.patriot);
+    section("cti", renderCti, adapters.cti);
+    section("chat", renderChat, adapters.chat);
+    section("optimaccs", renderOptimaccs, adapters.optimaccs, adapters["optimaccs-outbound"]);
+    section("cdrs", renderCdrs, view.cdrs);
   }
 
   // -- login and the stream ---------------------------------------------------------------------
