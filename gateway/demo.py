@@ -424,7 +424,7 @@ class Demo:
 # -- the stories ------------------------------------------------------------------------------
 
 
-def _live_call(calls: list[dict], **attributes) -> dict | None:
+def _call_with(calls: list[dict], **attributes) -> dict | None:
     return next((c for c in calls if all(c["attributes"].get(k) == v for k, v in attributes.items())), None)
 
 
@@ -501,7 +501,7 @@ class AgentCall:
 
         async def transferred():
             calls = (await self.demo.api("GET", "/api/calls"))["calls"]
-            call = _live_call(calls, transferred_from=self.call_id)
+            call = _call_with(calls, transferred_from=self.call_id)
             return call if call is not None and call["state"] == "TALKING" else None
 
         call = await self.demo.wait_until(transferred, f"the caller talking to {TRANSFER_TO}")
