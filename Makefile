@@ -34,6 +34,10 @@ $(NODE_STAMP): $(STAMP)
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
+## Run the daemon with every peer simulated and play a narrated scenario (ARGS=--once: play once, then exit).
+demo: $(STAMP)
+	$(BIN)/python -m gateway.demo $(ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
