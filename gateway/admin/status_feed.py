@@ -1,7 +1,8 @@
 """The status page's live feed: one view of the whole gateway, pushed to every open stream when it changes.
 
 A :class:`StatusFeed` builds the view the page shows (live calls with their
-legs, each adapter's ``status()``, readiness, the most recent CDRs) and sends
+legs, the extensions' names, each adapter's ``status()``, readiness, the most
+recent CDRs) and sends
 it, whole, as a server-sent event to every :class:`EventStream` attached to it.
 It works only while somebody watches: the first stream subscribes it to the
 call registry and starts its timers, the last one to leave undoes all of that.
@@ -224,6 +225,7 @@ class StatusFeed:
         return {
             "node": ctx.config.gateway.node,
             "version": gateway.__version__,
+            "extensions": {ext.id: ext.name for ext in ctx.config.extensions},
             "readiness": [{"name": c.name, "up": c.up, "reason": c.reason}
                           for c in ctx.readiness.components.values()],
             "calls": [call_view(call) for call in registry.calls()] if registry is not None else [],

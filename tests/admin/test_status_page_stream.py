@@ -153,6 +153,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(view["now"], self.clock.seconds())
         self.assertEqual((view["node"], view["calls"], view["cdrs"]), ("gateway", [], []))
         self.assertEqual(view["readiness"], [{"name": "listener:admin", "up": True, "reason": ""}])
+        self.assertEqual(view["extensions"], {"1001": "Operator 1", "1002": "Operator 2"})  # the defaults
         self.assertEqual(view["adapters"], {"calls": {"live_calls": 0, "by_state": {}, "retained_calls": 0}})
 
     def test_more_streams_than_allowed_are_refused(self):

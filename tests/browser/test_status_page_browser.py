@@ -166,10 +166,10 @@ def test_a_call_appears_on_the_page_and_leaves_it_for_the_cdrs(daemon, browser, 
     code, inbound = yield daemon.api("POST", "/api/sim/inbound", {"caller_id": "+4930123456", "did": "100"})
     assert code == 201
     card = yield threads.deferToThread(page.call_card, call["call_id"], "TALKING")
-    assert "1001" in card and "5551234" in card and "ext 1001" in card
+    assert "1001" in card and "5551234" in card and "ext 1001 · Alice" in card
     assert "PHONE" in card.upper() and "PARTY" in card.upper()
     inbound_card = yield threads.deferToThread(page.call_card, inbound["call_id"], "TALKING")
-    assert "+4930123456" in inbound_card and "ext 1002" in inbound_card
+    assert "+4930123456" in inbound_card and "ext 1002 · Bob" in inbound_card
     yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page-live-calls.png")
 
     code, _ = yield daemon.api("POST", f"/api/calls/{call['call_id']}/hangup")

@@ -15,6 +15,7 @@
   let retryTimer = null;
   let retryDelay = RETRY_MIN;
   let skew = 0; // local clock minus the gateway's, in seconds
+  let names = {}; // extension id -> name, from the configuration
 
   class Refused extends Error {}
 
@@ -112,6 +113,10 @@
       data.state === "RELEASED" ? el("span", "dim", data.cause || "") : ticking(since, "small"));
   }
 
+  function extension(id) {
+    return names[id] ? `ext ${id} · ${names[id]}` : `ext ${id}`;
+  }
+
   function callCard(call) {
     const inbound = call.direction === "inbound";
     const card = el("article", `call ${call.state.toLowerCase()}`);
@@ -122,7 +127,7 @@
       el("span", "party-to", call.number || call.app || "—"));
     const meta = el("div", "meta",
       el("span", "direction", inbound ? "↙ inbound" : "↗ outbound"),
-      call.extension ? el("span", "ext", `ext ${call.extension}`) : el("span", "ext none", "no extension"),
+      call.extension ? el("span", "ext", extension(call.extension)) : el("span", "ext none", "no extension"),
       call.did ? el("span", "tag", `DID ${call.did}`) : null,
       call.app ? el("span", "tag", `app ${call.app}`) : null,
       call.muted ? el("span", "flag", "muted") : null,
@@ -244,6 +249,7 @@
 
   function render(view) {
     skew = Date.now() / 1000 - view.now;
+    names = view.extensions;
     const adapters = view.adapters;
     renderHeader(view);
     section("calls", renderCalls, view.calls);
