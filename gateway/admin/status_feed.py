@@ -137,9 +137,10 @@ class StatusFeed:
             self._unsubscribe = registry.subscribe(self._changed)
         self._loops = [self._every(self._sample, self._publish), self._every(self._heartbeat, self._beat)]
         generation = self._generation
-        d = self._load_cdrs(self._clock.seconds() - CDR_WINDOW)
+        d = self._load_cdrs(self._clock.seconds() - CDR_WINDOW, generation)
         d.addErrback(lambda f: log.failure("the status page could not read the recent CDRs", f))
         d.addCallback(lambda _: self._loaded(generation))
+        d.addErrback(lambda f: log.failure("the status page could not build its view", f))
 
     def _every(self, interval: float, function) -> task.LoopingCall:
         loop = task.LoopingCall(function)
@@ -153,7 +154,8 @@ class StatusFeed:
             self._unsubscribe()
             self._unsubscribe = None
         for loop in self._loops:
-            loop.stop()
+            if loop.running:  # a loop whose function failed has stopped (and was logged)
+                loop.stop()
         self._loops = []
         if self._flush_call is not None:
             self._flush_call.cancel()
@@ -165,11 +167,14 @@ class StatusFeed:
     # -- recent CDRs ---------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def _load_cdrs(self, since_seconds: float):
-        """Remember the newest CDRs of the store that ended after ``since_seconds``, page by page."""
+    def _load_cdrs(self, since_seconds: float, generation: int):
+        """Remember the newest CDRs of the store that ended after ``since_seconds``, page by page
+        (until the feed stops)."""
         since = timestamp_from_seconds(since_seconds)
         while True:
             page = yield self._ctx.store.cdrs(since=since, limit=MAX_LIMIT)
+            if generation != self._generation:
+                return
             for cdr in page:
                 self._remember(cdr)
             if len(page) < MAX_LIMIT or page[-1]["ended_at"] == since:

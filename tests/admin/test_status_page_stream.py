@@ -4,6 +4,7 @@ on the call registry and simulated network of the core's harness, driven by a ta
 import json
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -268,6 +269,26 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(client.latest()["cdrs"], [])
         self.assertTrue(any("recent CDRs" in e.get("log_format", "") for e in events))
         self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+
+    def test_a_store_answering_after_everyone_left_is_ignored(self):
+        answer = Deferred()
+        self.patch(self.store, "cdrs", lambda since, limit: answer)
+        client = self.open()
+        self.assertEqual(client.views(), [])
+        client.close()
+        answer.callback([{"call_id": "late", "ended_at": "2027-01-15T07:59:00.000Z"}])
+        self.assertEqual((self.feed.streams, self.clock.getDelayedCalls()), ([], []))
+        self.assertEqual(client.views(), [])
+
+    def test_a_view_that_cannot_be_built_is_logged_and_leaving_still_cleans_up(self):
+        client = self.open()
+        self.patch(self.h.registry, "calls", lambda: 1 / 0)
+        self.advance(SAMPLE)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(len(client.views()), 1)
+        client.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.registry.subscribers, 0)
 
     # -- a slow reader, and leaving ----------------------------------------------------------------
 
