@@ -8,7 +8,9 @@
     gatewayctl dial EXTENSION NUMBER       click-to-dial: ring the extension's phone, then NUMBER
     gatewayctl hangup ID                   end a call
     gatewayctl cdrs [--since T] [--limit N]
-    gatewayctl sms send NUMBER TEXT        an SMS from NUMBER reaches the gateway (the chat connector's
+    gatewayctl sms send NUMBER TEXT        an SMS to NUMBER: stored, then the chat connector's SMS
+                                           transport sends it
+    gatewayctl sms receive NUMBER TEXT     an SMS from NUMBER reaches the gateway (the chat connector's
                                            inbound route, as a phone network's webhook would deliver it)
 
 Where the daemon is: ``--url``, else ``http://`` (``https://`` for ``ssl:``) and the host and port of
@@ -254,7 +256,12 @@ def render_cdrs(data: dict) -> str:
     )
 
 
-def render_sms(data: dict) -> str:
+def render_sms_sent(data: dict) -> str:
+    sms = data["sms"]
+    return f"SMS {sms['uid']} to {sms['number']} stored: {sms['status']}; the chat connector sends it"
+
+
+def render_sms_received(data: dict) -> str:
     sms = data["sms"]
     what = "already had" if data["duplicate"] else "stored"
     return f"SMS {sms['uid']} from {sms['number']} {what}: {sms['status']}; the chat connector delivers it"
@@ -318,14 +325,19 @@ def _cdrs(api: AdminClient, args) -> dict:
     return api.call("GET", "/api/cdrs" + (f"?{urllib.parse.urlencode(query)}" if query else ""))
 
 
-def _sms_send(api: AdminClient, args) -> dict:
-    try:
-        return api.call("POST", "/api/sms/inbound", {"from": args.number, "text": args.text})
-    except CtlError as e:
-        if e.status == EXIT_NOT_FOUND:
-            raise CtlError("the gateway has no SMS route: the chat connector ([chat]) is not enabled",
-                           EXIT_NOT_FOUND) from None
-        raise
+def _sms(path: str, number_field: str):
+    """A command posting ``{number_field: NUMBER, "text": TEXT}`` to one of the chat connector's SMS routes."""
+
+    def run(api: AdminClient, args) -> dict:
+        try:
+            return api.call("POST", path, {number_field: args.number, "text": args.text})
+        except CtlError as e:
+            if e.status == EXIT_NOT_FOUND:
+                raise CtlError("the gateway has no SMS route: the chat connector ([chat]) is not enabled",
+                               EXIT_NOT_FOUND) from None
+            raise
+
+    return run
 
 
 #: command name -> (what it does, ``run(api, args) -> JSON``, ``render(JSON) -> text``)
@@ -340,8 +352,11 @@ COMMANDS = {
     "hangup": ("hang up a call",
                lambda api, args: api.call("POST", f"/api/calls/{_quoted(args.id)}/hangup"), render_hung_up),
     "cdrs": ("call detail records, oldest first", _cdrs, render_cdrs),
-    "sms send": ("an SMS from NUMBER reaches the gateway (the chat connector's inbound route)",
-                 _sms_send, render_sms),
+    "sms send": ("an SMS to NUMBER: stored, then sent by the chat connector's SMS transport",
+                 _sms("/api/sms/outbound", "to"), render_sms_sent),
+    "sms receive": ("an SMS from NUMBER reaches the gateway (the chat connector's inbound route, as a"
+                    " phone network's webhook would deliver it)",
+                    _sms("/api/sms/inbound", "from"), render_sms_received),
 }
 
 
@@ -379,10 +394,12 @@ def _parser() -> argparse.ArgumentParser:
             ("--limit", {"type": int, "help": "at most this many (the API's default: 100)"}))
     sms = commands.add_parser("sms", help="SMS through the chat connector")
     sms_commands = sms.add_subparsers(dest="sms_command", metavar="COMMAND", required=True)
-    send = sms_commands.add_parser("send", parents=[common], help=COMMANDS["sms send"][0])
-    send.add_argument("number", help="the customer's number the SMS comes from")
-    send.add_argument("text")
-    send.set_defaults(run="sms send")
+    for name, number_help in (("send", "the number the SMS goes to"), ("receive", "the number the SMS comes from")):
+        run = f"sms {name}"
+        sub = sms_commands.add_parser(name, parents=[common], help=COMMANDS[run][0], description=COMMANDS[run][0])
+        sub.add_argument("number", help=number_help)
+        sub.add_argument("text", help="the SMS's text")
+        sub.set_defaults(run=run)
     return parser
 
 

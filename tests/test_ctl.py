@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import ctl
-from gateway.config import loads
+from gateway.config import load, loads
 from gateway.sim.tlsutil import generate_self_signed
 from gateway.testing import GatewayProcess, free_port
 
@@ -107,10 +107,11 @@ class RenderingTests(SynchronousTestCase):
 
     def test_no_sms_route_says_the_chat_connector_is_off(self):
         args = type("Args", (), {"number": "1", "text": "t"})()
-        with self.assertRaises(ctl.CtlError) as raised:
-            ctl.COMMANDS["sms send"][1](_NotFound(), args)
-        self.assertEqual(raised.exception.status, ctl.EXIT_NOT_FOUND)
-        self.assertIn("[chat]", str(raised.exception))
+        for command in ("sms send", "sms receive"):
+            with self.assertRaises(ctl.CtlError) as raised:
+                ctl.COMMANDS[command][1](_NotFound(), args)
+            self.assertEqual(raised.exception.status, ctl.EXIT_NOT_FOUND)
+            self.assertIn("[chat]", str(raised.exception))
 
     def test_status_lists_what_is_not_ready(self):
         text = ctl.render_status({
@@ -193,10 +194,35 @@ def test_dial_calls_call_hangup_and_its_cdr(daemon, capsys):
     assert any(line.startswith(call_id) and "normal" in line for line in out.splitlines())
 
 
-def test_sms_send_is_stored_for_the_chat_connector(daemon, capsys):
-    status, out, err = run(capsys, "--config", daemon.config_path, "sms", "send", "+15550142", "hello there")
+def admin_api(daemon) -> ctl.AdminClient:
+    """The daemon's admin API, found as gatewayctl finds it."""
+    config = load(daemon.config_path)
+    return ctl.AdminClient(ctl.admin_url(config.admin.listen), ctl.admin_token(config))
+
+
+def test_sms_send_goes_to_the_number_through_the_sms_transport(daemon, capsys):
+    status, out, err = run(capsys, "--config", daemon.config_path, "sms", "send", "+15550143", "your code is 1234")
     assert (status, err) == (0, "")
-    assert "from +15550142 stored: pending" in out
+    assert out.startswith("SMS ") and out.endswith(" to +15550143 stored: pending; the chat connector sends it\n")
+    uid = out.split()[1]
+    sent = admin_api(daemon).call("GET", "/api/sms/sim/sent")["sent"]
+    assert [(s["id"], s["to"], s["text"], s["kind"]) for s in sent if s["to"] == "+15550143"] == [
+        (uid, "+15550143", "your code is 1234", "operator")]
+
+    status, out, _ = run(capsys, "--config", daemon.config_path, "--json", "sms", "send", "+15550143", "again")
+    sms = json.loads(out)["sms"]
+    assert status == 0 and (sms["direction"], sms["number"], sms["kind"]) == ("outbound", "+15550143", "operator")
+    status, out, err = run(capsys, "--config", daemon.config_path, "sms", "send", "+15550143", "")
+    assert (status, out) == (ctl.EXIT_REFUSED, "") and err.startswith("gatewayctl: refused (400 bad_request): ")
+
+
+def test_sms_receive_is_stored_for_the_chat_connector(daemon, capsys):
+    status, out, err = run(capsys, "--config", daemon.config_path, "sms", "receive", "+15550142", "hello there")
+    assert (status, err) == (0, "")
+    assert out.startswith("SMS ") and out.endswith(" from +15550142 stored: pending; the chat connector delivers it\n")
+    uid = out.split()[1]
+    stored = admin_api(daemon).call("GET", "/api/sms?number=%2B15550142")["sms"]
+    assert [(r["uid"], r["direction"], r["text"]) for r in stored] == [(uid, "inbound", "hello there")]
 
 
 def test_an_unknown_call_is_exit_5(daemon, capsys):

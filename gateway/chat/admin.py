@@ -3,6 +3,8 @@
 =======================================================  ==============================================
 ``POST /api/sms/inbound {from, text, id?}``              an SMS from a customer (any transport's webhook);
                                                          200 ``{"sms", "duplicate"}`` once stored
+``POST /api/sms/outbound {to, text}``                    an operator's SMS to a number; 200 ``{"sms"}`` once
+                                                         stored, then the transport sends it
 ``GET /api/sms?direction=&number=&after=&limit=``        ``{"sms": [...]}`` oldest first, ``seq > after``
 ``GET /api/chat/conversations``                          ``{"conversations": [...]}`` the open ones
 ``POST /api/chat/conversations {number, firstName?...}`` init + join for a number (or its open one)
@@ -95,6 +97,14 @@ class _Routes:
             raise ApiError(400, str(e)) from None
         return d.addCallback(lambda result: {"sms": result[0].to_dict(), "duplicate": not result[1]})
 
+    def outbound(self, request: ApiRequest):
+        body = request.json()
+        try:
+            d = self._connector.send_sms(body.get("to"), body.get("text"))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        return d.addCallback(lambda result: {"sms": result[0].to_dict()})
+
     def list_sms(self, request: ApiRequest):
         direction = request.query.get("direction") or None
         if direction not in (None, "inbound", "outbound"):
@@ -135,6 +145,7 @@ def add_routes(api, connector: Connector, store, transcripts: Transcripts) -> No
     """Serve the routes of the module docstring on ``api`` (an :class:`~gateway.admin.api.ApiRouter`)."""
     routes = _Routes(connector, store, transcripts)
     api.route("POST", "/api/sms/inbound", routes.inbound)
+    api.route("POST", "/api/sms/outbound", routes.outbound)
     api.route("GET", "/api/sms", routes.list_sms)
     api.route("GET", "/api/chat/conversations", routes.conversations)
     api.route("POST", "/api/chat/conversations", routes.open)

@@ -14,6 +14,8 @@ two durable outboxes:
 - ActivityMessages: participants joining and leaving are noted; ``noAgentAvailable`` sends the
   configured auto-reply SMS (if any); ``endOfConversation`` closes the conversation, as does a
   ``conversationInfo`` saying it ended.
+- an operator's SMS (:meth:`Connector.send_sms`, the admin API's ``POST /api/sms/outbound``) is
+  stored as an outbound SMS of kind ``operator`` and sent like the others.
 - ``registerConnector`` is emitted on every (re)connect; then every open conversation is joined
   again and the SMS waiting for the chat server are tried at once.
 
@@ -43,6 +45,8 @@ log = Logger()
 JOINED = frozenset({"participantJoined", "participantAdded"})
 LEFT = frozenset({"participantLeft", "participantRemoved"})
 MAX_NUMBER_LENGTH = 64
+#: an operator's SMS: at most what providers take as one concatenated message (Twilio: 1600)
+MAX_TEXT_LENGTH = 1600
 
 
 class MessageRefused(Exception):
@@ -180,6 +184,18 @@ class Connector:
 
     def _deliver_outbound(self, record: SmsRecord):
         return self.transport.send(OutboundSms(record.uid, record.number, record.text, record.kind, record.conversation_id))
+
+    def send_sms(self, number, text) -> defer.Deferred:
+        """Store an operator's SMS to ``number``; fires with ``(record, created)`` once it is durably stored.
+
+        The outbound outbox then hands it to the transport (tried again until it is taken or refused
+        for good). ``ValueError`` for a bad number, or a text that is not a non-empty string of at
+        most :data:`MAX_TEXT_LENGTH` characters.
+        """
+        number = check_number(number)
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
+            raise ValueError(f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters, got {text!r:.80}")
+        return self._send_sms(number, text, "operator")
 
     def _send_sms(self, number: str, text: str, kind: str, *, external_id=None, conversation_id=None) -> defer.Deferred:
         record = SmsRecord(

@@ -23,7 +23,7 @@ class OutboundSms:
     id: str
     to: str
     text: str
-    #: "reply" (an agent's message), "campaign" or "auto-reply"
+    #: "reply" (an agent's message), "campaign", "auto-reply" or "operator" (sent through the admin API)
     kind: str
     conversation_id: str | None = None
 

@@ -1,4 +1,4 @@
-"""The connector's admin routes through the real ApiRouter (StubTreq): SMS in, lists, conversations, transcripts."""
+"""The connector's admin routes through the real ApiRouter (StubTreq): SMS in and out, lists, conversations, transcripts."""
 
 import json
 import pathlib
@@ -60,6 +60,29 @@ class AdminRouteTests(SynchronousTestCase):
             code, reply = self.call("POST", "/api/sms/inbound", body)
             self.assertEqual((code, reply["error"]), (400, "bad_request"))
         self.assertEqual(self.successResultOf(self.store.list_sms()), [])
+
+    def test_an_outbound_sms_is_answered_once_stored_then_sent_by_the_transport(self):
+        code, reply = self.call("POST", "/api/sms/outbound", {"to": NUMBER, "text": "Your code is 1234"})
+        self.assertEqual(code, 200)
+        sms = reply["sms"]
+        self.assertEqual((sms["direction"], sms["number"], sms["text"], sms["kind"], sms["status"], sms["seq"]),
+                         ("outbound", NUMBER, "Your code is 1234", "operator", "pending", 1))
+        [sent] = self.call("GET", "/api/sms/sim/sent")[1]["sent"]
+        self.assertEqual((sent["id"], sent["to"], sent["kind"]), (sms["uid"], NUMBER, "operator"))
+        code, reply = self.call("GET", "/api/sms?direction=outbound")
+        self.assertEqual([(r["uid"], r["status"]) for r in reply["sms"]], [(sms["uid"], "delivered")])
+
+    def test_outbound_needs_the_token_and_a_number_and_a_text(self):
+        self.assertEqual(self.call("POST", "/api/sms/outbound", {"to": NUMBER, "text": "x"}, token=None)[0], 401)
+        for body in ({"text": "x"}, {"to": NUMBER}, {"to": NUMBER, "text": ""}, {"to": 7, "text": "x"},
+                     {"to": NUMBER, "text": "x" * 1601}):
+            code, reply = self.call("POST", "/api/sms/outbound", body)
+            self.assertEqual((code, reply["error"]), (400, "bad_request"))
+        code, reply = self.finish(self.stub.request("POST", "http://gateway/api/sms/outbound", data=b"[1]",
+                                                    headers={"Authorization": [f"Bearer {TOKEN}"]}))
+        self.assertEqual((code, reply["error"]), (400, "bad_request"))
+        self.assertEqual(self.successResultOf(self.store.list_sms()), [])
+        self.assertEqual(list(self.bench.transport.sent), [])
 
     def test_sms_are_listed_oldest_first_narrowed_by_the_query(self):
         self.bench.connect()

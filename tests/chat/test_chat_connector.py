@@ -275,6 +275,41 @@ class ConnectorTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.sent_texts(), [(NUMBER, "one"), (NUMBER, "two")])
 
+    def test_an_operator_sms_is_stored_then_sent_through_the_transport_without_the_chat_server(self):
+        self.make()
+        record, created = self.successResultOf(self.connector.send_sms(" +4917000 ", "Your appointment is at 10"))
+        self.assertTrue(created)
+        self.assertEqual((record.direction, record.number, record.kind, record.status, record.conversation_id),
+                         ("outbound", "+4917000", "operator", "pending", None))
+        [sent] = self.transport.sent
+        self.assertEqual((sent["id"], sent["to"], sent["text"], sent["kind"]),
+                         (record.uid, "+4917000", "Your appointment is at 10", "operator"))
+        [stored] = self.stored("outbound")
+        self.assertEqual((stored.uid, stored.status), (record.uid, "delivered"))
+        self.assertEqual(self.link.emitted, [])
+
+    def test_an_operator_sms_is_kept_and_tried_again_while_the_transport_is_down(self):
+        self.make()
+        self.transport.down = True
+        record, _ = self.successResultOf(self.connector.send_sms(NUMBER, "one"))
+        self.clock.advance(1)  # the first retry fails too
+        [stored] = self.stored("outbound")
+        self.assertEqual((stored.status, stored.attempts, self.sent_texts()), ("pending", 2, []))
+        self.assertIn("switched down", stored.last_error)
+        self.transport.down = False
+        self.clock.advance(2)
+        self.assertEqual(self.sent_texts(), [(NUMBER, "one")])
+        self.assertEqual(self.stored("outbound")[0].status, "delivered")
+
+    def test_operator_sms_with_a_bad_number_or_text_are_refused(self):
+        self.make()
+        for number, text in (("", "x"), ("1" * 65, "x"), (None, "x"), (NUMBER, None), (NUMBER, ""), (NUMBER, "  "),
+                             (NUMBER, 5), (NUMBER, "x" * 1601)):
+            self.assertRaises(ValueError, self.connector.send_sms, number, text)
+        self.assertEqual((self.stored(), self.sent_texts()), ([], []))
+        self.successResultOf(self.connector.send_sms(NUMBER, "x" * 1600))
+        self.assertEqual(len(self.sent_texts()), 1)
+
     def test_a_message_with_no_number_is_refused_and_logged(self):
         self.make()
         self.connect()
