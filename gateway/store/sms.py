@@ -50,7 +50,7 @@ class SmsRecord:
     text: str
     #: ISO 8601 UTC
     created_at: str
-    #: inbound: "sms"; outbound: "reply" (an agent's message), "campaign", "auto-reply"
+    #: inbound: "sms"; outbound: "reply" (an agent's message), "campaign", "auto-reply", "operator"
     kind: str = "sms"
     external_id: str | None = None
     conversation_id: str | None = None
