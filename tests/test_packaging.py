@@ -67,6 +67,7 @@ def test_wheel_contents(wheel):
     assert "twisted/plugins/__init__.py" not in names
     assert "gateway/etc/gateway.toml" in names
     assert "gateway/plugins/__init__.py" in names
+    assert {f"gateway/admin/static/status.{ext}" for ext in ("html", "js", "css")} <= names
     assert not any(n.startswith(("plugins/", "etc/", "tests/")) for n in names), "top-level folders leaked"
 
 
