@@ -22,6 +22,7 @@ from gateway.cti.config import CtiAgent, CtiConfig
 from gateway.cti.health import TelephonyWatch
 from gateway.cti.link import BridgeLink
 from gateway.cti.metrics import CtiMetrics
+from gateway.cti.names import CtiNames
 from gateway.drivers.config import NumberRule, SimNetworkConfig
 from gateway.drivers.sim import SimNetwork
 from gateway.sim.his import HisBridgeSim
@@ -238,6 +239,13 @@ class InboundCallTests(Bridge):
         self.assertIn("failed", last.body["reason"])
         self.assertEqual(self.registry.call(call_id).state, "TALKING")
 
+    def test_answer_on_the_conversation_answers_the_alerting_call(self):
+        call_id, interaction, conversation = self.inbound()
+        self.assertTrue(self.send("answer").ok)
+        self.assertEqual(self.registry.call(call_id).state, "TALKING")
+        self.assertEqual(self.events(conversation)[-2:], ["conversation.talking", "conversation.partyadded"])
+        self.assertEqual(self.events(interaction), ["interaction.alerting", "interaction.started"])
+
     def test_rejecting_an_alerting_call_releases_it(self):
         call_id, interaction, conversation = self.inbound()
         self.assertTrue(self.send("reject").ok)
@@ -412,6 +420,28 @@ class QueueingTests(Bridge):
         self.flush()
         self.assertEqual(self.events(conversation)[-1], "conversation.partyadded")
         self.refused(self.query("channel.query.init", CHANNEL), "unknown target")
+
+
+class RenamedMessagesTests(Bridge):
+    """``[cti.names]`` is what goes on the wire: renamed messages and status values work both ways."""
+
+    def setUp(self):
+        super().setUp()
+        names = CtiNames(channel_interaction="channel.newcall", conversation_request_hold="conversation.request.pause",
+                         conversation_held="conversation.paused", status_started="RUNNING")
+        self.config = CtiConfig(enabled=True, agents=self.config.agents, names=names)
+        self.client = BridgeClient(self.config, self.registry, CtiMetrics(CollectorRegistry()), self.component)
+        self.sim = HisBridgeSim(self.clock, names=names, agents=self.agents, response_timeout=60)
+        self.connect()
+
+    def test_renamed_status_event_and_request(self):
+        self.assertEqual(self.sim.status, "RUNNING")
+        call_id, _, conversation = self.talking()
+        self.assertEqual(self.events(CHANNEL), ["channel.newcall"])
+        self.assertTrue(self.send("hold").ok)
+        self.assertEqual(self.registry.call(call_id).state, "HELD")
+        self.assertEqual(self.events(conversation)[-1], "conversation.paused")
+        self.refused(self.query("conversation.request.hold", conversation, message=env.request), "unknown name")
 
 
 class ReconnectTests(Bridge):

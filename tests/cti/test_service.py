@@ -15,6 +15,7 @@ from gateway.cti.endpoint import bridge_endpoint
 from gateway.cti.health import TelephonyWatch
 from gateway.cti.names import CtiNames
 from gateway.cti.service import make_service, retry_delay
+from gateway.drivers.optimaccs_out import READINESS as OPTIMACCS_OUTBOUND
 from gateway.sim.tlsutil import generate_self_signed
 
 AGENTS = '[[extensions]]\nid = "1001"\n\n[cti]\nenabled = true\nagents = [{agent = "alice", extension = "1001"}]\n'
@@ -100,18 +101,19 @@ class TelephonyWatchTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.readiness = Readiness()
         self.changes = []
-        self.watch = TelephonyWatch(self.clock, self.readiness, ["listener:optimaccs", "optimaccs*"], 1.0,
+        self.watch = TelephonyWatch(self.clock, self.readiness, CtiConfig().telephony, 1.0,
                                     lambda up, reason: self.changes.append((up, reason)))
 
     def test_changes_of_the_matching_components_are_reported(self):
+        """The default patterns cover the OptimaCCS listener and the outbound driver's link."""
         listener = self.readiness.register("listener:optimaccs")
-        driver = self.readiness.register("optimaccs-outbound")
+        driver = self.readiness.register(OPTIMACCS_OUTBOUND)
         self.readiness.register("listener:admin")  # down, but not telephony
         self.watch.start()
-        self.assertEqual(self.changes, [(False, "listener:optimaccs: not started; optimaccs-outbound: not started")])
+        self.assertEqual(self.changes, [(False, "listener:optimaccs: not started; optimaccs:api: not started")])
         listener.set_up()
         self.clock.advance(1.0)
-        self.assertEqual(self.changes[-1], (False, "optimaccs-outbound: not started"))
+        self.assertEqual(self.changes[-1], (False, "optimaccs:api: not started"))
         driver.set_up()
         self.clock.advance(1.0)
         self.clock.advance(1.0)
@@ -131,7 +133,7 @@ class TelephonyWatchTests(SynchronousTestCase):
 class ServiceTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        config = loads(AGENTS + "reconnect_initial = 2.0\n", "x.toml")
+        config = loads(AGENTS + 'reconnect_initial = 2.0\nbyte_order = "little"\nmax_frame_size = 4096\n', "x.toml")
         self.ctx = Context(reactor=self.reactor, config=config, state_dir=pathlib.Path(self.mktemp()),
                            metrics=CollectorRegistry())
         self.ctx.registry = Registry(self.reactor, {}, extensions=config.extensions)
@@ -152,6 +154,12 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(self.service.stopService())
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_links_are_framed_as_configured(self):
+        self.service.startService()
+        link = self.reactor.tcpClients[0][2].buildProtocol(None)._wrappedProtocol
+        self.assertEqual((link.byteorder, link.max_frame_size), ("little", 4096))
+        self.successResultOf(self.service.stopService())
 
     def test_the_delay_doubles_up_to_the_maximum(self):
         delay = retry_delay(1.0, 5.0)
