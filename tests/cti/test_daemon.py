@@ -208,6 +208,30 @@ def test_the_link_dropped_and_reestablished_keeps_the_call(bridge):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_call_arriving_while_the_link_is_down_is_not_lost(bridge):
+    yield bridge.start()
+    number = bridge.port.getHost().port
+    yield bridge.port.stopListening()
+    bridge.port = None
+    bridge.sim.disconnect()
+    yield bridge.daemon.wait_for_output("link lost")
+    _, call = yield bridge.daemon.api("POST", "/api/sim/inbound", {"caller_id": "5551234", "did": "103"}, expect=201)
+    logged_before = len(bridge.sim.event_log)
+
+    reinitialised = bridge.sim.when_destination("conversation")
+    bridge.port = yield bridge.sim.listen(TCP4ServerEndpoint(reactor, number, interface="127.0.0.1"))
+    conversation = (yield wait(reinitialised)).target
+    assert conversation == f"{CHANNEL}.{call['call_id']}.primary"
+    assert list(bridge.sim.destinations[CHANNEL].init.interactions) == [call["call_id"]]
+    assert bridge.sim.destinations[conversation].init.state == "RINGING"
+    assert not [e for e in bridge.sim.event_log[logged_before:] if e.name == "channel.interaction"]
+    talking = bridge.event("conversation.talking", conversation)
+    yield bridge.ok("accept")
+    yield talking
+    assert (yield bridge.call_state(call["call_id"])) == "TALKING"
+
+
+@pytest_twisted.inlineCallbacks
 def test_bad_input_gets_failure_responses_and_the_link_carries_on(bridge):
     yield bridge.start()
     bridge.sim.send_bytes(b"\x00\x00\x00\x03{{{")  # not JSON
@@ -227,6 +251,7 @@ def test_bad_input_gets_failure_responses_and_the_link_carries_on(bridge):
     ended = bridge.event("conversation.ended", conversation)
     yield bridge.ok("reject")
     yield ended
+    assert "link lost" not in bridge.daemon.output, "bad input never drops the link"
 
 
 @pytest_twisted.inlineCallbacks
