@@ -275,6 +275,19 @@ class ConnectorTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.sent_texts(), [(NUMBER, "one"), (NUMBER, "two")])
 
+    def test_replies_waiting_for_the_transport_survive_a_restart_in_order(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        self.transport.down = True
+        self.agent_says("one")
+        self.agent_says("two")
+        self.successResultOf(self.connector.stop())
+
+        self.make()  # a new connector (and transport) on the same store
+        self.assertEqual(self.sent_texts(), [(NUMBER, "one"), (NUMBER, "two")])
+        self.assertEqual([r.status for r in self.stored("outbound")], ["delivered", "delivered"])
+
     def test_an_operator_sms_is_stored_then_sent_through_the_transport_without_the_chat_server(self):
         self.make()
         record, created = self.successResultOf(self.connector.send_sms(" +4917000 ", "Your appointment is at 10"))
