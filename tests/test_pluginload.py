@@ -61,3 +61,75 @@ def test_a_missing_plugin_directory_is_ignored(tmp_path):
         assert gateway.plugins.__path__ == saved
     finally:
         gateway.plugins.__path__[:] = saved
+
+
+ROUTED_APP = textwrap.dedent(
+    '''
+    """An operator's media app for a route: remembers the calls it was started on."""
+    from twisted.internet.defer import Deferred
+    from twisted.plugin import IPlugin
+    from zope.interface import implementer
+    from gateway.media.interfaces import IMediaApp, IMediaSession
+
+    @implementer(IMediaSession)
+    class Session:
+        def __init__(self):
+            self.finished = Deferred()
+
+        def stop(self):
+            if not self.finished.called:
+                self.finished.callback(None)
+
+    @implementer(IPlugin, IMediaApp)
+    class Announcer:
+        name = "announcer"
+        description = "an operator's announcement"
+        started = []
+
+        def start(self, ports, clock, arg=None, state_dir=None):
+            self.started.append((len(ports), arg))
+            return Session()
+
+    announcer = Announcer()
+    '''
+)
+
+
+def test_plugin_dirs_in_the_configuration_reach_the_daemon(tmp_path):
+    """[gateway] plugin_dirs is read by the daemon's assembly: a route to the operator's app is accepted
+    (without the directory it is a configuration error) and an inbound call runs that app."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from gateway import tap
+    from gateway.config import ConfigError, loads
+
+    operator = tmp_path / "operator-plugins"
+    operator.mkdir()
+    (operator / "operator_announcer.py").write_text(ROUTED_APP)
+
+    def config(plugin_dirs):
+        return loads(
+            f'[gateway]\nstate_dir = "{tmp_path / "var"}"\nplugin_dirs = {plugin_dirs!r}\n'
+            f'[admin]\ntoken = "t"\n[store]\nurl = "sqlite:{tmp_path / "g.sqlite"}"\n'
+            '[[routes]]\ndid = "777"\nto = "app:announcer:welcome"\n',
+            "operator.toml",
+        )
+
+    saved = list(gateway.plugins.__path__)
+    try:
+        with pytest.raises(ConfigError, match=r"routes\[0\]\.to"):
+            tap.build(config([]), MemoryReactorClock())
+        reactor = MemoryReactorClock()
+        root = tap.build(config([str(operator)]), reactor)
+        root.core_service.startService()
+        sim = root.core_service.drivers["sim"]
+        leg = sim.place_inbound("0811222333", "777")
+        reactor.advance(0)
+        announcer = find_plugin(IMediaApp, "announcer")
+        assert announcer.started == [(1, "welcome")]
+        assert root.ctx.registry.call(leg.events.call_id).state == "TALKING"
+        stopped = root.core_service.stopService()
+        reactor.advance(root.ctx.config.gateway.shutdown_grace)
+        assert stopped.called and announcer.started == [(1, "welcome")]
+    finally:
+        gateway.plugins.__path__[:] = saved
