@@ -65,8 +65,10 @@ class _Collector(protocol.ProcessProtocol):
 class GatewayProcess:
     """One ``twistd -n gateway`` subprocess with its own state directory."""
 
-    def __init__(self, reactor, workdir, config_text: str | None = None, *, env=None, args=()):
+    def __init__(self, reactor, workdir, config_text: str | None = None, *, env=None, args=(), runner="twistd"):
+        """``runner``: ``twistd`` (run with ``--nodaemon --pidfile=``) or ``twist`` (foreground already)."""
         self.reactor = reactor
+        self.runner = runner
         self.workdir = str(workdir)
         self.admin_port = None
         self.config_path = None
@@ -98,8 +100,9 @@ class GatewayProcess:
 
     def spawn(self) -> None:
         """Start the process without waiting for anything."""
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        argv = [sys.executable, twistd, "--nodaemon", "--pidfile=", *self.args, "gateway"]
+        runner = os.path.join(os.path.dirname(sys.executable), self.runner)
+        foreground = ["--nodaemon", "--pidfile="] if self.runner == "twistd" else []
+        argv = [sys.executable, runner, *foreground, *self.args, "gateway"]
         if self.config_path:
             argv += ["--config", self.config_path]
         self._proto = _Collector()

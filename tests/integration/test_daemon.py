@@ -95,6 +95,17 @@ def test_health_api_token_and_sigterm(processes, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_twist_runs_the_gateway_too(processes, tmp_path):
+    admin = free_port()
+    proc = _gateway(processes, tmp_path, GatewayProcess.config(admin), runner="twist")
+    yield proc.start(admin)
+    code, body = yield proc.api("GET", "/api/cdrs")
+    assert (code, body) == (200, {"cdrs": []})
+    assert (yield proc.stop()) == 0, proc.output
+    assert "gateway stopped" in proc.output
+
+
+@pytest_twisted.inlineCallbacks
 def test_generated_admin_token_is_private_and_logged_by_path_only(processes, tmp_path):
     admin = free_port()
     proc = _gateway(processes, tmp_path, GatewayProcess.config(admin, token=""))
