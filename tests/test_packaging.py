@@ -92,12 +92,16 @@ def test_wheel_installed_into_a_scratch_venv_runs_twistd_gateway(wheel, tmp_path
     )
     assert where.returncode == 0, where.stderr
     assert where.stdout.startswith(site), f"gateway imported from {where.stdout}, not the wheel"
-    twistd = subprocess.run(
-        [str(python), "-c", "import sys; from twisted.scripts.twistd import run; sys.argv=['twistd','gateway','--help']; run()"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )
-    assert twistd.returncode == 0, twistd.stderr
-    assert "--config" in twistd.stdout
+
+    def twistd(*args):
+        script = f"import sys; from twisted.scripts.twistd import run; sys.argv=['twistd', *{list(args)!r}]; run()"
+        done = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert any(line.split()[:1] == ["gateway"] for line in twistd("--help").splitlines()), "twistd lists no gateway"
+    assert "--config" in twistd("gateway", "--help")
     top = subprocess.run(
         [str(python), "-c", "import importlib.util as u; print(u.find_spec('plugins'))"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,

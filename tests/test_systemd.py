@@ -211,6 +211,13 @@ class UnitFileTests(SynchronousTestCase):
         self.assertGreater(int(svc["WatchdogSec"]), 0)
         self.assertIn("--nodaemon --pidfile= gateway --config ", svc["ExecStart"])
 
+    def test_service_restarts_on_failure_as_a_dedicated_hardened_user(self):
+        svc = read_unit("gateway.service")["Service"]
+        self.assertEqual(svc["Restart"], "on-failure")
+        self.assertNotIn(svc.get("User", "root"), ("", "root"))
+        self.assertEqual((svc["NoNewPrivileges"], svc["ProtectSystem"]), ("yes", "strict"))
+        self.assertEqual((svc["ProtectHome"], svc["PrivateTmp"]), ("yes", "yes"))
+
     def test_stop_timeout_exceeds_shutdown_grace(self):
         timeout = int(read_unit("gateway.service")["Service"]["TimeoutStopSec"])
         self.assertGreaterEqual(timeout, GatewaySection().shutdown_grace + 10)
