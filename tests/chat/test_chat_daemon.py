@@ -4,8 +4,10 @@ Each test starts ``python -m gateway.sim chat-server`` and ``twistd -n gateway``
 teardown if the test did not stop them.
 """
 
+import datetime
 import json
 import pathlib
+import uuid
 
 import pytest
 import pytest_twisted
@@ -137,6 +139,10 @@ def test_an_sms_conversation_from_first_message_to_transcript_over_tls(processes
     yield wait_until(lambda: customer_texts(sim, number).addCallback(lambda t: t == [["Hello, my alarm is beeping"]]), "the message at the agent")
     code, [conversation] = yield sim.get("/sim/conversations")
     conversation_id = conversation["conversationId"]
+    customer = conversation["customer"]  # the init body as the chat server got it
+    assert (customer["channel"], customer["refId"], customer["phone"]) == ("sms", number, number)
+    assert str(uuid.UUID(customer["requestId"])) == customer["requestId"].lower()  # a GUID
+    assert datetime.datetime.fromisoformat(customer["timestamp"]).tzinfo is not None  # ISO 8601 with its zone
 
     # the agent's reply leaves as an SMS; a whisper does not
     yield sim.post(f"/sim/conversations/{conversation_id}/messages", {"text": "internal: call the tech", "tag": "whisper"})
