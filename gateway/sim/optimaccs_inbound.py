@@ -456,16 +456,17 @@ def provider_factory(reactor, url, call):
     return factory
 
 
-def place_call(reactor, url, script=CallScript(), clock=None):
+def place_call(reactor, url, script=CallScript(), clock=None, trust_root=None):
     """Connect to the gateway's inbound server at C{url} (ws:// or wss://) and run one call.
 
     Returns the L{InboundCall} at once; its C{ended} Deferred fires when the connection has closed
-    (or fails if it could not be made). C{clock} defaults to C{reactor}.
+    (or fails if it could not be made). C{clock} defaults to C{reactor}. A wss:// server's certificate
+    is checked against C{trust_root} (for example a self-signed one), or the system's roots.
     """
     call = InboundCall(script, reactor if clock is None else clock)
     secure, host, port = parse_url(url)[:3]
     endpoint = HostnameEndpoint(reactor, host, port)
     if secure:
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        endpoint = wrapClientTLS(optionsForClientTLS(host, trustRoot=trust_root), endpoint)
     endpoint.connect(provider_factory(reactor, url, call)).addErrback(call._connect_failed)
     return call

@@ -6,6 +6,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from gateway.media.testing import tone_power
+from gateway.sim import tlsutil
 from gateway.sim.optimaccs import ApiSettings, CallScript, FakeProviderApi, place_call
 from gateway.testing import GatewayProcess, free_port
 
@@ -25,16 +26,22 @@ def cleanup():
 
 
 @defer.inlineCallbacks
-def start_gateway(cleanup, tmp_path, extra: str):
+def start_gateway(cleanup, tmp_path, extra: str, *, tls=None, inbound_keys: str = ""):
+    """The daemon with [optimaccs] on a loopback port (``tls``: a certificate for an ssl: listener, wss://)."""
     admin, inbound = free_port(), free_port()
+    if tls is None:
+        listen, url = f"tcp:{inbound}:interface=127.0.0.1", f"ws://127.0.0.1:{inbound}/"
+    else:
+        listen = f"ssl:{inbound}:interface=127.0.0.1:privateKey={tls.key_path}:certKey={tls.cert_path}"
+        url = f"wss://{tls.hostname}:{inbound}/"
     config = GatewayProcess.config(admin, (
-        f'[optimaccs]\nlisten = "tcp:{inbound}:interface=127.0.0.1"\ncdr_wait = 2.0\n\n'
+        f'[optimaccs]\nlisten = "{listen}"\ncdr_wait = 2.0\n{inbound_keys}\n'
         f'[[routes]]\ndid = "{ECHO_DID}"\nto = "app:echo"\n\n{extra}'
     ))
     gateway = GatewayProcess(reactor, tmp_path, config)
     cleanup(gateway.kill)
     yield gateway.start(admin)
-    return gateway, f"ws://127.0.0.1:{inbound}/"
+    return gateway, url
 
 
 @defer.inlineCallbacks
@@ -89,6 +96,28 @@ def test_a_call_to_an_echo_did_hears_itself_and_both_cdrs_are_stored(cleanup, tm
     (provider,) = stored["provider_cdrs"]
     assert (provider["source"], provider["data"]["sessionId"], provider["data"]["hangupCauseCode"]) == (
         "optimaccs", call.session_id, 16)
+    assert (yield gateway.stop()) == 0
+    assert "Traceback" not in gateway.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_ssl_listener_serves_wss_and_a_secret_keeps_out_who_lacks_it(cleanup, tmp_path):
+    certificate = tlsutil.load_or_create(tmp_path / "tls", "localhost")
+    gateway, url = yield start_gateway(cleanup, tmp_path, "", tls=certificate, inbound_keys='secret = "s3cret"\n')
+    assert "accepts calls from anyone" not in gateway.output
+    trust = certificate.trust_root()
+    intruder = place_call(reactor, url + "?token=wrong", CallScript(did=ECHO_DID), trust_root=trust)
+    hangup_on_close(cleanup, intruder)
+    yield intruder.ended
+    assert intruder.opened_at is None  # refused at the handshake (403)
+    call = place_call(reactor, url + "?token=s3cret", CallScript(did=ECHO_DID, hangup_after=1.0), trust_root=trust)
+    hangup_on_close(cleanup, call)
+    yield call.ended
+    assert (call.close_code, call.errors) == (1000, [])
+    assert call.echo().matched and call.frames_received > 25
+    assert "wrong secret" in gateway.output and "s3cret" not in gateway.output
+    calls = (yield gateway.api("GET", "/api/cdrs"))[1]["cdrs"]
+    assert [cdr["cause"] for cdr in calls] == ["remote_hangup"]
     assert (yield gateway.stop()) == 0
     assert "Traceback" not in gateway.output
 
