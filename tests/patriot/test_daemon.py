@@ -4,7 +4,8 @@ One daemon serves the module: its Dialler Bridge, where Patriot client simulator
 (extension 1001, plain password) or bob (1002, hashed password), and one Desktop API link to a
 Patriot server simulator (extension 1003, trusted by its pinned fingerprint). Calls run on the
 simulated phone network. The address lockout gets a daemon of its own, since every simulator
-connects from 127.0.0.1.
+connects from 127.0.0.1, and so does the bridge on an ssl: listener (wss://, its certificate
+trusted by the client simulator).
 """
 
 import pytest
@@ -48,7 +49,7 @@ audio = "silence"
 rules = [{{match = "555000[0-9]", outcome = "busy", after = 0.3}}]
 
 [patriot.bridge]
-listen = "tcp:{bridge_port}:interface=127.0.0.1"
+listen = "{bridge_listen}"
 heartbeat_timeout = {heartbeat_timeout}
 max_init_failures = {max_init_failures}
 block_time = 60.0
@@ -87,9 +88,11 @@ def poll(check, what, timeout=WAIT):
 class Gateway:
     """A daemon with the bridge on a loopback port and, optionally, a Patriot server it links to."""
 
-    def __init__(self, workdir, *, heartbeat_timeout=2.0, max_init_failures=100, desktop=True):
+    def __init__(self, workdir, *, heartbeat_timeout=2.0, max_init_failures=100, desktop=True, bridge_tls=False):
         self.workdir = workdir
         self.bridge_url = None
+        #: the bridge's own certificate when it listens on ssl: (wss://), trusted by the clients
+        self.bridge_certificate = tlsutil.load_or_create(workdir / "bridge-cert", "localhost") if bridge_tls else None
         self.heartbeat_timeout = heartbeat_timeout
         self.max_init_failures = max_init_failures
         self.patriot = None
@@ -103,14 +106,20 @@ class Gateway:
     @defer.inlineCallbacks
     def start(self):
         bridge_port, admin = free_port(), free_port()
-        config = CONFIG.format(bridge_port=bridge_port, heartbeat_timeout=self.heartbeat_timeout,
+        tls = self.bridge_certificate
+        if tls is None:
+            bridge_listen, self.bridge_url = (f"tcp:{bridge_port}:interface=127.0.0.1",
+                                              f"ws://127.0.0.1:{bridge_port}/dialler")
+        else:
+            bridge_listen = f"ssl:{bridge_port}:interface=127.0.0.1:privateKey={tls.key_path}:certKey={tls.cert_path}"
+            self.bridge_url = f"wss://{tls.hostname}:{bridge_port}/dialler"
+        config = CONFIG.format(bridge_listen=bridge_listen, heartbeat_timeout=self.heartbeat_timeout,
                                max_init_failures=self.max_init_failures,
                                bob_hash=hashpw.hash_password(BOB["password"]))
         if self.patriot is not None:
             yield self.listen_patriot()
             config += DESKTOP.format(host=HOSTNAME, port=self.patriot_port, fingerprint=self.certificate.fingerprint,
                                      api_key=API_KEY)
-        self.bridge_url = f"ws://127.0.0.1:{bridge_port}/dialler"
         self.daemon = GatewayProcess(reactor, self.workdir, GatewayProcess.config(admin, config))
         yield self.daemon.start(admin)
 
@@ -131,6 +140,8 @@ class Gateway:
     def client(self, payload, *, path="/dialler", **options):
         """A Patriot client simulator logging in with ``payload``, stopped at the end."""
         options.setdefault("reconnect", False)
+        if self.bridge_certificate is not None:
+            options.setdefault("trust_root", self.bridge_certificate.trust_root())
         sim = PatriotClientSim(reactor, self.bridge_url.replace("/dialler", path), payload, **options)
         self.clients.append(sim)
         sim.start()
@@ -361,5 +372,20 @@ def test_bridge_refuses_an_address_after_too_many_failed_inits(tmp_path):
         assert third.connections == 0 and "403" in str(third.closes[0][1])
         status = yield gateway.daemon.api("GET", "/api/status")
         assert "127.0.0.1" in status[1]["patriot"]["bridge"]["blocked"]
+    finally:
+        yield gateway.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_bridge_on_an_ssl_listener_is_wss(tmp_path):
+    gateway = Gateway(tmp_path, desktop=False, bridge_tls=True)
+    yield gateway.start()
+    try:
+        assert gateway.bridge_url.startswith("wss://")
+        sim = yield gateway.logged_in(ALICE)
+        sim.dial("5551234")
+        assert status_of((yield next_status(sim))) == (True, True, "5551234")
+        sim.hangup()
+        assert status_of((yield next_status(sim, lambda u: not u.call_active))) == (False, True, "5551234")
     finally:
         yield gateway.stop()
