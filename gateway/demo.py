@@ -338,6 +338,15 @@ class Demo:
             raise StepFailed(f"{method} {path} answered {code}: {data}")
         return data if expect is not None else (code, data)
 
+    async def stored_cdr(self, call_id: str) -> dict:
+        """The CDR of ``call_id``, once the daemon has stored it."""
+
+        async def stored():
+            code, cdr = await self.api("GET", f"/api/cdrs/{call_id}", expect=None)
+            return cdr if code == 200 else None
+
+        return await self.wait_until(stored, f"CDR of call {call_id}")
+
     async def chat_api(self, method: str, path: str, body=None):
         """The chat server simulator's control API (``/sim/...``)."""
         import treq
@@ -513,11 +522,7 @@ class AgentCall:
         self.call.hangup()
         await self.demo.expect(self.call.ended, "end of the caller's WebSocket")
 
-        async def stored():
-            code, cdr = await self.demo.api("GET", f"/api/cdrs/{self.transferred_id}", expect=None)
-            return cdr if code == 200 else None
-
-        cdr = await self.demo.wait_until(stored, f"CDR of call {self.transferred_id}")
+        cdr = await self.demo.stored_cdr(self.transferred_id)
         self.say("optimaccs", f"the caller hangs up: hangup, then the provider's cdr; CDR of call {self.transferred_id}"
                               f" stored (cause {cdr['cause']}, {cdr['billable_seconds']} s billable)")
 
@@ -593,11 +598,7 @@ class ClickToDial:
         self.sim.hangup()
         await ended
 
-        async def stored():
-            code, cdr = await self.demo.api("GET", f"/api/cdrs/{self.call_id}", expect=None)
-            return cdr if code == 200 else None
-
-        cdr = await self.demo.wait_until(stored, f"CDR of call {self.call_id}")
+        cdr = await self.demo.stored_cdr(self.call_id)
         self.say("patriot", f"{OPERATOR} hangs up in Patriot: call-status-update callActive=false; CDR stored"
                             f" (cause {cdr['cause']}, hung up by {cdr['hangup_by']})")
 
