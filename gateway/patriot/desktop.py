@@ -206,6 +206,9 @@ class _DesktopProtocol(WebSocketClientProtocol):
         self.session.frame_received(payload, isBinary)
 
     def onClose(self, wasClean, code, reason):
+        if self.closedByMe and self.localCloseCode:
+            # Autobahn reports the code of Patriot's reply (1000); why the link closed is ours
+            code, reason = self.localCloseCode, (self.localCloseReason or b"").decode("utf-8", "replace")
         self._close_reason = f"closed with {code}: {reason}" if code else reason
 
     def connectionLost(self, reason):

@@ -287,6 +287,34 @@ async def test_restarted_patriot_is_reconnected_and_authenticated_again(patriot,
     assert patriot.auth_successes == 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_bad_input_from_patriot_is_harmless_and_a_huge_message_closes_the_link(patriot, links, certificate):
+    harness = Harness()
+    link = links(harness, patriot, fingerprint=certificate.fingerprint)
+    await patriot.wait_authenticated()
+    await wait_until(lambda: link.component.up, what="link up")
+    reasons = []
+    lost = link.connection_lost
+    link.connection_lost = lambda session, reason: (reasons.append(reason), lost(session, reason))
+    seen = len(patriot.status_updates)
+    for raw in ['{"type": "dial-request"', "[]", '{"type": "sing"}', '{"type": "dial-request"}',
+                '{"type": "dial-request", "payload": {"phoneNo": "12ab", "rawPhoneNo": "12ab"}}',
+                '{"type": "dial-request", "payload": {"phoneNo": "' + "9" * 40 + '", "rawPhoneNo": "x"}}',
+                b"\x00binary"]:
+        patriot.send_raw(raw)
+    patriot.request_status()
+    updates = await patriot.wait_until(
+        lambda: patriot.status_updates[seen:] if len(patriot.status_updates) >= seen + 4 else None,
+        what="four call-status-updates")
+    assert [u.call_active for u in updates] == [False] * 4  # three invalid dials and the request, answered
+    assert harness.registry.calls(include_released=True) == []
+    assert (link.component.up, reasons) == (True, [])
+    patriot.send_raw("x" * 70000)  # larger than max_message_size
+    await wait_until(lambda: reasons, what="the link closed")
+    assert reasons[0].startswith("closed with 1009: "), reasons
+    await wait_until(lambda: patriot.auth_successes == 2 and link.component.up, what="authenticated again")
+
+
 class ServiceTests(SynchronousTestCase):
     """make_service: what the adapter asks of the daemon's context."""
 
