@@ -45,7 +45,9 @@ def test_click_to_dial_on_the_defaults_goes_dialing_talking_released_with_a_cdr(
     code, ended = yield daemon.api("POST", f"/api/calls/{call_id}/hangup", {}, token=token)
     assert (code, ended["state"]) == (200, "RELEASED")
     _, listing = yield daemon.api("GET", "/api/calls", token=token)
-    assert call_id not in [c["call_id"] for c in listing["calls"]]
+    assert call_id not in [c["call_id"] for c in listing["calls"]]  # live calls only
+    _, listing = yield daemon.api("GET", "/api/calls?extension=1001", token=token)  # and the recently released
+    assert [c["state"] for c in listing["calls"] if c["call_id"] == call_id] == ["RELEASED"]
 
     for _ in range(100):
         _, cdrs = yield daemon.api("GET", "/api/cdrs", token=token)
