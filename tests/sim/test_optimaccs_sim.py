@@ -191,8 +191,11 @@ class InboundCallMemoryTests(SynchronousTestCase):
     """The provider client over iosim, on a fake clock: deterministic pacing and backpressure."""
 
     def setUp(self):
+        self.connect(CallScript(dtmf=(TimedDigit("4", 0.1),)))
+
+    def connect(self, script):
         self.clock = MemoryReactorClock()
-        self.call = InboundCall(CallScript(dtmf=(TimedDigit("4", 0.1),)), self.clock)
+        self.call = InboundCall(script, self.clock)
         client_factory = provider_factory(self.clock, "ws://127.0.0.1:4143", self.call)
         server_factory = WebSocketServerFactory(reactor=self.clock)
         server_factory.protocol = _MemoryGateway
@@ -217,6 +220,21 @@ class InboundCallMemoryTests(SynchronousTestCase):
         self.assertEqual(len(self.server.frames), 51)  # t = 0, 0.02, ... 1.0
         self.assertEqual({len(frame) for frame in self.server.frames}, {320})
         self.assertEqual([m["event"] for m in self.server.texts], ["incoming_call", "dtmf"])
+
+    def test_a_wav_file_is_streamed_as_it_is_then_silence(self):
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        path = os.path.join(directory.name, "speech.wav")
+        pcm = audio.tone(0.1, frequency=700)
+        audio.write_wav(path, pcm)
+        self.connect(CallScript(pcm=audio.read_wav(path)))
+        self.server.send({"event": "answer"})
+        self.pump.flush()
+        self.run_for(0.2)
+        sent = b"".join(self.server.frames)
+        self.assertEqual(sent[:len(pcm)], pcm)
+        self.assertEqual(set(sent[len(pcm):]), {0})
+        self.assertGreater(len(sent), len(pcm))
 
     def test_registers_as_a_push_producer_and_stops_when_paused(self):
         self.assertIs(self.transport.producer, self.call.streamer)
