@@ -28,7 +28,7 @@ gives wss) and serves :class:`InboundCall` connections:
   opening handshake (HTTP 403); with neither, a warning is logged at start.
 
 Bad input closes the connection with a code and reason, or is ignored with a
-log line; the table is :data:`CLOSE_CODES` and ``docs/optimaccs.md``. No input
+log line; the table is :data:`CLOSE_CODES` and the README's "OptimaCCS: bad input". No input
 raises out of the protocol, and one connection's trouble affects no other call.
 """
 
@@ -67,7 +67,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 
-#: what the gateway does with each kind of bad input (the table in docs/optimaccs.md)
+#: what the gateway does with each kind of bad input (the table in the README, "OptimaCCS: bad input")
 CLOSE_CODES: dict[str, int | None] = {
     "text that is not UTF-8": CLOSE_INVALID,  # Autobahn's check
     "message or frame larger than max_message_size": CLOSE_TOO_BIG,  # Autobahn's check
