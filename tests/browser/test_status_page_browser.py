@@ -2,7 +2,9 @@
 
 A person's view: log in with the admin token, watch a call placed through the
 admin API appear with its legs and state, hang it up, watch it leave the live
-calls and its CDR appear. Screenshots go to the ``artifacts_dir``.
+calls and its CDR appear. Then ``make demo`` as a newcomer sees it: the page
+shows every adapter's panel filled by the demo's scenario, and Ctrl-C ends the
+demo cleanly. Screenshots go to the ``artifacts_dir``.
 
 Chromium comes from Debian (``make browser`` installs ``chromium`` and
 ``chromium-driver`` when run as root); the test is skipped, saying so, only
@@ -11,6 +13,11 @@ when they are not on the machine.
 
 import os
 import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
@@ -200,3 +207,44 @@ def test_the_page_reconnects_with_a_fresh_ticket_when_the_gateway_restarts(daemo
     yield threads.deferToThread(page.call_card, call["call_id"], "TALKING")
     assert "status stream refused" not in daemon.output, "the page reused a spent ticket"
     assert (yield daemon.stop()) == 0, daemon.output
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """``python -m gateway.demo`` (staying up) in its own process group; the group is killed at teardown."""
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.demo", "--workdir", str(tmp_path / "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_the_demo_shows_every_adapter_on_the_status_page_and_stops_on_ctrl_c(demo, browser, artifacts_dir):
+    """``make demo``'s promise: after the scenario it stays up, prints the page's URL and token, and the page
+    shows the HIS agent, the Patriot operator and the chat conversation it made; Ctrl-C ends it all."""
+    out = []
+    for line in demo.stdout:  # the test's timeout bounds this
+        out.append(line)
+        if "status page" in line:
+            break
+    text = "".join(out)
+    assert "demo: every step happened." in text, text
+    url, admin, token = re.search(r"status page\s+(http://127\.0\.0\.1:(\d+)/)\s+\(admin token: (\S+)\)", text).groups()
+    chat = re.search(r"chat server simulator listening on 127\.0\.0\.1:(\d+)", text).group(1)
+
+    page = StatusPage(browser, url)
+    page.log_in(token)
+    page.wait_live()
+    assert "alice" in page.text_in("#cti", "bridge linked")
+    assert "operator1" in page.text_in("#patriot", "ext 2001")
+    assert "+15550142" in page.text_in("#chat", "chat linked")
+    assert "status unavailable" not in page.find("#board").text, "every section was drawn"
+    page.screenshot(artifacts_dir / "status-page-demo.png")
+
+    os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the demo's whole process group
+    rest, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, text + rest
+    for port in (admin, chat):  # the daemon and the chat server simulator are gone
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0, port
