@@ -278,6 +278,9 @@ class Connector:
             customer = conversation.participant.id
             if (message.sender is not None and message.sender.id == customer) or not message.for_participant(customer):
                 return True  # the customer's own message, or one between agents
+            if message.sender is not None:
+                # An agent who writes is there, whether or not the server announced the join.
+                conversation.agents.setdefault(message.sender.id, message.sender.name)
             self.conversations.touch(conversation)
         number = message.ref_id or (conversation.number if conversation is not None else None)
         if number is None:

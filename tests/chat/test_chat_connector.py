@@ -236,6 +236,15 @@ class ConnectorTests(SynchronousTestCase):
         [reply] = self.stored("outbound")
         self.assertEqual((reply.kind, reply.status, reply.external_id, reply.conversation_id), ("reply", "delivered", "m-Hi, how can I help?", "c1"))
 
+    def test_an_agent_who_writes_counts_as_present_without_a_join_activity(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        [conversation] = self.conversations
+        self.assertEqual(conversation.agents, {})
+        self.agent_says("Hi, how can I help?")
+        self.assertEqual(conversation.agents, {AGENT["id"]: AGENT["name"]})
+
     def test_whispers_the_customers_own_messages_and_messages_between_agents_are_not_sent(self):
         self.make()
         self.connect()
