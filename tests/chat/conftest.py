@@ -182,7 +182,7 @@ def python_echo_server(tmp_path_factory):
 def node_echo_server(tmp_path_factory):
     node_path = _node_socketio_path()
     if node_path is None:
-        pytest.skip("node or the socket.io npm package is not installed (npm install -g socket.io@4)")
+        pytest.skip("node or the socket.io npm package is not installed (make test installs it into .venv/node when npm exists)")
     script = tmp_path_factory.mktemp("socketio") / "echo_server.js"
     script.write_text(NODE_ECHO_SERVER)
     return ServerKind("node", [shutil.which("node"), str(script)], {"NODE_PATH": node_path})
