@@ -8,7 +8,10 @@ Public API (all importable from ``gateway.media``)::
     transcode(payload, src, dst) -> bytes; converter(src, dst) -> callable  (resolve once, call per frame)
     silence(codec, ms=20) -> bytes
 
-    MediaPort(clock, codec="pcm16", name="", queue_ms=1000)   # one per call leg
+    MediaPort(clock, codec="pcm16", name="", queue_ms=1000, on_drop=None)   # one per call leg
+      # on_drop(where, count): a full queue dropped frames, where = "playout" | "inbound"
+    MediaPorts(queue_ms=1000, on_drop=None).port(clock, codec, name) -> MediaPort
+      # the one port factory drivers use (ctx.media_ports in the daemon; see gateway.media.metrics)
       # driver side (the wire)
       port.receive(data)        # raw audio from the party, any length -> 20 ms frames -> port.source
       port.set_wire(write)      # write(bytes) gets paced outbound audio, one 20 ms payload at a time
@@ -47,7 +50,7 @@ from gateway.media.codecs import ALAW, FRAME_MS, PCM16, RATE, ULAW, converter, f
 from gateway.media.errors import AppArgumentError, MediaError, PortBusy, UnsupportedFormat
 from gateway.media.frame import Frame
 from gateway.media.interfaces import IConference, IMediaApp, IMediaSession
-from gateway.media.port import MediaPort
+from gateway.media.port import MediaPort, MediaPorts
 from gateway.media.producers import BytesConsumer, FrameFeeder, PacedSource
 from gateway.media.tones import cadence, dtmf_frames, silence_payloads, speech_like, tone
 from gateway.media.wav import wav_payloads
@@ -67,6 +70,7 @@ __all__ = [
     "IMediaSession",
     "MediaError",
     "MediaPort",
+    "MediaPorts",
     "PacedSource",
     "PortBusy",
     "UnsupportedFormat",

@@ -5,8 +5,9 @@
 
 :class:`FrameQueue` is the one bounded buffer policy used everywhere: when it
 reaches its high-water mark it pauses the producer feeding it; if items still
-arrive (real-time sources ignore pauses) it drops the OLDEST and counts it;
-once drained to its low-water mark it resumes the producer.
+arrive (real-time sources ignore pauses) it drops the OLDEST, counts it and
+tells its ``on_drop`` hook (for the metrics); once drained to its low-water
+mark it resumes the producer.
 """
 
 from __future__ import annotations
@@ -71,12 +72,13 @@ class FrameQueue:
 
     ``producer`` (an ``IPushProducer`` or None) is resumed when the queue drains
     to its low-water mark. ``frames_dropped`` counts items dropped because the
-    queue was full.
+    queue was full; ``on_drop(count)``, if given, is called with each drop.
     """
 
-    __slots__ = ("capacity", "high_water", "low_water", "producer", "producer_paused", "frames_dropped", "_items")
+    __slots__ = ("capacity", "high_water", "low_water", "producer", "producer_paused", "frames_dropped", "on_drop",
+                 "_items")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, on_drop: typing.Callable[[int], object] | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"queue capacity must be at least one frame, not {capacity}")
         self.capacity = capacity
@@ -85,6 +87,7 @@ class FrameQueue:
         self.producer = None
         self.producer_paused = False
         self.frames_dropped = 0
+        self.on_drop = on_drop
         self._items: collections.deque = collections.deque()
 
     def __len__(self) -> int:
@@ -98,6 +101,8 @@ class FrameQueue:
         if len(items) >= self.capacity:
             items.popleft()
             self.frames_dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(1)
         items.append(item)
         if len(items) >= self.high_water:
             self._pause_producer()

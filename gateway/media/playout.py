@@ -39,10 +39,11 @@ class Playout:
     Counters: ``frames_played`` (written to the wire), ``frames_dropped``
     (oldest dropped because the queue was full), ``frames_flushed`` (discarded
     by :meth:`flush`), ``underruns`` (times playout ran out of audio and
-    stopped).
+    stopped). ``on_drop(count)``, if given, is told of each drop as it happens.
     """
 
-    def __init__(self, clock, codec: str, capacity: int, name: str = "") -> None:
+    def __init__(self, clock, codec: str, capacity: int, name: str = "",
+                 on_drop: typing.Callable[[int], object] | None = None) -> None:
         self.codec = codec
         self.name = name
         self.paused = False
@@ -51,7 +52,7 @@ class Playout:
         self.frames_flushed = 0
         self.underruns = 0
         self._fill = silence(codec)[0]
-        self._queue = FrameQueue(capacity)
+        self._queue = FrameQueue(capacity, on_drop)
         self._reframer = Reframer(frame_size(codec), self._queue.push)
         self._pacer = Pacer(clock, self._tick, name=name)
         self._wire: typing.Callable[[bytes], object] | None = None

@@ -19,9 +19,22 @@ The core/app side:
 - ``port.sink``: ``IConsumer`` of frames toward the party (into the paced
   playout queue); the same object as ``port.playout``.
 - ``port.flush()`` (barge-in), ``port.muted``, ``port.close()``.
+
+Drops (a full queue losing its oldest frame) are counted on the port and, when
+the port has an ``on_drop(where, count)`` hook, reported as they happen:
+``where`` is ``"playout"`` (toward the party) or ``"inbound"`` (from it).
+
+The daemon makes every port through one :class:`MediaPorts` factory
+(``ctx.media_ports``), which carries the configured queue size and the
+metrics hook, so drivers need not know either.
 """
 
 from __future__ import annotations
+
+import functools
+import typing
+
+import attrs
 
 from gateway.media.buffers import Reframer
 from gateway.media.codecs import FRAME_MS, PCM16, check_codec, frame_size
@@ -29,17 +42,23 @@ from gateway.media.errors import PortBusy
 from gateway.media.playout import Playout
 from gateway.media.producers import FrameSource
 
-__all__ = ["MediaPort", "check_free"]
+__all__ = ["MediaPort", "MediaPorts", "check_free"]
+
+#: ``on_drop(where, count)``: ``count`` frames were just dropped on the ``where`` side of a port
+DropHook = typing.Callable[[str, int], object]
 
 
 class MediaPort:
     """The media of one call leg: inbound frames from the party, paced playout toward it.
 
     ``queue_ms`` bounds each direction's buffer (whole 20 ms frames; default
-    one second of audio).
+    one second of audio). ``on_drop(where, count)``, if given, is called
+    whenever a full queue drops frames, with ``where`` ``"playout"`` or
+    ``"inbound"``; nothing extra happens while nothing is dropped.
     """
 
-    def __init__(self, clock, codec: str = PCM16, name: str = "", queue_ms: int = 1000) -> None:
+    def __init__(self, clock, codec: str = PCM16, name: str = "", queue_ms: int = 1000,
+                 on_drop: DropHook | None = None) -> None:
         check_codec(codec)
         if queue_ms < FRAME_MS:
             raise ValueError(f"queue_ms must be at least one frame ({FRAME_MS} ms), not {queue_ms}")
@@ -48,8 +67,8 @@ class MediaPort:
         self.name = name
         self.closed = False
         self._muted = False
-        self.source = FrameSource(codec, capacity, name)
-        self.playout = Playout(clock, codec, capacity, name)
+        self.source = FrameSource(codec, capacity, name, _side(on_drop, "inbound"))
+        self.playout = Playout(clock, codec, capacity, name, _side(on_drop, "playout"))
         self._inbound = Reframer(frame_size(codec), self.source.deliver)
 
     def __repr__(self) -> str:
@@ -100,6 +119,27 @@ class MediaPort:
         self.source.disconnect()
         self.source.upstream = None
         self.playout.close()
+
+
+def _side(on_drop: DropHook | None, where: str):
+    """``on_drop`` bound to one side of the port (None stays None)."""
+    return None if on_drop is None else functools.partial(on_drop, where)
+
+
+@attrs.frozen
+class MediaPorts:
+    """Makes the ports of every call leg alike: the configured queue size, the drop hook (metrics).
+
+    Drivers take one (``ctx.media_ports`` in the daemon); the default,
+    ``MediaPorts()``, makes plain one-second ports that report to nobody.
+    """
+
+    queue_ms: int = 1000
+    on_drop: DropHook | None = None
+
+    def port(self, clock, codec: str = PCM16, name: str = "") -> MediaPort:
+        """A new port for one call leg."""
+        return MediaPort(clock, codec, name, self.queue_ms, self.on_drop)
 
 
 def check_free(user: str, ports, source: bool, sink: bool) -> None:

@@ -95,12 +95,14 @@ class FrameSource(FrameProducer):
 
     Frames delivered while nothing is connected are discarded (nobody is
     listening; stale audio must not play later). ``frames_dropped`` counts
-    frames lost because the queue was full.
+    frames lost because the queue was full; ``on_drop(count)``, if given, is
+    told of each such loss as it happens.
     """
 
-    def __init__(self, codec: str, capacity: int, name: str = "") -> None:
+    def __init__(self, codec: str, capacity: int, name: str = "",
+                 on_drop: typing.Callable[[int], object] | None = None) -> None:
         super().__init__(codec, name)
-        self._queue = FrameQueue(capacity)
+        self._queue = FrameQueue(capacity, on_drop)
 
     @property
     def upstream(self):

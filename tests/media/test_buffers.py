@@ -77,6 +77,19 @@ class FrameQueueTests(SynchronousTestCase):
         self.assertEqual(self.queue.frames_dropped, 12)
         self.assertEqual([self.queue.pop() for _ in range(8)], list(range(12, 20)))
 
+    def test_on_drop_is_told_of_each_drop_and_only_of_drops(self):
+        drops = []
+        queue = FrameQueue(4, drops.append)
+        for n in range(4):
+            queue.push(n)
+        queue.pop()
+        queue.push(4)
+        self.assertEqual(drops, [])  # never full: never called
+        for n in range(5, 8):
+            queue.push(n)
+        self.assertEqual((drops, queue.frames_dropped), ([1, 1, 1], 3))
+        self.assertEqual([queue.pop() for _ in range(4)], [4, 5, 6, 7])
+
     def test_clear_resumes(self):
         for n in range(7):
             self.queue.push(n)

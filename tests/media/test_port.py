@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.media import PCM16, ULAW, Frame, FrameFeeder, MediaPort, silence, tone, transcode
+from gateway.media import PCM16, ULAW, Frame, FrameFeeder, MediaPort, MediaPorts, silence, tone, transcode
 from gateway.media.testing import FrameCollector
 
 
@@ -168,6 +168,62 @@ class InboundBackpressureTests(PortTestCase):
         self.port.source.connect(collector)
         self.port.receive(bytes(320))
         self.assertEqual([(f.seq, f.marker) for f in collector.frames], [(0, True)])
+
+
+class DropReportTests(SynchronousTestCase):
+    """A port tells its on_drop hook of every frame its full queues drop, with the side it was on."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.drops = []
+        self.ports = MediaPorts(200, lambda where, count: self.drops.append((where, count)))
+        self.port = self.ports.port(self.clock, PCM16, "leg-1")
+        self.addCleanup(self.port.close)
+
+    def reported(self, where):
+        return sum(count for side, count in self.drops if side == where)
+
+    def test_playout_overflow_is_reported_as_counted(self):
+        self.port.set_wire([].append)
+        self.port.playout.pauseProducing()  # the wire's transport cannot keep up
+        for n in range(25):
+            self.port.sink.write(frame(numbered(n)))
+        self.port.sink.write(frame(bytes(320 * 7 + 5)))  # several drops from one write
+        self.assertEqual(self.port.playout.frames_dropped, 22)
+        self.assertEqual((self.reported("playout"), self.reported("inbound")), (22, 0))
+        self.port.close()
+        self.assertEqual(self.reported("playout"), 22)  # what close discards is flushed, not dropped
+
+    def test_inbound_overflow_is_reported_as_counted(self):
+        collector = FrameCollector()
+        self.port.source.connect(collector)
+        collector.stop_reading()
+        for _ in range(40):
+            self.port.receive(bytes(5000))
+        self.assertEqual(self.port.source.frames_dropped, 40 * 5000 // 320 - 10)
+        self.assertEqual((self.reported("inbound"), self.reported("playout")), (self.port.source.frames_dropped, 0))
+        collector.resume_reading()
+        self.port.source.disconnect()
+
+    def test_nothing_is_reported_while_nothing_is_dropped(self):
+        wire = []
+        self.port.set_wire(wire.append)
+        self.port.source.connect(FrameCollector())
+        FrameFeeder(tone(425), PCM16).connect(self.port.sink)  # paused at high water, never dropped
+        for _ in range(100):
+            self.port.receive(bytes(320))
+            self.clock.advance(0.02)
+        self.assertEqual((len(wire), self.drops), (101, []))
+        self.port.sink.unregisterProducer()
+        self.port.source.disconnect()
+
+    def test_the_default_factory_makes_one_second_ports_reporting_to_nobody(self):
+        port = MediaPorts().port(self.clock, ULAW, "leg-2")
+        self.addCleanup(port.close)
+        self.assertEqual((port.codec, port.name), (ULAW, "leg-2"))
+        port.sink.write(Frame(ULAW, 8000, 0, 0, False, bytes(160 * 60)))  # no wire yet: all of it queues
+        self.assertEqual((port.playout.queued, port.playout.frames_dropped), (50, 10))
+        self.assertEqual(self.drops, [])
 
 
 class FlushTests(PortTestCase):
