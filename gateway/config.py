@@ -60,6 +60,14 @@ class StoreSection:
     )
 
 
+@section
+class MediaSection:
+    #: each direction of a call leg's audio buffers at most this much; when full, the oldest is dropped
+    queue_ms: int = attrs.field(
+        default=1000, validator=check(lambda v: 100 <= v <= 10000, "must be between 100 and 10000 ms, got {value!r}")
+    )
+
+
 _EXT_ID = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 
 
@@ -93,6 +101,7 @@ class Config:
     admin: AdminSection = attrs.Factory(AdminSection)
     store: StoreSection = attrs.Factory(StoreSection)
     pbx: PbxConfig = attrs.Factory(PbxConfig)
+    media: MediaSection = attrs.Factory(MediaSection)
     extensions: list[Extension] = attrs.Factory(list)
     routes: list[Route] = attrs.Factory(list)
     optimaccs: OptimaccsConfig | None = None

@@ -3,7 +3,8 @@
 :func:`gateway.tap.makeService` builds one :class:`Context` and passes it to
 each room's ``make_service(ctx)``. Rooms take what they need from it instead
 of importing globals: the reactor, the validated configuration, the metrics
-registry, the readiness board, and (once built) the store and call registry.
+registry, the readiness board, the media port factory, and (once built) the
+store and call registry.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import typing
 
 import attrs
 from twisted.logger import Logger
+
+from gateway.media.port import MediaPorts
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from prometheus_client import CollectorRegistry
@@ -76,6 +79,8 @@ class Context:
     state_dir: pathlib.Path
     metrics: "CollectorRegistry"
     readiness: Readiness = attrs.Factory(Readiness)
+    #: makes every call leg's MediaPort (``[media] queue_ms``, drops counted in the metrics); drivers use it
+    media_ports: MediaPorts = attrs.Factory(MediaPorts)
     #: the CDR store (gateway.store), set when the daemon is assembled
     store: typing.Any = None
     #: the call registry (gateway.core.registry.Registry)

@@ -162,6 +162,7 @@ def build(config, reactor) -> GatewayService:
     from gateway.admin.metrics import make_metrics_registry
     from gateway.admin.site import make_site
     from gateway.admin.token import resolve_token
+    from gateway.media.metrics import counted_ports
     from gateway.callservice import make_service as make_core
     from gateway.pluginload import extend_plugin_path
     from gateway.store import open_store
@@ -171,7 +172,9 @@ def build(config, reactor) -> GatewayService:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     extend_plugin_path(config.gateway.plugin_dirs)
 
-    ctx = Context(reactor=reactor, config=config, state_dir=state_dir, metrics=make_metrics_registry())
+    metrics = make_metrics_registry()
+    ctx = Context(reactor=reactor, config=config, state_dir=state_dir, metrics=metrics,
+                  media_ports=counted_ports(metrics, config.media.queue_ms))
     root = GatewayService(ctx, SystemdService(Notifier(), reactor))
 
     ctx.store = open_store(config.store.url, reactor)

@@ -93,6 +93,8 @@ def test_every_key_in_etc_file_has_a_comment():
         ('[admin]\nlisten = "nope:1"', "admin.listen: bad listening endpoint 'nope:1': Unknown endpoint type"),
         ('[admin]\nlisten = "systemd:domain=INET"', "admin.listen: bad listening endpoint"),
         ('[store]\nurl = "postgres://x"', "x.toml: store.url: expected sqlite:PATH"),
+        ("[media]\nqueue_ms = 50", "x.toml: media.queue_ms: must be between 100 and 10000 ms, got 50"),
+        ("[media]\nqueue_ms = 1.5", "x.toml: media.queue_ms: expected an integer"),
         ("[[extensions]]\nname = 'a'", "x.toml: extensions[0].id: missing required key"),
         ("[[extensions]]\nid = 'a b'", "extensions[0].id: expected 1-64 letters"),
         ("[[extensions]]\nid = 'a'\n[[extensions]]\nid = 'a'", "extensions[1].id: duplicate extension id 'a'"),
@@ -138,6 +140,12 @@ def test_a_file_is_the_whole_configuration():
     assert cfg.gateway.state_dir == "var"
     assert cfg.admin == config.AdminSection()
     assert (cfg.optimaccs, cfg.patriot, cfg.cti, cfg.chat) == (None, None, None, None)
+
+
+def test_media_queue_size():
+    assert config.load(None).media.queue_ms == 1000
+    assert config.loads("[media]\nqueue_ms = 250", "x.toml").media.queue_ms == 250
+    assert config.loads("[gateway]", "x.toml").media == config.MediaSection()
 
 
 def test_secrets_are_never_rendered():

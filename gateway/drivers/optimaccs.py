@@ -51,7 +51,7 @@ from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
-from gateway.media import MediaPort
+from gateway.media import MediaPort, MediaPorts
 
 __all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "make_service"]
 
@@ -278,7 +278,8 @@ class InboundCall:
     # -- internals -----------------------------------------------------------------
 
     def _open_port(self) -> None:
-        self.port = MediaPort(self._clock, self.server.config.audio, name=f"optimaccs:{self.setup.session_id}")
+        self.port = self.server.ports.port(self._clock, self.server.config.audio,
+                                           name=f"optimaccs:{self.setup.session_id}")
         self._link.attach(self.port)
 
     def _close_port(self) -> None:
@@ -365,12 +366,14 @@ class _ProviderProtocol(WebSocketServerProtocol):
 class InboundServer:
     """What the connections share: configuration, the registry, access control, metrics, the live calls."""
 
-    def __init__(self, clock, config, registry, metrics: _Metrics) -> None:
-        """``config``: :class:`gateway.drivers.config.OptimaccsConfig`; ``registry``: the call registry."""
+    def __init__(self, clock, config, registry, metrics: _Metrics, ports: MediaPorts = MediaPorts()) -> None:
+        """``config``: :class:`gateway.drivers.config.OptimaccsConfig`; ``registry``: the call registry;
+        ``ports`` makes each call's MediaPort (the daemon's ``ctx.media_ports``)."""
         self.clock = clock
         self.config = config
         self.registry = registry
         self.metrics = metrics
+        self.ports = ports
         self.calls: list[InboundCall] = []
         self._networks = [ipaddress.ip_network(n, strict=False) for n in config.allow_from]
 
@@ -480,7 +483,7 @@ class OptimaccsService(service.Service):
 
 def make_service(ctx) -> OptimaccsService:
     """The ``[optimaccs]`` adapter: the inbound-call listener, its status and metrics."""
-    server = InboundServer(ctx.reactor, ctx.config.optimaccs, ctx.registry, _Metrics(ctx.metrics))
+    server = InboundServer(ctx.reactor, ctx.config.optimaccs, ctx.registry, _Metrics(ctx.metrics), ctx.media_ports)
     ctx.listen(NAME, ctx.config.optimaccs.listen, server.factory(ctx.reactor))
     ctx.status[NAME] = server
     return OptimaccsService(server)

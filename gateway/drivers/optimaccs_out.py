@@ -44,7 +44,7 @@ from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.config import OptimaccsConfig
 from gateway.drivers.optimaccs_api import ProviderApi, ValidationFailed, digits_only, media_url
 from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
-from gateway.media import MediaPort
+from gateway.media import MediaPorts
 
 __all__ = ["OutboundDriver", "OutboundLeg", "build_driver", "connect_endpoint"]
 
@@ -91,7 +91,7 @@ class OutboundLeg:
         self.over = False
         self.session_id: str | None = None
         self.cdr: dict | None = None
-        self.port = MediaPort(driver.clock, driver.config.audio, name=f"optimaccs:{number}")
+        self.port = driver.ports.port(driver.clock, driver.config.audio, name=f"optimaccs:{number}")
         self._link: Link | None = None
         #: the TCP connection being made, then the protocol whose opening handshake runs
         self._connecting: defer.Deferred | None = None
@@ -411,13 +411,16 @@ class OutboundDriver:
 
     name = NAME
 
-    def __init__(self, clock, config, *, http, connect, readiness=None, on_stop=None) -> None:
+    def __init__(self, clock, config, *, http, connect, readiness=None, on_stop=None,
+                 ports: MediaPorts = MediaPorts()) -> None:
         """``config``: ``OptimaccsConfig`` (its ``outbound`` table, ``audio``, ``cdr_wait`` and WebSocket
         limits); ``http``: a treq HTTPClient; ``connect(url, factory) -> Deferred`` opens a connection
         (:func:`connect_endpoint`); ``readiness``: a readiness Component; ``on_stop()``: called last
-        at stop (e.g. closing the HTTP connection pool)."""
+        at stop (e.g. closing the HTTP connection pool); ``ports`` makes each leg's MediaPort (the
+        daemon's ``ctx.media_ports``)."""
         self.clock = clock
         self.config = config
+        self.ports = ports
         self.api = ProviderApi(http, clock, config.outbound, config.audio)
         self.legs: list[OutboundLeg] = []
         self._connect = connect
@@ -496,6 +499,7 @@ def build_driver(ctx) -> OutboundDriver:
         connect=connect_endpoint(reactor, config.outbound.request_timeout),
         readiness=ctx.readiness.register(READINESS),
         on_stop=pool.closeCachedConnections,
+        ports=ctx.media_ports,
     )
     ctx.status["optimaccs-outbound"] = driver
     return driver

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriver, IDriverLeg
-from gateway.media import PCM16, BytesConsumer, MediaPort, PacedSource, silence_payloads, speech_like, tone, transcode
+from gateway.media import PCM16, BytesConsumer, MediaPorts, PacedSource, silence_payloads, speech_like, tone, transcode
 from gateway.media import wav_payloads
 from gateway.media.testing import tone_power
 
@@ -176,7 +176,7 @@ class SimLeg:
         party.leg = self
         clock = network.clock
         self._clock = clock
-        self.port = MediaPort(clock, network.codec, name=f"sim:{party.number}")
+        self.port = network.ports.port(clock, network.codec, name=f"sim:{party.number}")
         self.port.set_wire(party._hear)
         self._timers: list = []
         self._source: PacedSource | None = None
@@ -295,12 +295,14 @@ class SimNetwork:
     name = NAME
 
     def __init__(self, clock, config, *, registry: typing.Callable[[], typing.Any] = lambda: None,
-                 codec: str = PCM16) -> None:
+                 codec: str = PCM16, ports: MediaPorts = MediaPorts()) -> None:
         """``config``: a ``gateway.drivers.config.SimNetworkConfig``; ``registry()`` returns the call
-        registry inbound calls are delivered to (it may be set after the network is built)."""
+        registry inbound calls are delivered to (it may be set after the network is built); ``ports``
+        makes each leg's MediaPort (the daemon's ``ctx.media_ports``)."""
         self.clock = clock
         self.config = config
         self.codec = codec
+        self.ports = ports
         self._registry = registry
         self.live: list[SimLeg] = []
         self.history: collections.deque[SimParty] = collections.deque(maxlen=HISTORY)

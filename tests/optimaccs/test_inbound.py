@@ -14,7 +14,7 @@ from gateway.confschema import Secret
 from gateway.core import events as ev
 from gateway.core.errors import DriverError
 from gateway.drivers.optimaccs import ENDING, OptimaccsService
-from gateway.media import dtmf_frames
+from gateway.media import PCM16, Frame, MediaPorts, dtmf_frames
 from gateway.media.testing import FrameCollector, tone_power
 from gateway.sim import audio
 from gateway.sim.optimaccs import CallScript, TimedDigit
@@ -118,6 +118,22 @@ class EchoCallTests(SynchronousTestCase):
         self.assertEqual(self.bench.h.cdrs[0]["cause"], "transport_lost")
         self.assertEqual(self.bench.server.calls, [])
         self.assertEqual(self.bench.metric("gateway_optimaccs_connections"), 0)
+
+
+class MediaPortsTests(SynchronousTestCase):
+    def test_the_calls_port_comes_from_the_servers_factory_and_reports_its_drops(self):
+        bench = Bench(self)
+        drops = []
+        bench.server.ports = MediaPorts(200, lambda where, count: drops.append(where))
+        call, _ = bench.connect()
+        bench.run(0.2)
+        port = bench.server.calls[0].port
+        port.sink.write(Frame(PCM16, 8000, 0, 0, False, bytes(320 * 30)))  # 10 frames fit
+        self.assertGreaterEqual(port.playout.frames_dropped, 19)
+        self.assertEqual(drops, ["playout"] * port.playout.frames_dropped)
+        call.hangup()
+        bench.run(0.1)
+        self.assertEqual(bench.server.calls, [])
 
 
 class ExtensionCallTests(SynchronousTestCase):

@@ -17,6 +17,7 @@ from gateway.drivers.optimaccs_api import (
     digits_only,
     media_url,
 )
+from gateway.media import PCM16, Frame, MediaPorts
 from gateway.sim.optimaccs import ApiSettings, TimedDigit
 
 from .outbound_bench import TOKEN, Bench
@@ -111,6 +112,17 @@ class OutboundCallTests(SynchronousTestCase):
         self.assertEqual((provider_cdr["disposition"], provider_cdr["hangupCauseCode"], provider_cdr["hangupBy"]),
                          ("ANSWERED", 16, "CALLER"))
         self.assertEqual((session.errors, self.bench.driver.legs), ([], []))
+
+    def test_the_legs_port_comes_from_the_drivers_factory_and_reports_its_drops(self):
+        drops = []
+        self.bench.driver.ports = MediaPorts(200, lambda where, count: drops.append(where))
+        call_id = self.bench.talking(NUMBER)
+        port = self.bench.leg.port
+        port.sink.write(Frame(PCM16, 8000, 0, 0, False, bytes(320 * 30)))  # 10 frames fit
+        self.assertGreaterEqual(port.playout.frames_dropped, 19)
+        self.assertEqual(drops, ["playout"] * port.playout.frames_dropped)
+        self.successResultOf(self.registry.hangup(call_id))
+        self.bench.run(0.1)
 
     def test_busy_failed_and_unanswered_numbers(self):
         bench = self.bench = Bench(self, outbound={"ring_timeout": 3})

@@ -13,6 +13,7 @@ from gateway.core.interfaces import IDriverFactory
 from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.optimaccs import InboundServer, OptimaccsService, make_service
 from gateway.drivers.optimaccs_out import OutboundDriver
+from gateway.media import MediaPorts
 from gateway.pluginload import find_plugin
 
 
@@ -46,6 +47,15 @@ class ServiceTests(SynchronousTestCase):
         driver.start()
         self.assertTrue(ctx.readiness.components["optimaccs:api"].up)
         self.successResultOf(driver.stop())
+
+    def test_both_drivers_make_their_ports_through_the_context(self):
+        ctx = context('[pbx]\ndriver = "optimaccs"\n[optimaccs]\nlisten = "tcp:0:interface=127.0.0.1"\n'
+                      '[optimaccs.outbound]\ntoken = "t"\napi_url = "http://127.0.0.1:9"\n')
+        ctx.media_ports = MediaPorts(300, lambda where, count: None)
+        make_service(ctx)
+        self.assertIs(ctx.status["optimaccs"].ports, ctx.media_ports)
+        driver = find_plugin(IDriverFactory, "optimaccs").build(ctx)
+        self.assertIs(driver.ports, ctx.media_ports)
 
     def test_bad_values_name_their_key(self):
         for text, path in (('allow_from = ["10.0.0.300"]', "optimaccs.allow_from"),
