@@ -125,10 +125,10 @@ class GatewayService(service.MultiService):
         self.systemd.mark_ready()
 
     def _fatal(self, failure, what):
-        log.failure("{what}; stopping", failure, what=what)
+        log.failure("{what}: {error}; stopping", failure, what=what, error=failure.getErrorMessage())
         self.ctx.exit_code = 1
-        if self.ctx.reactor.running:
-            self.ctx.reactor.stop()
+        # This can happen during start, before the reactor runs.
+        self.ctx.reactor.callWhenRunning(self.ctx.reactor.stop)
 
     # -- stop ------------------------------------------------------------
 

@@ -75,6 +75,26 @@ def test_port_in_use_exits_non_zero_naming_the_endpoint(processes, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_store_that_cannot_be_opened_stops_the_daemon_with_status_1(processes, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    admin = free_port()
+    config = GatewayProcess.config(admin).replace(
+        'url = "sqlite:var/gateway.sqlite"', f'url = "sqlite:{blocker}/gateway.sqlite"'
+    )
+    proc = _gateway(processes, tmp_path, config)
+    proc.spawn()
+    timer = reactor.callLater(30, proc.kill)
+    code = yield proc.ended
+    if timer.active():
+        timer.cancel()
+    assert code == 1, proc.output
+    assert "the store could not be opened" in proc.output
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", admin)) != 0
+
+
+@pytest_twisted.inlineCallbacks
 def test_health_api_token_and_sigterm(processes, tmp_path):
     admin = free_port()
     proc = _gateway(processes, tmp_path, GatewayProcess.config(admin))
