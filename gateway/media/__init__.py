@@ -9,7 +9,8 @@ Public API (all importable from ``gateway.media``)::
     silence(codec, ms=20) -> bytes
 
     MediaPort(clock, codec="pcm16", name="", queue_ms=1000, on_drop=None)   # one per call leg
-      # on_drop(where, count): a full queue dropped frames, where = "playout" | "inbound"
+      # on_drop(where, count): a full queue dropped frames, where = "playout" | "inbound" | "mix"
+      #   (port.on_drop; port.drop_hook(where) -> hook(count) or None, for an app's own queue of the port's frames)
     MediaPorts(queue_ms=1000, on_drop=None).port(clock, codec, name) -> MediaPort
       # the one port factory drivers use (ctx.media_ports in the daemon; see gateway.media.metrics)
       # driver side (the wire)

@@ -8,7 +8,8 @@ hear the same full sum, computed once. Parties are added and removed while it
 runs; with nobody speaking it stops scheduling until a frame comes.
 
 Each party's input is a small bounded queue (the usual policy: pause the
-party's source at high water, drop the oldest if frames still come). Toward a
+party's source at high water, drop the oldest if frames still come); its drops
+go to the party port's drop hook as ``"mix"`` (the metrics). Toward a
 party the conference is a push producer of its sink: while that sink pauses
 it, the party's share of the mix is skipped, never buffered: the conference
 is real time and one slow leg must not hold up the others.
@@ -51,7 +52,7 @@ class _Party:
 
     def __init__(self, conference: Conference, port) -> None:
         self.port = port
-        self.queue = FrameQueue(JITTER_FRAMES)
+        self.queue = FrameQueue(JITTER_FRAMES, port.drop_hook("mix"))
         self.stamp = Stamper(PCM16)
         self.hears = True
         #: this round's frame as 32-bit samples, or None if the party was silent

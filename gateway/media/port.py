@@ -22,7 +22,9 @@ The core/app side:
 
 Drops (a full queue losing its oldest frame) are counted on the port and, when
 the port has an ``on_drop(where, count)`` hook, reported as they happen:
-``where`` is ``"playout"`` (toward the party) or ``"inbound"`` (from it).
+``where`` is ``"playout"`` (toward the party) or ``"inbound"`` (from it). An
+app that queues the port's frames itself reports its drops to the same hook
+through ``port.drop_hook(where)`` (the conference mixer: ``"mix"``).
 
 The daemon makes every port through one :class:`MediaPorts` factory
 (``ctx.media_ports``), which carries the configured queue size and the
@@ -57,6 +59,9 @@ class MediaPort:
     ``"inbound"``; nothing extra happens while nothing is dropped.
     """
 
+    #: the ``on_drop(where, count)`` hook this port reports its drops to, or None
+    on_drop: DropHook | None
+
     def __init__(self, clock, codec: str = PCM16, name: str = "", queue_ms: int = 1000,
                  on_drop: DropHook | None = None) -> None:
         check_codec(codec)
@@ -66,13 +71,18 @@ class MediaPort:
         self.codec = codec
         self.name = name
         self.closed = False
+        self.on_drop = on_drop
         self._muted = False
-        self.source = FrameSource(codec, capacity, name, _side(on_drop, "inbound"))
-        self.playout = Playout(clock, codec, capacity, name, _side(on_drop, "playout"))
+        self.source = FrameSource(codec, capacity, name, self.drop_hook("inbound"))
+        self.playout = Playout(clock, codec, capacity, name, self.drop_hook("playout"))
         self._inbound = Reframer(frame_size(codec), self.source.deliver)
 
     def __repr__(self) -> str:
         return f"<MediaPort {self.name or hex(id(self))} {self.codec}>"
+
+    def drop_hook(self, where: str) -> typing.Callable[[int], object] | None:
+        """``on_drop`` bound to ``where``, for a queue of this port's frames: ``hook(count)`` (None: no hook)."""
+        return None if self.on_drop is None else functools.partial(self.on_drop, where)
 
     @property
     def sink(self) -> Playout:
@@ -119,11 +129,6 @@ class MediaPort:
         self.source.disconnect()
         self.source.upstream = None
         self.playout.close()
-
-
-def _side(on_drop: DropHook | None, where: str):
-    """``on_drop`` bound to one side of the port (None stays None)."""
-    return None if on_drop is None else functools.partial(on_drop, where)
 
 
 @attrs.frozen

@@ -41,7 +41,7 @@ class TransferredLegTests(SynchronousTestCase):
     def dropped_by_ports(self) -> dict[str, float]:
         ports = [party.leg.port for party in self.h.network.parties()]
         return {"playout": float(sum(p.playout.frames_dropped for p in ports)),
-                "inbound": float(sum(p.source.frames_dropped for p in ports))}
+                "inbound": float(sum(p.source.frames_dropped for p in ports)), "mix": 0.0}
 
     def test_every_drop_is_counted_once_before_and_after_a_transfer_and_after_the_end(self):
         port = self.remote.leg.port
@@ -80,6 +80,6 @@ class DaemonTests(SynchronousTestCase):
         leg = network.dial("5551234", None)
         burst(leg.port, 20)  # 15 frames fit
         self.assertEqual(leg.port.playout.frames_dropped, 5)
-        self.assertEqual(counted(ctx.metrics), {"playout": 5.0, "inbound": 0.0})
+        self.assertEqual(counted(ctx.metrics), {"playout": 5.0, "inbound": 0.0, "mix": 0.0})
         self.successResultOf(network.stop())
         self.assertTrue(leg.port.closed)
