@@ -63,6 +63,13 @@ class ICdrStore(Interface):
         ``since`` or a ``limit`` below 1 fails with ``ValueError``.
         """
 
+    def recent_cdrs(limit=10):
+        """A Deferred list of the ``limit`` CDRs that ended last, newest first, however long ago.
+
+        Same order as :meth:`cdrs` reversed (end time, then call id); ``limit`` is capped at
+        :data:`gateway.store.MAX_LIMIT`, and one below 1 fails with ``ValueError``.
+        """
+
     def cdr(call_id):
         """A Deferred of one call's CDR, or None."""
 

@@ -15,6 +15,7 @@ from gateway.store.interfaces import DuplicateCdr, ICdrStore, ISmsStore, StoreUn
 from gateway.store.records import (
     CdrRow,
     ProviderRow,
+    check_limit,
     decode_cdr,
     encode_cdr,
     encode_provider_cdr,
@@ -56,6 +57,9 @@ class MemoryCdrStore:
 
     def cdrs(self, since: str | None = None, limit: int = 100) -> Deferred:
         return self._run(lambda: self._select(*query_bounds(since, limit)))
+
+    def recent_cdrs(self, limit: int = 10) -> Deferred:
+        return self._run(lambda: self._newest(check_limit(limit)))
 
     def cdr(self, call_id: str) -> Deferred:
         return self._run(lambda: self._get(call_id))
@@ -102,9 +106,16 @@ class MemoryCdrStore:
             raise DuplicateCdr(f"a CDR for call {row.call_id!r} is stored already")
         self._cdrs[row.call_id] = row
 
+    def _ordered(self) -> list[CdrRow]:
+        """Every CDR row in the stores' order: by end time, then call id."""
+        return sorted(self._cdrs.values(), key=lambda r: (r.ended_at, r.call_id))
+
     def _select(self, since: str, limit: int) -> list[dict]:
-        rows = sorted((r for r in self._cdrs.values() if r.ended_at >= since), key=lambda r: (r.ended_at, r.call_id))
+        rows = [r for r in self._ordered() if r.ended_at >= since]
         return [self._decode(row) for row in rows[:limit]]
+
+    def _newest(self, limit: int) -> list[dict]:
+        return [self._decode(row) for row in self._ordered()[::-1][:limit]]
 
     def _get(self, call_id: str) -> dict | None:
         row = self._cdrs.get(call_id)

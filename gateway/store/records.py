@@ -28,7 +28,7 @@ __all__ = [
     "timestamp_from_seconds",
 ]
 
-#: the most CDRs one :meth:`ICdrStore.cdrs` call returns
+#: the most CDRs one :meth:`ICdrStore.cdrs` or :meth:`ICdrStore.recent_cdrs` call returns
 MAX_LIMIT = 1000
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"

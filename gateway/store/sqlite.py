@@ -29,6 +29,7 @@ from gateway.store.interfaces import DuplicateCdr, ICdrStore, ISmsStore, SchemaT
 from gateway.store.records import (
     CdrRow,
     ProviderRow,
+    check_limit,
     decode_cdr,
     encode_cdr,
     encode_provider_cdr,
@@ -49,8 +50,10 @@ _INSERT_CDR = (
     f"INSERT INTO cdrs ({', '.join(_CDR_COLUMNS)}) VALUES ({', '.join('?' for _ in _CDR_COLUMNS)})"
 )
 _INSERT_PROVIDER = "INSERT INTO provider_cdrs (call_id, source, data, received_at) VALUES (?, ?, ?, ?)"
-#: the calls a ``cdrs(since, limit)`` query returns
-_SINCE = "SELECT call_id FROM cdrs WHERE ended_at >= ? ORDER BY ended_at, call_id LIMIT ?"
+#: the CDRs a ``cdrs(since, limit)`` query returns (``{columns}`` to fill in)
+_SINCE = "SELECT {columns} FROM cdrs WHERE ended_at >= ? ORDER BY ended_at, call_id LIMIT ?"
+#: the CDRs a ``recent_cdrs(limit)`` query returns: the ``cdrs_by_end`` index read backwards
+_NEWEST = "SELECT {columns} FROM cdrs ORDER BY ended_at DESC, call_id DESC LIMIT ?"
 
 
 def _configure(connection) -> None:
@@ -100,11 +103,10 @@ def _providers(conn, where: str, args: tuple) -> dict[str, list[ProviderRow]]:
     return by_call
 
 
-def _select_cdrs(conn, since: str, limit: int) -> list[dict]:
-    rows = conn.execute(
-        "SELECT call_id, document FROM cdrs WHERE ended_at >= ? ORDER BY ended_at, call_id LIMIT ?", (since, limit)
-    ).fetchall()
-    providers = _providers(conn, f"call_id IN ({_SINCE})", (since, limit))
+def _select_cdrs(conn, query: str, args: tuple) -> list[dict]:
+    """The CDRs ``query`` (:data:`_SINCE`, :data:`_NEWEST`) selects, in its order, with their provider CDRs."""
+    rows = conn.execute(query.format(columns="call_id, document"), args).fetchall()
+    providers = _providers(conn, f"call_id IN ({query.format(columns='call_id')})", args)
     return [decode_cdr(document, providers.get(call_id, [])) for call_id, document in rows]
 
 
@@ -190,7 +192,12 @@ class SqliteCdrStore:
 
     def cdrs(self, since: str | None = None, limit: int = 100) -> Deferred:
         d = execute(query_bounds, since, limit)
-        d.addCallback(lambda bounds: self._run(_select_cdrs, *bounds))
+        d.addCallback(lambda bounds: self._run(_select_cdrs, _SINCE, bounds))
+        return d
+
+    def recent_cdrs(self, limit: int = 10) -> Deferred:
+        d = execute(check_limit, limit)
+        d.addCallback(lambda capped: self._run(_select_cdrs, _NEWEST, (capped,)))
         return d
 
     def cdr(self, call_id: str) -> Deferred:

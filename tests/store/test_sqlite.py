@@ -70,6 +70,19 @@ def test_every_connection_gets_wal_full_sync_foreign_keys_and_a_busy_timeout(tmp
     assert settings == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
 
 
+def test_the_newest_cdrs_are_read_backwards_along_the_end_time_index():
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(MIGRATIONS[0])
+        plans = [db.execute("EXPLAIN QUERY PLAN " + sqlite_store._NEWEST.format(columns=columns), (10,)).fetchall()
+                 for columns in ("call_id, document", "call_id")]
+    finally:
+        db.close()
+    for plan in plans:
+        details = " | ".join(row[-1] for row in plan)
+        assert "cdrs_by_end" in details and "TEMP B-TREE" not in details, details
+
+
 @pytest_twisted.ensureDeferred
 async def test_open_creates_the_schema_at_the_latest_version(tmp_path, stores):
     path = tmp_path / "new.sqlite"

@@ -108,6 +108,46 @@ async def test_cdrs_come_oldest_first_from_since_inclusive(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_recent_cdrs_come_newest_first_however_old(store):
+    assert await store.recent_cdrs() == []
+    for call_id, ended in [
+        ("mid", "2024-05-01T10:00:00Z"),
+        ("last-year", "2023-05-01T10:00:00Z"),
+        ("late-b", "2024-05-01T12:00:00Z"),
+        ("jakarta", "2024-05-01T18:30:00+07:00"),  # 11:30Z
+        ("late-a", "2024-05-01T12:00:00Z"),
+    ]:
+        await store.add_cdr(make_cdr(call_id, ended_at=ended))
+    newest_first = ["late-b", "late-a", "jakarta", "mid", "last-year"]
+    assert [c["call_id"] for c in await store.recent_cdrs()] == newest_first
+    assert [c["call_id"] for c in await store.recent_cdrs(limit=2)] == newest_first[:2]
+    assert [c["call_id"] for c in await store.recent_cdrs(limit=1)] == ["late-b"]
+    assert await store.recent_cdrs(limit=5) == (await store.cdrs())[::-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_cdrs_carry_their_provider_cdrs(store):
+    await store.add_cdr(make_cdr("old", ended_at="2024-05-01T09:00:00Z"))
+    await store.add_cdr(make_cdr("new", ended_at="2024-05-01T10:00:00Z"))
+    await store.attach_provider_cdr("old", "optimaccs", {"callId": "oc-old"})
+    await store.attach_provider_cdr("new", "optimaccs", {"callId": "oc-new", "n": 1})
+    await store.attach_provider_cdr("new", "patriot", {"n": 2})
+    new, old = await store.recent_cdrs()
+    assert new == await store.cdr("new")
+    assert [(p["source"], p["data"]) for p in new["provider_cdrs"]] == [
+        ("optimaccs", {"callId": "oc-new", "n": 1}), ("patriot", {"n": 2})]
+    assert [p["data"] for p in old["provider_cdrs"]] == [{"callId": "oc-old"}]
+    [only] = await store.recent_cdrs(limit=1)
+    assert only == new
+
+
+@pytest.mark.parametrize("limit", [0, -1, "5", True, None])
+@pytest_twisted.ensureDeferred
+async def test_bad_recent_limits_are_refused(store, limit):
+    await failure_of(store.recent_cdrs(limit=limit), ValueError)
+
+
+@pytest_twisted.ensureDeferred
 async def test_times_with_other_offsets_compare_as_the_same_instant(store):
     await store.add_cdr(make_cdr("utc", ended_at="2024-05-01T10:00:00Z"))
     await store.add_cdr(make_cdr("jakarta", ended_at="2024-05-01T16:30:00+07:00"))  # 09:30Z
@@ -130,6 +170,8 @@ async def test_limit_is_capped(store):
         await store.add_cdr(make_cdr(f"c{i:04}"))
     got = await store.cdrs(limit=MAX_LIMIT + 500)
     assert [c["call_id"] for c in got] == [f"c{i:04}" for i in range(MAX_LIMIT)]
+    newest = await store.recent_cdrs(limit=MAX_LIMIT + 500)
+    assert [c["call_id"] for c in newest] == [f"c{i:04}" for i in range(MAX_LIMIT, 0, -1)]
 
 
 @pytest_twisted.ensureDeferred
@@ -163,6 +205,7 @@ async def test_nothing_works_after_close(store):
     await store.close()
     await failure_of(store.add_cdr(make_cdr("c1")), StoreUnavailable)
     await failure_of(store.cdrs(), StoreUnavailable)
+    await failure_of(store.recent_cdrs(), StoreUnavailable)
     await failure_of(store.cdr("c1"), StoreUnavailable)
     await failure_of(store.attach_provider_cdr("c1", "optimaccs", {}), StoreUnavailable)
 
