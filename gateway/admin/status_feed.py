@@ -26,15 +26,13 @@ from __future__ import annotations
 import json
 import typing
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 import gateway
 from gateway.core.events import CallEnded
-from gateway.store import MAX_LIMIT
-from gateway.store.records import timestamp_from_seconds
 
 __all__ = ["CDR_FIELDS", "EventStream", "StatusFeed", "cdr_view", "call_view", "sse_message"]
 
@@ -46,10 +44,8 @@ COALESCE = 0.25
 SAMPLE = 1.0
 #: seconds between two heartbeat comments
 HEARTBEAT = 15.0
-#: how many ended calls the page lists
+#: how many ended calls the page lists (read from the store at first open, later ones come from the registry)
 RECENT_CDRS = 10
-#: how far back the first look into the store goes for them (later ones come from the registry)
-CDR_WINDOW = 3600.0
 #: streams open at once; more are refused (each costs a view per change)
 MAX_STREAMS = 32
 
@@ -137,7 +133,8 @@ class StatusFeed:
             self._unsubscribe = registry.subscribe(self._changed)
         self._loops = [self._every(self._sample, self._publish), self._every(self._heartbeat, self._beat)]
         generation = self._generation
-        d = self._load_cdrs(self._clock.seconds() - CDR_WINDOW, generation)
+        d = self._ctx.store.recent_cdrs(limit=self._recent)
+        d.addCallback(self._remember_all, generation)
         d.addErrback(lambda f: log.failure("the status page could not read the recent CDRs", f))
         d.addCallback(lambda _: self._loaded(generation))
         d.addErrback(lambda f: log.failure("the status page could not build its view", f))
@@ -166,20 +163,11 @@ class StatusFeed:
 
     # -- recent CDRs ---------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def _load_cdrs(self, since_seconds: float, generation: int):
-        """Remember the newest CDRs of the store that ended after ``since_seconds``, page by page
-        (until the feed stops)."""
-        since = timestamp_from_seconds(since_seconds)
-        while True:
-            page = yield self._ctx.store.cdrs(since=since, limit=MAX_LIMIT)
-            if generation != self._generation:
-                return
-            for cdr in page:
+    def _remember_all(self, cdrs: list[dict], generation: int) -> None:
+        """Remember the store's newest CDRs, unless the feed stopped while they were read."""
+        if generation == self._generation:
+            for cdr in cdrs:
                 self._remember(cdr)
-            if len(page) < MAX_LIMIT or page[-1]["ended_at"] == since:
-                return
-            since = page[-1]["ended_at"]
 
     def _remember(self, cdr: dict) -> None:
         self._cdrs[cdr["call_id"]] = cdr_view(cdr)
