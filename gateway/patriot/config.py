@@ -130,8 +130,10 @@ class DesktopConfig:
     #: first and longest delay (seconds) between connection attempts
     retry_initial: float = attrs.field(default=1.0, validator=_positive)
     retry_max: float = attrs.field(default=60.0, validator=_positive)
-    #: seconds between WebSocket pings (0: none); a ping unanswered for as long closes the link
+    #: seconds between WebSocket pings (0: none)
     ping_interval: float = attrs.field(default=10.0, validator=_not_negative)
+    #: seconds a ping may go unanswered (nothing at all received) before the link is dropped
+    ping_timeout: float = attrs.field(default=10.0, validator=_positive)
     max_message_size: int = attrs.field(default=65536, validator=_message_size)
     max_phone_length: int = attrs.field(default=DEFAULT_MAX_PHONE_LENGTH, validator=_phone_length)
     dial_while_busy: DialWhileBusy = "refuse"

@@ -12,8 +12,10 @@ extension. Refused, or unanswered for ``auth_timeout`` seconds, the connection i
 retried later. Every connection that ends before it was authenticated (refused key, TLS
 failure, WebSocket handshake refused) lengthens the next delay as a failed connection attempt
 does, so a wrong key or a wrong pin never makes the link spin; a successful authentication
-resets the delay. Patriot's Desktop API has no heartbeat: WebSocket pings every ``ping_interval``
-seconds detect a dead server.
+resets the delay. Patriot's Desktop API has no heartbeat: a WebSocket ping every ``ping_interval``
+seconds, unanswered (nothing at all received) for ``ping_timeout`` seconds, drops a dead server's
+connection, and the link reconnects. Autobahn's handshake, ping and close timers run on the link's
+reactor (:class:`_ReactorTimer`), not txaio's global one, so a ``task.Clock`` drives them in tests.
 
 The link's readiness component (``patriot-desktop:<index>``) and the
 ``gateway_patriot_desktop_up{link}`` gauge are up exactly while the link is authenticated.
@@ -52,7 +54,8 @@ def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None):
         endpoint = HostnameEndpoint(reactor, host, port)
     if not is_secure:
         return endpoint
-    return wrapClientTLS(client_tls(host, ca_certificates=ca_certificates, fingerprint=config.fingerprint), endpoint)
+    trust = client_tls(host, ca_certificates=ca_certificates, fingerprint=config.fingerprint)
+    return wrapClientTLS(trust, endpoint, clock=reactor)
 
 
 class DesktopSession(Session):
@@ -216,14 +219,29 @@ class _DesktopProtocol(WebSocketClientProtocol):
         self.factory.link.connection_lost(self.session, self._close_reason or reason.getErrorMessage())
 
 
+class _ReactorTimer:
+    """Autobahn's per-factory timer (``IBatchedTimer``) on a given reactor, to the exact delay.
+
+    Autobahn makes one with txaio's global reactor; the only timer it leaves there is the wait for
+    the server to drop TCP after a closing handshake we started (``serverConnectionDropTimeout``).
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def call_later(self, delay, func, *args, **kwargs):
+        return self._reactor.callLater(delay, func, *args, **kwargs)
+
+
 class _DesktopFactory(WebSocketClientFactory):
     protocol = _DesktopProtocol
 
     def __init__(self, link: DesktopLink, reactor):
         super().__init__(link.config.url, reactor=reactor)
+        self._batched_timer = _ReactorTimer(reactor)
         config = link.config
         size = config.max_message_size
         self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size, failByDrop=False)
         if config.ping_interval > 0:
-            self.setProtocolOptions(autoPingInterval=config.ping_interval, autoPingTimeout=config.ping_interval)
+            self.setProtocolOptions(autoPingInterval=config.ping_interval, autoPingTimeout=config.ping_timeout)
         self.link = link

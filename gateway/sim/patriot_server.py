@@ -8,7 +8,8 @@ only (other paths are refused at the handshake with HTTP 404). A client must fir
 ``requestId`` (or carries a generated one). Until a connection is authenticated every other frame
 on it is recorded as ignored. After that, the simulator sends ``dial-request``, ``hangup-request``
 and ``call-status-request`` to its authenticated clients and records what they send back
-(``call-status-update``).
+(``call-status-update``). ``freeze()`` hangs the open connections (a Patriot that stopped
+answering while its TCP connections stay open) to test a client's dead-peer detection.
 
 As a library::
 
@@ -69,6 +70,12 @@ INVALID_KEY = "Invalid API key"
 
 class _ServerProtocol(SimProtocolMixin, WebSocketServerProtocol):
     authenticated = False
+    #: hung: everything the client sends is dropped unread, so nothing (not even a pong) answers it
+    frozen = False
+
+    def dataReceived(self, data):
+        if not self.frozen:
+            super().dataReceived(data)
 
     def onConnect(self, request):
         self.factory.sim._handshake(self, request)
@@ -103,7 +110,8 @@ class PatriotServerSim(PatriotPeerSim):
         self.auth_failures = 0
         self.refused_paths: list[str] = []
         self.port = None
-        self._factory = TLSMemoryBIOFactory(certificate.server_options(), False, _ServerFactory(self, reactor))
+        self._factory = TLSMemoryBIOFactory(certificate.server_options(), False, _ServerFactory(self, reactor),
+                                           clock=reactor)
 
     # -- life
 
@@ -128,6 +136,13 @@ class PatriotServerSim(PatriotPeerSim):
             protocol.dropConnection(abort=False)
         stopped.addCallback(lambda _: self._wait_closed())
         return stopped
+
+    def freeze(self) -> int:
+        """Hang every open connection (see ``_ServerProtocol.frozen``); the TCP connections stay
+        open and later ones are served as usual. Returns how many were frozen."""
+        for protocol in self._connections:
+            protocol.frozen = True
+        return len(self._connections)
 
     @property
     def authenticated_clients(self) -> list:

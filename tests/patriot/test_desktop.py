@@ -1,5 +1,6 @@
-"""The Desktop API client: its sessions on a task.Clock (authentication, backoff, call control), and
-its links over real TLS against the Patriot server simulator (CA file, pinned fingerprint, a wrong
+"""The Desktop API client: its sessions on a task.Clock (authentication, backoff, call control), a
+link and the Patriot server simulator joined in memory on one clock (a hung Patriot found out by
+the pings), and links over real TLS against the simulator (CA file, pinned fingerprint, a wrong
 pin, a wrong key, a restarted server)."""
 
 import json
@@ -10,6 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from core.harness import Harness
@@ -145,6 +147,66 @@ class DesktopSessionTests(SynchronousTestCase):
         session, connection = self.authenticate()
         self.successResultOf(self.link.stopService())
         self.assertEqual(connection.closes, [(1000, "the gateway is stopping")])
+
+
+class DeadPeerTests(SynchronousTestCase):
+    """A link and the simulator over TLS in memory, every timer (Autobahn's pings too) on one clock."""
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        certificate = tlsutil.load_or_create(self.mktemp(), HOSTNAME)
+        self.sim = PatriotServerSim(self.reactor, API_KEY, certificate)
+        self.successResultOf(self.sim.listen(TCP4ServerEndpoint(self.reactor, 9009, interface="127.0.0.1")))
+        config = DesktopConfig(api_key=Secret(API_KEY), extension="1001", url=f"wss://{HOSTNAME}:9009/ws/dialler/v1",
+                               connect=ClientEndpoint("tcp:host=127.0.0.1:port=9009"),
+                               fingerprint=certificate.fingerprint, ping_interval=10.0, ping_timeout=5.0)
+        self.link, _, self.readiness = make_link(Harness(), config, reactor=self.reactor,
+                                                 endpoint=desktop_endpoint(self.reactor, config))
+        self.link._policy = lambda attempt: 2.0  # without jitter
+        self.reasons = []  # why each connection ended, as the link was told
+        lost = self.link.connection_lost
+        self.link.connection_lost = lambda session, reason: (self.reasons.append(reason), lost(session, reason))
+        self.link.startService()
+        self.addCleanup(self.stop)
+        self.pump = None
+
+    def connect(self):
+        """Complete the link's pending connection attempt: TLS, WebSocket handshake, authentication."""
+        self.pump = iosim.ConnectionCompleter(self.reactor).succeedOnce()
+        self.assertIsNotNone(self.pump, "the link made no connection attempt")
+        self.pump.flush()
+
+    def advance(self, seconds):
+        self.reactor.advance(seconds)
+        self.pump.flush()
+
+    def stop(self):
+        stopped = self.link.stopService()
+        self.pump.flush()  # the closing handshake
+        self.successResultOf(stopped)
+        self.successResultOf(self.sim.stop())
+
+    def test_a_hung_patriot_is_dropped_after_an_unanswered_ping_and_the_link_reconnects(self):
+        self.connect()
+        self.assertTrue(self.link.component.up)
+        for _ in range(3):  # pings at 10, 20 and 30 s, each answered
+            self.advance(10.0)
+        self.assertEqual((self.link.component.up, self.reasons), (True, []))
+
+        self.assertEqual(self.sim.freeze(), 1)
+        self.advance(10.0)  # the ping at 40 s goes unanswered
+        self.advance(4.9)
+        self.assertEqual((self.link.component.up, self.reasons), (True, []))
+        self.advance(0.1)  # ping_timeout after it
+        self.assertFalse(self.link.component.up)
+        (reason,) = self.reasons
+        self.assertIn("WebSocket ping timeout", reason)
+        self.assertEqual(self.readiness.not_ready(),
+                         {"patriot-desktop:0": f"not connected to {self.link.config.url}; next attempt in 2.0 s"})
+
+        self.reactor.advance(2.0)  # the ClientService's retry
+        self.connect()
+        self.assertEqual((self.link.component.up, self.sim.auth_successes), (True, 2))
 
 
 class EndpointTests(SynchronousTestCase):

@@ -3,7 +3,8 @@
 Client mode: a minimal Dialler Bridge (plain ws) that records what arrives and, when told to,
 answers inits and heartbeats. The client simulator's timers run on a ``task.Clock`` where a test
 steps them, so init retries and heartbeats are checked without real waiting.
-Server mode: a minimal dialler client over TLS that trusts the simulator's certificate file.
+Server mode: a minimal dialler client over TLS that trusts the simulator's certificate file (and
+sees it hang when frozen).
 Plus unit tests of the script language, the CLI options and the certificate helper.
 """
 
@@ -332,11 +333,15 @@ class MiniClientProtocol(_Tracked, WebSocketClientProtocol):
     def __init__(self):
         super().__init__()
         self.inbox = defer.DeferredQueue()
+        self.pongs = defer.DeferredQueue()
         self.opened = defer.Deferred()
         self.closed = defer.Deferred()
 
     def onOpen(self):
         self.opened.callback(self)
+
+    def onPong(self, payload):
+        self.pongs.put(payload)
 
     def onMessage(self, payload, isBinary):
         self.inbox.put(json.loads(payload))
@@ -492,6 +497,21 @@ async def test_server_sends_raw_frames_to_every_open_connection(server, connect)
     client = await connect(port_of(server))
     assert server.send_raw('{"type":"heartbeat"}') == 1
     assert await next_item(client.inbox) == {"type": "heartbeat"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_freeze_hangs_the_open_connections_and_serves_later_ones(server, connect):
+    hung = await connect(port_of(server))
+    assert server.freeze() == 1
+    hung.sendPing(b"hung")
+    hung.send({"type": "authentication-request", "payload": {"apiKey": "ABC123DEF456"}})
+    later = await connect(port_of(server))  # hung's frames were written before this connection began
+    later.sendPing(b"later")
+    later.send({"type": "authentication-request", "payload": {"apiKey": "ABC123DEF456"}})
+    assert (await next_item(later.inbox))["payload"]["success"] is True
+    assert await next_item(later.pongs) == b"later"  # answered before the authentication-response
+    assert (hung.pongs.pending, hung.inbox.pending, hung.closed.called) == ([], [], False)
+    assert [r.type for r in server.received] == ["authentication-request"] and server.auth_attempts == 1
 
 
 # -- certificates -------------------------------------------------------------------------------
