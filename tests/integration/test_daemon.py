@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from gateway.testing import TOKEN, GatewayProcess, free_port
+from gateway.testing import GatewayProcess, free_port
 
 pytestmark = pytest.mark.timeout(90)
 
