@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -98,15 +99,20 @@ class GatewayProcess:
     def ended(self) -> defer.Deferred:
         return self._proto.ended
 
-    def spawn(self) -> None:
-        """Start the process without waiting for anything."""
+    def spawn(self, wrapper=()) -> None:
+        """Start the process without waiting for anything.
+
+        ``wrapper``: a command line that runs the daemon's, e.g.
+        ``["systemd-socket-activate", "-l", "127.0.0.1:8080"]`` (its first word is looked up on PATH).
+        """
         runner = os.path.join(os.path.dirname(sys.executable), self.runner)
         foreground = ["--nodaemon", "--pidfile="] if self.runner == "twistd" else []
-        argv = [sys.executable, runner, *foreground, *self.args, "gateway"]
+        argv = [*wrapper, sys.executable, runner, *foreground, *self.args, "gateway"]
         if self.config_path:
             argv += ["--config", self.config_path]
+        executable = shutil.which(argv[0]) or argv[0]
         self._proto = _Collector()
-        self.transport = self.reactor.spawnProcess(self._proto, sys.executable, argv, env=self.env, path=self.workdir)
+        self.transport = self.reactor.spawnProcess(self._proto, executable, argv, env=self.env, path=self.workdir)
 
     def wait_for_output(self, needle: str, timeout: float = 20.0) -> defer.Deferred:
         """Fires with the output once ``needle`` appears in it."""

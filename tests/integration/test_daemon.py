@@ -1,6 +1,5 @@
 """The real daemon as an operator runs it: twistd subprocesses on loopback."""
 
-import os
 import shutil
 import socket
 
@@ -213,16 +212,9 @@ def test_socket_activation(processes, tmp_path):
         f'listen = "tcp:{port}:interface=127.0.0.1"', 'listen = "systemd:domain=INET:index=0"'
     )
     proc = _gateway(processes, tmp_path, config)
-    twistd = os.path.join(os.path.dirname(os.sys.executable), "twistd")
     # --fdname: systemd (>= 227) always passes LISTEN_FDNAMES, and Twisted
     # ignores inherited sockets without it.
-    argv = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=admin",
-            os.sys.executable, twistd, "--nodaemon", "--pidfile=", "gateway", "--config", proc.config_path]
-    from gateway.testing import _Collector
-
-    proc._proto = _Collector()
-    proc.transport = reactor.spawnProcess(proc._proto, shutil.which("systemd-socket-activate"), argv,
-                                          env=proc.env, path=str(tmp_path))
+    proc.spawn(wrapper=["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=admin"])
     proc.admin_port = port
     # The socket is open before the daemon runs: the first request starts it.
     code = body = None
