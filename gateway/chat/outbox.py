@@ -51,6 +51,8 @@ class _Lane:
     timer: object = None
     failures: int = 0
     last_error: str | None = None
+    #: inside :meth:`Outbox._pump` (a delivery that settles at once loops there, not recursing)
+    pumping: bool = False
 
     @property
     def idle(self) -> bool:
@@ -133,12 +135,24 @@ class Outbox:
     # -- one lane ----------------------------------------------------------------------------
 
     def _pump(self, lane: _Lane) -> None:
-        if self._stopped or not lane.idle:
-            return
-        if not lane.queue:
-            del self._lanes[lane.number]
-            return
-        record = lane.queue[0]
+        """Try the lane's head while the lane is idle.
+
+        A loop, not a recursion: with a transport and a store that answer at once, a long queue is
+        delivered here one record after the other instead of one stack frame deeper each time.
+        """
+        if lane.pumping:
+            return  # the loop below goes on once the attempt that called us is over
+        lane.pumping = True
+        try:
+            while not self._stopped and lane.idle:
+                if not lane.queue:
+                    del self._lanes[lane.number]
+                    return
+                self._attempt(lane, lane.queue[0])
+        finally:
+            lane.pumping = False
+
+    def _attempt(self, lane: _Lane, record) -> None:
         lane.delivery = defer.maybeDeferred(self._deliver, record)
         chain = lane.chain = lane.delivery
         chain.addCallbacks(self._delivered, self._failed, (lane, record), errbackArgs=(lane, record))

@@ -140,3 +140,25 @@ class OutboxTests(SynchronousTestCase):
         self.deliveries.succeed(0)
         self.assertEqual(len(self.flushLoggedErrors()), 1)
         self.assertEqual(self.deliveries.uids, ["a1", "a2"])
+
+    def test_a_long_queue_that_delivers_at_once_is_served_without_recursing(self):
+        # The sim transport and the memory store answer at once: a lane of thousands (piled up
+        # while the transport was down) must drain in a loop, not one stack frame per SMS.
+        down = [True]
+        delivered = []
+
+        def deliver(record):
+            if down[0]:
+                raise RuntimeError("transport down")
+            delivered.append(record.uid)
+
+        outbox = Outbox(self.clock, self.store, "outbound", deliver, retry_policy=lambda failures: 5.0)
+        uids = [f"s{i}" for i in range(3000)]
+        for uid in uids:
+            outbox.add(self.stored(uid))
+        self.assertEqual(outbox.pending, 3000)
+        down[0] = False
+        outbox.kick()
+        self.assertEqual(delivered, uids)
+        self.assertEqual(outbox.pending, 0)
+        self.assertEqual(self.successResultOf(self.store.pending_sms()), [])
