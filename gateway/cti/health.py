@@ -12,10 +12,15 @@ from __future__ import annotations
 import fnmatch
 
 from twisted.internet import task
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class TelephonyWatch:
     """Calls ``changed(up, reason)`` whenever the matching components go down, change, or all come back.
+
+    A ``changed`` that raises is logged; the watch goes on.
 
     :param readiness: the readiness board (``gateway.context.Readiness``).
     :param patterns: shell patterns of component names (``listener:optimaccs``, ``optimaccs*``).
@@ -46,10 +51,14 @@ class TelephonyWatch:
         reason = self.reason()
         if reason != self._reason:
             self._reason = reason
-            self.changed(reason is None, reason)
+            try:
+                self.changed(reason is None, reason)
+            except Exception:
+                log.failure("HIS: reporting a change of the telephony side failed: {reason}", reason=reason)
 
     def start(self) -> None:
-        self._loop.start(self._interval, now=True)
+        d = self._loop.start(self._interval, now=True)
+        d.addErrback(lambda f: log.failure("HIS: the telephony watch stopped", f))
 
     def stop(self) -> None:
         if self._loop.running:

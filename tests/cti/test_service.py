@@ -124,6 +124,21 @@ class TelephonyWatchTests(SynchronousTestCase):
         self.clock.advance(5.0)
         self.assertEqual(len(self.changes), 3)
 
+    def test_a_failing_observer_is_logged_and_the_watch_goes_on(self):
+        def changed(up, reason):
+            self.changes.append((up, reason))
+            if not up:
+                raise RuntimeError("observer broke")
+
+        watch = TelephonyWatch(self.clock, self.readiness, ["listener:optimaccs"], 1.0, changed)
+        listener = self.readiness.register("listener:optimaccs")
+        watch.start()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        listener.set_up()
+        self.clock.advance(1.0)
+        self.assertEqual(self.changes, [(False, "listener:optimaccs: not started"), (True, None)])
+        watch.stop()
+
     def test_nothing_to_watch_is_up(self):
         self.watch.start()
         self.assertEqual(self.changes, [])
