@@ -818,12 +818,9 @@ class Registry:
             call.legs[call.legs.index(leg)] = left
             self._event(ev.LegEnded, call, left, cause=str(Cause.TRANSFERRED))
         self._end_call(call, Cause.TRANSFERRED, call.pending_by or "api")
-        successor = Call(call_id=secrets.token_hex(8), extension=target.attributes.get("extension"),
-                         direction=call.direction, created_at=now, caller=call.caller, number=call.number,
-                         did=call.did, attributes={**call.attributes, "transferred_from": call.call_id})
-        successor.dtmf_lock = defer.DeferredLock()
-        self._calls[successor.call_id] = successor
-        self._announce(successor)
+        successor = self._new_call(extension=target.attributes.get("extension"), direction=call.direction,
+                                   caller=call.caller, number=call.number, did=call.did,
+                                   attributes={**call.attributes, "transferred_from": call.call_id})
         if successor.extension is not None:
             target.role = DEVICE
         for leg in moving:
