@@ -84,9 +84,6 @@ class BridgeConfig:
     dial_while_busy: DialWhileBusy = "refuse"
     users: list[BridgeUser] = attrs.field(factory=list, validator=_unique_usernames)
 
-    def user(self, username: str) -> BridgeUser | None:
-        return next((user for user in self.users if user.username == username), None)
-
 
 def _ws_url(instance, attribute, value):
     try:
