@@ -17,7 +17,6 @@ import urllib.parse
 
 import attrs
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from gateway.core.errors import DriverError
 
@@ -31,8 +30,6 @@ __all__ = [
     "digits_only",
     "media_url",
 ]
-
-log = Logger()
 
 NAME = "optimaccs"
 #: how much of an unexpected reply body goes into an error message
