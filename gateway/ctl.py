@@ -378,12 +378,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name, *arguments):
-        sub = commands.add_parser(name, parents=[common], help=COMMANDS[name][0], description=COMMANDS[name][0])
+    def command(name, *arguments, under=commands):
+        """The subcommand ``name`` of :data:`COMMANDS` (its last word, for ``sms send``) under ``under``."""
+        help_text = COMMANDS[name][0]
+        sub = under.add_parser(name.split()[-1], parents=[common], help=help_text, description=help_text)
         for argument, options in arguments:
             sub.add_argument(argument, **options)
         sub.set_defaults(run=name)
-        return sub
 
     command("status")
     command("calls", ("--extension", {"metavar": "ID", "help": "only this extension's calls"}))
@@ -395,11 +396,8 @@ def _parser() -> argparse.ArgumentParser:
     sms = commands.add_parser("sms", help="SMS through the chat connector")
     sms_commands = sms.add_subparsers(dest="sms_command", metavar="COMMAND", required=True)
     for name, number_help in (("send", "the number the SMS goes to"), ("receive", "the number the SMS comes from")):
-        run = f"sms {name}"
-        sub = sms_commands.add_parser(name, parents=[common], help=COMMANDS[run][0], description=COMMANDS[run][0])
-        sub.add_argument("number", help=number_help)
-        sub.add_argument("text", help="the SMS's text")
-        sub.set_defaults(run=run)
+        command(f"sms {name}", ("number", {"help": number_help}), ("text", {"help": "the SMS's text"}),
+                under=sms_commands)
     return parser
 
 
