@@ -27,6 +27,8 @@ Where the vendor documents the body (``conversation.query.init``, ``interaction.
 Every ``from_body`` raises :class:`BodyError` with a readable message when a body does not fit.
 """
 
+import functools
+
 import attrs
 
 #: Last part of the control destination's target, ``<ProcessorName>.CONTROL``.
@@ -193,9 +195,14 @@ class CtiNames:
         """The names of the events a client may raise on a destination of ``kind``."""
         return frozenset(value for _, value in self._fields("event", kind))
 
+    @functools.cached_property
+    def _required(self):
+        """Message name -> the body properties it must carry (built once: it is read for every message)."""
+        return {value: REQUIRED_PROPERTIES.get(key, ()) for key, value in self._fields("message")}
+
     def required_properties(self, name):
         """The body properties the request or event called ``name`` must carry."""
-        return next((REQUIRED_PROPERTIES.get(key, ()) for key, value in self._fields("message") if value == name), ())
+        return self._required.get(name, ())
 
 
 # -- body shapes -------------------------------------------------------------------------------
