@@ -60,6 +60,8 @@ CUSTOMER = "+15550142"
 CUSTOMER_TEXT = "Hello, my alarm panel keeps beeping"
 AGENT_REPLY = "Hi! Press and hold the silence key for 3 seconds; we are checking the panel now."
 ECHO_DID = "0215550999"
+#: seconds between two demo calls to the echo app while the demo stays up
+ECHO_EVERY = 15.0
 
 DEMO_CONFIG = """\
 # The demo's configuration, written by `python -m gateway.demo` (make demo) for one run: every
@@ -379,7 +381,7 @@ class Demo:
         self.chat.spawn(self.reactor)
         self.ports["chat"] = await self.expect(self.chat.ready, "chat server simulator listening")
         self.narrator.say("sims", f"chat server simulator listening on 127.0.0.1:{self.ports['chat']}")
-        text = demo_config(self.workdir / "var", inbound_every=0.0 if self.once else 15.0, **{
+        text = demo_config(self.workdir / "var", inbound_every=0.0 if self.once else ECHO_EVERY, **{
             name: self.ports[name] for name in ("admin", "optimaccs", "patriot", "his", "chat")})
         log_path = self.workdir / "gateway.log"
         logged_before = log_path.stat().st_size if log_path.exists() else 0
@@ -677,7 +679,7 @@ def _closing_words(demo: Demo, missing: list[str], out) -> None:
           f"  status page   {demo.status_url}   (admin token: {demo.token})\n"
           f"  gatewayctl    gatewayctl --config {demo.config_path} calls   (status, cdrs, dial 2001 5550100...)\n"
           f"  daemon log    {demo.workdir / 'gateway.log'}\n"
-          f"A simulated caller rings the echo app ({ECHO_DID}) every 15 s.", file=out, flush=True)
+          f"A simulated caller rings the echo app ({ECHO_DID}) every {ECHO_EVERY:g} s.", file=out, flush=True)
 
 
 async def _run(reactor, options) -> None:
