@@ -58,7 +58,11 @@ def _retry_policy(initial: float, longest: float):
 
 
 class ChatService(service.Service):
-    """Starts the connector, then its link; stops them in the other order."""
+    """Starts the connector, then (once it has taken its state from the store) its link; stops them in the other order.
+
+    The link waits for the store so that the first registration joins the open conversations
+    again and a number's first SMS finds its stored conversation, instead of opening another.
+    """
 
     name = "chat"
 
@@ -69,16 +73,22 @@ class ChatService(service.Service):
 
     def startService(self):
         super().startService()
-        self.connector.start().addErrback(
+        loaded = self.connector.start()
+        loaded.addErrback(
             lambda failure: log.failure("the chat connector could not take its pending SMS from the store", failure)
         )
-        self.link.startService()
+        loaded.addCallback(self._connect)
+
+    def _connect(self, _) -> None:
+        if self.running:  # not stopped while the store was read
+            self.link.startService()
 
     @defer.inlineCallbacks
     def stopService(self):
         super().stopService()
         yield self.connector.stop()
-        yield self.link.stopService()
+        if self.link.running:
+            yield self.link.stopService()
         for close in self._closers:
             yield defer.maybeDeferred(close)
 

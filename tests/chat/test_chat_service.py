@@ -3,12 +3,14 @@
 import pathlib
 
 from prometheus_client import CollectorRegistry
+from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin.api import ApiRouter
 from gateway.chat.config import ChatConfig, HttpTransportConfig
-from gateway.chat.service import make_service
+from gateway.chat.service import ChatService, make_service
 from gateway.chat.transports import HttpTransport, SimTransport
 from gateway.config import loads
 from gateway.confschema import ConfigError, Secret
@@ -86,3 +88,45 @@ class ServiceTests(SynchronousTestCase):
         path.write_bytes(generate_self_signed("chat.example").cert_pem)
         service = make_service(self.context(url="https://chat.example", tls_ca_file=str(path)))
         self.assertEqual(service.link.factory.url, "wss://chat.example/socket.io/?EIO=4&transport=websocket")
+
+
+class LifeCycleTests(SynchronousTestCase):
+    """ChatService connects once the connector has taken its conversations and pending SMS from the store."""
+
+    class Connector:
+        def __init__(self):
+            self.loaded = defer.Deferred()
+            self.stopped = False
+
+        def start(self):
+            return self.loaded
+
+        def stop(self):
+            self.stopped = True
+            return defer.succeed(None)
+
+    def setUp(self):
+        self.connector = self.Connector()
+        self.link = service.Service()
+        self.chat = ChatService(self.connector, self.link, [])
+
+    def test_the_link_starts_once_the_store_was_read(self):
+        self.chat.startService()
+        self.assertFalse(self.link.running)
+        self.connector.loaded.callback(None)
+        self.assertTrue(self.link.running)
+        self.successResultOf(defer.maybeDeferred(self.chat.stopService))
+        self.assertFalse(self.link.running)
+
+    def test_the_link_starts_even_when_the_store_could_not_be_read(self):
+        self.chat.startService()
+        self.connector.loaded.errback(RuntimeError("disk gone"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(self.link.running)
+
+    def test_stopped_before_the_store_was_read_the_link_never_starts(self):
+        self.chat.startService()
+        self.successResultOf(defer.maybeDeferred(self.chat.stopService))
+        self.connector.loaded.callback(None)
+        self.assertTrue(self.connector.stopped)
+        self.assertFalse(self.link.running)
