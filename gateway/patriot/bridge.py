@@ -12,7 +12,9 @@ Each connection is a :class:`BridgeSession`:
 - then ``heartbeat`` is answered with ``heartbeat-response`` at once, and the call control of
   :class:`~gateway.patriot.session.Session` applies, on the line of the user's extension;
 - a connection silent for ``heartbeat_timeout`` seconds is dropped as dead;
-- a message larger than ``max_message_size`` closes that connection with 1009 (Autobahn's check).
+- a message larger than ``max_message_size`` closes that connection with 1009 (Autobahn's check);
+- Autobahn's handshake and close timers run on the bridge's reactor
+  (:class:`~gateway.patriot.session.ReactorTimer`), not txaio's global one.
 
 :class:`DiallerBridge` holds what the sessions share (users, address guard, lines) and builds the
 Autobahn factory given to ``ctx.listen``.
@@ -30,7 +32,7 @@ from gateway.patriot.config import BridgeConfig
 from gateway.patriot.line import Lines
 from gateway.patriot.messages import Heartbeat, HeartbeatResponse, InitRequest, InitResponse, PatriotMessage
 from gateway.patriot.metrics import PatriotMetrics
-from gateway.patriot.session import IConnection, Session, WebSocketConnection
+from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
 
 log = Logger()
 
@@ -240,6 +242,7 @@ class _BridgeFactory(WebSocketServerFactory):
 
     def __init__(self, bridge: DiallerBridge, reactor):
         super().__init__(reactor=reactor)
+        self._batched_timer = ReactorTimer(reactor)
         size = bridge.config.max_message_size
         # failByDrop=False: a peer breaking the rules (a message too large) is told why (1009)
         self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size, failByDrop=False,

@@ -15,7 +15,8 @@ does, so a wrong key or a wrong pin never makes the link spin; a successful auth
 resets the delay. Patriot's Desktop API has no heartbeat: a WebSocket ping every ``ping_interval``
 seconds, unanswered (nothing at all received) for ``ping_timeout`` seconds, drops a dead server's
 connection, and the link reconnects. Autobahn's handshake, ping and close timers run on the link's
-reactor (:class:`_ReactorTimer`), not txaio's global one, so a ``task.Clock`` drives them in tests.
+reactor (:class:`~gateway.patriot.session.ReactorTimer`), not txaio's global one, so a
+``task.Clock`` drives them in tests.
 
 The link's readiness component (``patriot-desktop:<index>``) and the
 ``gateway_patriot_desktop_up{link}`` gauge are up exactly while the link is authenticated.
@@ -36,7 +37,7 @@ from gateway.patriot.config import DesktopConfig
 from gateway.patriot.line import Line
 from gateway.patriot.messages import AuthenticationRequest, AuthenticationResponse, PatriotMessage
 from gateway.patriot.metrics import PatriotMetrics
-from gateway.patriot.session import IConnection, Session, WebSocketConnection
+from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
 from gateway.patriot.tls import client_tls
 
 log = Logger()
@@ -219,26 +220,12 @@ class _DesktopProtocol(WebSocketClientProtocol):
         self.factory.link.connection_lost(self.session, self._close_reason or reason.getErrorMessage())
 
 
-class _ReactorTimer:
-    """Autobahn's per-factory timer (``IBatchedTimer``) on a given reactor, to the exact delay.
-
-    Autobahn makes one with txaio's global reactor; the only timer it leaves there is the wait for
-    the server to drop TCP after a closing handshake we started (``serverConnectionDropTimeout``).
-    """
-
-    def __init__(self, reactor):
-        self._reactor = reactor
-
-    def call_later(self, delay, func, *args, **kwargs):
-        return self._reactor.callLater(delay, func, *args, **kwargs)
-
-
 class _DesktopFactory(WebSocketClientFactory):
     protocol = _DesktopProtocol
 
     def __init__(self, link: DesktopLink, reactor):
         super().__init__(link.config.url, reactor=reactor)
-        self._batched_timer = _ReactorTimer(reactor)
+        self._batched_timer = ReactorTimer(reactor)
         config = link.config
         size = config.max_message_size
         self.setProtocolOptions(maxMessagePayloadSize=size, maxFramePayloadSize=size, failByDrop=False)

@@ -13,6 +13,8 @@ authentication, done by the subclass), carries out Patriot's call control on the
 - ``hangup-request`` -> :meth:`Line.hangup`; without a call, answered with a status update;
 - ``call-status-request`` -> a ``call-status-update`` at once;
 - every change of the line's call -> a ``call-status-update``.
+
+:class:`ReactorTimer` puts both adapters' Autobahn timers on the adapter's reactor.
 """
 
 from __future__ import annotations
@@ -70,6 +72,22 @@ class WebSocketConnection:
 
     def abort(self) -> None:
         self._protocol.dropConnection(abort=True)
+
+
+class ReactorTimer:
+    """Autobahn's per-factory timer (``IBatchedTimer``) on a given reactor, to the exact delay.
+
+    Autobahn makes one with txaio's global reactor; a factory given this one as ``_batched_timer``
+    runs its handshake, ping and close timers on its own reactor (a ``task.Clock`` in tests). The
+    only timer Autobahn leaves on the global reactor is the client's wait for the server to drop
+    TCP after a closing handshake it started (``serverConnectionDropTimeout``).
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def call_later(self, delay, func, *args, **kwargs):
+        return self._reactor.callLater(delay, func, *args, **kwargs)
 
 
 class Session:

@@ -3,6 +3,10 @@ heartbeats, dead links, blocking, call control and status updates, bad input."""
 
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from core.harness import Harness
@@ -386,3 +390,16 @@ class StatusTests(BridgeTestCase):
         ])
         self.assertEqual(self.lines.to_dict()["1001"], {"extension": "1001", "call_id": None, "listeners": 1,
                                                         "callActive": False})
+
+
+class AutobahnTimerTests(BridgeTestCase):
+    def test_an_unfinished_handshake_is_dropped_on_the_bridges_clock(self):
+        """Autobahn's opening-handshake timeout runs on the bridge's reactor, not the global one."""
+        protocol = self.bridge.factory.buildProtocol(IPv4Address("TCP", "10.0.0.7", 50000))
+        transport = iosim.makeFakeServer(protocol)
+        protocol.makeConnection(transport)
+        self.clock.advance(protocol.openHandshakeTimeout - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
