@@ -7,7 +7,8 @@ Conversion uses the standard ``audioop`` module (on Python >= 3.13 the
 through a 256-entry translation table, so it costs one ``bytes.translate``.
 
 Callers on a hot path resolve a converter once with :func:`converter` and call
-it per frame; :func:`transcode` is the one-shot form.
+it per frame (a consumer of frames in any codec indexes :func:`converters_to`
+with each frame's codec); :func:`transcode` is the one-shot form.
 
 ``audioop`` (and the mixer and tone synthesis built on it) work in the host's
 byte order, which is ``pcm16``'s little-endian on every supported host
@@ -39,6 +40,7 @@ __all__ = [
     "ULAW",
     "check_codec",
     "converter",
+    "converters_to",
     "frame_size",
     "silence",
     "transcode",
@@ -119,3 +121,13 @@ def converter(src: str, dst: str) -> typing.Callable[[bytes], bytes]:
 def transcode(payload: bytes, src: str, dst: str) -> bytes:
     """``payload`` (``src`` codec) re-encoded as ``dst``; returned unchanged if they match."""
     return converter(src, dst)(payload)
+
+
+def converters_to(dst: str) -> dict[str, typing.Callable[[bytes], bytes]]:
+    """Source codec -> the function turning its payloads into ``dst`` payloads.
+
+    For a consumer of frames in any codec on a hot path: one lookup per frame,
+    ``convert[frame.codec](frame.payload)``, with nothing resolved or remembered.
+    """
+    check_codec(dst)
+    return {src: table[dst] for src, table in _CONVERTERS.items()}

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue
-from gateway.media.codecs import PCM16, audioop, converter  # audioop imported once, without its warning
+from gateway.media.codecs import PCM16, audioop, converters_to  # audioop imported once, without its warning
 from gateway.media.errors import AppArgumentError
 from gateway.media.frame import Stamper
 from gateway.media.interfaces import IConference
@@ -58,8 +58,7 @@ class _Party:
         #: this round's frame as 32-bit samples, or None if the party was silent
         self.wide: bytes | None = None
         self._conference = conference
-        self._in_codec = PCM16
-        self._convert = converter(PCM16, PCM16)
+        self._to_pcm = converters_to(PCM16)
 
     # consumer of the party's source
     def registerProducer(self, producer, streaming: bool) -> None:
@@ -69,10 +68,7 @@ class _Party:
         self.queue.set_producer(None)
 
     def write(self, frame) -> None:
-        if frame.codec != self._in_codec:
-            self._convert = converter(frame.codec, PCM16)
-            self._in_codec = frame.codec
-        self.queue.push(self._convert(frame.payload))
+        self.queue.push(self._to_pcm[frame.codec](frame.payload))
         self._conference.wake()
 
     # producer toward the party's sink

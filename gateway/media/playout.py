@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue, Reframer
-from gateway.media.codecs import converter, frame_size, silence
+from gateway.media.codecs import converters_to, frame_size, silence
 from gateway.media.pacing import Pacer
 
 __all__ = ["Playout"]
@@ -56,8 +56,7 @@ class Playout:
         self._reframer = Reframer(frame_size(codec), self._queue.push)
         self._pacer = Pacer(clock, self._tick, name=name)
         self._wire: typing.Callable[[bytes], object] | None = None
-        self._in_codec = codec
-        self._convert = converter(codec, codec)
+        self._convert = converters_to(codec)
         #: (frames_played value at which it fires, Deferred) in firing order
         self._checkpoints: list[tuple[int, Deferred]] = []
 
@@ -91,10 +90,7 @@ class Playout:
         """Queue ``frame`` (any codec, any payload length) for paced playout."""
         if self.closed:
             return
-        if frame.codec != self._in_codec:
-            self._convert = converter(frame.codec, self.codec)
-            self._in_codec = frame.codec
-        self._reframer.push(self._convert(frame.payload))
+        self._reframer.push(self._convert[frame.codec](frame.payload))
         if not self._pacer.running and not self.paused and self._wire is not None:
             self._pacer.start()
 

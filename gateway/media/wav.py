@@ -20,7 +20,7 @@ import wave
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
-from gateway.media.codecs import FRAME_SAMPLES, PCM16, RATE, converter, frame_size
+from gateway.media.codecs import FRAME_SAMPLES, PCM16, RATE, converter, converters_to, frame_size
 from gateway.media.errors import UnsupportedFormat
 
 __all__ = ["WavRecorder", "open_wav", "wav_payloads"]
@@ -86,8 +86,7 @@ class WavRecorder:
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(RATE)
-        self._in_codec = PCM16
-        self._convert = converter(PCM16, PCM16)
+        self._to_pcm = converters_to(PCM16)
         self.producer = None
         self.frames_written = 0
 
@@ -110,10 +109,7 @@ class WavRecorder:
     def write(self, frame) -> None:
         if self._wav is None:
             return
-        if frame.codec != self._in_codec:
-            self._convert = converter(frame.codec, PCM16)
-            self._in_codec = frame.codec
-        self._wav.writeframesraw(self._convert(frame.payload))
+        self._wav.writeframesraw(self._to_pcm[frame.codec](frame.payload))
         self.frames_written += 1
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ import struct
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.media import ALAW, PCM16, ULAW, Frame, converter, frame_size, silence, transcode
+from gateway.media.codecs import converters_to
 from gateway.media.frame import Stamper
 
 
@@ -52,6 +53,15 @@ class VectorTests(SynchronousTestCase):
         payload = pcm(1, 2, 3)
         self.assertIs(transcode(payload, PCM16, PCM16), payload)
         self.assertIs(converter(ULAW, ULAW)(payload), payload)
+
+    def test_converters_to_one_codec_from_each(self):
+        every = bytes(range(256))
+        to_ulaw = converters_to(ULAW)
+        self.assertEqual(set(to_ulaw), {PCM16, ULAW, ALAW})
+        self.assertEqual(to_ulaw[ALAW](every), transcode(every, ALAW, ULAW))
+        self.assertEqual(to_ulaw[PCM16](every), transcode(every, PCM16, ULAW))
+        self.assertIs(to_ulaw[ULAW](every), every)
+        self.assertRaises(ValueError, converters_to, "opus")
 
     def test_unknown_codec(self):
         with self.assertRaises(ValueError) as caught:
