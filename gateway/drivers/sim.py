@@ -34,8 +34,8 @@ from zope.interface import implementer
 
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriver, IDriverLeg
-from gateway.media import PCM16, BytesConsumer, MediaPorts, PacedSource, silence_payloads, speech_like, tone, transcode
-from gateway.media import wav_payloads
+from gateway.media import PCM16, RATE, BytesConsumer, MediaPorts, PacedSource, silence_payloads, speech_like, tone
+from gateway.media import transcode, wav_payloads
 from gateway.media.testing import tone_power
 
 __all__ = ["SimLeg", "SimNetwork", "SimParty", "TONE_HZ", "run_clock"]
@@ -47,6 +47,7 @@ NAME = "sim"
 TONE_HZ = 425
 #: seconds of received audio a party keeps for tone checks
 HEARING_SECONDS = 4.0
+_HEARING_BYTES = int(HEARING_SECONDS * RATE) * 2  # pcm16
 _BLOCK_BYTES = 1600  # 100 ms of pcm16
 #: ended parties kept for inspection
 HISTORY = 200
@@ -152,7 +153,7 @@ class SimParty:
         self.bytes_received += len(payload)
         codec = self.leg.port.codec
         self._heard += payload if codec == PCM16 else transcode(payload, codec, PCM16)
-        excess = len(self._heard) - int(HEARING_SECONDS * 8000 * 2)
+        excess = len(self._heard) - _HEARING_BYTES
         if excess > 0:
             del self._heard[:excess]
 
