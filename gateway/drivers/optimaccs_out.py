@@ -173,8 +173,9 @@ class OutboundLeg:
             return
         self.stage = CONNECTING
         log.info("{who}: placed; opening {url}", who=self.who, url=url)
-        self._connecting = self._driver.connect_media(url, self)
-        self._connecting.addCallbacks(self._connected, self._not_connected)
+        self._connecting = d = self._driver.connect_media(url, self)
+        d.addCallbacks(self._connected, self._not_connected)
+        d.addErrback(self._bug, "opening the media WebSocket")
 
     def _not_placed(self, failure) -> None:
         error = failure.value
