@@ -20,6 +20,7 @@ from __future__ import annotations
 import typing
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.core.model import Call
 from gateway.core.states import LegState
@@ -115,7 +116,9 @@ class MediaController:
             session.finished.addBoth(self._finished, call.call_id, spec, session)
         return True
 
-    def _finished(self, _, call_id: str, spec: Spec, session) -> None:
+    def _finished(self, result, call_id: str, spec: Spec, session) -> None:
+        if isinstance(result, Failure):
+            log.failure("call {call_id}: media app {app} failed", result, call_id=call_id, app=spec[0])
         current = self._sessions.get(call_id, {})
         if current.get(spec) is session:  # it ended by itself, not through stop()
             del current[spec]

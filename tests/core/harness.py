@@ -45,7 +45,8 @@ class Harness:
     """Everything a registry test needs; ``events`` records every event in order."""
 
     def __init__(self, *, audio: str = "silence", routes=ROUTES, cdr_sink=None, retention: float = 60.0,
-                 **sim_options) -> None:
+                 apps: dict | None = None, **sim_options) -> None:
+        """``apps``: media apps (name -> IMediaApp) beside the bundled ones."""
         self.clock = task.Clock()
         options = dict(phone_answer_delay=1.0, ring_time=2.0, no_answer_timeout=30.0, rules=RULES)
         self.config = SimNetworkConfig(audio=audio, **{**options, **sim_options})
@@ -54,7 +55,7 @@ class Harness:
         self.cdrs: list[dict] = []
         self.provider_cdrs: list[tuple] = []
         self.commands: list[tuple[str, str]] = []
-        self.media = MediaController(self.clock, media_apps())
+        self.media = MediaController(self.clock, {**media_apps(), **(apps or {})})
         self.registry = Registry(
             self.clock,
             {"sim": self.network},

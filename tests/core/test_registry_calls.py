@@ -1,5 +1,6 @@
 """Setting calls up and ending them: click-to-dial, inbound routing, every outcome and its one CDR."""
 
+from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -258,6 +259,32 @@ class InboundTests(SynchronousTestCase):
         [cdr] = self.h.cdrs
         self.assertEqual((cdr["app"], cdr["cause"]), ("echo", "remote_hangup"))
         self.assertEqual(self.h.media.sessions(call_id), {})
+
+    def test_a_routed_app_that_fails_is_logged_and_ends_the_call(self):
+        class Session:
+            def __init__(self):
+                self.finished = defer.Deferred()
+
+            def stop(self):
+                pass
+
+        class FailingApp:
+            name = "boom"
+
+            def start(self, ports, clock, arg=None, state_dir=None):
+                self.session = Session()
+                return self.session
+
+        app = FailingApp()
+        h = Harness(routes=[Route(did="300", to="app:boom")], apps={"boom": app})
+        leg = h.network.place_inbound("0811222333", "300")
+        call_id = leg.events.call_id
+        self.assertEqual(h.registry.call(call_id).state, "TALKING")
+        with capturedLogs() as events:
+            app.session.finished.errback(RuntimeError("the app broke"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn(f"call {call_id}: media app boom failed", text(events))
+        self.assertEqual((h.registry.call(call_id).cause, leg.party.state), ("normal", "ended"))
 
     def test_calls_arriving_during_shutdown_are_refused(self):
         self.registry.shutdown(5)
