@@ -3,10 +3,10 @@
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import task
 from zope.interface.verify import verifyObject
 
-from gateway.store import ConversationRecord, ISmsStore, MemoryCdrStore, SmsRecord, SqliteCdrStore, StoreUnavailable
+from gateway.store import ConversationRecord, ISmsStore, SmsRecord, SqliteCdrStore, StoreUnavailable
+from store.helpers import failure_of, store_fixture  # noqa: F401 (the store fixture)
 
 NOW = "2024-05-01T10:00:00.000000Z"
 LATER = "2024-05-01T10:05:00.000000Z"
@@ -18,24 +18,6 @@ def sms(uid, number="+4915100000001", direction="inbound", **extra):
 
 def conversation(conversation_id, number="+4915100000001"):
     return ConversationRecord(conversation_id, number, {"id": f"p-{conversation_id}", "name": number}, NOW)
-
-
-@pytest_twisted.async_yield_fixture(params=["sqlite", "memory"])
-async def store(request, tmp_path):
-    from twisted.internet import reactor
-
-    store = SqliteCdrStore(tmp_path / "sms.sqlite", reactor) if request.param == "sqlite" else MemoryCdrStore(task.Clock())
-    await store.open()
-    yield store
-    await store.close()
-
-
-async def failure_of(d, *types):
-    try:
-        result = await d
-    except types as e:
-        return e
-    pytest.fail(f"expected {types}, got the result {result!r}")
 
 
 def test_the_store_provides_the_interface(store):

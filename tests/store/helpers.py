@@ -1,4 +1,35 @@
-"""CDRs as the call core builds them, for the store and admin tests."""
+"""For the store's tests and other rooms' tests of the store: CDRs as the call core builds them,
+a ``store`` fixture running each test on the SQLite store and on the in-memory fake, and
+:func:`failure_of`."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+
+from gateway.store import MemoryCdrStore, SqliteCdrStore
+
+
+@pytest_twisted.async_yield_fixture(name="store", params=["sqlite", "memory"])
+async def store_fixture(request, tmp_path):
+    """Each test twice: on a real SQLite file, and on the in-memory fake."""
+    from twisted.internet import reactor
+
+    if request.param == "sqlite":
+        store = SqliteCdrStore(tmp_path / "gateway.sqlite", reactor)
+    else:
+        store = MemoryCdrStore(task.Clock())
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def failure_of(d, *types):
+    """The exception ``d`` fails with; the test fails if it succeeds or fails otherwise."""
+    try:
+        result = await d
+    except types as e:
+        return e
+    pytest.fail(f"expected {types}, got the result {result!r}")
 
 
 def make_cdr(call_id, ended_at="2024-05-01T10:00:30Z", **extra):

@@ -12,35 +12,12 @@ from gateway.store import (
     DuplicateCdr,
     ICdrStore,
     MemoryCdrStore,
-    SqliteCdrStore,
     StoreUnavailable,
 )
 
-from .helpers import make_cdr
+from .helpers import failure_of, make_cdr, store_fixture  # noqa: F401 (the store fixture)
 
 NORMALIZED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-@pytest_twisted.async_yield_fixture(params=["sqlite", "memory"])
-async def store(request, tmp_path):
-    from twisted.internet import reactor
-
-    if request.param == "sqlite":
-        store = SqliteCdrStore(tmp_path / "cdrs.sqlite", reactor)
-    else:
-        store = MemoryCdrStore(task.Clock())
-    await store.open()
-    yield store
-    await store.close()
-
-
-async def failure_of(d, *types):
-    """The exception ``d`` fails with; the test fails if it succeeds or fails otherwise."""
-    try:
-        result = await d
-    except types as e:
-        return e
-    pytest.fail(f"expected {types}, got the result {result!r}")
 
 
 def test_the_store_provides_the_interface(store):
