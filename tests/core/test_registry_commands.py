@@ -20,7 +20,9 @@ HOLD_TONE = 425
 HOLD_LISTEN = 3.2
 
 
-class HoldMuteTests(SynchronousTestCase):
+class _TalkingCallTest(SynchronousTestCase):
+    """Each test starts with extension 1001 (playing ALICE) talking to 5551234 (playing REMOTE)."""
+
     def setUp(self):
         self.h = Harness()
         self.registry = self.h.registry
@@ -28,6 +30,8 @@ class HoldMuteTests(SynchronousTestCase):
         self.phone = self.h.network.party("1001")
         self.remote = self.h.network.party("5551234")
 
+
+class HoldMuteTests(_TalkingCallTest):
     def test_hold_plays_the_hold_tone_and_forwards_nothing(self):
         snapshot = self.successResultOf(self.registry.hold(self.call_id))
         self.assertEqual(snapshot.state, "HELD")
@@ -183,13 +187,7 @@ class DtmfTests(SynchronousTestCase):
         self.assertEqual(self.h.cdrs[0]["dtmf_count"], 1)
 
 
-class TransferTests(SynchronousTestCase):
-    def setUp(self):
-        self.h = Harness()
-        self.registry = self.h.registry
-        self.call_id = self.h.talking_call(tones=(ALICE, REMOTE))
-        self.remote = self.h.network.party("5551234")
-
+class TransferTests(_TalkingCallTest):
     def test_blind_transfer_to_a_number(self):
         snapshot = self.successResultOf(self.registry.transfer(self.call_id, "5552222", by="desktop"))
         self.assertEqual(snapshot.state, "TALKING")
@@ -292,14 +290,7 @@ class TransferTests(SynchronousTestCase):
         self.assertLess(types.index("TransferFailed"), types.index("CallEnded"))
 
 
-class ConferenceTests(SynchronousTestCase):
-    def setUp(self):
-        self.h = Harness()
-        self.registry = self.h.registry
-        self.call_id = self.h.talking_call(tones=(ALICE, REMOTE))
-        self.phone = self.h.network.party("1001")
-        self.remote = self.h.network.party("5551234")
-
+class ConferenceTests(_TalkingCallTest):
     def add_third(self):
         self.successResultOf(self.registry.conference(self.call_id, "5553333"))
         self.h.advance(2.0)
