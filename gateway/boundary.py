@@ -1,0 +1,330 @@
+"""The boundary policy for data from peers: one place that decides what text and JSON may come in.
+
+Every adapter (OptimaCCS, Patriot, HIS, Expertflow's Socket.IO link) and the
+admin API decodes what a peer sends through this module, so that everything
+that crosses into the core, a log line, JSON output or the store is valid
+Unicode made of finite numbers. The policy:
+
+- **Text is strict UTF-8.** Bytes that are not UTF-8 are refused, never
+  replaced: a peer that sends them is broken or hostile, and guessing would
+  change identifiers (a ``requestId``, a ``sessionId``) behind its back.
+- **No lone surrogates.** JSON can spell a UTF-16 surrogate with a ``\\ud800``
+  escape that no UTF-8 text can hold. Python keeps it in a ``str`` that later
+  fails to encode, in a log, a JSON answer or the database, far away from the
+  peer that sent it. A string holding one is *refused* at the boundary, naming
+  the field, rather than repaired: a valid pair (an emoji) is one character and
+  passes.
+- **Finite numbers only.** ``NaN``, ``Infinity`` and ``-Infinity`` are not
+  JSON (RFC 8259), and ``1e999`` overflows to infinity; both are refused at
+  parse.
+- **Bounded nesting.** A document nested deeper than :data:`MAX_DEPTH` is
+  refused: deep nesting is never a real message, and it would otherwise end in
+  ``RecursionError`` somewhere else.
+- **Numbers from strings are parsed defensively** (:func:`parse_int`): ASCII
+  digits only, bounded length, never an exception.
+
+Each protocol turns :class:`PeerDataError` into its own clear error (a close
+code, a FAILURE response, an init failure, a dropped packet, a 400): see
+``docs/security.md``.
+
+Records that still cannot be stored as they are (a store's refusal) go through
+:func:`sanitise`, which keeps the original visibly escaped, so that no record
+is lost because of its content.
+
+:class:`IgnoredBudget` is the other half of the boundary: a per-connection
+budget for the log lines about ignored or unknown messages, so that a peer
+cannot turn a flood of junk into a flood of log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+__all__ = [
+    "IGNORED_REASONS",
+    "IgnoredBudget",
+    "MAX_DEPTH",
+    "PeerDataError",
+    "bad_text_field",
+    "budget_factory",
+    "check_text",
+    "ignored_counter",
+    "load_json",
+    "parse_int",
+    "sanitise",
+]
+
+#: the deepest nesting of arrays and objects a peer's JSON may have
+MAX_DEPTH = 32
+#: the most digits :func:`parse_int` reads (a cause code, a count, a port)
+MAX_INT_DIGITS = 18
+
+log = Logger()
+
+
+class PeerDataError(ValueError):
+    """What a peer sent is not data the gateway accepts.
+
+    ``field`` is the dotted path of the offending field (``"payload.password"``,
+    ``"items[2]"``), or ``None`` when the whole message is at fault; ``str()``
+    is one sentence fit for a log line, a close reason or an error response.
+    """
+
+    def __init__(self, problem: str, field: str | None = None):
+        self.problem = problem
+        self.field = field
+        super().__init__(f"field {field!r}: {problem}" if field else problem)
+
+
+def _refuse_constant(name: str):
+    raise PeerDataError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise PeerDataError(f"number {text[:40]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def load_json(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+    """A peer's JSON document, checked against the boundary policy.
+
+    :raises PeerDataError: for bytes that are not UTF-8, text that is not
+        JSON, non-finite numbers, nesting deeper than ``max_depth``, or a
+        string (key or value) holding a lone surrogate, which it names.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise PeerDataError(f"not UTF-8 text (bad byte at offset {error.start})") from None
+    else:
+        text = data
+        if _has_surrogate(text):
+            raise PeerDataError("text holds a lone UTF-16 surrogate")
+    try:
+        value = _decoder.decode(text)
+    except PeerDataError:
+        raise
+    except RecursionError:
+        raise PeerDataError(f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError as error:  # JSONDecodeError, and int() past sys.get_int_max_str_digits()
+        raise PeerDataError(f"not JSON ({error})") from None
+    # Only a \u escape can make a surrogate in text that was UTF-8, and only a
+    # document with more brackets than max_depth can be nested deeper: the
+    # common message skips the walk.
+    may_hold_surrogate = "\\u" in text or "\\U" in text
+    may_be_deep = text.count("[") + text.count("{") > max_depth
+    if may_hold_surrogate or may_be_deep:
+        _walk(value, max_depth)
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _walk(value: Any, max_depth: int) -> None:
+    """Refuse nesting deeper than ``max_depth`` and strings with lone surrogates; iterative."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                raise PeerDataError("holds a lone UTF-16 surrogate", path or None)
+        elif isinstance(item, dict):
+            if depth >= max_depth:
+                raise PeerDataError(f"JSON nested deeper than {max_depth} levels")
+            for key, child in item.items():
+                child_path = f"{path}.{key}" if path else key
+                if _has_surrogate(key):
+                    raise PeerDataError("a key holds a lone UTF-16 surrogate", _escaped(path) or None)
+                stack.append((child, child_path, depth + 1))
+        elif isinstance(item, list):
+            if depth >= max_depth:
+                raise PeerDataError(f"JSON nested deeper than {max_depth} levels")
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+def check_text(value: str, field: str) -> str:
+    """``value`` itself if it is valid Unicode text; PeerDataError naming ``field`` otherwise."""
+    if _has_surrogate(value):
+        raise PeerDataError("holds a lone UTF-16 surrogate", field)
+    return value
+
+
+def bad_text_field(value: Any) -> str | None:
+    """The path of the first string in ``value`` (nested dicts and lists) that holds a lone surrogate, else None."""
+    try:
+        _walk(value, max_depth=1 << 30)
+    except PeerDataError as error:
+        return error.field or ""
+    return None
+
+
+def parse_int(text: Any, *, max_digits: int = MAX_INT_DIGITS) -> int | None:
+    """The integer ``text`` spells, or None: never an exception.
+
+    An ``int`` (not a bool) is taken as it is when it has at most
+    ``max_digits`` digits. A string must be an optional sign and 1 to
+    ``max_digits`` ASCII digits, with no other character (``"--16"``,
+    ``"²"``, ``" 16"`` and a 5,000-digit string are all None).
+    """
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int):
+        return text if len(str(abs(text))) <= max_digits else None
+    if not isinstance(text, str):
+        return None
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not (0 < len(digits) <= max_digits) or not digits.isascii() or not digits.isdigit():
+        return None
+    return int(text)
+
+
+def _escaped(text: str) -> str:
+    """``text`` with each lone surrogate written as its visible ``\\udXXX`` escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def sanitise(value: Any) -> tuple[Any, bool]:
+    """``(copy of value fit for any store, whether anything had to change)``.
+
+    Strings (keys too) keep every valid character; a lone surrogate becomes its
+    visible escape (``\\ud800``), so the original can still be read. A
+    non-finite float becomes the string ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"``. Tuples become lists; anything else is kept.
+    """
+    changed = False
+
+    def clean(item):
+        nonlocal changed
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                changed = True
+                return _escaped(item)
+            return item
+        if isinstance(item, float) and not math.isfinite(item):
+            changed = True
+            return "NaN" if math.isnan(item) else ("Infinity" if item > 0 else "-Infinity")
+        if isinstance(item, dict):
+            return {clean(k): clean(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [clean(v) for v in item]
+        return item
+
+    return clean(value), changed
+
+
+#: the reasons an adapter may count a message as ignored (the metric's label values)
+IGNORED_REASONS = frozenset({"unknown", "malformed", "bad_text", "out_of_state", "unauthenticated", "oversized"})
+
+
+def ignored_counter(registry):
+    """``gateway_ignored_messages_total{adapter,reason}`` on ``registry`` (shared by every adapter)."""
+    from prometheus_client import Counter
+
+    from gateway.metrics import define_metric
+
+    return define_metric(
+        registry,
+        Counter,
+        "ignored_messages",
+        "Messages from peers that were ignored or refused, by adapter and reason.",
+        ["adapter", "reason"],
+    )
+
+
+class IgnoredBudget:
+    """A per-connection budget for log lines about ignored or unknown messages.
+
+    Every ignored message is counted in ``gateway_ignored_messages_total``; the
+    first ``first`` of a connection are logged one by one, and after that at
+    most one summary line per ``interval`` seconds says how many more were
+    ignored. :meth:`close` (when the connection ends) logs what is still
+    unsaid. No timer is kept: the summary is written by the next ignored
+    message after the interval, or by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        clock,
+        adapter: str,
+        peer: str,
+        *,
+        counter=None,
+        logger: Logger | None = None,
+        first: int = 5,
+        interval: float = 60.0,
+    ):
+        self._clock = clock
+        self._adapter = adapter
+        self._peer = peer
+        self._counter = counter
+        self._log = logger or log
+        self._first = first
+        self._interval = interval
+        self._logged = 0
+        self._unsaid = 0
+        self._unsaid_since = 0.0
+        self.total = 0
+
+    def ignored(self, reason: str, detail: str) -> None:
+        """Count one ignored message (``reason`` from :data:`IGNORED_REASONS`) and log it if the budget allows."""
+        if reason not in IGNORED_REASONS:
+            raise ValueError(f"unknown ignored-message reason {reason!r}")
+        self.total += 1
+        if self._counter is not None:
+            self._counter.labels(self._adapter, reason).inc()
+        if self._logged < self._first:
+            self._logged += 1
+            self._log.warn(
+                "{adapter} peer {peer}: ignored a message ({reason}): {detail}{more}",
+                adapter=self._adapter,
+                peer=self._peer,
+                reason=reason,
+                detail=_escaped(detail)[:300],
+                more=" (further ones are summarised)" if self._logged == self._first else "",
+            )
+            return
+        now = self._clock.seconds()
+        if not self._unsaid:
+            self._unsaid_since = now
+        self._unsaid += 1
+        if now - self._unsaid_since >= self._interval:
+            self._summary(now)
+
+    def close(self) -> None:
+        """Log the summary of what is still unsaid (the connection is ending)."""
+        if self._unsaid:
+            self._summary(self._clock.seconds())
+
+    def _summary(self, now: float) -> None:
+        self._log.warn(
+            "{adapter} peer {peer}: ignored {count} more messages in the last {seconds:.0f} s",
+            adapter=self._adapter,
+            peer=self._peer,
+            count=self._unsaid,
+            seconds=now - self._unsaid_since,
+        )
+        self._unsaid = 0
+        self._unsaid_since = now
+
+
+def budget_factory(clock, adapter: str, registry=None, **options) -> Callable[[str], IgnoredBudget]:
+    """A function making an :class:`IgnoredBudget` for each new connection of ``adapter`` (by its peer's name)."""
+    counter = ignored_counter(registry) if registry is not None else None
+    return lambda peer: IgnoredBudget(clock, adapter, peer, counter=counter, **options)

@@ -1,0 +1,158 @@
+"""The boundary policy for peers' data: strict UTF-8, no lone surrogates, finite numbers, bounded nesting."""
+
+import json
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import boundary
+from gateway.boundary import PeerDataError, load_json, parse_int, sanitise
+
+
+class LoadJsonTests(SynchronousTestCase):
+    def refused(self, data, **kwargs) -> PeerDataError:
+        return self.assertRaises(PeerDataError, load_json, data, **kwargs)
+
+    def test_valid_documents_load(self):
+        self.assertEqual(load_json(b'{"a": [1, 2.5, "x", null, true]}'), {"a": [1, 2.5, "x", None, True]})
+        self.assertEqual(load_json('"caf\\u00e9"'), "café")
+
+    def test_a_valid_surrogate_pair_is_one_character(self):
+        self.assertEqual(load_json(b'{"callerId": "\\ud83d\\ude00"}'), {"callerId": "\U0001f600"})
+
+    def test_a_lone_surrogate_is_refused_naming_the_field(self):
+        error = self.refused(b'{"event":"incoming_call","callerId":"\\ud800","didNumber":"555"}')
+        self.assertEqual(error.field, "callerId")
+        self.assertIn("callerId", str(error))
+        self.assertIn("surrogate", str(error))
+
+    def test_nested_fields_are_named_by_path(self):
+        self.assertEqual(self.refused(b'{"payload": {"password": "x\\udfff"}}').field, "payload.password")
+        self.assertEqual(self.refused(b'{"items": ["a", "\\uDC00"]}').field, "items[1]")
+        self.assertEqual(self.refused(b'["\\ud800"]').field, "[0]")
+
+    def test_a_surrogate_in_a_key_is_refused(self):
+        error = self.refused(b'{"outer": {"\\ud800": 1}}')
+        self.assertIn("key", str(error))
+        self.assertEqual(error.field, "outer")
+
+    def test_a_str_holding_a_surrogate_is_refused(self):
+        self.refused('{"a": "\ud800"}')
+
+    def test_bytes_that_are_not_utf8_are_refused(self):
+        self.assertIn("UTF-8", str(self.refused(b'{"a": "\xff"}')))
+
+    def test_non_finite_numbers_are_refused(self):
+        for text in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e999}', b"[-1e400]"):
+            with self.subTest(text=text):
+                self.refused(text)
+
+    def test_deep_nesting_is_refused_without_recursion_error(self):
+        for depth in (33, 5000, 200_000):
+            with self.subTest(depth=depth):
+                self.assertIn("nested deeper", str(self.refused(b"[" * depth + b"]" * depth)))
+        self.assertIn("nested deeper", str(self.refused(b'{"a":' * 40 + b"1" + b"}" * 40)))
+
+    def test_nesting_up_to_the_limit_loads(self):
+        self.assertEqual(load_json(b"[" * 32 + b"]" * 32, max_depth=32), json.loads("[" * 32 + "]" * 32))
+
+    def test_brackets_inside_strings_are_not_nesting(self):
+        self.assertEqual(load_json(json.dumps({"a": "[" * 100})), {"a": "[" * 100})
+
+    def test_huge_integers_are_refused_not_raised(self):
+        self.refused(b'{"ack": ' + b"9" * 5000 + b"}")
+
+    def test_not_json(self):
+        for text in (b"", b"{", b"{'a': 1}", b'{"a": "\x01"}'):
+            with self.subTest(text=text):
+                self.refused(text)
+
+
+class CheckTextTests(SynchronousTestCase):
+    def test_valid_text_passes(self):
+        self.assertEqual(boundary.check_text("héllo \U0001f600", "name"), "héllo \U0001f600")
+
+    def test_surrogate_names_the_field(self):
+        error = self.assertRaises(PeerDataError, boundary.check_text, "a\udc80", "to")
+        self.assertEqual(error.field, "to")
+
+    def test_bad_text_field(self):
+        self.assertIsNone(boundary.bad_text_field({"a": ["b", {"c": "d"}]}))
+        self.assertEqual(boundary.bad_text_field({"a": ["b", {"c": "\ud800"}]}), "a[1].c")
+
+
+class ParseIntTests(SynchronousTestCase):
+    def test_plain_numbers(self):
+        self.assertEqual(parse_int("16"), 16)
+        self.assertEqual(parse_int("-3"), -3)
+        self.assertEqual(parse_int("+7"), 7)
+        self.assertEqual(parse_int(21), 21)
+
+    def test_never_raises(self):
+        for value in ("--16", "²", "١٢", " 16", "16 ", "", "-", "9" * 5000, 10**30, True, None, 1.5, [], "0x10"):
+            with self.subTest(value=value):
+                self.assertIsNone(parse_int(value))
+
+
+class SanitiseTests(SynchronousTestCase):
+    def test_clean_values_are_unchanged(self):
+        value = {"a": [1, 2.5, "x"], "b": None}
+        self.assertEqual(sanitise(value), (value, False))
+
+    def test_surrogates_are_kept_visibly_escaped(self):
+        clean, changed = sanitise({"caller\udc00": ["x\ud800y"]})
+        self.assertTrue(changed)
+        self.assertEqual(clean, {"caller\\udc00": ["x\\ud800y"]})
+        json.dumps(clean).encode("utf-8")
+        clean["caller\\udc00"][0].encode("utf-8")
+
+    def test_non_finite_floats_become_strings(self):
+        clean, changed = sanitise({"a": float("nan"), "b": (float("inf"), float("-inf"))})
+        self.assertTrue(changed)
+        self.assertEqual(clean, {"a": "NaN", "b": ["Infinity", "-Infinity"]})
+        json.dumps(clean, allow_nan=False)
+
+
+class IgnoredBudgetTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.events = []
+        self.registry = CollectorRegistry()
+        self.budget = boundary.budget_factory(
+            self.clock, "optimaccs", self.registry, logger=Logger(observer=self.events.append), first=3, interval=60
+        )("127.0.0.1:5555")
+
+    def count(self, reason):
+        return self.registry.get_sample_value(
+            "gateway_ignored_messages_total", {"adapter": "optimaccs", "reason": reason}
+        )
+
+    def test_the_first_few_are_logged_then_one_summary_per_interval(self):
+        for _ in range(10_000):
+            self.budget.ignored("unknown", "event 'bogus'")
+        self.assertEqual(len(self.events), 3)
+        self.assertEqual(self.count("unknown"), 10_000)
+        self.assertIn("127.0.0.1:5555", self.events[0]["peer"])
+        self.clock.advance(61)
+        self.budget.ignored("unknown", "event 'bogus'")
+        self.assertEqual(len(self.events), 4)
+        self.assertEqual(self.events[3]["count"], 9_998)
+        self.budget.close()
+        self.assertEqual(len(self.events), 4)
+
+    def test_close_says_what_is_unsaid(self):
+        for _ in range(5):
+            self.budget.ignored("malformed", "not JSON")
+        self.budget.close()
+        self.assertEqual(len(self.events), 4)
+        self.assertEqual(self.events[-1]["count"], 2)
+        self.assertEqual(self.count("malformed"), 5)
+
+    def test_a_detail_holding_surrogates_is_logged_escaped(self):
+        self.budget.ignored("bad_text", "callerId '\ud800'")
+        self.events[0]["detail"].encode("utf-8")
+
+    def test_reasons_are_a_closed_set(self):
+        self.assertRaises(ValueError, self.budget.ignored, "anything the peer says", "x")
