@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.boundary import sanitise
 from gateway.core import events as ev
 from gateway.core.cdr import RetryingSink, build_cdr
 from gateway.core.errors import (
@@ -352,7 +353,12 @@ class Registry:
         The call is routed by ``did``: to an extension (its phone rings), to a
         media app (answered, the app started), or nowhere (hung up, cause no_route).
         """
-        attributes = dict(attributes or {})
+        (caller_id, did, attributes), changed = sanitise((caller_id, did, dict(attributes or {})))
+        if changed:
+            # Adapters refuse bad text at their wire boundary; this is the core's own line, so that no
+            # driver can put text into a call that a log, the API or the store could not encode.
+            log.warn("driver {driver} delivered a call with text that is not valid Unicode; kept escaped "
+                     "(caller {caller}, DID {did})", driver=driver_leg.driver, caller=caller_id, did=did)
         target = self._router.route(did) if self._router is not None and not self._closing else None
         call = self._new_call(
             extension=target.name if target is not None and target.kind == "extension" else None,

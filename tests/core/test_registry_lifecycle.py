@@ -181,3 +181,22 @@ class ShutdownTests(SynchronousTestCase):
         self.successResultOf(h.registry.shutdown(1.0))
         error = self.failureResultOf(h.registry.originate("1001", "5551234"), IllegalState).value
         self.assertEqual(str(error), "cannot originate: the gateway is shutting down")
+
+
+class BadTextFromADriverTests(SynchronousTestCase):
+    """The core's own line behind the adapters' boundary: no driver can put unencodable text into a call."""
+
+    def test_a_lone_surrogate_is_kept_escaped_in_the_call_its_events_and_its_cdr(self):
+        import json
+
+        h = Harness()
+        with capturedLogs() as logged:
+            h.network.place_inbound("08\ud800", "200", attributes={"session": "p\udfff"})
+        (call,) = h.registry.calls()
+        self.assertEqual(call.caller, "08\\ud800")
+        self.assertTrue(any("not valid Unicode" in e.get("log_format", "") for e in logged))
+        self.successResultOf(h.registry.hangup(call.call_id))
+        (cdr,) = h.cdrs
+        json.dumps(cdr).encode("utf-8")
+        self.assertEqual(cdr["caller"], "08\\ud800")
+        self.assertEqual(cdr["attributes"]["session"], "p\\udfff")
