@@ -75,6 +75,11 @@ class PeerDataError(ValueError):
     is one sentence fit for a log line, a close reason or an error response.
     """
 
+    #: the decoded document when the only fault was a string's text (a lone surrogate) in the
+    #: named ``field``, so that an adapter can still answer that message with its own error;
+    #: ``None`` otherwise (and always for errors not raised by :func:`load_json`)
+    document: Any = None
+
     def __init__(self, problem: str, field: str | None = None):
         self.problem = problem
         self.field = field
@@ -125,7 +130,13 @@ def load_json(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     may_hold_surrogate = "\\u" in text or "\\U" in text
     may_be_deep = text.count("[") + text.count("{") > max_depth
     if may_hold_surrogate or may_be_deep:
-        _walk(value, max_depth)
+        try:
+            _walk(value, max_depth)
+        except PeerDataError as error:
+            if error.field is not None:
+                _walk(value, max_depth, check_text=False)  # a deeper fault wins, without the document
+                error.document = value
+            raise
     return value
 
 
@@ -137,20 +148,20 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def _walk(value: Any, max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth`` and strings with lone surrogates; iterative."""
+def _walk(value: Any, max_depth: int, *, check_text: bool = True) -> None:
+    """Refuse nesting deeper than ``max_depth`` and (``check_text``) strings with lone surrogates; iterative."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
         if isinstance(item, str):
-            if _has_surrogate(item):
+            if check_text and _has_surrogate(item):
                 raise PeerDataError("holds a lone UTF-16 surrogate", path or None)
         elif isinstance(item, dict):
             if depth >= max_depth:
                 raise PeerDataError(f"JSON nested deeper than {max_depth} levels")
             for key, child in item.items():
                 child_path = f"{path}.{key}" if path else key
-                if _has_surrogate(key):
+                if check_text and _has_surrogate(key):
                     raise PeerDataError("a key holds a lone UTF-16 surrogate", _escaped(path) or None)
                 stack.append((child, child_path, depth + 1))
         elif isinstance(item, list):

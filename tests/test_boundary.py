@@ -33,6 +33,17 @@ class LoadJsonTests(SynchronousTestCase):
         self.assertEqual(self.refused(b'{"items": ["a", "\\uDC00"]}').field, "items[1]")
         self.assertEqual(self.refused(b'["\\ud800"]').field, "[0]")
 
+    def test_a_refused_text_keeps_the_document_for_the_adapters_answer(self):
+        error = self.refused(b'{"type": "init-request", "payload": {"password": "x\\udfff"}}')
+        self.assertEqual(error.field, "payload.password")
+        self.assertEqual(error.document["type"], "init-request")
+        self.assertIsNone(self.refused(b"{").document)
+        self.assertIsNone(self.refused(b'{"a": NaN}').document)
+        deep_and_bad = b'{"deep": ' + b"[" * 40 + b"]" * 40 + b', "bad": "\\ud800"}'  # the text is met first
+        error = self.refused(deep_and_bad)
+        self.assertIn("nested deeper", str(error))
+        self.assertIsNone(error.document)
+
     def test_a_surrogate_in_a_key_is_refused(self):
         error = self.refused(b'{"outer": {"\\ud800": 1}}')
         self.assertIn("key", str(error))
