@@ -25,7 +25,7 @@ import json
 import re
 import secrets
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from gateway.boundary import PeerDataError, bad_text_field, load_json, sanitise
 from gateway.confschema import Secret
 
 __all__ = ["ApiError", "ApiRequest", "ApiResponse", "ApiRouter"]
@@ -111,18 +112,44 @@ class ApiRequest:
     raw: Any
     _json: Any = attrs.field(default=_UNREAD, init=False, repr=False)
 
-    def json(self) -> dict:
-        """The body as a JSON object; ``ApiError`` 400 if it is not one. The Content-Type is not checked."""
+    def json(self, known: Iterable[str] | None = None) -> dict:
+        """The body as a JSON object; ``ApiError`` 400 if it is not one. The Content-Type is not checked.
+
+        The body goes through :func:`gateway.boundary.load_json` (strict UTF-8,
+        no lone surrogates, finite numbers, bounded depth): a refusal names the
+        field. ``known``: the keys the endpoint reads; any other key is a 400
+        naming it, the same rule as the configuration's (a typo such as
+        ``duration`` for ``duration_ms`` must not be silently ignored).
+        """
         if self._json is _UNREAD:
             self.raw.content.seek(0)
             try:
-                value = json.loads(self.raw.content.read())
-            except (ValueError, RecursionError) as e:
-                raise ApiError(400, f"the body is not valid JSON: {e}") from None
+                value = load_json(self.raw.content.read())
+            except PeerDataError as e:
+                raise ApiError(400, f"the body is not acceptable JSON: {e}", **_field(e.field)) from None
             if not isinstance(value, dict):
                 raise ApiError(400, f"the body must be a JSON object, got {type(value).__name__}")
             self._json = value
+        if known is not None:
+            known = set(known)
+            unknown = sorted(key for key in self._json if key not in known)
+            if unknown:
+                raise ApiError(
+                    400,
+                    f"unknown key {unknown[0]!r} (known keys here: {', '.join(sorted(known)) or 'none'})",
+                    field=unknown[0],
+                )
         return self._json
+
+    def no_body(self) -> None:
+        """For an endpoint that takes no body: none, or an empty JSON object; a 400 naming any key otherwise."""
+        self.raw.content.seek(0)
+        if self.raw.content.read().strip():
+            self.json(known=())
+
+
+def _field(name: str | None) -> dict:
+    return {"field": name} if name else {}
 
 
 Handler = Callable[[ApiRequest], Any]
@@ -192,14 +219,34 @@ def _parse_query(uri: bytes) -> dict[str, str]:
 
 
 def encode(response: ApiResponse, **json_options: Any) -> tuple[int, dict[str, str], bytes]:
-    """A response as status, headers and body bytes; raises if the body is not JSON-able."""
+    """A response as status, headers and body bytes; raises if the body is not JSON-able.
+
+    The body is always valid UTF-8 JSON: content that cannot be encoded as it
+    is (a lone surrogate or a NaN that got into a call's data somehow) is sent
+    through :func:`gateway.boundary.sanitise` (visibly escaped) and logged,
+    rather than turning a listing of every call into a 500.
+    """
     headers = {"Cache-Control": "no-store", **response.headers}
     if isinstance(response.body, bytes):
         headers.setdefault("Content-Type", "application/octet-stream")
         return response.status, headers, response.body
-    body = json.dumps(response.body, ensure_ascii=False, allow_nan=False, **json_options).encode("utf-8")
+    try:
+        body = _dumps(response.body, json_options)
+    except (UnicodeEncodeError, ValueError):
+        clean, changed = sanitise(response.body)
+        if not changed:
+            raise
+        log.warn(
+            "admin API: a response held text or numbers JSON cannot carry (first at {field}); sent escaped",
+            field=bad_text_field(response.body) or "a non-finite number",
+        )
+        body = _dumps(clean, json_options)
     headers["Content-Type"] = JSON_CONTENT_TYPE
     return response.status, headers, body
+
+
+def _dumps(value: Any, json_options: dict) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, **json_options).encode("utf-8")
 
 
 class ApiRouter(Resource):

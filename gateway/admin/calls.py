@@ -5,13 +5,17 @@
 - ``GET /api/calls/{id}``: one call (live or recently released);
 - ``POST /api/calls`` ``{"extension", "number", "attributes"?}``: click-to-dial, 201 with the call;
 - ``POST /api/calls/{id}/{action}``: ``hangup``, ``answer``, ``reject``, ``hold``,
-  ``retrieve``, ``mute``, ``unmute``, ``flush`` (barge-in) (no body); ``transfer`` and ``conference``
+  ``retrieve``, ``mute``, ``unmute``, ``flush`` (barge-in) (no body, or ``{}``); ``transfer`` and ``conference``
   ``{"destination"}``; ``dtmf`` ``{"digits", "duration_ms"?, "gap_ms"?}``;
   ``remove_party`` ``{"number"}``: the call after the command;
 - ``DELETE /api/calls/{id}``: forget the call (a live one is hung up first);
 - ``POST /api/sim/inbound`` ``{"caller_id", "did", "hang_up_after"?}`` when the simulated
   network is in use: a simulated caller dials in (and hangs up ``hang_up_after`` seconds
   after being answered), 201 with the call.
+
+Every body is read through :meth:`ApiRequest.json` (the boundary policy of
+``gateway.boundary``): bad text, non-finite numbers, deep nesting and keys the
+endpoint does not read are a 400 naming the field or key.
 
 A call is rendered by ``CallSnapshot.to_dict()``. The registry's errors carry
 their own status and code (404 unknown call, 409 illegal in this state, ...),
@@ -67,6 +71,11 @@ class _CallsApi:
     def __init__(self, registry, sim) -> None:
         self._registry = registry
         self._sim = sim
+        #: action -> the keys its body may have (every other key is a 400 naming it)
+        self._keys: dict[str, tuple[str, ...]] = {
+            "transfer": ("destination",), "conference": ("destination",), "remove_party": ("number",),
+            "dtmf": ("digits", "duration_ms", "gap_ms"),
+        }
         self._actions: dict[str, typing.Callable] = {
             **{name: self._simple(name) for name in _SIMPLE},
             "transfer": lambda call_id, body: registry.transfer(call_id, _text(body, "destination"), by="api"),
@@ -90,7 +99,7 @@ class _CallsApi:
         return _rendered(self._registry.call(request.params["id"]))
 
     def originate(self, request: ApiRequest):
-        body = request.json()
+        body = request.json(known=("extension", "number", "attributes"))
         attributes = body.get("attributes", {})
         if not isinstance(attributes, dict):
             raise ApiError(400, "'attributes' must be an object")
@@ -102,15 +111,20 @@ class _CallsApi:
         run = self._actions.get(name)
         if run is None:
             raise ApiError(404, f"no call action {name!r} (known: {', '.join(sorted(self._actions))})")
-        body = {} if name in _SIMPLE else request.json()
+        if name in _SIMPLE:
+            request.no_body()
+            body = {}
+        else:
+            body = request.json(known=self._keys[name])
         return run(request.params["id"], body).addCallback(_rendered)
 
     def dispose(self, request: ApiRequest):
+        request.no_body()
         call_id = request.params["id"]
         return self._registry.dispose(call_id, by="api").addCallback(lambda _: {"call_id": call_id, "disposed": True})
 
     def sim_inbound(self, request: ApiRequest) -> ApiResponse:
-        body = request.json()
+        body = request.json(known=("caller_id", "did", "hang_up_after"))
         hang_up_after = body.get("hang_up_after")
         if hang_up_after is not None and (isinstance(hang_up_after, bool) or not isinstance(hang_up_after, (int, float))
                                           or hang_up_after < 0):
