@@ -90,7 +90,7 @@ class _Routes:
         self._transcripts = transcripts
 
     def inbound(self, request: ApiRequest):
-        body = request.json()
+        body = request.json(known=("from", "text", "id"))
         try:
             d = self._connector.receive_sms(body.get("from"), body.get("text"), body.get("id"))
         except ValueError as e:
@@ -98,7 +98,7 @@ class _Routes:
         return d.addCallback(lambda result: {"sms": result[0].to_dict(), "duplicate": not result[1]})
 
     def outbound(self, request: ApiRequest):
-        body = request.json()
+        body = request.json(known=("to", "text"))
         try:
             d = self._connector.send_sms(body.get("to"), body.get("text"))
         except ValueError as e:
@@ -121,7 +121,7 @@ class _Routes:
         return {"conversations": [c.to_json() for c in self._connector.conversations]}
 
     def open(self, request: ApiRequest):
-        body = request.json()
+        body = request.json(known=("number", *CUSTOMER_FIELDS))
         customer = {key: body[key] for key in CUSTOMER_FIELDS if isinstance(body.get(key), str)}
         try:
             d = self._connector.open_conversation(body.get("number"), customer)

@@ -74,7 +74,7 @@ class SimTransport:
         api.route("POST", "/api/sms/sim/state", self._set_state)
 
     def _set_state(self, request) -> dict:
-        down = request.json().get("down")
+        down = request.json(known=("down",)).get("down")
         if not isinstance(down, bool):
             raise ApiError(400, "down must be true or false")
         self.down = down

@@ -120,3 +120,36 @@ class StatusEncodingTests(SynchronousTestCase):
         body = self.successResultOf(response.content()).decode("utf-8")
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["chat"], {"peer": "bad\\udc80name", "conversations": 1})
+
+
+class ChatRoutesUnknownKeysTests(SynchronousTestCase):
+    """The chat connector's routes take bodies too: the same rule."""
+
+    def test_every_chat_route_with_a_body_refuses_an_unknown_key(self):
+        from chat.bench import ConnectorBench, FakeRest
+        from twisted.internet import defer, task
+
+        from gateway.chat.admin import Transcripts, add_routes
+        from gateway.store import MemoryCdrStore
+
+        clock = task.Clock()
+        store = MemoryCdrStore(clock)
+        rest = FakeRest()
+        bench = ConnectorBench.build(clock, store, rest)
+        router = ApiRouter(Secret(TOKEN))
+        add_routes(router, bench.connector, store, Transcripts(rest, self.mktemp(), defer.maybeDeferred))
+        bench.transport.add_routes(router)
+        client = StubTreq(router)
+        for path, payload in [
+            ("/api/sms/inbound", {"from": "+15550100", "text": "hi", "sender": "x"}),
+            ("/api/sms/outbound", {"to": "+15550100", "text": "hi", "from": "x"}),
+            ("/api/chat/conversations", {"number": "+15550100", "firstname": "Ann"}),
+            ("/api/sms/sim/state", {"down": True, "for": 3}),
+        ]:
+            d = client.request("POST", URL + path, headers=AUTH, data=json.dumps(payload).encode())
+            client.flush()
+            response = self.successResultOf(d)
+            body = json.loads(self.successResultOf(response.content()))
+            self.assertEqual((response.code, body["error"]), (400, "bad_request"), path)
+            self.assertIn("unknown key", body["message"], path)
+        self.assertFalse(bench.transport.down)
