@@ -241,7 +241,9 @@ def sanitise(value: Any) -> tuple[Any, bool]:
 
 
 #: the reasons an adapter may count a message as ignored (the metric's label values)
-IGNORED_REASONS = frozenset({"unknown", "malformed", "bad_text", "out_of_state", "unauthenticated", "oversized"})
+#: (``over_capacity``: a connection or call refused because a cap such as ``max_calls`` was reached)
+IGNORED_REASONS = frozenset({"unknown", "malformed", "bad_text", "out_of_state", "unauthenticated", "oversized",
+                             "over_capacity"})
 
 
 def ignored_counter(registry):

@@ -167,3 +167,7 @@ class IgnoredBudgetTests(SynchronousTestCase):
 
     def test_reasons_are_a_closed_set(self):
         self.assertRaises(ValueError, self.budget.ignored, "anything the peer says", "x")
+
+    def test_a_refusal_past_a_cap_is_a_reason(self):
+        self.budget.ignored("over_capacity", "connection closed with 1013: max_calls reached")
+        self.assertEqual(self.count("over_capacity"), 1)
