@@ -89,6 +89,8 @@ class Context:
     api: typing.Any = None
     #: name -> object for the live status of each adapter (status page, /api/status)
     status: dict[str, typing.Any] = attrs.Factory(dict)
+    #: adapter name -> "on ..." or "off (why)", as the start-up log and /api/status say (gateway.tap)
+    adapters: dict[str, str] = attrs.Factory(dict)
     #: listeners to bind at start, in order (see :meth:`listen`)
     listeners: list = attrs.Factory(list)
     #: the process exit status once the reactor stops (set by a fatal error)

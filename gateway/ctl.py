@@ -51,7 +51,7 @@ EXIT_USAGE = 2
 EXIT_DOWN = 3
 #: the daemon refused the token (401)
 EXIT_TOKEN = 4
-#: no such call, CDR or route (404)
+#: not found (404): no such call, extension or CDR, or the adapter the command needs is off
 EXIT_NOT_FOUND = 5
 
 #: seconds one request may take
@@ -300,8 +300,12 @@ def render_status(data: dict) -> str:
         head += "ready"
     else:
         head += "NOT READY\n" + "\n".join(f"  {name}: {reason}" for name, reason in readiness["not_ready"].items())
-    adapters = {k: v for k, v in data.items() if k not in ("readiness", "node", "version")}
-    return "\n".join([head, *_tree(adapters)])
+    running = data.get("adapters") or {}
+    lines = [head]
+    if running:
+        lines += ["adapters:", *(f"  {name}: {state}" for name, state in running.items())]
+    adapters = {k: v for k, v in data.items() if k not in ("readiness", "node", "version", "adapters")}
+    return "\n".join([*lines, *_tree(adapters)])
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -333,8 +337,8 @@ def _sms(path: str, number_field: str):
             return api.call("POST", path, {number_field: args.number, "text": args.text})
         except CtlError as e:
             if e.status == EXIT_NOT_FOUND:
-                raise CtlError("the gateway has no SMS route: the chat connector ([chat]) is not enabled",
-                               EXIT_NOT_FOUND) from None
+                raise CtlError("not found: the gateway has no SMS route: the chat connector ([chat]) is off"
+                               " (gatewayctl status says why)", EXIT_NOT_FOUND) from None
             raise
 
     return run
@@ -374,7 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewayctl", parents=[common], description="Talk to a running gateway through its admin API.",
         epilog="exit status: 0 done, 1 refused by the gateway, 2 usage or configuration, 3 gateway not"
-               " answering, 4 token refused, 5 not found",
+               " answering, 4 token refused, 5 not found (no such call, extension or CDR, or the adapter"
+               " the command needs is off)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -36,7 +36,7 @@ from gateway.listeners import StartupError
 log = Logger()
 
 #: adapter section -> "module:function" building its service; a section that is
-#: absent or has ``enabled = false`` is skipped.
+#: absent or has ``enabled = false`` is skipped (a section present is on).
 ADAPTERS = {
     "optimaccs": "gateway.drivers.optimaccs:make_service",
     "patriot": "gateway.patriot.service:make_service",
@@ -63,6 +63,25 @@ def _resolve(spec: str):
 
 def _enabled(section) -> bool:
     return section is not None and getattr(section, "enabled", True)
+
+
+def adapter_states(config) -> dict[str, str]:
+    """Adapter name -> ``"on"`` (with what runs) or ``"off (why)"``: the start-up log and ``/api/status`` say it."""
+    states = {}
+    for name in ADAPTERS:
+        section = getattr(config, name)
+        if section is None:
+            states[name] = f"off (no [{name}] section)"
+        elif not _enabled(section):
+            states[name] = "off (enabled = false)"
+        elif name == "patriot":
+            bridge = section.bridge is not None and section.bridge.enabled
+            links = len(section.desktop)
+            states[name] = (f"on (bridge {'on' if bridge else 'off'}, "
+                            f"{links} desktop link{'' if links == 1 else 's'})")
+        else:
+            states[name] = "on"
+    return states
 
 
 class GatewayService(service.MultiService):
@@ -187,9 +206,10 @@ def build(config, reactor) -> GatewayService:
     root.core_service = make_core(ctx)
     root.core_service.setServiceParent(root)
 
+    ctx.adapters = adapter_states(config)
+    log.info("adapters: {adapters}", adapters=", ".join(f"{name} {state}" for name, state in ctx.adapters.items()))
     for name, spec in ADAPTERS.items():
-        section = getattr(config, name)
-        if _enabled(section):
+        if ctx.adapters[name].startswith("on"):
             svc = _resolve(spec)(ctx)
             svc.setServiceParent(root)
             root.adapter_services.append(svc)

@@ -59,6 +59,11 @@ def test_values_in_etc_file_are_the_code_defaults():
             if _is_table(hints[field.name]):
                 continue  # nested tables (optional ones, arrays of tables) are compared on their own
             assert field.name in table, f"{dotted}.{field.name} is not documented in etc/gateway.toml"
+            if field.name == "enabled":
+                # A section present is on: the code's default is true, and the embedded
+                # defaults turn the adapters that need a peer off by writing false.
+                assert default.enabled is True, f"{dotted}.enabled: a section present must be on by default"
+                continue
             assert getattr(written, field.name) == getattr(default, field.name), (
                 f"{dotted}.{field.name}: etc/gateway.toml says {table[field.name]!r}, "
                 f"the code's default is {getattr(default, field.name)!r}"
@@ -131,6 +136,30 @@ def test_file_that_is_not_utf8(tmp_path):
     path.write_bytes(b"[gateway]\nnode = '\xe9'\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         config.load(str(path))
+
+
+@pytest.mark.parametrize("name", ["optimaccs", "cti", "chat"])
+def test_an_adapter_section_present_is_on_unless_it_says_enabled_false(name):
+    cfg = config.loads(f"[{name}]\n", "x.toml")
+    assert getattr(cfg, name).enabled is True
+    cfg = config.loads(f"[{name}]\nenabled = false\n", "x.toml")
+    assert getattr(cfg, name).enabled is False
+
+
+def test_chat_with_only_a_url_is_on():
+    """Issue 12: `[chat]` with only `url` was silently off."""
+    assert config.loads('[chat]\nurl = "http://chat.example:8081"\n', "x.toml").chat.enabled is True
+
+
+def test_the_embedded_defaults_run_optimaccs_and_patriot_but_not_cti_or_chat():
+    from gateway.tap import adapter_states
+
+    states = adapter_states(config.load(None))
+    assert {name: state.split(" ")[0] for name, state in states.items()} == {
+        "optimaccs": "on", "patriot": "on", "cti": "off", "chat": "off",
+    }
+    assert states["cti"] == "off (enabled = false)"
+    assert adapter_states(config.loads("", "x.toml"))["chat"] == "off (no [chat] section)"
 
 
 def test_a_file_is_the_whole_configuration():

@@ -125,6 +125,21 @@ class RenderingTests(SynchronousTestCase):
         ])
 
 
+    def test_status_lists_which_adapters_run_and_which_are_off(self):
+        text = ctl.render_status({
+            "readiness": {"ready": True}, "node": "gw", "version": "1.0",
+            "adapters": {"optimaccs": "on", "chat": "off (enabled = false)"},
+        })
+        self.assertEqual(text.splitlines(), [
+            "gateway gw 1.0: ready", "adapters:", "  optimaccs: on", "  chat: off (enabled = false)",
+        ])
+
+    def test_help_says_what_exit_5_means(self):
+        help_text = ctl._parser().format_help()
+        self.assertIn("5 not found (no such call, extension or CDR, or the adapter the command needs is off)",
+                      " ".join(help_text.split()))
+
+
 # -- against the real daemon -----------------------------------------------------------------
 
 
@@ -156,6 +171,8 @@ def test_status_shows_readiness_and_the_adapters(daemon, capsys):
     assert out.startswith("gateway gateway ")
     assert "NOT READY" in out and "  chat: " in out  # nothing listens where the chat server should be
     assert "\ncalls:\n" in out and "\nchat:\n" in out
+    assert ("\nadapters:\n  optimaccs: off (no [optimaccs] section)\n  patriot: off (no [patriot] section)\n"
+            "  cti: off (no [cti] section)\n  chat: on\n") in out
 
     status, out, _ = run(capsys, "status", "--config", daemon.config_path, "--json")
     data = json.loads(out)

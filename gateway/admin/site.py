@@ -10,7 +10,8 @@ other rooms add their routes. Open to anyone who reaches the port:
 
 Behind the bearer token:
 
-- ``GET /api/status``: ``{name: obj.status()}`` for each entry of ``ctx.status``, plus ``node`` and ``version``;
+- ``GET /api/status``: ``{name: obj.status()}`` for each entry of ``ctx.status``, plus ``adapters``
+  (each adapter ``"on ..."`` or ``"off (why)"``), ``node`` and ``version``;
 - ``GET /api/cdrs?since=ISO8601&limit=N``: ``{"cdrs": [...]}`` ended at or after ``since``, oldest first;
 - ``GET /api/cdrs/{call_id}``: one CDR.
 
@@ -91,7 +92,8 @@ class _Endpoints:
 
     def status(self, request: ApiRequest) -> dict:
         adapters = {name: obj.status() for name, obj in self._ctx.status.items()}
-        return {**adapters, "node": self._ctx.config.gateway.node, "version": gateway.__version__}
+        return {**adapters, "adapters": dict(self._ctx.adapters), "node": self._ctx.config.gateway.node,
+                "version": gateway.__version__}
 
     def cdrs(self, request: ApiRequest):
         since, limit = _since(request.query.get("since")), _limit(request.query.get("limit"))

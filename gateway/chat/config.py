@@ -46,8 +46,9 @@ class HttpTransportConfig:
 
 @section
 class ChatConfig:
-    #: off by default: the connector needs a chat server
-    enabled: bool = False
+    #: a [chat] section present is on unless it says enabled = false (the embedded defaults say so:
+    #: the connector needs a chat server)
+    enabled: bool = True
     #: the chat server's base URL (Socket.IO and REST)
     url: str = attrs.field(
         default="http://127.0.0.1:8081",

@@ -42,8 +42,9 @@ def _tls_trust_needs_tls(instance, attribute, value):
 
 @section
 class CtiConfig:
-    #: off by default: the adapter needs a processor bridge to connect to
-    enabled: bool = False
+    #: a [cti] section present is on unless it says enabled = false (the embedded defaults say so:
+    #: the adapter needs a processor bridge to connect to)
+    enabled: bool = True
     #: the processor bridge: "tcp:host=H:port=P" or "tls:H:P" (TLS: see tls_ca_file)
     connect: ClientEndpoint = ClientEndpoint("tcp:host=127.0.0.1:port=9500")
     #: PEM file of the certificates to trust for a tls: connect (empty: the system's trust roots)

@@ -95,6 +95,7 @@ class SiteTests(SynchronousTestCase):
     def test_status_gathers_every_adapter_with_node_and_version(self):
         self.ctx.status["patriot"] = FakeAdapter({"mode": "server", "clients": 2})
         self.ctx.status["cti"] = FakeAdapter({"link": "up"})
+        self.ctx.adapters = {"patriot": "on (bridge off, 1 desktop link)", "cti": "on", "chat": "off (enabled = false)"}
         self.assertEqual(self.get_json("/api/status", {})[0], 401)
         self.assertEqual(
             self.get_json("/api/status"),
@@ -103,6 +104,7 @@ class SiteTests(SynchronousTestCase):
                 {
                     "patriot": {"mode": "server", "clients": 2},
                     "cti": {"link": "up"},
+                    "adapters": {"patriot": "on (bridge off, 1 desktop link)", "cti": "on", "chat": "off (enabled = false)"},
                     "node": self.ctx.config.gateway.node,
                     "version": gateway.__version__,
                 },

@@ -27,7 +27,7 @@ class ConfigTests(SynchronousTestCase):
 
     def test_defaults(self):
         config = ChatConfig()
-        self.assertFalse(config.enabled)
+        self.assertTrue(config.enabled)  # a [chat] section present is on; etc/gateway.toml turns it off
         self.assertEqual((config.url, config.path, config.id, config.channel, config.transport),
                          ("http://127.0.0.1:8081", "/socket.io", "sms", "sms", "sim"))
         self.assertIsNone(loads("", "x.toml").chat)

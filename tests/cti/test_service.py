@@ -29,7 +29,7 @@ class ConfigTests(SynchronousTestCase):
 
     def test_defaults(self):
         config = CtiConfig()
-        self.assertFalse(config.enabled)
+        self.assertTrue(config.enabled)  # a [cti] section present is on; etc/gateway.toml turns it off
         self.assertEqual((config.processor, config.byte_order, config.max_frame_size), ("PROC", "big", 1024 * 1024))
         self.assertEqual(config.names, CtiNames())
 
