@@ -24,28 +24,59 @@ server pings every ``pingInterval``, so a silent link is dead), and one whose ha
 completed within ``open_timeout``. All timers run on the injected clock; Autobahn's own timers
 (which would use the global reactor) are switched off.
 
-The codec is pure (no I/O) and raises :class:`PacketError` on malformed input; the protocol logs
-such input with the peer named and keeps the link.
+What the server sends is checked at the boundary (:mod:`gateway.boundary`):
+
+- the open packet's ``pingInterval`` and ``pingTimeout`` must be finite numbers of milliseconds,
+  above 0 and at most :data:`MAX_HEARTBEAT_MS` (10 minutes), and ``sid`` a non-empty printable
+  string of at most :data:`MAX_SID_LENGTH` characters. A bad open packet is logged (naming the
+  peer and the field) and the link is dropped; the ``ClientService`` reconnects with its backoff.
+  (``NaN`` used to reach ``callLater`` and wedge the link; ``Infinity`` switched the dead-peer
+  detection off.)
+- every JSON payload goes through :func:`gateway.boundary.load_json` (no NaN/Infinity/1e999, no
+  lone surrogates, bounded depth);
+- a WebSocket message (and frame) larger than ``max_message_size`` bytes is refused by Autobahn as
+  soon as its frame header announces it, before any of it is buffered: the connection fails
+  (close code 1009), is logged and reconnects.
+
+The codec is pure (no I/O) and raises :class:`PacketError` on malformed input; the protocol counts
+such input as ignored (``gateway_ignored_messages_total{adapter="chat"}``), logs it within the
+connection's :class:`~gateway.boundary.IgnoredBudget` with the peer named, and keeps the link.
 """
 
 import enum
-import json
+import math
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.logger import Logger
 
+from gateway.boundary import PeerDataError, budget_factory, load_json
+
 log = Logger()
 
 #: the Engine.IO protocol revision spoken here
 PROTOCOL_REVISION = 4
+#: the longest pingInterval or pingTimeout (milliseconds) a server may announce: 10 minutes
+MAX_HEARTBEAT_MS = 600_000
+#: the longest session id a server may give
+MAX_SID_LENGTH = 256
+#: the default largest WebSocket message (and frame) accepted from the server, in bytes
+MAX_MESSAGE_SIZE = 1 << 20
 
 _URL_SCHEMES = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
 
 
 class PacketError(ValueError):
-    """A packet that cannot be decoded or encoded (malformed input from the peer)."""
+    """A packet that cannot be decoded or encoded (malformed input from the peer).
+
+    ``reason`` is the :data:`gateway.boundary.IGNORED_REASONS` label it is counted under:
+    ``malformed``, ``bad_text`` (a lone surrogate) or ``oversized``.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotConnected(Exception):
@@ -89,40 +120,58 @@ class Handshake:
 
     @classmethod
     def from_json(cls, text: str) -> "Handshake":
-        """Parse the data of an open packet; raise :class:`PacketError` if it is malformed."""
+        """Parse the data of an open packet; raise :class:`PacketError` if it is malformed.
+
+        ``pingInterval`` and ``pingTimeout`` must be finite, above 0 and at most
+        :data:`MAX_HEARTBEAT_MS`; ``sid`` a non-empty printable string of at most
+        :data:`MAX_SID_LENGTH` characters; ``maxPayload`` (optional) a finite number >= 0.
+        """
         doc = loads_json(text, "open packet")
         if not isinstance(doc, dict):
-            raise PacketError(f"open packet is not a JSON object: {text!r}")
+            raise PacketError(f"open packet is not a JSON object: {text[:80]!r}")
         sid = doc.get("sid")
         if not isinstance(sid, str) or not sid:
-            raise PacketError(f"open packet without a session id: {text!r}")
+            raise PacketError(f"open packet without a session id: {text[:80]!r}")
+        if len(sid) > MAX_SID_LENGTH or not sid.isprintable():
+            raise PacketError(
+                f"open packet field sid is not a printable string of at most {MAX_SID_LENGTH} characters: {sid[:40]!r}"
+            )
         upgrades = doc.get("upgrades", [])
         if not isinstance(upgrades, list) or not all(isinstance(u, str) for u in upgrades):
-            raise PacketError(f"open packet with bad upgrades: {upgrades!r}")
+            raise PacketError(f"open packet with bad upgrades: {upgrades!r:.80}")
         max_payload = doc.get("maxPayload")
         if max_payload is not None:
-            max_payload = _non_negative_number(doc, "maxPayload")
+            max_payload = _number(doc, "maxPayload", low=0, high=None)
         return cls(
             sid=sid,
-            ping_interval=_non_negative_number(doc, "pingInterval") / 1000.0,
-            ping_timeout=_non_negative_number(doc, "pingTimeout") / 1000.0,
+            ping_interval=_number(doc, "pingInterval", low=None, high=MAX_HEARTBEAT_MS) / 1000.0,
+            ping_timeout=_number(doc, "pingTimeout", low=None, high=MAX_HEARTBEAT_MS) / 1000.0,
             max_payload=max_payload,
             upgrades=tuple(upgrades),
         )
 
 
-def _non_negative_number(doc: dict, key: str) -> int | float:
+def _number(doc: dict, key: str, *, low: float | None, high: float | None) -> int | float:
+    """``doc[key]``: a finite number, above 0 when ``low`` is None (else >= low), at most ``high``."""
     value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise PacketError(f"open packet field {key} is not a non-negative number: {value!r}")
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > 0 if low is None else value >= low) and (high is None or value <= high)
+    if not ok:
+        bounds = ("above 0" if low is None else f"at least {low}") + (f" and at most {high}" if high is not None else "")
+        raise PacketError(f"open packet field {key} is not a finite number {bounds}: {value!r:.40}")
     return value
 
 
 def loads_json(text: str, what: str):
-    """``json.loads`` raising :class:`PacketError` (naming ``what``) on bad JSON."""
+    """:func:`gateway.boundary.load_json` raising :class:`PacketError` (naming ``what``) on refused JSON.
+
+    The error's ``reason`` is ``bad_text`` for a lone surrogate, ``malformed`` otherwise.
+    """
     try:
-        return json.loads(text)
-    except ValueError as error:
+        return load_json(text)
+    except PeerDataError as error:
+        if "surrogate" in error.problem:
+            raise PacketError(f"{what} holds bad text: {error}", "bad_text") from None
         raise PacketError(f"{what} is not valid JSON: {error}") from None
 
 
@@ -182,6 +231,8 @@ class EngineIOClientProtocol(WebSocketClientProtocol):
 
     handshake: Handshake | None = None
     _deadline = None
+    #: the connection's :class:`~gateway.boundary.IgnoredBudget` (from ``factory.budget``)
+    ignored = None
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -227,6 +278,7 @@ class EngineIOClientProtocol(WebSocketClientProtocol):
 
     def connectionMade(self):
         super().connectionMade()
+        self.ignored = self.factory.budget(self.peer)
         self._deadline = self.factory.clock.callLater(
             self.factory.open_timeout, self._expire, "no Engine.IO handshake in time"
         )
@@ -237,13 +289,26 @@ class EngineIOClientProtocol(WebSocketClientProtocol):
         try:
             packet = decode_packet(payload, isBinary)
         except PacketError as error:
-            log.warn("Engine.IO peer {peer} sent a malformed packet: {error}", peer=self.peer, error=error)
+            self.ignored.ignored(error.reason, f"malformed packet: {error}")
             return
         getattr(self, "_on_" + packet.type.name.lower())(packet.data)
 
     def connectionLost(self, reason):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
+        if getattr(self, "failedByMe", False):
+            # Autobahn failed the connection: a message over max_message_size, a text frame that
+            # is not UTF-8, a WebSocket protocol violation.
+            oversized = self.wasMaxMessagePayloadSizeExceeded or self.wasMaxFramePayloadSizeExceeded
+            if oversized and self.ignored is not None:
+                self.ignored.ignored("oversized", f"message over max_message_size ({self.factory.max_message_size} bytes)")
+            log.error(
+                "the WebSocket to Engine.IO peer {peer} failed: {why}",
+                peer=self.peer,
+                why=self.wasNotCleanReason or "protocol error",
+            )
+        if self.ignored is not None:
+            self.ignored.close()
         super().connectionLost(reason)
         self.engineClosed(reason)
 
@@ -251,12 +316,15 @@ class EngineIOClientProtocol(WebSocketClientProtocol):
 
     def _on_open(self, data):
         if self.handshake is not None:
-            log.warn("Engine.IO peer {peer} sent a second open packet; ignored", peer=self.peer)
+            self.ignored.ignored("out_of_state", "a second open packet")
             return
         try:
             handshake = Handshake.from_json(data)
         except PacketError as error:
-            log.error("Engine.IO peer {peer} sent a bad handshake: {error}", peer=self.peer, error=error)
+            # Not a session we can keep alive: drop it; the ClientService reconnects (backoff).
+            log.error(
+                "Engine.IO peer {peer} sent a bad handshake, dropping the link: {error}", peer=self.peer, error=error
+            )
             self.dropConnection(abort=True)
             return
         self.handshake = handshake
@@ -280,12 +348,12 @@ class EngineIOClientProtocol(WebSocketClientProtocol):
 
     def _on_message(self, data):
         if self.handshake is None:
-            log.warn("Engine.IO peer {peer} sent a message before the handshake; ignored", peer=self.peer)
+            self.ignored.ignored("out_of_state", "a message before the handshake")
             return
         self.engineMessageReceived(data)
 
     def _on_upgrade(self, data):
-        log.warn("Engine.IO peer {peer} sent an upgrade packet on a WebSocket; ignored", peer=self.peer)
+        self.ignored.ignored("out_of_state", "an upgrade packet on a WebSocket")
 
     def _on_noop(self, data):
         pass
@@ -299,20 +367,39 @@ class EngineIOClientFactory(WebSocketClientFactory):
     """A WebSocket client factory for Engine.IO links, with every timer on ``reactor``.
 
     ``reactor`` provides ``IReactorTime`` (a ``task.Clock`` in tests); ``open_timeout`` bounds the
-    WebSocket plus Engine.IO handshake.
+    WebSocket plus Engine.IO handshake. ``max_message_size`` (bytes) is Autobahn's limit on one
+    incoming WebSocket message and frame: a larger one fails the connection as soon as its frame
+    header announces it, before it is buffered. ``budget`` makes the per-connection
+    :class:`~gateway.boundary.IgnoredBudget` (by peer), by default one of adapter ``chat`` that
+    counts nothing.
     """
 
     protocol = EngineIOClientProtocol
     noisy = False  # no "Starting factory" line on every reconnect
 
-    def __init__(self, url: str, *, reactor, open_timeout: float = 20.0, headers=None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor,
+        open_timeout: float = 20.0,
+        headers=None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        budget=None,
+    ):
         super().__init__(url=url, reactor=reactor, headers=headers)
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be positive, got {max_message_size!r}")
         self.clock = reactor
         self.open_timeout = open_timeout
+        self.max_message_size = max_message_size
+        self.budget = budget if budget is not None else budget_factory(reactor, "chat")
         # Autobahn's timers run on txaio's global loop; our own deadlines replace them.
         self.setProtocolOptions(
             openHandshakeTimeout=0,
             closeHandshakeTimeout=0,
             serverConnectionDropTimeout=0,
             autoPingInterval=0,
+            maxMessagePayloadSize=max_message_size,
+            maxFramePayloadSize=max_message_size,
         )

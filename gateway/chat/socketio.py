@@ -23,8 +23,16 @@ type  name           data
 calls the handler's ``on_connect`` (where the Expertflow connector emits ``registerConnector``).
 ``emit`` returns a Deferred firing with the acknowledgement's arguments, or failing with
 :class:`AckTimeout` / :class:`LinkLost`; an incoming event with an ack id is answered with the
-handler's return value. Malformed packets and unexpected events are logged with the peer named
-and the link is kept.
+handler's return value.
+
+Bad input from the server is a dropped packet, never a dropped link: every decode error is a
+:class:`PacketError` (an ack id longer than :data:`MAX_ACK_ID_DIGITS` digits, an attachment count
+that is not 1 to ``max_attachments``, JSON the boundary refuses: NaN, lone surrogates, deep
+nesting). Malformed packets, bad text, packets whose attachments are too many or together larger
+than ``max_message_size`` (the rest of their binary frames are discarded), packets out of state
+and unexpected events are counted in ``gateway_ignored_messages_total{adapter="chat",reason}``
+(``malformed``, ``bad_text``, ``oversized``, ``out_of_state``, ``unknown``) and logged with the
+peer named within the connection's :class:`~gateway.boundary.IgnoredBudget`.
 
 :class:`FakeSocketIOClient` is an in-memory :class:`ISocketIOClient` for handlers' unit tests.
 """
@@ -44,7 +52,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.boundary import parse_int
 from gateway.chat.engineio import (
+    MAX_MESSAGE_SIZE,
     EngineIOClientFactory,
     EngineIOClientProtocol,
     NotConnected,
@@ -73,6 +83,11 @@ __all__ = [
 ]
 
 log = Logger()
+
+#: the longest ack id read (JavaScript's safe integers have 16 digits)
+MAX_ACK_ID_DIGITS = 16
+#: the default most binary attachments one packet may announce
+MAX_ATTACHMENTS = 10
 
 
 class PacketType(enum.IntEnum):
@@ -162,11 +177,12 @@ def _deconstruct(data, buffers: list[bytes]):
     return data, buffers
 
 
-def decode_packet(text: str) -> Packet:
-    """Decode the text part of a packet; raise :class:`PacketError` if it is malformed.
+def decode_packet(text: str, *, max_attachments: int = MAX_ATTACHMENTS) -> Packet:
+    """Decode the text part of a packet; raise :class:`PacketError` (and nothing else) if it is malformed.
 
     A binary packet comes back with its placeholders and ``attachments`` set; complete it with
-    :func:`reassemble` once the binary frames have arrived.
+    :func:`reassemble` once the binary frames have arrived. An attachment count above
+    ``max_attachments`` is a PacketError with reason ``oversized``.
     """
     if not text:
         raise PacketError("empty Socket.IO packet")
@@ -178,15 +194,19 @@ def decode_packet(text: str) -> Packet:
     attachments = 0
     if kind in _BINARY_TYPES:
         count, dash, rest = rest.partition("-")
-        if not dash or not _is_ascii_number(count) or int(count) < 1:
+        attachments = parse_int(count) if dash and _is_ascii_number(count) else None
+        if attachments is None or attachments < 1:
             raise PacketError(f"{kind.name} packet without an attachment count: {text[:40]!r}")
-        attachments = int(count)
+        if attachments > max_attachments:
+            raise PacketError(f"{kind.name} packet announces {attachments} attachments (at most {max_attachments})", "oversized")
     namespace = "/"
     if rest.startswith("/"):
         namespace, _, rest = rest.partition(",")
         namespace = namespace.partition("?")[0]
     digits = len(rest) - len(rest.lstrip("0123456789"))
-    ack_id = int(rest[:digits]) if digits else None
+    if digits > MAX_ACK_ID_DIGITS:
+        raise PacketError(f"{kind.name} packet with an ack id of {digits} digits (at most {MAX_ACK_ID_DIGITS})")
+    ack_id = parse_int(rest[:digits], max_digits=MAX_ACK_ID_DIGITS) if digits else None
     body = rest[digits:]
     data = loads_json(body, f"{kind.name} data") if body else None
     packet = Packet(kind, namespace, data, ack_id, attachments)
@@ -331,7 +351,10 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
         self.sid = None
         self._acks: dict[int, _PendingAck] = {}
         self._next_ack_id = 0
-        self._partial: tuple[Packet, list[bytes]] | None = None
+        # a binary packet waiting for its attachments: (packet, buffers, their total size)
+        self._partial: tuple[Packet, list[bytes], int] | None = None
+        # the binary frames of a refused binary packet are dropped until the next text packet
+        self._discarding = False
         self._connect_timer = None
 
     @property
@@ -385,20 +408,20 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
             self._attachment_received(data)
             return
         if self._partial is not None:
-            log.warn(
-                "Socket.IO peer {peer} sent a text packet while a binary packet lacked"
-                " {missing} attachment(s); the binary packet is dropped",
-                peer=self.peer,
-                missing=self._partial[0].attachments - len(self._partial[1]),
+            missing = self._partial[0].attachments - len(self._partial[1])
+            self.ignored.ignored(
+                "malformed", f"a text packet while a binary packet lacked {missing} attachment(s); the binary packet is dropped"
             )
             self._partial = None
+        self._discarding = False
         try:
-            packet = decode_packet(data)
+            packet = decode_packet(data, max_attachments=self.factory.max_attachments)
         except PacketError as error:
-            log.warn("Socket.IO peer {peer} sent a malformed packet: {error}", peer=self.peer, error=error)
+            self.ignored.ignored(error.reason, f"malformed packet: {error}")
+            self._discarding = data[:1] in ("5", "6")  # its attachments, if any, follow
             return
         if packet.attachments:
-            self._partial = (packet, [])
+            self._partial = (packet, [], 0)
             return
         self._packet_received(packet)
 
@@ -416,27 +439,36 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
 
     def _attachment_received(self, data: bytes) -> None:
         if self._partial is None:
-            log.warn("Socket.IO peer {peer} sent a binary frame nobody expected; ignored", peer=self.peer)
+            if not self._discarding:
+                self.ignored.ignored("out_of_state", "a binary frame nobody expected")
             return
-        packet, buffers = self._partial
+        packet, buffers, size = self._partial
         buffers.append(data)
+        size += len(data)
+        if size > self.factory.max_message_size:
+            self.ignored.ignored(
+                "oversized",
+                f"{packet.type.name} attachments over max_message_size ({self.factory.max_message_size} bytes);"
+                " the packet is dropped",
+            )
+            self._partial = None
+            self._discarding = True
+            return
         if len(buffers) < packet.attachments:
+            self._partial = (packet, buffers, size)
             return
         self._partial = None
         try:
             packet = reassemble(packet, buffers)
         except PacketError as error:
-            log.warn("Socket.IO peer {peer} sent a malformed binary packet: {error}", peer=self.peer, error=error)
+            self.ignored.ignored(error.reason, f"malformed binary packet: {error}")
             return
         self._packet_received(packet)
 
     def _packet_received(self, packet: Packet) -> None:
         if packet.namespace != self._client.namespace:
-            log.warn(
-                "Socket.IO peer {peer} sent {type} for namespace {namespace}, which we did not join; ignored",
-                peer=self.peer,
-                type=packet.type.name,
-                namespace=packet.namespace,
+            self.ignored.ignored(
+                "out_of_state", f"{packet.type.name} for namespace {packet.namespace}, which we did not join"
             )
             return
         if packet.type in _EVENT_TYPES:
@@ -449,7 +481,7 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
     def _on_connect(self, packet: Packet) -> None:
         sid = (packet.data or {}).get("sid")
         if self.sid is not None or not isinstance(sid, str):
-            log.warn("Socket.IO peer {peer} sent an unexpected CONNECT {data!r}; ignored", peer=self.peer, data=packet.data)
+            self.ignored.ignored("out_of_state", f"an unexpected CONNECT {packet.data!r:.120}")
             return
         self._connect_timer.cancel()
         self.sid = sid
@@ -471,7 +503,7 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
     def _event_received(self, packet: Packet) -> None:
         event, args = packet.data[0], packet.data[1:]
         if self.sid is None:
-            log.warn("Socket.IO peer {peer} sent event {event!r} before CONNECT; ignored", peer=self.peer, event=event)
+            self.ignored.ignored("out_of_state", f"event {event!r:.80} before CONNECT")
             return
         handler = self._client.handler
         d = defer.maybeDeferred(handler.on_event, self._client, event, args)
@@ -487,14 +519,14 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
 
     def _event_failed(self, failure, event: str) -> None:
         if failure.check(UnexpectedEvent):
-            log.warn("Socket.IO peer {peer} sent unexpected event {event!r}; ignored", peer=self.peer, event=event)
+            self.ignored.ignored("unknown", f"unexpected event {event!r:.80}")
         else:
             log.failure("handling event {event!r} from {peer} failed", failure, event=event, peer=self.peer)
 
     def _ack_received(self, packet: Packet) -> None:
         pending = self._acks.pop(packet.id, None)
         if pending is None:
-            log.warn("Socket.IO peer {peer} acked unknown id {id}; ignored", peer=self.peer, id=packet.id)
+            self.ignored.ignored("out_of_state", f"acked unknown id {packet.id}")
             return
         pending.timer.cancel()
         pending.deferred.callback(packet.data)
@@ -520,9 +552,10 @@ class SocketIOClientFactory(EngineIOClientFactory):
 
     protocol = SocketIOClientProtocol
 
-    def __init__(self, client: "SocketIOClient", url: str, **kwargs):
+    def __init__(self, client: "SocketIOClient", url: str, *, max_attachments: int = MAX_ATTACHMENTS, **kwargs):
         super().__init__(url, **kwargs)
         self.client = client
+        self.max_attachments = max_attachments
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -556,6 +589,12 @@ class SocketIOClient(service.Service):
     :param connect_timeout: seconds allowed for the WebSocket + Engine.IO handshake, and again
         for the namespace CONNECT answer; the link is dropped (and retried) after that.
     :param retry_policy: ``ClientService`` retry policy (default: ``backoffPolicy()``).
+    :param max_message_size: bytes: the largest WebSocket message (Autobahn refuses a larger one
+        before buffering it and the link reconnects), and the most bytes of binary attachments one
+        packet may carry (a larger packet is dropped).
+    :param max_attachments: the most binary attachments one packet may announce (more: dropped).
+    :param budget: ``f(peer) -> IgnoredBudget`` for each connection
+        (:func:`gateway.boundary.budget_factory`; by default adapter ``chat``, not counted).
     """
 
     def __init__(
@@ -573,6 +612,9 @@ class SocketIOClient(service.Service):
         connect_timeout: float = 20.0,
         retry_policy=None,
         tls=None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        max_attachments: int = MAX_ATTACHMENTS,
+        budget=None,
     ):
         if not namespace.startswith("/"):
             raise ValueError(f"a namespace starts with '/': {namespace!r}")
@@ -582,7 +624,14 @@ class SocketIOClient(service.Service):
         self.ack_timeout = ack_timeout
         ws_url = websocket_url(url, path)
         self.factory = SocketIOClientFactory(
-            self, ws_url, reactor=reactor, open_timeout=connect_timeout, headers=headers
+            self,
+            ws_url,
+            reactor=reactor,
+            open_timeout=connect_timeout,
+            headers=headers,
+            max_message_size=max_message_size,
+            max_attachments=max_attachments,
+            budget=budget,
         )
         self._connector = ClientService(
             _secured(endpoint, ws_url, tls),

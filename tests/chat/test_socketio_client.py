@@ -5,6 +5,7 @@ that records what the client sent and sends exactly the frames the test writes.
 """
 
 import json
+import struct
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
@@ -13,10 +14,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.test import iosim
+from prometheus_client import CollectorRegistry
 from twisted.trial.unittest import SynchronousTestCase
 
 from zope.interface.verify import verifyObject
 
+from gateway.boundary import budget_factory
 from gateway.chat.socketio import (
     AckTimeout,
     CallbackHandler,
@@ -49,8 +52,10 @@ class ScriptedServer(WebSocketServerProtocol):
 class Harness:
     """A started SocketIOClient on a MemoryReactorClock, and a way to accept its connections."""
 
-    def __init__(self, testcase, **options):
+    def __init__(self, testcase, registry=None, **options):
         self.reactor = MemoryReactorClock()
+        if registry is not None:
+            options["budget"] = budget_factory(self.reactor, "chat", registry)
         self.events = []
         self.handler = CallbackHandler(
             events={
@@ -448,3 +453,124 @@ class FakeClientTests(SynchronousTestCase):
         self.failureResultOf(self.fake.emit("x"), NotConnected)
         with self.assertRaises(NotConnected):
             self.fake.send("x")
+
+
+def ignored(registry, reason):
+    return registry.get_sample_value("gateway_ignored_messages_total", {"adapter": "chat", "reason": reason}) or 0
+
+
+class HostileServerTests(SynchronousTestCase):
+    """A hostile or broken server: bad handshakes reconnect, oversized input is refused, bad packets are dropped."""
+
+    def assertReconnects(self, h):
+        h.reactor.advance(5.0)  # the retry policy's delay
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        h.connect()
+        self.assertEqual(h.events, ["connected"])
+
+    def test_a_non_finite_or_unbounded_heartbeat_is_logged_dropped_and_retried(self):
+        for field, value, problem in (
+            ("pingInterval", "NaN", "NaN is not a JSON number"),
+            ("pingTimeout", "Infinity", "Infinity is not a JSON number"),
+            ("pingInterval", "1e999", "out of range"),
+            ("pingInterval", "0", "pingInterval is not a finite number above 0"),
+            ("pingTimeout", "600001", "pingTimeout is not a finite number above 0 and at most 600000"),
+            ("sid", '""', "without a session id"),
+        ):
+            with self.subTest(field=field, value=value):
+                h = Harness(self)
+                h.accept()
+                h.send("0" + json.dumps(OPEN).replace(json.dumps(OPEN[field]), value, 1))
+                self.assertTrue(h.link_lost)
+                warnings = " ".join(h.warnings())
+                self.assertIn("bad handshake", warnings)
+                self.assertIn(problem, warnings)
+                self.assertIn("127.0.0.1", warnings)
+                self.assertEqual(h.events, [])
+                self.assertReconnects(h)
+
+    def test_a_message_over_max_message_size_fails_the_link_which_reconnects(self):
+        h = Harness(self, max_message_size=1024)
+        h.connect()
+        h.send('42["greet","%s"]' % ("x" * 1024))
+        self.assertTrue(h.link_lost)
+        self.assertEqual(h.events, ["connected", "disconnected"])
+        self.assertIn("exceeds payload limit of 1024", " ".join(h.warnings()))
+        h.reactor.advance(5.0)
+        h.connect()
+        self.assertEqual(h.events, ["connected", "disconnected", "connected"])
+
+    def test_a_150_mib_message_is_refused_from_its_frame_header_before_anything_is_buffered(self):
+        registry = CollectorRegistry()
+        h = Harness(self, registry)  # the default limit: 1 MiB
+        h.connect()
+        # Only the header of a 150 MiB text frame (unmasked, server to client): no payload at all.
+        h.server.transport.write(b"\x81\x7f" + struct.pack("!Q", 150 << 20))
+        h.pump.flush()
+        self.assertTrue(h.link_lost)
+        self.assertIn("exceeds payload limit of 1048576", " ".join(h.warnings()))
+        self.assertEqual(ignored(registry, "oversized"), 1)
+
+    def test_attachments_over_the_size_cap_drop_the_packet_and_keep_the_link(self):
+        registry = CollectorRegistry()
+        h = Harness(self, registry, max_message_size=150)
+        h.connect()
+        h.send('452-["greet",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]', b"x" * 80, b"y" * 80)
+        h.send('42["greet","next"]')
+        self.assertEqual(h.events, ["connected", ("greet", ("next",))])
+        self.assertEqual((ignored(registry, "oversized"), ignored(registry, "out_of_state")), (1, 0))
+        self.assertIn("attachments over max_message_size", " ".join(h.warnings()))
+        self.assertFalse(h.link_lost)
+
+    def test_too_many_attachments_drop_the_packet_and_its_binary_frames_quietly(self):
+        registry = CollectorRegistry()
+        h = Harness(self, registry, max_attachments=2)
+        h.connect()
+        h.send('453-["greet",1]', b"a", b"b", b"c", '42["greet","next"]')
+        self.assertEqual(h.events, ["connected", ("greet", ("next",))])
+        self.assertEqual((ignored(registry, "oversized"), ignored(registry, "out_of_state")), (1, 0))
+        self.assertFalse(h.link_lost)
+
+    def test_a_4300_digit_ack_id_or_attachment_count_is_a_dropped_packet(self):
+        registry = CollectorRegistry()
+        h = Harness(self, registry)
+        h.connect()
+        h.send("42" + "9" * 4300 + '["greet"]', "45" + "9" * 4300 + '-["greet"]', b"stray", '42["greet","after"]')
+        self.assertFalse(h.link_lost)
+        self.assertEqual(h.events, ["connected", ("greet", ("after",))])
+        self.assertEqual(ignored(registry, "malformed"), 2)
+        self.assertEqual(ignored(registry, "out_of_state"), 0)  # the dropped packet's binary frame goes quietly
+        self.assertIn("ack id of 4300 digits", " ".join(h.warnings()))
+        h.send("2")
+        self.assertEqual(h.take(), ["3"])
+
+    def test_an_event_with_a_lone_surrogate_is_dropped_counted_and_logged(self):
+        registry = CollectorRegistry()
+        h = Harness(self, registry)
+        h.connect()
+        h.send('4212["question","\\ud800"]', '42["greet",{"name":"\\udfff"}]', '42["greet",NaN]')
+        self.assertEqual(h.events, ["connected"])
+        self.assertEqual(h.take(), [])  # not acknowledged either
+        self.assertEqual((ignored(registry, "bad_text"), ignored(registry, "malformed")), (2, 1))
+        warnings = " ".join(h.warnings())
+        self.assertIn("bad text", warnings)
+        self.assertIn("127.0.0.1", warnings)
+        self.assertFalse(h.link_lost)
+        h.send('42["greet","\\ud83d\\ude00"]')
+        self.assertEqual(h.events[-1], ("greet", ("\U0001f600",)))
+
+    def test_a_flood_of_unknown_events_is_counted_but_logs_a_bounded_number_of_lines(self):
+        registry = CollectorRegistry()
+        h = Harness(self, registry)
+        h.connect()
+        h.send(*['42["nobody-handles-%d"]' % i for i in range(500)])
+        self.assertEqual(ignored(registry, "unknown"), 500)
+        self.assertLessEqual(len([w for w in h.warnings() if "ignored" in w]), 5)
+        for _ in range(3):  # a minute later, the pings having kept the link
+            h.reactor.advance(20.5)
+            h.send("2")
+        h.send('42["one-more"]')
+        summaries = [w for w in h.warnings() if "more messages" in w]
+        self.assertEqual(len(summaries), 1)
+        self.assertIn("ignored 496 more messages", summaries[0])
+        self.assertFalse(h.link_lost)

@@ -111,3 +111,56 @@ class SocketIOCodecTests(SynchronousTestCase):
             encode_packet(Packet(PacketType.EVENT, data=["x", float("nan")]))
         with self.assertRaises(PacketError):
             encode_packet(Packet(PacketType.CONNECT, data={"blob": b"x"}))
+
+
+class HostileInputTests(SynchronousTestCase):
+    """Every decode error is a PacketError, never a ValueError out of int() or json; numbers are bounded."""
+
+    def test_open_packet_heartbeat_must_be_finite_positive_and_at_most_ten_minutes(self):
+        for interval in ("NaN", "Infinity", "-Infinity", "1e999", "0", "-1", "600001", "1e300", '"25000"', "null", "true"):
+            text = '{"sid":"a","pingInterval":%s,"pingTimeout":20000}' % interval
+            with self.subTest(pingInterval=interval), self.assertRaises(PacketError):
+                engineio.Handshake.from_json(text)
+            text = '{"sid":"a","pingInterval":25000,"pingTimeout":%s}' % interval
+            with self.subTest(pingTimeout=interval), self.assertRaises(PacketError):
+                engineio.Handshake.from_json(text)
+        limit = engineio.Handshake.from_json('{"sid":"a","pingInterval":600000,"pingTimeout":0.5}')
+        self.assertEqual((limit.ping_interval, limit.ping_timeout), (600.0, 0.0005))
+
+    def test_open_packet_sid_must_be_a_sane_string(self):
+        for sid in ('""', '"' + "a" * 257 + '"', '"a\\nb"', '"\\ud800"', "[]", "7"):
+            with self.subTest(sid=sid[:20]), self.assertRaises(PacketError):
+                engineio.Handshake.from_json('{"sid":%s,"pingInterval":1,"pingTimeout":1}' % sid)
+        self.assertEqual(engineio.Handshake.from_json('{"sid":"%s","pingInterval":1,"pingTimeout":1}' % ("a" * 256)).sid, "a" * 256)
+
+    def test_open_packet_max_payload_must_be_finite(self):
+        for value in ("NaN", "Infinity", "-1", "1e999"):
+            with self.subTest(maxPayload=value), self.assertRaises(PacketError):
+                engineio.Handshake.from_json('{"sid":"a","pingInterval":1,"pingTimeout":1,"maxPayload":%s}' % value)
+
+    def test_a_huge_ack_id_is_a_packet_error(self):
+        for text in ("2" + "9" * 4300 + '["x"]', "3" + "1" * 4300 + "[]", "2" + "1" * 17 + '["x"]'):
+            with self.subTest(digits=len(text)), self.assertRaises(PacketError) as caught:
+                decode_packet(text)
+            self.assertIn("ack id of", str(caught.exception))
+        self.assertEqual(decode_packet("2" + "9" * 16 + '["x"]').id, 9999999999999999)
+
+    def test_a_huge_or_excessive_attachment_count_is_a_packet_error(self):
+        with self.assertRaises(PacketError) as caught:
+            decode_packet("5" + "9" * 4300 + '-["x"]')
+        self.assertEqual(caught.exception.reason, "malformed")
+        with self.assertRaises(PacketError) as caught:
+            decode_packet('511-["x"]')
+        self.assertEqual(caught.exception.reason, "oversized")
+        self.assertEqual(decode_packet('511-["x"]', max_attachments=11).attachments, 11)
+        self.assertEqual(decode_packet('510-["x"]').attachments, 10)
+
+    def test_json_the_boundary_refuses_is_a_packet_error(self):
+        for text, reason in (('2["x",NaN]', "malformed"), ('2["x",Infinity]', "malformed"), ('2["x",1e999]', "malformed"),
+                             ("2" + "[" * 100 + "]" * 100, "malformed"), ("2" + "[" * 100000, "malformed"),
+                             ('2["x","\\ud800"]', "bad_text"), ('2["\\udfff"]', "bad_text"), ('2["x",{"\\ud800":1}]', "bad_text"),
+                             ('0{"sid":"\\ud83d"}', "bad_text")):
+            with self.subTest(text=text[:30]), self.assertRaises(PacketError) as caught:
+                decode_packet(text)
+            self.assertEqual(caught.exception.reason, reason)
+        self.assertEqual(decode_packet('2["x","\\ud83d\\ude00"]').data, ["x", "\U0001f600"])
