@@ -103,22 +103,27 @@ def _parser():
     call.add_argument("--caller", default="081100000001", help="callerId")
     call.add_argument("--did", default="0210000001", help="didNumber")
     call.add_argument("--audio", default="tone", help="'tone' or an 8 kHz mono 16-bit WAV file")
-    call.add_argument("--codec", choices=sorted(CODECS), default="pcm16")
+    call.add_argument("--codec", choices=sorted(CODECS), default="pcm16", help="audio encoding (default %(default)s)")
     call.add_argument("--dtmf", type=_schedule, default=(), help='digits timed from the answer: "1@2.0,2@3.5"')
     call.add_argument("--hangup-after", type=_seconds, help="hang up S seconds after the answer")
     call.add_argument("--abandon-after", type=_seconds, help="give up S seconds after ringing if unanswered")
     call.add_argument("--stream-before-answer", action="store_true", help="send audio from connect on")
 
     api = commands.add_parser("api", help="serve the fake outbound call API (REST + WebSocket, one port)")
-    api.add_argument("--port", type=int, default=8080)
-    api.add_argument("--interface", default="127.0.0.1")
-    api.add_argument("--token", default=_DEFAULTS.token)
+    api.add_argument("--port", type=int, default=8080,
+                     help="TCP port of the API, REST and WebSocket (default %(default)s)")
+    api.add_argument("--interface", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    api.add_argument("--token", default=_DEFAULTS.token,
+                     help="the Bearer token clients must send (default %(default)s)")
     api.add_argument("--rule", type=_rule, action="append", dest="rules",
                      help="SUFFIX=answer|busy|failed|no-answer, repeatable; replaces the defaults "
                           + ", ".join(f"{r.suffix}={r.outcome}" for r in DEFAULT_RULES))
-    api.add_argument("--dial-time", type=_seconds, default=_DEFAULTS.dial_time)
-    api.add_argument("--ring-time", type=_seconds, default=_DEFAULTS.ring_time)
-    api.add_argument("--media", choices=MEDIA_MODES, default="echo")
+    api.add_argument("--dial-time", type=_seconds, default=_DEFAULTS.dial_time,
+                     help="seconds from Dialing to Ringing (default %(default)s)")
+    api.add_argument("--ring-time", type=_seconds, default=_DEFAULTS.ring_time,
+                     help="seconds from Ringing to Connected (default %(default)s)")
+    api.add_argument("--media", choices=MEDIA_MODES, default="echo",
+                     help="what the callee does with the audio (default %(default)s)")
     api.add_argument("--dtmf", type=_schedule, default=(), help='callee digits timed from Connected: "5@1.0"')
     api.add_argument("--callee-hangup-after", type=_seconds, help="the callee hangs up S seconds after Connected")
     api.add_argument("--fail-calls", type=int, default=0, help="answer the first N calls with a 500")

@@ -530,9 +530,12 @@ def _arguments(argv):
     parser.add_argument("--script", type=argparse.FileType("r"), metavar="FILE",
                         help="commands to run once initialised (wait, dial, hangup, status, raw, expect)")
     parser.add_argument("--ca-file", type=argparse.FileType("rb"), help="PEM certificate to trust for wss://")
-    parser.add_argument("--heartbeat-interval", type=float, default=5.0)
-    parser.add_argument("--init-retry-interval", type=float, default=30.0)
-    parser.add_argument("--no-reconnect", dest="reconnect", action="store_false")
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S",
+                        help="seconds between heartbeats (default %(default)s)")
+    parser.add_argument("--init-retry-interval", type=float, default=30.0, metavar="S",
+                        help="seconds before an unanswered init-request is sent again (default %(default)s)")
+    parser.add_argument("--no-reconnect", dest="reconnect", action="store_false",
+                        help="exit when the connection ends instead of connecting again")
     args = parser.parse_args(argv)
     if args.hangup_after is not None and args.dial is None:
         parser.error("--hangup-after needs --dial")

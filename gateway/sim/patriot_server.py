@@ -240,9 +240,11 @@ class _CommandLines(LineReceiver):
 
 def _arguments(argv):
     parser = argparse.ArgumentParser(prog="python -m gateway.sim patriot-server", description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--interface", default="127.0.0.1")
-    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="TCP port of the Desktop API (default %(default)s)")
+    parser.add_argument("--interface", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    parser.add_argument("--api-key", required=True,
+                        help="the API key the dialler client must send in its authentication-request")
     parser.add_argument("--cert-dir", help="keep the certificate here (default: a new temporary directory)")
     return parser.parse_args(argv)
 
