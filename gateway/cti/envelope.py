@@ -9,12 +9,18 @@ failure, a human-readable ``errorMessage`` that may be shown to the agent.
 :meth:`Envelope.from_json` turns a decoded JSON object into an :class:`Envelope` or raises
 :class:`EnvelopeError` with a readable message. A missing ``body`` is read as ``{}`` (events
 without properties); a ``body`` that is present must be an object. Unknown header keys are ignored.
+
+:func:`echo_failure` answers what :meth:`Envelope.from_json` cannot read but which still carries a
+``requestId`` (004: the client always responds): a FAILURE response echoing every header field that
+is usable text, with lone surrogates visibly escaped (:func:`gateway.boundary.sanitise`).
 """
 
 import enum
 import uuid
 
 import attrs
+
+from gateway.boundary import sanitise
 
 
 class MessageType(enum.StrEnum):
@@ -73,8 +79,10 @@ class Header:
     error_message: str | None = None
 
     def __attrs_post_init__(self):
+        # A response may lack them: it echoes a message that had none (see echo_failure); a response
+        # read from the wire is checked in from_json.
         for key in ("name", "target"):
-            if not getattr(self, key):
+            if not getattr(self, key) and self.type is not MessageType.RESPONSE:
                 raise EnvelopeError(f"header.{key} is missing")
         if self.request_id is None and (self.type in ANSWERABLE or self.type is MessageType.RESPONSE):
             raise EnvelopeError(f"{self.type} {self.name!r} on {self.target!r} has no requestId")
@@ -87,10 +95,14 @@ class Header:
             raise EnvelopeError(f"header is a {type(header).__name__}, not an object")
         message_type = _one_of(MessageType, header.get("type"), "header.type")
         result = header.get("result")
+        name, target = _optional_text(header, "name"), _optional_text(header, "target")
+        for key, value in (("name", name), ("target", target)):
+            if not value:
+                raise EnvelopeError(f"header.{key} is missing")
         return cls(
             type=message_type,
-            name=_optional_text(header, "name"),
-            target=_optional_text(header, "target"),
+            name=name,
+            target=target,
             request_id=_optional_text(header, "requestId"),
             result=None if result is None else _one_of(Result, result, "header.result"),
             error_message=_optional_text(header, "errorMessage"),
@@ -154,7 +166,7 @@ class Envelope:
     def describe(self):
         """One readable line: type, name, target, request id / result, body."""
         header = self.header
-        parts = [header.type.value, header.name, "on", header.target]
+        parts = [header.type.value, header.name or "(no name)", "on", header.target or "(no target)"]
         if header.request_id:
             parts.append(f"[{header.request_id}]")
         if header.result:
@@ -208,3 +220,42 @@ def success(original, body=None):
 def failure(original, error_message):
     """A ``FAILURE`` response to ``original``; ``error_message`` may be shown to the agent."""
     return response(original, Result.FAILURE, error_message=error_message)
+
+
+#: header types whose messages are never answered, even when they carry a requestId
+_NEVER_ANSWERED = frozenset({MessageType.RESPONSE.value, MessageType.EVENT.value})
+
+
+def _echoable(value):
+    """``value`` as text fit for the wire (lone surrogates escaped), or None if it is not a non-empty string."""
+    if not isinstance(value, str) or not value:
+        return None
+    return sanitise(value)[0]
+
+
+def echo_failure(obj, error_message):
+    """The FAILURE response to ``obj``, a decoded message that is not a valid envelope; or None.
+
+    It is answered when its header is an object with a string ``requestId`` and a ``type``
+    that is not ``cti.response`` or ``cti.event`` (a query, a request, or a type missing or unknown):
+    the response echoes the ``requestId``, ``name`` and ``target`` that are non-empty strings, each
+    with any lone surrogate written as its visible escape (``\\ud800``), and leaves out the others.
+    Without a usable ``requestId`` nothing can be answered: None.
+    """
+    header = obj.get("header") if isinstance(obj, dict) else None
+    if not isinstance(header, dict):
+        return None
+    request_id = header.get("requestId")
+    request_id = sanitise(request_id)[0] if isinstance(request_id, str) else None
+    message_type = header.get("type")
+    if request_id is None or (isinstance(message_type, str) and message_type in _NEVER_ANSWERED):
+        return None
+    echoed = Header(
+        MessageType.RESPONSE,
+        _echoable(header.get("name")),
+        _echoable(header.get("target")),
+        request_id=request_id,
+        result=Result.FAILURE,
+        error_message=sanitise(str(error_message))[0],
+    )
+    return Envelope(echoed)

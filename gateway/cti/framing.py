@@ -8,20 +8,28 @@ Robustness rules, because a single bad frame must not cost an agent desktop its 
 
 - A frame longer than ``max_frame_size`` is *skipped*: its length is known, so exactly that many
   bytes are discarded (without buffering them) and the next frame is read normally.
-- A frame that is not UTF-8, not JSON, or JSON but not an object is logged and dropped; the framing
-  is intact, so the link carries on.
+- Every frame is decoded through :func:`gateway.boundary.load_json` (strict UTF-8, no lone
+  surrogates, finite numbers, nesting at most 32 deep). A frame it refuses, or JSON that is not an
+  object, is reported and not delivered; the framing is intact, so the link carries on. A frame that
+  is valid JSON whose only fault is text holding a lone surrogate is handed to
+  :meth:`FramedJSONProtocol.badTextReceived` with the decoded document, so that the Bridge Client
+  can still answer the request it carries (the default drops it like the others).
 - Only a length above :data:`ABSOLUTE_MAX_FRAME_SIZE` (64 MiB) drops the link: no sane peer sends a
   JSON message that large, so the stream is out of step (wrong byte order, a peer speaking another
   protocol, corruption) and nothing after that point can be trusted.
 
 Every rejected frame is reported to :meth:`FramedJSONProtocol.frameRejected` (a hook, so the
-simulator can count them as protocol violations) after being logged with the peer named.
+simulator can count them as protocol violations) after being logged with the peer named: through the
+connection's :class:`gateway.boundary.IgnoredBudget` when it has one (:attr:`FramedJSONProtocol.budget`,
+so a flood of bad frames cannot become a flood of log lines), else one warning each.
 """
 
 import json
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
+
+from gateway.boundary import PeerDataError, load_json
 
 #: Bytes in the length prefix.
 LENGTH_SIZE = 4
@@ -67,6 +75,8 @@ class FramedJSONProtocol(Protocol):
         self._buffer = bytearray()
         self._skipping = 0
         self._broken = False
+        #: the connection's IgnoredBudget (set by a subclass), through which rejected frames are logged
+        self.budget = None
 
     @property
     def peer(self):
@@ -81,6 +91,12 @@ class FramedJSONProtocol(Protocol):
 
     def frameRejected(self, reason):
         """Called (after logging) with a readable ``reason`` for each frame not delivered."""
+
+    def badTextReceived(self, document, error):
+        """Called with the decoded ``document`` of a frame refused only for text holding a lone
+        surrogate (``error`` is the :class:`~gateway.boundary.PeerDataError` naming the field).
+        The default rejects the frame like any other refused one."""
+        self._reject(f"frame refused: {error}; dropped", reason="bad_text")
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -116,7 +132,9 @@ class FramedJSONProtocol(Protocol):
             if length > self.max_frame_size:
                 offset += LENGTH_SIZE
                 self._skipping = length
-                self._reject(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte limit; skipped")
+                self._reject(
+                    f"frame of {length} bytes exceeds the {self.max_frame_size}-byte limit; skipped", reason="oversized"
+                )
                 continue
             end = offset + LENGTH_SIZE + length
             if len(buffer) < end:
@@ -135,18 +153,25 @@ class FramedJSONProtocol(Protocol):
         )
         self.transport.loseConnection()
 
-    def _reject(self, reason, level=LogLevel.warn):
-        log.emit(level, "HIS peer {peer}: {reason}", peer=self.peer, reason=reason)
-        self.frameRejected(reason)
+    def _reject(self, text, level=LogLevel.warn, reason="malformed"):
+        """Log ``text`` (through the budget, as ``reason``, when there is one) and report the frame."""
+        if self.budget is not None and level is not LogLevel.error:
+            self.budget.ignored(reason, text)
+        else:
+            log.emit(level, "HIS peer {peer}: {reason}", peer=self.peer, reason=text)
+        self.frameRejected(text)
 
     def _deliver(self, frame):
         try:
-            obj = json.loads(frame.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            self._reject(f"frame of {len(frame)} bytes is not UTF-8 ({e}); dropped")
-            return
-        except (ValueError, RecursionError) as e:
-            self._reject(f"frame of {len(frame)} bytes is not JSON ({e}); dropped")
+            obj = load_json(frame)
+        except PeerDataError as e:
+            if e.document is not None:
+                try:
+                    self.badTextReceived(e.document, e)
+                except Exception:
+                    log.failure("HIS peer {peer}: handling a refused frame failed", peer=self.peer)
+                return
+            self._reject(f"frame of {len(frame)} bytes refused: {e}; dropped")
             return
         if not isinstance(obj, dict):
             self._reject(f"frame holds a JSON {type(obj).__name__}, not an object; dropped")

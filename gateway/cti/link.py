@@ -11,24 +11,44 @@ does, the bridge gets one response with the same ``name``, ``target`` and ``requ
   the error's readable message;
 - anything else is a bug: ``FAILURE`` naming the error type, and the traceback goes to the log only.
 
-A message that is not a valid envelope is logged; when it still names a query or request (type, name,
-target and requestId), it is answered with ``FAILURE`` saying what is wrong. Events and responses from
-the bridge are logged and ignored: the Bridge Client asks the bridge nothing.
+Every frame is decoded through :func:`gateway.boundary.load_json`. A message that is not a valid
+envelope, or whose text holds a lone surrogate, is refused; when its header still carries a
+``requestId`` (and is not a response or an event), it is answered with ``FAILURE`` saying what is
+wrong and echoing the ``requestId``, ``name`` and ``target`` it can (:func:`~gateway.cti.envelope.echo_failure`;
+a lone surrogate in one of them is echoed as its visible escape). A frame that is not UTF-8, not JSON
+(``NaN``, ``Infinity`` and ``1e999`` included), nested too deep or too long has no header to read: it
+is dropped. Events and responses from the bridge are ignored: the Bridge Client asks the bridge
+nothing. Everything refused or ignored goes through the connection's
+:class:`~gateway.boundary.IgnoredBudget`: counted in ``gateway_ignored_messages_total{adapter="cti"}``,
+logged with the peer named, the first few one by one and then in periodic summaries.
 """
 
 from __future__ import annotations
 
+import time
 import typing
 
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from gateway.boundary import budget_factory
 from gateway.core.errors import CallError
 from gateway.cti import envelope as env
 from gateway.cti.framing import DEFAULT_MAX_FRAME_SIZE, FramedJSONProtocol
 
 log = Logger()
+
+#: the adapter label of the CTI link in ``gateway_ignored_messages_total``
+ADAPTER = "cti"
+
+
+class _MonotonicClock:
+    """``seconds()`` for a link built without a budget factory (the service always gives one)."""
+
+    @staticmethod
+    def seconds():
+        return time.monotonic()
 
 
 class Refusal(Exception):
@@ -49,20 +69,26 @@ class BridgeLink(FramedJSONProtocol):
     :param handler: has ``link_made(link)``, ``link_lost(link, reason)``, ``handle(envelope)`` (for
         queries and requests; returns a :class:`Reply`, a dict, None or a Deferred of one) and
         ``observe(direction, envelope)`` (``"in"``/``"out"``, for metrics and tracing).
+    :param budgets: makes the connection's :class:`~gateway.boundary.IgnoredBudget` from the peer's
+        name (:func:`gateway.boundary.budget_factory` with ``adapter="cti"`` and the metrics registry).
     """
 
-    def __init__(self, handler, byteorder="big", max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+    def __init__(self, handler, byteorder="big", max_frame_size=DEFAULT_MAX_FRAME_SIZE, budgets=None):
         super().__init__(byteorder, max_frame_size)
         self.handler = handler
         self.connected = False
+        self.budgets = budgets or budget_factory(_MonotonicClock(), ADAPTER)
 
     def connectionMade(self):
         self.connected = True
+        self.budget = self.budgets(self.peer)
         log.info("HIS bridge {peer}: connected", peer=self.peer)
         self.handler.link_made(self)
 
     def connectionLost(self, reason):
         self.connected = False
+        if self.budget is not None:
+            self.budget.close()
         log.info("HIS bridge {peer}: link lost: {reason}", peer=self.peer, reason=reason.getErrorMessage())
         self.handler.link_lost(self, reason)
 
@@ -91,18 +117,26 @@ class BridgeLink(FramedJSONProtocol):
         if message.type in env.ANSWERABLE:
             self._answer(message)
         else:
-            log.warn(
-                "HIS bridge {peer} sent {message}: the Bridge Client expects only queries and requests; ignored",
-                peer=self.peer,
-                message=message.describe(),
+            self.budget.ignored(
+                "unknown", f"{message.describe()}: the Bridge Client expects only queries and requests"
             )
 
+    def badTextReceived(self, document, error):
+        """A frame whose text holds a lone surrogate: refused, answered with FAILURE if it can be."""
+        self._refuse(document, "bad_text", f"refused: {error}")
+
     def _malformed(self, obj, error):
-        log.warn("HIS bridge {peer} sent a malformed message: {error}", peer=self.peer, error=str(error))
+        self._refuse(obj, "malformed", f"malformed message: {error}")
+
+    def _refuse(self, obj, reason, error):
+        """Count and log the refused message ``obj``; answer it with FAILURE ``error`` if it carries a requestId."""
         self.handler.observe("rejected", None)
-        original = _answerable_header(obj)
-        if original is not None:
-            self.send(env.failure(original, f"malformed message: {error}"))
+        response = env.echo_failure(obj, error)
+        if response is None:
+            self.budget.ignored(reason, f"{error}; no requestId to answer, dropped")
+            return
+        self.budget.ignored(reason, f"{error}; answered FAILURE [{response.request_id}]")
+        self.send(response)
 
     def _answer(self, message):
         d = defer.maybeDeferred(self.handler.handle, message)
@@ -133,14 +167,3 @@ class BridgeLink(FramedJSONProtocol):
             error=error,
         )
         self.send(env.failure(message, error))
-
-
-def _answerable_header(obj):
-    """The query or request an invalid message still names, as an envelope to answer; else None."""
-    header = obj.get("header") if isinstance(obj, dict) else None
-    if not isinstance(header, dict):
-        return None
-    fields = [header.get(key) for key in ("type", "name", "target", "requestId")]
-    if fields[0] not in env.ANSWERABLE or not all(isinstance(f, str) and f for f in fields):
-        return None
-    return env.Envelope(env.Header(*fields[:3], request_id=fields[3]))

@@ -16,10 +16,11 @@ from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.protocol import Factory
 
+from gateway.boundary import budget_factory
 from gateway.cti.client import BridgeClient
 from gateway.cti.endpoint import bridge_endpoint
 from gateway.cti.health import TelephonyWatch
-from gateway.cti.link import BridgeLink
+from gateway.cti.link import ADAPTER, BridgeLink
 from gateway.cti.metrics import CtiMetrics
 
 
@@ -36,17 +37,19 @@ def _jitter(initial):
 
 
 class BridgeLinkFactory(Factory):
-    """Builds a :class:`BridgeLink` for each connection, all handled by one client."""
+    """Builds a :class:`BridgeLink` for each connection, all handled by one client; ``budgets`` makes
+    each connection's budget for log lines about ignored messages."""
 
     noisy = False
 
-    def __init__(self, client, byteorder, max_frame_size):
+    def __init__(self, client, byteorder, max_frame_size, budgets=None):
         self.client = client
         self.byteorder = byteorder
         self.max_frame_size = max_frame_size
+        self.budgets = budgets
 
     def buildProtocol(self, addr):
-        link = BridgeLink(self.client, self.byteorder, self.max_frame_size)
+        link = BridgeLink(self.client, self.byteorder, self.max_frame_size, self.budgets)
         link.factory = self
         return link
 
@@ -78,7 +81,9 @@ def make_service(ctx) -> CtiService:
     client = BridgeClient(config, ctx.registry, CtiMetrics(ctx.metrics), component)
     link_service = ClientService(
         bridge_endpoint(ctx.reactor, config),
-        BridgeLinkFactory(client, config.byte_order, config.max_frame_size),
+        BridgeLinkFactory(
+            client, config.byte_order, config.max_frame_size, budget_factory(ctx.reactor, ADAPTER, ctx.metrics)
+        ),
         retryPolicy=retry_delay(config.reconnect_initial, config.reconnect_max),
         clock=ctx.reactor,
     )

@@ -2,11 +2,15 @@
 
 import json
 
-from twisted.internet import defer
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import boundary
+from gateway.boundary import budget_factory
 from gateway.core.errors import IllegalState
 from gateway.cti import envelope as env
 from gateway.cti.framing import encode_frame
@@ -41,10 +45,29 @@ class Handler:
 
 class LinkTests(SynchronousTestCase):
     def setUp(self):
+        self.logged = []
+        self.patch(boundary, "log", Logger(observer=self.logged.append))
         self.handler = Handler()
         self.transport = StringTransport()
         self.link = BridgeLink(self.handler)
         self.link.makeConnection(self.transport)
+
+    def receive_raw(self, payload):
+        """One frame carrying ``payload`` (bytes) exactly as given."""
+        self.link.dataReceived(len(payload).to_bytes(4, "big") + payload)
+
+    def raw_sent(self):
+        """The headers of the frames written so far, decoded as plain JSON (and forget them)."""
+        data, offset, headers = self.transport.value(), 0, []
+        while offset < len(data):
+            length = int.from_bytes(data[offset : offset + 4], "big")
+            headers.append(json.loads(data[offset + 4 : offset + 4 + length].decode("utf-8"))["header"])
+            offset += 4 + length
+        self.transport.clear()
+        return headers
+
+    def ignored_lines(self):
+        return [e for e in self.logged if e.get("adapter") == "cti"]
 
     def receive(self, obj):
         self.link.dataReceived(encode_frame(obj))
@@ -140,10 +163,106 @@ class LinkTests(SynchronousTestCase):
 
     def test_malformed_messages_without_a_request_id_are_only_logged(self):
         for obj in [{"body": {}}, {"header": {"type": "cti.query", "name": "q", "target": "t"}},
-                    {"header": {"type": "cti.nonsense", "name": "q", "target": "t", "requestId": "r"}}]:
+                    {"header": {"type": "cti.query", "name": "q", "target": "t", "requestId": None}},
+                    {"header": {"type": "cti.request", "name": "q", "target": "t", "requestId": 7}}]:
             self.receive(obj)
         self.assertEqual(self.sent(), [])
-        self.assertEqual(self.handler.observed, [("rejected", None)] * 3)
+        self.assertEqual(self.handler.observed, [("rejected", None)] * 4)
+        self.assertEqual([e["reason"] for e in self.ignored_lines()], ["malformed"] * 4)
+        self.assertIn("no requestId to answer", self.ignored_lines()[-1]["detail"])
+
+    # -- issue 12: a requestId is always answered, echoing what it can ----------------------------
+
+    def test_a_request_with_a_request_id_but_a_bad_header_is_answered_echoing_what_it_can(self):
+        full = {"type": "cti.request", "name": "conversation.request.hold", "target": "t", "requestId": "r1"}
+        cases = [
+            ({k: v for k, v in full.items() if k != "target"}, {"name": "conversation.request.hold"}, "target"),
+            (dict(full, target=""), {"name": "conversation.request.hold"}, "header.target is missing"),
+            ({k: v for k, v in full.items() if k != "name"}, {"target": "t"}, "header.name is missing"),
+            (dict(full, name=["x"]), {"target": "t"}, "header.name is a list"),
+            (dict(full, target={"a": 1}), {"name": "conversation.request.hold"}, "header.target is a dict"),
+            ({k: v for k, v in full.items() if k != "type"}, {"name": "conversation.request.hold", "target": "t"},
+             "header.type None is not one of"),
+            (dict(full, type="cti.gossip"), {"name": "conversation.request.hold", "target": "t"}, "'cti.gossip'"),
+            (dict(full, type=3), {"name": "conversation.request.hold", "target": "t"}, "header.type 3"),
+            ({"requestId": "r1"}, {}, "header.type None"),
+        ]
+        for header, echoed, problem in cases:
+            with self.subTest(header=header):
+                self.receive({"header": header, "body": {}})
+                (response,) = self.raw_sent()
+                expected = {"type": "cti.response", "requestId": "r1", "result": "FAILURE", **echoed}
+                self.assertEqual({k: v for k, v in response.items() if k != "errorMessage"}, expected)
+                self.assertIn("malformed message", response["errorMessage"])
+                self.assertIn(problem, response["errorMessage"])
+        self.assertEqual(self.handler.seen, [])
+
+    def test_events_and_responses_with_a_request_id_are_not_answered(self):
+        self.receive({"header": {"type": "cti.event", "name": "x.y", "requestId": "r1"}})
+        self.receive({"header": {"type": "cti.response", "name": "x.y", "target": "t", "requestId": "r2"}})
+        self.assertEqual(self.raw_sent(), [])
+
+    # -- the boundary: every frame through load_json --------------------------------------------
+
+    def test_a_lone_surrogate_in_the_target_is_answered_with_failure(self):
+        self.receive_raw(b'{"header":{"type":"cti.request","name":"conversation.request.hold",'
+                         b'"target":"a.cg.tel.\\ud800.primary","requestId":"r-1"},"body":{}}')
+        (response,) = self.raw_sent()
+        self.assertEqual(response["requestId"], "r-1")
+        self.assertEqual(response["result"], "FAILURE")
+        self.assertEqual(response["name"], "conversation.request.hold")
+        self.assertEqual(response["target"], "a.cg.tel.\\ud800.primary", "echoed with the surrogate escaped")
+        self.assertIn("'header.target'", response["errorMessage"])
+        self.assertIn("surrogate", response["errorMessage"])
+        self.assertEqual(self.handler.seen, [])
+        (line,) = self.ignored_lines()
+        self.assertEqual((line["peer"], line["reason"]), ("192.168.1.1:54321", "bad_text"))
+        self.assertIn("header.target", line["detail"])
+
+    def test_a_lone_surrogate_in_the_request_id_is_answered_with_the_id_escaped(self):
+        self.receive_raw(b'{"header":{"type":"cti.query","name":"conversation.query.init",'
+                         b'"target":"t","requestId":"r-\\udfff"}}')
+        (response,) = self.raw_sent()
+        self.assertEqual(response["requestId"], "r-\\udfff")
+        self.assertEqual((response["result"], response["target"]), ("FAILURE", "t"))
+        self.assertIn("'header.requestId'", response["errorMessage"])
+
+    def test_a_lone_surrogate_in_a_body_property_is_answered_naming_it(self):
+        self.receive_raw(b'{"header":{"type":"cti.request","name":"conversation.request.transfer",'
+                         b'"target":"t","requestId":"r-2"},"body":{"destination":"55\\ud83d"}}')
+        (response,) = self.raw_sent()
+        self.assertEqual((response["requestId"], response["result"]), ("r-2", "FAILURE"))
+        self.assertIn("'body.destination'", response["errorMessage"])
+        self.assertEqual(self.handler.seen, [])
+
+    def test_a_valid_surrogate_pair_is_text_like_any_other(self):
+        self.receive_raw(b'{"header":{"type":"cti.request","name":"conversation.request.hold",'
+                         b'"target":"t","requestId":"r-\\ud83d\\ude00"}}')
+        (response,) = self.sent()
+        self.assertEqual((response.ok, response.request_id), (True, "r-\U0001f600"))
+
+    def test_frames_that_are_not_json_by_the_policy_are_dropped_and_the_link_goes_on(self):
+        hold = b'{"header":{"type":"cti.request","name":"conversation.request.hold","target":"t","requestId":"r"},'
+        frames = [
+            hold + b'"body":{"x":NaN}}',
+            hold + b'"body":{"x":Infinity}}',
+            hold + b'"body":{"x":1e999}}',
+            hold + b'"body":' + b"[" * 40 + b"]" * 40 + b"}",
+            hold + b'"body":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            b"\xff\xfe",
+        ]
+        for frame in frames:
+            self.receive_raw(frame)
+        self.assertEqual(self.raw_sent(), [])
+        self.assertEqual(self.handler.observed, [("rejected", None)] * len(frames))
+        original = self.ask()
+        self.assertTrue(self.only_response(original).ok)
+        self.assertFalse(self.transport.disconnecting)
+        details = [e["detail"] for e in self.ignored_lines()]
+        self.assertEqual(len(details), 5, "the first five are logged one by one")
+        for detail, problem in zip(details, ["NaN", "Infinity", "out of range", "nested deeper", "nested deeper"]):
+            self.assertIn(problem, detail)
+
 
     def test_bad_frames_are_survived(self):
         self.link.dataReceived(b"\x00\x00\x00\x03{{{" + b"\x00\x00\x00\x02\xff\xfe")
@@ -159,3 +278,43 @@ class LinkTests(SynchronousTestCase):
     def test_the_handler_sees_the_link_come_and_go(self):
         self.link.connectionLost(Failure(ConnectionError("gone")))
         self.assertEqual(self.handler.links, [("made", self.link), ("lost", self.link)])
+
+
+class BudgetTests(SynchronousTestCase):
+    """Ignored and refused messages: counted, logged within a per-connection budget, summarised at the end."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.logged = []
+        self.metrics = CollectorRegistry()
+        budgets = budget_factory(self.clock, "cti", self.metrics, logger=Logger(observer=self.logged.append))
+        self.transport = StringTransport()
+        self.link = BridgeLink(Handler(), max_frame_size=1024, budgets=budgets)
+        self.link.makeConnection(self.transport)
+
+    def count(self, reason):
+        value = self.metrics.get_sample_value(
+            "gateway_ignored_messages_total", {"adapter": "cti", "reason": reason}
+        )
+        return value or 0
+
+    def test_a_flood_of_ignored_messages_is_counted_but_logged_within_the_budget(self):
+        for i in range(50):
+            self.link.dataReceived(encode_frame(env.event("conversation.held", f"t{i}").to_json()))
+        self.link.dataReceived(encode_frame({"header": "nonsense"}))
+        self.link.dataReceived(b"\x00\x00\x00\x01{")
+        self.link.dataReceived(encode_frame({"padding": "x" * 2000}))
+        self.assertEqual((self.count("unknown"), self.count("malformed"), self.count("oversized")), (50, 2, 1))
+        self.assertEqual(len(self.logged), 5)
+        self.assertTrue(all(e["peer"] == "192.168.1.1:54321" for e in self.logged))
+        self.clock.advance(61)
+        self.link.dataReceived(encode_frame(env.event("conversation.held", "t").to_json()))
+        self.assertEqual(len(self.logged), 6)
+        self.assertEqual(self.logged[-1]["count"], 49)
+
+    def test_the_budget_is_closed_when_the_link_is_lost(self):
+        for i in range(7):
+            self.link.dataReceived(encode_frame(env.success(env.query("q", "t")).to_json()))
+        self.assertEqual(len(self.logged), 5)
+        self.link.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(self.logged[-1]["count"], 2, "what was still unsaid is summarised")
