@@ -101,10 +101,51 @@ class _EndpointString(str):
 
         try:
             cls._parse(MemoryReactor(), text)
+            _check_address(cls.kind, text)
         except Exception as e:  # Twisted's parsers raise a zoo of types
             detail = str(e) or type(e).__name__
             raise ValueError(f"bad {cls.kind} endpoint {text!r}: {detail}") from None
         return cls(text)
+
+
+#: the endpoint types whose port, interface and host :func:`_check_address` checks
+_INET_TYPES = ("tcp", "tcp6", "ssl", "tls")
+
+
+def _check_address(kind: str, text: str) -> None:
+    """Refuse a port out of range, an interface that is not an IP address, a missing host.
+
+    Twisted's parsers take these as they are (``tcp:80800`` parses), and the
+    mistake would only show when the daemon binds or connects.
+    """
+    import ipaddress
+
+    from twisted.internet.endpoints import _parse
+
+    args, kwargs = _parse(text)
+    endpoint_type, args = str(args[0]).lower(), args[1:]
+    if endpoint_type not in _INET_TYPES:
+        return
+    if kind == "listening":
+        port, lowest = (args[0] if args else kwargs.get("port")), 0
+        interface = kwargs.get("interface", "")
+        if interface:
+            try:
+                address = ipaddress.ip_address(interface)
+            except ValueError:
+                raise ValueError(
+                    f"interface {interface!r} is not an IP address (one of this machine's, e.g. 127.0.0.1,"
+                    " or \\:\\:1 escaped for tcp6; left out: every interface)"
+                ) from None
+            if endpoint_type == "tcp6" and address.version != 6:
+                raise ValueError(f"a tcp6 endpoint needs an IPv6 interface, got {interface!r} (use tcp:)")
+    else:
+        host = args[0] if args else kwargs.get("host")
+        port, lowest = (args[1] if len(args) > 1 else kwargs.get("port")), 1
+        if not host:
+            raise ValueError("no host to connect to")
+    if port is not None and not lowest <= int(port) <= 65535:
+        raise ValueError(f"port {int(port)} is out of range ({lowest}-65535)")
 
 
 class ServerEndpoint(_EndpointString):

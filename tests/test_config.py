@@ -97,6 +97,18 @@ def test_every_key_in_etc_file_has_a_comment():
         ('[admin]\nlisten = "tcp:abc"', "x.toml: admin.listen: bad listening endpoint 'tcp:abc'"),
         ('[admin]\nlisten = "nope:1"', "admin.listen: bad listening endpoint 'nope:1': Unknown endpoint type"),
         ('[admin]\nlisten = "systemd:domain=INET"', "admin.listen: bad listening endpoint"),
+        ('[admin]\nlisten = "tcp:80800"', "x.toml: admin.listen: bad listening endpoint 'tcp:80800': port 80800 is out of range"),
+        ('[admin]\nlisten = "tcp:port=-1"', "admin.listen: bad listening endpoint 'tcp:port=-1': port -1 is out of range"),
+        ('[admin]\nlisten = "tcp:8080:interface=localhst"', "admin.listen: bad listening endpoint 'tcp:8080:interface=localhst': interface 'localhst' is not an IP address"),
+        ('[admin]\nlisten = "tcp:8080:interface=300.0.0.1"', "is not an IP address"),
+        ('[admin]\nlisten = "tcp6:8080:interface=127.0.0.1"', "a tcp6 endpoint needs an IPv6 interface"),
+        ('[admin]\nlisten = "udp:8080"', "admin.listen: bad listening endpoint 'udp:8080': Unknown endpoint type"),
+        ('[optimaccs]\nlisten = "tcp:65536"', "x.toml: optimaccs.listen: bad listening endpoint 'tcp:65536': port 65536 is out of range (0-65535)"),
+        ('[cti]\nconnect = "tcp:host=127.0.0.1:port=95000"', "x.toml: cti.connect: bad connecting endpoint 'tcp:host=127.0.0.1:port=95000': port 95000 is out of range (1-65535)"),
+        ('[cti]\nconnect = "tcp:host=127.0.0.1:port=0"', "cti.connect: bad connecting endpoint 'tcp:host=127.0.0.1:port=0': port 0 is out of range"),
+        ('[cti]\nconnect = "tcp:host=:port=9500"', "cti.connect: bad connecting endpoint 'tcp:host=:port=9500': no host to connect to"),
+        ('[cti]\nconnect = "tls:bridge.example:99999"', "cti.connect: bad connecting endpoint 'tls:bridge.example:99999': port 99999 is out of range"),
+        ('[cti]\nconnect = "carrier-pigeon:x"', "cti.connect: bad connecting endpoint 'carrier-pigeon:x': Unknown endpoint type"),
         ('[store]\nurl = "postgres://x"', "x.toml: store.url: expected sqlite:PATH"),
         ("[media]\nqueue_ms = 50", "x.toml: media.queue_ms: must be between 100 and 10000 ms, got 50"),
         ("[media]\nqueue_ms = 1.5", "x.toml: media.queue_ms: expected an integer"),
@@ -124,6 +136,11 @@ def test_errors_are_one_line_naming_file_key_and_problem(text, message):
     rendered = str(caught.value)
     assert "\n" not in rendered
     assert message in rendered
+
+
+@pytest.mark.parametrize("listen", ["tcp:0", "tcp:8080:interface=0.0.0.0", r"tcp6:8080:interface=\:\:1", "tcp:65535", "unix:/run/gw.sock"])
+def test_good_listening_endpoints_still_load(listen):
+    assert config.loads(f"[admin]\nlisten = '{listen}'", "x.toml").admin.listen == listen
 
 
 def test_missing_file(tmp_path):

@@ -47,6 +47,17 @@ def test_bad_config_exits_non_zero_naming_the_key_path(processes, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_port_out_of_range_is_refused_when_the_config_loads_not_at_bind(processes, tmp_path):
+    proc = _gateway(processes, tmp_path, GatewayProcess.config(free_port(), '[optimaccs]\nlisten = "tcp:80800"\n'))
+    proc.spawn()
+    code = yield proc.ended
+    assert code != 0
+    assert (f"gateway: configuration error: {proc.config_path}: optimaccs.listen: bad listening endpoint"
+            " 'tcp:80800': port 80800 is out of range (0-65535)") in proc.output
+    assert "cannot listen" not in proc.output and "Traceback" not in proc.output
+
+
+@pytest_twisted.inlineCallbacks
 def test_missing_config_file_exits_non_zero(processes, tmp_path):
     proc = _gateway(processes, tmp_path, args=())
     proc.config_path = str(tmp_path / "absent.toml")
