@@ -196,8 +196,7 @@ class LinkTests(SynchronousTestCase):
                 self.assertIn("malformed message", response["errorMessage"])
                 self.assertIn(problem, response["errorMessage"])
         self.assertEqual(self.handler.seen, [])
-
-    def test_events_and_responses_with_a_request_id_are_not_answered(self):
+        # events and responses are never answered, even with a requestId
         self.receive({"header": {"type": "cti.event", "name": "x.y", "requestId": "r1"}})
         self.receive({"header": {"type": "cti.response", "name": "x.y", "target": "t", "requestId": "r2"}})
         self.assertEqual(self.raw_sent(), [])
@@ -226,6 +225,11 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual(response["requestId"], "r-\\udfff")
         self.assertEqual((response["result"], response["target"]), ("FAILURE", "t"))
         self.assertIn("'header.requestId'", response["errorMessage"])
+        # a valid surrogate pair is one character like any other
+        self.receive_raw(b'{"header":{"type":"cti.request","name":"conversation.request.hold",'
+                         b'"target":"t","requestId":"r-\\ud83d\\ude00"}}')
+        (response,) = self.sent()
+        self.assertEqual((response.ok, response.request_id), (True, "r-\U0001f600"))
 
     def test_a_lone_surrogate_in_a_body_property_is_answered_naming_it(self):
         self.receive_raw(b'{"header":{"type":"cti.request","name":"conversation.request.transfer",'
@@ -234,12 +238,6 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual((response["requestId"], response["result"]), ("r-2", "FAILURE"))
         self.assertIn("'body.destination'", response["errorMessage"])
         self.assertEqual(self.handler.seen, [])
-
-    def test_a_valid_surrogate_pair_is_text_like_any_other(self):
-        self.receive_raw(b'{"header":{"type":"cti.request","name":"conversation.request.hold",'
-                         b'"target":"t","requestId":"r-\\ud83d\\ude00"}}')
-        (response,) = self.sent()
-        self.assertEqual((response.ok, response.request_id), (True, "r-\U0001f600"))
 
     def test_frames_that_are_not_json_by_the_policy_are_dropped_and_the_link_goes_on(self):
         hold = b'{"header":{"type":"cti.request","name":"conversation.request.hold","target":"t","requestId":"r"},'
