@@ -5,17 +5,20 @@ made again after a backoff delay, up to ``attempts`` times; then it fails with
 :class:`ChatServerUnavailable`, which says what happened on the last attempt. Any other answer but
 200 fails at once with :class:`ChatServerError` (:class:`TranscriptNotFound` for a transcript's
 404). The errors carry ``http_status`` and ``code``, so the admin API answers them as they are.
+A JSON reply goes through :func:`gateway.boundary.load_json`: one holding NaN, Infinity, 1e999,
+deep nesting or a lone surrogate (which would end up in the store) is a :class:`ChatServerError`
+naming the problem.
 """
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from gateway.boundary import load_json
 from gateway.chat.messages import BadPayload, parse_init_response
 
 __all__ = ["ChatRest", "ChatServerError", "ChatServerUnavailable", "TranscriptNotFound"]
@@ -86,8 +89,8 @@ class ChatRest:
         if status != 200:
             raise ChatServerError(f"init refused: HTTP {status}: {_excerpt(content)}", status)
         try:
-            return parse_init_response(json.loads(content))
-        except (ValueError, BadPayload) as e:
+            return parse_init_response(load_json(content))
+        except (ValueError, BadPayload) as e:  # PeerDataError is a ValueError
             raise ChatServerError(f"init answered with an unusable body: {e}", status) from None
 
     @defer.inlineCallbacks

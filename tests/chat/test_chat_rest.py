@@ -111,6 +111,22 @@ class ChatRestTests(SynchronousTestCase):
         d = self.settle(self.rest(Scripted((200, {"participant": {"id": "p"}}))).init({}))
         self.assertIn("unusable body", str(self.failureResultOf(d, ChatServerError).value))
 
+    def test_an_init_answer_the_boundary_refuses_is_a_chat_server_error_naming_the_problem(self):
+        for body, problem in (
+            (b'{"conversationId": "c\\ud800", "participant": {"id": "p1", "name": "Ann"}}', "lone UTF-16 surrogate"),
+            (b'{"conversationId": "c1", "participant": {"id": "p1", "name": "\\udfff"}}', "participant.name"),
+            (b'{"conversationId": "c1", "participant": {"id": "p1", "name": "Ann"}, "timestamp": NaN}', "NaN"),
+            (b'{"conversationId": "c1", "participant": {"id": "p1", "name": "Ann"}, "x": 1e999}', "out of range"),
+            (b'{"conversationId": "c1", "participant": {"id": "p1"}, "x": ' + b"[" * 50 + b"]" * 50 + b"}", "nested deeper"),
+            (b'{"conversationId": "c1", "participant": {"id": "p1"}, "x": ' + b"[" * 100000 + b"}", "nested deeper"),
+            (b"\xff\xfe not UTF-8", "not UTF-8"),
+        ):
+            with self.subTest(problem=problem):
+                d = self.settle(self.rest(Scripted((200, body))).init({}))
+                message = str(self.failureResultOf(d, ChatServerError).value)
+                self.assertIn("unusable body", message)
+                self.assertIn(problem, message)
+
     def test_a_pdf_transcript_comes_back_as_bytes(self):
         resource = Scripted((200, b"%PDF-1.4 ..."))
         d = self.settle(self.rest(resource).transcript("c 1/x", "pdf"))
