@@ -109,8 +109,11 @@ class OptimaccsConfig:
 
     #: whether the inbound-call server runs (the outbound driver runs when [pbx] or a device names it)
     enabled: bool = True
-    #: where the provider's inbound-call WebSocket connects (ssl: gives wss)
-    listen: ServerEndpoint = ServerEndpoint("tcp:4143")
+    #: where the provider's inbound-call WebSocket connects (ssl: gives wss); loopback only by default
+    listen: ServerEndpoint = ServerEndpoint("tcp:4143:interface=127.0.0.1")
+    #: the most inbound connections (calls) open at once; one more is closed with 1013 (try again later)
+    max_calls: int = attrs.field(default=200, validator=check(lambda v: 1 <= v <= 100000,
+                                                              "must be 1-100000, got {value!r}"))
     #: the audio format on the wire, both directions: 8 kHz pcm16 (little-endian), ulaw or alaw
     audio: typing.Literal["pcm16", "ulaw", "alaw"] = "pcm16"
     #: seconds to wait for the provider's cdr after the gateway hung up, before closing

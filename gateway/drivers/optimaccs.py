@@ -26,6 +26,17 @@ gives wss) and serves :class:`InboundCall` connections:
 - Access: an optional shared secret (query parameter ``token`` or
   ``Authorization: Bearer``) and an address allow-list, checked during the
   opening handshake (HTTP 403); with neither, a warning is logged at start.
+  The shipped listener is on 127.0.0.1 only. At most ``max_calls``
+  connections are open at once: one more is closed with 1013 (try again
+  later), counted and logged (rate-limited).
+- Every text message is decoded by :func:`gateway.boundary.load_json`
+  (through :func:`~gateway.drivers.optimaccs_wire.parse_event`): a lone
+  surrogate (the close reason names the field), ``NaN``/``Infinity``/``1e999``
+  or nesting deeper than 32 levels close the connection with 1007. Ignored
+  messages (unknown events, out of state, bad digits) go through a
+  per-connection :class:`~gateway.boundary.IgnoredBudget`: the first few are
+  logged, then one summary per minute; all are counted in
+  ``gateway_ignored_messages_total{adapter="optimaccs",reason}``.
 
 Bad input closes the connection with a code and reason, or is ignored with a
 log line; the table is :data:`CLOSE_CODES` and the README's "OptimaCCS: bad input". No input
@@ -46,6 +57,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.boundary import budget_factory
 from gateway.metrics import define_metric
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
@@ -66,12 +78,16 @@ CLOSE_INVALID = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
 
 #: what the gateway does with each kind of bad input (the table in the README, "OptimaCCS: bad input")
 CLOSE_CODES: dict[str, int | None] = {
     "text that is not UTF-8": CLOSE_INVALID,  # Autobahn's check
     "message or frame larger than max_message_size": CLOSE_TOO_BIG,  # Autobahn's check
     "text that is not JSON": CLOSE_INVALID,
+    "JSON with a lone UTF-16 surrogate (the reason names the field), NaN/Infinity/1e999, "
+    "or nested deeper than 32 levels": CLOSE_INVALID,
+    "a connection past max_calls": CLOSE_TRY_AGAIN,
     "JSON that is not an object, or has no string event": CLOSE_INVALID,
     "incoming_call with a missing or ill-typed field": CLOSE_POLICY,
     "a second incoming_call": CLOSE_POLICY,
@@ -82,6 +98,10 @@ CLOSE_CODES: dict[str, int | None] = {
     "dtmf, hangup or cdr before incoming_call": None,
     "a second cdr, or events after the call ended": None,
 }
+
+#: how an ignored message is counted in gateway_ignored_messages_total{adapter="optimaccs",reason}
+IGNORED = {"unknown event": "unknown", "bad digit": "malformed", "no live call": "out_of_state",
+           "second cdr": "out_of_state"}
 
 #: phases of a connection
 SETUP = "setup"  # open, no incoming_call yet
@@ -99,8 +119,7 @@ class _Metrics:
         self.closed = define_metric(registry, Counter, "optimaccs_closed",
                                     "OptimaCCS inbound connections refused (403) or closed by the gateway, "
                                     "by code.", ["code"])
-        self.ignored = define_metric(registry, Counter, "optimaccs_ignored_messages",
-                                     "OptimaCCS inbound messages ignored (logged), by reason.", ["reason"])
+        self.registry = registry
 
 
 @implementer(IDriverLeg)
@@ -121,6 +140,7 @@ class InboundCall:
         self.frames_in = 0
         self._link = Link(protocol)
         self._clock = server.clock
+        self._ignored = server.budget(self.peer)
         self._timer = self._clock.callLater(server.config.setup_timeout, self._setup_timed_out)
         self._tones = Tones(server.clock)
         #: fires once the connection is gone
@@ -194,7 +214,7 @@ class InboundCall:
             return
         handler = self._handlers.get(event)
         if handler is None:
-            self._ignore("unknown event", f"unknown event {event!r}")
+            self._ignore("unknown event", f"unknown event {event[:60]!r}")
         else:
             handler(self, message)
 
@@ -269,6 +289,7 @@ class InboundCall:
             self._timer.cancel()
         self._close_port()
         self._tones.cancel()
+        self._ignored.close()
         log.info("{who}: connection closed (code {code}, {reason})", who=self.who, code=code, reason=reason or "")
         if was_live and self.events is not None:
             self.events.hung_up("transport_lost")
@@ -318,8 +339,8 @@ class InboundCall:
             self.server.metrics.closed.labels(str(code)).inc()
 
     def _ignore(self, kind: str, what: str) -> None:
-        log.info("{who}: {what}; ignored", who=self.who, what=what)
-        self.server.metrics.ignored.labels(kind).inc()
+        """Count an ignored message, and log it while the connection's budget allows."""
+        self._ignored.ignored(IGNORED[kind], what)
 
     def to_dict(self) -> dict:
         setup = self.setup
@@ -376,6 +397,10 @@ class InboundServer:
         self.ports = ports
         self.calls: list[InboundCall] = []
         self._networks = [ipaddress.ip_network(n, strict=False) for n in config.allow_from]
+        #: an IgnoredBudget per connection: gateway_ignored_messages_total{adapter="optimaccs",reason}
+        self.budget = budget_factory(clock, NAME, metrics.registry, logger=log)
+        #: the log lines about connections refused past max_calls, rate-limited the same way
+        self._refusals = self.budget("(listener)")
 
     @property
     def open_to_all(self) -> bool:
@@ -425,7 +450,15 @@ class InboundServer:
                 return "wrong secret"
         return None
 
-    def opened(self, protocol: _ProviderProtocol) -> InboundCall:
+    def opened(self, protocol: _ProviderProtocol) -> InboundCall | None:
+        """The connection's call; None, and the connection closed with 1013, past ``max_calls``."""
+        if len(self.calls) >= self.config.max_calls:
+            reason = f"too many calls ({self.config.max_calls} open); try again later"
+            self._refusals.ignored("over_capacity", f"connection from {protocol.peer_address} closed with "
+                                                    f"{CLOSE_TRY_AGAIN}: {reason}")
+            if Link(protocol).close(CLOSE_TRY_AGAIN, reason):
+                self.metrics.closed.labels(str(CLOSE_TRY_AGAIN)).inc()
+            return None
         call = InboundCall(self, protocol)
         self.calls.append(call)
         self.metrics.connections.inc()
@@ -447,6 +480,7 @@ class InboundServer:
     def status(self) -> dict:
         return {
             "listen": str(self.config.listen),
+            "max_calls": self.config.max_calls,
             "audio": self.config.audio,
             "access": {"secret": bool(self.config.secret), "allow_from": list(self.config.allow_from)},
             "connections": [call.to_dict() for call in self.calls],

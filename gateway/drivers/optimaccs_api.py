@@ -5,22 +5,28 @@ the Bearer token through a treq ``HTTPClient`` (``treq.testing.StubTreq`` in
 tests). A refusal becomes a :class:`ProviderError` carrying the HTTP status
 and the provider's own message: :class:`Unauthorized` (401),
 :class:`ValidationFailed` (422, with the provider's per-field ``errors``),
-:class:`ProviderFailure` (500 and any other refusal). They are
+:class:`ProviderFailure` (500 and any other refusal), and :class:`BadReply` (a
+reply the gateway cannot read: larger than :data:`MAX_REPLY_BYTES`, not JSON by
+the boundary policy of :func:`gateway.boundary.load_json` -- lone surrogates,
+``NaN``, nesting -- or not an object of the documented shape). They are
 :class:`~gateway.core.errors.DriverError` subclasses, so the call core and the
 admin API treat them like any driver failure.
 """
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 
 import attrs
+import treq
 from twisted.internet import defer
 
 from gateway.core.errors import DriverError
+from gateway.drivers import optimaccs_wire as wire
 
 __all__ = [
+    "BadReply",
+    "MAX_REPLY_BYTES",
     "PlacedCall",
     "ProviderApi",
     "ProviderError",
@@ -34,6 +40,10 @@ __all__ = [
 NAME = "optimaccs"
 #: how much of an unexpected reply body goes into an error message
 _EXCERPT = 200
+#: the longest provider message kept in an error
+_MAX_MESSAGE = 300
+#: the largest reply body read (the API's replies are a few hundred bytes); a larger one is a BadReply
+MAX_REPLY_BYTES = 65536
 
 
 class ProviderError(DriverError):
@@ -61,6 +71,14 @@ class ProviderFailure(ProviderError):
     """500, or any other answer the gateway cannot use."""
 
 
+class BadReply(ProviderFailure):
+    """A reply that breaks the boundary policy or the documented shape (too big, not JSON, bad text, wrong types)."""
+
+
+class _TooBig(Exception):
+    pass
+
+
 @attrs.frozen
 class PlacedCall:
     """What ``POST /pbx/call`` answered."""
@@ -80,7 +98,7 @@ def media_url(endpoint_url: str, session_id: str) -> str:
     parts = urllib.parse.urlsplit(endpoint_url)
     scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss") or not parts.netloc:
-        raise ProviderFailure(200, f"endpointUrl {endpoint_url!r} is not a ws(s):// or http(s):// URL")
+        raise BadReply(200, f"endpointUrl {endpoint_url!r} is not a ws(s):// or http(s):// URL")
     return urllib.parse.urlunsplit((scheme, parts.netloc, f"/ws/{urllib.parse.quote(session_id, safe='')}", "", ""))
 
 
@@ -123,19 +141,39 @@ class ProviderApi:
             headers={**self.headers, "Accept": "application/json"},
             timeout=self._config.request_timeout, reactor=self._clock,
         )
-        d.addCallback(lambda response: response.content().addCallback(_decoded, response.code))
+        d.addCallback(lambda response: _body(response).addCallback(_decoded, response.code))
         return d
+
+
+def _body(response) -> defer.Deferred:
+    """The reply's body, at most MAX_REPLY_BYTES (a larger one: BadReply, the connection dropped)."""
+    parts: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > MAX_REPLY_BYTES:
+            raise _TooBig()
+        parts.append(data)
+
+    def too_big(failure):
+        failure.trap(_TooBig)
+        raise BadReply(response.code, f"a reply larger than {MAX_REPLY_BYTES} bytes")
+
+    return treq.collect(response, collect).addCallbacks(lambda _: b"".join(parts), too_big)
 
 
 def _decoded(content: bytes, status: int) -> dict:
     """A reply's JSON object if the status is 2xx; the matching ProviderError otherwise."""
     try:
-        reply = json.loads(content)
-    except ValueError:
-        reply = None
+        reply = wire.load(content)
+    except wire.BadMessage as error:
+        excerpt = content[:_EXCERPT].decode("utf-8", "replace")
+        raise BadReply(status, f"a reply that is not valid JSON ({error}): {excerpt!r}") from None
     if not isinstance(reply, dict):
         excerpt = content[:_EXCERPT].decode("utf-8", "replace")
-        raise ProviderFailure(status, f"a reply that is not a JSON object: {excerpt!r}")
+        raise BadReply(status, f"a reply that is not a JSON object: {excerpt!r}")
     if 200 <= status < 300:
         return reply
     message = _message(reply)
@@ -151,13 +189,18 @@ def _message(reply: dict) -> str:
     """The provider's readable reason: ``errors`` when it is text, else ``message`` and the field errors."""
     errors, message = reply.get("errors"), reply.get("message")
     if isinstance(errors, str) and errors:
-        return errors
+        return _short(errors)
     text = message if isinstance(message, str) and message else "no message"
     if isinstance(errors, dict) and errors:
         fields = "; ".join(f"{name}: {' '.join(map(str, problems)) if isinstance(problems, list) else problems}"
                            for name, problems in errors.items())
         text = f"{text} ({fields})"
-    return text
+    return _short(text)
+
+
+def _short(text: str) -> str:
+    """The provider's message, cut to a length a log line and a leg's failure reason can carry."""
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
 
 
 def _placed(reply: dict) -> PlacedCall:
@@ -166,6 +209,6 @@ def _placed(reply: dict) -> PlacedCall:
     for name in ("phoneNumber", "sessionId", "endpointUrl"):
         value = data.get(name) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value:
-            raise ProviderFailure(200, f"the call was placed but the reply has no {name}")
+            raise BadReply(200, f"the call was placed but the reply has no {name} string")
         fields[name] = value
     return PlacedCall(fields["phoneNumber"], fields["sessionId"], fields["endpointUrl"])

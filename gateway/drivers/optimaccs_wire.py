@@ -6,6 +6,12 @@ This module decodes a text message into ``(event, message)`` or raises
 :class:`BadMessage`, checks the fields the gateway relies on, and normalises
 the provider's CDR (``hangupCauseCode`` is a string in the inbound API and a
 number in the outbound one). Nothing here does I/O.
+
+Every text message, on both WebSockets, and every REST reply is decoded by
+:func:`gateway.boundary.load_json`: strict UTF-8, no lone UTF-16 surrogate
+(the refusal names the field), finite numbers only, nesting at most
+:data:`gateway.boundary.MAX_DEPTH` deep. A refusal is a :class:`BadMessage`
+whose ``field`` names the offending field.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import json
 
 import attrs
 
+from gateway.boundary import PeerDataError, load_json, parse_int
+
 __all__ = [
     "BadMessage",
     "COMMAND_DIGITS",
     "CallSetup",
     "KEYPAD_DIGITS",
     "MAX_TONE_MS",
+    "CAUSE_CODE_INT",
     "SOURCE",
     "clamp_duration",
     "encode",
@@ -39,16 +48,32 @@ COMMAND_DIGITS = frozenset("0123456789*#")
 MAX_TONE_MS = 1000
 
 
+#: the field beside the provider's ``hangupCauseCode`` holding it as an integer (when it spells one)
+CAUSE_CODE_INT = "hangupCauseCodeInt"
+
+
 class BadMessage(ValueError):
-    """A text message the gateway cannot use; ``str()`` says why, for the log and a close reason."""
+    """A text message the gateway cannot use; ``str()`` says why, for the log and a close reason.
+
+    ``field`` names the offending field when one is to blame (a lone surrogate in ``callerId``).
+    """
+
+    def __init__(self, problem: str, field: str | None = None) -> None:
+        super().__init__(problem)
+        self.field = field
+
+
+def load(payload: bytes | str):
+    """A JSON document from the provider, checked by the boundary policy; BadMessage otherwise."""
+    try:
+        return load_json(payload)
+    except PeerDataError as error:
+        raise BadMessage(str(error), error.field) from None
 
 
 def parse_event(payload: bytes) -> tuple[str, dict]:
     """A text message as ``(event name, message)``; BadMessage unless it is a JSON object with a string event."""
-    try:
-        message = json.loads(payload)
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
-        raise BadMessage(f"not JSON ({error})") from None
+    message = load(payload)
     if not isinstance(message, dict):
         raise BadMessage(f"not a JSON object but {type(message).__name__}")
     event = message.get("event")
@@ -101,11 +126,18 @@ def clamp_duration(duration_ms) -> int:
 
 
 def normalise_cdr(data: dict) -> dict:
-    """The provider's CDR as it came, but for ``hangupCauseCode``: an integer when it is one written as text."""
+    """The provider's CDR as it came, plus :data:`CAUSE_CODE_INT` when ``hangupCauseCode`` spells an integer.
+
+    ``hangupCauseCode`` itself is kept verbatim (``"16"`` in the inbound API, ``16`` in the outbound
+    one, or whatever a broken provider sent: ``"--16"``, ``"²"``, 5,000 digits); ``hangupCauseCodeInt``
+    is :func:`gateway.boundary.parse_int` of it (``"16"`` and ``16`` both give ``16``) and is absent when
+    there is no integer to read. Never raises.
+    """
     record = dict(data)
-    code = record.get("hangupCauseCode")
-    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
-        record["hangupCauseCode"] = int(code)
+    record.pop(CAUSE_CODE_INT, None)  # ours, never the provider's
+    code = parse_int(record.get("hangupCauseCode"))
+    if code is not None:
+        record[CAUSE_CODE_INT] = code
     return record
 
 

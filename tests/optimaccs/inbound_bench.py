@@ -15,8 +15,11 @@ from gateway.drivers.optimaccs import InboundServer, _Metrics
 from gateway.sim.optimaccs import CallScript, InboundCall, provider_factory
 
 ECHO_DID, EXTENSION_DID, MANUAL_DID = "200", "100", "103"
+#: the echo DID of the corpus (tests/corpus/optimaccs_inbound.json) and of its replay against the daemon
+CORPUS_DID = "0210000200"
 ROUTES = [
     Route(did=ECHO_DID, to="app:echo"),
+    Route(did=CORPUS_DID, to="app:echo"),
     Route(did=EXTENSION_DID, to="extension:1001"),
     Route(did=MANUAL_DID, to="extension:1003"),
 ]
@@ -79,6 +82,10 @@ class Bench:
 
     def metric(self, name: str, **labels) -> float:
         return self.metrics_registry.get_sample_value(name, labels) or 0.0
+
+    def ignored(self, reason: str) -> float:
+        """gateway_ignored_messages_total{adapter="optimaccs",reason}."""
+        return self.metric("gateway_ignored_messages_total", adapter="optimaccs", reason=reason)
 
     def call_of(self, sim_call):
         """The registry's snapshot of the call the simulator placed."""

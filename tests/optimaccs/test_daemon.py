@@ -94,8 +94,8 @@ def test_a_call_to_an_echo_did_hears_itself_and_both_cdrs_are_stored(cleanup, tm
     assert (stored["cause"], stored["app"], stored["attributes"]) == ("remote_hangup", "echo",
                                                                      {"session_id": call.session_id})
     (provider,) = stored["provider_cdrs"]
-    assert (provider["source"], provider["data"]["sessionId"], provider["data"]["hangupCauseCode"]) == (
-        "optimaccs", call.session_id, 16)
+    assert (provider["source"], provider["data"]["sessionId"], provider["data"]["hangupCauseCode"],
+            provider["data"]["hangupCauseCodeInt"]) == ("optimaccs", call.session_id, "16", 16)
     assert (yield gateway.stop()) == 0
     assert "Traceback" not in gateway.output
 

@@ -74,7 +74,7 @@ class EchoCallTests(SynchronousTestCase):
         (provider,) = self.bench.h.provider_cdrs
         self.assertEqual(provider[:2], (cdr["call_id"], "optimaccs"))
         self.assertEqual(provider[2]["sessionId"], call.session_id)
-        self.assertEqual(provider[2]["hangupCauseCode"], 16)  # "16" on the wire
+        self.assertEqual((provider[2]["hangupCauseCode"], provider[2]["hangupCauseCodeInt"]), ("16", 16))
         self.assertEqual(self.bench.server.calls, [])
 
     def test_frames_of_any_length_are_reframed_to_20_ms(self):
@@ -262,8 +262,8 @@ class ExtensionCallTests(SynchronousTestCase):
         bench.run(0.2)
         self.assertEqual(call.close_code, 1000)
         self.assertEqual(bench.h.provider_cdrs,
-                         [(call_id, "optimaccs", {"sessionId": "s", "hangupCauseCode": 17, "disposition": "BUSY",
-                                                 "extra": [1]})])
+                         [(call_id, "optimaccs", {"sessionId": "s", "hangupCauseCode": "17", "hangupCauseCodeInt": 17,
+                                                 "disposition": "BUSY", "extra": [1]})])
 
     def test_the_provider_hanging_up_ends_the_call(self):
         self.answer()
@@ -342,8 +342,8 @@ class BadInputTests(SynchronousTestCase):
     def test_an_unknown_event_is_ignored(self):
         self.call.send_text('{"event":"ringing"}')
         self.assertStillOpen()
-        self.assertIn("unknown event 'ringing'; ignored", self.logs.text())
-        self.assertEqual(self.bench.metric("gateway_optimaccs_ignored_messages_total", reason="unknown event"), 1)
+        self.assertIn("unknown event 'ringing'", self.logs.text())
+        self.assertEqual(self.bench.ignored("unknown"), 1)
         incoming_call(self.call)
         self.bench.flush()
         self.assertEqual([e.event for e in self.call.events], ["answer"])
@@ -382,13 +382,13 @@ class BadInputTests(SynchronousTestCase):
         self.call.send_text('{"event":"dtmf","digit":"#"}')
         self.assertStillOpen()
         self.assertEqual([e.digit for e in self.bench.h.of(ev.DtmfReceived)], ["#"])
-        self.assertEqual(self.bench.metric("gateway_optimaccs_ignored_messages_total", reason="bad digit"), 2)
+        self.assertEqual(self.bench.ignored("malformed"), 2)
 
     def test_events_before_incoming_call_are_ignored(self):
         for event in ("dtmf", "hangup", "cdr"):
             self.call.send_text(f'{{"event":"{event}","digit":"1"}}')
         self.assertStillOpen()
-        self.assertEqual(self.bench.metric("gateway_optimaccs_ignored_messages_total", reason="no live call"), 3)
+        self.assertEqual(self.bench.ignored("out_of_state"), 3)
         self.assertEqual(self.bench.h.provider_cdrs, [])
 
     def test_a_second_cdr_and_events_after_the_hangup_are_ignored(self):
@@ -399,9 +399,144 @@ class BadInputTests(SynchronousTestCase):
         self.call.send_text('{"event":"dtmf","digit":"1"}')
         self.call.send_binary(b"\x00" * 320)
         self.bench.run(1.1)
-        self.assertEqual([cdr[2] for cdr in self.bench.h.provider_cdrs], [{"hangupCauseCode": 16}])
+        self.assertEqual([cdr[2] for cdr in self.bench.h.provider_cdrs],
+                         [{"hangupCauseCode": 16, "hangupCauseCodeInt": 16}])
         self.assertEqual(self.bench.h.of(ev.DtmfReceived), [])
         self.assertEqual(self.call.close_code, 1000)  # the call is over and its cdr is in
+
+
+class BoundaryTests(SynchronousTestCase):
+    """Every text message goes through gateway.boundary.load_json; ignored ones through an IgnoredBudget."""
+
+    def setUp(self):
+        self.logs = LogCapture(self)
+        self.bench = Bench(self, setup_timeout=300.0)
+        self.bystander, _ = self.bench.connect(CallScript(did=ECHO_DID))
+        self.call, _ = self.bench.connect(raw())
+
+    def tearDown(self):
+        self.bench.run(0.5)
+        self.assertIsNone(self.bystander.close_code)
+        self.assertTrue(self.bystander.echo().matched)
+        self.assertEqual(self.logs.tracebacks, [])
+
+    def test_a_lone_surrogate_closes_1007_naming_the_field(self):
+        self.call.send_text(b'{"event":"incoming_call","callerId":"\\ud800","didNumber":"555","sessionId":"p1"}')
+        self.bench.flush()
+        self.assertEqual(self.call.close_code, 1007)
+        self.assertIn("callerId", self.call.close_reason)
+        self.assertIn("surrogate", self.call.close_reason)
+        self.assertEqual(len(self.bench.h.registry.calls(include_released=True)), 1)  # the bystander's
+
+    def test_deep_json_closes_1007_not_1011(self):
+        self.call.send_text(b"[" * 20000)
+        self.bench.flush()
+        self.assertEqual(self.call.close_code, 1007)
+        self.assertIn("nested deeper", self.call.close_reason)
+
+    def test_non_finite_numbers_close_1007(self):
+        for number in ("NaN", "Infinity", "-Infinity", "1e999"):
+            call, _ = self.bench.connect(raw())
+            incoming_call(call)
+            self.bench.flush()
+            call.send_text(f'{{"event":"dtmf","digit":"1","duration":{number}}}')
+            self.bench.flush()
+            self.assertEqual(call.close_code, 1007, number)
+            self.assertEqual(self.bench.call_of(call).cause, "transport_lost")
+        self.assertEqual(self.bench.h.of(ev.DtmfReceived), [])
+
+    def test_a_garbage_cause_code_ends_the_call_normally_and_keeps_the_providers_cdr(self):
+        for number, code in enumerate(("--16", "\u00b2", "9" * 5000)):
+            call, _ = self.bench.connect(raw())
+            incoming_call(call)
+            self.bench.flush()
+            call.send_text('{"event":"cdr","sessionId":"%s","hangupCauseCode":"%s"}' % (call.session_id, code))
+            call.send_text('{"event":"hangup"}')
+            self.bench.run(1.1)
+            self.assertEqual((call.close_code, self.bench.call_of(call).cause), (1000, "remote_hangup"))
+            provider = self.bench.h.provider_cdrs[number][2]
+            self.assertEqual(provider, {"sessionId": call.session_id, "hangupCauseCode": code})
+
+    def test_10000_unknown_events_log_a_bounded_number_of_lines_and_count_10000(self):
+        for _ in range(10_000):
+            self.call.send_text('{"event":"bogus"}')
+        self.bench.flush()
+        self.assertIsNone(self.call.close_code)
+        mine = [e for e in self.logs.events if "127.0.0.1:40002" in formatEvent(e)]
+        self.assertLessEqual(len(mine), 6)
+        self.assertEqual(self.bench.ignored("unknown"), 10_000)
+        self.bench.run(61.0, step=1.0)
+        self.call.send_text('{"event":"bogus"}')
+        self.bench.flush()
+        self.assertIn("ignored 9996 more messages", self.logs.text())
+        self.call.send_text('{"event":"bogus"}')
+        self.call.close()
+        self.bench.flush()
+        self.assertIn("ignored 1 more messages", self.logs.text())  # the budget is closed with the connection
+
+
+class CorpusTests(SynchronousTestCase):
+    """tests/corpus/optimaccs_inbound.json, case by case against the server (the same cases the lead's
+    replay sends to the real daemon); a bystander call goes on through all of them."""
+
+    def test_every_case(self):
+        import sys
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+        from corpus import load
+
+        logs = LogCapture(self)
+        bench = Bench(self)
+        bystander, _ = bench.connect(CallScript(did=ECHO_DID))
+        for case in load("optimaccs_inbound"):
+            call, _ = bench.connect(raw())
+            bench.flush()
+            for data, binary in case.built():
+                (call.send_binary if binary else call.send_text)(data)
+                bench.flush()
+            bench.run(1.2)
+            if case.outcome == "close":
+                self.assertEqual(call.close_code, int(case.detail), f"{case.name}: {call.close_reason}")
+                self.assertIn(case.extra.get("reason", ""), call.close_reason or "", case.name)
+            else:
+                self.assertEqual(case.outcome, "dropped", case.name)
+                self.assertIsNone(call.close_code, f"{case.name}: {call.close_reason}")
+                call.close()
+                bench.flush()
+        bench.run(0.5)
+        self.assertIsNone(bystander.close_code)
+        self.assertTrue(bystander.echo().matched)
+        self.assertEqual(logs.tracebacks, [])
+        ended = [c for c in bench.h.registry.calls(include_released=True) if c.state == "RELEASED"]
+        self.assertEqual(len(bench.h.cdrs), len(ended))  # every call that ended has its CDR
+        garbage = [cdr for _, _, cdr in bench.h.provider_cdrs if str(cdr.get("sessionId")).startswith("corpus-cause")]
+        self.assertEqual([("hangupCauseCodeInt" in cdr) for cdr in garbage], [False] * 4)
+
+
+class CapacityTests(SynchronousTestCase):
+    def test_past_max_calls_a_connection_is_closed_1013_counted_and_logged_within_a_budget(self):
+        logs = LogCapture(self)
+        bench = Bench(self, max_calls=2)
+        first, _ = bench.connect(CallScript(did=ECHO_DID))
+        second, _ = bench.connect(CallScript(did=ECHO_DID))
+        refused = [bench.connect(CallScript(did=ECHO_DID))[0] for _ in range(20)]
+        bench.run(0.3)
+        self.assertEqual([c.close_code for c in refused], [1013] * 20)
+        self.assertIn("try again later", refused[0].close_reason)
+        self.assertEqual((first.close_code, second.close_code), (None, None))
+        self.assertEqual(bench.metric("gateway_optimaccs_closed_total", code="1013"), 20)
+        self.assertEqual(bench.ignored("over_capacity"), 20)
+        mine = [e for e in logs.events if e.get("log_namespace") == "gateway.drivers.optimaccs"
+                and "too many calls" in formatEvent(e)]
+        self.assertLessEqual(len(mine), 5)
+        self.assertEqual(len(bench.h.registry.calls(include_released=True)), 2)
+        self.assertEqual(len(bench.server.calls), 2)
+        first.hangup()
+        bench.run(1.5)
+        third, _ = bench.connect(CallScript(did=ECHO_DID))
+        bench.run(0.3)
+        self.assertIsNone(third.close_code)
+        self.assertIsNotNone(third.answered_at)
+        self.assertEqual(logs.tracebacks, [])
 
 
 class AccessTests(SynchronousTestCase):

@@ -109,8 +109,8 @@ class OutboundCallTests(SynchronousTestCase):
         self.assertEqual((cdr["call_id"], cdr["cause"]), (call_id, "normal"))
         ((attached_to, source, provider_cdr),) = self.bench.provider_cdrs
         self.assertEqual((attached_to, source), (call_id, "optimaccs"))
-        self.assertEqual((provider_cdr["disposition"], provider_cdr["hangupCauseCode"], provider_cdr["hangupBy"]),
-                         ("ANSWERED", 16, "CALLER"))
+        self.assertEqual((provider_cdr["disposition"], provider_cdr["hangupCauseCode"],
+                          provider_cdr["hangupCauseCodeInt"], provider_cdr["hangupBy"]), ("ANSWERED", 16, 16, "CALLER"))
         self.assertEqual((session.errors, self.bench.driver.legs), ([], []))
 
     def test_the_legs_port_comes_from_the_drivers_factory_and_reports_its_drops(self):

@@ -32,7 +32,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn("listener:optimaccs", ctx.readiness.components)
         self.assertIsInstance(ctx.status["optimaccs"], InboundServer)
         self.assertEqual(ctx.status["optimaccs"].status(), {
-            "listen": "tcp:0:interface=127.0.0.1", "audio": "alaw",
+            "listen": "tcp:0:interface=127.0.0.1", "max_calls": 200, "audio": "alaw",
             "access": {"secret": False, "allow_from": []}, "connections": []})
 
     def test_the_driver_plugin_needs_a_token(self):
@@ -57,8 +57,20 @@ class ServiceTests(SynchronousTestCase):
         driver = find_plugin(IDriverFactory, "optimaccs").build(ctx)
         self.assertIs(driver.ports, ctx.media_ports)
 
+    def test_the_shipped_listener_is_loopback_only_with_a_call_cap(self):
+        from gateway.config import load
+        from gateway.drivers.config import OptimaccsConfig
+
+        for config in (load().optimaccs, OptimaccsConfig()):
+            self.assertEqual((str(config.listen), config.max_calls), ("tcp:4143:interface=127.0.0.1", 200))
+        ctx = context("[optimaccs]\n")
+        make_service(ctx)
+        (listener,) = ctx.listeners
+        self.assertEqual(listener.description, "tcp:4143:interface=127.0.0.1")
+
     def test_bad_values_name_their_key(self):
         for text, path in (('allow_from = ["10.0.0.300"]', "optimaccs.allow_from"),
+                           ("max_calls = 0", "optimaccs.max_calls"),
                            ('audio = "opus"', "optimaccs.audio"),
                            ('[optimaccs.outbound]\napi_url = "ftp://x"', "optimaccs.outbound.api_url")):
             error = self.assertRaises(ConfigError, loads, f"[optimaccs]\n{text}\n", "test.toml")
@@ -82,6 +94,25 @@ class WireTests(SynchronousTestCase):
                          ["5", "#", "A", None, None, None, None])
         self.assertEqual([wire.clamp_duration(ms) for ms in (0, 1, 250, 5000)], [1, 1, 250, 1000])
         self.assertEqual(wire.normalise_cdr({"hangupCauseCode": "17", "source": None}),
-                         {"hangupCauseCode": 17, "source": None})
+                         {"hangupCauseCode": "17", "hangupCauseCodeInt": 17, "source": None})
         self.assertEqual(wire.normalise_cdr({"hangupCauseCode": "busy"}), {"hangupCauseCode": "busy"})
-        self.assertEqual(wire.normalise_cdr({"hangupCauseCode": 16}), {"hangupCauseCode": 16})
+        self.assertEqual(wire.normalise_cdr({"hangupCauseCode": 16}), {"hangupCauseCode": 16, "hangupCauseCodeInt": 16})
+
+    def test_a_garbage_cause_code_is_kept_verbatim_without_an_integer(self):
+        for garbage in ("--16", "\u00b2", "9" * 5000, " 16", "16.0", True, 1.5, None, [16], {"code": 16}):
+            self.assertEqual(wire.normalise_cdr({"hangupCauseCode": garbage}), {"hangupCauseCode": garbage})
+        # the provider cannot forge the gateway's own field
+        self.assertEqual(wire.normalise_cdr({"hangupCauseCode": "x", "hangupCauseCodeInt": 99}),
+                         {"hangupCauseCode": "x"})
+
+    def test_every_text_message_goes_through_the_boundary_policy(self):
+        error = self.assertRaises(wire.BadMessage, wire.parse_event,
+                                  b'{"event":"incoming_call","callerId":"\\ud800","didNumber":"555","sessionId":"p1"}')
+        self.assertEqual(error.field, "callerId")
+        self.assertIn("callerId", str(error))
+        self.assertIn("surrogate", str(error))
+        for bad, why in ((b"[" * 100000, "nested deeper"), (b'{"event":"dtmf","duration":NaN}', "NaN"),
+                         (b'{"event":"dtmf","duration":Infinity}', "Infinity"),
+                         (b'{"event":"dtmf","duration":1e999}', "out of range"),
+                         (b'{"event":"dtmf","digit":"\xff"}', "UTF-8")):
+            self.assertIn(why, str(self.assertRaises(wire.BadMessage, wire.parse_event, bad)))
