@@ -48,16 +48,16 @@ log = Logger()
 CHANNEL_GROUP_ID = "cg"
 TELEPHONY_CHANNEL_ID = "tel"
 
-#: the body of the capabilities response
+#: what the capabilities response says, by capability (its wire name is ``[cti.names] capability_<key>``)
 CAPABILITIES = {
-    "channelgroups": True,
+    "channel_groups": True,
     "telephony": True,
     "answer": True,
     "hold": True,
     "mute": True,
     "dtmf": True,
-    "blind-transfer": True,
-    "blind-conference": True,
+    "blind_transfer": True,
+    "blind_conference": True,
     "consult": False,
 }
 
@@ -199,7 +199,7 @@ class BridgeClient:
         return Reply(body, answered)
 
     def _capabilities(self, control, message):
-        return dict(CAPABILITIES)
+        return {self.names.capability(key): value for key, value in CAPABILITIES.items()}
 
     def telephony_changed(self, up, reason=None):
         """The telephony side went down (``reason`` says which part and why) or came back."""

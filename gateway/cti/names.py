@@ -11,6 +11,11 @@ the control status query and event and the status values, the new-interaction an
 channel, the interaction state events other than ``interaction.alerting``, the agent ready/not-ready
 requests and the interaction dispose request.
 
+The keys of the ``cti.query.capabilities`` response are names too (``capability_*``). The vendor's
+page shows only the beginning of one, ``channel-groups-suppo…``: the default
+``channel-groups-supported`` completes it, and the others are this project's choice; all must be
+checked against a real bridge.
+
 The body classes below give the shapes of the message bodies the gateway and the simulator agree on.
 Where the vendor documents the body (``conversation.query.init``, ``interaction.query.init``, the
 ``session.query.init`` query) they follow it; where it is silent they are this project's choice:
@@ -69,6 +74,15 @@ def _status(default):
     return attrs.field(default=default, validator=_non_empty_text, metadata={"role": "status"})
 
 
+def _capability(default):
+    """A key of the ``cti.query.capabilities`` response body."""
+    return attrs.field(default=default, validator=_non_empty_text, metadata={"role": "capability"})
+
+
+#: the roles of the fields that are not message names
+_NOT_MESSAGES = frozenset({"status", "capability"})
+
+
 #: Properties a request or event must carry, by :class:`CtiNames` key (from the vendor's tables).
 REQUIRED_PROPERTIES = {
     "conversation_request_removeparty": ("number",),
@@ -98,6 +112,16 @@ class CtiNames:
     status_degraded: str = _status("DEGRADED")
     # Control destination (published).
     cti_query_capabilities: str = _name("cti.query.capabilities", "control", "query")
+    # Keys of the capabilities response: the public page shows "channel-groups-suppo..." only.
+    capability_channel_groups: str = _capability("channel-groups-supported")
+    capability_telephony: str = _capability("telephony")
+    capability_answer: str = _capability("answer")
+    capability_hold: str = _capability("hold")
+    capability_mute: str = _capability("mute")
+    capability_dtmf: str = _capability("dtmf")
+    capability_blind_transfer: str = _capability("blind-transfer")
+    capability_blind_conference: str = _capability("blind-conference")
+    capability_consult: str = _capability("consult")
 
     # Session (agent login): init published, ready/not-ready not.
     session_query_init: str = _name("session.query.init", "session", "init")
@@ -157,7 +181,7 @@ class CtiNames:
     conversation_conference_failed: str = _name("conversation.conference.failed", "conversation", "event")
 
     def __attrs_post_init__(self):
-        for role in ("message", "status"):
+        for role in ("message", "status", "capability"):
             values = [value for _, value in self._fields(role)]
             repeated = sorted({value for value in values if values.count(value) > 1})
             if repeated:
@@ -178,7 +202,7 @@ class CtiNames:
         """(key, value) of the fields of ``role`` (``message`` = any message role), optionally of one ``kind``."""
         for field in attrs.fields(type(self)):
             field_role = field.metadata["role"]
-            role_matches = role == field_role or (role == "message" and field_role != "status")
+            role_matches = role == field_role or (role == "message" and field_role not in _NOT_MESSAGES)
             if role_matches and kind in (None, field.metadata.get("kind")):
                 yield field.name, getattr(self, field.name)
 
@@ -186,6 +210,10 @@ class CtiNames:
     def statuses(self):
         """The control status values: started, stopped, degraded."""
         return (self.status_started, self.status_stopped, self.status_degraded)
+
+    def capability(self, key):
+        """The wire name of the capability ``key`` (``"channel_groups"`` -> ``capability_channel_groups``)."""
+        return getattr(self, f"capability_{key}")
 
     def init_query(self, kind):
         """The name of the init query of a destination ``kind`` (for control: the status query)."""

@@ -242,6 +242,8 @@ class HisBridgeSim(Factory):
         self.destinations = {}
         self.status = None
         self.capabilities = None
+        #: what the capabilities response said under ``[cti.names] capability_channel_groups`` (None: nothing)
+        self.channel_groups_supported = None
         self._capabilities_asked = False
         self.ready = False
         self._outstanding = {}
@@ -539,6 +541,7 @@ class HisBridgeSim(Factory):
 
     def _capabilities_answered(self, response):
         self.capabilities = response.body if response.ok else {}
+        self.channel_groups_supported = self.capabilities.get(self.names.capability_channel_groups)
         self._maybe_login()
 
     def _maybe_login(self):

@@ -119,6 +119,12 @@ class LoginTests(Bridge):
         self.assertTrue(self.sim.ready)
         self.assertEqual(self.sim.status, "STARTED")
         self.assertEqual(self.sim.capabilities["blind-transfer"], True)
+        self.assertIs(self.sim.channel_groups_supported, True)
+        self.assertEqual(
+            set(self.sim.capabilities),
+            {"channel-groups-supported", "telephony", "answer", "hold", "mute", "dtmf", "blind-transfer",
+             "blind-conference", "consult"},
+        )
         self.assertEqual(self.events(CONTROL), ["control.status"])
         self.assertEqual(self.sim.destinations[CHANNEL].init.state, "ACTIVATED")
         self.assertEqual(self.sim.destinations["alice.cg"].init.channels[0].end_point, "1003")
@@ -428,7 +434,8 @@ class RenamedMessagesTests(Bridge):
     def setUp(self):
         super().setUp()
         names = CtiNames(channel_interaction="channel.newcall", conversation_request_hold="conversation.request.pause",
-                         conversation_held="conversation.paused", status_started="RUNNING")
+                         conversation_held="conversation.paused", status_started="RUNNING",
+                         capability_channel_groups="channelGroupsSupported")
         self.config = CtiConfig(enabled=True, agents=self.config.agents, names=names)
         self.client = BridgeClient(self.config, self.registry, CtiMetrics(CollectorRegistry()), self.component)
         self.sim = HisBridgeSim(self.clock, names=names, agents=self.agents, response_timeout=60)
@@ -436,6 +443,8 @@ class RenamedMessagesTests(Bridge):
 
     def test_renamed_status_event_and_request(self):
         self.assertEqual(self.sim.status, "RUNNING")
+        self.assertIs(self.sim.channel_groups_supported, True)
+        self.assertIn("channelGroupsSupported", self.sim.capabilities)
         call_id, _, conversation = self.talking()
         self.assertEqual(self.events(CHANNEL), ["channel.newcall"])
         self.assertTrue(self.send("hold").ok)

@@ -245,6 +245,19 @@ class NamesTests(SynchronousTestCase):
         self.assertEqual(names.conversation_held, "conversation.held")
         self.assertIn("channel.newinteraction", names.events("channel"))
 
+    def test_capability_keys_are_names(self):
+        names = CtiNames()
+        self.assertEqual(names.capability_channel_groups, "channel-groups-supported")
+        self.assertEqual(names.capability("blind_transfer"), "blind-transfer")
+        renamed = CtiNames.from_mapping({"capability_channel_groups": "channelGroupsSupported"})
+        self.assertEqual(renamed.capability("channel_groups"), "channelGroupsSupported")
+        self.assertNotIn("channel-groups-supported", names.events("control"), "a capability is not a message")
+        with self.assertRaises(ValueError) as raised:
+            CtiNames.from_mapping({"capability_hold": "mute"})
+        self.assertIn("each capability name must be distinct; repeated: mute", str(raised.exception))
+        # a capability may be spelt like a message or a status value: they are different namespaces
+        CtiNames.from_mapping({"capability_hold": "conversation.held", "capability_answer": "STARTED"})
+
     def test_from_mapping_rejects_unknown_keys(self):
         with self.assertRaises(ValueError) as raised:
             CtiNames.from_mapping({"conversation_hold": "x", "channel_interaction": "y"})

@@ -58,7 +58,7 @@ class FakeClient(FramedJSONProtocol):
         self.hold_back = set()
         self.bodies = {
             names.control_query_status: ControlStatus(status).to_body(),
-            names.cti_query_capabilities: {"channelgroups": True},
+            names.cti_query_capabilities: {names.capability_channel_groups: True},
             names.session_query_init: SessionInit("cg1").to_body(),
             names.channelgroup_query_init: ChannelGroupInit([Channel("tel", "1001")]).to_body(),
             names.channel_query_init: ChannelInit("ACTIVATED").to_body(),
@@ -147,7 +147,8 @@ class StartupTests(SimTestCase):
         )
         self.assertEqual([m.target for m in client.received], [CONTROL, CONTROL, "alice", "alice.cg1", CHANNEL])
         self.assertEqual(client.last("session.query.init").body, {"name": "alice", "chat": False, "email": False, "callback": False})
-        self.assertEqual(self.sim.capabilities, {"channelgroups": True})
+        self.assertEqual(self.sim.capabilities, {"channel-groups-supported": True})
+        self.assertIs(self.sim.channel_groups_supported, True)
         self.assertEqual(self.sim.status, "STARTED")
         self.assertEqual(self.sim.violations, [])
 
