@@ -26,6 +26,7 @@ import re
 from twisted.internet import defer
 
 from gateway.admin.api import ApiError, ApiRequest
+from gateway.boundary import PeerDataError
 from gateway.chat.connector import Connector
 from gateway.chat.engineio import NotConnected
 from gateway.chat.messages import CUSTOMER_FIELDS
@@ -74,6 +75,12 @@ def _unavailable(failure):
     raise ApiError(503, f"the chat server cannot be reached: {failure.getErrorMessage()}", code="chat_server_unavailable")
 
 
+def _refused(error: ValueError) -> ApiError:
+    """400 for an SMS the connector refused; a PeerDataError (bad text) names its field."""
+    field = error.field if isinstance(error, PeerDataError) else None
+    return ApiError(400, str(error), **({"field": field} if field else {}))
+
+
 def _int_query(request: ApiRequest, name: str, default: int, low: int, high: int) -> int:
     text = request.query.get(name)
     if not text:
@@ -94,7 +101,7 @@ class _Routes:
         try:
             d = self._connector.receive_sms(body.get("from"), body.get("text"), body.get("id"))
         except ValueError as e:
-            raise ApiError(400, str(e)) from None
+            raise _refused(e) from None
         return d.addCallback(lambda result: {"sms": result[0].to_dict(), "duplicate": not result[1]})
 
     def outbound(self, request: ApiRequest):
@@ -102,7 +109,7 @@ class _Routes:
         try:
             d = self._connector.send_sms(body.get("to"), body.get("text"))
         except ValueError as e:
-            raise ApiError(400, str(e)) from None
+            raise _refused(e) from None
         return d.addCallback(lambda result: {"sms": result[0].to_dict()})
 
     def list_sms(self, request: ApiRequest):

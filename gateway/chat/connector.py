@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.boundary import check_text
 from gateway.chat.conversations import ENDED_BY_GATEWAY, ENDED_BY_SERVER, REFUSED, refused
 from gateway.chat.interfaces import OutboundSms
 from gateway.chat.messages import BadPayload, IncomingMessage, Participant, customer_message, parse_message
@@ -60,11 +61,11 @@ class UnknownConversation(LookupError):
     code = "not_found"
 
 
-def check_number(number) -> str:
-    """A customer's number, stripped; ``ValueError`` when it is not one."""
+def check_number(number, field: str = "number") -> str:
+    """A customer's number, stripped; ``ValueError`` when it is not one (PeerDataError naming ``field`` for bad text)."""
     if not isinstance(number, str) or not number.strip() or len(number.strip()) > MAX_NUMBER_LENGTH:
         raise ValueError(f"a number is a non-empty string of at most {MAX_NUMBER_LENGTH} characters, got {number!r:.80}")
-    return number.strip()
+    return check_text(number.strip(), field)
 
 
 @implementer(ISocketIOHandler)
@@ -134,13 +135,19 @@ class Connector:
         """Store an inbound SMS; fires with ``(record, created)`` once it is durably stored.
 
         ``external_id`` (the provider's message id) makes a repeated delivery harmless: the
-        first record comes back with ``created`` false. ``ValueError`` for a bad number or text.
+        first record comes back with ``created`` false. ``ValueError`` for a bad number or text, and
+        :class:`~gateway.boundary.PeerDataError` (a ValueError naming the field) for text that is not
+        valid Unicode (a lone surrogate): refused before anything is stored, whichever transport
+        hands it over.
         """
-        number = check_number(number)
+        number = check_number(number, "from")
         if not isinstance(text, str):
             raise ValueError(f"text must be a string, got {text!r:.80}")
+        check_text(text, "text")
         if external_id is not None and (not isinstance(external_id, str) or not external_id):
             raise ValueError(f"id must be a non-empty string, got {external_id!r:.80}")
+        if external_id is not None:
+            check_text(external_id, "id")
         record = SmsRecord(self._new_id(), "inbound", number, text, self._now(), external_id=external_id)
         return self._keep(record, self.inbound)
 
@@ -192,10 +199,10 @@ class Connector:
         for good). ``ValueError`` for a bad number, or a text that is not a non-empty string of at
         most :data:`MAX_TEXT_LENGTH` characters.
         """
-        number = check_number(number)
+        number = check_number(number, "to")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
             raise ValueError(f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters, got {text!r:.80}")
-        return self._send_sms(number, text, "operator")
+        return self._send_sms(number, check_text(text, "text"), "operator")
 
     def _send_sms(self, number: str, text: str, kind: str, *, external_id=None, conversation_id=None) -> defer.Deferred:
         record = SmsRecord(

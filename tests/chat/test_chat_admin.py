@@ -61,6 +61,13 @@ class AdminRouteTests(SynchronousTestCase):
             self.assertEqual((code, reply["error"]), (400, "bad_request"))
         self.assertEqual(self.successResultOf(self.store.list_sms()), [])
 
+    def test_an_sms_with_bad_text_from_a_transport_plugin_is_refused_before_it_is_stored(self):
+        # A transport plugin hands inbound SMS to the connector directly, not through the admin API.
+        with self.assertRaises(ValueError) as caught:
+            self.bench.connector.receive_sms(NUMBER, "broken \ud800 text")
+        self.assertEqual(str(caught.exception), "field 'text': holds a lone UTF-16 surrogate")
+        self.assertEqual(self.successResultOf(self.store.list_sms()), [])
+
     def test_an_outbound_sms_is_answered_once_stored_then_sent_by_the_transport(self):
         code, reply = self.call("POST", "/api/sms/outbound", {"to": NUMBER, "text": "Your code is 1234"})
         self.assertEqual(code, 200)

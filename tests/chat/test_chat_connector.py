@@ -4,6 +4,7 @@ from twisted.internet import task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.boundary import PeerDataError
 from gateway.chat.connector import UnknownConversation
 from gateway.chat.rest import ChatServerUnavailable
 from gateway.chat.socketio import UnexpectedEvent
@@ -146,6 +147,22 @@ class ConnectorTests(SynchronousTestCase):
         for number, text, external_id in (("", "x", None), (" ", "x", None), ("1" * 65, "x", None), (NUMBER, None, None), (NUMBER, "x", 5)):
             self.assertRaises(ValueError, self.connector.receive_sms, number, text, external_id)
         self.assertEqual(self.stored(), [])
+
+    def test_sms_with_bad_text_are_refused_naming_the_field_and_never_stored(self):
+        self.make()
+        for number, text, external_id, field in ((NUMBER, "hi \ud800", None, "text"), ("+49\udfff", "x", None, "from"),
+                                                 (NUMBER, "x", "prov-\ud800", "id")):
+            with self.subTest(field=field):
+                with self.assertRaises(PeerDataError) as caught:
+                    self.connector.receive_sms(number, text, external_id)
+                self.assertEqual(caught.exception.field, field)
+                self.assertIn("surrogate", str(caught.exception))
+        for number, text, field in ((NUMBER, "\ud83d", "text"), ("\udc00", "x", "to")):
+            with self.subTest(field=field), self.assertRaises(PeerDataError) as caught:
+                self.connector.send_sms(number, text)
+            self.assertEqual(caught.exception.field, field)
+        self.assertEqual((self.stored(), self.sent_texts()), ([], []))
+        self.assertEqual(self.sms("a valid pair \U0001f600").text, "a valid pair \U0001f600")
 
     def test_sms_wait_while_the_link_is_down_and_go_in_order_once_registered(self):
         self.make()
