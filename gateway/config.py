@@ -30,6 +30,9 @@ from gateway.confschema import (
 from gateway.cti.config import CtiConfig
 from gateway.drivers.config import OptimaccsConfig, PbxConfig
 from gateway.patriot.config import PatriotConfig
+from gateway.tlspolicy import MINIMUMS
+
+TLS_MINIMUM_PROBLEM = 'expected "1.2" or "1.3" (TLS 1.0 and 1.1 are never allowed), got {value!r}'
 
 __all__ = ["Config", "ConfigError", "DEFAULTS_NAME", "load", "loads"]
 
@@ -44,6 +47,8 @@ class GatewaySection:
     shutdown_grace: float = attrs.field(
         default=5.0, validator=check(lambda v: 0 <= v <= 3600, "must be between 0 and 3600 seconds, got {value!r}")
     )
+    #: the oldest TLS version of every ssl: listener and TLS link: "1.2" or "1.3" (gateway.tlspolicy)
+    tls_minimum: str = attrs.field(default="1.2", validator=check(lambda v: v in MINIMUMS, TLS_MINIMUM_PROBLEM))
 
 
 @section

@@ -149,13 +149,17 @@ def _check_address(kind: str, text: str) -> None:
 
 
 class ServerEndpoint(_EndpointString):
-    """A listening endpoint string: ``tcp:4143``, ``ssl:...``, ``systemd:domain=INET:index=0``."""
+    """A listening endpoint string: ``tcp:4143``, ``ssl:...``, ``systemd:domain=INET:index=0``.
+
+    ``ssl:`` is read as :mod:`gateway.tlspolicy` reads it (its files too), so a key it refuses
+    (``sslmethod``) or a ``tls:`` listener is reported at load.
+    """
 
     kind = "listening"
 
     @staticmethod
     def _parse(reactor, text):
-        from twisted.internet.endpoints import serverFromString
+        from gateway.tlspolicy import DEFAULT
 
         if text.startswith("systemd:"):
             # The inherited descriptors exist only under systemd; check the
@@ -166,7 +170,7 @@ class ServerEndpoint(_EndpointString):
             ):
                 raise ValueError("systemd endpoints need domain=INET|INET6|UNIX and index=N or name=NAME")
             return None
-        return serverFromString(reactor, text)
+        return DEFAULT.server_endpoint(reactor, text)
 
 
 class ClientEndpoint(_EndpointString):
@@ -176,9 +180,9 @@ class ClientEndpoint(_EndpointString):
 
     @staticmethod
     def _parse(reactor, text):
-        from twisted.internet.endpoints import clientFromString
+        from gateway.tlspolicy import DEFAULT
 
-        return clientFromString(reactor, text)
+        return DEFAULT.client_endpoint(reactor, text)
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

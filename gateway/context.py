@@ -96,12 +96,21 @@ class Context:
     #: the process exit status once the reactor stops (set by a fatal error)
     exit_code: int = 0
 
+    @property
+    def tls(self):
+        """The TLS policy of every listener and link (``[gateway] tls_minimum``): a ``gateway.tlspolicy.TlsPolicy``."""
+        from gateway.tlspolicy import TlsPolicy
+
+        return TlsPolicy.from_config(self.config)
+
     def listen(self, name: str, description: str, factory) -> None:
         """Ask for ``factory`` to be served on the endpoint ``description``.
 
         Every listener is bound before the daemon reports itself started; one
-        that cannot be bound stops the start with an error naming it.
+        that cannot be bound stops the start with an error naming it. An
+        ``ssl:`` listener follows :attr:`tls`.
         """
         from gateway.listeners import Listener
 
-        self.listeners.append(Listener(self.reactor, name, description, factory, self.readiness.register(f"listener:{name}")))
+        self.listeners.append(Listener(self.reactor, name, description, factory, self.readiness.register(f"listener:{name}"),
+                                       tls=self.tls))

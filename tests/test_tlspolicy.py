@@ -1,0 +1,343 @@
+"""The TLS policy (gateway.tlspolicy) over real loopback sockets: every ``ssl:`` listener refuses TLS 1.0/1.1
+and the weak cipher suites, follows ``[gateway] tls_minimum = "1.3"``; every client link refuses a server
+that offers only TLS 1.1 (or only 1.2 under a 1.3 minimum); the key is checked at config load.
+
+The old-protocol clients are Python's ``ssl`` module with ``@SECLEVEL=0``, so that OpenSSL's own security
+level does not refuse TLS 1.0/1.1 on the client side: the tests prove the *gateway's* side refuses. A lax
+server (TLS 1.0-1.1, SECLEVEL 0) shows the same client is served when the policy is not in the way.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl as pyssl
+
+import attrs
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet import defer, protocol, ssl, threads
+from twisted.internet.endpoints import HostnameEndpoint, SSL4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
+
+from gateway import config as gwconfig
+from gateway.confschema import ConfigError
+from gateway.context import Readiness
+from gateway.listeners import Listener, StartupError
+from gateway.tlspolicy import CIPHERS, DEFAULT, TlsPolicy
+
+#: the old-protocol clients are deliberate
+pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+
+HOST = "localhost"
+TIMEOUT = 10.0
+
+
+def reactor():
+    from twisted.internet import reactor as r
+
+    return r
+
+
+# -- certificates ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Pem:
+    cert_path: str
+    key_path: str
+    cert_pem: bytes
+    key_pem: bytes
+
+    def trust_root(self):
+        return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(self.cert_pem)])
+
+    def pair(self):
+        return ssl.PrivateCertificate.loadPEM(self.cert_pem + b"\n" + self.key_pem)
+
+
+@pytest.fixture(scope="module")
+def rsa_pem(tmp_path_factory):
+    """An RSA self-signed certificate for localhost/127.0.0.1 (RSA, so static-RSA suites could be chosen)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    (directory / "cert.pem").write_bytes(cert_pem)
+    (directory / "key.pem").write_bytes(key_pem)
+    return Pem(str(directory / "cert.pem"), str(directory / "key.pem"), cert_pem, key_pem)
+
+
+def ssl_description(pem, port=0):
+    return f"ssl:{port}:interface=127.0.0.1:privateKey={pem.key_path}:certKey={pem.cert_path}"
+
+
+# -- a blocking client of Python's ssl module (run in a thread) -------------------------------------------
+
+
+def probe(port, *, minimum=pyssl.TLSVersion.TLSv1, maximum=None, ciphers="DEFAULT:@SECLEVEL=0"):
+    """Handshake with 127.0.0.1:``port`` and echo one line; ``(version, cipher)`` or the SSLError/OSError."""
+    context = pyssl.SSLContext(pyssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = pyssl.CERT_NONE
+    context.set_ciphers(ciphers)
+    context.minimum_version = minimum
+    if maximum is not None:
+        context.maximum_version = maximum
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname=HOST) as tls:
+                tls.sendall(b"ping\n")
+                echoed = tls.recv(5)
+                assert echoed == b"ping\n", echoed
+                return tls.version(), tls.cipher()[0]
+        except (pyssl.SSLError, ConnectionError) as e:
+            return e
+
+
+def probe_in_thread(port, **kwargs) -> defer.Deferred:
+    return threads.deferToThread(probe, port, **kwargs).addTimeout(TIMEOUT + 5, reactor())
+
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+def echo_factory():
+    return protocol.Factory.forProtocol(Echo)
+
+
+@pytest_twisted.async_yield_fixture
+async def listeners():
+    """``start(description, tls=...)``: a real gateway Listener serving an echo; stopped afterwards."""
+    started = []
+
+    def start(description, tls=DEFAULT):
+        listener = Listener(reactor(), "test", description, echo_factory(), Readiness().register("listener:test"),
+                            tls=tls)
+        listener.bind()
+        started.append(listener)
+        return listener.port.getHost().port
+
+    yield start
+    for listener in started:
+        await listener.stopService()
+
+
+# -- a lax server: what an old peer would offer -----------------------------------------------------------
+
+
+@implementer(IOpenSSLContextFactory)
+class LaxServerContext:
+    """A server context of its own: only the TLS versions ``low``..``high``, any cipher (SECLEVEL 0)."""
+
+    def __init__(self, pem, low, high):
+        self._pair = pem.pair()
+        self._low, self._high = low, high
+
+    def getContext(self):
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.use_certificate(self._pair.original.to_cryptography())
+        context.use_privatekey(self._pair.privateKey.original.to_cryptography_key())
+        context.set_min_proto_version(self._low)
+        context.set_max_proto_version(self._high)
+        context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        return context
+
+
+@pytest_twisted.async_yield_fixture
+async def lax_server(rsa_pem):
+    """``start(low, high)``: an echo server speaking only TLS versions low..high; returns its port."""
+    ports = []
+
+    async def start(low, high):
+        port = await SSL4ServerEndpoint(reactor(), 0, LaxServerContext(rsa_pem, low, high),
+                                        interface="127.0.0.1").listen(echo_factory())
+        ports.append(port)
+        return port.getHost().port
+
+    yield start
+    for port in ports:
+        await port.stopListening()
+
+
+# -- server side ---------------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ssl_listener_refuses_tls_1_0_and_1_1_clients(listeners, lax_server, rsa_pem):
+    port = listeners(ssl_description(rsa_pem))
+    for version in (pyssl.TLSVersion.TLSv1, pyssl.TLSVersion.TLSv1_1):
+        refused = await probe_in_thread(port, maximum=version)
+        assert isinstance(refused, (pyssl.SSLError, ConnectionError)), (version, refused)
+    # the same clients are served by a server that allows them: the refusal above is the gateway's
+    lax = await lax_server(SSL.TLS1_VERSION, SSL.TLS1_1_VERSION)
+    for version, name in ((pyssl.TLSVersion.TLSv1, "TLSv1"), (pyssl.TLSVersion.TLSv1_1, "TLSv1.1")):
+        served = await probe_in_thread(lax, maximum=version)
+        assert not isinstance(served, Exception) and served[0] == name, served
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ssl_listener_serves_tls_1_2_and_1_3_with_strong_ciphers(listeners, rsa_pem):
+    port = listeners(ssl_description(rsa_pem))
+    version, cipher = await probe_in_thread(port, maximum=pyssl.TLSVersion.TLSv1_2)
+    assert version == "TLSv1.2"
+    assert cipher.startswith(("ECDHE-", "DHE-")) and ("GCM" in cipher or "CHACHA20" in cipher), cipher
+    version, cipher = await probe_in_thread(port, ciphers="DEFAULT")
+    assert version == "TLSv1.3"
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_minimum_1_3_an_ssl_listener_refuses_a_tls_1_2_client(listeners, rsa_pem):
+    port = listeners(ssl_description(rsa_pem), tls=TlsPolicy("1.3"))
+    refused = await probe_in_thread(port, maximum=pyssl.TLSVersion.TLSv1_2)
+    assert isinstance(refused, (pyssl.SSLError, ConnectionError)), refused
+    assert (await probe_in_thread(port))[0] == "TLSv1.3"
+
+
+#: weak TLS 1.2 suites, by family (OpenSSL cipher strings)
+WEAK = {
+    "static RSA key exchange, CBC": "AES128-SHA",
+    "static RSA key exchange, GCM": "AES128-GCM-SHA256",
+    "ECDHE with CBC and SHA-1": "ECDHE-RSA-AES128-SHA",
+    "ECDHE with CBC and SHA-256": "ECDHE-RSA-AES128-SHA256",
+    "NULL encryption": "eNULL",
+    "anonymous": "aNULL",
+    "RC4": "RC4",
+    "3DES": "3DES",
+    "EXPORT": "EXPORT",
+    "DES": "DES",
+    "PSK": "PSK",
+    "CAMELLIA": "CAMELLIA",
+}
+#: those every OpenSSL 3 build has, so the live handshake below is always tried for them
+ALWAYS_OFFERABLE = {"static RSA key exchange, CBC", "static RSA key exchange, GCM", "ECDHE with CBC and SHA-1",
+                    "ECDHE with CBC and SHA-256"}
+
+
+def _expand(cipher_string):
+    """The suites an OpenSSL cipher string names at SECLEVEL 0 (pyOpenSSL's OpenSSL); () if none."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.set_cipher_list(f"{cipher_string}:@SECLEVEL=0".encode())
+    except SSL.Error:
+        return set()
+    return set(SSL.Connection(context, None).get_cipher_list()) - _tls13_suites()
+
+
+def _tls13_suites():
+    return {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
+            "TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256"}
+
+
+def offered(policy, *, server_pem=None):
+    """The suites a context of ``policy`` offers, and its options."""
+    if server_pem is not None:
+        pair = server_pem.pair()
+        options = policy.server_options(private_key=pair.privateKey.original.to_cryptography_key(),
+                                        certificate=pair.original.to_cryptography())
+    else:
+        options = ssl.CertificateOptions(**policy.certificate_options())
+    context = options.getContext()
+    flags = context.set_options(0)  # (adds nothing) the options in force; before a Connection freezes it
+    return set(SSL.Connection(context, None).get_cipher_list()), flags
+
+
+@pytest.mark.parametrize("minimum", ["1.2", "1.3"])
+def test_a_policy_context_offers_only_forward_secret_aead_suites_and_no_old_version(minimum, rsa_pem):
+    for server_pem in (None, rsa_pem):
+        suites, options = offered(TlsPolicy(minimum), server_pem=server_pem)
+        for suite in suites - _tls13_suites():
+            assert suite.startswith(("ECDHE-", "DHE-")) and ("-GCM-" in suite or "CHACHA20" in suite), suite
+        assert options & SSL.OP_NO_SSLv3 and options & SSL.OP_NO_TLSv1 and options & SSL.OP_NO_TLSv1_1
+        assert bool(options & SSL.OP_NO_TLSv1_2) == (minimum == "1.3")
+        for family, spec in WEAK.items():
+            assert not suites & _expand(spec), family
+
+
+@pytest.mark.parametrize("family", sorted(WEAK))
+@pytest_twisted.ensureDeferred
+async def test_a_weak_suite_cannot_be_negotiated_with_an_ssl_listener(family, listeners, rsa_pem):
+    port = listeners(ssl_description(rsa_pem))
+    try:
+        pyssl.SSLContext(pyssl.PROTOCOL_TLS_CLIENT).set_ciphers(f"{WEAK[family]}:@SECLEVEL=0")
+    except pyssl.SSLError:
+        # this machine's OpenSSL cannot even offer it; the policy's own list has none of it (test above)
+        assert family not in ALWAYS_OFFERABLE
+        return
+    refused = await probe_in_thread(port, maximum=pyssl.TLSVersion.TLSv1_2, ciphers=f"{WEAK[family]}:@SECLEVEL=0")
+    assert isinstance(refused, (pyssl.SSLError, ConnectionError)), (family, refused)
+
+
+# -- the policy's own endpoint strings --------------------------------------------------------------------------
+
+
+def test_an_ssl_listener_with_sslmethod_or_a_tls_listener_is_refused(rsa_pem):
+    with pytest.raises(StartupError, match="sslmethod is not supported"):
+        Listener(reactor(), "admin", ssl_description(rsa_pem) + ":sslmethod=TLSv1_METHOD", echo_factory(),
+                 Readiness().register("x")).bind()
+    with pytest.raises(ValueError, match="tls: listeners are not supported"):
+        DEFAULT.server_endpoint(reactor(), "tls:/etc/ssl:port=8443")
+    with pytest.raises(ValueError, match="unknown ssl: option 'cipher'"):
+        DEFAULT.server_endpoint(reactor(), ssl_description(rsa_pem) + ":cipher=RC4")
+
+
+def test_ssl_listener_keys_are_twisteds(rsa_pem, tmp_path):
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(rsa_pem.cert_pem)
+    endpoint = DEFAULT.server_endpoint(
+        reactor(), f"ssl:port=0:backlog=7:interface=127.0.0.1:privateKey={rsa_pem.key_path}:"
+                   f"certKey={rsa_pem.cert_path}:extraCertChain={chain}")
+    assert isinstance(endpoint, SSL4ServerEndpoint)
+    assert DEFAULT.server_endpoint(reactor(), "tcp:0").__class__.__name__ == "TCP4ServerEndpoint"
+
+
+# -- configuration --------------------------------------------------------------------------------------------------
+
+
+def test_tls_minimum_is_validated_at_config_load(rsa_pem):
+    assert gwconfig.loads("", "t").gateway.tls_minimum == "1.2"
+    assert gwconfig.load(None).gateway.tls_minimum == "1.2"
+    assert gwconfig.loads('[gateway]\ntls_minimum = "1.3"\n', "t").gateway.tls_minimum == "1.3"
+    for bad in ('"1.1"', '"1.0"', '"TLSv1.2"', '""'):
+        with pytest.raises(ConfigError) as e:
+            gwconfig.loads(f"[gateway]\ntls_minimum = {bad}\n", "gw.toml")
+        assert str(e.value) == (f'gw.toml: gateway.tls_minimum: expected "1.2" or "1.3" (TLS 1.0 and 1.1 are never '
+                                f"allowed), got {bad.replace(chr(34), chr(39))}")
+    with pytest.raises(ConfigError, match="gateway.tls_minimum: expected a string, got float 1.2"):
+        gwconfig.loads("[gateway]\ntls_minimum = 1.2\n", "gw.toml")
+    with pytest.raises(ConfigError, match="admin.listen: .*sslmethod is not supported"):
+        gwconfig.loads(f'[admin]\nlisten = "{ssl_description(rsa_pem)}:sslmethod=TLSv1_2_METHOD"\n', "gw.toml")
+
+
+def test_the_daemon_context_hands_the_configured_policy_to_its_listeners(rsa_pem):
+    from gateway.context import Context
+
+    config = gwconfig.loads('[gateway]\ntls_minimum = "1.3"\n', "t")
+    ctx = Context(reactor=reactor(), config=config, state_dir=None, metrics=None)
+    assert ctx.tls == TlsPolicy("1.3")
+    ctx.listen("admin", ssl_description(rsa_pem), echo_factory())
+    assert ctx.listeners[0]._tls == TlsPolicy("1.3")
+
+
+def test_the_cipher_string_names_only_strong_families():
+    assert "RSA+" not in CIPHERS and "!aNULL" in CIPHERS and "!eNULL" in CIPHERS
