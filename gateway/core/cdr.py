@@ -3,29 +3,35 @@
 :func:`build_cdr` renders a :class:`~gateway.core.model.Call` in the store's
 contract (times as ISO 8601 UTC from the registry's clock). A
 :class:`RetryingSink` hands records to an asynchronous sink (the store's
-``add_cdr`` or ``attach_provider_cdr``) without ever holding up the caller: a
-failure is logged and retried with growing delays, and a record still
-undelivered when the sink is closed is logged in full, so none is lost
-silently. A ``ValueError`` is the sink refusing the record itself (the
-store's contract: malformed, or already stored): it is logged in full and not
-retried.
+``add_cdr`` or ``attach_provider_cdr``, or any other store write) without
+ever holding up the caller: while the sink fails, records wait in a bounded
+queue in arrival order and the oldest is retried with growing delays; once it
+goes through, the rest follow. A record that cannot be kept (the queue is
+full, or it still fails when the sink is closed) is logged in full and
+counted, so none is lost silently. A ``ValueError`` is the sink refusing the
+record itself (the store's contract: malformed, or already stored): it is
+logged in full and not retried.
 """
 
 from __future__ import annotations
 
+import collections
 import typing
 
+import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.core.model import Call, Leg, iso8601
 
-__all__ = ["RetryingSink", "build_cdr"]
+__all__ = ["PENDING_MAX", "PendingFull", "RetryingSink", "build_cdr"]
 
 log = Logger()
 
 #: seconds between attempts; the last value repeats
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: records one sink keeps pending by default (``[store] pending_max``)
+PENDING_MAX = 10000
 
 
 def _seconds(start: float | None, end: float | None) -> float:
@@ -74,75 +80,207 @@ def build_cdr(call: Call, node: str) -> dict:
     }
 
 
-class RetryingSink:
-    """Delivers records to ``sink(*args) -> Deferred``, retrying on failure, never blocking the caller."""
+class PendingFull(Exception):
+    """A record was not kept: too many were waiting already, or it was still unwritten at close (it was logged in full)."""
 
-    def __init__(self, clock, sink: typing.Callable[..., defer.Deferred], what: str, delays=RETRY_DELAYS) -> None:
+
+@attrs.define(eq=False)
+class _Pending:
+    seq: int
+    args: tuple
+    #: what :meth:`RetryingSink.submit` returned
+    done: defer.Deferred
+
+
+class RetryingSink:
+    """Delivers records to ``sink(*args) -> Deferred``, retrying on failure, never blocking the caller.
+
+    While the sink works, each record is handed to it at once. Once an attempt fails (with anything
+    but a ``ValueError``), the sink is taken as down: only the oldest waiting record is tried again,
+    after a growing delay (``delays``; the last one repeats), and later records wait behind it in
+    arrival order, so an outage costs one attempt per delay, not one per record. The first attempt
+    that succeeds sends every waiting record at once.
+
+    At most ``pending_max`` records are pending (being written or waiting). One more is not kept:
+    it is logged in full at critical level, counted, and its :meth:`submit` fails with
+    :class:`PendingFull`; nothing is dropped silently. So is a record still failing at :meth:`close`.
+
+    ``observer`` (or None) is told, with this sink's ``what``: ``watch(what, sink)`` once (to read
+    :attr:`pending`), ``attempt_failed(what, error)`` after every failed attempt, ``written(what)``
+    after every record the sink took, and ``not_written(what, reason)`` (``refused``, ``overflow``
+    or ``shutdown``) for every record given up.
+    """
+
+    def __init__(self, clock, sink: typing.Callable[..., defer.Deferred], what: str, delays=RETRY_DELAYS,
+                 *, pending_max: int = PENDING_MAX, observer=None) -> None:
+        if pending_max < 1:
+            raise ValueError(f"pending_max must be at least 1, got {pending_max!r}")
         self._clock = clock
         self._sink = sink
         self._what = what
         self._delays = delays
-        self._in_flight: set[defer.Deferred] = set()
-        self._waiting: dict[object, tuple] = {}  # DelayedCall -> args
+        self._pending_max = pending_max
+        self._observer = observer
+        self._seq = 0
+        self._in_flight = 0
+        #: records waiting for the sink to work again, oldest (lowest seq) first
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._down = False
+        self._rounds = 0  # retries scheduled in this outage
+        self._timer = None
+        self._probing = False
+        self._draining = False
         self._closed = False
+        self._on_settled: list[defer.Deferred] = []
+        if observer is not None:
+            observer.watch(what, self)
 
     @property
     def pending(self) -> int:
         """Records not yet accepted by the sink."""
-        return len(self._in_flight) + len(self._waiting)
+        return self._in_flight + len(self._waiting)
+
+    @property
+    def down(self) -> bool:
+        """Whether records wait because the last attempt failed."""
+        return self._down
 
     def write(self, *args) -> None:
-        """Hand ``args`` to the sink now; retry later if it fails."""
-        self._attempt(args, 0)
+        """Hand ``args`` to the sink now (or queue them while it is down); retry later if it fails."""
+        self.submit(*args).addErrback(lambda _: None)  # every record given up is logged in full already
 
-    def _attempt(self, args: tuple, attempt: int) -> None:
-        d = defer.maybeDeferred(self._sink, *args)
-        self._in_flight.add(d)
-        d.addErrback(self._failed, args, attempt)
-        d.addBoth(self._settled, d)
+    def submit(self, *args) -> defer.Deferred:
+        """Like :meth:`write`; fires with the sink's result once it took the record.
 
-    def _settled(self, _, d) -> None:
-        self._in_flight.discard(d)
+        Fails with the sink's ``ValueError`` when it refuses the record itself, and with
+        :class:`PendingFull` when the record was given up (queue full, or still failing at close).
+        """
+        self._seq += 1
+        record = _Pending(self._seq, args, defer.Deferred())
+        if self.pending >= self._pending_max:
+            self._give_up(record, "overflow", f"{self.pending} {self._what} records are pending already "
+                          f"(pending_max {self._pending_max})")
+        elif self._down and not self._closed:
+            self._waiting.append(record)
+        else:
+            self._attempt(record)
+        return record.done
 
-    def _failed(self, failure, args: tuple, attempt: int) -> None:
+    def _attempt(self, record: _Pending, probe: bool = False) -> None:
+        self._in_flight += 1
+        self._probing = self._probing or probe
+        d = defer.maybeDeferred(self._sink, *record.args)
+        d.addCallbacks(self._succeeded, self._failed, (record, probe), errbackArgs=(record, probe))
+
+    def _succeeded(self, result, record: _Pending, probe: bool) -> None:
+        self._in_flight -= 1
+        if probe:
+            self._probing = False
+        if self._down:
+            log.info("{what} records are written again; the {waiting} waiting go now",
+                     what=self._what, waiting=len(self._waiting))
+            self._down, self._rounds = False, 0
+            self._cancel_timer()
+        if self._observer is not None:
+            self._observer.written(self._what)
+        record.done.callback(result)
+        self._drain()
+        self._check_settled()
+
+    def _failed(self, failure, record: _Pending, probe: bool) -> None:
+        self._in_flight -= 1
+        if probe:
+            self._probing = False
+        error = failure.getErrorMessage()
         if failure.check(ValueError):
             # the sink refused the record itself (the store's contract: malformed, or a duplicate)
             log.error("{what} {record_id} was refused ({error}); not retried: {record!r}", what=self._what,
-                      record_id=_record_id(args), error=failure.getErrorMessage(), record=args)
+                      record_id=_record_id(record.args), error=error, record=record.args)
+            if self._observer is not None:
+                self._observer.not_written(self._what, "refused")
+            record.done.errback(failure)
+        else:
+            if self._observer is not None:
+                self._observer.attempt_failed(self._what, error)
+            if self._closed:
+                self._give_up(record, "shutdown", error)
+            else:
+                self._down = True
+                self._wait(record)
+                self._schedule(error)
+        self._check_settled()
+
+    def _wait(self, record: _Pending) -> None:
+        """Put a failed record back among the waiting ones, in arrival order."""
+        if not self._waiting or self._waiting[-1].seq < record.seq:
+            self._waiting.append(record)
             return
-        if self._closed:
-            self._lost(args, failure.getErrorMessage())
+        for index, other in enumerate(self._waiting):
+            if other.seq > record.seq:
+                self._waiting.insert(index, record)
+                return
+
+    def _schedule(self, error: str) -> None:
+        """Retry the oldest waiting record after the delay for this round of the outage."""
+        if self._timer is not None or self._probing:
             return
-        delay = self._delays[min(attempt, len(self._delays) - 1)]
-        log.warn(
-            "writing {what} {record_id} failed (attempt {attempt}): {error}; retrying in {delay} s",
-            what=self._what, record_id=_record_id(args), attempt=attempt + 1,
-            error=failure.getErrorMessage(), delay=delay,
+        delay = self._delays[min(self._rounds, len(self._delays) - 1)]
+        self._rounds += 1
+        # the first failure of an outage is worth a warning; its retries are not
+        (log.warn if self._rounds == 1 else log.info)(
+            "writing {what} records failed (attempt {attempt}): {error}; {waiting} waiting, next attempt in {delay} s",
+            what=self._what, attempt=self._rounds, error=error, waiting=len(self._waiting), delay=delay,
         )
-        call = None
+        self._timer = self._clock.callLater(delay, self._retry)
 
-        def retry():
-            del self._waiting[call]
-            self._attempt(args, attempt + 1)
+    def _retry(self) -> None:
+        self._timer = None
+        if self._waiting:
+            self._attempt(self._waiting.popleft(), probe=True)
 
-        call = self._clock.callLater(delay, retry)
-        self._waiting[call] = args
+    def _drain(self) -> None:
+        """Send every waiting record (a loop: a sink that answers at once does not recurse per record)."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._waiting and not self._down:
+                self._attempt(self._waiting.popleft())
+        finally:
+            self._draining = False
 
-    def _lost(self, args: tuple, error: str) -> None:
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _give_up(self, record: _Pending, reason: str, error: str) -> None:
         log.critical(
             "{what} {record_id} could not be written ({error}); here it is in full: {record!r}",
-            what=self._what, record_id=_record_id(args), error=error, record=args,
+            what=self._what, record_id=_record_id(record.args), error=error, record=record.args,
         )
+        if self._observer is not None:
+            self._observer.not_written(self._what, reason)
+        record.done.errback(PendingFull(f"{self._what} {_record_id(record.args)} was not written: {error}"))
 
     def close(self) -> defer.Deferred:
         """Stop retrying: try every waiting record once more now, and fire when all attempts have settled
         (a record that still fails is logged in full)."""
         self._closed = True
-        for call, args in list(self._waiting.items()):
-            call.cancel()
-            del self._waiting[call]
-            self._attempt(args, 0)
-        return defer.DeferredList(list(self._in_flight)).addCallback(lambda _: None)
+        self._down = False
+        self._cancel_timer()
+        while self._waiting:
+            self._attempt(self._waiting.popleft())
+        d = defer.Deferred()
+        self._on_settled.append(d)
+        self._check_settled()
+        return d
+
+    def _check_settled(self) -> None:
+        if self._closed and not self.pending:
+            waiting, self._on_settled = self._on_settled, []
+            for d in waiting:
+                d.callback(None)
 
 
 def _record_id(args: tuple) -> str:

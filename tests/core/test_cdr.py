@@ -4,7 +4,7 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.core.cdr import RetryingSink
+from gateway.core.cdr import PendingFull, RetryingSink
 from gateway.core.model import iso8601
 
 from .harness import Harness
@@ -83,3 +83,123 @@ class RetryingSinkTests(SynchronousTestCase):
         [refused] = [e for e in events if e["log_level"] is LogLevel.error]
         self.assertEqual(refused["record"], ({"call_id": "dup"},))
 
+
+
+class _Observer:
+    """What a RetryingSink tells its observer, in order."""
+
+    def __init__(self):
+        self.sinks = {}
+        self.events = []
+
+    def watch(self, what, sink):
+        self.sinks[what] = sink
+
+    def attempt_failed(self, what, error):
+        self.events.append(("failed", what, error))
+
+    def written(self, what):
+        self.events.append(("written", what))
+
+    def not_written(self, what, reason):
+        self.events.append(("not_written", what, reason))
+
+
+class _Switch:
+    """A sink that fails while ``down`` and keeps what it took, answering at once."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.down = False
+        self.attempts = []
+        self.taken = []
+
+    def __call__(self, record):
+        self.attempts.append((self.clock.seconds(), record["call_id"]))
+        if self.down:
+            return defer.fail(OSError("disk I/O error"))
+        self.taken.append(record["call_id"])
+        return defer.succeed(record["call_id"])
+
+
+class OutageTests(SynchronousTestCase):
+    def test_while_down_only_the_oldest_is_retried_and_the_rest_follow_in_order(self):
+        clock = task.Clock()
+        switch = _Switch(clock)
+        observer = _Observer()
+        sink = RetryingSink(clock, switch, "CDR", delays=(1.0, 3.0), observer=observer)
+        switch.down = True
+        for n in range(5):
+            sink.write({"call_id": f"c{n}"})
+        clock.pump([1.0, 3.0, 3.0])
+        # c0 failed, the others queued behind it without an attempt; then only c0 again
+        self.assertEqual(switch.attempts, [(0.0, "c0"), (1.0, "c0"), (4.0, "c0"), (7.0, "c0")])
+        self.assertEqual(sink.pending, 5)
+        self.assertTrue(sink.down)
+        self.assertIs(observer.sinks["CDR"], sink)
+        switch.down = False
+        clock.advance(3.0)
+        self.assertEqual(switch.taken, ["c0", "c1", "c2", "c3", "c4"])
+        self.assertEqual((sink.pending, sink.down), (0, False))
+        self.assertEqual(observer.events.count(("written", "CDR")), 5)
+        self.assertEqual([e for e in observer.events if e[0] == "failed"], [("failed", "CDR", "disk I/O error")] * 4)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_submit_fires_once_the_record_is_finally_taken(self):
+        clock = task.Clock()
+        switch = _Switch(clock)
+        sink = RetryingSink(clock, switch, "SMS", delays=(2.0,))
+        switch.down = True
+        d = sink.submit({"call_id": "s1"})
+        self.assertNoResult(d)
+        switch.down = False
+        clock.advance(2.0)
+        self.assertEqual(self.successResultOf(d), "s1")
+
+    def test_past_pending_max_a_record_is_logged_in_full_counted_and_refused(self):
+        clock = task.Clock()
+        switch = _Switch(clock)
+        observer = _Observer()
+        sink = RetryingSink(clock, switch, "CDR", pending_max=2, observer=observer)
+        switch.down = True
+        sink.write({"call_id": "a"})
+        sink.write({"call_id": "b"})
+        with capturedLogs() as events:
+            d = sink.submit({"call_id": "c", "caller": "0811"})
+        self.failureResultOf(d, PendingFull)
+        [critical] = [e for e in events if e["log_level"] is LogLevel.critical]
+        self.assertEqual(critical["record"], ({"call_id": "c", "caller": "0811"},))
+        self.assertIn("pending_max 2", critical["error"])
+        self.assertIn(("not_written", "CDR", "overflow"), observer.events)
+        self.assertEqual(sink.pending, 2)
+        switch.down = False
+        clock.advance(60)
+        self.assertEqual(switch.taken, ["a", "b"])
+
+    def test_records_still_failing_at_close_are_logged_in_full(self):
+        clock = task.Clock()
+        switch = _Switch(clock)
+        observer = _Observer()
+        sink = RetryingSink(clock, switch, "CDR", observer=observer)
+        switch.down = True
+        sink.write({"call_id": "a"})
+        sink.write({"call_id": "b"})
+        with capturedLogs() as events:
+            self.successResultOf(sink.close())
+        self.assertEqual([e["record"] for e in events if e["log_level"] is LogLevel.critical],
+                         [({"call_id": "a"},), ({"call_id": "b"},)])
+        self.assertEqual([e for e in observer.events if e[0] == "not_written"], [("not_written", "CDR", "shutdown")] * 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_long_outage_costs_one_attempt_per_retry_and_drains_without_recursing(self):
+        clock = task.Clock()
+        switch = _Switch(clock)
+        sink = RetryingSink(clock, switch, "CDR", delays=(1.0,))
+        switch.down = True
+        for n in range(5000):
+            sink.write({"call_id": f"c{n}"})
+        switch.down = False
+        clock.advance(1.0)
+        self.assertEqual(len(switch.taken), 5000)
+        self.assertEqual(len(switch.attempts), 5001)  # c0 failed once; nothing else was tried in vain
+        self.assertEqual(sink.pending, 0)
