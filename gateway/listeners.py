@@ -3,30 +3,38 @@
 ``StreamServerEndpointService`` only logs a failed listen, which leaves a
 half-started daemon; :class:`Listener` binds synchronously when the service
 starts and raises :class:`StartupError` naming the listener and its endpoint.
-An ``ssl:`` endpoint gets the TLS versions and ciphers of :mod:`gateway.tlspolicy`.
 """
 
 from __future__ import annotations
 
+import errno
+
 from twisted.application import service
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
-from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 log = Logger()
 
 
 class StartupError(Exception):
-    """The daemon cannot start; the message is the one line an operator reads."""
+    """The daemon cannot start; the message is the one line an operator reads.
+
+    ``listener`` names the listener that could not be bound, and ``in_use`` is
+    true when its address is taken (another process, maybe another gateway).
+    """
+
+    def __init__(self, message: str, *, listener: str | None = None, in_use: bool = False):
+        super().__init__(message)
+        self.listener = listener
+        self.in_use = in_use
 
 
 class Listener(service.Service):
     """Serve one protocol factory on one endpoint string."""
 
-    def __init__(self, reactor, name: str, description: str, factory, component, *, tls=DEFAULT_TLS):
-        """``tls``: the :class:`gateway.tlspolicy.TlsPolicy` of an ``ssl:`` endpoint."""
+    def __init__(self, reactor, name: str, description: str, factory, component):
         self.name = name
         self.description = str(description)
         self._reactor = reactor
@@ -35,7 +43,6 @@ class Listener(service.Service):
         if hasattr(factory, "noisy"):
             factory.noisy = False
         self._component = component
-        self._tls = tls
         self.port = None
 
     def bind(self) -> None:
@@ -43,7 +50,7 @@ class Listener(service.Service):
         if self.port is not None:
             return
         try:
-            endpoint = self._tls.server_endpoint(self._reactor, self.description)
+            endpoint = serverFromString(self._reactor, self.description)
         except Exception as e:
             raise StartupError(f"cannot listen on {self.description} ({self.name}): {e}") from None
         outcome = []
@@ -54,7 +61,8 @@ class Listener(service.Service):
             error = outcome[0].value
             reason = getattr(error, "socketError", None) or error
             detail = getattr(reason, "strerror", None) or str(reason)
-            raise StartupError(f"cannot listen on {self.description} ({self.name}): {detail}")
+            raise StartupError(f"cannot listen on {self.description} ({self.name}): {detail}", listener=self.name,
+                               in_use=getattr(reason, "errno", None) == errno.EADDRINUSE)
         self.port = outcome[0]
         self._component.set_up()
         address = getattr(self.port, "getHost", lambda: None)()

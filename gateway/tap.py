@@ -45,6 +45,23 @@ ADAPTERS = {
 }
 
 
+#: listener name -> the configuration key of its endpoint, for the message when its port is taken
+LISTEN_KEYS = {"admin": "[admin] listen", "optimaccs": "[optimaccs] listen", "patriot-bridge": "[patriot.bridge] listen"}
+
+
+def in_use_hint(listener: str | None, source: str | None) -> str:
+    """What to do when ``listener``'s port is taken, naming its key and the file (``source``; None: the defaults)."""
+    key = LISTEN_KEYS.get(listener, f"the {listener} listener's endpoint")
+    if source:
+        change = f"change {key} in {source}"
+    else:
+        change = (f"copy etc/gateway.toml, change {key} in the copy and start with --config PATH"
+                  " (make run ARGS='--config PATH')")
+    if listener == "admin":
+        return f"a gateway may already be running (stop it, or, to run a second one, {change})"
+    return f"another program uses that port (stop it, or {change})"
+
+
 class Options(usage.Options):
     synopsis = "[--config PATH]"
     longdesc = (
@@ -87,10 +104,12 @@ def adapter_states(config) -> dict[str, str]:
 class GatewayService(service.MultiService):
     """The daemon: listeners, then rooms in start order; stopped in phases."""
 
-    def __init__(self, ctx: Context, systemd):
+    def __init__(self, ctx: Context, systemd, source: str | None = None):
         super().__init__()
         self.ctx = ctx
         self.systemd = systemd
+        #: the configuration file (None: the embedded defaults), named in start-up errors
+        self.source = source
         self.store_service = None
         self.core_service = None
         self.adapter_services: list = []
@@ -105,8 +124,9 @@ class GatewayService(service.MultiService):
             for listener in self.ctx.listeners:
                 if listener.port is not None:
                     listener.stopService()
-            log.critical("{error}", error=str(e))
-            raise SystemExit(f"gateway: {e}") from None
+            message = f"{e}; {in_use_hint(e.listener, self.source)}" if getattr(e, "in_use", False) else str(e)
+            log.critical("{error}", error=message)
+            raise SystemExit(f"gateway: {message}") from None
 
     def privilegedStartService(self):
         self._bind_listeners()
@@ -176,8 +196,8 @@ def _exit_code_trigger(ctx: Context):
         os._exit(code)
 
 
-def build(config, reactor) -> GatewayService:
-    """Assemble the daemon for a validated ``config`` (used by tests too)."""
+def build(config, reactor, source: str | None = None) -> GatewayService:
+    """Assemble the daemon for a validated ``config`` (used by tests too); ``source``: its file, None for the defaults."""
     from gateway.admin.metrics import make_metrics_registry
     from gateway.admin.site import make_site
     from gateway.admin.token import resolve_token
@@ -194,7 +214,7 @@ def build(config, reactor) -> GatewayService:
     metrics = make_metrics_registry()
     ctx = Context(reactor=reactor, config=config, state_dir=state_dir, metrics=metrics,
                   media_ports=counted_ports(metrics, config.media.queue_ms))
-    root = GatewayService(ctx, SystemdService(Notifier(), reactor))
+    root = GatewayService(ctx, SystemdService(Notifier(), reactor), source)
 
     ctx.store = open_store(config.store.url, reactor)
     root.store_service = _StoreService(ctx.store)
@@ -250,6 +270,6 @@ def makeService(options: Options):
         source=options["config"] or DEFAULTS_NAME,
     )
     try:
-        return build(config, reactor)
+        return build(config, reactor, options["config"])
     except (ConfigError, StartupError) as e:
         raise SystemExit(f"gateway: {e}") from None

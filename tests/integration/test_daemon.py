@@ -85,6 +85,26 @@ def test_port_in_use_exits_non_zero_naming_the_endpoint(processes, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_starting_twice_says_a_gateway_may_be_running_and_which_key_to_change(processes, tmp_path):
+    admin = free_port()
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = _gateway(processes, tmp_path / "first", GatewayProcess.config(admin))
+    yield first.start(admin)
+    second = _gateway(processes, tmp_path / "second", GatewayProcess.config(admin))
+    second.spawn()
+    code = yield second.ended
+    assert code != 0
+    assert (f"gateway: cannot listen on tcp:{admin}:interface=127.0.0.1 (admin): Address already in use;"
+            f" a gateway may already be running (stop it, or, to run a second one, change [admin] listen in"
+            f" {second.config_path})") in second.output
+    assert "Traceback" not in second.output
+    status, _ = yield first.api("GET", "/healthz")  # the first one is untouched
+    assert status == 200
+    assert (yield first.stop()) == 0
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_store_that_cannot_be_opened_stops_the_daemon_with_status_1(processes, tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")

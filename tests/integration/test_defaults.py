@@ -60,3 +60,22 @@ def test_click_to_dial_on_the_defaults_goes_dialing_talking_released_with_a_cdr(
     assert cdr["answered_at"] is not None and cdr["billable_seconds"] >= 0
     assert {leg["number"] for leg in cdr["legs"]} >= {"5551234"}
     assert (yield daemon.stop()) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_second_make_run_says_a_gateway_may_be_running_and_what_to_change(daemon, tmp_path):
+    yield daemon.start(admin_port=8080)
+    # The start-up log says which adapters run on the defaults, and which are off.
+    assert ("adapters: optimaccs on, patriot on (bridge on, 0 desktop links), cti off (enabled = false),"
+            " chat off (enabled = false)") in daemon.output
+    (tmp_path / "second").mkdir()
+    second = GatewayProcess(reactor, tmp_path / "second")
+    try:
+        second.spawn()
+        code = yield second.ended.addTimeout(60, reactor)
+    finally:
+        second.kill()
+    assert code != 0
+    assert ("a gateway may already be running (stop it, or, to run a second one, copy etc/gateway.toml, change"
+            " [admin] listen in the copy and start with --config PATH (make run ARGS='--config PATH'))") in second.output
+    assert "Traceback" not in second.output
