@@ -85,7 +85,7 @@ class TrackedCall:
 
     def conversation_init(self, snapshot) -> dict:
         """The ``conversation.query.init`` response body: the state and at least one party."""
-        parties = [Party(p.number or UNKNOWN_NUMBER, p.name or None) for p in snapshot.parties] if snapshot else []
+        parties = [Party(p.number or UNKNOWN_NUMBER, p.name) for p in snapshot.parties] if snapshot else []
         if not parties:
             parties = [Party(_counterpart(snapshot) or UNKNOWN_NUMBER)]
         return ConversationInit(_state(snapshot), parties).to_body()
@@ -174,7 +174,7 @@ class TrackedCall:
         for leg_id, party in now.items():
             if leg_id not in self.parties:
                 self.parties[leg_id] = party.number
-                body = Party(party.number or UNKNOWN_NUMBER, party.name or None).to_body()
+                body = Party(party.number or UNKNOWN_NUMBER, party.name).to_body()
                 self.conversation.raise_event(self.names.conversation_partyadded, body)
         for leg_id in [leg_id for leg_id in self.parties if leg_id not in now]:
             number = self.parties.pop(leg_id)

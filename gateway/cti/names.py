@@ -91,7 +91,7 @@ REQUIRED_PROPERTIES = {
     "conversation_request_senddtmf": ("digits",),
     "channel_request_dial": ("destination",),
     "conversation_failed": ("reason",),
-    "conversation_partyadded": ("number",),
+    "conversation_partyadded": ("number", "name"),
     "conversation_partyremoved": ("number",),
     "conversation_transfer_failed": ("reason",),
     "conversation_conference_failed": ("reason",),
@@ -424,19 +424,20 @@ class InteractionInit:
 
 @attrs.frozen
 class Party:
-    """A party of a conversation: ``{"number", "name"?}``."""
+    """A party of a conversation: ``{"number", "name"}``, in ``conversation.query.init`` and
+    ``conversation.partyadded``. 004 lists both keys: ``name`` is always there, ``""`` when unknown."""
 
     number: str
-    name: str | None = None
+    name: str = attrs.field(default="", converter=lambda name: name or "")
 
     def to_body(self):
-        return _without_none(number=self.number, name=self.name)
+        return {"number": self.number, "name": self.name}
 
     @classmethod
     def from_body(cls, body, where="party"):
         name = body.get("name")
-        if name is not None and not isinstance(name, str):
-            raise BodyError(f"{where}: 'name' must be a string, not {name!r}")
+        if not isinstance(name, str):
+            raise BodyError(f"{where}: 'name' must be a string (empty when unknown), not {name!r}")
         return cls(_text(body, "number", where), name)
 
 

@@ -178,6 +178,13 @@ class InboundCallTests(Bridge):
         self.assertEqual(self.events(interaction), ["interaction.alerting"])
         self.assertEqual(self.events(conversation), ["conversation.started", "conversation.ringing"])
 
+    def test_parties_always_carry_a_name(self):
+        _, _, conversation = self.talking()
+        parties = self.query("conversation.query.init", conversation).body["parties"]
+        self.assertEqual(parties, [{"number": "5551234", "name": ""}])
+        added = [e.body for e in self.sim.events[conversation] if e.name == "conversation.partyadded"]
+        self.assertEqual(added, [{"number": "5551234", "name": ""}])
+
     def test_the_providers_session_id_is_in_the_interaction_data(self):
         self.network.place_inbound("5551234", "103", attributes={"session_id": "opt-42"})
         self.flush()
@@ -196,7 +203,7 @@ class InboundCallTests(Bridge):
         )
         self.assertTrue(self.send("conference", destination="5557777").ok)
         self.advance(2.0)
-        self.assertEqual(self.sim.events[conversation][-1].body, {"number": "5557777"})
+        self.assertEqual(self.sim.events[conversation][-1].body, {"number": "5557777", "name": ""})
         self.assertTrue(self.send("removeparty", number="5557777").ok)
         self.assertEqual(self.sim.events[conversation][-1].body, {"number": "5557777"})
         self.assertTrue(self.send("release").ok)

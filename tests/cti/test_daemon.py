@@ -153,7 +153,7 @@ def test_login_and_a_call_through_every_request(bridge):
 
     added = bridge.event("conversation.partyadded", conversation)
     yield bridge.ok("conference", destination="5557777")
-    assert (yield added).body == {"number": "5557777"}
+    assert (yield added).body == {"number": "5557777", "name": ""}
     removed = bridge.event("conversation.partyremoved", conversation)
     yield bridge.ok("removeparty", number="5557777")
     assert (yield removed).body == {"number": "5557777"}

@@ -299,6 +299,11 @@ class BodyTests(SynchronousTestCase):
     def test_documented_shapes(self):
         self.assertEqual(SessionInit("cg1").to_body(), {"channelgroup": {"id": "cg1"}})
         self.assertEqual(
+            ConversationInit("RINGING", [Party("555"), Party("556", None), Party("557", "Bob")]).to_body(),
+            {"conversation-state": "RINGING",
+             "parties": [{"number": "555", "name": ""}, {"number": "556", "name": ""}, {"number": "557", "name": "Bob"}]},
+        )
+        self.assertEqual(
             ChannelGroupInit([Channel("tel", "1001")]).to_body(),
             {"channels": [{"id": "tel", "end-point": "1001", "type": "telephony"}]},
         )
@@ -316,6 +321,10 @@ class BodyTests(SynchronousTestCase):
         self.assertBad(ChannelGroupInit.from_body, {"channels": [{"id": "t"}]}, "'end-point'")
         self.assertBad(ChannelInit.from_body, {"state": "ACTIVATED"}, "'interactions'")
         self.assertBad(ConversationInit.from_body, {"conversation-state": "RINGING", "parties": []}, "must not be empty")
+        self.assertBad(
+            ConversationInit.from_body, {"conversation-state": "RINGING", "parties": [{"number": "1"}]},
+            "'name' must be a string (empty when unknown)",
+        )
         self.assertBad(ConversationInit.from_body, {"conversation-state": "ON", "parties": [{"number": "1"}]}, "not one of RINGING")
         self.assertBad(InteractionInit.from_body, {"interaction-state": "STARTED"}, "'conversations' must be an object")
         self.assertBad(

@@ -240,7 +240,7 @@ class CallTests(SimTestCase):
         self.assertEqual(accepted.target, INTERACTION)
         client.raise_event(NAMES.interaction_started, INTERACTION)
         client.raise_event(NAMES.conversation_started, CONVERSATION)
-        client.raise_event(NAMES.conversation_partyadded, CONVERSATION, {"number": "5551234"})
+        client.raise_event(NAMES.conversation_partyadded, CONVERSATION, {"number": "5551234", "name": ""})
         client.raise_event(NAMES.conversation_talking, CONVERSATION)
         self.assertTrue(self.result(self.sim.send("hold")).ok)
         client.raise_event(NAMES.conversation_held, CONVERSATION)
@@ -492,9 +492,11 @@ class ViolationTests(SimTestCase):
         self.start_call()
         self.client.raise_event(NAMES.conversation_started, CONVERSATION)
         self.client.raise_event(NAMES.conversation_partyadded, CONVERSATION, {"name": "Bob"})
+        self.client.raise_event(NAMES.conversation_partyadded, CONVERSATION, {"number": "5551234"})
         self.client.raise_event(NAMES.conversation_failed, CONVERSATION)
         self.flush()
         self.assertViolation("conversation.partyadded", "missing number")
+        self.assertViolation("conversation.partyadded", "missing name")
         self.assertViolation("conversation.failed", "missing reason")
 
     def test_announcing_an_interaction_twice(self):
