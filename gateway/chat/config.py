@@ -69,6 +69,14 @@ class ChatConfig:
     transport: str = attrs.field(default="sim", validator=_not_empty)
     #: seconds an emitted event waits for its acknowledgement
     ack_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: bytes: the largest WebSocket message from the chat server (Autobahn refuses a larger one from
+    #: its frame header, before buffering it, and the link reconnects), and the most bytes of binary
+    #: attachments one Socket.IO packet may carry (a larger packet is dropped)
+    max_message_size: int = attrs.field(
+        default=1 << 20, validator=check(lambda v: 1024 <= v <= 1 << 30, "must be from 1024 to 1073741824 bytes, got {value!r}")
+    )
+    #: the most binary attachments one Socket.IO packet may announce (more: the packet is dropped)
+    max_attachments: int = attrs.field(default=10, validator=_not_negative)
     #: first and longest delay (seconds) between connection attempts
     reconnect_initial: float = attrs.field(default=1.0, validator=_positive)
     reconnect_max: float = attrs.field(default=30.0, validator=_positive)

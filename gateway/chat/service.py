@@ -5,7 +5,8 @@ transport plugin named by ``[chat] transport``, the :class:`~gateway.chat.connec
 and its Socket.IO link (a ``ClientService`` retrying with an exponential backoff from
 ``reconnect_initial`` doubling up to ``reconnect_max``), registers the readiness component
 ``chat`` (up while registered with the chat server), the metrics, the ``/api/status`` entry
-``chat`` and the admin routes of :mod:`gateway.chat.admin`.
+``chat`` and the admin routes of :mod:`gateway.chat.admin`. Packets the link ignores are counted
+in ``gateway_ignored_messages_total{adapter="chat",reason}``.
 
 At start the pending SMS and open conversations are taken from the store; at stop the deliveries
 under way are cancelled (what is not delivered stays stored), then the link and HTTP clients close.
@@ -24,6 +25,7 @@ from twisted.internet import defer, threads
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
+from gateway.boundary import budget_factory
 from gateway.chat.admin import Transcripts, add_routes
 from gateway.chat.connector import Connector
 from gateway.chat.conversations import Conversations
@@ -116,6 +118,9 @@ def _link(ctx, config, connector) -> SocketIOClient:
         ack_timeout=config.ack_timeout,
         retry_policy=_retry_policy(config.reconnect_initial, config.reconnect_max),
         tls=tls,
+        max_message_size=config.max_message_size,
+        max_attachments=config.max_attachments,
+        budget=budget_factory(ctx.reactor, "chat", ctx.metrics),
     )
 
 

@@ -43,6 +43,8 @@ class ConfigTests(SynchronousTestCase):
             ('[chat]\ntransport = "http"\n', "x.toml: chat: transport = 'http' needs [chat.http] url"),
             ('[chat.http]\nurl = "ftp://x"\n', "chat.http.url: expected an http(s) URL"),
             ('[chat]\nsecret = 1\n', "chat.secret: unknown key"),
+            ('[chat]\nmax_message_size = 100\n', "chat.max_message_size: must be from 1024 to 1073741824 bytes"),
+            ('[chat]\nmax_attachments = -1\n', "chat.max_attachments: must not be negative"),
         ]:
             self.assertIn(message, self.config_error(text))
 
@@ -68,6 +70,17 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue({("POST", "/api/sms/inbound"), ("GET", "/api/sms"), ("POST", "/api/chat/transcript/{id}/{type}"),
                          ("GET", "/api/sms/sim/sent")} <= routes)
         self.assertIn("gateway_sms_pending", {m.name for m in ctx.metrics.collect()})
+
+    def test_the_link_takes_its_limits_and_counts_what_it_ignores_on_the_metrics(self):
+        self.assertEqual((ChatConfig().max_message_size, ChatConfig().max_attachments), (1 << 20, 10))
+        ctx = self.context(max_message_size=4096, max_attachments=3)
+        factory = make_service(ctx).link.factory
+        self.assertEqual((factory.maxMessagePayloadSize, factory.maxFramePayloadSize, factory.max_attachments),
+                         (4096, 4096, 3))
+        factory.budget("tcp4:127.0.0.1:8081").ignored("bad_text", "an event with a lone surrogate")
+        self.assertEqual(
+            ctx.metrics.get_sample_value("gateway_ignored_messages_total", {"adapter": "chat", "reason": "bad_text"}), 1
+        )
 
     def test_the_http_transport_is_built_from_its_section(self):
         ctx = self.context(transport="http", http=HttpTransportConfig(url="https://sms.example/send"))
