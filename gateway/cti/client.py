@@ -64,6 +64,9 @@ CAPABILITIES = {
 #: who the registry is told ended a call or removed a party
 BY = "desktop"
 
+#: the DTMF digits 004 allows in conversation.request.senddtmf ("String (0-9, *, #)")
+DTMF_DIGITS = frozenset("0123456789*#")
+
 
 @attrs.define(eq=False)
 class AgentSession:
@@ -126,7 +129,7 @@ class BridgeClient:
                 n.conversation_request_unmute: self._command("unmute"),
                 n.conversation_request_transfer: self._command("transfer", "destination", by=BY),
                 n.conversation_request_conference: self._command("conference", "destination", by=BY),
-                n.conversation_request_senddtmf: self._command("send_dtmf", "digits"),
+                n.conversation_request_senddtmf: self._send_dtmf,
                 n.conversation_request_dispose: self._dispose,
             },
         }
@@ -297,6 +300,16 @@ class BridgeClient:
             return d.addCallback(lambda _: None)
 
         return run
+
+    def _send_dtmf(self, conversation, message):
+        """Play the digits (answered once the last tone was played); only 0-9, * and #, as 004 says."""
+        digits = message.body["digits"]
+        for position, digit in enumerate(digits, 1):
+            if digit not in DTMF_DIGITS:
+                raise Refusal(
+                    f"senddtmf: {digit!r} (digit {position} of {digits!r}) is not a DTMF digit: only 0-9, * and #"
+                )
+        return self._command("send_dtmf", "digits")(conversation, message)
 
     def _reject(self, interaction, message):
         """Refuse an alerting call; on a call still dialling out (004 sends reject there too), cancel it."""

@@ -374,8 +374,19 @@ class RefusalTests(Bridge):
         _, _, conversation = self.talking()
         transfer = self.query("conversation.request.transfer", conversation, message=env.request)
         self.refused(transfer, "needs the property 'destination'")
-        self.refused(self.send("senddtmf", digits="12x"), "DTMF digits must be")
+        self.refused(self.send("senddtmf", digits="12x"), "'x' (digit 3 of '12x') is not a DTMF digit")
         self.refused(self.send("transfer", destination="not a number"), "is neither an extension nor a phone number")
+
+    def test_senddtmf_takes_only_the_digits_004_lists(self):
+        self.talking()
+        for digits, bad in [("12A", "'A' (digit 3"), ("d", "'d' (digit 1"), ("1 2", "' ' (digit 2"),
+                            ("١", "'١' (digit 1"), ("1,2", "',' (digit 2")]:
+            with self.subTest(digits=digits):
+                self.refused(self.send("senddtmf", digits=digits), f"{bad} of {digits!r}) is not a DTMF digit")
+        self.assertEqual(self.network.party("5551234").digits_received, [])
+        d = self.sim.send("senddtmf", digits="0123456789*#")
+        self.advance(2.0)
+        self.assertTrue(self.successResultOf(d).ok)
 
     def test_a_request_on_a_disposed_call(self):
         call_id, _, conversation = self.talking()
