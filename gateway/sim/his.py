@@ -26,6 +26,11 @@ and not yet consumed by an earlier wait), ``{"send": "<verb>", "target"?: "...",
 target defaults to the latest active destination of the verb's kind; see :data:`VERBS`) and
 ``{"pause": <seconds>}``.
 
+Robustness probes: :meth:`HisBridgeSim.send_hostile` writes raw bytes the client should refuse (the
+cases of ``tests/corpus/his.json``), then a probe query, and fires with the client's responses that
+came in between: its FAILURE answers to the hostile frames (none for a frame it dropped). Those
+responses answer nothing the simulator asked, so they are collected rather than counted as violations.
+
 Run it alone with ``python -m gateway.sim his-bridge --port 9500 [--tls]``: one line per message.
 """
 
@@ -254,6 +259,7 @@ class HisBridgeSim(Factory):
         self._closing = False
         self._log_start = len(self.event_log)
         self._script_run = None
+        self._hostile = None
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -343,6 +349,29 @@ class HisBridgeSim(Factory):
             raise SimulatorError("no client link to write to")
         self._link.transport.write(data)
 
+    def send_hostile(self, data):
+        """Write raw ``data`` (frames the client should refuse), then a probe query on the control target.
+
+        A Deferred firing with the headers (dicts, as the client sent them) of the responses that
+        arrived before the probe's own: the client's answers to the hostile frames, ``[]`` if it
+        dropped them all. It fails with :class:`SimulatorError` if the link is lost meanwhile (a
+        client drops the link on a stream out of step).
+        """
+        if self._link is None:
+            return defer.fail(SimulatorError("no client link to write to"))
+        if self._hostile is not None:
+            return defer.fail(SimulatorError("one hostile send at a time"))
+        self._hostile = collected = []
+        self.send_bytes(data)
+        d = self.request(env.query(self.names.cti_query_capabilities, control_target(self.processor)))
+
+        def done(result):
+            if self._hostile is collected:
+                self._hostile = None
+            return collected if isinstance(result, env.Envelope) else result
+
+        return d.addBoth(done)
+
     def _expect_response(self, message, send):
         if message.type not in env.ANSWERABLE:
             raise ValueError(f"{message.type} {message.name} expects no response")
@@ -389,6 +418,9 @@ class HisBridgeSim(Factory):
     def _message_received(self, link, obj):
         if link is not self._link:
             return
+        if self._hostile is not None and self._answers_no_request(obj):
+            self._hostile.append(obj["header"])
+            return
         try:
             message = env.Envelope.from_json(obj)
         except env.EnvelopeError as e:
@@ -405,6 +437,14 @@ class HisBridgeSim(Factory):
             self._send(env.failure(message, "the processor bridge does not accept queries or requests"))
 
     # -- responses -----------------------------------------------------------------------------
+
+    def _answers_no_request(self, obj):
+        """Whether ``obj`` is a response whose requestId is none the simulator is waiting for."""
+        header = obj.get("header")
+        if not isinstance(header, dict) or header.get("type") != env.MessageType.RESPONSE.value:
+            return False
+        request_id = header.get("requestId")
+        return not isinstance(request_id, str) or request_id not in self._outstanding
 
     def _response_received(self, response):
         request_id = response.request_id
