@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from gateway.boundary import check_text
+
 __all__ = [
     "MAX_LIMIT",
     "CdrRow",
@@ -68,14 +70,18 @@ def query_bounds(since: Any, limit: Any) -> tuple[str, int]:
 def _check_id(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    return value
+    return check_text(value, name)
 
 
 def _to_json(what: str, value: Any) -> str:
+    """``value`` as JSON text a UTF-8 database takes: ``ValueError`` for a non-finite number, a value
+    JSON cannot hold, or a lone surrogate (every backend refuses these alike; see :mod:`gateway.store.guard`)."""
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
         raise ValueError(f"{what} is not JSON-able: {e}") from None
+    return text
 
 
 def _optional_time(cdr: dict, key: str) -> str | None:

@@ -21,6 +21,7 @@ import typing
 
 import attrs
 
+from gateway.boundary import check_text
 from gateway.store.records import check_limit
 
 __all__ = [
@@ -83,6 +84,7 @@ class ConversationRecord:
 def _text(name: str, value, *, empty: bool = False) -> None:
     if not isinstance(value, str) or not (empty or value):
         raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}string, got {value!r}")
+    check_text(value, name)  # a lone surrogate: no UTF-8 database takes it
 
 
 def check_sms(record: SmsRecord) -> SmsRecord:
@@ -113,7 +115,7 @@ def check_conversation(record: ConversationRecord) -> ConversationRecord:
     if not isinstance(record.participant, dict):
         raise ValueError(f"participant must be a dict, got {record.participant!r}")
     try:
-        json.dumps(record.participant)
+        json.dumps(record.participant, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise ValueError(f"participant is not JSON-able: {e}") from None
     return record
