@@ -154,7 +154,8 @@ class Handshake:
 def _number(doc: dict, key: str, *, low: float | None, high: float | None) -> int | float:
     """``doc[key]``: a finite number, above 0 when ``low`` is None (else >= low), at most ``high``."""
     value = doc.get(key)
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (isinstance(value, int) or math.isfinite(value))  # math.isfinite(10**4000) overflows
     ok = ok and (value > 0 if low is None else value >= low) and (high is None or value <= high)
     if not ok:
         bounds = ("above 0" if low is None else f"at least {low}") + (f" and at most {high}" if high is not None else "")
