@@ -67,6 +67,14 @@ Control API for tests and agents (JSON, under ``/sim/``):
   connector (to see how it copes with events it does not expect); 409 if none is registered.
 - ``POST /sim/connectors/{channel}/raw {data}`` -> ``data`` as one raw Engine.IO message to the
   connector, e.g. a malformed Socket.IO packet such as ``"2[oops"``.
+- ``POST /sim/connectors/{channel}/frames {frames: [frame]}`` -> each frame as one raw WebSocket
+  frame to the connector, exactly as given (the Engine.IO type digit included), for replaying the
+  bad-input corpus (``tests/corpus/chat.json``). A frame is written as in the corpus: a string is
+  a text frame; ``{"hex": "00 ff"}`` a binary frame of those bytes; ``{"text", "repeat", "times",
+  "then"}`` the text prefix + repeat x times + then (at most :data:`MAX_BUILT_FRAME` characters).
+- ``POST /sim/open-frames {frames: [frame]}`` -> the next Engine.IO connection gets these frames
+  instead of its open packet (once), e.g. an open packet with ``"pingInterval": NaN``; ``GET``
+  shows what is still waiting.
 """
 
 import argparse
@@ -83,6 +91,7 @@ import uuid
 import attrs
 import socketio
 from aiohttp import web
+from engineio import packet
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -126,6 +135,8 @@ INIT_FIELDS = (
 )
 _FIELD_ALIASES = {"reqestId": "requestId"}
 INJECTABLE_STATUSES = frozenset({500, 503})
+#: the longest frame the control API builds from a repeat object
+MAX_BUILT_FRAME = 256 << 20
 
 
 def now_iso() -> str:
@@ -178,6 +189,33 @@ def normalise_init(body: dict) -> dict:
         key = key[0].lower() + key[1:]
         fields[_FIELD_ALIASES.get(key, key)] = value
     return {key: fields[key] for key in INIT_FIELDS if key in fields}
+
+
+def raw_frame(frame) -> str | bytes:
+    """A corpus frame (a string, ``{"hex"}`` or ``{"text", "repeat", "times", "then"}``): str = text, bytes = binary."""
+    if isinstance(frame, str):
+        return frame
+    if isinstance(frame, dict) and isinstance(frame.get("hex"), str):
+        try:
+            return bytes.fromhex(frame["hex"].replace(" ", ""))
+        except ValueError:
+            raise RequestError(400, f"not hex: {frame['hex'][:40]!r}") from None
+    if isinstance(frame, dict) and isinstance(frame.get("repeat"), str):
+        times, prefix, suffix = frame.get("times"), frame.get("text", ""), frame.get("then", "")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 0 or not isinstance(prefix, str) \
+                or not isinstance(suffix, str):
+            raise RequestError(400, "a repeat frame needs times (an int >= 0), and text and then as strings")
+        if len(prefix) + len(frame["repeat"]) * times + len(suffix) > MAX_BUILT_FRAME:
+            raise RequestError(400, f"a built frame is at most {MAX_BUILT_FRAME} characters")
+        return prefix + frame["repeat"] * times + suffix
+    raise RequestError(400, f"a frame is a string, {{'hex'}} or {{'text', 'repeat', 'times', 'then'}}, not {frame!r:.80}")
+
+
+def raw_packet(frame: str | bytes) -> packet.Packet:
+    """An Engine.IO packet whose encoding is exactly ``frame`` (python-engineio sends ``encode()``)."""
+    raw = packet.Packet(packet.MESSAGE, frame)
+    raw.encode_cache = frame
+    return raw
 
 
 class RequestError(Exception):
@@ -399,6 +437,9 @@ class ChatServerSim:
         self.sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=ping_interval, ping_timeout=ping_timeout)
         self.app = web.Application(middlewares=[_request_errors])
         self.sio.attach(self.app)
+        #: frames the next Engine.IO connection gets instead of its open packet (POST /sim/open-frames)
+        self.open_frames: list | None = None
+        self.sio.eio.on("connect", self._on_eio_connect)
         for event in ("connect", "disconnect", "registerConnector", "joinConversation", "sendMessage", "endConversation"):
             self.sio.on(event, _logging_failures(event, getattr(self, "_on_" + event)))
         routes = [
@@ -415,6 +456,9 @@ class ChatServerSim:
             web.get("/sim/connectors", self._list_connectors),
             web.post("/sim/connectors/{channel}/emit", self._emit_to_connector),
             web.post("/sim/connectors/{channel}/raw", self._raw_to_connector),
+            web.post("/sim/connectors/{channel}/frames", self._frames_to_connector),
+            web.post("/sim/open-frames", self._set_open_frames),
+            web.get("/sim/open-frames", self._get_open_frames),
         ]
         self.app.add_routes(routes)
 
@@ -424,6 +468,18 @@ class ChatServerSim:
         return list(sids)
 
     # -- Socket.IO -----------------------------------------------------------------------------
+
+    async def _on_eio_connect(self, eio_sid, environ):
+        """A new Engine.IO connection: its open packet is queued; swap it for the open frames if any wait."""
+        if self.open_frames is not None:
+            frames, self.open_frames = self.open_frames, None
+            queue = self.sio.eio.sockets[eio_sid].queue
+            while not queue.empty():  # the open packet, not yet written
+                queue.get_nowait()
+            for frame in frames:
+                queue.put_nowait(raw_packet(frame))
+            log.info("Engine.IO connection {sid} gets {count} frame(s) instead of its open packet", sid=eio_sid, count=len(frames))
+        return await self.sio._handle_eio_connect(eio_sid, environ)
 
     async def _on_connect(self, sid, environ, auth=None):
         log.info("socket {sid} connected from {peer}", sid=sid, peer=environ.get("REMOTE_ADDR"))
@@ -595,6 +651,27 @@ class ChatServerSim:
             raise RequestError(400, "data (a string) is required")
         await self.sio.eio.send(self.sio.manager.eio_sid_from_sid(sid, "/"), body["data"])
         return web.json_response({"deliveredTo": [sid]})
+
+    async def _frames_of(self, request) -> list:
+        frames = (await self._body_object(request)).get("frames")
+        if not isinstance(frames, list) or not frames:
+            raise RequestError(400, "frames (a non-empty list) is required")
+        return [raw_frame(frame) for frame in frames]
+
+    async def _frames_to_connector(self, request):
+        frames = await self._frames_of(request)
+        sid = self._connector_of(request)
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        for frame in frames:
+            await self.sio.eio.send_packet(eio_sid, raw_packet(frame))
+        return web.json_response({"deliveredTo": [sid], "frames": len(frames)})
+
+    async def _set_open_frames(self, request):
+        self.open_frames = await self._frames_of(request)
+        return web.json_response({"waiting": len(self.open_frames)})
+
+    async def _get_open_frames(self, request):
+        return web.json_response({"waiting": len(self.open_frames or [])})
 
     async def _body_object(self, request) -> dict:
         body = await self._json(request)
