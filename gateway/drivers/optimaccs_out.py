@@ -18,10 +18,22 @@ call's raw WebSocket ``/ws/{sessionId}`` on the host of the returned
   ``[optimaccs.outbound] hangup`` says; always REST while the WebSocket is not open).
 
 A refused request fails the leg with the provider's message (401, 422, 500:
-:class:`~gateway.drivers.optimaccs_api.ProviderError`); the readiness component
+:class:`~gateway.drivers.optimaccs_api.ProviderError`; a reply the boundary
+policy refuses, too big or of the wrong shape: ``BadReply``); the readiness component
 ``optimaccs:api`` goes down on a refusal that is not about the call itself
 (401, 5xx, no connection) and up again on the next accepted request. A call's
 WebSocket is opened once: a call cannot be rejoined, so there is no retry.
+
+A hostile or broken provider fails only its own call: a text message the
+boundary policy refuses (:func:`gateway.boundary.load_json`: lone surrogates,
+``NaN``, deep nesting, not JSON) closes the media WebSocket with 1007 and
+fails the leg naming the problem (``POST /pbx/hangup`` follows); a message
+too big for ``max_message_size`` (Autobahn closes 1009) fails it too; a
+connection lost mid-call ends it with ``transport_lost``. Unknown events and
+unusable fields are ignored through a per-call
+:class:`~gateway.boundary.IgnoredBudget`
+(``gateway_ignored_messages_total{adapter="optimaccs-outbound",reason}``).
+Every failed leg is counted in ``gateway_optimaccs_outbound_failed_total{kind}``.
 """
 
 from __future__ import annotations
@@ -31,20 +43,23 @@ import typing
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.util import parse_url
+from prometheus_client import Counter
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.boundary import budget_factory
 from gateway.confschema import ConfigError
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriver, IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.config import OptimaccsConfig
-from gateway.drivers.optimaccs_api import ProviderApi, ValidationFailed, digits_only, media_url
+from gateway.drivers.optimaccs_api import ProviderApi, ProviderError, ValidationFailed, digits_only, media_url
 from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 from gateway.media import MediaPorts
+from gateway.metrics import define_metric
 
 __all__ = ["OutboundDriver", "OutboundLeg", "build_driver", "connect_endpoint"]
 
@@ -52,6 +67,12 @@ log = Logger()
 
 NAME = "optimaccs"
 READINESS = "optimaccs:api"
+#: the adapter label of this driver's ignored messages
+ADAPTER = "optimaccs-outbound"
+#: close codes by which a media WebSocket ends as a protocol failure of the call, not a lost connection
+#: (1002 protocol error, 1003 unsupported data, 1007 invalid payload, 1009 message too big)
+PROTOCOL_CLOSES = frozenset({1002, 1003, 1007, 1009})
+CLOSE_INVALID = 1007
 
 #: the stages of an outbound leg
 REQUESTING = "requesting"  # POST /pbx/call in flight
@@ -72,6 +93,8 @@ class _MediaProtocol(WebSocketClientProtocol):
         self.factory.leg.received(payload, isBinary)
 
     def onClose(self, wasClean, code, reason):
+        if self.localCloseCode in PROTOCOL_CLOSES:  # Autobahn (or the leg) failed the connection: that code says why
+            code, reason = self.localCloseCode, self.localCloseReason or reason
         self.factory.leg.closed(code, reason)
 
 
@@ -100,6 +123,7 @@ class OutboundLeg:
         self._tones = Tones(driver.clock)
         self._checkpoints: dict[str, defer.Deferred] = {}
         self._names = itertools.count(1)
+        self._ignored = driver.budget(f"call to {number}")
         #: fires once the leg holds nothing open any more
         self.done = defer.Deferred()
 
@@ -169,7 +193,7 @@ class OutboundLeg:
         try:
             url = media_url(placed.endpoint_url, placed.session_id)
         except DriverError as error:
-            self._give_up(error.reason)
+            self._give_up(error.reason, kind=type(error).__name__)
             return
         self.stage = CONNECTING
         log.info("{who}: placed; opening {url}", who=self.who, url=url)
@@ -181,8 +205,10 @@ class OutboundLeg:
         error = failure.value
         if not isinstance(error, ValidationFailed):
             self._driver.api_down(failure.getErrorMessage())
-        log.warn("{who}: the provider did not place the call: {error}", who=self.who, error=failure.getErrorMessage())
-        self._report("failed", getattr(error, "reason", None) or failure.getErrorMessage())
+        log.warn("{who}: the provider did not place the call ({kind}): {error}", who=self.who,
+                 kind=type(error).__name__, error=failure.getErrorMessage())
+        kind = type(error).__name__ if isinstance(error, ProviderError) else "unreachable"
+        self._report("failed", getattr(error, "reason", None) or failure.getErrorMessage(), kind=kind)
         self._finish()
 
     def _connected(self, protocol) -> None:
@@ -194,11 +220,12 @@ class OutboundLeg:
         if self.over:
             self._finish()  # the gateway hung up while connecting
         else:
-            self._give_up(f"the provider's media WebSocket could not be opened: {failure.getErrorMessage()}")
+            self._give_up(f"the provider's media WebSocket could not be opened: {failure.getErrorMessage()}",
+                          kind="media_unreachable")
 
-    def _give_up(self, reason: str) -> None:
+    def _give_up(self, reason: str, kind: str) -> None:
         log.warn("{who}: {reason}", who=self.who, reason=reason)
-        self._report("failed", reason)
+        self._report("failed", reason, kind=kind)
         self._rest_hangup()
         self._finish()
 
@@ -224,19 +251,37 @@ class OutboundLeg:
             log.failure("{who}: handling a message from the provider failed", who=self.who)
 
     def _text(self, payload: bytes) -> None:
+        if self._link is None or not self._link.open:
+            return
         try:
             event, message = wire.parse_event(payload)
         except wire.BadMessage as error:
-            log.warn("{who}: bad message from the provider ({error}); ignored", who=self.who, error=error)
+            self._broken(f"bad message: {error}")
             return
         handler = self._handlers.get(event)
         if handler is None:
-            log.info("{who}: unknown event {event!r} from the provider; ignored", who=self.who, event=event)
+            self._ignored.ignored("unknown", f"unknown event {event[:60]!r}")
         else:
             handler(self, message.get("data"))
 
+    def _broken(self, reason: str) -> None:
+        """The provider sent what the boundary policy refuses: close 1007, fail the leg, hang up by REST."""
+        log.warn("{who}: the provider broke the protocol ({reason}); closing with {code}", who=self.who,
+                 reason=reason, code=CLOSE_INVALID)
+        self._link.close(CLOSE_INVALID, reason)  # the closing handshake ends in closed -> _finish
+        if not self.over:
+            self._report("failed", f"the provider broke the media protocol: {reason}", kind="protocol")
+            self._rest_hangup()
+        self.stage = ENDING
+        self._stop_media()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
     def _on_dial_status(self, data) -> None:
         status = data.get("status") if isinstance(data, dict) else None
+        if status not in ("Dialing", "Ringing", "Connected", "Busy", "Failed"):
+            self._ignored.ignored("malformed", f"dialStatus {data!r:.100}")
+            return
         log.info("{who}: dialStatus {status}", who=self.who, status=status)
         if self.stage != DIALING:
             return
@@ -249,20 +294,22 @@ class OutboundLeg:
             self._report("busy")
             self._end()
         elif status == "Failed":
-            self._report("failed", "the provider could not connect the call")
+            self._report("failed", "the provider could not connect the call", kind="dial_failed")
             self._end()
 
     def _on_hangup(self, data) -> None:
         if self.stage == TALKING:
             self._report("hung_up", "remote_hangup")
         elif self.stage == DIALING:
-            self._report(*self._unanswered_outcome())
+            outcome, *args = self._unanswered_outcome()
+            self._report(outcome, *args, kind="unanswered")
         if self.stage in (DIALING, TALKING):
             self._end()
 
     def _on_cdr(self, data) -> None:
         if not isinstance(data, dict) or self.cdr is not None:
-            log.info("{who}: cdr {data!r} ignored (not an object, or a second one)", who=self.who, data=data)
+            self._ignored.ignored("malformed" if self.cdr is None else "out_of_state",
+                                  f"cdr {data!r:.100} (not an object, or a second one)")
             return
         self.cdr = wire.normalise_cdr(data)
         self.events.provider_cdr(wire.SOURCE, self.cdr)
@@ -272,7 +319,7 @@ class OutboundLeg:
     def _on_dtmf(self, data) -> None:
         digit = wire.keypad_digit(data.get("digit") if isinstance(data, dict) else None)
         if digit is None:
-            log.info("{who}: dtmf {data!r} from the provider ignored", who=self.who, data=data)
+            self._ignored.ignored("malformed", f"dtmf {data!r:.100}")
         elif self.stage == TALKING:
             self.events.dtmf(digit)
 
@@ -293,10 +340,14 @@ class OutboundLeg:
         """The media WebSocket is gone (or its opening handshake failed)."""
         self._handshaking = None
         if not self.over:
-            if self.stage == TALKING:
+            if code in PROTOCOL_CLOSES:
+                self._report("failed", f"the provider's media connection broke the protocol (code {code}, "
+                                       f"{reason or ''})", kind="protocol")
+            elif self.stage == TALKING:
                 self._report("hung_up", "transport_lost")
             else:
-                self._report("failed", f"the provider closed the media connection (code {code}, {reason or ''})")
+                self._report("failed", f"the provider closed the media connection (code {code}, {reason or ''})",
+                             kind="media_closed")
             self._rest_hangup()
         log.info("{who}: media connection closed (code {code}, {reason})", who=self.who, code=code,
                  reason=reason or "")
@@ -304,19 +355,22 @@ class OutboundLeg:
 
     # -- internals -----------------------------------------------------------------
 
-    def _report(self, outcome: str, *args) -> None:
-        """Tell the registry the leg is over (once)."""
+    def _report(self, outcome: str, *args, kind: str | None = None) -> None:
+        """Tell the registry the leg is over (once); a failure is counted by ``kind``."""
         if not self.over:
             self.over = True
+            if outcome == "failed":
+                self._driver.failed(kind or "other")
             getattr(self.events, outcome)(*args)
 
     def _unanswered_outcome(self) -> tuple:
         cdr = self.cdr or {}
-        known = _TERMINAL_DISPOSITIONS.get(cdr.get("disposition"))
+        disposition, text = cdr.get("disposition"), cdr.get("hangupCauseText")
+        known = _TERMINAL_DISPOSITIONS.get(disposition) if isinstance(disposition, str) else None
         if known is not None:
             return known
-        reason = cdr.get("hangupCauseText") or cdr.get("disposition") or "no reason given"
-        return "failed", f"the provider ended the call before it was answered: {reason}"
+        reason = next((t for t in (text, disposition) if isinstance(t, str) and t), "no reason given")
+        return "failed", f"the provider ended the call before it was answered: {reason[:200]}"
 
     def _send_hangup(self) -> None:
         method = self._driver.config.outbound.hangup
@@ -380,12 +434,13 @@ class OutboundLeg:
             self._timer.cancel()
         self._stop_media()
         self._tones.cancel()
+        self._ignored.close()
         self._driver.forget(self)
         self.done.callback(None)
 
     def _bug(self, failure, what: str) -> None:
         log.failure("{who}: {what} failed", failure, who=self.who, what=what)
-        self._report("failed", f"{what} failed (internal error)")
+        self._report("failed", f"{what} failed (internal error)", kind="internal")
         self._finish()
 
     def to_dict(self) -> dict:
@@ -393,14 +448,15 @@ class OutboundLeg:
                 "frames_out": self._link.frames_out if self._link else 0}
 
 
-def connect_endpoint(reactor, timeout: float):
-    """``connect(url, factory) -> Deferred``: a TCP (or TLS, for wss) connection from ``reactor``."""
+def connect_endpoint(reactor, timeout: float, tls=DEFAULT_TLS):
+    """``connect(url, factory) -> Deferred``: a TCP (or TLS, for wss, with the TlsPolicy ``tls``) connection
+    from ``reactor``."""
 
     def connect(url: str, factory) -> defer.Deferred:
         secure, host, port = parse_url(url)[:3]
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
         if secure:
-            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+            endpoint = wrapClientTLS(tls.client_creator(host), endpoint)
         return endpoint.connect(factory)
 
     return connect
@@ -413,12 +469,12 @@ class OutboundDriver:
     name = NAME
 
     def __init__(self, clock, config, *, http, connect, readiness=None, on_stop=None,
-                 ports: MediaPorts = MediaPorts()) -> None:
+                 ports: MediaPorts = MediaPorts(), metrics=None) -> None:
         """``config``: ``OptimaccsConfig`` (its ``outbound`` table, ``audio``, ``cdr_wait`` and WebSocket
         limits); ``http``: a treq HTTPClient; ``connect(url, factory) -> Deferred`` opens a connection
         (:func:`connect_endpoint`); ``readiness``: a readiness Component; ``on_stop()``: called last
         at stop (e.g. closing the HTTP connection pool); ``ports`` makes each leg's MediaPort (the
-        daemon's ``ctx.media_ports``)."""
+        daemon's ``ctx.media_ports``); ``metrics``: the Prometheus registry (None: nothing counted)."""
         self.clock = clock
         self.config = config
         self.ports = ports
@@ -427,6 +483,18 @@ class OutboundDriver:
         self._connect = connect
         self._readiness = readiness
         self._on_stop = on_stop
+        #: an IgnoredBudget per call: gateway_ignored_messages_total{adapter="optimaccs-outbound",reason}
+        self.budget = budget_factory(clock, ADAPTER, metrics, logger=log)
+        self._failed = None if metrics is None else define_metric(
+            metrics, Counter, "optimaccs_outbound_failed",
+            "OptimaCCS outbound calls that failed, by kind (Unauthorized, ValidationFailed, ProviderFailure, "
+            "BadReply, unreachable, media_unreachable, media_closed, protocol, dial_failed, unanswered, internal).",
+            ["kind"])
+
+    def failed(self, kind: str) -> None:
+        """Count one failed leg."""
+        if self._failed is not None:
+            self._failed.labels(kind).inc()
 
     def dial(self, address, events, caller_id=None, attributes=None) -> OutboundLeg:
         if not digits_only(address or ""):
@@ -448,6 +516,8 @@ class OutboundDriver:
             maxFramePayloadSize=config.max_message_size,
             autoPingInterval=config.ping_interval,
             autoPingTimeout=config.ping_timeout,
+            utf8validateIncoming=True,
+            failByDrop=False,  # a protocol violation (1009, invalid UTF-8 1007) is a close frame with its code
             tcpNoDelay=True,
         )
         return self._connect(url, factory)
@@ -496,11 +566,12 @@ def build_driver(ctx) -> OutboundDriver:
     pool = HTTPConnectionPool(reactor, persistent=True)
     driver = OutboundDriver(
         reactor, config,
-        http=HTTPClient(Agent(reactor, pool=pool)),
-        connect=connect_endpoint(reactor, config.outbound.request_timeout),
+        http=HTTPClient(Agent(reactor, contextFactory=ctx.tls.https_policy(), pool=pool)),
+        connect=connect_endpoint(reactor, config.outbound.request_timeout, ctx.tls),
         readiness=ctx.readiness.register(READINESS),
         on_stop=pool.closeCachedConnections,
         ports=ctx.media_ports,
+        metrics=ctx.metrics,
     )
     ctx.status["optimaccs-outbound"] = driver
     return driver

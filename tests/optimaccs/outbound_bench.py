@@ -4,6 +4,7 @@ WebSocket over iosim) and a call registry with the ``sim`` and ``optimaccs`` dri
 from __future__ import annotations
 
 import txaio
+from prometheus_client import CollectorRegistry
 from treq.testing import StubTreq
 from twisted.internet import defer, task
 from twisted.test import iosim
@@ -23,7 +24,8 @@ from gateway.sim.optimaccs import ApiSettings, FakeProviderApi
 
 TOKEN = "t0ken"
 #: the extensions: a simulated phone, and an operator whose own phone is reached through the provider
-EXTENSIONS = [Extension(id="1001", device="sim"), Extension(id="2001", device="optimaccs:+62 811 0000 2001")]
+EXTENSIONS = [Extension(id="1001", device="sim"), Extension(id="2001", device="optimaccs:+62 811 0000 2001"),
+              Extension(id="1002", device="sim")]
 
 
 class Bench:
@@ -44,8 +46,9 @@ class Bench:
         )
         self.readiness = Component("optimaccs:api")
         self.connections = []
+        self.metrics = CollectorRegistry()
         self.driver = OutboundDriver(self.clock, self.config, http=StubTreq(self.site.resource),
-                                     connect=self._connect, readiness=self.readiness)
+                                     connect=self._connect, readiness=self.readiness, metrics=self.metrics)
         self.network = SimNetwork(self.clock, SimNetworkConfig(audio="tone", phone_answer_delay=1.0),
                                   registry=lambda: self.registry)
         apps = {app.name: app for app in plugins(IMediaApp)}
@@ -79,15 +82,18 @@ class Bench:
             self.clock.advance(step)
             self.flush()
 
+    def metric(self, name: str, **labels) -> float:
+        return self.metrics.get_sample_value(name, labels) or 0.0
+
     def of(self, cls, call_id=None) -> list:
         return [e for e in self.events if isinstance(e, cls) and (call_id is None or e.call_id == call_id)]
 
     def session(self, index: int = -1):
         return list(self.provider.sessions.values())[index]
 
-    def talking(self, number: str = "6281234567") -> str:
-        """A click-to-dial from 1001 to ``number`` that is talking; its call id."""
-        call_id = self.registry.originate("1001", number).result.call_id
+    def talking(self, number: str = "6281234567", extension: str = "1001") -> str:
+        """A click-to-dial from ``extension`` to ``number`` that is talking; its call id."""
+        call_id = self.registry.originate(extension, number).result.call_id
         self.run(2.5)
         assert self.registry.call(call_id).state == "TALKING", self.registry.call(call_id)
         return call_id

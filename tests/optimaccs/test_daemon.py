@@ -186,3 +186,37 @@ def test_an_outbound_call_through_the_fake_provider_api(cleanup, tmp_path):
     assert status["optimaccs-outbound"]["calls"] == []
     assert (yield gateway.stop()) == 0
     assert "Traceback" not in gateway.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_hostile_text_closes_1007_and_a_garbage_cause_code_keeps_the_call_and_its_provider_cdr(cleanup, tmp_path):
+    gateway, url = yield start_gateway(cleanup, tmp_path, "")
+    hostile = place_call(reactor, url, CallScript(raw=True))
+    hangup_on_close(cleanup, hostile)
+    yield hostile.wait_for("open")
+    hostile.send_text('{"event":"incoming_call","callerId":"\\ud800","didNumber":"555","sessionId":"p1"}')
+    deep = place_call(reactor, url, CallScript(raw=True))
+    hangup_on_close(cleanup, deep)
+    yield deep.wait_for("open")
+    deep.send_text("[" * 20000)
+    yield hostile.ended
+    yield deep.ended
+    assert (hostile.close_code, deep.close_code) == (1007, 1007)
+    assert "callerId" in hostile.close_reason and "nested deeper" in deep.close_reason
+
+    call = place_call(reactor, url, CallScript(raw=True))
+    hangup_on_close(cleanup, call)
+    yield call.wait_for("open")
+    call.send_text('{"event":"incoming_call","callerId":"0811","didNumber":"%s","sessionId":"g1"}' % ECHO_DID)
+    yield call.wait_for("answer")
+    call.send_text('{"event":"cdr","sessionId":"g1","disposition":"ANSWERED","hangupCauseCode":"--16"}')
+    call.send_text('{"event":"hangup"}')
+    yield call.ended
+    assert call.close_code == 1000
+    (cdr,) = (yield gateway.api("GET", "/api/cdrs"))[1]["cdrs"]
+    stored = yield wait_until(provider_cdrs(gateway, cdr["call_id"]), "the provider's CDR")
+    assert stored["cause"] == "remote_hangup"
+    (provider,) = stored["provider_cdrs"]
+    assert provider["data"] == {"sessionId": "g1", "disposition": "ANSWERED", "hangupCauseCode": "--16"}
+    assert (yield gateway.stop()) == 0
+    assert "Traceback" not in gateway.output
