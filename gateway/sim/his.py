@@ -260,6 +260,7 @@ class HisBridgeSim(Factory):
         self._log_start = len(self.event_log)
         self._script_run = None
         self._hostile = None
+        self._hostile_probe = None
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -354,8 +355,9 @@ class HisBridgeSim(Factory):
 
         A Deferred firing with the headers (dicts, as the client sent them) of the responses that
         arrived before the probe's own: the client's answers to the hostile frames, ``[]`` if it
-        dropped them all. It fails with :class:`SimulatorError` if the link is lost meanwhile (a
-        client drops the link on a stream out of step).
+        dropped them all. It fails with :class:`SimulatorError` if the link is lost meanwhile: a
+        client rightly drops a link whose stream is out of step, so the unanswered probe is not held
+        against it.
         """
         if self._link is None:
             return defer.fail(SimulatorError("no client link to write to"))
@@ -363,7 +365,9 @@ class HisBridgeSim(Factory):
             return defer.fail(SimulatorError("one hostile send at a time"))
         self._hostile = collected = []
         self.send_bytes(data)
-        d = self.request(env.query(self.names.cti_query_capabilities, control_target(self.processor)))
+        probe = env.query(self.names.cti_query_capabilities, control_target(self.processor))
+        self._hostile_probe = probe.request_id
+        d = self.request(probe)
 
         def done(result):
             if self._hostile is collected:
@@ -401,9 +405,10 @@ class HisBridgeSim(Factory):
         log.info("HIS bridge simulator: client {peer} gone: {reason}", peer=link.peer, reason=reason.getErrorMessage())
         self._link = None
         outstanding, self._outstanding = self._outstanding, {}
-        if outstanding and not self._closing:
-            unanswered = ", ".join(_describe_request(o.message) for o in outstanding.values())
-            self._violation(f"client closed the link leaving {len(outstanding)} unanswered: {unanswered}")
+        held = [o for request_id, o in outstanding.items() if request_id != self._hostile_probe]
+        if held and not self._closing:
+            unanswered = ", ".join(_describe_request(o.message) for o in held)
+            self._violation(f"client closed the link leaving {len(held)} unanswered: {unanswered}")
         for o in outstanding.values():
             o.timeout.cancel()
             o.deferred.errback(SimulatorError(f"link lost before the response to {_describe_request(o.message)}"))
