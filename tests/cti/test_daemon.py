@@ -8,6 +8,7 @@ violations empty.
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 
@@ -252,6 +253,26 @@ def test_bad_input_gets_failure_responses_and_the_link_carries_on(bridge):
     yield bridge.ok("reject")
     yield ended
     assert "link lost" not in bridge.daemon.output, "bad input never drops the link"
+
+
+@pytest_twisted.inlineCallbacks
+def test_hostile_frames_are_answered_or_dropped_counted_and_the_link_carries_on(bridge):
+    yield bridge.start()
+    frame = (b'{"header":{"type":"cti.request","name":"conversation.request.hold","target":"PROC.CONTROL",'
+             b'"requestId":"r-\\ud800"}}')
+    (header,) = yield wait(bridge.sim.send_hostile(len(frame).to_bytes(4, "big") + frame))
+    assert (header["requestId"], header["result"]) == ("r-\\ud800", "FAILURE")
+    assert "'header.requestId'" in header["errorMessage"]
+    nan = b'{"header":{"type":"cti.request","name":"x","target":"y","requestId":"r-2"},"body":{"x":NaN}}'
+    assert (yield wait(bridge.sim.send_hostile(len(nan).to_bytes(4, "big") + nan))) == []
+    event = b'{"header":{"type":"cti.event","name":"conversation.held","target":"x"}}'
+    assert (yield wait(bridge.sim.send_hostile(len(event).to_bytes(4, "big") + event))) == []
+    response = yield treq.get(f"http://127.0.0.1:{bridge.daemon.admin_port}/metrics", timeout=10)
+    metrics = yield response.text()
+    for reason in ("bad_text", "malformed", "unknown"):
+        assert f'gateway_ignored_messages_total{{adapter="cti",reason="{reason}"}} 1.0' in metrics, reason
+    assert "refused: field 'header.requestId'" in bridge.daemon.output
+    assert "link lost" not in bridge.daemon.output
 
 
 @pytest_twisted.inlineCallbacks
