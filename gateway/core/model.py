@@ -49,6 +49,8 @@ class Leg:
     caller_id: str | None = None
     name: str = ""
     attributes: dict = attrs.Factory(dict)
+    #: when the far end was first reported alerting (an inbound leg's arrival; a dialled number ringing)
+    alerting_at: float | None = None
     answered_at: float | None = None
     ended_at: float | None = None
     cause: str | None = None
@@ -79,6 +81,7 @@ class Leg:
             muted=self.muted,
             pending=self.pending,
             started_at=self.started_at,
+            alerting_at=self.alerting_at,
             answered_at=self.answered_at,
             ended_at=self.ended_at,
             cause=self.cause,
@@ -189,7 +192,7 @@ def _to_dict(obj, times: tuple[str, ...]) -> dict:
     return data
 
 
-_LEG_TIMES = ("started_at", "answered_at", "ended_at")
+_LEG_TIMES = ("started_at", "alerting_at", "answered_at", "ended_at")
 
 
 @attrs.frozen(kw_only=True)
@@ -209,6 +212,8 @@ class LegSnapshot:
     ended_at: float | None
     cause: str | None
     attributes: dict
+    #: when the leg was first reported alerting: a DIALING leg with it set is ringing at the far end
+    alerting_at: float | None = None
 
     def to_dict(self) -> dict:
         return _to_dict(self, _LEG_TIMES)

@@ -369,6 +369,7 @@ class Registry:
         leg = self._add_leg(call, PARTY, INBOUND, caller_id, driver_leg.driver, RINGING,
                             caller_id=caller_id, attributes={"did": did, **attributes})
         leg.driver_leg = driver_leg
+        leg.alerting_at = leg.started_at
         self._event(ev.LegRinging, call, leg)
         if self._closing:
             self._end_call(call, Cause.SHUTDOWN, "gateway")
@@ -712,6 +713,8 @@ class Registry:
 
     def _leg_ringing(self, leg: Leg) -> None:
         if leg.state in (RINGING, DIALING):
+            if leg.alerting_at is None:
+                leg.alerting_at = self._clock.seconds()
             self._event(ev.LegRinging, leg.call, leg)
 
     @_batched

@@ -239,7 +239,9 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(len(second.latest()["calls"]), 1)
         self.assertEqual(len(first.latest()["calls"]), 1, "the first stream hears of the change as well")
         self.advance(COALESCE)
-        self.assertEqual(len(first.views()), 2)
+        # then the phone's ringing (its leg's alerting_at), one more view
+        self.assertEqual(len(first.views()), 3)
+        self.assertIsNotNone(first.latest()["calls"][0]["legs"][0]["alerting_at"])
 
     # -- recent CDRs ---------------------------------------------------------------------------
 

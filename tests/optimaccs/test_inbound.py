@@ -151,6 +151,8 @@ class ExtensionCallTests(SynchronousTestCase):
 
     def test_rings_until_answered_through_the_registry(self):
         self.assertEqual(self.bench.call_of(self.call).state, "RINGING")
+        caller = self.bench.call_of(self.call).legs[0]
+        self.assertEqual((caller.driver, caller.alerting_at), ("optimaccs", caller.started_at))  # alerting on arrival
         self.assertEqual(self.call.events, [])
         self.answer()
         self.assertEqual([e.event for e in self.call.events], ["answer"])

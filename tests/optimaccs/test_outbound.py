@@ -113,6 +113,28 @@ class OutboundCallTests(SynchronousTestCase):
                           provider_cdr["hangupCauseCodeInt"], provider_cdr["hangupBy"]), ("ANSWERED", 16, 16, "CALLER"))
         self.assertEqual((session.errors, self.bench.driver.legs), ([], []))
 
+    def test_ringing_at_the_provider_shows_on_the_dialled_leg_in_the_api_and_the_status_feed(self):
+        from gateway.admin.status_feed import call_view
+
+        call_id = self.registry.originate("1001", NUMBER).result.call_id
+        self.bench.run(1.1)  # the phone answered; the provider is dialling
+        party = self.registry.call(call_id).legs[-1]
+        self.assertEqual((party.driver, party.state, party.alerting_at), ("optimaccs", "DIALING", None))
+        self.bench.run(0.3)  # Ringing
+        self.assertEqual(self.bench.session().statuses, ["Dialing", "Ringing"])
+        snapshot = self.registry.call(call_id)
+        party = snapshot.legs[-1]
+        self.assertEqual(party.state, "DIALING")
+        self.assertIsNotNone(party.alerting_at)
+        for view in (snapshot.to_dict(), call_view(snapshot)):  # GET /api/calls, the status page's feed
+            leg = view["legs"][-1]
+            self.assertRegex(leg["alerting_at"], r"^\d{4}-\d\d-\d\dT.*Z$")
+            self.assertIsNone(leg["answered_at"])
+        self.bench.run(1.2)  # Connected
+        party = self.registry.call(call_id).legs[-1]
+        self.assertEqual(party.state, "TALKING")
+        self.assertLess(party.alerting_at, party.answered_at)
+
     def test_the_legs_port_comes_from_the_drivers_factory_and_reports_its_drops(self):
         drops = []
         self.bench.driver.ports = MediaPorts(200, lambda where, count: drops.append(where))

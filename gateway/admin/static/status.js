@@ -107,6 +107,7 @@
       el("span", "role", data.role === "device" ? "phone" : "party"),
       el("span", "number", data.number || data.caller_id || "—"),
       pill(data.state),
+      data.state === "DIALING" && data.alerting_at ? el("span", "flag", "ringing") : null,
       data.muted ? el("span", "flag", "muted") : null,
       data.pending ? el("span", "flag", data.pending) : null,
       el("span", "driver", data.driver),
