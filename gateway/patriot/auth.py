@@ -6,28 +6,62 @@ read from the keys ``username_field`` and ``password_field`` (``userName`` and `
 the vendor's example). Passwords are compared in constant time, and an unknown user costs as much
 as a known one (a decoy is checked), so neither the answer nor its timing tells which one was
 wrong. Hash checks are slow on purpose, so they run through ``run_blocking`` (a thread pool in
-the daemon).
+the daemon). Checking never raises: a user name or password that is not valid text is refused
+naming the field, and a stored hash that cannot be checked is logged and refused.
 
-:class:`AddressGuard` counts failed inits per source address: after ``max_failures`` within
-``block_time`` seconds the address is refused for ``block_time`` seconds.
+:class:`AddressGuard` is the lockout, per source address across all its connections (an IPv6
+address counts by its /64 network, which one host usually owns whole):
+
+- each failed init (a wrong password, and equally an init-request without usable credentials)
+  counts; failures older than ``block_time`` seconds (from the first one counted) are forgotten;
+  a successful init does *not* forget them, or one valid login would buy more guesses at others;
+- the address's password checks run one at a time (:meth:`AddressGuard.turn`), so that however
+  many connections it opens, no check starts before the verdict of the one before is counted:
+  at most ``max_failures`` wrong passwords are ever checked before the address is locked out;
+- at ``max_failures`` failures the address is locked out for ``block_time`` seconds (from then,
+  by the clock; refused inits do not extend it): the ``on_lockout`` callback (the bridge closes
+  every unauthenticated connection of the address) runs, waiting checks are refused, and new
+  inits and handshakes from it are refused until the lockout ends;
+- the table is bounded: idle entries expire, and past ``max_addresses`` the oldest idle entry is
+  dropped to make room.
 """
 
 from __future__ import annotations
 
+import collections
+import ipaddress
 import os
+from itertools import islice as itertools_islice
 from typing import Callable
 
+import attrs
 from twisted.internet import defer
+from twisted.logger import Logger
 
+from gateway.boundary import bad_text_field
 from gateway.patriot import hashpw
 from gateway.patriot.config import BridgeUser
+
+log = Logger()
 
 #: the one reason given to Patriot for a wrong user name or password
 BAD_CREDENTIALS = "invalid user name or password"
 
 
+#: the error sent back when the password could not be checked (a stored hash that cannot be read)
+UNCHECKABLE = "the init-request could not be checked"
+
+
 class InitRefused(Exception):
     """An init-request that does not log in; ``str()`` is the error sent back to Patriot."""
+
+
+class AddressLockedOut(InitRefused):
+    """The init came from an address locked out for too many failed inits."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        super().__init__(f"too many failed init-requests from this address; try again in {max(seconds, 1):.0f} s")
 
 
 class Authenticator:
@@ -57,10 +91,13 @@ class Authenticator:
             return defer.fail(InitRefused(
                 f"the init payload needs the strings {self._username_field!r} and {self._password_field!r}"
             ))
+        bad = bad_text_field({self._username_field: username, self._password_field: password})
+        if bad is not None:
+            return defer.fail(InitRefused(f"the init payload's {bad!r} is not valid Unicode text"))
         user = self._users.get(username)
         stored = user.password.reveal() if user is not None else self._decoy
         checked = self._run_blocking(hashpw.verify_password, password, stored)
-        return checked.addCallback(self._verdict, user)
+        return checked.addCallbacks(self._verdict, self._uncheckable, callbackArgs=(user,), errbackArgs=(username,))
 
     @staticmethod
     def _verdict(matches: bool, user: BridgeUser | None) -> BridgeUser:
@@ -68,46 +105,209 @@ class Authenticator:
             raise InitRefused(BAD_CREDENTIALS)
         return user
 
+    @staticmethod
+    def _uncheckable(failure, username: str) -> None:
+        failure.trap(ValueError, TypeError, OverflowError, MemoryError)
+        log.error("Patriot bridge: the password of user {user!r} could not be checked: {error}",
+                  user=username, error=str(failure.value) or type(failure.value).__name__)
+        raise InitRefused(UNCHECKABLE)
+
+
+def address_key(host: str) -> str:
+    """What failures are counted under: the address itself, or an IPv6 address's /64 network."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
+
+
+@attrs.define(eq=False)
+class _Address:
+    """One address's failures, lockout, and the password checks in progress or waiting."""
+
+    failures: int = 0
+    #: when the first failure counted was
+    since: float = 0.0
+    #: when the lockout ends (None: not locked out)
+    locked_until: float | None = None
+    checking: bool = False
+    waiting: collections.deque = attrs.field(factory=collections.deque)
+
+    def idle(self, now: float, window: float) -> bool:
+        """Nothing left to remember (the entry may go)."""
+        if self.checking or self.waiting:
+            return False
+        if self.locked_until is not None and self.locked_until > now:
+            return False
+        return self.failures == 0 or now - self.since >= window
+
 
 class AddressGuard:
-    """Failed logins per source address, and the addresses refused for a while because of them."""
+    """Failed logins per source address, the lockout they lead to, and one password check at a time."""
 
-    def __init__(self, clock, *, max_failures: int, block_time: float):
+    def __init__(self, clock, *, max_failures: int, block_time: float, max_addresses: int = 10000,
+                 on_lockout: Callable[[str, float], None] | None = None):
         self._clock = clock
         self._max_failures = max_failures
         self._block_time = block_time
-        #: address -> (failures, time of the first one)
-        self._failures: dict[str, tuple[int, float]] = {}
-        #: address -> time the block ends
-        self._blocked: dict[str, float] = {}
+        self._max_addresses = max_addresses
+        #: called with (address key, seconds) when an address is locked out
+        self.on_lockout = on_lockout
+        #: address key -> its entry, least recently changed first
+        self._entries: collections.OrderedDict[str, _Address] = collections.OrderedDict()
+        #: entries dropped for room since the last log line about it, and when that line was
+        self._evicted = 0
+        self._evicted_logged: float | None = None
 
-    def _forget_old(self) -> None:
-        now = self._clock.seconds()
-        self._blocked = {a: until for a, until in self._blocked.items() if until > now}
-        self._failures = {a: f for a, f in self._failures.items() if now - f[1] < self._block_time}
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    def blocked(self, address: str) -> bool:
-        """Whether ``address`` is refused now."""
-        self._forget_old()
-        return address in self._blocked
+    # -- the table
 
-    def failed(self, address: str) -> bool:
-        """Count a failed login; ``True`` if ``address`` is refused from now on."""
-        self._forget_old()
-        count, first = self._failures.get(address, (0, self._clock.seconds()))
-        count += 1
-        if count < self._max_failures:
-            self._failures[address] = (count, first)
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def _current(self, key: str) -> _Address | None:
+        """The entry of ``key`` with what has expired forgotten (None if nothing is left)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._now()
+        if entry.locked_until is not None and entry.locked_until <= now:
+            entry.locked_until = None
+            entry.failures = 0
+        if entry.failures and now - entry.since >= self._block_time:
+            entry.failures = 0
+        if entry.idle(now, self._block_time):
+            del self._entries[key]
+            return None
+        return entry
+
+    def _entry(self, key: str) -> _Address:
+        """The entry of ``key``, made (room made first) if there is none, and marked as the newest."""
+        entry = self._current(key)
+        if entry is None:
+            self._expire()
+            if len(self._entries) >= self._max_addresses:
+                self._evict()
+            entry = self._entries[key] = _Address()
+        else:
+            self._entries.move_to_end(key)
+        return entry
+
+    def _expire(self, budget: int = 64) -> None:
+        """Drop expired entries from the oldest end (a few per call: the cost stays constant)."""
+        now = self._now()
+        for key in list(itertools_islice(self._entries, budget)):
+            entry = self._entries[key]
+            if not entry.idle(now, self._block_time):
+                break
+            del self._entries[key]
+
+    def _evict(self) -> None:
+        """The table is full: drop the oldest entry with no check in progress (logged once a minute at most)."""
+        for key, entry in self._entries.items():
+            if not entry.checking and not entry.waiting:
+                del self._entries[key]
+                self._evicted += 1
+                now = self._now()
+                if self._evicted_logged is None or now - self._evicted_logged >= 60.0:
+                    log.warn("Patriot bridge: failed inits from more than {count} addresses; forgot the oldest "
+                             "{evicted} (the last {address})", count=self._max_addresses, evicted=self._evicted,
+                             address=key)
+                    self._evicted, self._evicted_logged = 0, now
+                return
+
+    # -- questions
+
+    def locked_out(self, host: str) -> float:
+        """Seconds ``host``'s address stays locked out (0.0: it is not)."""
+        entry = self._current(address_key(host))
+        if entry is None or entry.locked_until is None:
+            return 0.0
+        return entry.locked_until - self._now()
+
+    def blocked(self, host: str) -> bool:
+        """Whether ``host`` is refused now."""
+        return self.locked_out(host) > 0
+
+    # -- password checks, one at a time per address
+
+    def turn(self, host: str) -> defer.Deferred:
+        """Fires when ``host`` may check a password; fails with :class:`AddressLockedOut` if locked out.
+
+        The caller must end its turn with :meth:`done`. Cancelling the Deferred gives up the place.
+        """
+        key = address_key(host)
+        seconds = self.locked_out(host)
+        if seconds > 0:
+            return defer.fail(AddressLockedOut(seconds))
+        entry = self._entry(key)
+        if not entry.checking:
+            entry.checking = True
+            return defer.succeed(None)
+
+        def cancel(waiter):
+            if waiter in entry.waiting:
+                entry.waiting.remove(waiter)
+
+        waiter = defer.Deferred(cancel)
+        entry.waiting.append(waiter)
+        return waiter
+
+    def done(self, host: str, verdict: str) -> bool:
+        """End ``host``'s turn: ``verdict`` is ``success``, ``failure`` or ``error`` (not a verdict).
+
+        ``True`` if the address is locked out by this failure.
+        """
+        key = address_key(host)
+        entry = self._entries.get(key)
+        if entry is None:  # forgotten meanwhile (evicted): nothing waits on it
+            return self.failed(host) if verdict == "failure" else False
+        entry.checking = False
+        locked = self._count(key, entry) if verdict == "failure" else False
+        if not locked:
+            self._next(entry)
+        return locked
+
+    def failed(self, host: str) -> bool:
+        """Count a failed init that checked no password; ``True`` if the address is locked out by it."""
+        key = address_key(host)
+        return self._count(key, self._entry(key))
+
+    def _count(self, key: str, entry: _Address) -> bool:
+        now = self._now()
+        if entry.locked_until is not None and entry.locked_until > now:
             return False
-        self._failures.pop(address, None)
-        self._blocked[address] = self._clock.seconds() + self._block_time
+        if not entry.failures or now - entry.since >= self._block_time:
+            entry.failures, entry.since = 0, now
+        entry.failures += 1
+        self._entries.move_to_end(key)
+        if entry.failures < self._max_failures:
+            return False
+        entry.locked_until = now + self._block_time
+        waiting, entry.waiting = entry.waiting, collections.deque()
+        for waiter in waiting:
+            waiter.errback(AddressLockedOut(self._block_time))
+        if self.on_lockout is not None:
+            self.on_lockout(key, self._block_time)
         return True
 
-    def succeeded(self, address: str) -> None:
-        """A successful login forgets the address's failures."""
-        self._failures.pop(address, None)
+    def _next(self, entry: _Address) -> None:
+        """Give the turn to the next waiting check, if any."""
+        if entry.waiting:
+            entry.checking = True
+            entry.waiting.popleft().callback(None)
+
+    # -- status
 
     def to_dict(self) -> dict:
-        self._forget_old()
-        now = self._clock.seconds()
-        return {"blocked": {a: round(until - now, 1) for a, until in sorted(self._blocked.items())}}
+        now = self._now()
+        blocked = {key: round(entry.locked_until - now, 1) for key, entry in self._entries.items()
+                   if entry.locked_until is not None and entry.locked_until > now}
+        return {"blocked": dict(sorted(blocked.items())), "tracked_addresses": len(self._entries)}

@@ -3,14 +3,24 @@
 Each connection is a :class:`BridgeSession`:
 
 - a handshake on another path than ``[patriot.bridge] path`` is refused with HTTP 404, and one
-  from an address refused for failed inits with HTTP 403;
-- ``init-request`` is checked (:mod:`gateway.patriot.auth`) and answered with ``init-response``;
-  a repeated identical init gets the same answer again without being counted twice; after
-  ``max_init_failures`` failures from one address the connection is closed (4008) and the
-  address refused for ``block_time`` seconds;
-- until an init succeeded every other message is ignored with a log line;
-- then ``heartbeat`` is answered with ``heartbeat-response`` at once, and the call control of
-  :class:`~gateway.patriot.session.Session` applies, on the line of the user's extension;
+  from a locked-out address with HTTP 403;
+- ``init-request`` is checked (:mod:`gateway.patriot.auth`) and answered with ``init-response``
+  (the spec: "The Dialler Server must respond with an InitResponse"): an init without a payload,
+  with a null one, one that is not an object (a string holding a JSON object is read as that
+  object), or one whose text is not valid Unicode is answered ``success: false`` naming the
+  problem and counts as a failed login, as a wrong password does; a repeated identical init gets
+  the same answer again without being counted twice;
+- failed logins are counted per source address across its connections
+  (:class:`~gateway.patriot.auth.AddressGuard`, one password check at a time per address): at
+  ``max_init_failures`` the address is locked out for ``block_time`` seconds, *every*
+  unauthenticated connection from it is closed (4008; one whose init was waiting is first told
+  why), and its inits and handshakes are refused until the lockout ends;
+- ``heartbeat`` is answered with ``heartbeat-response`` at any time, before an init and after a
+  refused one too (Patriot heartbeats every 5 s from the moment it is connected);
+- until an init succeeded every other message is ignored (counted, logged within the
+  connection's budget);
+- then the call control of :class:`~gateway.patriot.session.Session` applies, on the line of the
+  user's extension;
 - a connection silent for ``heartbeat_timeout`` seconds is dropped as dead;
 - a message larger than ``max_message_size`` closes that connection with 1009 (Autobahn's check);
 - Autobahn's handshake and close timers run on the bridge's reactor
@@ -27,10 +37,18 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.patriot.auth import AddressGuard, Authenticator, InitRefused
+from gateway.boundary import budget_factory
+from gateway.patriot.auth import AddressGuard, AddressLockedOut, Authenticator, InitRefused, address_key
 from gateway.patriot.config import BridgeConfig
 from gateway.patriot.line import Lines
-from gateway.patriot.messages import Heartbeat, HeartbeatResponse, InitRequest, InitResponse, PatriotMessage
+from gateway.patriot.messages import (
+    Heartbeat,
+    HeartbeatResponse,
+    InitRequest,
+    InitResponse,
+    PatriotMessage,
+    PatriotMessageError,
+)
 from gateway.patriot.metrics import PatriotMetrics
 from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
 
@@ -39,6 +57,8 @@ log = Logger()
 #: WebSocket close codes the bridge sends (an application may send 1000 or 3000-4999)
 CLOSE_NORMAL = 1000  # the gateway is stopping
 CLOSE_TOO_MANY_FAILURES = 4008  # too many failed init-requests (4000 + the policy code 1008)
+#: the close code Autobahn sends for a message over max_message_size
+MESSAGE_TOO_BIG = 1009
 
 
 class BridgeSession(Session):
@@ -49,7 +69,8 @@ class BridgeSession(Session):
     def __init__(self, connection: IConnection, bridge: DiallerBridge):
         config = bridge.config
         super().__init__(connection, metrics=bridge.metrics, max_phone_length=config.max_phone_length,
-                         dial_while_busy=config.dial_while_busy)
+                         dial_while_busy=config.dial_while_busy,
+                         budget=bridge.budgets(f"{connection.peer} (Dialler Bridge)"))
         self.bridge = bridge
         self.user = None
         #: the payload of the init being checked or answered, its answer once known, and how
@@ -57,6 +78,11 @@ class BridgeSession(Session):
         self._init_payload: dict | None = None
         self._init_response: InitResponse | None = None
         self._answers_owed = 0
+        #: the wait for this connection's turn to check a password, and whether it holds the turn
+        self._waiting: defer.Deferred | None = None
+        self._turn_held = False
+        #: the address is locked out and this connection is being closed
+        self.locked_out = False
         #: fires once the connection is gone
         self.done = defer.Deferred()
         self._idle = bridge.clock.callLater(config.heartbeat_timeout, self._silent)
@@ -81,6 +107,8 @@ class BridgeSession(Session):
     def closed(self, reason: str) -> None:
         if self._idle.active():
             self._idle.cancel()
+        if self._waiting is not None:  # give up the place in the address's queue (a check begun runs on)
+            self._waiting.cancel()
         log.info("{who} disconnected: {reason}", who=self.who, reason=reason)
         super().closed(reason)
         self.bridge.session_closed(self)
@@ -89,14 +117,30 @@ class BridgeSession(Session):
     # -- messages
 
     def message_received(self, message: PatriotMessage) -> None:
-        if isinstance(message, InitRequest):
-            self._init(message.payload)
-        elif self.user is None:
-            self.ignore(message, "no successful init-request yet")
+        if self.locked_out:
+            self.ignore(message, "the address is locked out; the connection is closing", "unauthenticated")
         elif isinstance(message, Heartbeat):
             self.send(HeartbeatResponse())
+        elif isinstance(message, InitRequest):
+            self._init(message.payload)
+        elif self.user is None:
+            self.ignore(message, "no successful init-request yet", "unauthenticated")
         elif not self.call_control(message):
             self.ignore(message, "not a message Patriot sends to a Dialler Bridge")
+
+    def _bad_message(self, error: PatriotMessageError) -> None:
+        super()._bad_message(error)
+        if error.message_type == InitRequest.TYPE and not self.locked_out:
+            self._bad_init(error.reason)
+
+    def _bad_init(self, reason: str) -> None:
+        """An init-request that cannot be read: answered naming the problem, a failed login."""
+        if self.user is not None:
+            self.send(InitResponse(False, reason))
+        elif not self._refused_while_locked_out():
+            self.metrics.logins.labels(self.mode, "failure").inc()
+            self.send(InitResponse(False, reason))
+            self.bridge.guard.failed(self.connection.host)
 
     def _init(self, payload: dict) -> None:
         if payload == self._init_payload:
@@ -106,8 +150,17 @@ class BridgeSession(Session):
                                           "reconnect to log in as another user"))
         elif self._answers_owed:
             self.send(InitResponse(False, "another init-request is being checked"))
-        else:
+        elif not self._refused_while_locked_out():
             self._check_init(payload)
+
+    def _refused_while_locked_out(self) -> bool:
+        """If the address is locked out: refuse the init, close, ``True``."""
+        seconds = self.bridge.guard.locked_out(self.connection.host)
+        if seconds <= 0:
+            return False
+        self.send(InitResponse(False, str(AddressLockedOut(seconds))))
+        self.lock_out(str(AddressLockedOut(seconds)))
+        return True
 
     def _repeat_init(self) -> None:
         """Patriot re-sends its init when no answer came in 30 s: the same answer again."""
@@ -119,34 +172,48 @@ class BridgeSession(Session):
 
     def _check_init(self, payload: dict) -> None:
         self._init_payload, self._init_response, self._answers_owed = payload, None, 1
+        self._waiting = self.bridge.guard.turn(self.connection.host)
+        self._waiting.addCallbacks(self._my_turn, self._no_turn, callbackArgs=(payload,))
+
+    def _my_turn(self, _, payload: dict) -> None:
+        self._waiting, self._turn_held = None, True
         checked = self.bridge.authenticator.check(payload)
         checked.addCallbacks(self._logged_in, self._refused)
         checked.addErrback(self._check_failed)
 
+    def _no_turn(self, failure) -> None:
+        self._waiting = None
+        if failure.check(defer.CancelledError):
+            return  # the connection is gone
+        failure.trap(AddressLockedOut)
+        self.lock_out(str(failure.value))
+
+    def _end_turn(self, verdict: str) -> None:
+        """The check is over: the guard counts ``verdict`` and gives the address's next check its turn."""
+        if self._turn_held:
+            self._turn_held = False
+            self.bridge.guard.done(self.connection.host, verdict)
+
     def _logged_in(self, user) -> None:
+        self._end_turn("success")
         if not self.open:
             return
         self.user = user
         log.info("{who} logged in on extension {extension}", who=self.who, extension=user.extension)
-        self.bridge.guard.succeeded(self.connection.host)
         self.metrics.logins.labels(self.mode, "success").inc()
         self._answer(InitResponse(True))
         self.attach(self.bridge.lines.get(user.extension))
 
     def _refused(self, failure) -> None:
         failure.trap(InitRefused)
-        if not self.open:
-            return
-        log.warn("{who}: init-request refused: {reason}", who=self.who, reason=str(failure.value))
         self.metrics.logins.labels(self.mode, "failure").inc()
-        self._answer(InitResponse(False, str(failure.value)))
-        if self.bridge.guard.failed(self.connection.host):
-            log.warn("{who}: {count} failed init-requests; refusing {address} for {seconds} s",
-                     who=self.who, count=self.bridge.config.max_init_failures, address=self.connection.host,
-                     seconds=self.bridge.config.block_time)
-            self.connection.close(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")
+        if self.open:
+            log.warn("{who}: init-request refused: {reason}", who=self.who, reason=str(failure.value))
+            self._answer(InitResponse(False, str(failure.value)))
+        self._end_turn("failure")  # may lock the address out (and close this connection)
 
     def _check_failed(self, failure) -> None:
+        self._end_turn("error")
         log.failure("{who}: checking the init-request failed", failure, who=self.who)
         self._init_payload = None
         self._answer(InitResponse(False, "the init-request could not be checked"))
@@ -156,6 +223,17 @@ class BridgeSession(Session):
         owed, self._answers_owed = self._answers_owed, 0
         for _ in range(owed):
             self.send(response)
+
+    def lock_out(self, reason: str) -> None:
+        """The address is locked out: an init still waiting is told ``reason``; the connection is closed (4008)."""
+        if self.locked_out or not self.open or self.user is not None:
+            return
+        self.locked_out = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+        if self._answers_owed:
+            self._answer(InitResponse(False, reason))
+        self.connection.close(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "user": self.user.username if self.user else None}
@@ -171,7 +249,10 @@ class DiallerBridge:
         self.metrics = metrics
         self.authenticator = Authenticator(config.users, username_field=config.username_field,
                                            password_field=config.password_field, run_blocking=run_blocking)
-        self.guard = AddressGuard(reactor, max_failures=config.max_init_failures, block_time=config.block_time)
+        self.guard = AddressGuard(reactor, max_failures=config.max_init_failures, block_time=config.block_time,
+                                  max_addresses=config.max_tracked_addresses, on_lockout=self._locked_out)
+        #: each connection's budget of log lines about ignored messages
+        self.budgets = budget_factory(reactor, "patriot", metrics.registry)
         self.sessions: list[BridgeSession] = []
         self.factory = _BridgeFactory(self, reactor)
         metrics.bridge_connections.labels("open").set_function(lambda: len(self.sessions))
@@ -185,9 +266,22 @@ class DiallerBridge:
             log.info("refusing Patriot {peer}: no Dialler Bridge at {path}", peer=peer, path=path)
             return ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no Dialler Bridge at {path}")
         if self.guard.blocked(host):
-            log.info("refusing Patriot {peer}: too many failed init-requests from {address}", peer=peer, address=host)
+            log.info("refusing Patriot {peer}: too many failed init-requests from {address}", peer=peer,
+                     address=address_key(host))
             return ConnectionDeny(ConnectionDeny.FORBIDDEN, "too many failed init-requests; try again later")
         return None
+
+    def _locked_out(self, address: str, seconds: float) -> None:
+        """The guard locked ``address`` out: close each of its unauthenticated connections."""
+        victims = [session for session in self.sessions
+                   if session.user is None and address_key(session.connection.host) == address]
+        log.warn("Patriot Dialler Bridge: {count} failed init-requests from {address}; refusing it for {seconds} s "
+                 "and closing its {victims} unauthenticated connection(s)", count=self.config.max_init_failures,
+                 address=address, seconds=seconds, victims=len(victims))
+        self.metrics.lockouts.inc()
+        reason = str(AddressLockedOut(seconds))
+        for session in victims:
+            session.lock_out(reason)
 
     def session_opened(self, connection: IConnection) -> BridgeSession:
         log.info("Patriot {peer} connected to the Dialler Bridge", peer=connection.peer)
@@ -230,6 +324,10 @@ class _BridgeProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         self.session.frame_received(payload, isBinary)
+
+    def onClose(self, wasClean, code, reason):
+        if self.session is not None and self.localCloseCode == MESSAGE_TOO_BIG:
+            self.session.oversized(f"a message over max_message_size: {self.localCloseReason}")
 
     def connectionLost(self, reason):
         super().connectionLost(reason)

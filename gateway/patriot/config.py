@@ -75,6 +75,8 @@ class BridgeConfig:
     max_init_failures: int = attrs.field(default=5, validator=_positive)
     #: seconds an address is refused after max_init_failures (failures older than this are forgotten)
     block_time: float = attrs.field(default=300.0, validator=_positive)
+    #: the most source addresses whose failures are remembered at once (the oldest is forgotten first)
+    max_tracked_addresses: int = attrs.field(default=10000, validator=_positive)
     #: the largest WebSocket message accepted (bytes); a larger one closes that connection with 1009
     max_message_size: int = attrs.field(default=65536, validator=_message_size)
     #: the longest phoneNo a dial-request may carry

@@ -8,15 +8,22 @@ certificate is trusted as :mod:`gateway.patriot.tls` says.
 Each connection is a :class:`DesktopSession`: at once it sends ``authentication-request``
 ``{requestId, apiKey}``; a ``success: true`` response (with our ``requestId``) logs it in and the
 call control of :class:`~gateway.patriot.session.Session` applies on the line of the link's
-extension. Refused, or unanswered for ``auth_timeout`` seconds, the connection is closed and
-retried later. Every connection that ends before it was authenticated (refused key, TLS
-failure, WebSocket handshake refused) lengthens the next delay as a failed connection attempt
-does, so a wrong key or a wrong pin never makes the link spin; a successful authentication
-resets the delay. Patriot's Desktop API has no heartbeat: a WebSocket ping every ``ping_interval``
+extension. Refused, answered with an ``authentication-response`` that cannot be read (a field of
+the wrong type, text that is not valid Unicode), or unanswered for ``auth_timeout`` seconds, the
+connection is closed and retried later. Every connection that ends before it was authenticated
+(refused key, TLS failure, WebSocket handshake refused) lengthens the next delay as a failed
+connection attempt does, so a wrong key or a wrong pin never makes the link spin; a successful
+authentication resets the delay. Patriot's Desktop API has no heartbeat: a WebSocket ping every ``ping_interval``
 seconds, unanswered (nothing at all received) for ``ping_timeout`` seconds, drops a dead server's
 connection, and the link reconnects. Autobahn's handshake, ping and close timers run on the link's
 reactor (:class:`~gateway.patriot.session.ReactorTimer`), not txaio's global one, so a
 ``task.Clock`` drives them in tests.
+
+A Patriot server is a peer like any other: whatever it sends (bad JSON, lone surrogates, NaN,
+deep nesting, unknown types, wrong-typed fields, answers to requests never made) is parsed through
+:func:`gateway.boundary.load_json`, counted in ``gateway_ignored_messages_total{adapter="patriot"}``
+and logged within the connection's budget naming the link and the peer; it never ends the link
+by itself. A message over ``max_message_size`` closes the connection (1009) and the link reconnects.
 
 The link's readiness component (``patriot-desktop:<index>``) and the
 ``gateway_patriot_desktop_up{link}`` gauge are up exactly while the link is authenticated.
@@ -33,9 +40,15 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.logger import Logger
 
+from gateway.boundary import budget_factory
 from gateway.patriot.config import DesktopConfig
 from gateway.patriot.line import Line
-from gateway.patriot.messages import AuthenticationRequest, AuthenticationResponse, PatriotMessage
+from gateway.patriot.messages import (
+    AuthenticationRequest,
+    AuthenticationResponse,
+    PatriotMessage,
+    PatriotMessageError,
+)
 from gateway.patriot.metrics import PatriotMetrics
 from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
 from gateway.patriot.tls import client_tls
@@ -45,6 +58,8 @@ log = Logger()
 #: the close code the link sends (refused key, no answer, the gateway stopping)
 CLOSE_NORMAL = 1000
 
+#: the close code Autobahn sends for a message over max_message_size
+MESSAGE_TOO_BIG = 1009
 
 def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None):
     """Where a link connects: ``connect`` or the URL's host and port, with TLS for ``wss://``."""
@@ -67,7 +82,8 @@ class DesktopSession(Session):
     def __init__(self, connection: IConnection, link: DesktopLink):
         config = link.config
         super().__init__(connection, metrics=link.metrics, max_phone_length=config.max_phone_length,
-                         dial_while_busy=config.dial_while_busy)
+                         dial_while_busy=config.dial_while_busy,
+                         budget=link.budgets(f"{connection.peer} (desktop link {link.index})"))
         self.link = link
         self.request_id = uuid.uuid4().hex
         self.authenticated = False
@@ -95,12 +111,24 @@ class DesktopSession(Session):
         if isinstance(message, AuthenticationResponse):
             self._authentication_response(message)
         elif not self.authenticated:
-            self.ignore(message, "not authenticated yet")
+            self.ignore(message, "not authenticated yet", "unauthenticated")
         elif not self.call_control(message):
             self.ignore(message, "not a message Patriot sends to a dialler client")
 
     def _authentication_response(self, response: AuthenticationResponse) -> None:
-        if self._timer is None or not self._timer.active():
+    def _waiting_for_answer(self) -> bool:
+        return self._timer is not None and self._timer.active()
+
+    def _bad_message(self, error: PatriotMessageError) -> None:
+        super()._bad_message(error)
+        if error.message_type == AuthenticationResponse.TYPE and self._waiting_for_answer():
+            self._timer.cancel()
+            log.warn("{who}: unreadable authentication-response ({reason}); closing", who=self.who,
+                     reason=error.reason[:300])
+            self.metrics.logins.labels(self.mode, "failure").inc()
+            self.connection.close(CLOSE_NORMAL, "unreadable authentication-response")
+
+        if not self._waiting_for_answer():
             self.ignore(response, "no authentication-request is waiting for an answer")
             return
         if response.request_id != self.request_id:
@@ -114,7 +142,7 @@ class DesktopSession(Session):
             self.attach(self.link.line)
         else:
             log.warn("{who}: Patriot refused the API key: {error}", who=self.who,
-                     error=response.error or "(no reason given)")
+                     error=(response.error or "(no reason given)")[:300])
             self.metrics.logins.labels(self.mode, "failure").inc()
             self.connection.close(CLOSE_NORMAL, "authentication failed")
 
@@ -136,6 +164,8 @@ class DesktopLink(service.Service):
         self.rejections = 0
         self._policy = backoffPolicy(config.retry_initial, config.retry_max)
         self._up = metrics.desktop_up.labels(str(index))
+        #: each connection's budget of log lines about ignored messages
+        self.budgets = budget_factory(reactor, "patriot", metrics.registry)
         self._up.set(0)
         self._client = ClientService(endpoint, _DesktopFactory(self, reactor), retryPolicy=self._retry_delay,
                                      clock=reactor)
@@ -211,6 +241,8 @@ class _DesktopProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean, code, reason):
         if self.closedByMe and self.localCloseCode:
+        if self.session is not None and self.localCloseCode == MESSAGE_TOO_BIG:
+            self.session.oversized(f"a message over max_message_size: {self.localCloseReason}")
             # Autobahn reports the code of Patriot's reply (1000); why the link closed is ours
             code, reason = self.localCloseCode, (self.localCloseReason or b"").decode("utf-8", "replace")
         self._close_reason = f"closed with {code}: {reason}" if code else reason

@@ -55,9 +55,14 @@ class PasswordHash:
         return f"{PREFIX}n={self.n},r={self.r},p={self.p}${salt}${key}"
 
 
+def _bytes(text: str) -> bytes:
+    """``text`` as UTF-8, a lone surrogate included (``surrogatepass``): never raises, and one text is one byte string."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
     return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=length, maxmem=_MAX_MEMORY + 1024 * 1024
+        _bytes(password), salt=salt, n=n, r=r, p=p, dklen=length, maxmem=_MAX_MEMORY + 1024 * 1024
     )
 
 
@@ -93,11 +98,15 @@ def hash_password(password: str, *, n: int = DEFAULT_N, r: int = DEFAULT_R, p: i
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """Whether ``password`` matches ``stored`` (a hash, or a plain password), in constant time."""
+    """Whether ``password`` matches ``stored`` (a hash, or a plain password), in constant time.
+
+    Any ``str`` may be given (one holding a lone surrogate simply does not match); only a stored
+    hash that cannot be read raises ``ValueError``.
+    """
     if is_hash(stored):
         expected = parse_hash(stored)
         return hmac.compare_digest(expected.derive(password), expected.key)
-    return hmac.compare_digest(password.encode("utf-8"), stored.encode("utf-8"))
+    return hmac.compare_digest(_bytes(password), _bytes(stored))
 
 
 def main(argv=None, *, read_password=getpass.getpass, out=sys.stdout) -> int:

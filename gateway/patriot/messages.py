@@ -6,12 +6,21 @@ frame holding a JSON object with a string ``type`` and, for some types, an objec
 
 :func:`parse` turns one frame into a frozen value object, or raises :class:`PatriotMessageError`
 whose ``reason`` says, readably, what was wrong (invalid JSON, not an object, missing or ill-typed
-``type``, unknown type, missing or ill-typed payload field, bad phone number).
+``type``, unknown type, missing or ill-typed payload field, bad phone number, bad text) and whose
+``kind`` is the reason an ignored message is counted under (:data:`gateway.boundary.IGNORED_REASONS`).
 :func:`encode` turns a value object back into compact JSON text.
+
+Every frame is decoded by :func:`gateway.boundary.load_json` (strict UTF-8, no lone UTF-16
+surrogate, finite numbers, bounded nesting). A frame that is sound JSON but holds a lone surrogate
+in some field is refused as that message type (``message_type`` set, ``kind`` ``bad_text``, the
+field named), so that the session can give that message its own error: an ``init-request`` with a
+surrogate in its password is an init failure, a ``dial-request`` is answered with the call status.
 
 The reader is tolerant where the vendor's interfaces allow it: unknown payload fields are ignored,
 a payload on a type that has none is ignored, and ``null`` in an optional field reads as absent.
-Pure code: no I/O, no reactor.
+An ``init-request`` payload may also be a *string* holding a JSON object (Patriot's
+``WebSocketClientDiallerConfig`` setting is a JSON string): it is read as that object, through
+``load_json`` too. Pure code: no I/O, no reactor.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from typing import Any, ClassVar
 
 import attrs
 from attrs.validators import instance_of, optional
+
+from gateway.boundary import PeerDataError, load_json
 
 #: Characters Patriot leaves in a sanitised phone number (``phoneNo`` of a dial request).
 PHONE_CHARACTERS = frozenset("0123456789+*#")
@@ -37,12 +48,25 @@ class PatriotMessageError(ValueError):
     :ivar reason: what was wrong, readable enough to log or send back to the peer.
     :ivar message_type: the frame's ``type`` when it was a known one, else ``None`` (so a server
         can still answer, for instance, a malformed ``authentication-request``).
+    :ivar kind: why it is ignored, one of :data:`gateway.boundary.IGNORED_REASONS`: ``malformed``
+        (not JSON, not an object, a missing or ill-typed field), ``bad_text`` (not UTF-8, a lone
+        surrogate) or ``unknown`` (an unknown ``type``).
+    :ivar field: the offending field's path (``payload.password``) when one is to blame.
     """
 
-    def __init__(self, reason: str, message_type: str | None = None):
+    def __init__(self, reason: str, message_type: str | None = None, *, kind: str = "malformed",
+                 field: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.message_type = message_type
+        self.kind = kind
+        self.field = field
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a peer's unknown type may be 64 KiB long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _json_name(value: Any) -> str:
@@ -111,6 +135,10 @@ class InitRequest(PatriotMessage):
     def from_payload(cls, payload):
         if payload is None:
             raise PatriotMessageError(f"{cls.TYPE}: payload missing", cls.TYPE)
+        if isinstance(payload, str):
+            payload = _payload_from_string(payload)
+        if not isinstance(payload, dict):
+            raise PatriotMessageError(f"{cls.TYPE}: payload must be an object, not {_json_name(payload)}", cls.TYPE)
         return cls(payload)
 
     def to_payload(self):
@@ -229,21 +257,44 @@ def check_phone_number(number: str, max_length: int = DEFAULT_MAX_PHONE_LENGTH) 
     return number
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+def _payload_from_string(text: str) -> dict:
+    """An init-request payload sent as a string: the JSON object it holds (boundary policy applies)."""
+    try:
+        value = load_json(text)
+    except PeerDataError as error:
+        if error.document is not None:
+            error.field = f"payload.{error.field}"
+            raise _refused_text(error, InitRequest.TYPE) from None
+        raise PatriotMessageError(f"{InitRequest.TYPE}: payload is a string but not a JSON object: {error.problem}",
+                                  InitRequest.TYPE) from None
+    if not isinstance(value, dict):
+        raise PatriotMessageError(f"{InitRequest.TYPE}: payload is a string holding {_json_name(value)}, "
+                                  "not a JSON object", InitRequest.TYPE)
+    return value
+
+
+def _refused_text(error: PeerDataError, known: str | None = None) -> PatriotMessageError:
+    """A frame that is sound JSON but for a lone surrogate in ``error.field``: refused as its own type."""
+    if known is None:
+        document = error.document
+        type_ = document.get("type") if isinstance(document, dict) else None
+        known = type_ if isinstance(type_, str) and type_ in MESSAGE_TYPES else None
+    prefix = f"{known}: " if known else ""
+    where = f"a key in field {_short(error.field)}" if error.problem.startswith("a key") else f"field {_short(error.field)}"
+    return PatriotMessageError(f"{prefix}{where} holds a lone UTF-16 surrogate (not valid Unicode text)",
+                               known, kind="bad_text", field=error.field)
 
 
 def _load_object(data: str | bytes) -> dict:
-    """Decode one frame into a JSON object, or raise :class:`PatriotMessageError`."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PatriotMessageError(f"not UTF-8 text: {e}") from None
+    """Decode one frame into a JSON object through the boundary policy, or raise :class:`PatriotMessageError`."""
     try:
-        obj = json.loads(data, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise PatriotMessageError(f"invalid JSON: {e}") from None
+        obj = load_json(data)
+    except PeerDataError as error:
+        if error.document is not None:
+            raise _refused_text(error) from None
+        if error.problem.startswith("not UTF-8") or "surrogate" in error.problem:
+            raise PatriotMessageError(f"invalid text: {error}", kind="bad_text") from None
+        raise PatriotMessageError(f"invalid JSON: {error}") from None
     if not isinstance(obj, dict):
         raise PatriotMessageError(f"message must be a JSON object, not {_json_name(obj)}")
     return obj
@@ -263,9 +314,9 @@ def parse(data: str | bytes, *, max_phone_length: int = DEFAULT_MAX_PHONE_LENGTH
         raise PatriotMessageError(f"'type' must be a string, not {_json_name(type_)}")
     cls = MESSAGE_TYPES.get(type_)
     if cls is None:
-        raise PatriotMessageError(f"unknown message type {type_!r}")
+        raise PatriotMessageError(f"unknown message type {_short(type_)}", kind="unknown")
     payload = obj.get("payload")
-    if payload is not None and not isinstance(payload, dict):
+    if payload is not None and not isinstance(payload, dict) and cls is not InitRequest:
         raise PatriotMessageError(f"{type_}: payload must be an object, not {_json_name(payload)}", type_)
     message = cls.from_payload(payload)
     if isinstance(message, DialRequest):

@@ -1,4 +1,9 @@
-"""The Patriot adapter's Prometheus metrics, on the gateway's registry (never the global one)."""
+"""The Patriot adapter's Prometheus metrics, on the gateway's registry (never the global one).
+
+Besides its own metrics the adapter counts ignored and refused messages in the shared
+``gateway_ignored_messages_total{adapter="patriot",reason}`` (:mod:`gateway.boundary`), and
+locked-out addresses in ``gateway_patriot_lockouts_total``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ class PatriotMetrics:
     logins: Counter
     bridge_connections: Gauge
     desktop_up: Gauge
+    lockouts: Counter
+    #: the registry they are on (the ignored-message budgets count on it too)
+    registry: CollectorRegistry | None = None
 
     @classmethod
     def on(cls, registry: CollectorRegistry) -> PatriotMetrics:
@@ -30,4 +38,7 @@ class PatriotMetrics:
                                      "Open Patriot connections to the Dialler Bridge", ["state"], registry=registry),
             desktop_up=Gauge("gateway_patriot_desktop_up", "1 while a Desktop API link is authenticated, else 0",
                              ["link"], registry=registry),
+            lockouts=Counter("gateway_patriot_lockouts", "Source addresses locked out of the Dialler Bridge "
+                             "for too many failed init-requests", registry=registry),
+            registry=registry,
         )

@@ -2,8 +2,8 @@
 
 A :class:`Session` sits behind a thin WebSocket adapter (``bridge.py``: Patriot connected to us;
 ``desktop.py``: we connected to Patriot) that implements :class:`IConnection` and feeds it frames.
-It parses every frame, logs and counts bad ones with the peer named (a bad frame never ends the
-connection and never reaches other sessions), and, once the connection is logged in (init or
+It parses every frame (through :func:`gateway.boundary.load_json`), logs and counts bad ones with
+the peer named (a bad frame never ends the connection and never reaches other sessions), and, once the connection is logged in (init or
 authentication, done by the subclass), carries out Patriot's call control on the user's
 :class:`~gateway.patriot.line.Line`:
 
@@ -14,6 +14,12 @@ authentication, done by the subclass), carries out Patriot's call control on the
 - ``call-status-request`` -> a ``call-status-update`` at once;
 - every change of the line's call -> a ``call-status-update``.
 
+Bad frames and ignored messages go through the connection's
+:class:`~gateway.boundary.IgnoredBudget`: each is counted in
+``gateway_ignored_messages_total{adapter="patriot",reason}``, the first few are logged one by one
+naming the peer, and then one summary line a minute at most, so a flood of junk is not a flood of
+log lines. The budget is closed (its last summary written) when the connection is lost.
+
 :class:`ReactorTimer` puts both adapters' Autobahn timers on the adapter's reactor.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.boundary import IgnoredBudget
 from gateway.core.errors import CallError
 from gateway.patriot.line import Line
 from gateway.patriot.messages import (
@@ -97,9 +104,11 @@ class Session:
     mode = ""
 
     def __init__(self, connection: IConnection, *, metrics: PatriotMetrics, max_phone_length: int,
-                 dial_while_busy: str):
+                 dial_while_busy: str, budget: IgnoredBudget):
         self.connection = connection
         self.metrics = metrics
+        #: the connection's budget of log lines about ignored messages (counted whatever it logs)
+        self.budget = budget
         self.max_phone_length = max_phone_length
         self.dial_while_busy = dial_while_busy
         self.line: Line | None = None
@@ -130,6 +139,12 @@ class Session:
         """The connection is gone."""
         self.open = False
         self.detach()
+        self.budget.close()
+
+    def oversized(self, reason: str) -> None:
+        """The WebSocket layer closed the connection for a message over ``max_message_size`` (1009)."""
+        self.metrics.bad_messages.labels(self.mode).inc()
+        self.budget.ignored("oversized", reason)
 
     def message_received(self, message: PatriotMessage) -> None:
         raise NotImplementedError
@@ -142,14 +157,16 @@ class Session:
         return parse(payload, max_phone_length=self.max_phone_length)
 
     def _bad_message(self, error: PatriotMessageError) -> None:
-        log.warn("{who} sent a bad message: {reason}", who=self.who, reason=error.reason)
+        """A frame that is not a valid message: counted and logged (within budget), answered where Patriot can be."""
         self.metrics.bad_messages.labels(self.mode).inc()
+        self.budget.ignored(error.kind, f"bad message: {error.reason}")
         if error.message_type == DialRequest.TYPE and self.line is not None:
             self.metrics.commands.labels(self.mode, "dial", "invalid_argument").inc()
             self.send(self.line.status)
 
-    def ignore(self, message: PatriotMessage, why: str) -> None:
-        log.info("{who}: ignoring {type}: {why}", who=self.who, type=message.TYPE, why=why)
+    def ignore(self, message: PatriotMessage, why: str, reason: str = "out_of_state") -> None:
+        """A valid message that is not acted on; ``reason`` is its label in the ignored-messages count."""
+        self.budget.ignored(reason, f"{message.TYPE}: {why}")
 
     # -- sending
 

@@ -2,15 +2,25 @@
 and the configuration errors of both Patriot modes."""
 
 import io
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import defer, task
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
 from gateway.confschema import ConfigError, Secret
 from gateway.patriot import hashpw
-from gateway.patriot.auth import BAD_CREDENTIALS, AddressGuard, Authenticator, InitRefused
+from gateway.patriot.auth import (
+    BAD_CREDENTIALS,
+    UNCHECKABLE,
+    AddressGuard,
+    AddressLockedOut,
+    Authenticator,
+    InitRefused,
+    address_key,
+)
 from gateway.patriot.config import BridgeUser
 
 #: cheap scrypt parameters so the tests stay fast
@@ -111,6 +121,30 @@ class AuthenticatorTests(SynchronousTestCase):
             self.assertIn("'password'", reason)
         self.assertEqual(self.calls, [])
 
+    def test_a_password_that_is_not_valid_text_is_refused_never_raised(self):
+        for payload in [{"userName": "plain", "password": "pw-\udc80"}, {"userName": "\ud800", "password": "x"}]:
+            reason = self.refused(payload)
+            self.assertIn("not valid Unicode text", reason)
+        self.assertEqual(self.calls, [])
+
+    def test_verify_password_takes_any_text(self):
+        self.assertFalse(hashpw.verify_password("pw-\udc80", "pw-plain"))
+        self.assertFalse(hashpw.verify_password("pw-\udc80", hashpw.hash_password("pw", **FAST)))
+        self.assertFalse(hashpw.verify_password("\ud83d\ude00", "\U0001f600"))  # a pair of lone halves is not the emoji
+
+    def test_a_stored_hash_that_cannot_be_checked_is_logged_and_refused(self):
+        users = [BridgeUser(username="u", password=Secret(hashpw.hash_password("pw", **FAST)), extension="1")]
+        auth = Authenticator(users, username_field="userName", password_field="password", run_blocking=run_now)
+        auth._users["u"] = SimpleNamespace(username="u", password=Secret("scrypt$broken"), extension="1")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        failure = self.failureResultOf(auth.check({"userName": "u", "password": "pw"}), InitRefused)
+        self.assertEqual(str(failure.value), UNCHECKABLE)
+        (event,) = [e for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(event["user"], "u")
+        self.assertNotIn("log_failure", event)  # a line naming the problem, not a traceback
+
     def test_configured_field_names(self):
         auth = Authenticator(_users(), username_field="user", password_field="secret", run_blocking=run_now)
         user = self.successResultOf(auth.check({"user": "plain", "secret": "pw-plain"}))
@@ -126,25 +160,31 @@ class AuthenticatorTests(SynchronousTestCase):
 class AddressGuardTests(SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()
-        self.guard = AddressGuard(self.clock, max_failures=3, block_time=60.0)
+        self.lockouts = []
+        self.guard = AddressGuard(self.clock, max_failures=3, block_time=60.0, max_addresses=100,
+                                  on_lockout=lambda address, seconds: self.lockouts.append((address, seconds)))
 
     def test_blocks_after_max_failures_for_block_time(self):
         self.assertEqual([self.guard.failed("10.0.0.1") for _ in range(3)], [False, False, True])
+        self.assertEqual(self.lockouts, [("10.0.0.1", 60.0)])
         self.assertTrue(self.guard.blocked("10.0.0.1"))
         self.assertFalse(self.guard.blocked("10.0.0.2"))
-        self.assertEqual(self.guard.to_dict(), {"blocked": {"10.0.0.1": 60.0}})
+        self.assertEqual(self.guard.to_dict(), {"blocked": {"10.0.0.1": 60.0}, "tracked_addresses": 1})
         self.clock.advance(59.9)
         self.assertTrue(self.guard.blocked("10.0.0.1"))
+        self.assertFalse(self.guard.failed("10.0.0.1"))  # refused meanwhile: the lockout is not extended
         self.clock.advance(0.1)
         self.assertFalse(self.guard.blocked("10.0.0.1"))
         self.assertFalse(self.guard.failed("10.0.0.1"))  # counting starts again
+        self.assertFalse(self.guard.failed("10.0.0.1"))
+        self.assertTrue(self.guard.failed("10.0.0.1"))
 
-    def test_success_forgets_failures(self):
+    def test_success_does_not_forget_failures(self):
+        """One valid login must not buy more guesses at other users' passwords."""
         self.guard.failed("a")
         self.guard.failed("a")
-        self.guard.succeeded("a")
-        self.assertFalse(self.guard.failed("a"))
-        self.assertFalse(self.guard.failed("a"))
+        self.successResultOf(self.guard.turn("a"))
+        self.assertFalse(self.guard.done("a", "success"))
         self.assertTrue(self.guard.failed("a"))
 
     def test_old_failures_are_forgotten(self):
@@ -152,7 +192,77 @@ class AddressGuardTests(SynchronousTestCase):
         self.guard.failed("a")
         self.clock.advance(60.0)
         self.assertFalse(self.guard.failed("a"))
-        self.assertEqual(self.guard._failures, {"a": (1, 60.0)})
+        self.assertFalse(self.guard.failed("a"))
+        self.assertTrue(self.guard.failed("a"))
+
+    def test_one_password_check_at_a_time_per_address(self):
+        first = self.guard.turn("10.0.0.1")
+        self.successResultOf(first)
+        second, third = self.guard.turn("10.0.0.1"), self.guard.turn("10.0.0.1")
+        self.successResultOf(self.guard.turn("10.0.0.2"))  # another address does not wait
+        self.assertNoResult(second)
+        self.guard.done("10.0.0.1", "failure")
+        self.successResultOf(second)
+        self.assertNoResult(third)
+        self.guard.done("10.0.0.1", "failure")
+        self.successResultOf(third)
+        self.assertTrue(self.guard.done("10.0.0.1", "failure"))
+        self.failureResultOf(self.guard.turn("10.0.0.1"), AddressLockedOut)
+
+    def test_the_lockout_refuses_the_waiting_checks(self):
+        self.successResultOf(self.guard.turn("a"))
+        waiting = [self.guard.turn("a") for _ in range(5)]
+        self.guard.failed("a")
+        self.guard.failed("a")
+        self.assertTrue(self.guard.done("a", "failure"))
+        for waiter in waiting:
+            error = self.failureResultOf(waiter, AddressLockedOut).value
+            self.assertIn("try again in 60 s", str(error))
+
+    def test_a_cancelled_wait_gives_up_its_place(self):
+        self.successResultOf(self.guard.turn("a"))
+        gone, next_ = self.guard.turn("a"), self.guard.turn("a")
+        gone.cancel()
+        self.failureResultOf(gone, defer.CancelledError)
+        self.guard.done("a", "error")
+        self.successResultOf(next_)
+
+    def test_ipv6_counts_by_its_64_network_and_mapped_ipv4_as_ipv4(self):
+        for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"):
+            self.guard.failed(host)
+        self.assertTrue(self.guard.blocked("2001:db8:1:2::99"))
+        self.assertFalse(self.guard.blocked("2001:db8:1:3::1"))
+        self.assertEqual(address_key("::ffff:10.0.0.1"), "10.0.0.1")
+        self.assertEqual(address_key("not an address"), "not an address")
+
+    def test_thousands_of_addresses_do_not_grow_the_table_past_its_cap(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for i in range(5000):
+            self.guard.failed(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+            self.assertLessEqual(len(self.guard), 100)
+        self.assertEqual(len(self.guard), 100)
+        evictions = [e for e in events if "forgot the oldest" in e.get("log_format", "")]
+        self.assertEqual(len(evictions), 1)  # not one line per address
+
+    def test_expired_entries_are_dropped(self):
+        for i in range(50):
+            self.guard.failed(f"10.0.0.{i}")
+        for i in range(3):
+            self.guard.failed("10.9.9.9")
+        self.assertEqual(len(self.guard), 51)
+        self.clock.advance(60.0)
+        self.guard.failed("10.1.1.1")  # a new entry sweeps the expired ones
+        self.assertEqual(len(self.guard), 1)
+        self.assertEqual(self.guard.to_dict(), {"blocked": {}, "tracked_addresses": 1})
+
+    def test_the_full_table_evicts_the_oldest_not_a_check_in_progress(self):
+        self.successResultOf(self.guard.turn("busy"))
+        for i in range(150):
+            self.guard.failed(f"10.0.{i // 256}.{i % 256}")
+        self.assertEqual(len(self.guard), 100)
+        self.assertIn("busy", self.guard._entries)
 
 
 @pytest.mark.parametrize(

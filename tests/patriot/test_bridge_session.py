@@ -1,10 +1,13 @@
 """The Dialler Bridge's sessions on a real call registry (sim driver) and a task.Clock: init,
 heartbeats, dead links, blocking, call control and status updates, bad input."""
 
+import json
+
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -64,14 +67,28 @@ class BridgeTestCase(SynchronousTestCase):
 
 
 class InitTests(BridgeTestCase):
-    def test_messages_before_init_are_ignored(self):
+    def test_messages_before_init_are_ignored_but_heartbeats(self):
         session, connection = self.connect()
-        for message in [frame("heartbeat"), frame("call-status-request"), frame("hangup-request"),
+        for message in [frame("call-status-request"), frame("hangup-request"),
                         frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "555 1234"})]:
             session.frame_received(message, False)
         self.assertEqual(connection.take(), [])
         self.assertEqual(self.registry.calls(), [])
         self.assertIsNone(session.line)
+        self.assertEqual(self.sample("gateway_ignored_messages_total", adapter="patriot", reason="unauthenticated"), 3)
+
+    def test_heartbeats_are_answered_before_init_and_after_a_refused_one(self):
+        """Spec 000: Patriot heartbeats every 5 s; the Dialler Server should answer each."""
+        session, connection = self.connect()
+        session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.take(), [{"type": "heartbeat-response"}])
+        session.frame_received(frame("init-request", {"userName": "alice", "password": "guess"}), False)
+        self.assertFalse(connection.take()[0]["payload"]["success"])
+        session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.take(), [{"type": "heartbeat-response"}])
+        self.assertIsNone(session.user)
+        session.frame_received(frame("call-status-request"), False)
+        self.assertEqual(connection.take(), [])
 
     def test_successful_init_then_heartbeats_are_answered(self):
         session, connection = self.login()
@@ -89,7 +106,6 @@ class InitTests(BridgeTestCase):
         self.assertEqual(connection.take(), [{"type": "init-response",
                                               "payload": {"success": False, "error": "invalid user name or password"}}])
         session.frame_received(frame("dial-request", {"phoneNo": "5551234", "rawPhoneNo": "5551234"}), False)
-        session.frame_received(frame("heartbeat"), False)
         self.assertEqual(connection.take(), [])
         self.assertEqual(self.registry.calls(), [])
         self.assertEqual(connection.closes, [])
@@ -175,13 +191,17 @@ class InitTests(BridgeTestCase):
         self.clock.advance(300)
         self.assertIsNone(self.bridge.refusal("/dialler", "10.0.0.9", "10.0.0.9:50004"))
 
-    def test_success_forgets_the_address_failures(self):
+    def test_success_does_not_forget_the_address_failures(self):
+        """Else a valid login between guesses would buy the address more guesses at other users."""
         session, connection = self.connect()
-        session.frame_received(frame("init-request", {"userName": "alice", "password": "x"}), False)
-        session.frame_received(frame("init-request", {"userName": "alice", "password": "y"}), False)
+        session.frame_received(frame("init-request", {"userName": "bob", "password": "x"}), False)
+        session.frame_received(frame("init-request", {"userName": "bob", "password": "y"}), False)
         session.frame_received(frame("init-request", ALICE), False)
         self.assertEqual(connection.take()[-2]["payload"], {"success": True})
-        self.assertEqual(self.bridge.guard._failures, {})
+        other, other_connection = self.connect(port=50001)
+        other.frame_received(frame("init-request", {"userName": "bob", "password": "z"}), False)
+        self.assertEqual(other_connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
+        self.assertEqual(connection.closes, [])  # alice, logged in, stays
 
     def test_other_paths_are_refused(self):
         refusal = self.bridge.refusal("/other", "10.0.0.7", "10.0.0.7:1")
@@ -403,3 +423,209 @@ class AutobahnTimerTests(BridgeTestCase):
         self.clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class BadInitTests(BridgeTestCase):
+    """Spec 000: "The Dialler Server must respond with an InitResponse" — to every init-request."""
+
+    def refused_init(self, raw: bytes, host: str = "10.0.0.7") -> str:
+        session, connection = self.connect(host=host)
+        session.frame_received(raw, False)
+        (response,) = connection.take()
+        self.assertEqual(response["type"], "init-response")
+        self.assertFalse(response["payload"]["success"])
+        session.closed("test")
+        return response["payload"]["error"]
+
+    def test_a_lone_surrogate_in_the_password_is_an_init_failure_naming_the_field(self):
+        checks = []
+        self.run_blocking = lambda f, *a: (checks.append(a), run_now(f, *a))[1]
+        error = self.refused_init(b'{"type":"init-request","payload":{"userName":"alice","password":"pw\\udc80"}}')
+        self.assertIn("'payload.password'", error)
+        self.assertIn("surrogate", error)
+        self.assertEqual(checks, [])  # no password was checked
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), 1)
+        self.assertEqual(self.sample("gateway_ignored_messages_total", adapter="patriot", reason="bad_text"), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_no_null_or_non_object_payload_is_answered_and_counted(self):
+        cases = [
+            (b'{"type":"init-request"}', "payload missing"),
+            (b'{"type":"init-request","payload":null}', "payload missing"),
+            (b'{"type":"init-request","payload":42}', "must be an object, not a number"),
+            (b'{"type":"init-request","payload":[1]}', "must be an object, not an array"),
+            (b'{"type":"init-request","payload":"userName=alice"}', "payload is a string but not a JSON object"),
+            (b'{"type":"init-request","payload":"[1]"}', "a string holding an array"),
+        ]
+        for i, (raw, words) in enumerate(cases):
+            with self.subTest(raw=raw):
+                self.assertIn(words, self.refused_init(raw, host=f"10.0.{i}.1"))
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), 6)
+
+    def test_bad_inits_count_toward_the_lockout(self):
+        session, connection = self.connect(host="10.0.0.9")
+        for _ in range(2):
+            session.frame_received(b'{"type":"init-request"}', False)
+        self.assertEqual(connection.closes, [])
+        session.frame_received(b'{"type":"init-request","payload":{"userName":"alice","password":"\\ud800"}}', False)
+        self.assertEqual(connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
+        self.assertTrue(self.bridge.guard.blocked("10.0.0.9"))
+
+    def test_a_payload_that_is_a_string_holding_a_json_object_logs_in(self):
+        session, connection = self.connect()
+        session.frame_received(frame("init-request", json.dumps(ALICE)), False)
+        self.assertEqual(connection.take()[0], {"type": "init-response", "payload": {"success": True}})
+        self.assertEqual(session.user.username, "alice")
+
+    def test_a_surrogate_inside_the_string_payload_is_named_too(self):
+        error = self.refused_init(frame("init-request", '{"userName": "alice", "password": "\\udfff"}'))
+        self.assertIn("'payload.password'", error)
+
+    def test_a_malformed_init_on_a_logged_in_connection_is_answered_not_counted(self):
+        session, connection = self.login()
+        session.frame_received(b'{"type":"init-request"}', False)
+        (response,) = connection.take()
+        self.assertFalse(response["payload"]["success"])
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), 0)
+        self.assertEqual(session.user.username, "alice")
+
+    def test_bad_text_in_a_dial_request_is_answered_with_the_status(self):
+        session, connection = self.login()
+        session.frame_received(b'{"type":"dial-request","payload":{"phoneNo":"5551234","rawPhoneNo":"\\ud800"}}',
+                               False)
+        self.assertEqual(connection.statuses(), [status(False)])
+        self.assertEqual(self.registry.calls(), [])
+
+
+class LockoutTests(BridgeTestCase):
+    """Failures counted per source address across connections; at max_init_failures (3 here) the
+    address is locked out: every unauthenticated connection from it closed, its inits refused."""
+
+    def setUp(self):
+        super().setUp()
+        self.checked = []  # every password the bridge checked
+        self.pending = None  # a list of Deferreds: checks then wait for the test to answer them
+
+        def run(function, *args):
+            self.checked.append(args[0])
+            if self.pending is None:
+                return run_now(function, *args)
+            d = defer.Deferred()
+            self.pending.append((d, function, args))
+            return d
+
+        self.run_blocking = run
+
+    def test_many_connections_from_one_address_get_at_most_max_init_failures_checks(self):
+        """Before: 100 connections gave 500 checked guesses with a limit of 5."""
+        sessions = [self.connect(host="10.6.6.6", port=40000 + i) for i in range(100)]
+        for guess in range(5):
+            for i, (session, _) in enumerate(sessions):
+                session.frame_received(frame("init-request", {"userName": "alice", "password": f"g{i}-{guess}"}), False)
+        self.assertEqual(len(self.checked), 3)
+        for session, connection in sessions:
+            self.assertEqual(connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
+        self.assertEqual(self.sample("gateway_patriot_lockouts_total"), 1)
+
+    def test_concurrent_checks_from_one_address_run_one_at_a_time(self):
+        self.pending = []
+        sessions = [self.connect(host="10.6.6.6", port=40000 + i) for i in range(100)]
+        for i, (session, _) in enumerate(sessions):
+            session.frame_received(frame("init-request", {"userName": "alice", "password": f"g{i}"}), False)
+        while self.pending:
+            self.assertEqual(len(self.pending), 1)  # one check in flight for the address
+            d, function, args = self.pending.pop()
+            d.callback(function(*args))
+        self.assertEqual(len(self.checked), 3)
+        answers = [connection.take() for _, connection in sessions]
+        self.assertEqual([a[0]["payload"]["error"] for a in answers[:3]], ["invalid user name or password"] * 3)
+        for answer in answers[3:]:  # those that waited are told why, once, and closed
+            self.assertEqual(len(answer), 1)
+            self.assertIn("too many failed init-requests from this address; try again in 300 s",
+                          answer[0]["payload"]["error"])
+        self.assertTrue(all(c.closes == [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")]
+                            for _, c in sessions))
+
+    def test_the_lockout_closes_idle_connections_of_the_address_only(self):
+        idle, idle_connection = self.connect(host="10.6.6.6", port=1)
+        alice, alice_connection = self.login(host="10.6.6.6", port=2)
+        elsewhere, elsewhere_connection = self.connect(host="10.7.7.7", port=3)
+        guesser, _ = self.connect(host="10.6.6.6", port=4)
+        for guess in range(3):
+            guesser.frame_received(frame("init-request", {"userName": "bob", "password": f"g{guess}"}), False)
+        self.assertEqual(idle_connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
+        self.assertEqual(idle_connection.take(), [])  # it sent no init: nothing to answer
+        self.assertEqual((alice_connection.closes, elsewhere_connection.closes), ([], []))
+        alice.frame_received(frame("heartbeat"), False)
+        self.assertEqual(alice_connection.take(), [{"type": "heartbeat-response"}])
+
+    def test_inits_are_refused_until_the_lockout_ends_by_the_clock(self):
+        guesser, _ = self.connect(host="10.6.6.6")
+        for guess in range(3):
+            guesser.frame_received(frame("init-request", {"userName": "bob", "password": f"g{guess}"}), False)
+        self.clock.advance(200)
+        late, late_connection = self.connect(host="10.6.6.6", port=2)  # its handshake raced the lockout
+        late.frame_received(frame("init-request", ALICE), False)
+        self.assertEqual(late_connection.take(), [{"type": "init-response", "payload": {
+            "success": False, "error": "too many failed init-requests from this address; try again in 100 s"}}])
+        self.assertEqual(late_connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
+        self.assertEqual(len(self.checked), 3)
+        self.assertIsNotNone(self.bridge.refusal("/dialler", "10.6.6.6", "10.6.6.6:3"))
+        self.clock.advance(100)
+        self.assertIsNone(self.bridge.refusal("/dialler", "10.6.6.6", "10.6.6.6:3"))
+        self.login(host="10.6.6.6", port=3)
+        self.assertEqual(len(self.checked), 4)
+
+    def test_a_connection_closed_during_its_check_still_counts_the_failure(self):
+        self.pending = []
+        for i in range(3):
+            session, _ = self.connect(host="10.6.6.6", port=i)
+            session.frame_received(frame("init-request", {"userName": "alice", "password": f"g{i}"}), False)
+            session.closed("hung up at once")
+            d, function, args = self.pending.pop()
+            d.callback(function(*args))
+        self.assertTrue(self.bridge.guard.blocked("10.6.6.6"))
+
+    def test_a_connection_closed_while_waiting_gives_up_its_turn(self):
+        self.pending = []
+        first, _ = self.connect(host="10.6.6.6", port=1)
+        first.frame_received(frame("init-request", {"userName": "alice", "password": "g"}), False)
+        gone, _ = self.connect(host="10.6.6.6", port=2)
+        gone.frame_received(frame("init-request", {"userName": "alice", "password": "h"}), False)
+        gone.closed("gone")
+        last, last_connection = self.connect(host="10.6.6.6", port=3)
+        last.frame_received(frame("init-request", ALICE), False)
+        d, function, args = self.pending.pop()
+        d.callback(function(*args))
+        d, function, args = self.pending.pop()  # the next turn goes to the one still there
+        self.assertEqual(args[0], "pw-alice")
+        d.callback(function(*args))
+        self.assertEqual(last.user.username, "alice")
+        self.assertEqual(self.checked, ["g", "pw-alice"])
+
+    def test_status_shows_the_locked_out_addresses(self):
+        guesser, _ = self.connect(host="10.6.6.6")
+        for guess in range(3):
+            guesser.frame_received(frame("init-request", {"userName": "bob", "password": f"g{guess}"}), False)
+        self.assertEqual(self.bridge.status()["blocked"], {"10.6.6.6": 300.0})
+        self.assertEqual(self.bridge.status()["tracked_addresses"], 1)
+
+
+class IgnoredBudgetTests(BridgeTestCase):
+    def test_junk_is_counted_in_full_and_logged_within_the_budget(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        session, connection = self.login()
+        for _ in range(1000):
+            session.frame_received(b'{"type": "shout"}', False)
+            session.frame_received(b"{not json", False)
+        self.assertEqual(self.sample("gateway_ignored_messages_total", adapter="patriot", reason="unknown"), 1000)
+        self.assertEqual(self.sample("gateway_ignored_messages_total", adapter="patriot", reason="malformed"), 1000)
+        ignored = [e for e in events if "ignored" in e.get("log_format", "")]
+        self.assertEqual(len(ignored), 5)
+        self.assertIn("10.0.0.7:50000", ignored[0]["peer"])
+        session.closed("gone")  # the budget is closed: one summary of the rest
+        summary = [e for e in events if "more messages" in e.get("log_format", "")]
+        self.assertEqual(len(summary), 1)
+        self.assertEqual(summary[0]["count"], 1995)

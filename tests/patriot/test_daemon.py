@@ -255,7 +255,8 @@ def test_bridge_wrong_password_gets_success_false_and_cannot_dial(gateway):
     watcher.request_status()
     yield next_status(watcher)
     assert (yield gateway.live_calls("1002")) == []
-    assert [r.type for r in sim.received] == ["init-response"]
+    yield sim.wait_for("heartbeat-response", timeout=WAIT)  # heartbeats are answered even so (spec 000)
+    assert [r.type for r in sim.received] == ["init-response", "heartbeat-response"]
 
 
 @pytest_twisted.inlineCallbacks
