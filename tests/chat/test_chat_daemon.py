@@ -223,7 +223,8 @@ def test_malformed_packets_and_unexpected_events_are_logged_and_the_link_kept(pr
 
     assert len((yield registrations(sim))["registrations"]) == 1  # never reconnected
     yield daemon.wait_for_output("unusable messageArrived")
-    for needle in ("sent a malformed packet", "unknown Socket.IO packet type '7'", "unexpected event 'surprise'"):
+    for needle in ("ignored a message (malformed): malformed packet", "unknown Socket.IO packet type '7'",
+                   "ignored a message (unknown): unexpected event 'surprise'"):
         assert needle in daemon.output
     assert (yield daemon.stop()) == 0, daemon.output
 
@@ -275,3 +276,42 @@ def test_the_http_transport_posts_each_sms_until_the_provider_takes_it(processes
     )
     assert "hook-t0ken" not in daemon.output
     assert (yield daemon.stop()) == 0, daemon.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hostile_chat_server_is_refused_and_counted_and_the_daemon_reconnects(processes, tmp_path, chat_sim_launcher):
+    """The corpus's worst: a NaN heartbeat reconnects, bad text and a 4300-digit ack id are dropped, 2 MiB reconnects."""
+    sim = yield chat_sim_launcher()
+    daemon = gateway(processes, tmp_path, sim.url)
+    yield sim.post("/sim/open-frames", {"frames": ['0{"sid":"x","upgrades":[],"pingInterval":NaN,"pingTimeout":20000}']})
+    yield daemon.start()
+    yield wait_until(lambda: registrations(sim).addCallback(lambda r: r["connected"]), "the registration after the NaN open")
+    yield daemon.wait_for_output("NaN is not a JSON number")
+
+    frames = ['42["messageArrived","\\ud800"]', {"text": "42", "repeat": "9", "times": 4300, "then": '["messageArrived",{}]'}]
+    code, _ = yield sim.post("/sim/connectors/sms/frames", {"frames": frames})
+    assert code == 200
+    yield sim.post("/sim/sms", {"to": "+4917000000001", "text": "still here"})
+    yield wait_until(lambda: sent_sms(daemon).addCallback(lambda s: s == [("+4917000000001", "still here")]), "the SMS after the noise")
+    assert len((yield registrations(sim))["registrations"]) == 1  # the dropped packets did not cost the link
+
+    code, _ = yield sim.post("/sim/connectors/sms/frames", {"frames": [
+        {"text": '42["messageArrived","', "repeat": "a", "times": 2 << 20, "then": '"]'}]})
+    assert code == 200
+    yield wait_until(lambda: registrations(sim).addCallback(lambda r: len(r["registrations"]) == 2), "the reconnect")
+    code, body = yield daemon.api("GET", "/api/sms?direction=outbound")
+    assert [sms["text"] for sms in body["sms"]] == ["still here"]  # nothing half-broken stored
+    for needle in ("ignored a message (bad_text)", "ack id of 4300 digits", "exceeds payload limit of 1048576"):
+        assert needle in daemon.output, needle
+    metrics = yield treq_get(f"http://127.0.0.1:{daemon.admin_port}/metrics")
+    assert 'gateway_ignored_messages_total{adapter="chat",reason="bad_text"} 1.0' in metrics
+    assert 'gateway_ignored_messages_total{adapter="chat",reason="oversized"} 1.0' in metrics
+    assert "Traceback" not in daemon.output
+    assert (yield daemon.stop()) == 0, daemon.output
+
+
+@defer.inlineCallbacks
+def treq_get(url):
+    client = HTTPClient(Agent(reactor(), pool=HTTPConnectionPool(reactor(), persistent=False)))
+    response = yield client.get(url)
+    return (yield response.text())
