@@ -108,6 +108,19 @@ class FramingTests(SynchronousTestCase):
         self.assertIn("not JSON", self.protocol.rejected[0])
         self.assertFalse(self.transport.disconnecting)
 
+    def test_frames_go_through_the_boundary_policy(self):
+        self.protocol.dataReceived(
+            raw_frame(b'{"a": NaN}') + raw_frame(b'{"a": {"b": "x\\ud800"}}') + raw_frame(b"[" * 40 + b"]" * 40)
+            + raw_frame(b'{"a": 1e999}') + encode_frame({"next": "\U0001f600"})
+        )
+        self.assertEqual(self.protocol.messages, [{"next": "\U0001f600"}])
+        first, surrogate, deep, overflow = self.protocol.rejected
+        self.assertIn("NaN is not a JSON number", first)
+        self.assertIn("field 'a.b': holds a lone UTF-16 surrogate", surrogate)
+        self.assertIn("nested deeper than 32", deep)
+        self.assertIn("out of range", overflow)
+        self.assertFalse(self.transport.disconnecting)
+
     def test_json_that_is_not_an_object_is_survived(self):
         self.protocol.dataReceived(raw_frame(b"[1, 2]") + encode_frame({"next": 1}))
         self.assertEqual(self.protocol.messages, [{"next": 1}])
