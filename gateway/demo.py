@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import sys
 import typing
 
@@ -682,6 +683,21 @@ def _closing_words(demo: Demo, missing: list[str], out) -> None:
           f"A simulated caller rings the echo app ({ECHO_DID}) every {ECHO_EVERY:g} s.", file=out, flush=True)
 
 
+def _stop_on_ctrl_c(reactor) -> None:
+    """Ctrl-C (SIGINT) stops the demo and everything it started, exit status 0.
+
+    Installed explicitly: Twisted installs its SIGINT handler only over
+    Python's default one, which a process started with SIGINT ignored (a
+    shell's background job, ``nohup``) does not have, so the demo would
+    ignore Ctrl-C and run on for good.
+    """
+
+    def stop(signum, frame):
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGINT, stop)
+
+
 async def _run(reactor, options) -> None:
     from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
     from twisted.logger import textFileLogObserver
@@ -699,6 +715,7 @@ async def _run(reactor, options) -> None:
     narrator = Narrator(reactor, out)
     demo = Demo(reactor, workdir, narrator, once=options.once, admin_port=options.admin_port)
     reactor.addSystemEventTrigger("before", "shutdown", demo.stop)
+    _stop_on_ctrl_c(reactor)
     missing = await Script(narrator, demo.pause).play(demo.stories())
     _closing_words(demo, missing, out)
     if options.once:

@@ -137,23 +137,27 @@ class GatewayService(service.MultiService):
         for listener in self.ctx.listeners:
             listener.startService()
         super().startService()
-        self.ctx.reactor.callWhenRunning(self._take_over_sigterm)
+        self.ctx.reactor.callWhenRunning(self._take_over_stop_signals)
         opened = self.store_service.opened if self.store_service else defer.succeed(None)
         opened.addCallback(lambda _: self._started())
         opened.addErrback(self._fatal, "the store could not be opened")
 
-    def _take_over_sigterm(self):
-        """SIGTERM is the gateway's normal stop: exit 0 once everything is flushed.
+    def _take_over_stop_signals(self):
+        """SIGTERM and SIGINT (Ctrl-C) are the gateway's normal stop: exit 0 once everything is flushed.
 
-        Twisted's own handler makes twistd re-raise the signal after the
-        reactor stopped, so the process would end by the signal (status 143).
+        Twisted's own SIGTERM handler makes twistd re-raise the signal after
+        the reactor stopped, so the process would end by the signal (status
+        143). Twisted installs a SIGINT handler only over Python's default
+        one, which a process started with SIGINT ignored (a shell's background
+        job, ``nohup``) does not have: Ctrl-C would be ignored for good.
         """
         reactor = self.ctx.reactor
 
-        def on_sigterm(signum, frame):
+        def on_stop_signal(signum, frame):
             reactor.callFromThread(reactor.stop)
 
-        signal.signal(signal.SIGTERM, on_sigterm)
+        signal.signal(signal.SIGTERM, on_stop_signal)
+        signal.signal(signal.SIGINT, on_stop_signal)
 
     def _started(self):
         log.info(
