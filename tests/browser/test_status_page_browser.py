@@ -23,6 +23,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
+from gateway.sim.his import HisBridgeSim
 from gateway.testing import TOKEN, GatewayProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -63,9 +64,8 @@ allow_from = ["127.0.0.1"]
 """
 
 
-@pytest.fixture
-def browser(tmp_path):
-    """A fresh headless Chromium with its own profile, quit at teardown."""
+def _chromium(tmp_path, window_size=None):
+    """A fresh headless Chromium with its own profile (and window size, as ``--window-size=W,H``)."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         pytest.skip(f"Chromium is not installed ({', '.join(missing)} missing): "
@@ -79,8 +79,27 @@ def browser(tmp_path):
     options.binary_location = str(CHROMIUM)
     for flag in FLAGS:
         options.add_argument(flag)
+    if window_size is not None:
+        options.add_argument(f"--window-size={window_size}")
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A fresh headless Chromium with its own profile, quit at teardown."""
+    driver = _chromium(tmp_path)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def phone_browser(tmp_path):
+    """Headless Chromium at a phone's width: 420 x 900 CSS pixels. Chromium keeps a window at least 500 px
+    wide whatever ``--window-size`` says, so the viewport is set to 420 px through DevTools as well."""
+    driver = _chromium(tmp_path, "420,900")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 420, "height": 900, "deviceScaleFactor": 1, "mobile": False})
     yield driver
     driver.quit()
 
@@ -153,6 +172,11 @@ class StatusPage:
 
     def screenshot(self, path):
         assert self.driver.save_screenshot(str(path)), path
+
+    def widths(self):
+        """(the page's scrollable width, the viewport's width), in CSS pixels."""
+        return self.driver.execute_script(
+            "return [document.scrollingElement.scrollWidth, window.innerWidth]")
 
 
 @pytest_twisted.inlineCallbacks
@@ -248,3 +272,71 @@ def test_the_demo_shows_every_adapter_on_the_status_page_and_stops_on_ctrl_c(dem
     for port in (admin, chat):  # the daemon and the chat server simulator are gone
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", int(port))) != 0, port
+
+
+AGENT_CONFIG = """
+[[extensions]]
+id = "1003"
+name = "Alice"
+device = "sim:manual"
+
+[[routes]]
+did = "103"
+to = "extension:1003"
+
+[cti]
+enabled = true
+connect = "tcp:host=127.0.0.1:port={his}"
+reconnect_initial = 0.5
+agents = [{{agent = "alice", extension = "1003"}}]
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_on_a_phone_the_page_fits_and_says_each_agents_state_and_live_interactions(phone_browser, tmp_path,
+                                                                                   artifacts_dir):
+    """At 420 px nothing scrolls sideways; an agent's state is written beside its dot; the agent's
+    interactions count follows the calls as they come and go (pushed by the feed, not stuck at what the
+    desktop has not disposed yet)."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    his = HisBridgeSim(reactor, agents=["alice"])
+    port = yield his.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    admin = free_port()
+    (tmp_path / "gateway").mkdir()
+    daemon = GatewayProcess(reactor, tmp_path / "gateway", GatewayProcess.config(
+        admin, AGENT_CONFIG.format(his=port.getHost().port)))
+    try:
+        yield daemon.start(admin)
+        yield his.when_ready()
+        page = StatusPage(phone_browser, f"http://127.0.0.1:{admin}/")
+        yield threads.deferToThread(page.log_in, TOKEN)
+        yield threads.deferToThread(page.wait_live)
+        agent = yield threads.deferToThread(page.text_in, "#cti", "0 live")
+        assert "alice" in agent and "not ready" in agent and "0 calls" in agent, agent
+
+        code, call = yield daemon.api("POST", "/api/sim/inbound", {"caller_id": "+4930123456", "did": "103"})
+        assert code == 201, call
+        yield threads.deferToThread(page.call_card, call["call_id"], "RINGING")
+        agent = yield threads.deferToThread(page.text_in, "#cti", "1 live")
+        assert "1 call" in agent, agent
+        yield his.send("ready")
+        word = yield threads.deferToThread(lambda: page.visible("#cti .agent .state-word.up").text)
+        assert word == "ready"
+        assert "not ready" not in page.find("#cti").text
+        scroll_width, inner_width = yield threads.deferToThread(page.widths)
+        assert inner_width <= 420 and scroll_width <= inner_width, (scroll_width, inner_width)
+        yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page-phone.png")
+
+        code, _ = yield daemon.api("POST", f"/api/calls/{call['call_id']}/hangup")
+        assert code == 200
+        yield threads.deferToThread(page.cdr_row, call["call_id"])
+        agent = yield threads.deferToThread(page.text_in, "#cti", "0 live")
+        assert "0 calls" in agent, agent
+        scroll_width, inner_width = yield threads.deferToThread(page.widths)
+        assert scroll_width <= inner_width, ("with a recent call listed", scroll_width, inner_width)
+        yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page-phone-cdrs.png")
+        assert (yield daemon.stop()) == 0, daemon.output
+    finally:
+        daemon.kill()
+        yield port.stopListening()

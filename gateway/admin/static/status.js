@@ -36,8 +36,20 @@
     $(id).replaceChildren(...children.filter((c) => c !== null && c !== undefined));
   }
 
+  // A coloured dot never says a state alone: the word beside it does (and the dot is hidden from
+  // screen readers, which read the word).
   function dot(up) {
-    return el("span", up ? "dot up" : "dot down");
+    const node = el("span", up ? "dot up" : "dot down");
+    node.setAttribute("aria-hidden", "true");
+    return node;
+  }
+
+  function stateWord(up, yes, no) {
+    return el("span", up ? "state-word up" : "state-word down", up ? yes : no);
+  }
+
+  function plural(count, one, many) {
+    return `${count} ${count === 1 ? one : many}`;
   }
 
   function empty(text) {
@@ -165,19 +177,28 @@
     }
     for (const link of patriot.desktop) {
       parts.push(el("div", "item", dot(link.up), el("span", "strong", `Desktop API · ext ${link.extension}`),
-        el("span", "dim", link.up ? link.url : link.reason)));
+        stateWord(link.up, "up", "down"), el("span", "dim", link.up ? link.url : link.reason)));
     }
     fill("patriot", ...(parts.length ? parts : [empty("nothing configured")]));
   }
 
-  function renderCti(cti) {
+  // An agent's live interactions are the live calls of the agent's extension, from the call list the
+  // registry pushes at once; the bridge's own count (interactions the desktop has not disposed yet,
+  // ended ones included) is sampled, and shown beside it when it differs.
+  function renderCti(cti, calls) {
     if (!cti) return disabled("cti");
     const link = el("div", "item", dot(cti.connected), el("span", "strong", cti.connected ? "bridge linked" : "no bridge"),
       el("span", "dim", ` ${cti.peer || ""} · telephony ${cti.status}${cti.reason ? " (" + cti.reason + ")" : ""}`));
-    const agents = cti.agents.map((a) => el("li", "item", dot(a.ready), el("span", "strong", a.agent),
-      el("span", "dim", ` ext ${a.extension}${a.target ? " · " + a.target : ""}`)));
+    const live = (extension) => calls.filter((c) => c.extension === extension && c.state !== "RELEASED").length;
+    const agents = cti.agents.map((a) => el("li", "item agent", dot(a.ready), el("span", "strong", a.agent),
+      stateWord(a.ready, "ready", "not ready"),
+      el("span", "dim", ` ext ${a.extension} · ${plural(live(a.extension), "call", "calls")}`)));
+    const extensions = new Set(cti.agents.map((a) => a.extension));
+    const total = calls.filter((c) => extensions.has(c.extension) && c.state !== "RELEASED").length;
+    const interactions = el("span", "interactions", `${total} live`);
+    const open = cti.interactions !== total ? el("span", "dim", ` · ${cti.interactions} open at the desktops`) : null;
     fill("cti", link, agents.length ? el("ul", "items", ...agents) : empty("no agent session"),
-      cti.interactions ? row("Interactions", cti.interactions) : null);
+      row("Interactions", interactions, open));
   }
 
   function renderChat(chat) {
@@ -255,7 +276,7 @@
     renderHeader(view);
     section("calls", renderCalls, view.calls);
     section("patriot", renderPatriot, adapters.patriot);
-    section("cti", renderCti, adapters.cti);
+    section("cti", renderCti, adapters.cti, view.calls);
     section("chat", renderChat, adapters.chat);
     section("optimaccs", renderOptimaccs, adapters.optimaccs, adapters["optimaccs-outbound"]);
     section("cdrs", renderCdrs, view.cdrs);
