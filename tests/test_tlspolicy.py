@@ -341,3 +341,225 @@ def test_the_daemon_context_hands_the_configured_policy_to_its_listeners(rsa_pem
 
 def test_the_cipher_string_names_only_strong_families():
     assert "RSA+" not in CIPHERS and "!aNULL" in CIPHERS and "!eNULL" in CIPHERS
+
+
+# -- client side: every link the gateway opens ------------------------------------------------------------------
+
+
+class Recorder(protocol.Protocol):
+    """Server side of the client tests: answers HTTP with 200, echoes anything else; counts what arrived."""
+
+    def dataReceived(self, data):
+        self.factory.received.append(data)
+        if data.startswith((b"GET ", b"POST ")):
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                                 b"Connection: close\r\n\r\n{}")
+            self.transport.loseConnection()
+        else:
+            self.transport.write(data)
+
+
+class Sender(protocol.Protocol):
+    """Client side for raw endpoints: sends a line, ``done`` fires with the echo or fails with the loss."""
+
+    def connectionMade(self):
+        self.transport.write(b"ping\n")
+
+    def dataReceived(self, data):
+        if not self.factory.done.called:
+            self.factory.done.callback(data)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if not self.factory.done.called:
+            self.factory.done.errback(reason)
+
+
+def send_through(endpoint) -> defer.Deferred:
+    factory = protocol.Factory.forProtocol(Sender)
+    factory.done = defer.Deferred()
+    connected = endpoint.connect(factory)
+    connected.addErrback(lambda f: factory.done.called or factory.done.errback(f))
+    return factory.done
+
+
+@pytest_twisted.async_yield_fixture
+async def peer(rsa_pem):
+    """``start(low, high)``: a TLS server of exactly versions low..high (any cipher); ``(port, received)``."""
+    ports = []
+
+    async def start(low, high):
+        factory = protocol.Factory.forProtocol(Recorder)
+        factory.received = []
+        port = await SSL4ServerEndpoint(reactor(), 0, LaxServerContext(rsa_pem, low, high),
+                                        interface="127.0.0.1").listen(factory)
+        ports.append(port)
+        return port.getHost().port, factory.received
+
+    yield start
+    for port in ports:
+        await port.stopListening()
+
+
+async def _patriot(port, pem, policy, _ctx):
+    from gateway.confschema import ClientEndpoint, Secret
+    from gateway.patriot.config import DesktopConfig
+    from gateway.patriot.desktop import desktop_endpoint
+    from gateway.patriot.tls import load_ca_file
+
+    config = DesktopConfig(api_key=Secret("k"), extension="1001", url=f"wss://{HOST}:{port}/ws/dialler/v1",
+                           connect=ClientEndpoint(f"tcp:host=127.0.0.1:port={port}"), ca=pem.cert_path)
+    return await send_through(desktop_endpoint(reactor(), config, load_ca_file(pem.cert_path), tls=policy))
+
+
+async def _cti_with_ca_file(port, pem, policy, _ctx):
+    from gateway.cti.config import CtiConfig
+    from gateway.cti.endpoint import bridge_endpoint
+
+    config = CtiConfig(connect=f"tls:{HOST}:{port}", tls_ca_file=pem.cert_path)
+    return await send_through(bridge_endpoint(reactor(), config, policy))
+
+
+async def _cti_with_system_trust(port, pem, policy, _ctx):
+    from gateway.cti.config import CtiConfig
+    from gateway.cti.endpoint import bridge_endpoint
+
+    return await send_through(bridge_endpoint(reactor(), CtiConfig(connect=f"tls:{HOST}:{port}:timeout=5"), policy))
+
+
+async def _chat_socketio(port, pem, policy, _ctx):
+    from twisted.internet.endpoints import wrapClientTLS
+
+    from gateway.chat.web import client_tls, load_trust
+
+    creator = client_tls(HOST, load_trust(pem.cert_path, "chat.tls_ca_file"), policy)
+    return await send_through(wrapClientTLS(creator, HostnameEndpoint(reactor(), b"127.0.0.1", port, timeout=5)))
+
+
+async def _chat_http(port, pem, policy, _ctx):
+    from gateway.chat.web import HttpClient, load_trust
+
+    client = HttpClient.pooled(reactor(), load_trust(pem.cert_path, "chat.http.tls_ca_file"), policy)
+    try:
+        return await client.request("GET", f"https://{HOST}:{port}/", timeout=5)
+    finally:
+        await client.close()
+
+
+async def _optimaccs_media(port, pem, policy, _ctx):
+    from gateway.drivers.optimaccs_out import connect_endpoint
+
+    factory = protocol.Factory.forProtocol(Sender)
+    factory.done = defer.Deferred()
+    connected = connect_endpoint(reactor(), 5, policy)(f"wss://{HOST}:{port}/ws/s1", factory)
+    connected.addErrback(lambda f: factory.done.called or factory.done.errback(f))
+    return await factory.done
+
+
+async def _optimaccs_rest(port, pem, policy, ctx):
+    """The driver as the daemon builds it: its REST client follows ctx.tls."""
+    from gateway.drivers.optimaccs_out import build_driver
+
+    driver = build_driver(ctx(f'[optimaccs]\n[optimaccs.outbound]\napi_url = "https://{HOST}:{port}"\ntoken = "t"\n'))
+    try:
+        return await driver.api.hangup("s1")
+    finally:
+        await driver.stop()
+
+
+CLIENTS = {
+    "patriot desktop (wss)": _patriot,
+    "cti bridge (tls: with tls_ca_file)": _cti_with_ca_file,
+    "cti bridge (tls: with system trust)": _cti_with_system_trust,
+    "chat socket.io (wss)": _chat_socketio,
+    "chat rest / http transport (https)": _chat_http,
+    "optimaccs media (wss)": _optimaccs_media,
+    "optimaccs rest (https)": _optimaccs_rest,
+}
+
+
+@pytest.fixture
+def system_trusts(rsa_pem, monkeypatch):
+    """The system's trust roots are the test certificate (OpenSSL reads SSL_CERT_FILE per context)."""
+    monkeypatch.setenv("SSL_CERT_FILE", rsa_pem.cert_path)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+
+@pytest.fixture
+def contexts(tmp_path):
+    """``make(minimum)(toml)``: a daemon Context for a config with ``[gateway] tls_minimum``."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.context import Context
+
+    def make(minimum):
+        def ctx(text):
+            config = gwconfig.loads(f'[gateway]\ntls_minimum = "{minimum}"\n{text}', "t")
+            return Context(reactor=reactor(), config=config, state_dir=tmp_path, metrics=CollectorRegistry())
+        return ctx
+    return make
+
+
+async def attempt(client, port, pem, minimum, contexts):
+    try:
+        await client(port, pem, TlsPolicy(minimum), contexts(minimum))
+    except Exception as e:  # what a refused handshake looks like differs per client (SSL.Error, ResponseFailed...)
+        return e
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(CLIENTS))
+@pytest_twisted.ensureDeferred
+async def test_a_client_link_refuses_a_server_offering_only_tls_1_1(name, peer, rsa_pem, system_trusts, contexts):
+    old_port, old_received = await peer(SSL.TLS1_VERSION, SSL.TLS1_1_VERSION)
+    failure = await attempt(CLIENTS[name], old_port, rsa_pem, "1.2", contexts)
+    assert failure is not None and old_received == [], name
+    # the same client, trust and certificate with a TLS 1.2 server: served, so the refusal was the version's
+    port, received = await peer(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION)
+    assert await attempt(CLIENTS[name], port, rsa_pem, "1.2", contexts) is None
+    assert received != []
+
+
+@pytest.mark.parametrize("name", sorted(CLIENTS))
+@pytest_twisted.ensureDeferred
+async def test_with_minimum_1_3_a_client_link_refuses_a_tls_1_2_server(name, peer, rsa_pem, system_trusts, contexts):
+    port, received = await peer(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION)
+    failure = await attempt(CLIENTS[name], port, rsa_pem, "1.3", contexts)
+    assert failure is not None and received == [], name
+    port, received = await peer(SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION)
+    assert await attempt(CLIENTS[name], port, rsa_pem, "1.3", contexts) is None
+    assert received != []
+
+
+@implementer(IOpenSSLContextFactory)
+class WeakServerContext(LaxServerContext):
+    """A TLS 1.2 server that offers only ``ciphers``."""
+
+    def __init__(self, pem, ciphers):
+        super().__init__(pem, SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION)
+        self._ciphers = ciphers
+
+    def getContext(self):
+        context = super().getContext()
+        context.set_cipher_list(f"{self._ciphers}:@SECLEVEL=0".encode())
+        return context
+
+
+@pytest.mark.parametrize("family", sorted(ALWAYS_OFFERABLE))
+@pytest_twisted.ensureDeferred
+async def test_a_client_link_refuses_a_server_offering_only_weak_suites(family, rsa_pem, system_trusts):
+    for ciphers, refused in ((WEAK[family], True), ("ECDHE+AESGCM", False)):  # then a control: a strong server
+        factory = protocol.Factory.forProtocol(Recorder)
+        factory.received = []
+        port = await SSL4ServerEndpoint(reactor(), 0, WeakServerContext(rsa_pem, ciphers),
+                                        interface="127.0.0.1").listen(factory)
+        try:
+            endpoint = DEFAULT.client_endpoint(reactor(), f"tls:{HOST}:{port.getHost().port}:timeout=5")
+            if refused:
+                with pytest.raises(SSL.Error):
+                    await send_through(endpoint)
+                assert factory.received == []
+            else:
+                assert await send_through(endpoint) == b"ping\n"
+        finally:
+            await port.stopListening()

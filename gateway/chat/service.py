@@ -108,7 +108,7 @@ def _link(ctx, config, connector) -> SocketIOClient:
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
     endpoint = HostnameEndpoint(ctx.reactor, parts.hostname.encode("idna"), port, timeout=CONNECT_TIMEOUT)
-    tls = client_tls(parts.hostname, load_trust(config.tls_ca_file, "chat.tls_ca_file")) if secure else None
+    tls = client_tls(parts.hostname, load_trust(config.tls_ca_file, "chat.tls_ca_file"), ctx.tls) if secure else None
     return SocketIOClient(
         ctx.reactor,
         endpoint,
@@ -128,7 +128,7 @@ def make_service(ctx) -> ChatService:
     config = ctx.config.chat
     factory = _transport_factory(config.transport)
     metrics = ChatMetrics(ctx.metrics)
-    http = HttpClient.pooled(ctx.reactor, load_trust(config.tls_ca_file, "chat.tls_ca_file"))
+    http = HttpClient.pooled(ctx.reactor, load_trust(config.tls_ca_file, "chat.tls_ca_file"), ctx.tls)
     retry = _retry_policy(config.retry_initial, config.retry_max)
     rest = ChatRest(
         ctx.reactor, http, config.url, timeout=config.request_timeout, attempts=config.request_attempts, retry_policy=retry

@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.boundary import parse_int
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 from gateway.chat.engineio import (
     MAX_MESSAGE_SIZE,
     EngineIOClientFactory,
@@ -565,7 +566,7 @@ def _secured(endpoint, ws_url: str, tls):
     """Wrap ``endpoint`` in TLS for a wss URL (``tls``: a client connection creator, or None)."""
     parts = urlsplit(ws_url)
     if parts.scheme == "wss":
-        return wrapClientTLS(tls if tls is not None else optionsForClientTLS(parts.hostname), endpoint)
+        return wrapClientTLS(tls if tls is not None else DEFAULT_TLS.client_creator(parts.hostname), endpoint)
     if tls is not None:
         raise ValueError(f"TLS options given for a plain-text URL {ws_url!r}")
     return endpoint
@@ -578,7 +579,7 @@ class SocketIOClient(service.Service):
     :param reactor: provides ``IReactorTime`` (every timer runs on it).
     :param endpoint: a plain stream client endpoint to the server (TCP); for an https/wss URL it
         is wrapped in TLS with ``tls`` (an ``IOpenSSLClientConnectionCreator``, e.g. from
-        ``optionsForClientTLS``), by default ``optionsForClientTLS(<URL host>)``.
+        ``TlsPolicy.client_creator``), by default ``gateway.tlspolicy.DEFAULT.client_creator(<URL host>)``.
     :param url: the server's base URL, ``http(s)://host[:port]`` (ws/wss also accepted).
     :param handler: an :class:`ISocketIOHandler`.
     :param path: the Engine.IO path (``/socket.io``).

@@ -128,5 +128,5 @@ def build_sim(ctx, receive) -> SimTransport:
 
 def build_http(ctx, receive) -> HttpTransport:
     settings = ctx.config.chat.http
-    client = HttpClient.pooled(ctx.reactor, load_trust(settings.tls_ca_file, "chat.http.tls_ca_file"))
+    client = HttpClient.pooled(ctx.reactor, load_trust(settings.tls_ca_file, "chat.http.tls_ca_file"), ctx.tls)
     return HttpTransport(client, settings.url, token=settings.token.reveal(), timeout=settings.timeout)

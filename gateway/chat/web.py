@@ -2,7 +2,8 @@
 
 A ``tls_ca_file`` setting names a PEM file of certificates to trust (a CA, or a server's own
 self-signed certificate); empty means the system's trust roots. The Socket.IO link takes
-:func:`client_tls`; the REST API and the ``http`` transport an :class:`HttpClient`.
+:func:`client_tls`; the REST API and the ``http`` transport an :class:`HttpClient`. Both follow the
+TLS versions and ciphers of a :class:`gateway.tlspolicy.TlsPolicy` (``[gateway] tls_minimum``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from gateway.confschema import ConfigError
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 __all__ = ["HttpClient", "RequestTimedOut", "client_tls", "load_trust"]
 
@@ -39,18 +41,20 @@ def load_trust(path: str, key: str):
     return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in found])
 
 
-def client_tls(host: str, trust):
-    """TLS options checking the server's certificate for ``host`` against ``trust`` (None: the system's)."""
-    return ssl.optionsForClientTLS(host, trustRoot=trust) if trust is not None else ssl.optionsForClientTLS(host)
+def client_tls(host: str, trust, tls=DEFAULT_TLS):
+    """TLS options checking the server's certificate for ``host`` against ``trust`` (None: the system's),
+    with the versions and ciphers of ``tls`` (a TlsPolicy)."""
+    return tls.client_creator(host, trust)
 
 
 @implementer(IPolicyForHTTPS)
 @attrs.frozen
 class _TrustPolicy:
     trust: object
+    tls: object = DEFAULT_TLS
 
     def creatorForNetloc(self, hostname: bytes, port: int):
-        return client_tls(hostname.decode("idna"), self.trust)
+        return client_tls(hostname.decode("idna"), self.trust, self.tls)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -72,10 +76,10 @@ class HttpClient:
         self._pool = pool
 
     @classmethod
-    def pooled(cls, reactor, trust=None) -> "HttpClient":
+    def pooled(cls, reactor, trust=None, tls=DEFAULT_TLS) -> "HttpClient":
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool._factory = _QuietClientFactory
-        return cls(reactor, HTTPClient(Agent(reactor, contextFactory=_TrustPolicy(trust), pool=pool)), pool)
+        return cls(reactor, HTTPClient(Agent(reactor, contextFactory=_TrustPolicy(trust, tls), pool=pool)), pool)
 
     def request(self, method: str, url: str, *, timeout: float, **kwargs) -> defer.Deferred:
         """``(status, body)`` of one request (treq's ``kwargs``), the body read in full.

@@ -1,9 +1,10 @@
 """The endpoint the Bridge Client connects to: ``[cti] connect``, with the TLS trust of ``tls_ca_file``.
 
-Without ``tls_ca_file`` the ``connect`` string goes to Twisted's ``clientFromString`` as it is
-(``tcp:host=H:port=P``, or ``tls:H:P`` checked against the system's trust roots). With it, ``connect``
+Without ``tls_ca_file`` the ``connect`` string is read as Twisted reads it (``tcp:host=H:port=P``, or
+``tls:H:P`` checked against the system's trust roots, through the policy below). With it, ``connect``
 is a ``tls:HOST:PORT[:timeout=S]`` string and the bridge's certificate must chain to (or be) one of
-the certificates in that PEM file, for the host name in ``connect``.
+the certificates in that PEM file, for the host name in ``connect``. A ``tls:`` connect gets the TLS
+versions and ciphers of :mod:`gateway.tlspolicy` (``[gateway] tls_minimum``) either way.
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import re
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import ssl
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
 from gateway.confschema import ConfigError
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 #: the options a tls: connect may carry together with tls_ca_file
 TLS_OPTIONS = ("host", "port", "timeout")
 
 
-def bridge_endpoint(reactor, config):
-    """The client endpoint for the ``[cti]`` section ``config``; ConfigError for an unusable trust setting."""
+def bridge_endpoint(reactor, config, tls=DEFAULT_TLS):
+    """The client endpoint for the ``[cti]`` section ``config`` (``tls``: the TlsPolicy); ConfigError for an
+    unusable trust setting."""
     if not config.tls_ca_file:
-        return clientFromString(reactor, str(config.connect))  # a str subclass trips Twisted's parser
+        return tls.client_endpoint(reactor, str(config.connect))  # a str subclass trips Twisted's parser
     host, port, timeout = _tls_address(str(config.connect))
-    options = ssl.optionsForClientTLS(host, trustRoot=ssl.trustRootFromCertificates(_certificates(config.tls_ca_file)))
+    options = tls.client_creator(host, ssl.trustRootFromCertificates(_certificates(config.tls_ca_file)))
     return wrapClientTLS(options, HostnameEndpoint(reactor, host.encode("idna"), port, timeout))
 
 

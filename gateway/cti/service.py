@@ -80,7 +80,7 @@ def make_service(ctx) -> CtiService:
     component = ctx.readiness.register(f"cti:{config.processor}")
     client = BridgeClient(config, ctx.registry, CtiMetrics(ctx.metrics), component)
     link_service = ClientService(
-        bridge_endpoint(ctx.reactor, config),
+        bridge_endpoint(ctx.reactor, config, ctx.tls),
         BridgeLinkFactory(
             client, config.byte_order, config.max_frame_size, budget_factory(ctx.reactor, ADAPTER, ctx.metrics)
         ),

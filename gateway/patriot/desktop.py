@@ -52,6 +52,7 @@ from gateway.patriot.messages import (
 from gateway.patriot.metrics import PatriotMetrics
 from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
 from gateway.patriot.tls import client_tls
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 log = Logger()
 
@@ -61,8 +62,8 @@ CLOSE_NORMAL = 1000
 #: the close code Autobahn sends for a message over max_message_size
 MESSAGE_TOO_BIG = 1009
 
-def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None):
-    """Where a link connects: ``connect`` or the URL's host and port, with TLS for ``wss://``."""
+def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None, tls=DEFAULT_TLS):
+    """Where a link connects: ``connect`` or the URL's host and port, with TLS for ``wss://`` (``tls``: the TlsPolicy)."""
     is_secure, host, port, _, _, _ = parse_url(config.url)
     if config.connect is not None:
         endpoint = clientFromString(reactor, str(config.connect))
@@ -70,7 +71,7 @@ def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None):
         endpoint = HostnameEndpoint(reactor, host, port)
     if not is_secure:
         return endpoint
-    trust = client_tls(host, ca_certificates=ca_certificates, fingerprint=config.fingerprint)
+    trust = client_tls(host, ca_certificates=ca_certificates, fingerprint=config.fingerprint, tls=tls)
     return wrapClientTLS(trust, endpoint, clock=reactor)
 
 

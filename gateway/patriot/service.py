@@ -78,7 +78,7 @@ def make_service(ctx) -> PatriotService:
         ctx.listen("patriot-bridge", config.bridge.listen, bridge.factory)
     svc = PatriotService(lines, bridge)
     for index, link_config in enumerate(config.desktop):
-        endpoint = desktop_endpoint(ctx.reactor, link_config, _ca_certificates(index, link_config.ca))
+        endpoint = desktop_endpoint(ctx.reactor, link_config, _ca_certificates(index, link_config.ca), tls=ctx.tls)
         link = DesktopLink(index, link_config, reactor=ctx.reactor, endpoint=endpoint,
                            line=lines.get(link_config.extension), metrics=metrics,
                            component=ctx.readiness.register(f"patriot-desktop:{index}"))

@@ -11,7 +11,8 @@ trust roots do not vouch for it. :func:`client_tls` gives the TLS connection cre
 - neither: the system's trust roots.
 
 In every case the certificate must name the URL's host (the TLS server name sent is that host,
-even when ``connect`` points elsewhere).
+even when ``connect`` points elsewhere), and the TLS versions and ciphers are those of
+:mod:`gateway.tlspolicy` (``[gateway] tls_minimum``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 log = Logger()
 
@@ -74,10 +77,11 @@ class PinnedCertificate:
         return False
 
 
-def client_tls(hostname: str, *, ca_certificates: list[Certificate] | None = None, fingerprint: str = ""):
-    """The ``IOpenSSLClientConnectionCreator`` for a link to ``hostname`` with this trust."""
+def client_tls(hostname: str, *, ca_certificates: list[Certificate] | None = None, fingerprint: str = "",
+               tls=DEFAULT_TLS):
+    """The ``IOpenSSLClientConnectionCreator`` for a link to ``hostname`` with this trust (``tls``: a TlsPolicy)."""
     trust = trustRootFromCertificates(ca_certificates) if ca_certificates else None
-    options = optionsForClientTLS(hostname, trustRoot=trust)
+    options = tls.client_creator(hostname, trust)
     if not fingerprint:
         return options
     return PinnedCertificate(options, fingerprint, check_chain=bool(ca_certificates))
