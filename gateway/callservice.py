@@ -105,6 +105,8 @@ def make_service(ctx) -> CoreService:
         cdr_sink=store.add_cdr if store is not None else None,
         provider_cdr_sink=store.attach_provider_cdr if store is not None else None,
         on_command=metrics.command,
+        # the store's bounded queue and its observer (gateway.store.guard), when the store has them
+        sink_options=getattr(store, "queue_options", None),
     )
     metrics.attach(registry)
     ctx.registry = registry

@@ -105,6 +105,10 @@ class RetryingSink:
     it is logged in full at critical level, counted, and its :meth:`submit` fails with
     :class:`PendingFull`; nothing is dropped silently. So is a record still failing at :meth:`close`.
 
+    ``ordered``: at most one record is with the sink at a time, so records reach it strictly in
+    arrival order even when an attempt fails (SMS, whose sequence numbers order each number's
+    messages); otherwise records are handed over as they come (CDRs).
+
     ``observer`` (or None) is told, with this sink's ``what``: ``watch(what, sink)`` once (to read
     :attr:`pending`), ``attempt_failed(what, error)`` after every failed attempt, ``written(what)``
     after every record the sink took, and ``not_written(what, reason)`` (``refused``, ``overflow``
@@ -112,7 +116,7 @@ class RetryingSink:
     """
 
     def __init__(self, clock, sink: typing.Callable[..., defer.Deferred], what: str, delays=RETRY_DELAYS,
-                 *, pending_max: int = PENDING_MAX, observer=None) -> None:
+                 *, pending_max: int = PENDING_MAX, observer=None, ordered: bool = False) -> None:
         if pending_max < 1:
             raise ValueError(f"pending_max must be at least 1, got {pending_max!r}")
         self._clock = clock
@@ -121,6 +125,7 @@ class RetryingSink:
         self._delays = delays
         self._pending_max = pending_max
         self._observer = observer
+        self._ordered = ordered
         self._seq = 0
         self._in_flight = 0
         #: records waiting for the sink to work again, oldest (lowest seq) first
@@ -160,10 +165,9 @@ class RetryingSink:
         if self.pending >= self._pending_max:
             self._give_up(record, "overflow", f"{self.pending} {self._what} records are pending already "
                           f"(pending_max {self._pending_max})")
-        elif self._down and not self._closed:
-            self._waiting.append(record)
         else:
-            self._attempt(record)
+            self._waiting.append(record)
+            self._drain()
         return record.done
 
     def _attempt(self, record: _Pending, probe: bool = False) -> None:
@@ -204,6 +208,7 @@ class RetryingSink:
                 self._observer.attempt_failed(self._what, error)
             if self._closed:
                 self._give_up(record, "shutdown", error)
+                self._drain()
             else:
                 self._down = True
                 self._wait(record)
@@ -235,16 +240,19 @@ class RetryingSink:
 
     def _retry(self) -> None:
         self._timer = None
-        if self._waiting:
+        # With an older attempt still under way, the oldest record is not known yet: that attempt's
+        # end schedules the next retry (it failed) or sends everything (it went through).
+        if self._waiting and not self._in_flight:
             self._attempt(self._waiting.popleft(), probe=True)
 
     def _drain(self) -> None:
-        """Send every waiting record (a loop: a sink that answers at once does not recurse per record)."""
+        """Send the waiting records (all of them, or one at a time when ``ordered``) unless the sink is
+        down; a loop, so a sink that answers at once does not recurse once per record."""
         if self._draining:
             return
         self._draining = True
         try:
-            while self._waiting and not self._down:
+            while self._waiting and (self._closed or not self._down) and not (self._ordered and self._in_flight):
                 self._attempt(self._waiting.popleft())
         finally:
             self._draining = False
@@ -269,8 +277,7 @@ class RetryingSink:
         self._closed = True
         self._down = False
         self._cancel_timer()
-        while self._waiting:
-            self._attempt(self._waiting.popleft())
+        self._drain()
         d = defer.Deferred()
         self._on_settled.append(d)
         self._check_settled()

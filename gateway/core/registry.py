@@ -185,13 +185,15 @@ class Registry:
         provider_cdr_sink: typing.Callable[[str, str, dict], defer.Deferred] | None = None,
         retention: float = DEFAULT_RETENTION,
         on_command: typing.Callable[[str, str], None] | None = None,
+        sink_options: typing.Mapping[str, typing.Any] | None = None,
     ) -> None:
         """``drivers``: name -> IDriver; ``extensions``: objects with ``id``, ``name``, ``device``
         (``gateway.config.Extension``); ``router``: a :class:`~gateway.core.routing.Router`;
         ``media``: a :class:`~gateway.core.mediactl.MediaController` (None: no audio is wired);
         ``cdr_sink(cdr)`` and ``provider_cdr_sink(call_id, source, data)``: the store's
         ``add_cdr`` and ``attach_provider_cdr``; ``on_command(name, result)``: told the outcome
-        (``ok`` or an error code) of every command."""
+        (``ok`` or an error code) of every command; ``sink_options``: given to both CDR queues
+        (:class:`~gateway.core.cdr.RetryingSink`: ``pending_max``, ``observer``)."""
         self._clock = clock
         self._drivers = dict(drivers)
         self._extensions = {ext.id: ext for ext in extensions}
@@ -201,8 +203,9 @@ class Registry:
         self._node = node
         self._retention = retention
         self._on_command = on_command
-        self._cdrs = RetryingSink(clock, cdr_sink, "CDR") if cdr_sink else None
-        self._provider_cdrs = RetryingSink(clock, provider_cdr_sink, "provider CDR") if provider_cdr_sink else None
+        options = dict(sink_options or {})
+        self._cdrs = RetryingSink(clock, cdr_sink, "CDR", **options) if cdr_sink else None
+        self._provider_cdrs = RetryingSink(clock, provider_cdr_sink, "provider CDR", **options) if provider_cdr_sink else None
         self._calls: dict[str, Call] = {}
         self._forget_timers: dict[str, typing.Any] = {}
         self._subscriptions: list[_Subscription] = []

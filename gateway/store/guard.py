@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.boundary import sanitise
-from gateway.core.cdr import PENDING_MAX, RetryingSink
+from gateway.core.cdr import PENDING_MAX, RETRY_DELAYS, RetryingSink
 from gateway.metrics import define_metric
 from gateway.store.interfaces import ICdrStore, ISmsStore
 from gateway.store.sms import ConversationRecord, SmsRecord
@@ -143,16 +143,21 @@ class GuardedStore:
     :param clock: ``IReactorTime`` for the retries.
     :param health: a :class:`StoreHealth` (a bare one, counting nothing, when None).
     :param pending_max: records each queue keeps while the store cannot be written (``[store] pending_max``).
+    :param delays: seconds between retries of the oldest waiting record; the last one repeats.
     """
 
-    def __init__(self, backend, clock, *, health: StoreHealth | None = None, pending_max: int = PENDING_MAX):
+    def __init__(self, backend, clock, *, health: StoreHealth | None = None, pending_max: int = PENDING_MAX,
+                 delays=RETRY_DELAYS):
         self.backend = backend
         self.health = health if health is not None else StoreHealth()
         self.pending_max = pending_max
+        self.delays = tuple(delays)
         self._logged: collections.OrderedDict = collections.OrderedDict()
         options = self.queue_options
-        self._sms = RetryingSink(clock, self._perform, "SMS", **options)
-        self._conversations = RetryingSink(clock, self._perform, "conversation", **options)
+        # one write at a time, in order: an SMS's seq orders its number's messages, and a
+        # conversation's close must not overtake its save
+        self._sms = RetryingSink(clock, self._perform, "SMS", ordered=True, **options)
+        self._conversations = RetryingSink(clock, self._perform, "conversation", ordered=True, **options)
 
     def __repr__(self) -> str:
         return f"<GuardedStore {self.backend!r}>"
@@ -164,7 +169,7 @@ class GuardedStore:
     @property
     def queue_options(self) -> dict:
         """What the call registry gives its CDR queues (:class:`~gateway.core.cdr.RetryingSink`)."""
-        return {"pending_max": self.pending_max, "observer": self.health}
+        return {"pending_max": self.pending_max, "observer": self.health, "delays": self.delays}
 
     def open(self) -> defer.Deferred:
         def opened(result):

@@ -1,6 +1,8 @@
 """The SQLite CDR store: one connection in one pool thread, so the reactor never waits on the disk.
 
-Every statement runs through a :class:`twisted.enterprise.adbapi.ConnectionPool`
+The database file is created mode 0600 before SQLite opens it, so its
+``-wal`` and ``-shm`` files (created with the database's mode) are 0600 too,
+whatever the umask. Every statement runs through a :class:`twisted.enterprise.adbapi.ConnectionPool`
 with exactly one connection, in WAL mode with ``synchronous=FULL``: when
 ``add_cdr``'s Deferred fires, the row has been committed and the commit
 synced, so a crash (even ``kill -9``) right after cannot lose it.
@@ -25,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.store import sms_sql
+from gateway.store.files import create_private, narrow
 from gateway.store.interfaces import DuplicateCdr, ICdrStore, ISmsStore, SchemaTooNew, StoreUnavailable
 from gateway.store.records import (
     CdrRow,
@@ -160,7 +163,10 @@ class SqliteCdrStore:
             return fail(RuntimeError(f"{self!r}: open() may be called once, on a new store"))
         self._state = _State.OPENED
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # the database and its -wal/-shm (which SQLite creates with the database's mode) are 0600
+            create_private(self.path)
+            for suffix in ("-wal", "-shm"):
+                narrow(self.path.with_name(self.path.name + suffix))
         except OSError as e:
             d = fail(e)
         else:

@@ -203,3 +203,27 @@ class OutageTests(SynchronousTestCase):
         self.assertEqual(len(switch.taken), 5000)
         self.assertEqual(len(switch.attempts), 5001)  # c0 failed once; nothing else was tried in vain
         self.assertEqual(sink.pending, 0)
+
+    def test_an_ordered_sink_never_lets_a_later_record_overtake_a_failed_one(self):
+        clock = task.Clock()
+        answers = []
+        taken = []
+
+        def sink(record):
+            d = defer.Deferred()
+            answers.append((record, d))
+            return d
+
+        queue = RetryingSink(clock, sink, "SMS", delays=(1.0,), ordered=True)
+        queue.write({"call_id": "first"})
+        queue.write({"call_id": "second"})
+        self.assertEqual([r["call_id"] for r, _ in answers], ["first"])  # one at a time
+        answers.pop()[1].errback(OSError("database is locked"))
+        self.assertEqual(answers, [])  # "second" waits behind the failed one
+        clock.advance(1.0)
+        for expected in ("first", "second"):
+            record, d = answers.pop()
+            self.assertEqual(record["call_id"], expected)
+            taken.append(expected)
+            d.callback(None)
+        self.assertEqual((taken, queue.pending), (["first", "second"], 0))
