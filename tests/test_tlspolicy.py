@@ -93,8 +93,8 @@ def ssl_description(pem, port=0):
 # -- a blocking client of Python's ssl module (run in a thread) -------------------------------------------
 
 
-def probe(port, *, minimum=pyssl.TLSVersion.TLSv1, maximum=None, ciphers="DEFAULT:@SECLEVEL=0"):
-    """Handshake with 127.0.0.1:``port`` and echo one line; ``(version, cipher)`` or the SSLError/OSError."""
+def probe(port, *, minimum=pyssl.TLSVersion.TLSv1, maximum=None, ciphers="DEFAULT:@SECLEVEL=0", echo=True):
+    """Handshake with 127.0.0.1:``port`` (and echo one line); ``(version, cipher)`` or the SSLError/OSError."""
     context = pyssl.SSLContext(pyssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = pyssl.CERT_NONE
@@ -105,9 +105,10 @@ def probe(port, *, minimum=pyssl.TLSVersion.TLSv1, maximum=None, ciphers="DEFAUL
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
         try:
             with context.wrap_socket(raw, server_hostname=HOST) as tls:
-                tls.sendall(b"ping\n")
-                echoed = tls.recv(5)
-                assert echoed == b"ping\n", echoed
+                if echo:
+                    tls.sendall(b"ping\n")
+                    echoed = tls.recv(5)
+                    assert echoed == b"ping\n", echoed
                 return tls.version(), tls.cipher()[0]
         except (pyssl.SSLError, ConnectionError) as e:
             return e
@@ -563,3 +564,30 @@ async def test_a_client_link_refuses_a_server_offering_only_weak_suites(family, 
                 assert await send_through(endpoint) == b"ping\n"
         finally:
             await port.stopListening()
+
+
+# -- the daemon: [gateway] tls_minimum reaches every listener ---------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_applies_tls_minimum_to_admin_optimaccs_and_patriot_bridge_listeners(rsa_pem, tmp_path):
+    from gateway.testing import GatewayProcess, free_port
+
+    ports = {"admin": free_port(), "optimaccs": free_port(), "patriot-bridge": free_port()}
+    text = (
+        f'[gateway]\nstate_dir = "var"\nshutdown_grace = 1.0\ntls_minimum = "1.3"\n\n'
+        f'[admin]\nlisten = "{ssl_description(rsa_pem, ports["admin"])}"\ntoken = "t"\n\n'
+        f'[store]\nurl = "sqlite:var/gateway.sqlite"\n\n'
+        f'[optimaccs]\nlisten = "{ssl_description(rsa_pem, ports["optimaccs"])}"\n\n'
+        f'[patriot.bridge]\nlisten = "{ssl_description(rsa_pem, ports["patriot-bridge"])}"\n'
+    )
+    gateway = GatewayProcess(reactor(), tmp_path, text)
+    gateway.spawn()
+    try:
+        await gateway.wait_for_output(" started: ", timeout=30)
+        for name, port in ports.items():
+            refused = await probe_in_thread(port, maximum=pyssl.TLSVersion.TLSv1_2, echo=False)
+            assert isinstance(refused, (pyssl.SSLError, ConnectionError)), (name, refused)
+            assert (await probe_in_thread(port, ciphers="DEFAULT", echo=False))[0] == "TLSv1.3", name
+    finally:
+        assert await gateway.stop() == 0, gateway.output
