@@ -149,6 +149,14 @@ def demo_config(state_dir: pathlib.Path, *, admin: int, optimaccs: int, patriot:
     )
 
 
+def fresh_store(state_dir: pathlib.Path) -> None:
+    """Remove an earlier run's store (the SQLite file and its journals) so that this run starts empty: the
+    status page's recent calls, the API's CDRs and SMS are this run's only, and no SMS left pending by an
+    earlier run is delivered again. The admin token is kept."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        (state_dir / f"gateway.sqlite{suffix}").unlink(missing_ok=True)
+
+
 # -- running steps ---------------------------------------------------------------------------
 
 
@@ -382,6 +390,7 @@ class Demo:
         self.chat.spawn(self.reactor)
         self.ports["chat"] = await self.expect(self.chat.ready, "chat server simulator listening")
         self.narrator.say("sims", f"chat server simulator listening on 127.0.0.1:{self.ports['chat']}")
+        fresh_store(self.workdir / "var")
         text = demo_config(self.workdir / "var", inbound_every=0.0 if self.once else ECHO_EVERY, **{
             name: self.ports[name] for name in ("admin", "optimaccs", "patriot", "his", "chat")})
         log_path = self.workdir / "gateway.log"
