@@ -500,3 +500,44 @@ def test_the_pages_walkthrough_runs_and_leaves_nothing_for_git(page, tmp_path):
     assert [c for c in commands(page) if kind(c) == "stop"], f"{page.name}: nothing stops what it started"
     left = _git("ls-files", "--others", "--exclude-standard", cwd=workdir).stdout.split()
     assert [p for p in left if p != ".gitignore"] == [], f"{page.name}'s commands left these for git status"
+
+
+# -- the benchmark page's claims ---------------------------------------------------------------------
+
+BENCH = ROOT / "bench" / "README.md"
+
+
+def _echo_tables() -> list[dict[str, list[str]]]:
+    """The OptimaCCS echo section's tables: server -> its row's cells."""
+    section = BENCH.read_text("utf-8").split("## OptimaCCS echo", 1)[1]
+    tables = []
+    for table in re.findall(r"((?:^\|.*\|\n)+)", section, re.MULTILINE):
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+        tables.append({row[0]: row for row in rows[2:]})
+    return tables
+
+
+def test_the_benchmark_ratios_are_the_tables_own_numbers_divided():
+    tables = _echo_tables()
+    assert len(tables) == 2
+    for rows in tables:
+        cpu = {server: float(row[1]) for server, row in rows.items()}
+        for server, row in rows.items():
+            assert float(row[2]) == round(cpu[server] / cpu["autobahn"], 2), row
+            assert float(row[3]) == round(cpu[server] / cpu["tcp"], 2), row
+
+
+def test_the_benchmark_pages_make_no_claim_their_tables_do_not_show():
+    """One run each cannot bound capacity or losses under load (an independent run lost frames at 150-200
+    calls), so neither page claims a number of calls per core or that nothing is dropped."""
+    tables = _echo_tables()
+    ratios = {row[2] for rows in tables for row in rows.values()}
+    section = BENCH.read_text("utf-8").split("## OptimaCCS echo", 1)[1]
+    prose = " ".join(re.sub(r"^\|.*\|$", "", section, flags=re.MULTILINE).split())
+    own = [s for s in re.split(r"(?<=\.) ", prose) if "independent" not in s]
+    stated = {m for s in own for m in re.findall(r"(\d+\.\d+)x", s)}
+    assert stated <= ratios, f"ratios the tables do not show: {stated - ratios}"
+    for text in (BENCH.read_text("utf-8"), (ROOT / "README.md").read_text("utf-8")):
+        flat = " ".join(text.split())
+        for claim in (r"calls per core", r"nothing is dropped", r"plan for \d+", r"on the order of [\d,-]+ bridged calls"):
+            assert not re.search(claim, flat, re.IGNORECASE), claim
