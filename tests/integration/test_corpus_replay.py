@@ -1,0 +1,292 @@
+"""The bad-input corpus (``tests/corpus``) replayed against the real daemon, over loopback.
+
+Each test starts ``twistd -n gateway`` with the ingresses or links of one group, places a **canary**
+call (an OptimaCCS caller to the echo DID, streaming audio all along), then replays every case of the
+group's corpus files. After each file (a batch) it checks:
+
+- the daemon is alive (``/healthz``);
+- the canary still hears its own audio, frames still flowing;
+- no traceback is in the daemon's output;
+- its resident memory stayed within :data:`RSS_GROWTH_LIMIT` of what it was before the batch.
+
+At the end every call the registry ended has its CDR in the store (``gateway_calls_ended_total``
+against ``/api/cdrs``), the canary's echo matches, and SIGTERM stops the daemon with status 0.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_twisted
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
+
+from corpus import Case, load
+from gateway.sim.optimaccs import CallScript, place_call
+from gateway.testing import TOKEN, GatewayProcess, free_port
+
+pytestmark = pytest.mark.timeout(240)
+
+ECHO_DID = "0210000200"
+#: how much a batch may grow the daemon's resident memory
+RSS_GROWTH_LIMIT = 48 * 1024 * 1024
+#: how long a case's connection is watched for the expected outcome
+OUTCOME_WAIT = 5.0
+#: how long a connection must stay open to count as "dropped, link goes on"
+STAYS_OPEN = 0.4
+
+
+@pytest.fixture
+def cleanup():
+    stops = []
+    yield stops.append
+    for stop in reversed(stops):
+        stop()
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+class RawWebSocket:
+    """A WebSocket client that sends whatever frames it is told to and records what comes back."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.received: list[tuple[bytes, bool]] = []
+        self.close_code = self.close_reason = None
+        self.opened = defer.Deferred()
+        self.closed = defer.Deferred()
+        self._protocol = None
+
+    @defer.inlineCallbacks
+    def connect(self):
+        peer = self
+        host, port = re.match(r"wss?://([^:/]+):(\d+)", self.url).groups()
+
+        class Protocol(WebSocketClientProtocol):
+            def onOpen(self):
+                peer._protocol = self
+                peer.opened.callback(None)
+
+            def onMessage(self, payload, is_binary):
+                peer.received.append((payload, is_binary))
+
+            def onClose(self, was_clean, code, reason):
+                peer.close_code, peer.close_reason = code, reason
+                if not peer.opened.called:
+                    peer.opened.errback(ConnectionError(f"refused at the handshake: {code} {reason}"))
+                if not peer.closed.called:
+                    peer.closed.callback(code)
+
+        factory = WebSocketClientFactory(self.url, reactor=reactor)
+        factory.protocol = Protocol
+        factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0, openHandshakeTimeout=5)
+        yield TCP4ClientEndpoint(reactor, host, int(port), timeout=5).connect(factory)
+        yield self.opened.addTimeout(OUTCOME_WAIT, reactor)
+        return self
+
+    @property
+    def is_open(self) -> bool:
+        return self._protocol is not None and not self.closed.called
+
+    def send(self, data: bytes, binary: bool) -> None:
+        if self.is_open:
+            self._protocol.sendMessage(data, isBinary=binary)
+
+    def texts(self) -> list[str]:
+        return [payload.decode("utf-8") for payload, binary in self.received if not binary]
+
+    @defer.inlineCallbacks
+    def close(self):
+        if self.is_open:
+            self._protocol.sendClose(1000)
+            try:
+                yield self.closed.addTimeout(OUTCOME_WAIT, reactor)
+            except defer.TimeoutError:
+                self._protocol.transport.abortConnection()
+
+
+class Replay:
+    """A daemon under replay: its canary call, and the checks made after each batch."""
+
+    def __init__(self, gateway: GatewayProcess, optimaccs_url: str):
+        self.gateway = gateway
+        self.optimaccs_url = optimaccs_url
+        self.canary = None
+        self.rss = None
+
+    @property
+    def pid(self) -> int:
+        return self.gateway.transport.pid
+
+    @defer.inlineCallbacks
+    def start_canary(self, cleanup):
+        self.canary = place_call(reactor, self.optimaccs_url,
+                                 CallScript(caller_id="0811000000", did=ECHO_DID, hangup_after=600.0))
+        cleanup(lambda: self.canary.close(1000, "test over"))
+        yield self.canary.wait_for("audio").addTimeout(10, reactor)
+        self.rss = rss_of(self.pid)
+
+    @defer.inlineCallbacks
+    def checkpoint(self, batch: str):
+        """The checks after a batch: alive, canary hearing itself, no traceback, memory bounded."""
+        code, _ = yield self.gateway.api("GET", "/healthz")
+        assert code == 200, f"after {batch}: /healthz answered {code}"
+        heard = self.canary.frames_received
+        yield sleep(0.5)
+        assert not self.canary.ended.called, f"after {batch}: the canary call ended ({self.canary.close_code})"
+        assert self.canary.frames_received >= heard + 10, f"after {batch}: the canary's audio stalled"
+        assert "Traceback" not in self.gateway.output, f"after {batch}:\n{self.gateway.output}"
+        rss = rss_of(self.pid)
+        assert rss - self.rss < RSS_GROWTH_LIMIT, f"after {batch}: RSS grew from {self.rss} to {rss} bytes"
+        self.rss = max(self.rss, rss)
+
+    @defer.inlineCallbacks
+    def finish(self):
+        """The canary hangs up and hears itself; every ended call has its CDR; SIGTERM exits 0."""
+        self.canary.hangup()
+        yield self.canary.ended.addTimeout(10, reactor)
+        assert self.canary.echo().matched
+        for _ in range(100):
+            code, body = yield self.gateway.api("GET", "/api/calls")
+            if not body["calls"]:
+                break
+            yield sleep(0.1)
+        ended = yield self.metric_sum("gateway_calls_ended_total")
+        for _ in range(100):
+            _, body = yield self.gateway.api("GET", "/api/cdrs?limit=1000")
+            if len(body["cdrs"]) >= ended:
+                break
+            yield sleep(0.1)
+        assert len(body["cdrs"]) == ended >= 1, f"{ended} calls ended, {len(body['cdrs'])} CDRs stored"
+        assert (yield self.gateway.stop()) == 0
+        assert "Traceback" not in self.gateway.output, self.gateway.output
+
+    @defer.inlineCallbacks
+    def metric_sum(self, name: str) -> float:
+        response = yield treq.get(f"http://127.0.0.1:{self.gateway.admin_port}/metrics", timeout=5)
+        text = yield response.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def base_config(admin: int, optimaccs: int, extra: str = "") -> str:
+    return GatewayProcess.config(admin, (
+        f'[optimaccs]\nlisten = "tcp:{optimaccs}:interface=127.0.0.1"\ncdr_wait = 1.0\n\n'
+        '[[extensions]]\nid = "1001"\nname = "Operator 1"\ndevice = "sim"\n\n'
+        f'[[routes]]\ndid = "{ECHO_DID}"\nto = "app:echo"\n\n'
+        '[[routes]]\ndid = "*"\nto = "extension:1001"\n\n' + extra
+    ))
+
+
+@defer.inlineCallbacks
+def start(cleanup, tmp_path, extra: str = "", **ports) -> Replay:
+    admin, optimaccs = free_port(), free_port()
+    gateway = GatewayProcess(reactor, tmp_path, base_config(admin, optimaccs, extra.format(**ports)))
+    cleanup(gateway.kill)
+    yield gateway.start(admin)
+    replay = Replay(gateway, f"ws://127.0.0.1:{optimaccs}/")
+    yield replay.start_canary(cleanup)
+    return replay
+
+
+@defer.inlineCallbacks
+def expect_on_websocket(client: RawWebSocket, case: Case, *, init_failure=None):
+    """Wait for ``case``'s outcome on ``client``; fails the test naming the case otherwise."""
+    where = f"case {case.name!r}"
+    if case.outcome == "close":
+        try:
+            yield client.closed.addTimeout(OUTCOME_WAIT, reactor)
+        except defer.TimeoutError:
+            raise AssertionError(f"{where}: still open, expected close {case.detail}") from None
+        assert client.close_code == int(case.detail), f"{where}: closed {client.close_code} {client.close_reason}"
+    elif case.outcome == "dropped":
+        yield sleep(STAYS_OPEN)
+        assert client.is_open, f"{where}: closed {client.close_code} {client.close_reason}, expected to stay open"
+    elif case.outcome in ("init-failure", "failure-response"):
+        for _ in range(int(OUTCOME_WAIT / 0.05)):
+            if any(init_failure(text) for text in client.texts()):
+                break
+            yield sleep(0.05)
+        else:
+            raise AssertionError(f"{where}: no {case.outcome} among {client.texts()[:5]}")
+    else:
+        raise AssertionError(f"{where}: this replay does not know the outcome {case.expect!r}")
+
+
+@defer.inlineCallbacks
+def replay_websocket_file(replay: Replay, url: str, corpus: str, *, init_failure=None):
+    cases = load(corpus)
+    assert cases, f"{corpus}.json has no cases"
+    for case in cases:
+        client = yield RawWebSocket(url).connect()
+        for data, binary in case.built():
+            client.send(data, binary)
+        yield expect_on_websocket(client, case, init_failure=init_failure)
+        yield client.close()
+    yield replay.checkpoint(corpus)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_optimaccs_inbound_corpus(cleanup, tmp_path):
+    replay = yield start(cleanup, tmp_path)
+    yield replay_websocket_file(replay, replay.optimaccs_url, "optimaccs_inbound")
+    yield replay.finish()
+
+
+def _patriot_refusal(text: str) -> bool:
+    import json
+
+    message = json.loads(text)
+    payload = message.get("payload") or {}
+    return payload.get("success") is False or message.get("type", "").endswith("error")
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_patriot_bridge_corpus(cleanup, tmp_path):
+    bridge = free_port()
+    replay = yield start(cleanup, tmp_path, (
+        '[patriot.bridge]\nenabled = true\nlisten = "tcp:{bridge}:interface=127.0.0.1"\n'
+        'max_init_failures = 1000\n'
+        'users = [{{username = "op1", password = "secret-pw", extension = "1001"}}]\n'
+    ), bridge=bridge)
+    yield replay_websocket_file(replay, f"ws://127.0.0.1:{bridge}/dialler", "patriot_bridge",
+                                init_failure=_patriot_refusal)
+    yield replay.finish()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_admin_api_corpus(cleanup, tmp_path):
+    replay = yield start(cleanup, tmp_path, (
+        '[chat]\nenabled = true\nurl = "http://127.0.0.1:{chat}"\nreconnect_initial = 5.0\n'
+    ), chat=free_port())
+    _, calls = yield replay.gateway.api("GET", "/api/calls")
+    (canary,) = [call["call_id"] for call in calls["calls"]]
+    for case in load("admin"):
+        (body, _), = case.built()
+        path = case.extra["path"].replace("{canary}", canary)
+        response = yield treq.request(
+            case.extra["method"], f"http://127.0.0.1:{replay.gateway.admin_port}{path}", data=body,
+            headers={"Authorization": [f"Bearer {TOKEN}"], "Content-Type": ["application/json"]}, timeout=10)
+        text = yield response.text()
+        assert case.outcome == "http"
+        assert response.code == int(case.detail), f"case {case.name!r}: {response.code} {text}"
+        assert "error" in text, f"case {case.name!r}: {text}"
+    for path in ("/api/calls", "/api/status", "/api/cdrs"):
+        code, _ = yield replay.gateway.api("GET", path)
+        assert code == 200, path
+    yield replay.checkpoint("admin")
+    yield replay.finish()
