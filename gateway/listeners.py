@@ -3,6 +3,7 @@
 ``StreamServerEndpointService`` only logs a failed listen, which leaves a
 half-started daemon; :class:`Listener` binds synchronously when the service
 starts and raises :class:`StartupError` naming the listener and its endpoint.
+An ``ssl:`` endpoint gets the TLS versions and ciphers of :mod:`gateway.tlspolicy`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import errno
 
 from twisted.application import service
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 log = Logger()
 
@@ -34,7 +36,8 @@ class StartupError(Exception):
 class Listener(service.Service):
     """Serve one protocol factory on one endpoint string."""
 
-    def __init__(self, reactor, name: str, description: str, factory, component):
+    def __init__(self, reactor, name: str, description: str, factory, component, *, tls=DEFAULT_TLS):
+        """``tls``: the :class:`gateway.tlspolicy.TlsPolicy` of an ``ssl:`` endpoint."""
         self.name = name
         self.description = str(description)
         self._reactor = reactor
@@ -43,6 +46,7 @@ class Listener(service.Service):
         if hasattr(factory, "noisy"):
             factory.noisy = False
         self._component = component
+        self._tls = tls
         self.port = None
 
     def bind(self) -> None:
@@ -50,7 +54,7 @@ class Listener(service.Service):
         if self.port is not None:
             return
         try:
-            endpoint = serverFromString(self._reactor, self.description)
+            endpoint = self._tls.server_endpoint(self._reactor, self.description)
         except Exception as e:
             raise StartupError(f"cannot listen on {self.description} ({self.name}): {e}") from None
         outcome = []
