@@ -63,6 +63,11 @@ class StoreSection:
         default="sqlite:var/gateway.sqlite",
         validator=check(lambda v: v.startswith("sqlite:") and len(v) > 7, "expected sqlite:PATH, got {value!r}"),
     )
+    #: records of each kind (CDR, provider CDR, SMS, conversation) kept waiting while the store cannot be written
+    pending_max: int = attrs.field(
+        default=10000,
+        validator=check(lambda v: 1 <= v <= 1_000_000, "must be between 1 and 1000000 records, got {value!r}"),
+    )
 
 
 @section

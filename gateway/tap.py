@@ -178,6 +178,9 @@ class GatewayService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        stop_retrying = getattr(self.ctx.store, "stop_retrying", None)
+        if stop_retrying is not None:  # from now on a failing store write is logged in full, not retried
+            stop_retrying()
         yield defer.maybeDeferred(self.systemd.stopService)  # STOPPING=1 first
         log.info("gateway stopping: no new connections; live calls get {grace} s",
                  grace=self.ctx.config.gateway.shutdown_grace)
@@ -208,11 +211,13 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     from gateway.media.metrics import counted_ports
     from gateway.callservice import make_service as make_core
     from gateway.pluginload import extend_plugin_path
-    from gateway.store import open_store
+    from gateway.store import StoreHealth, open_store
+    from gateway.store.files import check_private_dir
     from gateway.systemd import Notifier, SystemdService
 
     state_dir = pathlib.Path(config.gateway.state_dir)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private_dir(state_dir)  # warns, naming it and its mode, when others may enter it
     extend_plugin_path(config.gateway.plugin_dirs)
 
     metrics = make_metrics_registry()
@@ -220,7 +225,8 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
                   media_ports=counted_ports(metrics, config.media.queue_ms))
     root = GatewayService(ctx, SystemdService(Notifier(), reactor), source)
 
-    ctx.store = open_store(config.store.url, reactor)
+    ctx.store = open_store(config.store.url, reactor, pending_max=config.store.pending_max,
+                           health=StoreHealth(metrics, ctx.readiness.register("store")))
     root.store_service = _StoreService(ctx.store)
     root.store_service.setServiceParent(root)
 
@@ -262,6 +268,8 @@ class _StoreService(service.Service):
 
 def makeService(options: Options):
     from twisted.internet import reactor
+
+    os.umask(0o077)  # whatever the daemon creates (database, token, transcripts, recordings, logs) is its own
 
     try:
         config = load(options["config"])

@@ -15,6 +15,7 @@ import secrets
 from twisted.logger import Logger
 
 from gateway.confschema import Secret
+from gateway.store.files import narrow
 
 __all__ = ["TOKEN_FILE", "resolve_token"]
 
@@ -44,8 +45,7 @@ def _read(path: pathlib.Path) -> str:
         text = path.read_text("utf-8")
     except FileNotFoundError:
         return ""
-    if path.stat().st_mode & 0o077:
-        log.warn("{path} is readable by other users: chmod 600 it", path=str(path))
+    narrow(path)  # a token file others may read is made 0600 (logged)
     return text.strip()
 
 

@@ -19,7 +19,6 @@ answers 502 ``chat_server_error`` (404 for a transcript it does not have).
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 
@@ -33,6 +32,7 @@ from gateway.chat.messages import CUSTOMER_FIELDS
 from gateway.chat.rest import TRANSCRIPT_TYPES
 from gateway.chat.socketio import AckTimeout, LinkLost
 from gateway.store import MAX_LIMIT
+from gateway.store.files import write_private
 
 __all__ = ["Transcripts", "add_routes"]
 
@@ -40,11 +40,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def _write_file(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (runs in a thread)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".part")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    """Write ``data`` to ``path`` atomically, mode 0600 whatever the umask (runs in a thread)."""
+    write_private(path, data)
 
 
 class Transcripts:
