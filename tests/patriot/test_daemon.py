@@ -368,6 +368,8 @@ def test_bridge_refuses_an_address_after_too_many_failed_inits(tmp_path):
         assert not response.success
         yield second.wait_disconnected(timeout=WAIT)
         assert second.closes[-1][0] == 4008
+        yield first.wait_disconnected(timeout=WAIT)  # every unauthenticated connection of the address
+        assert first.closes[-1][0] == 4008
         third = gateway.client(ALICE)
         yield third.wait_until(lambda: third.closes or None, timeout=WAIT, what="refused handshake")
         assert third.connections == 0 and "403" in str(third.closes[0][1])
