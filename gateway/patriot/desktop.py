@@ -58,9 +58,9 @@ log = Logger()
 
 #: the close code the link sends (refused key, no answer, the gateway stopping)
 CLOSE_NORMAL = 1000
-
 #: the close code Autobahn sends for a message over max_message_size
 MESSAGE_TOO_BIG = 1009
+
 
 def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None, tls=DEFAULT_TLS):
     """Where a link connects: ``connect`` or the URL's host and port, with TLS for ``wss://`` (``tls``: the TlsPolicy)."""
@@ -116,7 +116,6 @@ class DesktopSession(Session):
         elif not self.call_control(message):
             self.ignore(message, "not a message Patriot sends to a dialler client")
 
-    def _authentication_response(self, response: AuthenticationResponse) -> None:
     def _waiting_for_answer(self) -> bool:
         return self._timer is not None and self._timer.active()
 
@@ -129,6 +128,7 @@ class DesktopSession(Session):
             self.metrics.logins.labels(self.mode, "failure").inc()
             self.connection.close(CLOSE_NORMAL, "unreadable authentication-response")
 
+    def _authentication_response(self, response: AuthenticationResponse) -> None:
         if not self._waiting_for_answer():
             self.ignore(response, "no authentication-request is waiting for an answer")
             return
@@ -164,9 +164,9 @@ class DesktopLink(service.Service):
         #: connections in a row that ended before they were authenticated
         self.rejections = 0
         self._policy = backoffPolicy(config.retry_initial, config.retry_max)
-        self._up = metrics.desktop_up.labels(str(index))
         #: each connection's budget of log lines about ignored messages
         self.budgets = budget_factory(reactor, "patriot", metrics.registry)
+        self._up = metrics.desktop_up.labels(str(index))
         self._up.set(0)
         self._client = ClientService(endpoint, _DesktopFactory(self, reactor), retryPolicy=self._retry_delay,
                                      clock=reactor)
@@ -241,9 +241,9 @@ class _DesktopProtocol(WebSocketClientProtocol):
         self.session.frame_received(payload, isBinary)
 
     def onClose(self, wasClean, code, reason):
-        if self.closedByMe and self.localCloseCode:
         if self.session is not None and self.localCloseCode == MESSAGE_TOO_BIG:
             self.session.oversized(f"a message over max_message_size: {self.localCloseReason}")
+        if self.closedByMe and self.localCloseCode:
             # Autobahn reports the code of Patriot's reply (1000); why the link closed is ours
             code, reason = self.localCloseCode, (self.localCloseReason or b"").decode("utf-8", "replace")
         self._close_reason = f"closed with {code}: {reason}" if code else reason
