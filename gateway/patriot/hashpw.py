@@ -56,7 +56,10 @@ class PasswordHash:
 
 
 def _bytes(text: str) -> bytes:
-    """``text`` as UTF-8, a lone surrogate included (``surrogatepass``): never raises, and one text is one byte string."""
+    """``text`` as UTF-8, a lone surrogate included (``surrogatepass``).
+
+    Never raises, and two different texts are never the same bytes.
+    """
     return text.encode("utf-8", "surrogatepass")
 
 

@@ -280,7 +280,8 @@ def _refused_text(error: PeerDataError, known: str | None = None) -> PatriotMess
         type_ = document.get("type") if isinstance(document, dict) else None
         known = type_ if isinstance(type_, str) and type_ in MESSAGE_TYPES else None
     prefix = f"{known}: " if known else ""
-    where = f"a key in field {_short(error.field)}" if error.problem.startswith("a key") else f"field {_short(error.field)}"
+    field = _short(error.field)
+    where = f"a key in field {field}" if error.problem.startswith("a key") else f"field {field}"
     return PatriotMessageError(f"{prefix}{where} holds a lone UTF-16 surrogate (not valid Unicode text)",
                                known, kind="bad_text", field=error.field)
 
