@@ -137,6 +137,8 @@ class _Address:
     locked_until: float | None = None
     checking: bool = False
     waiting: collections.deque = attrs.field(factory=collections.deque)
+    #: handshakes refused during the current lockout
+    refusals: int = 0
 
     def idle(self, now: float, window: float) -> bool:
         """Nothing left to remember (the entry may go)."""
@@ -236,6 +238,14 @@ class AddressGuard:
         """Whether ``host`` is refused now."""
         return self.locked_out(host) > 0
 
+    def refused(self, host: str) -> int:
+        """Count a handshake refused because ``host`` is locked out; how many this lockout has refused so far."""
+        entry = self._current(address_key(host))
+        if entry is None or entry.locked_until is None:
+            return 0
+        entry.refusals += 1
+        return entry.refusals
+
     # -- password checks, one at a time per address
 
     def turn(self, host: str) -> defer.Deferred:
@@ -290,7 +300,7 @@ class AddressGuard:
         self._entries.move_to_end(key)
         if entry.failures < self._max_failures:
             return False
-        entry.locked_until = now + self._block_time
+        entry.locked_until, entry.refusals = now + self._block_time, 0
         waiting, entry.waiting = entry.waiting, collections.deque()
         for waiter in waiting:
             waiter.errback(AddressLockedOut(self._block_time))

@@ -266,8 +266,11 @@ class DiallerBridge:
             log.info("refusing Patriot {peer}: no Dialler Bridge at {path}", peer=peer, path=path)
             return ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no Dialler Bridge at {path}")
         if self.guard.blocked(host):
-            log.info("refusing Patriot {peer}: too many failed init-requests from {address}", peer=peer,
-                     address=address_key(host))
+            refused = self.guard.refused(host)
+            if refused == 1 or refused % 100 == 0:  # not one line per handshake of a hammering address
+                log.info("refusing Patriot {peer}: too many failed init-requests from {address} "
+                         "({refused} handshake(s) refused during this lockout)", peer=peer,
+                         address=address_key(host), refused=refused)
             return ConnectionDeny(ConnectionDeny.FORBIDDEN, "too many failed init-requests; try again later")
         return None
 

@@ -603,6 +603,18 @@ class LockoutTests(BridgeTestCase):
         self.assertEqual(last.user.username, "alice")
         self.assertEqual(self.checked, ["g", "pw-alice"])
 
+    def test_refused_handshakes_are_not_one_log_line_each(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        guesser, _ = self.connect(host="10.6.6.6")
+        for guess in range(3):
+            guesser.frame_received(frame("init-request", {"userName": "bob", "password": f"g{guess}"}), False)
+        for port in range(1000):
+            self.assertIsNotNone(self.bridge.refusal("/dialler", "10.6.6.6", f"10.6.6.6:{port}"))
+        refusals = [e for e in events if "refusing Patriot" in e.get("log_format", "")]
+        self.assertEqual([e["refused"] for e in refusals], [1] + list(range(100, 1001, 100)))
+
     def test_status_shows_the_locked_out_addresses(self):
         guesser, _ = self.connect(host="10.6.6.6")
         for guess in range(3):
