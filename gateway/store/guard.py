@@ -244,15 +244,15 @@ class GuardedStore:
     def add_sms(self, record) -> defer.Deferred:
         if isinstance(record, SmsRecord):
             record = self._safe_record("sms", record.uid, record)
-        return self._sms.submit(_Write("add_sms", f"SMS {getattr(record, 'uid', '?')}", (record,)))
+        return self._sms.submit(_Write("add_sms", str(getattr(record, "uid", "?")), (record,)))
 
     def sms_attempt_failed(self, seq, error) -> defer.Deferred:
         error = self._safe("sms", seq, error)
-        return self._sms.submit(_Write("sms_attempt_failed", f"SMS seq {seq}", (seq, error)))
+        return self._sms.submit(_Write("sms_attempt_failed", f"seq {seq}", (seq, error)))
 
     def finish_sms(self, seq, status, finished_at, conversation_id=None, error=None) -> defer.Deferred:
         args = tuple(self._safe("sms", seq, [seq, status, finished_at, conversation_id, error]))
-        return self._sms.submit(_Write("finish_sms", f"SMS seq {seq}", args))
+        return self._sms.submit(_Write("finish_sms", f"seq {seq}", args))
 
     def pending_sms(self) -> defer.Deferred:
         return self.backend.pending_sms()
@@ -263,12 +263,12 @@ class GuardedStore:
     def save_conversation(self, record) -> defer.Deferred:
         if isinstance(record, ConversationRecord):
             record = self._safe_record("conversation", record.conversation_id, record)
-        name = f"conversation {getattr(record, 'conversation_id', '?')}"
+        name = str(getattr(record, "conversation_id", "?"))
         return self._conversations.submit(_Write("save_conversation", name, (record,)))
 
     def close_conversation(self, conversation_id, closed_at, reason) -> defer.Deferred:
         args = tuple(self._safe("conversation", conversation_id, [conversation_id, closed_at, reason]))
-        return self._conversations.submit(_Write("close_conversation", f"conversation {args[0]}", args))
+        return self._conversations.submit(_Write("close_conversation", str(args[0]), args))
 
     def open_conversations(self) -> defer.Deferred:
         return self.backend.open_conversations()
