@@ -4,9 +4,11 @@ A link that cannot connect used to show ``not started`` on ``/readyz`` for
 ever, and the log said nothing an operator could act on. :class:`LinkWatch`
 sits between a ``ClientService`` and its endpoint and retry policy::
 
-    watch = LinkWatch(reactor, component, endpoint, peer="127.0.0.1:9500", adapter="cti",
-                      retry_policy=policy)
-    ClientService(watch.endpoint, factory, retryPolicy=watch.retry_policy, clock=reactor)
+    watch = LinkWatch(reactor, component, peer="127.0.0.1:9500", adapter="cti")
+    service = watch.client_service(endpoint, factory, retryPolicy=policy, clock=reactor)
+
+(or, where another class builds the ``ClientService``, hand it ``watch.endpoint``
+and ``watch.retry_policy`` of a watch made with ``endpoint=`` and ``retry_policy=``)
 
 and keeps the link's readiness :class:`~gateway.context.Component` saying
 what is going on, e.g. ``connecting to 127.0.0.1:8081: connection refused;
@@ -34,9 +36,9 @@ log = Logger()
 FIRST_LOGGED = 3
 
 _ERRORS = [
-    (neterror.ConnectionRefusedError, "connection refused"),
+    ((neterror.ConnectionRefusedError, ConnectionRefusedError), "connection refused"),
     (neterror.TCPTimedOutError, "timed out"),
-    (neterror.TimeoutError, "timed out"),
+    ((neterror.TimeoutError, TimeoutError), "timed out"),
     (neterror.DNSLookupError, "host name not found"),
     (neterror.NoRouteError, "no route to host"),
     (neterror.ConnectionLost, "connection lost"),
@@ -46,7 +48,7 @@ _ERRORS = [
 def describe_error(failure) -> str:
     """A short phrase for a failed connection attempt: ``connection refused``, ``timed out``..."""
     for kind, phrase in _ERRORS:
-        if failure.check(kind):
+        if failure.check(*(kind if isinstance(kind, tuple) else (kind,))):
             return phrase
     message = failure.getErrorMessage().strip().rstrip(".")
     return message or failure.type.__name__
@@ -82,15 +84,16 @@ class LinkWatch:
     :param clock: ``IReactorTime``, for the log's rate limit.
     :param component: the link's readiness component (``set_down``/``set_up`` are the adapter's
         too: the watcher sets the reason while no connection is made).
-    :param endpoint: the real client endpoint.
+    :param endpoint: the real client endpoint (or given to :meth:`client_service`).
     :param peer: how the endpoint is named in the reason and the log (``127.0.0.1:8081``).
     :param adapter: the adapter's name, first in each log line.
-    :param retry_policy: ``f(failed attempts) -> seconds``, as ``ClientService`` takes it.
+    :param retry_policy: ``f(failed attempts) -> seconds``, as ``ClientService`` takes it (or given
+        to :meth:`client_service`).
     :param log_interval: seconds between two log lines once the first :data:`FIRST_LOGGED` of a
         run of failures have been logged.
     """
 
-    def __init__(self, clock, component, endpoint, *, peer: str, adapter: str, retry_policy,
+    def __init__(self, clock, component, endpoint=None, *, peer: str, adapter: str, retry_policy=None,
                  log_interval: float = 60.0, logger: Logger | None = None):
         self._clock = clock
         self.component = component
@@ -108,11 +111,18 @@ class LinkWatch:
         self._unlogged = 0
         self._logged_at: float | None = None
 
+    def client_service(self, endpoint, factory, *, retryPolicy, **kwargs):
+        """A ``ClientService`` for ``endpoint`` and ``retryPolicy`` (``kwargs`` as it takes them), watched."""
+        from twisted.application.internet import ClientService
+
+        self._endpoint, self._policy = endpoint, retryPolicy
+        return ClientService(self.endpoint, factory, retryPolicy=self.retry_policy, **kwargs)
+
     def retry_policy(self, failed: int) -> float:
         """The wrapped policy's delay; the component says why and when the next attempt is."""
         delay = self._policy(failed)
         if self.error is not None:
-            reason = f"connecting to {self.peer}: {self.error}; retry {self.attempts} in {delay:.0f} s"
+            reason = f"connecting to {self.peer}: {self.error}; retry {self.attempts} in {_seconds(delay)} s"
             self.component.set_down(reason)
             self._note_failure(delay)
         return delay
@@ -140,8 +150,8 @@ class LinkWatch:
         now = self._clock.seconds()
         if self.attempts <= FIRST_LOGGED:
             self._log.warn(
-                "{adapter}: cannot connect to {peer}: {error} (attempt {attempt}); next attempt in {delay:.0f} s{more}",
-                adapter=self.adapter, peer=self.peer, error=self.error, attempt=self.attempts, delay=delay,
+                "{adapter}: cannot connect to {peer}: {error} (attempt {attempt}); next attempt in {delay} s{more}",
+                adapter=self.adapter, peer=self.peer, error=self.error, attempt=self.attempts, delay=_seconds(delay),
                 more="; further failures are summarised" if self.attempts == FIRST_LOGGED else "",
             )
             self._logged_at = now
@@ -150,11 +160,16 @@ class LinkWatch:
         if now - self._logged_at >= self._interval:
             self._log.warn(
                 "{adapter}: still cannot connect to {peer}: {error}; {count} more failed attempts in the last"
-                " {seconds:.0f} s (attempt {attempt}); next attempt in {delay:.0f} s",
+                " {seconds:.0f} s (attempt {attempt}); next attempt in {delay} s",
                 adapter=self.adapter, peer=self.peer, error=self.error, count=self._unlogged,
-                seconds=now - self._logged_at, attempt=self.attempts, delay=delay,
+                seconds=now - self._logged_at, attempt=self.attempts, delay=_seconds(delay),
             )
             self._unlogged, self._logged_at = 0, now
+
+
+def _seconds(delay: float) -> str:
+    """``4``, ``0.5``, ``2.4``: a delay to one decimal, without a trailing ``.0``."""
+    return f"{round(delay, 1):g}"
 
 
 @implementer(IStreamClientEndpoint)

@@ -22,13 +22,11 @@ class LinkWatchTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.readiness = Readiness()
         self.component = self.readiness.register("cti:PROC")
-        self.watch = LinkWatch(
-            self.reactor, self.component, TCP4ClientEndpoint(self.reactor, "127.0.0.1", 8081),
-            peer="127.0.0.1:8081", adapter="cti",
-            retry_policy=lambda failed: min(2.0 ** (failed - 1), 30.0),
+        self.watch = LinkWatch(self.reactor, self.component, peer="127.0.0.1:8081", adapter="cti")
+        self.service = self.watch.client_service(
+            TCP4ClientEndpoint(self.reactor, "127.0.0.1", 8081), Factory.forProtocol(Protocol),
+            retryPolicy=lambda failed: min(2.0 ** (failed - 1), 30.0), clock=self.reactor,
         )
-        self.service = ClientService(self.watch.endpoint, Factory.forProtocol(Protocol),
-                                     retryPolicy=self.watch.retry_policy, clock=self.reactor)
         self.addCleanup(self.service.stopService)
 
     def refuse(self):
@@ -92,6 +90,21 @@ class LinkWatchTests(SynchronousTestCase):
         d = self.service.stopService()
         self.refuse()  # the attempt's result after the stop changes nothing
         self.successResultOf(d)
+
+
+class HandedOverTests(SynchronousTestCase):
+    def test_a_watch_made_with_its_endpoint_and_policy_for_a_client_service_built_elsewhere(self):
+        reactor = MemoryReactorClock()
+        readiness = Readiness()
+        watch = LinkWatch(reactor, readiness.register("chat"), TCP4ClientEndpoint(reactor, "127.0.0.1", 8081),
+                          peer="127.0.0.1:8081", adapter="chat", retry_policy=lambda failed: 5.0)
+        service = ClientService(watch.endpoint, Factory.forProtocol(Protocol), retryPolicy=watch.retry_policy,
+                                clock=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        host, port, factory, *_ = reactor.tcpClients.pop()
+        factory.clientConnectionFailed(None, Failure(neterror.ConnectionRefusedError()))
+        self.assertEqual(readiness.not_ready(), {"chat": "connecting to 127.0.0.1:8081: connection refused; retry 1 in 5 s"})
 
 
 class NamingTests(SynchronousTestCase):

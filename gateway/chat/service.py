@@ -35,6 +35,7 @@ from gateway.chat.rest import ChatRest
 from gateway.chat.socketio import SocketIOClient
 from gateway.chat.web import HttpClient, client_tls, load_trust
 from gateway.confschema import ConfigError
+from gateway.linkwatch import LinkWatch, url_peer
 from gateway.pluginload import find_plugin, plugins
 
 __all__ = ["ChatService", "make_service"]
@@ -109,14 +110,17 @@ def _link(ctx, config, connector) -> SocketIOClient:
     port = parts.port or (443 if secure else 80)
     endpoint = HostnameEndpoint(ctx.reactor, parts.hostname.encode("idna"), port, timeout=CONNECT_TIMEOUT)
     tls = client_tls(parts.hostname, load_trust(config.tls_ca_file, "chat.tls_ca_file"), ctx.tls) if secure else None
+    # The connector's readiness component (registered by make_service) says why the link is down.
+    watch = LinkWatch(ctx.reactor, ctx.readiness.components["chat"], endpoint, peer=url_peer(config.url), adapter="chat",
+                      retry_policy=_retry_policy(config.reconnect_initial, config.reconnect_max))
     return SocketIOClient(
         ctx.reactor,
-        endpoint,
+        watch.endpoint,
         config.url,
         connector,
         path=config.path,
         ack_timeout=config.ack_timeout,
-        retry_policy=_retry_policy(config.reconnect_initial, config.reconnect_max),
+        retry_policy=watch.retry_policy,
         tls=tls,
         max_message_size=config.max_message_size,
         max_attachments=config.max_attachments,

@@ -13,7 +13,7 @@ import functools
 import random
 
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet.protocol import Factory
 
 from gateway.boundary import budget_factory
@@ -22,6 +22,7 @@ from gateway.cti.endpoint import bridge_endpoint
 from gateway.cti.health import TelephonyWatch
 from gateway.cti.link import ADAPTER, BridgeLink
 from gateway.cti.metrics import CtiMetrics
+from gateway.linkwatch import LinkWatch, endpoint_peer
 
 
 def retry_delay(initial, maximum):
@@ -79,7 +80,8 @@ def make_service(ctx) -> CtiService:
     config = ctx.config.cti
     component = ctx.readiness.register(f"cti:{config.processor}")
     client = BridgeClient(config, ctx.registry, CtiMetrics(ctx.metrics), component)
-    link_service = ClientService(
+    watch = LinkWatch(ctx.reactor, component, peer=endpoint_peer(config.connect), adapter=ADAPTER)
+    link_service = watch.client_service(
         bridge_endpoint(ctx.reactor, config, ctx.tls),
         BridgeLinkFactory(
             client, config.byte_order, config.max_frame_size, budget_factory(ctx.reactor, ADAPTER, ctx.metrics)

@@ -36,7 +36,7 @@ import uuid
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.util import parse_url
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.logger import Logger
 
@@ -49,6 +49,7 @@ from gateway.patriot.messages import (
     PatriotMessage,
     PatriotMessageError,
 )
+from gateway.linkwatch import LinkWatch, endpoint_peer, url_peer
 from gateway.patriot.metrics import PatriotMetrics
 from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
 from gateway.patriot.tls import client_tls
@@ -168,8 +169,10 @@ class DesktopLink(service.Service):
         self.budgets = budget_factory(reactor, "patriot", metrics.registry)
         self._up = metrics.desktop_up.labels(str(index))
         self._up.set(0)
-        self._client = ClientService(endpoint, _DesktopFactory(self, reactor), retryPolicy=self._retry_delay,
-                                     clock=reactor)
+        peer = endpoint_peer(config.connect) if config.connect else url_peer(config.url)
+        self.watch = LinkWatch(reactor, component, peer=peer, adapter=f"Patriot desktop link {index}")
+        self._client = self.watch.client_service(endpoint, _DesktopFactory(self, reactor), retryPolicy=self._retry_delay,
+                                                 clock=reactor)
 
     def _retry_delay(self, attempt: int) -> float:
         delay = self._policy(attempt + self.rejections)

@@ -158,10 +158,13 @@ class ServiceTests(SynchronousTestCase):
         self.service.startService()
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 9500))
-        self.assertEqual(self.ctx.readiness.not_ready(), {"cti:PROC": "connecting to tcp:host=127.0.0.1:port=9500"})
+        self.assertEqual(self.ctx.readiness.not_ready(), {"cti:PROC": "connecting to 127.0.0.1:9500 (attempt 1)"})
         self.assertEqual(self.ctx.status["cti"].status()["connected"], False)
         connector = self.reactor.connectors[0]
         self.reactor.tcpClients[0][2].clientConnectionFailed(connector, ConnectionRefusedError())
+        # /readyz says why (gateway.linkwatch): the endpoint, the error, the next attempt
+        self.assertRegex(self.ctx.readiness.not_ready()["cti:PROC"],
+                         r"^connecting to 127\.0\.0\.1:9500: connection refused; retry 1 in (2|2\.\d|3) s$")
         self.reactor.advance(1.9)
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.reactor.advance(1.1)  # 2 s and a jitter of up to 1 s

@@ -1,5 +1,6 @@
 """The real daemon as an operator runs it: twistd subprocesses on loopback."""
 
+import re
 import shutil
 import socket
 
@@ -290,3 +291,39 @@ def test_acknowledged_cdr_survives_kill_9(processes, tmp_path):
     _, cdrs = yield again.api("GET", "/api/cdrs")
     assert [c["cause"] for c in cdrs["cdrs"] if c["call_id"] == call_id] == ["normal"]
     assert (yield again.stop()) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_readyz_says_why_a_link_is_down(processes, tmp_path):
+    """Issue 12: a link to a closed port is 'connection refused; retry N in S s' on /readyz, not 'not started'.
+
+    The [chat] and [cti] sections say no `enabled`: present means on.
+    """
+    admin, chat, his, desktop = free_port(), free_port(), free_port(), free_port()
+    proc = _gateway(processes, tmp_path, GatewayProcess.config(admin, (
+        f'[chat]\nurl = "http://127.0.0.1:{chat}"\nreconnect_initial = 0.2\nreconnect_max = 0.4\n\n'
+        f'[cti]\nconnect = "tcp:host=127.0.0.1:port={his}"\nreconnect_initial = 0.2\nreconnect_max = 0.4\n\n'
+        '[[extensions]]\nid = "1001"\n\n'
+        f'[[patriot.desktop]]\nurl = "ws://127.0.0.1:{desktop}/ws/dialler/v1"\napi_key = "k"\nextension = "1001"\n'
+        'retry_initial = 0.2\nretry_max = 0.4\n'
+    )))
+    yield proc.start(admin)
+    assert ("adapters: optimaccs off (no [optimaccs] section), patriot on (bridge off, 1 desktop link), cti on,"
+            " chat on") in proc.output
+    deadline = reactor.seconds() + 20
+    while True:
+        code, body = yield proc.api("GET", "/readyz")
+        reasons = body.get("not_ready", {})
+        links = ("chat", "cti:PROC", "patriot-desktop:0")
+        if all("; retry " in reasons.get(name, "") for name in links) or reactor.seconds() > deadline:
+            break
+        yield deferLater(reactor, 0.1, lambda: None)
+    assert code == 503
+    assert re.fullmatch(rf"connecting to 127\.0\.0\.1:{chat}: connection refused; retry \d+ in \d+(\.\d)? s", reasons["chat"]), reasons
+    assert re.fullmatch(rf"connecting to 127\.0\.0\.1:{his}: connection refused; retry \d+ in \d+(\.\d)? s", reasons["cti:PROC"]), reasons
+    yield proc.wait_for_output(f"chat: cannot connect to 127.0.0.1:{chat}: connection refused (attempt 1)")
+    assert re.fullmatch(rf"connecting to 127\.0\.0\.1:{desktop}: connection refused; retry \d+ in \d+(\.\d)? s",
+                        reasons["patriot-desktop:0"]), reasons
+    yield proc.wait_for_output(f"cti: cannot connect to 127.0.0.1:{his}: connection refused (attempt 1)")
+    yield proc.wait_for_output(f"Patriot desktop link 0: cannot connect to 127.0.0.1:{desktop}: connection refused (attempt 1)")
+    assert (yield proc.stop()) == 0
