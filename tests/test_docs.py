@@ -539,5 +539,6 @@ def test_the_benchmark_pages_make_no_claim_their_tables_do_not_show():
     assert stated <= ratios, f"ratios the tables do not show: {stated - ratios}"
     for text in (BENCH.read_text("utf-8"), (ROOT / "README.md").read_text("utf-8")):
         flat = " ".join(text.split())
-        for claim in (r"calls per core", r"nothing is dropped", r"plan for \d+", r"on the order of [\d,-]+ bridged calls"):
+        for claim in (r"calls per core", r"nothing is dropped", r"plan for \d+",
+                      r"on the order of [\d,-]+ bridged calls"):
             assert not re.search(claim, flat, re.IGNORECASE), claim
