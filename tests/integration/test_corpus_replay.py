@@ -22,10 +22,11 @@ import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 
-from corpus import Case, load
+from corpus import Case, build_frame, load
+from gateway.sim.his import HisBridgeSim, SimulatorError
 from gateway.sim.optimaccs import CallScript, place_call
 from gateway.testing import TOKEN, GatewayProcess, free_port
 
@@ -176,11 +177,33 @@ class Replay:
         assert "Traceback" not in self.gateway.output, self.gateway.output
 
     @defer.inlineCallbacks
-    def metric_sum(self, name: str) -> float:
+    def metric_sum(self, name: str, **labels) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
         response = yield treq.get(f"http://127.0.0.1:{self.gateway.admin_port}/metrics", timeout=5)
         text = yield response.text()
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + "{") or line.startswith(name + " "))
+                   if (line.startswith(name + "{") or line.startswith(name + " "))
+                   and all(label in line.partition("}")[0] for label in wanted))
+
+    @defer.inlineCallbacks
+    def calls(self) -> list:
+        """The live calls (``/api/calls``)."""
+        _, body = yield self.gateway.api("GET", "/api/calls")
+        return body["calls"]
+
+
+@defer.inlineCallbacks
+def until(probe, what: str, timeout: float = OUTCOME_WAIT, every: float = 0.05):
+    """Poll ``probe()`` (a value or a Deferred) until it is true; that value, or AssertionError naming ``what``."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = yield defer.maybeDeferred(probe)
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last saw {value!r})")
+        yield sleep(every)
 
 
 def base_config(admin: int, optimaccs: int, extra: str = "") -> str:
@@ -289,4 +312,88 @@ def test_the_admin_api_corpus(cleanup, tmp_path):
         code, _ = yield replay.gateway.api("GET", path)
         assert code == 200, path
     yield replay.checkpoint("admin")
+    yield replay.finish()
+
+
+# -- the outgoing links: the daemon is the client of a hostile peer ----------------------------------
+
+
+HIS_AGENT = (
+    '[[extensions]]\nid = "1003"\nname = "Alice"\ndevice = "sim:manual"\n\n'
+    '[[routes]]\ndid = "103"\nto = "extension:1003"\n\n'
+    '[cti]\nenabled = true\nconnect = "tcp:host=127.0.0.1:port={his}"\nreconnect_initial = 0.1\n'
+    'reconnect_max = 0.3\nagents = [{{agent = "alice", extension = "1003"}}]\n'
+)
+
+
+def his_stream(case: Case, conversation: str | None) -> bytes:
+    """What the hostile bridge writes: text frames get their 4-byte big-endian length, hex frames go as they are."""
+    data = b""
+    for frame in case.frames:
+        payload, raw = build_frame(frame)
+        if raw:
+            data += payload
+        else:
+            payload = payload.replace(b"{conversation}", (conversation or "").encode("utf-8"))
+            data += len(payload).to_bytes(4, "big") + payload
+    return data
+
+
+@defer.inlineCallbacks
+def his_talking_call(replay: Replay, sim: HisBridgeSim):
+    """Alice's talking call (an inbound call to her DID, accepted by the bridge): (call id, conversation target)."""
+    initialised = sim.when_destination("conversation")
+    _, call = yield replay.gateway.api("POST", "/api/sim/inbound", {"caller_id": "5551234", "did": "103"},
+                                       expect=201)
+    conversation = (yield initialised.addTimeout(OUTCOME_WAIT, reactor)).target
+    talking = sim.when_event("conversation.talking", conversation)
+    response = yield sim.send("accept").addTimeout(OUTCOME_WAIT, reactor)
+    assert response.ok, response.describe()
+    yield talking.addTimeout(OUTCOME_WAIT, reactor)
+    return call["call_id"], conversation
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_his_bridge_corpus(cleanup, tmp_path):
+    sim = HisBridgeSim(reactor, agents=["alice"])
+    port = yield sim.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    cleanup(sim.disconnect)
+    cleanup(port.stopListening)
+    replay = yield start(cleanup, tmp_path, HIS_AGENT, his=port.getHost().port)
+    yield sim.when_ready().addTimeout(15, reactor)
+    call_id = conversation = None
+    for case in load("his"):
+        where = f"case {case.name!r}"
+        if case.extra.get("setup") == "talking" and conversation is None:
+            call_id, conversation = yield his_talking_call(replay, sim)
+        ignored = yield replay.metric_sum("gateway_ignored_messages_total", adapter="cti")
+        sent = sim.send_hostile(his_stream(case, conversation)).addTimeout(OUTCOME_WAIT, reactor)
+        try:
+            answers = yield sent
+        except SimulatorError as lost:
+            assert case.outcome == "reconnect", f"{where}: the gateway dropped the link ({lost})"
+            yield until(lambda: sim.connected, f"{where}: the gateway connecting again")
+            yield sim.when_ready().addTimeout(OUTCOME_WAIT, reactor)
+            continue
+        assert case.outcome != "reconnect", f"{where}: the link carried on (answers {answers}), expected a reconnect"
+        assert sim.connected, f"{where}: the link is gone"
+        if case.outcome == "dropped":
+            assert answers == [], f"{where}: answered {answers}"
+            counted = yield replay.metric_sum("gateway_ignored_messages_total", adapter="cti")
+            assert counted > ignored, f"{where}: not counted in gateway_ignored_messages_total"
+        else:
+            assert case.outcome == "failure-response", f"{where}: this replay does not know {case.expect!r}"
+            assert len(answers) == 1, f"{where}: {len(answers)} answers: {answers}"
+            header = answers[0]
+            assert (header["type"], header["result"]) == ("cti.response", "FAILURE"), f"{where}: {header}"
+            assert header["requestId"] == case.extra["requestId"], f"{where}: {header}"
+            assert case.extra.get("error", "") in header["errorMessage"], f"{where}: {header}"
+        if case.extra.get("setup") == "talking":
+            (call,) = [c for c in (yield replay.calls()) if c["call_id"] == call_id]
+            assert call["state"] == "TALKING", f"{where}: alice's call is {call['state']}"
+    assert sim.violations == []
+    assert call_id is not None, "no case had alice's talking call"
+    yield sim.send_hostile(b"").addTimeout(OUTCOME_WAIT, reactor)  # the link, connected again, still answers
+    yield replay.gateway.api("POST", f"/api/calls/{call_id}/hangup", expect=200)
+    yield replay.checkpoint("his")
     yield replay.finish()
