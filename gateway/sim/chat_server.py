@@ -62,7 +62,9 @@ Control API for tests and agents (JSON, under ``/sim/``):
   no ``conversationId``) to the connector of that channel; 409 if none is registered.
   ``GET /sim/sms`` lists those sent.
 - ``POST /sim/init-failures {count, status: 500|503}`` -> the next ``count`` inits fail so.
-- ``GET /sim/connectors`` -> ``{"connected": [registration], "registrations": [every one]}``.
+- ``GET /sim/connectors`` -> ``{"connected": [registration], "registrations": [every one],
+  "connections": N}`` (N: the Engine.IO connections accepted so far, those refused by a client
+  after a hostile open packet included).
 - ``POST /sim/connectors/{channel}/emit {event, args?: []}`` -> any event to that channel's
   connector (to see how it copes with events it does not expect); 409 if none is registered.
 - ``POST /sim/connectors/{channel}/raw {data}`` -> ``data`` as one raw Engine.IO message to the
@@ -439,6 +441,8 @@ class ChatServerSim:
         self.sio.attach(self.app)
         #: frames the next Engine.IO connection gets instead of its open packet (POST /sim/open-frames)
         self.open_frames: list | None = None
+        #: Engine.IO connections accepted so far
+        self.connections = 0
         self.sio.eio.on("connect", self._on_eio_connect)
         for event in ("connect", "disconnect", "registerConnector", "joinConversation", "sendMessage", "endConversation"):
             self.sio.on(event, _logging_failures(event, getattr(self, "_on_" + event)))
@@ -471,6 +475,7 @@ class ChatServerSim:
 
     async def _on_eio_connect(self, eio_sid, environ):
         """A new Engine.IO connection: its open packet is queued; swap it for the open frames if any wait."""
+        self.connections += 1
         if self.open_frames is not None:
             frames, self.open_frames = self.open_frames, None
             queue = self.sio.eio.sockets[eio_sid].queue
@@ -625,7 +630,8 @@ class ChatServerSim:
 
     async def _list_connectors(self, request):
         return web.json_response(
-            {"connected": list(self.state.connectors.values()), "registrations": self.state.registrations}
+            {"connected": list(self.state.connectors.values()), "registrations": self.state.registrations,
+             "connections": self.connections}
         )
 
     def _connector_of(self, request) -> str:

@@ -15,7 +15,9 @@ against ``/api/cdrs``), the canary's echo matches, and SIGTERM stops the daemon 
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 import pytest
 import pytest_twisted
@@ -396,4 +398,80 @@ def test_the_his_bridge_corpus(cleanup, tmp_path):
     yield sim.send_hostile(b"").addTimeout(OUTCOME_WAIT, reactor)  # the link, connected again, still answers
     yield replay.gateway.api("POST", f"/api/calls/{call_id}/hangup", expect=200)
     yield replay.checkpoint("his")
+    yield replay.finish()
+
+
+CHAT = (
+    '[chat]\nenabled = true\nurl = "{chat}"\nreconnect_initial = 0.05\nreconnect_max = 0.2\n'
+    'retry_initial = 0.2\nretry_max = 0.5\nrequest_timeout = 2.0\nack_timeout = 5.0\n'
+)
+
+
+@defer.inlineCallbacks
+def chat_server(cleanup):
+    """``python -m gateway.sim chat-server`` on a free port, killed at the end: a ``ChatSim``."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from chat.conftest import ChatSim, ServerProcess
+
+    argv = [sys.executable, "-u", "-m", "gateway.sim", "chat-server", "--port", "0"]
+    process = ServerProcess(argv)
+    reactor.spawnProcess(process, argv[0], argv, env=dict(os.environ))
+    cleanup(lambda: pytest_twisted.blockon(process.kill()))
+    yield process.ready.addTimeout(30, reactor)
+    return ChatSim(process, HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))))
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_chat_server_corpus(cleanup, tmp_path):
+    sim = yield chat_server(cleanup)
+    replay = yield start(cleanup, tmp_path, CHAT, chat=sim.url)
+
+    @defer.inlineCallbacks
+    def connectors():
+        code, body = yield sim.get("/sim/connectors")
+        assert code == 200, body
+        return body
+
+    @defer.inlineCallbacks
+    def sent():
+        _, body = yield replay.gateway.api("GET", "/api/sms/sim/sent")
+        return [(sms["to"], sms["text"]) for sms in body["sent"]]
+
+    def registered(count):
+        return lambda: connectors().addCallback(
+            lambda c: c if len(c["registrations"]) == count and c["connected"] else None)
+
+    before = yield until(registered(1), "the first registration", timeout=15)
+    for number, case in enumerate(load("chat")):
+        where = f"case {case.name!r}"
+        ignored = yield replay.metric_sum("gateway_ignored_messages_total", adapter="chat")
+        registrations, connections = len(before["registrations"]), before["connections"]
+        if case.extra.get("stage") == "open":
+            code, body = yield sim.post("/sim/open-frames", {"frames": list(case.frames)})
+            assert code == 200, f"{where}: {body}"
+            code, body = yield sim.post("/sim/connectors/sms/frames", {"frames": ["1"]})  # an Engine.IO close
+        else:
+            code, body = yield sim.post("/sim/connectors/sms/frames", {"frames": list(case.frames)})
+        assert code == 200, f"{where}: {body}"
+        if case.outcome == "reconnect":
+            after = yield until(registered(registrations + 1), f"{where}: the gateway registering again")
+            # an open case: the hostile connection (refused by the gateway), then the one it registered on
+            expected = connections + (2 if case.extra.get("stage") == "open" else 1)
+            assert after["connections"] == expected, f"{where}: {after['connections'] - connections} connections"
+            assert (yield sim.get("/sim/open-frames"))[1] == {"waiting": 0}, where
+        else:
+            assert case.outcome == "dropped", f"{where}: this replay does not know {case.expect!r}"
+            to, text = f"+49170{number:08d}", f"after {case.name}"
+            code, body = yield sim.post("/sim/sms", {"to": to, "text": text})
+            assert code == 200, f"{where}: the SMS after the case: {body}"
+            yield until(lambda: sent().addCallback(lambda s: (to, text) in s), f"{where}: the SMS after the case")
+            after = yield connectors()
+            assert (len(after["registrations"]), after["connections"]) == (registrations, connections), \
+                f"{where}: the link was dropped ({after})"
+            counted = yield replay.metric_sum("gateway_ignored_messages_total", adapter="chat")
+            assert counted > ignored, f"{where}: not counted in gateway_ignored_messages_total"
+        before = after
+    yield replay.checkpoint("chat")
     yield replay.finish()
