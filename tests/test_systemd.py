@@ -226,5 +226,5 @@ class UnitFileTests(SynchronousTestCase):
         text = (UNITS / "gateway.socket").read_text()
         [listen] = re.findall(r'^#\s+listen = "([^"]+)"$', text, re.M)
         self.assertEqual(ServerEndpoint.check(listen), "systemd:domain=INET:index=0")
-        port = read_unit("gateway.socket")["Socket"]["ListenStream"]
-        self.assertEqual(OptimaccsConfig().listen, f"tcp:{port}")
+        host, port = read_unit("gateway.socket")["Socket"]["ListenStream"].rsplit(":", 1)
+        self.assertEqual(OptimaccsConfig().listen, f"tcp:{port}:interface={host}")
