@@ -13,6 +13,10 @@ and closes. ``GET /v1/cdr/{sessionId}`` returns the stored CDR.
 Everything the client did is recorded for assertions: L{FakeProviderApi.requests} (HTTP and WebSocket
 handshakes) and, per call, the L{FakeSession} (messages both ways, audio counters, checkpoints, DTMF,
 interruptions, protocol violations in C{errors}).
+
+A test can make a session a hostile provider (the cases of C{tests/corpus/optimaccs_outbound.json}):
+L{FakeSession.send_raw} writes any frame on the call's WebSocket, L{FakeSession.drop} loses its TCP
+connection, L{FakeSession.close} closes it with any code.
 """
 
 import collections
@@ -275,6 +279,25 @@ class FakeSession:
             self._problem(f"WebSocket closed before the call ended (code {code}, {reason})")
             self.hangup()
         self.disconnected.callback(self)
+
+    # -- a hostile provider
+
+    def send_raw(self, data, binary=False):
+        """Send C{data} (bytes) as one frame on the call's WebSocket, as it is; C{RuntimeError} if not joined."""
+        self._hostile_link().sendMessage(data, isBinary=binary)
+
+    def drop(self):
+        """Lose the call's TCP connection, without a closing handshake."""
+        self._hostile_link().transport.loseConnection()
+
+    def close(self, code, reason=None):
+        """Close the call's WebSocket with C{code} (the call is left to the client)."""
+        self._hostile_link().sendCloseFrame(code, reason.encode("utf-8") if reason else None, isReply=False)
+
+    def _hostile_link(self):
+        if self._link is None:
+            raise RuntimeError(f"session {self.session_id}: no WebSocket joined")
+        return self._link
 
     # -- call control
 

@@ -10,6 +10,8 @@ on it is recorded as ignored. After that, the simulator sends ``dial-request``, 
 and ``call-status-request`` to its authenticated clients and records what they send back
 (``call-status-update``). ``freeze()`` hangs the open connections (a Patriot that stopped
 answering while its TCP connections stay open) to test a client's dead-peer detection.
+``answer_authentication_with(frames)`` makes it a hostile Patriot for the next authentication (the
+bad-input corpus, ``tests/corpus/patriot_desktop.json``).
 
 As a library::
 
@@ -29,6 +31,7 @@ From the command line (commands on stdin: ``dial NUMBER [RAW]``, ``hangup``, ``s
 from __future__ import annotations
 
 import argparse
+import collections
 import hmac
 import sys
 import tempfile
@@ -109,6 +112,9 @@ class PatriotServerSim(PatriotPeerSim):
         self.auth_successes = 0
         self.auth_failures = 0
         self.refused_paths: list[str] = []
+        #: the connections whose authentication-request got hostile frames, in order
+        self.hostile_connections: list[_ServerProtocol] = []
+        self._hostile_answers: collections.deque = collections.deque()
         self.port = None
         self._factory = TLSMemoryBIOFactory(certificate.server_options(), False, _ServerFactory(self, reactor),
                                            clock=reactor)
@@ -175,6 +181,16 @@ class PatriotServerSim(PatriotPeerSim):
             self._send_on(client, data)
         return len(self.clients)
 
+    def answer_authentication_with(self, frames, *, then_close: bool = False) -> None:
+        """Answer a later authentication-request with ``frames`` instead of an authentication-response.
+
+        Queued: each call plays on one authentication-request, in order, and later ones are answered
+        as usual. A frame is text (``str``) or binary (``bytes``); ``{requestId}`` in it becomes the
+        request's requestId (``""`` when it has none). The connection stays unauthenticated and is
+        appended to :attr:`hostile_connections`; ``then_close``: the server then closes it (1000).
+        """
+        self._hostile_answers.append((list(frames), then_close))
+
     # -- protocol events
 
     def _handshake(self, protocol, request):
@@ -200,6 +216,9 @@ class PatriotServerSim(PatriotPeerSim):
         """Answer an authentication request (also a malformed one, with its error)."""
         self.auth_attempts += 1
         request = record.message
+        if self._hostile_answers:
+            self._play_hostile(protocol, request.request_id if request is not None else None)
+            return
         if request is None:
             success, error = False, record.error
         elif hmac.compare_digest(request.api_key.encode("utf-8"), self.api_key.encode("utf-8")):
@@ -214,6 +233,22 @@ class PatriotServerSim(PatriotPeerSim):
             log.info("authentication of {peer} failed: {error}", peer=protocol.peer, error=error)
         request_id = request.request_id if request is not None and request.request_id else str(uuid.uuid4())
         self._send_on(protocol, encode(AuthenticationResponse(request_id, success, error)))
+
+    def _play_hostile(self, protocol, request_id):
+        frames, then_close = self._hostile_answers.popleft()
+        request_id = request_id or ""
+        log.info("answering the authentication of {peer} with {count} hostile frame(s)", peer=protocol.peer,
+                 count=len(frames))
+        self.hostile_connections.append(protocol)
+        for frame in frames:
+            if isinstance(frame, bytes):
+                frame = frame.replace(b"{requestId}", request_id.encode("utf-8"))
+            else:
+                frame = frame.replace("{requestId}", request_id)
+            self._send_on(protocol, frame)
+        if then_close:
+            protocol.sendClose(1000, "bye")
+        self._changed()
 
     def _closed(self, protocol, code, reason):
         if protocol in self.clients:

@@ -26,10 +26,14 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from corpus import Case, build_frame, load
+from gateway.sim import tlsutil
 from gateway.sim.his import HisBridgeSim, SimulatorError
-from gateway.sim.optimaccs import CallScript, place_call
+from gateway.sim.optimaccs import ApiSettings, CallScript, FakeProviderApi, place_call
+from gateway.sim.patriot_server import HOSTNAME, PatriotServerSim
 from gateway.testing import TOKEN, GatewayProcess, free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -474,4 +478,202 @@ def test_the_chat_server_corpus(cleanup, tmp_path):
             assert counted > ignored, f"{where}: not counted in gateway_ignored_messages_total"
         before = after
     yield replay.checkpoint("chat")
+    yield replay.finish()
+
+
+DESKTOP_KEY = "desk-k3y"
+DESKTOP = (
+    '[[extensions]]\nid = "1003"\n\n'
+    '[[patriot.desktop]]\nurl = "wss://{host}:{port}/ws/dialler/v1"\nconnect = "tcp:host=127.0.0.1:port={port}"\n'
+    'fingerprint = "{fingerprint}"\napi_key = "{key}"\nextension = "1003"\nretry_initial = 0.05\n'
+    'retry_max = 0.2\nauth_timeout = 1.0\n'
+)
+
+
+def desktop_frames(case: Case) -> list:
+    """The case's frames as the simulator sends them: ``str`` text frames, ``bytes`` binary ones."""
+    return [data if binary else data.decode("utf-8") for data, binary in case.built()]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_patriot_desktop_corpus(cleanup, tmp_path):
+    certificate = tlsutil.load_or_create(tmp_path / "patriot-cert", HOSTNAME)
+    sim = PatriotServerSim(reactor, DESKTOP_KEY, certificate)
+    port = yield sim.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    cleanup(lambda: pytest_twisted.blockon(sim.stop()))
+    replay = yield start(cleanup, tmp_path, DESKTOP, host=HOSTNAME, port=port.getHost().port,
+                         fingerprint=certificate.fingerprint, key=DESKTOP_KEY)
+    yield sim.wait_authenticated(timeout=15)
+
+    def logins():
+        return replay.metric_sum("gateway_patriot_logins_total", mode="desktop", result="success")
+
+    @defer.inlineCallbacks
+    def link_up(where):
+        yield until(lambda: sim.authenticated_clients, f"{where}: the link authenticated again")
+        yield until(lambda: replay.metric_sum("gateway_patriot_desktop_up", link="0"), f"{where}: the link up")
+        code, ready = yield replay.gateway.api("GET", "/readyz", token=None)
+        assert code == 200, f"{where}: {ready}"
+
+    cases = load("patriot_desktop")
+    # The authentication cases in a row: each of the next connections gets one case's frames instead of its
+    # authentication-response, and the gateway must leave it (or see it closed) and try again; the first
+    # connection after them is answered properly.
+    auth = [case for case in cases if case.extra["stage"] == "auth"]
+    for case in auth:
+        sim.answer_authentication_with(desktop_frames(case), then_close=case.extra.get("then") == "close")
+    successes = yield logins()
+    (first,) = sim.clients
+    first.sendClose(1000, "next: the authentication cases")
+    for index, case in enumerate(auth):
+        where = f"case {case.name!r}"
+        assert case.outcome == "reconnect", f"{where}: this replay does not know {case.expect!r} at the auth stage"
+        yield until(lambda: len(sim.hostile_connections) > index, f"{where}: the gateway connecting again")
+        hostile = sim.hostile_connections[index]
+        yield until(lambda: hostile not in sim.clients, f"{where}: the gateway leaving the connection")
+        assert not (yield replay.metric_sum("gateway_patriot_desktop_up", link="0")), f"{where}: the link is up"
+    yield link_up("after the authentication cases")
+    assert (yield logins()) == successes + 1, "the link authenticated on a hostile connection"
+
+    for case in [case for case in cases if case.extra["stage"] == "session"]:
+        where = f"case {case.name!r}"
+        (client,) = sim.authenticated_clients
+        request_id = [r.message.request_id for r in sim.received if r.type == "authentication-request"][-1]
+        successes, mark = (yield logins()), len(sim.received)
+        for frame in desktop_frames(case):
+            sim.send_raw(frame.replace("{requestId}", request_id) if isinstance(frame, str) else frame)
+        if case.extra.get("then") == "close":
+            client.sendClose(1000, "bye")
+        if case.outcome == "reconnect":
+            yield until(lambda: client not in sim.clients, f"{where}: the gateway leaving the connection")
+            yield link_up(where)
+            assert (yield logins()) == successes + 1, where
+            continue
+        assert case.outcome == "dropped", f"{where}: this replay does not know {case.expect!r}"
+        sim.request_status()
+        updates = yield until(lambda: [r.message for r in sim.received[mark:] if r.type == "call-status-update"],
+                              f"{where}: the answer to a call-status-request")
+        assert all(not update.call_active for update in updates), f"{where}: {updates}"
+        assert sim.authenticated_clients == [client], f"{where}: the link was dropped"
+        assert (yield logins()) == successes, where
+        assert len((yield replay.calls())) == 1, f"{where}: a call was placed"
+    yield replay.checkpoint("patriot_desktop")
+    yield replay.finish()
+
+
+PROVIDER_TOKEN = "sim-token"
+OUTBOUND = (
+    '[pbx]\ndriver = "optimaccs"\n\n[pbx.sim]\nphone_answer_delay = 0.05\n\n'
+    '[optimaccs.outbound]\napi_url = "http://127.0.0.1:{provider}"\ntoken = "%s"\nring_timeout = 30\n'
+    'request_timeout = 3.0\n' % PROVIDER_TOKEN
+)
+ANSWERED = "+6281234567"
+RINGS_ON = "+6281118888"  # the fake provider lets it ring until the ring timeout
+
+
+class _Reply(Resource):
+    isLeaf = True
+
+    def __init__(self, status: int, body: bytes):
+        super().__init__()
+        self.status, self.body = status, body
+
+    def render(self, request):
+        request.setResponseCode(self.status)
+        request.setHeader(b"content-type", b"application/json")
+        return self.body
+
+
+class HostileProvider(Resource):
+    """``POST /pbx/call`` answered with :attr:`reply` (status, body) while it is set; the rest by the fake provider."""
+
+    def __init__(self, provider_root: Resource):
+        super().__init__()
+        self.provider_root = provider_root
+        self.reply = None
+
+    def getChildWithDefault(self, name, request):
+        if self.reply is not None and request.method == b"POST" and request.path == b"/pbx/call":
+            return _Reply(*self.reply)
+        return self.provider_root.getChildWithDefault(name, request)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_optimaccs_outbound_corpus(cleanup, tmp_path):
+    provider = FakeProviderApi(reactor, ApiSettings(token=PROVIDER_TOKEN, dial_time=0.05, ring_time=0.1))
+    hostile = HostileProvider(provider.site(reactor).resource)
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(hostile))
+    cleanup(port.stopListening)
+    cleanup(lambda: pytest_twisted.blockon(provider.shutdown().addTimeout(10, reactor)))
+    replay = yield start(cleanup, tmp_path, OUTBOUND, provider=port.getHost().port)
+
+    def failed(kind):
+        return replay.metric_sum("gateway_optimaccs_outbound_failed_total", kind=kind)
+
+    def ignored():
+        return replay.metric_sum("gateway_ignored_messages_total", adapter="optimaccs-outbound")
+
+    @defer.inlineCallbacks
+    def state_of(call_id):
+        code, call = yield replay.gateway.api("GET", f"/api/calls/{call_id}")
+        return call["state"] if code == 200 else code
+
+    @defer.inlineCallbacks
+    def cdr_of(call_id, where):
+        def stored():
+            return replay.gateway.api("GET", f"/api/cdrs/{call_id}").addCallback(
+                lambda reply: reply[1] if reply[0] == 200 else None)
+        return (yield until(stored, f"{where}: the call's CDR"))
+
+    sessions = 0
+    cases = load("optimaccs_outbound")
+    for batch in ("rest", "media"):
+        for case in [case for case in cases if case.extra["kind"] == batch]:
+            where = f"case {case.name!r}"
+            before_failed, before_ignored = (yield failed(case.detail)), (yield ignored())
+            if batch == "rest":
+                ((body, _),) = case.built()
+                hostile.reply = (case.extra["status"], body)
+                number = ANSWERED
+            else:
+                hostile.reply = None
+                number = RINGS_ON if case.extra["when"] == "dialing" else ANSWERED
+            _, call = yield replay.gateway.api("POST", "/api/calls", {"extension": "1001", "number": number},
+                                               expect=201)
+            call_id = call["call_id"]
+            if batch == "media":
+                sessions += 1
+                session = yield provider.wait_for_session(sessions).addTimeout(OUTCOME_WAIT, reactor)
+                if case.extra["when"] == "dialing":
+                    yield until(lambda: session.state == "ringing", f"{where}: the provider's Ringing")
+                else:
+                    yield until(lambda: state_of(call_id).addCallback(lambda state: state == "TALKING"),
+                                f"{where}: the call talking")
+                for data, binary in case.built():
+                    session.send_raw(data, binary)
+                if "binary_bytes" in case.extra:
+                    session.send_raw(bytes(case.extra["binary_bytes"]), True)
+                then = case.extra.get("then")
+                if then == "drop":
+                    session.drop()
+                elif then:
+                    session.close(int(then.partition(":")[2]))
+            if case.outcome == "dropped":
+                yield sleep(STAYS_OPEN)
+                assert (yield state_of(call_id)) == "TALKING", f"{where}: the call did not go on"
+                assert (yield ignored()) == before_ignored + len(case.frames), f"{where}: not counted as ignored"
+                yield replay.gateway.api("POST", f"/api/calls/{call_id}/hangup", expect=200)
+                cdr = yield cdr_of(call_id, where)
+                assert cdr["cause"] == "normal", f"{where}: {cdr}"
+                continue
+            cdr = yield cdr_of(call_id, where)
+            if case.outcome == "call-failed":
+                assert cdr["cause"] == "failed", f"{where}: {cdr['cause']}"
+                assert (yield failed(case.detail)) == before_failed + 1, \
+                    f"{where}: not counted in gateway_optimaccs_outbound_failed_total{{kind={case.detail!r}}}"
+            else:
+                assert case.outcome == "call-ended", f"{where}: this replay does not know {case.expect!r}"
+                assert cdr["cause"] == case.detail, f"{where}: {cdr['cause']}"
+        hostile.reply = None
+        yield replay.checkpoint(f"optimaccs_outbound ({batch})")
     yield replay.finish()
