@@ -486,7 +486,7 @@ DESKTOP = (
     '[[extensions]]\nid = "1003"\n\n'
     '[[patriot.desktop]]\nurl = "wss://{host}:{port}/ws/dialler/v1"\nconnect = "tcp:host=127.0.0.1:port={port}"\n'
     'fingerprint = "{fingerprint}"\napi_key = "{key}"\nextension = "1003"\nretry_initial = 0.05\n'
-    'retry_max = 0.2\nauth_timeout = 1.0\n'
+    'retry_max = 0.2\nauth_timeout = 0.5\n'
 )
 
 
