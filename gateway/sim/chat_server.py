@@ -63,8 +63,10 @@ Control API for tests and agents (JSON, under ``/sim/``):
   ``GET /sim/sms`` lists those sent.
 - ``POST /sim/init-failures {count, status: 500|503}`` -> the next ``count`` inits fail so.
 - ``GET /sim/connectors`` -> ``{"connected": [registration], "registrations": [every one],
-  "connections": N}`` (N: the Engine.IO connections accepted so far, those refused by a client
-  after a hostile open packet included).
+  "connections": N, "open_frames_served": [n]}``: N counts the Engine.IO connections accepted so far
+  (those a client refused at a hostile open packet included); each registration's ``connection``
+  and each ``n`` is such a connection's number (1, 2, ...): the one it was made on, and those
+  that got open frames.
 - ``POST /sim/connectors/{channel}/emit {event, args?: []}`` -> any event to that channel's
   connector (to see how it copes with events it does not expect); 409 if none is registered.
 - ``POST /sim/connectors/{channel}/raw {data}`` -> ``data`` as one raw Engine.IO message to the
@@ -75,8 +77,9 @@ Control API for tests and agents (JSON, under ``/sim/``):
   a text frame; ``{"hex": "00 ff"}`` a binary frame of those bytes; ``{"text", "repeat", "times",
   "then"}`` the text prefix + repeat x times + then (at most :data:`MAX_BUILT_FRAME` characters).
 - ``POST /sim/open-frames {frames: [frame]}`` -> the next Engine.IO connection gets these frames
-  instead of its open packet (once), e.g. an open packet with ``"pingInterval": NaN``; ``GET``
-  shows what is still waiting.
+  instead of its open packet (once), e.g. an open packet with ``"pingInterval": NaN``; posted
+  again before a connection took them, they queue: each later connection gets the next set.
+  ``GET`` shows how many frames are still waiting.
 """
 
 import argparse
@@ -439,10 +442,13 @@ class ChatServerSim:
         self.sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=ping_interval, ping_timeout=ping_timeout)
         self.app = web.Application(middlewares=[_request_errors])
         self.sio.attach(self.app)
-        #: frames the next Engine.IO connection gets instead of its open packet (POST /sim/open-frames)
-        self.open_frames: list | None = None
+        #: sets of frames the next Engine.IO connections get instead of their open packet, one set each
+        #: (POST /sim/open-frames)
+        self.open_frames: list[list] = []
         #: Engine.IO connections accepted so far
         self.connections = 0
+        self._connection_number: dict = {}
+        self._open_frames_served: list[int] = []
         self.sio.eio.on("connect", self._on_eio_connect)
         for event in ("connect", "disconnect", "registerConnector", "joinConversation", "sendMessage", "endConversation"):
             self.sio.on(event, _logging_failures(event, getattr(self, "_on_" + event)))
@@ -476,8 +482,10 @@ class ChatServerSim:
     async def _on_eio_connect(self, eio_sid, environ):
         """A new Engine.IO connection: its open packet is queued; swap it for the open frames if any wait."""
         self.connections += 1
-        if self.open_frames is not None:
-            frames, self.open_frames = self.open_frames, None
+        self._connection_number[eio_sid] = self.connections
+        if self.open_frames:
+            frames = self.open_frames.pop(0)
+            self._open_frames_served.append(self.connections)
             queue = self.sio.eio.sockets[eio_sid].queue
             while not queue.empty():  # the open packet, not yet written
                 queue.get_nowait()
@@ -499,6 +507,7 @@ class ChatServerSim:
         except RequestError as error:
             log.warn("socket {sid}: {error}", sid=sid, error=error)
             return False
+        registration["connection"] = self._connection_number.get(self.sio.manager.eio_sid_from_sid(sid, "/"))
         log.info("connector {id} registered for channel {channel} on socket {sid}", **registration)
         return True
 
@@ -631,7 +640,7 @@ class ChatServerSim:
     async def _list_connectors(self, request):
         return web.json_response(
             {"connected": list(self.state.connectors.values()), "registrations": self.state.registrations,
-             "connections": self.connections}
+             "connections": self.connections, "open_frames_served": self._open_frames_served}
         )
 
     def _connector_of(self, request) -> str:
@@ -673,11 +682,11 @@ class ChatServerSim:
         return web.json_response({"deliveredTo": [sid], "frames": len(frames)})
 
     async def _set_open_frames(self, request):
-        self.open_frames = await self._frames_of(request)
-        return web.json_response({"waiting": len(self.open_frames)})
+        self.open_frames.append(await self._frames_of(request))
+        return web.json_response({"waiting": sum(map(len, self.open_frames))})
 
     async def _get_open_frames(self, request):
-        return web.json_response({"waiting": len(self.open_frames or [])})
+        return web.json_response({"waiting": sum(map(len, self.open_frames))})
 
     async def _body_object(self, request) -> dict:
         body = await self._json(request)
