@@ -11,6 +11,16 @@ group's corpus files. After each file (a batch) it checks:
 
 At the end every call the registry ended has its CDR in the store (``gateway_calls_ended_total``
 against ``/api/cdrs``), the canary's echo matches, and SIGTERM stops the daemon with status 0.
+
+Ingresses (the daemon is the server): OptimaCCS inbound, the Patriot Dialler Bridge, the admin API, one
+new connection or request per case. Outgoing links (the daemon is the client of a hostile peer run by
+the test): the HIS processor bridge (``HisBridgeSim.send_hostile`` on the ``[cti]`` link), the chat
+server (``python -m gateway.sim chat-server`` and its ``/sim/`` controls), the Patriot Desktop API
+(``PatriotServerSim`` over wss, hostile answers to authentication queued), and the OptimaCCS outbound
+provider (REST replies from the test, media frames from ``FakeProviderApi`` sessions) on click-to-dial
+calls. Hostile handshakes (chat open packets, Patriot authentications) are queued in a row so each
+costs the link one reconnect; the simulators say which connection got which case, so a handshake the
+gateway accepted is named by its case.
 """
 
 from __future__ import annotations
