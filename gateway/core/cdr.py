@@ -200,9 +200,18 @@ class RetryingSink:
             # the sink refused the record itself (the store's contract: malformed, or a duplicate)
             log.error("{what} {record_id} was refused ({error}); not retried: {record!r}", what=self._what,
                       record_id=_record_id(record.args), error=error, record=record.args)
+            # A refusal is an answer: the sink works (a retried write whose commit was not reported
+            # comes back as a duplicate). Were it taken for a failure, nothing would retry the records
+            # behind it: the next ones go now, as after a success.
+            if self._down:
+                log.info("{what} records are answered again; the {waiting} waiting go now",
+                         what=self._what, waiting=len(self._waiting))
+                self._down, self._rounds = False, 0
+                self._cancel_timer()
             if self._observer is not None:
                 self._observer.not_written(self._what, "refused")
             record.done.errback(failure)
+            self._drain()
         else:
             if self._observer is not None:
                 self._observer.attempt_failed(self._what, error)

@@ -106,16 +106,20 @@ class _Observer:
 
 
 class _Switch:
-    """A sink that fails while ``down`` and keeps what it took, answering at once."""
+    """A sink that fails while ``down``, refuses the ids in ``refuse`` and keeps what it took, answering at once."""
 
     def __init__(self, clock):
         self.clock = clock
         self.down = False
+        #: call ids refused (ValueError) whenever they come, even while ``down``
+        self.refuse = set()
         self.attempts = []
         self.taken = []
 
     def __call__(self, record):
         self.attempts.append((self.clock.seconds(), record["call_id"]))
+        if record["call_id"] in self.refuse:
+            return defer.fail(ValueError(f"a CDR for {record['call_id']} is stored already"))
         if self.down:
             return defer.fail(OSError("disk I/O error"))
         self.taken.append(record["call_id"])
@@ -203,6 +207,87 @@ class OutageTests(SynchronousTestCase):
         self.assertEqual(len(switch.taken), 5000)
         self.assertEqual(len(switch.attempts), 5001)  # c0 failed once; nothing else was tried in vain
         self.assertEqual(sink.pending, 0)
+
+    def test_a_probe_refused_during_an_outage_ends_it_and_the_rest_go_at_once(self):
+        # the retried oldest record was in fact stored (its commit's answer was lost): a duplicate
+        clock = task.Clock()
+        switch = _Switch(clock)
+        observer = _Observer()
+        sink = RetryingSink(clock, switch, "CDR", delays=(1.0, 3.0), observer=observer)
+        switch.down = True
+        for n in range(3):
+            sink.write({"call_id": f"c{n}"})
+        switch.down = False
+        switch.refuse = {"c0"}
+        with capturedLogs() as events:
+            clock.advance(1.0)
+        self.assertEqual(switch.attempts, [(0.0, "c0"), (1.0, "c0"), (1.0, "c1"), (1.0, "c2")])
+        self.assertEqual(switch.taken, ["c1", "c2"])
+        self.assertEqual((sink.pending, sink.down), (0, False))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        [refused] = [e for e in events if e["log_level"] is LogLevel.error]
+        self.assertEqual(refused["record"], ({"call_id": "c0"},))
+        self.assertEqual(observer.events[-3:], [("not_written", "CDR", "refused"), ("written", "CDR"),
+                                                ("written", "CDR")])
+        sink.write({"call_id": "c3"})  # and the next outage starts afresh, from the first delay
+        switch.down = True
+        sink.write({"call_id": "c4"})
+        clock.advance(1.0)
+        self.assertEqual(switch.attempts[-2:], [(1.0, "c4"), (2.0, "c4")])
+
+    def test_a_probe_refused_while_the_sink_is_still_down_starts_the_retries_afresh(self):
+        clock = task.Clock()
+        switch = _Switch(clock)
+        sink = RetryingSink(clock, switch, "CDR", delays=(1.0, 3.0))
+        switch.down = True
+        sink.write({"call_id": "c0"})
+        sink.write({"call_id": "c1"})
+        clock.advance(1.0)  # second attempt of c0 fails; the next is due 3 s later
+        switch.refuse = {"c0"}
+        clock.advance(3.0)  # c0 refused; c1 goes at once and fails: a new outage, first delay again
+        self.assertEqual(switch.attempts, [(0.0, "c0"), (1.0, "c0"), (4.0, "c0"), (4.0, "c1")])
+        self.assertTrue(sink.down)
+        switch.down = False
+        clock.advance(1.0)
+        self.assertEqual((switch.taken, sink.pending, sink.down), (["c1"], 0, False))
+
+    def test_an_ordered_sink_sends_the_next_record_as_soon_as_one_is_refused(self):
+        clock = task.Clock()
+        answers = []
+
+        def sink(record):
+            d = defer.Deferred()
+            answers.append((record["call_id"], d))
+            return d
+
+        queue = RetryingSink(clock, sink, "SMS", ordered=True)
+        first = queue.submit({"call_id": "first"})
+        queue.write({"call_id": "second"})
+        answers.pop()[1].errback(ValueError("malformed"))  # the store works; it refused this one
+        self.failureResultOf(first, ValueError)
+        self.assertEqual([name for name, _ in answers], ["second"])  # no other submit, no timer needed
+        answers.pop()[1].callback(None)
+        self.assertEqual((queue.pending, queue.down), (0, False))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_an_ordered_sink_settles_at_close_past_a_refused_record(self):
+        clock = task.Clock()
+        answers = []
+
+        def sink(record):
+            d = defer.Deferred()
+            answers.append((record["call_id"], d))
+            return d
+
+        queue = RetryingSink(clock, sink, "SMS", ordered=True)
+        queue.write({"call_id": "a"})
+        queue.write({"call_id": "b"})
+        closed = queue.close()
+        answers.pop()[1].errback(ValueError("malformed"))
+        self.assertEqual([name for name, _ in answers], ["b"])
+        answers.pop()[1].callback(None)
+        self.successResultOf(closed)
+        self.assertEqual(queue.pending, 0)
 
     def test_an_ordered_sink_never_lets_a_later_record_overtake_a_failed_one(self):
         clock = task.Clock()
