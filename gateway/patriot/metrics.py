@@ -1,5 +1,9 @@
 """The Patriot adapter's Prometheus metrics, on the gateway's registry (never the global one).
 
+Every metric is made through :func:`gateway.metrics.define_metric`, so a second
+:meth:`PatriotMetrics.on` on the same registry (a second service instance, a test) gets the same
+metrics instead of prometheus_client's "Duplicated timeseries" error.
+
 Besides its own metrics the adapter counts ignored and refused messages in the shared
 ``gateway_ignored_messages_total{adapter="patriot",reason}`` (:mod:`gateway.boundary`), and
 locked-out addresses in ``gateway_patriot_lockouts_total``.
@@ -9,6 +13,8 @@ from __future__ import annotations
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.metrics import define_metric
 
 
 @attrs.frozen
@@ -26,19 +32,19 @@ class PatriotMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry) -> PatriotMetrics:
         return cls(
-            messages=Counter("gateway_patriot_messages", "Valid Patriot messages received, by mode and type",
-                             ["mode", "type"], registry=registry),
-            bad_messages=Counter("gateway_patriot_bad_messages", "Patriot frames that were not valid messages",
-                                 ["mode"], registry=registry),
-            commands=Counter("gateway_patriot_commands", "Patriot dial and hangup requests, by result "
-                             "(ok or the call core's error code)", ["mode", "command", "result"], registry=registry),
-            logins=Counter("gateway_patriot_logins", "Init requests (bridge) and authentications (desktop) by result",
-                           ["mode", "result"], registry=registry),
-            bridge_connections=Gauge("gateway_patriot_bridge_connections",
-                                     "Open Patriot connections to the Dialler Bridge", ["state"], registry=registry),
-            desktop_up=Gauge("gateway_patriot_desktop_up", "1 while a Desktop API link is authenticated, else 0",
-                             ["link"], registry=registry),
-            lockouts=Counter("gateway_patriot_lockouts", "Source addresses locked out of the Dialler Bridge "
-                             "for too many failed init-requests", registry=registry),
+            messages=define_metric(registry, Counter, "patriot_messages",
+                                   "Valid Patriot messages received, by mode and type", ["mode", "type"]),
+            bad_messages=define_metric(registry, Counter, "patriot_bad_messages",
+                                       "Patriot frames that were not valid messages", ["mode"]),
+            commands=define_metric(registry, Counter, "patriot_commands", "Patriot dial and hangup requests, by "
+                                   "result (ok or the call core's error code)", ["mode", "command", "result"]),
+            logins=define_metric(registry, Counter, "patriot_logins",
+                                 "Init requests (bridge) and authentications (desktop) by result", ["mode", "result"]),
+            bridge_connections=define_metric(registry, Gauge, "patriot_bridge_connections",
+                                             "Open Patriot connections to the Dialler Bridge", ["state"]),
+            desktop_up=define_metric(registry, Gauge, "patriot_desktop_up",
+                                     "1 while a Desktop API link is authenticated, else 0", ["link"]),
+            lockouts=define_metric(registry, Counter, "patriot_lockouts", "Source addresses locked out of the "
+                                   "Dialler Bridge for too many failed init-requests"),
             registry=registry,
         )
