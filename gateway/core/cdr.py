@@ -8,9 +8,10 @@ ever holding up the caller: while the sink fails, records wait in a bounded
 queue in arrival order and the oldest is retried with growing delays; once it
 goes through, the rest follow. A record that cannot be kept (the queue is
 full, or it still fails when the sink is closed) is logged in full and
-counted, so none is lost silently. A ``ValueError`` is the sink refusing the
-record itself (the store's contract: malformed, or already stored): it is
-logged in full and not retried.
+counted, so none is lost silently (its caller's Deferred fails with
+:class:`NotWritten`). A ``ValueError`` is the sink refusing the record itself
+(the store's contract: malformed, or already stored): it is logged in full and
+not retried, and, being an answer, ends an outage as a success does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from twisted.logger import Logger
 
 from gateway.core.model import Call, Leg, iso8601
 
-__all__ = ["PENDING_MAX", "PendingFull", "RetryingSink", "build_cdr"]
+__all__ = ["PENDING_MAX", "NotWritten", "RetryingSink", "build_cdr"]
 
 log = Logger()
 
@@ -80,8 +81,16 @@ def build_cdr(call: Call, node: str) -> dict:
     }
 
 
-class PendingFull(Exception):
-    """A record was not kept: too many were waiting already, or it was still unwritten at close (it was logged in full)."""
+class NotWritten(Exception):
+    """A record was given up, logged in full instead of written.
+
+    ``reason``: ``"overflow"`` (``pending_max`` records were pending already) or ``"shutdown"`` (it
+    still failed once the sink was closed).
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @attrs.define(eq=False)
@@ -103,7 +112,7 @@ class RetryingSink:
 
     At most ``pending_max`` records are pending (being written or waiting). One more is not kept:
     it is logged in full at critical level, counted, and its :meth:`submit` fails with
-    :class:`PendingFull`; nothing is dropped silently. So is a record still failing at :meth:`close`.
+    :class:`NotWritten`; nothing is dropped silently. So is a record still failing at :meth:`close`.
 
     ``ordered``: at most one record is with the sink at a time, so records reach it strictly in
     arrival order even when an attempt fails (SMS, whose sequence numbers order each number's
@@ -158,7 +167,7 @@ class RetryingSink:
         """Like :meth:`write`; fires with the sink's result once it took the record.
 
         Fails with the sink's ``ValueError`` when it refuses the record itself, and with
-        :class:`PendingFull` when the record was given up (queue full, or still failing at close).
+        :class:`NotWritten` when the record was given up (queue full, or still failing at close).
         """
         self._seq += 1
         record = _Pending(self._seq, args, defer.Deferred())
@@ -278,7 +287,7 @@ class RetryingSink:
         )
         if self._observer is not None:
             self._observer.not_written(self._what, reason)
-        record.done.errback(PendingFull(f"{self._what} {_record_id(record.args)} was not written: {error}"))
+        record.done.errback(NotWritten(f"{self._what} {_record_id(record.args)} was not written: {error}", reason))
 
     def close(self) -> defer.Deferred:
         """Stop retrying: try every waiting record once more now, and fire when all attempts have settled

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import math
 import re
 import secrets
 import typing
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.boundary import sanitise
+from gateway.boundary import bad_text_field, sanitise
 from gateway.core import events as ev
 from gateway.core.cdr import RetryingSink, build_cdr
 from gateway.core.errors import (
@@ -62,6 +63,38 @@ _PENDING_REASONS = {
     Cause.REMOTE_HANGUP: "hung up before answering",
     Cause.TRANSPORT_LOST: "the connection was lost",
 }
+
+
+def _non_finite(value) -> bool:
+    """Whether ``value`` (nested dicts, lists, tuples) holds a NaN or an infinite float."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+def _warn_unsafe(driver: str, given: dict, safe: dict) -> None:
+    """Say what :func:`~gateway.boundary.sanitise` changed in a call a driver delivered, naming the fields."""
+    # an attribute is checked with its key (which may be the bad part) and named by the escaped key
+    fields = [("caller_id", given["caller_id"]), ("did", given["did"]),
+              *((f"attributes.{sanitise(key)[0]}", {key: value}) for key, value in given["attributes"].items())]
+    text = [name for name, value in fields if bad_text_field(value) is not None]
+    numbers = [name for name, value in fields if _non_finite(value)]
+    if text:
+        log.warn("driver {driver} delivered a call with text that is not valid Unicode in {fields}; kept escaped "
+                 "(caller {caller}, DID {did})", driver=driver, fields=", ".join(text), caller=safe["caller_id"],
+                 did=safe["did"])
+    if numbers:
+        log.warn("driver {driver} delivered a call with a number that is not finite in {fields}; kept as text "
+                 "(caller {caller}, DID {did})", driver=driver, fields=", ".join(numbers), caller=safe["caller_id"],
+                 did=safe["did"])
 
 
 @attrs.frozen
@@ -356,12 +389,13 @@ class Registry:
         The call is routed by ``did``: to an extension (its phone rings), to a
         media app (answered, the app started), or nowhere (hung up, cause no_route).
         """
-        (caller_id, did, attributes), changed = sanitise((caller_id, did, dict(attributes or {})))
+        given = {"caller_id": caller_id, "did": did, "attributes": dict(attributes or {})}
+        safe, changed = sanitise(given)
         if changed:
             # Adapters refuse bad text at their wire boundary; this is the core's own line, so that no
-            # driver can put text into a call that a log, the API or the store could not encode.
-            log.warn("driver {driver} delivered a call with text that is not valid Unicode; kept escaped "
-                     "(caller {caller}, DID {did})", driver=driver_leg.driver, caller=caller_id, did=did)
+            # driver can put into a call what a log, the API or the store could not encode.
+            _warn_unsafe(driver_leg.driver, given, safe)
+        caller_id, did, attributes = safe["caller_id"], safe["did"], safe["attributes"]
         target = self._router.route(did) if self._router is not None and not self._closing else None
         call = self._new_call(
             extension=target.name if target is not None and target.kind == "extension" else None,

@@ -4,7 +4,7 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.core.cdr import PendingFull, RetryingSink
+from gateway.core.cdr import NotWritten, RetryingSink
 from gateway.core.model import iso8601
 
 from .harness import Harness
@@ -170,7 +170,7 @@ class OutageTests(SynchronousTestCase):
         sink.write({"call_id": "b"})
         with capturedLogs() as events:
             d = sink.submit({"call_id": "c", "caller": "0811"})
-        self.failureResultOf(d, PendingFull)
+        self.assertEqual(self.failureResultOf(d, NotWritten).value.reason, "overflow")
         [critical] = [e for e in events if e["log_level"] is LogLevel.critical]
         self.assertEqual(critical["record"], ({"call_id": "c", "caller": "0811"},))
         self.assertIn("pending_max 2", critical["error"])
@@ -187,9 +187,10 @@ class OutageTests(SynchronousTestCase):
         sink = RetryingSink(clock, switch, "CDR", observer=observer)
         switch.down = True
         sink.write({"call_id": "a"})
-        sink.write({"call_id": "b"})
+        b = sink.submit({"call_id": "b"})
         with capturedLogs() as events:
             self.successResultOf(sink.close())
+        self.assertEqual(self.failureResultOf(b, NotWritten).value.reason, "shutdown")  # not "full"
         self.assertEqual([e["record"] for e in events if e["log_level"] is LogLevel.critical],
                          [({"call_id": "a"},), ({"call_id": "b"},)])
         self.assertEqual([e for e in observer.events if e[0] == "not_written"], [("not_written", "CDR", "shutdown")] * 2)

@@ -200,3 +200,19 @@ class BadTextFromADriverTests(SynchronousTestCase):
         json.dumps(cdr).encode("utf-8")
         self.assertEqual(cdr["caller"], "08\\ud800")
         self.assertEqual(cdr["attributes"]["session"], "p\\udfff")
+
+    def test_the_warning_says_what_was_changed_and_where(self):
+        h = Harness()
+        with capturedLogs() as logged:
+            h.network.place_inbound("0811", "200", attributes={"mos": float("nan"), "path": ("a", "b")})
+        [warning] = [e for e in logged if e.get("driver") == "sim" and "fields" in e]
+        self.assertIn("not finite", warning["log_format"])
+        self.assertNotIn("Unicode", warning["log_format"])
+        self.assertEqual(warning["fields"], "attributes.mos")
+        (call,) = h.registry.calls()
+        self.assertEqual(call.attributes["mos"], "NaN")
+        with capturedLogs() as logged:
+            h.network.place_inbound("08\ud800", "200", attributes={"k\udc00": "v"})
+        [warning] = [e for e in logged if e.get("driver") == "sim" and "fields" in e]
+        self.assertIn("not valid Unicode", warning["log_format"])
+        self.assertEqual(warning["fields"], "caller_id, attributes.k\\udc00")

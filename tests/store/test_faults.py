@@ -198,7 +198,7 @@ async def test_a_read_only_database_holds_records_back_until_it_is_writable(rig)
 
 @pytest_twisted.ensureDeferred
 async def test_past_pending_max_an_sms_is_refused_to_its_sender_and_counted(tmp_path):
-    from gateway.core.cdr import PendingFull
+    from gateway.core.cdr import NotWritten
 
     metrics = CollectorRegistry()
     store = GuardedStore(SqliteCdrStore(tmp_path / "gateway.sqlite", reactor()), reactor(),
@@ -206,7 +206,7 @@ async def test_past_pending_max_an_sms_is_refused_to_its_sender_and_counted(tmp_
     await store.open()
     await on_connection(store, "PRAGMA query_only = 1")
     waiting = [store.add_sms(SmsRecord(f"u{n}", "inbound", "+62811", "hi", "2024-05-01T10:00:00Z")) for n in range(2)]
-    with pytest.raises(PendingFull):
+    with pytest.raises(NotWritten):
         await store.add_sms(SmsRecord("u9", "inbound", "+62811", "hi", "2024-05-01T10:00:00Z"))
     assert metrics.get_sample_value("gateway_store_records_not_written_total", {"kind": "sms", "reason": "overflow"}) == 1
     await on_connection(store, "PRAGMA query_only = 0")
