@@ -15,13 +15,15 @@
   (read-only, full, locked) they wait in arrival order and the oldest is retried with backoff;
   the caller's Deferred fires once the record is durably stored. At most ``pending_max`` wait
   per kind; one more is logged in full at critical level, counted, and refused
-  (:class:`~gateway.core.cdr.PendingFull`) — for an SMS that is an error to the peer, who still
+  (:class:`~gateway.core.cdr.NotWritten`) — for an SMS that is an error to the peer, who still
   holds it.
 
 :class:`StoreHealth` is the sinks' observer: it counts
 ``gateway_store_write_failures_total{kind}``, ``gateway_store_records_not_written_total{kind,reason}``,
 shows ``gateway_store_pending{kind}``, and holds the readiness component ``store`` down (reason:
-the database's error) from the first failed write until a write goes through again.
+the database's error) from the first failed write until the store answers again: a write goes
+through, or a record is refused for what it is (a duplicate, say: the answer to a retried write
+whose commit was lost).
 """
 
 from __future__ import annotations
@@ -110,12 +112,17 @@ class StoreHealth:
             self.component.set_down(error)
 
     def written(self, what: str) -> None:
-        if self.component is not None and not self.component.up and not any(s.down for s in self._sinks.values()):
-            self.component.set_up()
+        self._answered()
 
     def not_written(self, what: str, reason: str) -> None:
         if self._not_written is not None:
             self._not_written.labels(kind=KINDS.get(what, what), reason=reason).inc()
+        if reason == "refused":  # the store answered (a duplicate, a malformed record): it works
+            self._answered()
+
+    def _answered(self) -> None:
+        if self.component is not None and not self.component.up and not any(s.down for s in self._sinks.values()):
+            self.component.set_up()
 
     # -- content ------------------------------------------------------------------------------
 
