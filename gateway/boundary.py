@@ -73,6 +73,13 @@ class PeerDataError(ValueError):
     ``field`` is the dotted path of the offending field (``"payload.password"``,
     ``"items[2]"``), or ``None`` when the whole message is at fault; ``str()``
     is one sentence fit for a log line, a close reason or an error response.
+    ``reason`` is the :data:`IGNORED_REASONS` value an adapter counts it as:
+    ``"bad_text"`` for text that is not valid Unicode (bytes that are not UTF-8,
+    a lone surrogate), ``"malformed"`` for everything else (not JSON, ``NaN``,
+    an overflowing number, nesting too deep). ``in_key`` is true when the bad
+    text is in an object's key (``field`` then names the object holding it, or
+    the escaped key itself for a top-level one). Adapters classify by these
+    attributes, never by the message text.
     """
 
     #: the decoded document when the only fault was a string's text (a lone surrogate) in the
@@ -80,9 +87,13 @@ class PeerDataError(ValueError):
     #: ``None`` otherwise (and always for errors not raised by :func:`load_json`)
     document: Any = None
 
-    def __init__(self, problem: str, field: str | None = None):
+    def __init__(self, problem: str, field: str | None = None, *, reason: str = "malformed", in_key: bool = False):
+        if reason not in ("bad_text", "malformed"):
+            raise ValueError(f"a PeerDataError's reason is bad_text or malformed, not {reason!r}")
         self.problem = problem
         self.field = field
+        self.reason = reason
+        self.in_key = in_key
         super().__init__(f"field {field!r}: {problem}" if field else problem)
 
 
@@ -111,11 +122,11 @@ def load_json(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
         try:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as error:
-            raise PeerDataError(f"not UTF-8 text (bad byte at offset {error.start})") from None
+            raise PeerDataError(f"not UTF-8 text (bad byte at offset {error.start})", reason="bad_text") from None
     else:
         text = data
         if _has_surrogate(text):
-            raise PeerDataError("text holds a lone UTF-16 surrogate")
+            raise PeerDataError("text holds a lone UTF-16 surrogate", reason="bad_text")
     try:
         value = _decoder.decode(text)
     except PeerDataError:
@@ -133,7 +144,7 @@ def load_json(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
         try:
             _walk(value, max_depth)
         except PeerDataError as error:
-            if error.field is not None:
+            if error.reason == "bad_text" and error.field is not None:
                 _walk(value, max_depth, check_text=False)  # a deeper fault wins, without the document
                 error.document = value
             raise
@@ -155,14 +166,17 @@ def _walk(value: Any, max_depth: int, *, check_text: bool = True) -> None:
         item, path, depth = stack.pop()
         if isinstance(item, str):
             if check_text and _has_surrogate(item):
-                raise PeerDataError("holds a lone UTF-16 surrogate", path or None)
+                raise PeerDataError("holds a lone UTF-16 surrogate", path or None, reason="bad_text")
         elif isinstance(item, dict):
             if depth >= max_depth:
                 raise PeerDataError(f"JSON nested deeper than {max_depth} levels")
             for key, child in item.items():
                 child_path = f"{path}.{key}" if path else key
                 if check_text and _has_surrogate(key):
-                    raise PeerDataError("a key holds a lone UTF-16 surrogate", _escaped(path) or None)
+                    # named by the object holding it; a top-level key by itself, escaped, so that the
+                    # document is kept and the adapter can still answer the message
+                    raise PeerDataError("a key holds a lone UTF-16 surrogate", _escaped(path or key),
+                                        reason="bad_text", in_key=True)
                 stack.append((child, child_path, depth + 1))
         elif isinstance(item, list):
             if depth >= max_depth:
@@ -173,7 +187,7 @@ def _walk(value: Any, max_depth: int, *, check_text: bool = True) -> None:
 def check_text(value: str, field: str) -> str:
     """``value`` itself if it is valid Unicode text; PeerDataError naming ``field`` otherwise."""
     if _has_surrogate(value):
-        raise PeerDataError("holds a lone UTF-16 surrogate", field)
+        raise PeerDataError("holds a lone UTF-16 surrogate", field, reason="bad_text")
     return value
 
 
@@ -197,7 +211,7 @@ def parse_int(text: Any, *, max_digits: int = MAX_INT_DIGITS) -> int | None:
     if isinstance(text, bool):
         return None
     if isinstance(text, int):
-        return text if len(str(abs(text))) <= max_digits else None
+        return text if abs(text) < 10**max_digits else None  # str() of a huge int raises past 4300 digits
     if not isinstance(text, str):
         return None
     digits = text[1:] if text[:1] in ("+", "-") else text

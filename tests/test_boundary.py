@@ -49,6 +49,27 @@ class LoadJsonTests(SynchronousTestCase):
         self.assertIn("key", str(error))
         self.assertEqual(error.field, "outer")
 
+    def test_a_surrogate_in_a_top_level_key_names_the_key_and_keeps_the_document(self):
+        error = self.refused(b'{"header": {"requestId": "r-1"}, "\\ud800x": 1}')
+        self.assertEqual(error.field, "\\ud800x")
+        self.assertTrue(error.in_key)
+        self.assertEqual(error.reason, "bad_text")
+        self.assertEqual(error.document["header"], {"requestId": "r-1"})
+        str(error).encode("utf-8")
+
+    def test_the_reason_says_bad_text_or_malformed(self):
+        for data in (b'{"a": "\\ud800"}', b'{"\\ud800": 1}', b'{"a": {"\\ud800": 1}}', b'{"a": "\xff"}',
+                     '{"a": "\ud800"}', '"\ud800"'):
+            with self.subTest(data=data):
+                self.assertEqual(self.refused(data).reason, "bad_text")
+        for data in (b"{", b'{"a": NaN}', b'{"a": 1e999}', b"[" * 40 + b"]" * 40, b"[" * 5000 + b"]" * 5000,
+                     b"9" * 5000, b'{"deep": ' + b"[" * 40 + b"]" * 40 + b', "bad": "\\ud800"}'):
+            with self.subTest(data=data[:50]):
+                self.assertEqual(self.refused(data).reason, "malformed")
+        self.assertFalse(self.refused(b'{"a": "\\ud800"}').in_key)
+        self.assertTrue(self.refused(b'{"a": {"\\ud800": 1}}').in_key)
+        self.assertEqual(self.assertRaises(PeerDataError, boundary.check_text, "\ud800", "to").reason, "bad_text")
+
     def test_a_str_holding_a_surrogate_is_refused(self):
         self.refused('{"a": "\ud800"}')
 
@@ -100,9 +121,13 @@ class ParseIntTests(SynchronousTestCase):
         self.assertEqual(parse_int("-3"), -3)
         self.assertEqual(parse_int("+7"), 7)
         self.assertEqual(parse_int(21), 21)
+        self.assertEqual(parse_int(10**18 - 1), 10**18 - 1)
+        self.assertEqual(parse_int(-(10**18 - 1)), -(10**18 - 1))
+        self.assertIsNone(parse_int(10**18))
 
     def test_never_raises(self):
-        for value in ("--16", "²", "١٢", " 16", "16 ", "", "-", "9" * 5000, 10**30, True, None, 1.5, [], "0x10"):
+        for value in ("--16", "²", "١٢", " 16", "16 ", "", "-", "9" * 5000, 10**30, 10**5000, -(10**5000), True,
+                      None, 1.5, [], "0x10"):
             with self.subTest(value=value):
                 self.assertIsNone(parse_int(value))
 

@@ -71,7 +71,7 @@ class PacketError(ValueError):
     """A packet that cannot be decoded or encoded (malformed input from the peer).
 
     ``reason`` is the :data:`gateway.boundary.IGNORED_REASONS` label it is counted under:
-    ``malformed``, ``bad_text`` (a lone surrogate) or ``oversized``.
+    ``malformed``, ``bad_text`` (not UTF-8, a lone surrogate) or ``oversized``.
     """
 
     def __init__(self, message: str, reason: str = "malformed"):
@@ -166,12 +166,12 @@ def _number(doc: dict, key: str, *, low: float | None, high: float | None) -> in
 def loads_json(text: str, what: str):
     """:func:`gateway.boundary.load_json` raising :class:`PacketError` (naming ``what``) on refused JSON.
 
-    The error's ``reason`` is ``bad_text`` for a lone surrogate, ``malformed`` otherwise.
+    The error's ``reason`` is the boundary's (``bad_text`` for a lone surrogate, ``malformed`` otherwise).
     """
     try:
         return load_json(text)
     except PeerDataError as error:
-        if "surrogate" in error.problem:
+        if error.reason == "bad_text":
             raise PacketError(f"{what} holds bad text: {error}", "bad_text") from None
         raise PacketError(f"{what} is not valid JSON: {error}") from None
 
@@ -192,7 +192,7 @@ def decode_packet(payload: bytes, is_binary: bool) -> Packet:
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise PacketError(f"text frame is not UTF-8: {error}") from None
+        raise PacketError(f"text frame is not UTF-8: {error}", "bad_text") from None
     if not text:
         raise PacketError("empty packet")
     kind = "0123456".find(text[0])

@@ -171,7 +171,7 @@ class FramedJSONProtocol(Protocol):
                 except Exception:
                     log.failure("HIS peer {peer}: handling a refused frame failed", peer=self.peer)
                 return
-            self._reject(f"frame of {len(frame)} bytes refused: {e}; dropped")
+            self._reject(f"frame of {len(frame)} bytes refused: {e}; dropped", reason=e.reason)
             return
         if not isinstance(obj, dict):
             self._reject(f"frame holds a JSON {type(obj).__name__}, not an object; dropped")

@@ -28,6 +28,14 @@ class EngineIOCodecTests(SynchronousTestCase):
             with self.subTest(payload=payload), self.assertRaises(PacketError):
                 engineio.decode_packet(payload, False)
 
+    def test_a_frame_that_is_not_utf8_is_bad_text(self):
+        with self.assertRaises(PacketError) as caught:
+            engineio.decode_packet(b"4\xff\xfe", False)
+        self.assertEqual(caught.exception.reason, "bad_text")
+        with self.assertRaises(PacketError) as caught:
+            engineio.decode_packet(b"9", False)
+        self.assertEqual(caught.exception.reason, "malformed")
+
     def test_handshake(self):
         handshake = engineio.Handshake.from_json(OPEN)
         self.assertEqual(handshake.sid, "abc")

@@ -239,6 +239,17 @@ class LinkTests(SynchronousTestCase):
         self.assertIn("'body.destination'", response["errorMessage"])
         self.assertEqual(self.handler.seen, [])
 
+    def test_a_lone_surrogate_in_a_top_level_key_is_answered_naming_the_key(self):
+        self.receive_raw(b'{"header":{"type":"cti.request","name":"conversation.request.hold",'
+                         b'"target":"t","requestId":"r-3"},"\\ud800":1}')
+        (response,) = self.raw_sent()
+        self.assertEqual((response["requestId"], response["result"]), ("r-3", "FAILURE"))
+        self.assertIn("'\\\\ud800'", response["errorMessage"])
+        self.assertIn("a key holds a lone UTF-16 surrogate", response["errorMessage"])
+        self.assertEqual(self.handler.seen, [])
+        (line,) = self.ignored_lines()
+        self.assertEqual(line["reason"], "bad_text")
+
     def test_frames_that_are_not_json_by_the_policy_are_dropped_and_the_link_goes_on(self):
         hold = b'{"header":{"type":"cti.request","name":"conversation.request.hold","target":"t","requestId":"r"},'
         frames = [
@@ -309,6 +320,12 @@ class BudgetTests(SynchronousTestCase):
         self.link.dataReceived(encode_frame(env.event("conversation.held", "t").to_json()))
         self.assertEqual(len(self.logged), 6)
         self.assertEqual(self.logged[-1]["count"], 49)
+
+    def test_a_frame_that_is_not_utf8_is_counted_as_bad_text(self):
+        self.link.dataReceived(b"\x00\x00\x00\x02\xff\xfe")
+        self.link.dataReceived(b"\x00\x00\x00\x01{")
+        self.assertEqual((self.count("bad_text"), self.count("malformed")), (1, 1))
+        self.assertEqual([e["reason"] for e in self.logged], ["bad_text", "malformed"])
 
     def test_the_budget_is_closed_when_the_link_is_lost(self):
         for i in range(7):
