@@ -96,7 +96,7 @@ class OptimaccsOutboundConfig:
     caller_id: str = ""
     #: seconds the provider lets a call ring before it gives up (the request's timeout)
     ring_timeout: int = attrs.field(default=60, validator=check(lambda v: 1 <= v <= 600, "must be 1-600 seconds, got {value!r}"))
-    #: seconds an API request, or opening the media WebSocket, may take
+    #: seconds an API request (the whole reply, body included), or opening the media WebSocket, may take
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: how the gateway hangs up: "websocket" (the media WebSocket's hangup, POST /pbx/hangup when it is
     #: not open), "rest" (always POST /pbx/hangup), or "both"

@@ -8,7 +8,16 @@ and the provider's own message: :class:`Unauthorized` (401),
 :class:`ProviderFailure` (500 and any other refusal), and :class:`BadReply` (a
 reply the gateway cannot read: larger than :data:`MAX_REPLY_BYTES`, not JSON by
 the boundary policy of :func:`gateway.boundary.load_json` -- lone surrogates,
-``NaN``, nesting -- or not an object of the documented shape). They are
+``NaN``, nesting -- or not an object of the documented shape).
+
+Each request, reply body included, has ``request_timeout`` seconds on the
+given clock: a provider that answers the headers and then trickles (or stalls)
+the body cannot hold a call in its request. Past it the connection is dropped
+and the request fails with :class:`RequestTimedOut`.
+
+All of them are :class:`ApiError` errors, whose ``kind`` (snake_case: ``unauthorized``,
+``validation_failed``, ``provider_failure``, ``bad_reply``, ``timeout``) labels
+``gateway_optimaccs_outbound_failed_total``, and
 :class:`~gateway.core.errors.DriverError` subclasses, so the call core and the
 admin API treat them like any driver failure.
 """
@@ -18,19 +27,24 @@ from __future__ import annotations
 import urllib.parse
 
 import attrs
-import treq
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from gateway.core.errors import DriverError
 from gateway.drivers import optimaccs_wire as wire
 
 __all__ = [
+    "ApiError",
     "BadReply",
     "MAX_REPLY_BYTES",
     "PlacedCall",
     "ProviderApi",
     "ProviderError",
     "ProviderFailure",
+    "RequestTimedOut",
     "Unauthorized",
     "ValidationFailed",
     "digits_only",
@@ -46,8 +60,16 @@ _MAX_MESSAGE = 300
 MAX_REPLY_BYTES = 65536
 
 
-class ProviderError(DriverError):
+class ApiError(DriverError):
+    """A request to the provider's API failed; ``kind`` labels it in ``gateway_optimaccs_outbound_failed_total``."""
+
+    kind = "api_error"
+
+
+class ProviderError(ApiError):
     """The provider's API refused a request: ``status`` (HTTP) and the provider's ``provider_message``."""
+
+    kind = "provider_error"
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(NAME, f"the provider answered {status}: {message}")
@@ -58,9 +80,13 @@ class ProviderError(DriverError):
 class Unauthorized(ProviderError):
     """401: the token is missing or wrong."""
 
+    kind = "unauthorized"
+
 
 class ValidationFailed(ProviderError):
     """422: the provider rejected the request's fields; ``errors`` maps each field to its messages."""
+
+    kind = "validation_failed"
 
     def __init__(self, status: int, message: str, errors: dict) -> None:
         super().__init__(status, message)
@@ -70,13 +96,28 @@ class ValidationFailed(ProviderError):
 class ProviderFailure(ProviderError):
     """500, or any other answer the gateway cannot use."""
 
+    kind = "provider_failure"
+
 
 class BadReply(ProviderFailure):
     """A reply that breaks the boundary policy or the documented shape (too big, not JSON, bad text, wrong types)."""
 
+    kind = "bad_reply"
 
-class _TooBig(Exception):
-    pass
+
+class RequestTimedOut(ApiError):
+    """No complete reply (headers and body) within ``request_timeout``; ``status`` is the reply's HTTP status
+    when its headers had come, else None."""
+
+    kind = "timeout"
+
+    def __init__(self, path: str, seconds: float, status: int | None) -> None:
+        if status is None:
+            what = "no reply"
+        else:
+            what = f"the provider answered {status} but its body did not end"
+        super().__init__(NAME, f"POST {path}: no complete reply within {seconds:g} s ({what})")
+        self.status = status
 
 
 @attrs.frozen
@@ -89,8 +130,8 @@ class PlacedCall:
 
 
 def digits_only(number: str) -> str:
-    """The number as the API wants it: digits only (``+62 811-23`` -> ``6281123``)."""
-    return "".join(c for c in number if c.isdigit())
+    """The number as the API wants it: ASCII digits only (``+62 811-23`` -> ``6281123``; ``"٣"``, ``"²"`` dropped)."""
+    return "".join(c for c in number if c in "0123456789")
 
 
 def media_url(endpoint_url: str, session_id: str) -> str:
@@ -136,32 +177,66 @@ class ProviderApi:
         return self._post("/pbx/hangup", {"sessionId": session_id}).addCallback(lambda _: None)
 
     def _post(self, path: str, body: dict) -> defer.Deferred:
-        d = self._http.request(
-            "POST", self._base + path, json=body,
-            headers={**self.headers, "Accept": "application/json"},
-            timeout=self._config.request_timeout, reactor=self._clock,
-        )
-        d.addCallback(lambda response: _body(response).addCallback(_decoded, response.code))
-        return d
+        """The request and its whole reply, body included, within ``request_timeout`` (RequestTimedOut)."""
+        status: list[int] = []  # the reply's status, once its headers came
+
+        def reply(response):
+            status.append(response.code)
+            return _body(response).addCallback(_decoded, response.code)
+
+        def timed_out(result, seconds):
+            if isinstance(result, Failure):  # cancelled by the timeout: the connection is dropped
+                raise RequestTimedOut(path, seconds, status[0] if status else None)
+            return result
+
+        d = self._http.request("POST", self._base + path, json=body,
+                               headers={**self.headers, "Accept": "application/json"})
+        d.addCallback(reply)
+        return d.addTimeout(self._config.request_timeout, self._clock, onTimeoutCancel=timed_out)
+
+
+class _BodyReader(Protocol):
+    """A reply's body into memory, at most MAX_REPLY_BYTES (a larger one: BadReply); cancelling ``done``
+    drops the connection."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done = defer.Deferred(self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > MAX_REPLY_BYTES:
+            self.done.errback(BadReply(self.status, f"a reply larger than {MAX_REPLY_BYTES} bytes"))
+            self._drop()
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason=None) -> None:
+        if self.done.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, done: defer.Deferred) -> None:
+        done.errback(defer.CancelledError("the reply's body was not read in time"))
+        self._drop()
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
 
 
 def _body(response) -> defer.Deferred:
     """The reply's body, at most MAX_REPLY_BYTES (a larger one: BadReply, the connection dropped)."""
-    parts: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > MAX_REPLY_BYTES:
-            raise _TooBig()
-        parts.append(data)
-
-    def too_big(failure):
-        failure.trap(_TooBig)
-        raise BadReply(response.code, f"a reply larger than {MAX_REPLY_BYTES} bytes")
-
-    return treq.collect(response, collect).addCallbacks(lambda _: b"".join(parts), too_big)
+    reader = _BodyReader(response.code)
+    response.deliverBody(reader)
+    return reader.done
 
 
 def _decoded(content: bytes, status: int) -> dict:

@@ -19,9 +19,11 @@ call's raw WebSocket ``/ws/{sessionId}`` on the host of the returned
 
 A refused request fails the leg with the provider's message (401, 422, 500:
 :class:`~gateway.drivers.optimaccs_api.ProviderError`; a reply the boundary
-policy refuses, too big or of the wrong shape: ``BadReply``); the readiness component
+policy refuses, too big or of the wrong shape: ``BadReply``; no complete reply,
+body included, within ``request_timeout``: ``RequestTimedOut``, so a request
+never holds a leg, or a hangup, for longer); the readiness component
 ``optimaccs:api`` goes down on a refusal that is not about the call itself
-(401, 5xx, no connection) and up again on the next accepted request. A call's
+(401, 5xx, a timeout, no connection) and up again on the next accepted request. A call's
 WebSocket is opened once: a call cannot be rejoined, so there is no retry.
 
 A hostile or broken provider fails only its own call: a text message the
@@ -33,7 +35,9 @@ connection lost mid-call ends it with ``transport_lost``. Unknown events and
 unusable fields are ignored through a per-call
 :class:`~gateway.boundary.IgnoredBudget`
 (``gateway_ignored_messages_total{adapter="optimaccs-outbound",reason}``).
-Every failed leg is counted in ``gateway_optimaccs_outbound_failed_total{kind}``.
+Every failed leg is counted in ``gateway_optimaccs_outbound_failed_total{kind}``, ``kind`` in snake_case
+(the REST failures' :attr:`~gateway.drivers.optimaccs_api.ApiError.kind`, ``unreachable``, ``media_closed``,
+``protocol``, ...).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriver, IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.config import OptimaccsConfig
-from gateway.drivers.optimaccs_api import ProviderApi, ProviderError, ValidationFailed, digits_only, media_url
+from gateway.drivers.optimaccs_api import ApiError, ProviderApi, ValidationFailed, digits_only, media_url
 from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
 from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 from gateway.media import MediaPorts
@@ -192,8 +196,8 @@ class OutboundLeg:
             return
         try:
             url = media_url(placed.endpoint_url, placed.session_id)
-        except DriverError as error:
-            self._give_up(error.reason, kind=type(error).__name__)
+        except ApiError as error:
+            self._give_up(error.reason, kind=error.kind)
             return
         self.stage = CONNECTING
         log.info("{who}: placed; opening {url}", who=self.who, url=url)
@@ -205,9 +209,9 @@ class OutboundLeg:
         error = failure.value
         if not isinstance(error, ValidationFailed):
             self._driver.api_down(failure.getErrorMessage())
+        kind = error.kind if isinstance(error, ApiError) else "unreachable"
         log.warn("{who}: the provider did not place the call ({kind}): {error}", who=self.who,
-                 kind=type(error).__name__, error=failure.getErrorMessage())
-        kind = type(error).__name__ if isinstance(error, ProviderError) else "unreachable"
+                 kind=kind, error=failure.getErrorMessage())
         self._report("failed", getattr(error, "reason", None) or failure.getErrorMessage(), kind=kind)
         self._finish()
 
@@ -487,8 +491,9 @@ class OutboundDriver:
         self.budget = budget_factory(clock, ADAPTER, metrics, logger=log)
         self._failed = None if metrics is None else define_metric(
             metrics, Counter, "optimaccs_outbound_failed",
-            "OptimaCCS outbound calls that failed, by kind (Unauthorized, ValidationFailed, ProviderFailure, "
-            "BadReply, unreachable, media_unreachable, media_closed, protocol, dial_failed, unanswered, internal).",
+            "OptimaCCS outbound calls that failed, by kind (unauthorized, validation_failed, provider_failure, "
+            "bad_reply, timeout, unreachable, media_unreachable, media_closed, protocol, dial_failed, unanswered, "
+            "internal).",
             ["kind"])
 
     def failed(self, kind: str) -> None:

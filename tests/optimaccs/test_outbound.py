@@ -2,8 +2,11 @@
 
 import attrs
 from treq.testing import StubTreq
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.confschema import Secret
 from gateway.core import events as ev
@@ -12,6 +15,7 @@ from gateway.drivers.config import OptimaccsOutboundConfig
 from gateway.drivers.optimaccs_api import (
     ProviderApi,
     ProviderFailure,
+    RequestTimedOut,
     Unauthorized,
     ValidationFailed,
     digits_only,
@@ -79,6 +83,88 @@ class ProviderApiTests(SynchronousTestCase):
         self.assertEqual(media_url("wss://m.example/anything", "s1"), "wss://m.example/ws/s1")
         self.assertRaises(DriverError, media_url, "ftp://m.example/", "s1")
         self.assertEqual(digits_only("+62 (811) 12-34"), "628111234")
+
+    def test_digits_are_ascii_digits_only(self):
+        # str.isdigit() says yes to an Arabic-Indic three and a superscript two: neither is dialled
+        self.assertEqual(digits_only("+62 \u0663\u00b2811\uff11 2"), "628112")
+        self.assertEqual(digits_only("\u0663\u00b2"), "")
+
+
+class _Stalling(Resource):
+    """Answers 200 with the start of a body and never ends it; ``trickle``: one more byte every second."""
+
+    isLeaf = True
+
+    def __init__(self, clock, head: bytes | None = b'{"status":200,"data":{', trickle: bool = False):
+        super().__init__()
+        self.clock, self.head, self.trickle = clock, head, trickle
+        self.lost = []
+        self._loops = []
+
+    def render(self, request):
+        request.notifyFinish().addErrback(lambda failure: self.lost.append(request.path))
+        if self.head is None:
+            return NOT_DONE_YET  # not even the headers
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(self.head)
+        if self.trickle:
+            loop = task.LoopingCall(lambda: request.channel is not None and request.write(b" "))
+            loop.clock = self.clock
+            loop.start(1.0, now=False)
+            self._loops.append(loop)
+        return NOT_DONE_YET
+
+    def stop(self):
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+
+
+class RequestTimeoutTests(SynchronousTestCase):
+    """``request_timeout`` bounds the whole request on the given clock, the reply's body included."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+
+    def api(self, resource):
+        config = OptimaccsOutboundConfig(api_url="http://provider.test/", token=Secret(TOKEN), request_timeout=10.0)
+        self.stub = StubTreq(resource)
+        return ProviderApi(self.stub, self.clock, config, "ulaw")
+
+    def advance(self, seconds, step=0.5):
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            self.stub.flush()
+
+    def test_a_body_that_never_ends_times_out_and_the_connection_is_dropped(self):
+        provider = _Stalling(self.clock)
+        placed = self.api(provider).place_call(NUMBER)
+        self.stub.flush()
+        self.advance(9.5)
+        self.assertNoResult(placed)
+        self.advance(0.5)
+        error = self.failureResultOf(placed, RequestTimedOut).value
+        self.assertEqual((error.kind, error.status), ("timeout", 200))
+        self.assertEqual(error.reason, "POST /pbx/call: no complete reply within 10 s "
+                                       "(the provider answered 200 but its body did not end)")
+        self.assertEqual(provider.lost, [b"/pbx/call"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_trickled_body_times_out_at_request_timeout(self):
+        provider = _Stalling(self.clock, trickle=True)
+        self.addCleanup(provider.stop)
+        hangup = self.api(provider).hangup("s1")
+        self.advance(10.0)
+        self.assertEqual(self.failureResultOf(hangup, RequestTimedOut).value.status, 200)
+        self.assertEqual(provider.lost, [b"/pbx/hangup"])
+
+    def test_no_reply_at_all_times_out_the_same_way(self):
+        placed = self.api(_Stalling(self.clock, head=None)).place_call(NUMBER)
+        self.advance(10.0)
+        error = self.failureResultOf(placed, RequestTimedOut).value
+        self.assertEqual((error.kind, error.status), ("timeout", None))
+        self.assertIn("(no reply)", error.reason)
 
 
 class OutboundCallTests(SynchronousTestCase):
@@ -234,6 +320,39 @@ class OutboundCallTests(SynchronousTestCase):
         stalled.callback(placed)
         self.assertEqual(self.bench.provider.requests[-1].path, "/pbx/hangup")
         self.successResultOf(leg.done)
+
+    def test_a_provider_that_stalls_the_reply_body_fails_the_leg_after_request_timeout(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        provider = _Stalling(self.bench.clock, trickle=True)
+        self.addCleanup(provider.stop)
+        stub = self.bench.driver.api._http = StubTreq(provider)
+        leg_events = _Events()
+        leg = self.bench.driver.dial(NUMBER, leg_events)
+        self.bench.clock.advance(0)  # POST /pbx/call goes out
+        for _ in range(int(self.bench.config.outbound.request_timeout * 2)):
+            self.bench.clock.advance(0.5)
+            stub.flush()
+        self.assertEqual(leg_events.told, [("failed", "POST /pbx/call: no complete reply within 10 s "
+                                                     "(the provider answered 200 but its body did not end)")])
+        self.successResultOf(leg.done)
+        self.assertEqual(self.bench.driver.legs, [])
+        self.assertEqual(self.bench.metric("gateway_optimaccs_outbound_failed_total", kind="timeout"), 1)
+        self.assertFalse(self.bench.readiness.up)
+        self.assertIn("the provider did not place the call (timeout)", "\n".join(formatEvent(e) for e in events))
+
+    def test_a_hangup_while_the_reply_body_stalls_lets_the_leg_go_after_request_timeout(self):
+        provider = _Stalling(self.bench.clock)
+        stub = self.bench.driver.api._http = StubTreq(provider)
+        leg_events = _Events()
+        leg = self.bench.driver.dial(NUMBER, leg_events)
+        self.bench.clock.advance(0)
+        stub.flush()
+        self.successResultOf(leg.hangup("normal"))
+        self.bench.clock.advance(self.bench.config.outbound.request_timeout)
+        self.successResultOf(leg.done)
+        self.assertEqual((leg_events.told, self.bench.driver.legs), ([], []))
 
     def test_hangup_by_rest_or_both(self):
         for method, expected in (("rest", ([], ["/pbx/hangup"])), ("both", (["hangup"], ["/pbx/hangup"]))):
