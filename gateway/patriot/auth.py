@@ -22,8 +22,10 @@ address counts by its /64 network, which one host usually owns whole):
   by the clock; refused inits do not extend it): the ``on_lockout`` callback (the bridge closes
   every unauthenticated connection of the address) runs, waiting checks are refused, and new
   inits and handshakes from it are refused until the lockout ends;
-- the table is bounded: idle entries expire, and past ``max_addresses`` the oldest idle entry is
-  dropped to make room.
+- the table is bounded: idle entries expire, and past ``max_addresses`` the oldest entry that is
+  neither locked out nor busy with a check is dropped to make room. A lockout is never dropped
+  before it ends: when only lockouts (and checks) are left, a new address is refused as if
+  locked out (:class:`TableFull`) until the first lockout ends: the guard fails closed.
 """
 
 from __future__ import annotations
@@ -61,7 +63,20 @@ class AddressLockedOut(InitRefused):
 
     def __init__(self, seconds: float):
         self.seconds = seconds
-        super().__init__(f"too many failed init-requests from this address; try again in {max(seconds, 1):.0f} s")
+        super().__init__(self.reason(max(seconds, 1)))
+
+    @staticmethod
+    def reason(seconds: float) -> str:
+        return f"too many failed init-requests from this address; try again in {seconds:.0f} s"
+
+
+class TableFull(AddressLockedOut):
+    """The init came from an address with no entry in the lockout table, and there is no room for
+    one without forgetting a lockout: refused as if locked out until the first lockout ends."""
+
+    @staticmethod
+    def reason(seconds: float) -> str:
+        return f"too many addresses are locked out to take another; try again in {seconds:.0f} s"
 
 
 class Authenticator:
@@ -108,7 +123,7 @@ class Authenticator:
     @staticmethod
     def _uncheckable(failure, username: str) -> None:
         failure.trap(ValueError, TypeError, OverflowError, MemoryError)
-        log.error("Patriot bridge: the password of user {user!r} could not be checked: {error}",
+        log.error("Patriot Dialler Bridge: the password of user {user!r} could not be checked: {error}",
                   user=username, error=str(failure.value) or type(failure.value).__name__)
         raise InitRefused(UNCHECKABLE)
 
@@ -140,9 +155,14 @@ class _Address:
     #: handshakes refused during the current lockout
     refusals: int = 0
 
+    @property
+    def busy(self) -> bool:
+        """A password check is in progress or waiting: the entry is needed to finish it."""
+        return self.checking or bool(self.waiting)
+
     def idle(self, now: float, window: float) -> bool:
         """Nothing left to remember (the entry may go)."""
-        if self.checking or self.waiting:
+        if self.busy:
             return False
         if self.locked_until is not None and self.locked_until > now:
             return False
@@ -150,7 +170,16 @@ class _Address:
 
 
 class AddressGuard:
-    """Failed logins per source address, the lockout they lead to, and one password check at a time."""
+    """Failed logins per source address, the lockout they lead to, and one password check at a time.
+
+    The table holds at most ``max_addresses`` entries. Entries not locked out are kept least
+    recently changed first, locked-out ones apart, in the order their lockouts end. To make room
+    for a new address, expired entries go first, then the oldest entry that is neither locked out
+    nor busy with a password check (forgetting a few failures of an address that is not locked
+    out). A lockout is never forgotten before it ends: when only locked-out (or busy) entries are
+    left, a new address is refused as if it were locked out (:class:`TableFull`) until the first
+    lockout ends. Lifting a lockout by spraying failures from other addresses is not possible.
+    """
 
     def __init__(self, clock, *, max_failures: int, block_time: float, max_addresses: int = 10000,
                  on_lockout: Callable[[str, float], None] | None = None):
@@ -160,29 +189,40 @@ class AddressGuard:
         self._max_addresses = max_addresses
         #: called with (address key, seconds) when an address is locked out
         self.on_lockout = on_lockout
-        #: address key -> its entry, least recently changed first
+        #: address key -> its entry, for addresses not locked out, least recently changed first
         self._entries: collections.OrderedDict[str, _Address] = collections.OrderedDict()
+        #: address key -> its entry, for locked-out addresses, in the order their lockouts end
+        self._locked: collections.OrderedDict[str, _Address] = collections.OrderedDict()
         #: entries dropped for room since the last log line about it, and when that line was
         self._evicted = 0
         self._evicted_logged: float | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._locked)
 
     # -- the table
 
     def _now(self) -> float:
         return self._clock.seconds()
 
+    def _unlock(self, key: str, entry: _Address, now: float) -> None:
+        """``entry``'s lockout has ended: its failures are forgotten; it stays only if busy."""
+        del self._locked[key]
+        entry.locked_until, entry.failures, entry.refusals = None, 0, 0
+        if not entry.idle(now, self._block_time):
+            self._entries[key] = entry
+
     def _current(self, key: str) -> _Address | None:
         """The entry of ``key`` with what has expired forgotten (None if nothing is left)."""
+        now = self._now()
+        entry = self._locked.get(key)
+        if entry is not None:
+            if entry.locked_until > now:
+                return entry
+            self._unlock(key, entry, now)
         entry = self._entries.get(key)
         if entry is None:
             return None
-        now = self._now()
-        if entry.locked_until is not None and entry.locked_until <= now:
-            entry.locked_until = None
-            entry.failures = 0
         if entry.failures and now - entry.since >= self._block_time:
             entry.failures = 0
         if entry.idle(now, self._block_time):
@@ -190,53 +230,92 @@ class AddressGuard:
             return None
         return entry
 
-    def _entry(self, key: str) -> _Address:
-        """The entry of ``key``, made (room made first) if there is none, and marked as the newest."""
+    def _entry(self, key: str) -> _Address | None:
+        """The entry of ``key``, made (room made first) if there is none, and marked as the newest.
+
+        ``None`` if there is no entry and no room for one (the table is full of lockouts and checks).
+        """
         entry = self._current(key)
-        if entry is None:
-            self._expire()
-            if len(self._entries) >= self._max_addresses:
-                self._evict()
-            entry = self._entries[key] = _Address()
-        else:
-            self._entries.move_to_end(key)
+        if entry is not None:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            return entry
+        self._expire()
+        if len(self) >= self._max_addresses and not self._evict():
+            return None
+        entry = self._entries[key] = _Address()
         return entry
 
     def _expire(self, budget: int = 64) -> None:
-        """Drop expired entries from the oldest end (a few per call: the cost stays constant)."""
+        """Drop ended lockouts, and expired entries from the oldest end (a few per call: the cost stays constant)."""
         now = self._now()
+        for key in list(itertools_islice(self._locked, budget)):
+            entry = self._locked[key]
+            if entry.locked_until > now:
+                break
+            self._unlock(key, entry, now)
         for key in list(itertools_islice(self._entries, budget)):
             entry = self._entries[key]
             if not entry.idle(now, self._block_time):
                 break
             del self._entries[key]
 
-    def _evict(self) -> None:
-        """The table is full: drop the oldest entry with no check in progress (logged once a minute at most)."""
+    def _evictable(self) -> str | None:
+        """The oldest entry that may be forgotten: not locked out, no check in progress or waiting."""
+        # only busy entries are skipped: as many as addresses with an init being checked right now
         for key, entry in self._entries.items():
-            if not entry.checking and not entry.waiting:
-                del self._entries[key]
-                self._evicted += 1
-                now = self._now()
-                if self._evicted_logged is None or now - self._evicted_logged >= 60.0:
-                    log.warn("Patriot bridge: failed inits from more than {count} addresses; forgot the oldest "
-                             "{evicted} (the last {address})", count=self._max_addresses, evicted=self._evicted,
-                             address=key)
-                    self._evicted, self._evicted_logged = 0, now
-                return
+            if not entry.busy:
+                return key
+        return None
+
+    def _evict(self) -> bool:
+        """The table is full: drop the oldest evictable entry (logged once a minute at most); ``False`` if none."""
+        key = self._evictable()
+        if key is None:
+            return False
+        del self._entries[key]
+        self._evicted += 1
+        now = self._now()
+        if self._evicted_logged is None or now - self._evicted_logged >= 60.0:
+            log.warn("Patriot Dialler Bridge: failed inits from more than {count} addresses; forgot the oldest "
+                     "{evicted} (the last {address})", count=self._max_addresses, evicted=self._evicted,
+                     address=key)
+            self._evicted, self._evicted_logged = 0, now
+        return True
+
+    def _full_for(self) -> float:
+        """Seconds until the first lockout ends (and makes room), when no entry can make room."""
+        for entry in self._locked.values():
+            return max(entry.locked_until - self._now(), 0.0)
+        return self._block_time  # only checks in progress: no end known
 
     # -- questions
 
+    def lockout(self, host: str) -> AddressLockedOut | None:
+        """Why inits and handshakes from ``host`` are refused now (None: they are not).
+
+        :class:`AddressLockedOut` while its address is locked out; :class:`TableFull` when it has
+        no entry and there is no room to make one without forgetting a lockout.
+        """
+        key = address_key(host)
+        entry = self._current(key)
+        if entry is not None:
+            if entry.locked_until is None:
+                return None
+            return AddressLockedOut(entry.locked_until - self._now())
+        self._expire()
+        if len(self) < self._max_addresses or self._evictable() is not None:
+            return None
+        return TableFull(self._full_for())
+
     def locked_out(self, host: str) -> float:
-        """Seconds ``host``'s address stays locked out (0.0: it is not)."""
-        entry = self._current(address_key(host))
-        if entry is None or entry.locked_until is None:
-            return 0.0
-        return entry.locked_until - self._now()
+        """Seconds ``host``'s inits stay refused (0.0: they are not)."""
+        refusal = self.lockout(host)
+        return refusal.seconds if refusal is not None else 0.0
 
     def blocked(self, host: str) -> bool:
         """Whether ``host`` is refused now."""
-        return self.locked_out(host) > 0
+        return self.lockout(host) is not None
 
     def refused(self, host: str) -> int:
         """Count a handshake refused because ``host`` is locked out; how many this lockout has refused so far."""
@@ -249,15 +328,17 @@ class AddressGuard:
     # -- password checks, one at a time per address
 
     def turn(self, host: str) -> defer.Deferred:
-        """Fires when ``host`` may check a password; fails with :class:`AddressLockedOut` if locked out.
+        """Fires when ``host`` may check a password; fails with :class:`AddressLockedOut` if refused.
 
         The caller must end its turn with :meth:`done`. Cancelling the Deferred gives up the place.
         """
         key = address_key(host)
-        seconds = self.locked_out(host)
-        if seconds > 0:
-            return defer.fail(AddressLockedOut(seconds))
+        refusal = self.lockout(host)
+        if refusal is not None:
+            return defer.fail(refusal)
         entry = self._entry(key)
+        if entry is None:  # lockout() said there was room: not reached, but never forget a lockout
+            return defer.fail(TableFull(self._full_for()))
         if not entry.checking:
             entry.checking = True
             return defer.succeed(None)
@@ -276,8 +357,8 @@ class AddressGuard:
         ``True`` if the address is locked out by this failure.
         """
         key = address_key(host)
-        entry = self._entries.get(key)
-        if entry is None:  # forgotten meanwhile (evicted): nothing waits on it
+        entry = self._current(key)
+        if entry is None:  # not reached (a busy entry is never dropped); count the failure anyway
             return self.failed(host) if verdict == "failure" else False
         entry.checking = False
         locked = self._count(key, entry) if verdict == "failure" else False
@@ -286,9 +367,16 @@ class AddressGuard:
         return locked
 
     def failed(self, host: str) -> bool:
-        """Count a failed init that checked no password; ``True`` if the address is locked out by it."""
+        """Count a failed init that checked no password; ``True`` if the address is locked out by it.
+
+        With no room to remember the address (see :meth:`lockout`, which callers ask first) nothing
+        is counted and ``False`` is returned.
+        """
         key = address_key(host)
-        return self._count(key, self._entry(key))
+        entry = self._entry(key)
+        if entry is None:
+            return False
+        return self._count(key, entry)
 
     def _count(self, key: str, entry: _Address) -> bool:
         now = self._now()
@@ -297,10 +385,13 @@ class AddressGuard:
         if not entry.failures or now - entry.since >= self._block_time:
             entry.failures, entry.since = 0, now
         entry.failures += 1
-        self._entries.move_to_end(key)
+        if key in self._entries:
+            self._entries.move_to_end(key)
         if entry.failures < self._max_failures:
             return False
         entry.locked_until, entry.refusals = now + self._block_time, 0
+        self._entries.pop(key, None)
+        self._locked[key] = entry
         waiting, entry.waiting = entry.waiting, collections.deque()
         for waiter in waiting:
             waiter.errback(AddressLockedOut(self._block_time))
@@ -318,6 +409,6 @@ class AddressGuard:
 
     def to_dict(self) -> dict:
         now = self._now()
-        blocked = {key: round(entry.locked_until - now, 1) for key, entry in self._entries.items()
-                   if entry.locked_until is not None and entry.locked_until > now}
-        return {"blocked": dict(sorted(blocked.items())), "tracked_addresses": len(self._entries)}
+        blocked = {key: round(entry.locked_until - now, 1) for key, entry in self._locked.items()
+                   if entry.locked_until > now}
+        return {"blocked": dict(sorted(blocked.items())), "tracked_addresses": len(self)}

@@ -38,7 +38,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.boundary import budget_factory
-from gateway.patriot.auth import AddressGuard, AddressLockedOut, Authenticator, InitRefused, address_key
+from gateway.patriot.auth import (
+    AddressGuard,
+    AddressLockedOut,
+    Authenticator,
+    InitRefused,
+    TableFull,
+    address_key,
+)
 from gateway.patriot.config import BridgeConfig
 from gateway.patriot.line import Lines
 from gateway.patriot.messages import (
@@ -154,12 +161,13 @@ class BridgeSession(Session):
             self._check_init(payload)
 
     def _refused_while_locked_out(self) -> bool:
-        """If the address is locked out: refuse the init, close, ``True``."""
-        seconds = self.bridge.guard.locked_out(self.connection.host)
-        if seconds <= 0:
+        """If the address is locked out (or cannot be tracked): refuse the init, close, ``True``."""
+        refusal = self.bridge.guard.lockout(self.connection.host)
+        if refusal is None:
             return False
-        self.send(InitResponse(False, str(AddressLockedOut(seconds))))
-        self.lock_out(str(AddressLockedOut(seconds)))
+        self.bridge.refused(refusal, "init-request", self.connection.peer, self.connection.host)
+        self.send(InitResponse(False, str(refusal)))
+        self.lock_out(str(refusal))
         return True
 
     def _repeat_init(self) -> None:
@@ -254,6 +262,9 @@ class DiallerBridge:
         #: each connection's budget of log lines about ignored messages
         self.budgets = budget_factory(reactor, "patriot", metrics.registry)
         self.sessions: list[BridgeSession] = []
+        #: refusals of new addresses while the lockout table is full, since the last log line, and when that was
+        self._table_full_refusals = 0
+        self._table_full_logged: float | None = None
         self.factory = _BridgeFactory(self, reactor)
         metrics.bridge_connections.labels("open").set_function(lambda: len(self.sessions))
         metrics.bridge_connections.labels("initialised").set_function(
@@ -265,14 +276,33 @@ class DiallerBridge:
         if path != self.config.path:
             log.info("refusing Patriot {peer}: no Dialler Bridge at {path}", peer=peer, path=path)
             return ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no Dialler Bridge at {path}")
-        if self.guard.blocked(host):
-            refused = self.guard.refused(host)
-            if refused == 1 or refused % 100 == 0:  # not one line per handshake of a hammering address
-                log.info("refusing Patriot {peer}: too many failed init-requests from {address} "
-                         "({refused} handshake(s) refused during this lockout)", peer=peer,
-                         address=address_key(host), refused=refused)
+        lockout = self.guard.lockout(host)
+        if lockout is not None:
+            self.refused(lockout, "handshake", peer, host)
+            if isinstance(lockout, TableFull):
+                return ConnectionDeny(ConnectionDeny.FORBIDDEN, "too many addresses locked out; try again later")
             return ConnectionDeny(ConnectionDeny.FORBIDDEN, "too many failed init-requests; try again later")
         return None
+
+    def refused(self, lockout: AddressLockedOut, what: str, peer: str, host: str) -> None:
+        """Count (and log, rate-limited) a handshake or init refused because of ``lockout``."""
+        if isinstance(lockout, TableFull):
+            self.metrics.bridge_refused.labels("table_full").inc()
+            self._table_full_refusals += 1
+            now = self.clock.seconds()
+            if self._table_full_logged is None or now - self._table_full_logged >= 60.0:
+                log.warn("Patriot Dialler Bridge: refusing the {what} of {peer}: {refusal} (the lockout table "
+                         "holds {tracked} addresses, max_tracked_addresses; {count} refused since the last "
+                         "line)", what=what, peer=peer, refusal=str(lockout), tracked=len(self.guard),
+                         count=self._table_full_refusals)
+                self._table_full_refusals, self._table_full_logged = 0, now
+            return
+        self.metrics.bridge_refused.labels("locked_out").inc()
+        refused = self.guard.refused(host)
+        if refused == 1 or refused % 100 == 0:  # not one line per handshake of a hammering address
+            log.info("Patriot Dialler Bridge: refusing the {what} of {peer}: too many failed init-requests "
+                     "from {address} ({refused} refused during this lockout)", what=what, peer=peer,
+                     address=address_key(host), refused=refused)
 
     def _locked_out(self, address: str, seconds: float) -> None:
         """The guard locked ``address`` out: close each of its unauthenticated connections."""

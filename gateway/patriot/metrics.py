@@ -6,7 +6,10 @@ metrics instead of prometheus_client's "Duplicated timeseries" error.
 
 Besides its own metrics the adapter counts ignored and refused messages in the shared
 ``gateway_ignored_messages_total{adapter="patriot",reason}`` (:mod:`gateway.boundary`), and
-locked-out addresses in ``gateway_patriot_lockouts_total``.
+locked-out addresses in ``gateway_patriot_lockouts_total``, and what the Dialler Bridge refused in
+``gateway_patriot_bridge_refused_total{reason}``: ``locked_out`` (a handshake or init from a
+locked-out address), ``table_full`` (from a new address while the lockout table holds only
+lockouts and checks).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class PatriotMetrics:
     bridge_connections: Gauge
     desktop_up: Gauge
     lockouts: Counter
+    bridge_refused: Counter
     #: the registry they are on (the ignored-message budgets count on it too)
     registry: CollectorRegistry | None = None
 
@@ -46,5 +50,8 @@ class PatriotMetrics:
                                      "1 while a Desktop API link is authenticated, else 0", ["link"]),
             lockouts=define_metric(registry, Counter, "patriot_lockouts", "Source addresses locked out of the "
                                    "Dialler Bridge for too many failed init-requests"),
+            bridge_refused=define_metric(registry, Counter, "patriot_bridge_refused",
+                                         "Handshakes, init-requests and connections the Dialler Bridge refused or "
+                                         "closed, by reason", ["reason"]),
             registry=registry,
         )

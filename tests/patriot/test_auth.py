@@ -19,6 +19,7 @@ from gateway.patriot.auth import (
     AddressLockedOut,
     Authenticator,
     InitRefused,
+    TableFull,
     address_key,
 )
 from gateway.patriot.config import BridgeUser
@@ -263,6 +264,56 @@ class AddressGuardTests(SynchronousTestCase):
             self.guard.failed(f"10.0.{i // 256}.{i % 256}")
         self.assertEqual(len(self.guard), 100)
         self.assertIn("busy", self.guard._entries)
+
+    def lock(self, host: str) -> None:
+        for _ in range(3):
+            self.guard.failed(host)
+        self.assertTrue(self.guard.blocked(host))
+
+    def test_spraying_failures_from_other_addresses_does_not_lift_a_lockout(self):
+        """Before: the full table evicted the oldest entry, locked out or not, and the lockout was gone."""
+        self.lock("10.0.0.1")
+        for i in range(500):
+            self.clock.advance(0.01)
+            self.guard.failed(f"10.1.{i // 256}.{i % 256}")
+            self.assertLessEqual(len(self.guard), 100)
+        self.assertTrue(self.guard.blocked("10.0.0.1"))
+        self.failureResultOf(self.guard.turn("10.0.0.1"), AddressLockedOut)
+        self.assertEqual(list(self.guard.to_dict()["blocked"]), ["10.0.0.1"])
+
+    def test_nor_does_spraying_from_other_ipv6_64_networks(self):
+        self.lock("2001:db8:0:1::1")
+        for i in range(500):
+            self.guard.failed(f"2001:db8:1:{i:x}::1")
+        self.assertTrue(self.guard.blocked("2001:db8:0:1::77"))
+
+    def test_a_table_full_of_lockouts_refuses_new_addresses_until_the_first_ends(self):
+        for i in range(100):
+            self.clock.advance(0.1)
+            self.lock(f"10.2.0.{i}")
+        self.assertEqual(len(self.guard), 100)
+        refusal = self.guard.lockout("10.3.0.1")
+        self.assertIsInstance(refusal, TableFull)
+        self.assertAlmostEqual(refusal.seconds, 50.1)  # the first lockout ends then
+        self.assertIn("too many addresses are locked out", str(refusal))
+        self.assertTrue(self.guard.blocked("10.3.0.1"))
+        self.failureResultOf(self.guard.turn("10.3.0.1"), TableFull)
+        self.assertFalse(self.guard.failed("10.3.0.1"))  # nothing counted, no lockout forgotten
+        self.assertEqual(len(self.guard.to_dict()["blocked"]), 100)
+        self.clock.advance(50.15)  # the first lockout ends: room for one
+        self.assertIsNone(self.guard.lockout("10.3.0.1"))
+        self.successResultOf(self.guard.turn("10.3.0.1"))
+        self.assertEqual(len(self.guard.to_dict()["blocked"]), 99)
+        self.assertTrue(self.guard.blocked("10.2.0.99"))
+
+    def test_checks_in_progress_and_lockouts_are_both_kept(self):
+        self.successResultOf(self.guard.turn("busy"))
+        for i in range(99):
+            self.lock(f"10.2.0.{i}")
+        self.assertIsInstance(self.guard.lockout("10.3.0.1"), TableFull)
+        self.assertFalse(self.guard.done("busy", "success"))  # the check ends: its entry may go now
+        self.successResultOf(self.guard.turn("10.3.0.1"))
+        self.assertNotIn("busy", self.guard._entries)
 
 
 @pytest.mark.parametrize(

@@ -612,7 +612,7 @@ class LockoutTests(BridgeTestCase):
             guesser.frame_received(frame("init-request", {"userName": "bob", "password": f"g{guess}"}), False)
         for port in range(1000):
             self.assertIsNotNone(self.bridge.refusal("/dialler", "10.6.6.6", f"10.6.6.6:{port}"))
-        refusals = [e for e in events if "refusing Patriot" in e.get("log_format", "")]
+        refusals = [e for e in events if "refusing the" in e.get("log_format", "")]
         self.assertEqual([e["refused"] for e in refusals], [1] + list(range(100, 1001, 100)))
 
     def test_status_shows_the_locked_out_addresses(self):
@@ -621,6 +621,53 @@ class LockoutTests(BridgeTestCase):
             guesser.frame_received(frame("init-request", {"userName": "bob", "password": f"g{guess}"}), False)
         self.assertEqual(self.bridge.status()["blocked"], {"10.6.6.6": 300.0})
         self.assertEqual(self.bridge.status()["tracked_addresses"], 1)
+
+
+class LockoutTableTests(BridgeTestCase):
+    """max_tracked_addresses: a lockout is never forgotten to make room; a full table fails closed."""
+
+    config_overrides = {"max_tracked_addresses": 2}
+
+    def lock(self, host):
+        session, _ = self.connect(host=host)
+        for guess in range(3):
+            session.frame_received(frame("init-request", {"userName": "bob", "password": f"g{guess}"}), False)
+        self.assertTrue(self.bridge.guard.blocked(host))
+
+    def test_failures_from_other_addresses_do_not_lift_a_lockout(self):
+        self.lock("2001:db8:0:1::1")
+        for i in range(10):  # each from another /64: one failure each
+            session, _ = self.connect(host=f"2001:db8:1:{i:x}::1")
+            session.frame_received(frame("init-request", {"userName": "bob", "password": "x"}), False)
+        self.assertIsNotNone(self.bridge.refusal("/dialler", "2001:db8:0:1::2", "[2001:db8:0:1::2]:1"))
+        self.assertEqual(list(self.bridge.status()["blocked"]), ["2001:db8:0:1::/64"])
+
+    def test_a_table_full_of_lockouts_refuses_new_addresses_counted_and_logged_rate_limited(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.lock("10.6.0.1")
+        self.lock("10.6.0.2")
+        refusal = self.bridge.refusal("/dialler", "10.6.0.3", "10.6.0.3:1")
+        self.assertEqual(refusal.code, ConnectionDeny.FORBIDDEN)
+        raced, connection = self.connect(host="10.6.0.3")  # its handshake came before the table filled
+        raced.frame_received(frame("init-request", ALICE), False)
+        (answer,) = connection.take()
+        self.assertFalse(answer["payload"]["success"])
+        self.assertIn("too many addresses are locked out to take another; try again in 300 s",
+                      answer["payload"]["error"])
+        self.assertEqual(connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
+        self.assertIsNone(raced.user)
+        for port in range(2, 200):
+            self.bridge.refusal("/dialler", "10.6.0.3", f"10.6.0.3:{port}")
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="table_full"), 200)
+        lines = [e for e in events if "lockout table" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["peer"], "10.6.0.3:1")
+        self.assertEqual(sorted(self.bridge.status()["blocked"]), ["10.6.0.1", "10.6.0.2"])
+        self.clock.advance(300)
+        self.assertIsNone(self.bridge.refusal("/dialler", "10.6.0.3", "10.6.0.3:1"))
+        self.login(host="10.6.0.3")
 
 
 class IgnoredBudgetTests(BridgeTestCase):
