@@ -75,8 +75,7 @@ READINESS = "optimaccs:api"
 ADAPTER = "optimaccs-outbound"
 #: close codes by which a media WebSocket ends as a protocol failure of the call, not a lost connection
 #: (1002 protocol error, 1003 unsupported data, 1007 invalid payload, 1009 message too big)
-PROTOCOL_CLOSES = frozenset({1002, 1003, 1007, 1009})
-CLOSE_INVALID = 1007
+PROTOCOL_CLOSES = frozenset({1002, 1003, wire.CLOSE_INVALID, 1009})
 
 #: the stages of an outbound leg
 REQUESTING = "requesting"  # POST /pbx/call in flight
@@ -271,8 +270,8 @@ class OutboundLeg:
     def _broken(self, reason: str) -> None:
         """The provider sent what the boundary policy refuses: close 1007, fail the leg, hang up by REST."""
         log.warn("{who}: the provider broke the protocol ({reason}); closing with {code}", who=self.who,
-                 reason=reason, code=CLOSE_INVALID)
-        self._link.close(CLOSE_INVALID, reason)  # the closing handshake ends in closed -> _finish
+                 reason=reason, code=wire.CLOSE_INVALID)
+        self._link.close(wire.CLOSE_INVALID, reason)  # the closing handshake ends in closed -> _finish
         if not self.over:
             self._report("failed", f"the provider broke the media protocol: {reason}", kind="protocol")
             self._rest_hangup()

@@ -24,6 +24,7 @@ from gateway.boundary import PeerDataError, load_json, parse_int
 
 __all__ = [
     "BadMessage",
+    "CLOSE_INVALID",
     "COMMAND_DIGITS",
     "CallSetup",
     "KEYPAD_DIGITS",
@@ -47,6 +48,10 @@ COMMAND_DIGITS = frozenset("0123456789*#")
 #: the longest DTMF tone the provider plays, in milliseconds
 MAX_TONE_MS = 1000
 
+
+#: the WebSocket close code for a text message this module refuses (1007, invalid payload data), on both
+#: WebSockets: the inbound-call server's and the outbound call's media connection
+CLOSE_INVALID = 1007
 
 #: the field beside the provider's ``hangupCauseCode`` holding it as an integer (when it spells one)
 CAUSE_CODE_INT = "hangupCauseCodeInt"

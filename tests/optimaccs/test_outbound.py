@@ -89,6 +89,14 @@ class ProviderApiTests(SynchronousTestCase):
         self.assertEqual(digits_only("+62 \u0663\u00b2811\uff11 2"), "628112")
         self.assertEqual(digits_only("\u0663\u00b2"), "")
 
+    def test_one_close_code_for_refused_text_on_both_websockets(self):
+        from gateway.drivers import optimaccs, optimaccs_out, optimaccs_wire
+
+        self.assertEqual(optimaccs_wire.CLOSE_INVALID, 1007)
+        self.assertEqual(optimaccs.CLOSE_INVALID, optimaccs_wire.CLOSE_INVALID)
+        self.assertFalse(hasattr(optimaccs_out, "CLOSE_INVALID"))  # no second copy to drift
+        self.assertIn(optimaccs_wire.CLOSE_INVALID, optimaccs_out.PROTOCOL_CLOSES)
+
 
 class _Stalling(Resource):
     """Answers 200 with the start of a body and never ends it; ``trickle``: one more byte every second."""
