@@ -179,13 +179,18 @@ class GatewayService(service.MultiService):
     def stopService(self):
         service.Service.stopService(self)
         stop_retrying = getattr(self.ctx.store, "stop_retrying", None)
+        retried = None
         if stop_retrying is not None:  # from now on a failing store write is logged in full, not retried
-            stop_retrying()
+            retried = defer.maybeDeferred(stop_retrying)
+            retried.addErrback(lambda f: log.failure("the store's last try at its waiting writes failed: {error}",
+                                                     f, error=f.getErrorMessage()))
         yield defer.maybeDeferred(self.systemd.stopService)  # STOPPING=1 first
         log.info("gateway stopping: no new connections; live calls get {grace} s",
                  grace=self.ctx.config.gateway.shutdown_grace)
         yield defer.DeferredList([defer.maybeDeferred(l.stopService) for l in self.ctx.listeners])
         for svc in [self.core_service, *reversed(self.adapter_services), self.store_service]:
+            if svc is self.store_service and retried is not None:
+                yield retried  # the waiting writes' last try has settled (none of it held up the adapters)
             if svc is not None and svc.running:
                 try:
                     yield defer.maybeDeferred(svc.stopService)
