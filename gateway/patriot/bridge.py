@@ -314,7 +314,10 @@ class DiallerBridge:
         self.metrics.lockouts.inc()
         reason = str(AddressLockedOut(seconds))
         for session in victims:
-            session.lock_out(reason)
+            try:  # one connection failing to close must not spare the others
+                session.lock_out(reason)
+            except Exception:
+                log.failure("{who}: closing the connection for the lockout failed", who=session.who)
 
     def session_opened(self, connection: IConnection) -> BridgeSession:
         log.info("Patriot {peer} connected to the Dialler Bridge", peer=connection.peer)

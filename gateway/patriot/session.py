@@ -123,11 +123,17 @@ class Session:
     # -- from the adapter
 
     def frame_received(self, payload: bytes, is_binary: bool) -> None:
-        """One WebSocket message arrived; never raises."""
+        """One WebSocket message arrived; never raises (whatever fails is logged, naming the peer)."""
         try:
             message = self._parse(payload, is_binary)
-        except PatriotMessageError as e:
-            self._bad_message(e)
+        except PatriotMessageError as error:
+            # answering a bad message may send a reply, count a failed login and lock the address
+            # out (closing other connections): a failure there must not reach Autobahn either
+            try:
+                self._bad_message(error)
+            except Exception:
+                log.failure("{who}: handling a bad message ({type}) failed", who=self.who,
+                            type=error.message_type or "unknown type")
             return
         self.metrics.messages.labels(self.mode, message.TYPE).inc()
         try:

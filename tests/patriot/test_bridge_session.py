@@ -378,6 +378,32 @@ class BadInputTests(BridgeTestCase):
         session.frame_received(frame("heartbeat"), False)
         self.assertEqual(connection.take(), [{"type": "heartbeat-response"}])
 
+    def test_a_failure_while_handling_a_bad_init_is_logged_not_raised(self):
+        """A bad init counts a failure, which may lock the address out and close its other
+        connections: whatever fails there is logged, never raised into Autobahn's onMessage."""
+        victim, victim_connection = self.connect(host="10.0.0.9", port=1)
+        other, other_connection = self.connect(host="10.0.0.9", port=2)
+
+        def broken(code, reason):
+            raise RuntimeError("the transport is gone")
+
+        victim_connection.close = broken
+        guesser, guesser_connection = self.connect(host="10.0.0.9", port=3)
+        for _ in range(3):
+            guesser.frame_received(b'{"type":"init-request"}', False)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(self.bridge.guard.blocked("10.0.0.9"))
+        closed = [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")]
+        self.assertEqual((other_connection.closes, guesser_connection.closes), (closed, closed))
+
+    def test_a_failing_bad_message_handler_is_logged_not_raised(self):
+        session, connection = self.login()
+        session._bad_message = lambda error: 1 / 0
+        session.frame_received(b"{not json", False)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.take(), [{"type": "heartbeat-response"}])
+
     def test_invalid_dial_requests_are_answered_with_the_status(self):
         session, connection = self.login()
         for payload in [None, {"phoneNo": "", "rawPhoneNo": ""}, {"phoneNo": "555-1234", "rawPhoneNo": "x"},
