@@ -2,7 +2,9 @@
 
 The database file is created mode 0600 before SQLite opens it, so its
 ``-wal`` and ``-shm`` files (created with the database's mode) are 0600 too,
-whatever the umask. Every statement runs through a :class:`twisted.enterprise.adbapi.ConnectionPool`
+whatever the umask. At open, an existing database, ``-wal``, ``-shm`` or
+``-journal`` (a rollback journal, left by another tool that opened the file
+in rollback mode) that others may read is narrowed to 0600 and logged. Every statement runs through a :class:`twisted.enterprise.adbapi.ConnectionPool`
 with exactly one connection, in WAL mode with ``synchronous=FULL``: when
 ``add_cdr``'s Deferred fires, the row has been committed and the commit
 synced, so a crash (even ``kill -9``) right after cannot lose it.
@@ -163,9 +165,10 @@ class SqliteCdrStore:
             return fail(RuntimeError(f"{self!r}: open() may be called once, on a new store"))
         self._state = _State.OPENED
         try:
-            # the database and its -wal/-shm (which SQLite creates with the database's mode) are 0600
+            # the database and its -wal/-shm (which SQLite creates with the database's mode) are 0600,
+            # and so is a rollback journal left by a tool that opened it in rollback mode
             create_private(self.path)
-            for suffix in ("-wal", "-shm"):
+            for suffix in ("-wal", "-shm", "-journal"):
                 narrow(self.path.with_name(self.path.name + suffix))
         except OSError as e:
             d = fail(e)

@@ -59,6 +59,33 @@ async def test_an_existing_database_open_to_others_is_narrowed_and_logged(tmp_pa
     assert (warning["path"], warning["old"], warning["new"]) == (str(path), 0o644, 0o600)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_leftover_wal_shm_and_journal_open_to_others_are_narrowed_and_logged(tmp_path):
+    from twisted.internet import reactor
+
+    path = tmp_path / "gateway.sqlite"
+    store = SqliteCdrStore(path, reactor)
+    await store.open()
+    await store.add_cdr(make_cdr("c1"))
+    await store.close()
+    for suffix in ("-wal", "-shm", "-journal"):  # as a crash, a copy by hand or another tool may leave them
+        side = tmp_path / f"gateway.sqlite{suffix}"
+        side.touch()
+        os.chmod(side, 0o644)
+    store = SqliteCdrStore(path, reactor)
+    with capturedLogs() as events:
+        await store.open()
+    try:
+        assert [c["call_id"] for c in await store.cdrs()] == ["c1"]
+        assert {p.name: mode(p) for p in tmp_path.iterdir() if p.name != "gateway.sqlite-journal"} == {
+            "gateway.sqlite": 0o600, "gateway.sqlite-wal": 0o600, "gateway.sqlite-shm": 0o600}
+    finally:
+        await store.close()
+    assert sorted((e["path"], e["old"], e["new"]) for e in events if e["log_level"] is LogLevel.warn) == [
+        (str(path) + "-journal", 0o644, 0o600), (str(path) + "-shm", 0o644, 0o600),
+        (str(path) + "-wal", 0o644, 0o600)]
+
+
 def test_a_transcript_is_written_0600(tmp_path, umask_0):
     from twisted.internet import defer
 
