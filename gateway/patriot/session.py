@@ -41,6 +41,7 @@ from gateway.patriot.messages import (
     parse,
 )
 from gateway.patriot.metrics import PatriotMetrics
+from gateway.wstimers import ReactorTimer  # noqa: F401  (moved to gateway.wstimers; re-exported for bridge, desktop)
 
 log = Logger()
 
@@ -79,22 +80,6 @@ class WebSocketConnection:
 
     def abort(self) -> None:
         self._protocol.dropConnection(abort=True)
-
-
-class ReactorTimer:
-    """Autobahn's per-factory timer (``IBatchedTimer``) on a given reactor, to the exact delay.
-
-    Autobahn makes one with txaio's global reactor; a factory given this one as ``_batched_timer``
-    runs its handshake, ping and close timers on its own reactor (a ``task.Clock`` in tests). The
-    only timer Autobahn leaves on the global reactor is the client's wait for the server to drop
-    TCP after a closing handshake it started (``serverConnectionDropTimeout``).
-    """
-
-    def __init__(self, reactor):
-        self._reactor = reactor
-
-    def call_later(self, delay, func, *args, **kwargs):
-        return self._reactor.callLater(delay, func, *args, **kwargs)
 
 
 class Session:
