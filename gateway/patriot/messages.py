@@ -263,8 +263,7 @@ def _payload_from_string(text: str) -> dict:
         value = load_json(text)
     except PeerDataError as error:
         if error.document is not None:
-            error.field = f"payload.{error.field}"
-            raise _refused_text(error, InitRequest.TYPE) from None
+            raise _refused_text(error, InitRequest.TYPE, prefix="payload.") from None
         raise PatriotMessageError(f"{InitRequest.TYPE}: payload is a string but not a JSON object: {error.problem}",
                                   InitRequest.TYPE) from None
     if not isinstance(value, dict):
@@ -273,17 +272,35 @@ def _payload_from_string(text: str) -> dict:
     return value
 
 
-def _refused_text(error: PeerDataError, known: str | None = None) -> PatriotMessageError:
-    """A frame that is sound JSON but for a lone surrogate in ``error.field``: refused as its own type."""
+def _refused_text(error: PeerDataError, known: str | None = None, prefix: str = "") -> PatriotMessageError:
+    """A frame that is sound JSON but for a lone surrogate in ``error.field``: refused as its own type.
+
+    ``prefix`` is the path of the part ``error.document`` was read from (``payload.`` for an init
+    payload sent as a string).
+    """
+    document = error.document
     if known is None:
-        document = error.document
         type_ = document.get("type") if isinstance(document, dict) else None
         known = type_ if isinstance(type_, str) and type_ in MESSAGE_TYPES else None
-    prefix = f"{known}: " if known else ""
-    field = _short(error.field)
-    where = f"a key in field {field}" if error.problem.startswith("a key") else f"field {field}"
-    return PatriotMessageError(f"{prefix}{where} holds a lone UTF-16 surrogate (not valid Unicode text)",
-                               known, kind="bad_text", field=error.field)
+    path = f"{prefix}{error.field}"
+    field = _short(path)
+    if not error.in_key:
+        where = f"field {field}"
+    elif _top_level_key(document, error.field):  # the boundary names such a key itself, escaped
+        where = f"the key {field}"
+    else:  # and any other by the object holding it
+        where = f"a key in field {field}"
+    type_prefix = f"{known}: " if known else ""
+    return PatriotMessageError(f"{type_prefix}{where} holds a lone UTF-16 surrogate (not valid Unicode text)",
+                               known, kind="bad_text", field=path)
+
+
+def _top_level_key(document: Any, field: str) -> bool:
+    """Whether the boundary's ``field`` for a bad key names a key of ``document`` itself (not an object in it)."""
+    if not isinstance(document, dict):
+        return False
+    first = field.split(".", 1)[0].split("[", 1)[0]
+    return field not in document and first not in document
 
 
 def _load_object(data: str | bytes) -> dict:
@@ -293,7 +310,7 @@ def _load_object(data: str | bytes) -> dict:
     except PeerDataError as error:
         if error.document is not None:
             raise _refused_text(error) from None
-        if error.problem.startswith("not UTF-8") or "surrogate" in error.problem:
+        if error.reason == "bad_text":
             raise PatriotMessageError(f"invalid text: {error}", kind="bad_text") from None
         raise PatriotMessageError(f"invalid JSON: {error}") from None
     if not isinstance(obj, dict):

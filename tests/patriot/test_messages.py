@@ -112,6 +112,22 @@ class ErrorTests(SynchronousTestCase):
     def test_not_utf8(self):
         self.assertRejected(b'{"type":"\xff"}', "not UTF-8")
 
+    def test_bad_text_is_classified_by_the_boundarys_reason(self):
+        error = self.assertRaises(m.PatriotMessageError, m.parse, b'{"type":"\xff"}')
+        self.assertEqual(error.kind, "bad_text")
+        error = self.assertRaises(m.PatriotMessageError, m.parse, '{"type":"heartbeat","x":"\ud800"}')
+        self.assertEqual(error.kind, "bad_text")  # a str frame holding a lone surrogate itself
+        error = self.assertRaises(m.PatriotMessageError, m.parse, '{"type": "heartbeat", "payload": NaN}')
+        self.assertEqual(error.kind, "malformed")
+
+    def test_a_lone_surrogate_in_a_key_is_named_where_it_is(self):
+        self.assertRejected(b'{"type":"init-request","payload":{"\\ud800":"x"}}',
+                            "init-request: a key in field 'payload' holds a lone UTF-16 surrogate", "init-request")
+        self.assertRejected(b'{"type":"init-request","\\udc80x":1,"payload":{}}',
+                            "init-request: the key '\\\\udc80x' holds a lone UTF-16 surrogate", "init-request")
+        self.assertRejected(b'{"type":"init-request","payload":"{\\"\\\\ud800\\":1}"}',
+                            "init-request: the key 'payload.\\\\ud800' holds", "init-request")
+
     def test_not_an_object(self):
         self.assertRejected('["heartbeat"]', "must be a JSON object, not an array")
         self.assertRejected('"heartbeat"', "must be a JSON object, not a string")
