@@ -31,6 +31,10 @@ cases of ``tests/corpus/his.json``), then a probe query, and fires with the clie
 came in between: its FAILURE answers to the hostile frames (none for a frame it dropped). Those
 responses answer nothing the simulator asked, so they are collected rather than counted as violations.
 
+The wire (framing, envelope, names, bodies) is the simulator's own, written from the specification in
+:mod:`gateway.sim.his_wire`: nothing is shared with the gateway's Bridge Client, so a wire mistake on
+either side shows as a violation here.
+
 Run it alone with ``python -m gateway.sim his-bridge --port 9500 [--tls]``: one line per message.
 """
 
@@ -43,15 +47,16 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from gateway.cti import envelope as env
-from gateway.cti.framing import DEFAULT_MAX_FRAME_SIZE, FramedJSONProtocol
-from gateway.cti.names import (
+from gateway.sim import his_wire as env
+from gateway.sim.his_wire import (
+    DEFAULT_MAX_FRAME_SIZE,
     BodyError,
     ChannelGroupInit,
     ChannelInit,
     ControlStatus,
     ConversationInit,
-    CtiNames,
+    FramedJSON,
+    HisNames,
     InteractionAnnouncement,
     InteractionInit,
     SessionInit,
@@ -65,7 +70,7 @@ log = Logger()
 #: Seconds the client is given to answer a query or request.
 DEFAULT_RESPONSE_TIMEOUT = 30.0
 
-#: Request verb (script and :meth:`HisBridgeSim.send`) -> (destination kind, :class:`CtiNames` key).
+#: Request verb (script and :meth:`HisBridgeSim.send`) -> (destination kind, :class:`HisNames` key).
 VERBS = {
     "answer": ("conversation", "conversation_request_answer"),
     "release": ("conversation", "conversation_request_release"),
@@ -180,7 +185,7 @@ class _Outstanding:
     timeout: object
 
 
-class _BridgeProtocol(FramedJSONProtocol):
+class _BridgeProtocol(FramedJSON):
     """One client link; everything it hears goes to the simulator."""
 
     def __init__(self, sim):
@@ -204,7 +209,8 @@ class HisBridgeSim(Factory):
     """The processor bridge, as a server factory; one client link at a time.
 
     :param reactor: for timeouts and script pauses (a ``task.Clock`` in unit tests).
-    :param names: the message names both ends agree on.
+    :param names: the message names both ends agree on (``[cti.names]``): a :class:`HisNames`, a mapping
+        of its keys, or any object with those keys as attributes; default the defaults.
     :param processor: the processor name; the control target is ``<processor>.CONTROL``.
     :param agents: the agents logged in once the client has started.
     :param script: steps run after login (see the module docstring).
@@ -226,7 +232,7 @@ class HisBridgeSim(Factory):
         trace=None,
     ):
         self.reactor = reactor
-        self.names = names or CtiNames()
+        self.names = HisNames.coerce(names)
         self.processor = processor
         self.agents = tuple(agents)
         self.script = [parse_step(step) for step in script]
@@ -331,7 +337,12 @@ class HisBridgeSim(Factory):
         return d
 
     def request(self, message):
-        """Send a query or request envelope as it is; a Deferred firing with its response."""
+        """Send a query or request envelope as it is; a Deferred firing with its response.
+
+        ``message`` is a :class:`~gateway.sim.his_wire.Envelope`, its wire form (a dict), or any
+        object whose ``to_json()`` gives that wire form.
+        """
+        message = env.Envelope.coerce(message)
         return self._expect_response(message, lambda: self._send(message))
 
     def request_malformed(self, obj):
@@ -782,7 +793,7 @@ def main(argv=None):
 
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        names = CtiNames.from_mapping(_load_json(args.names)) if args.names else CtiNames()
+        names = HisNames.from_mapping(_load_json(args.names)) if args.names else HisNames()
         script = _load_json(args.script) if args.script else []
         sim = HisBridgeSim(
             reactor,
