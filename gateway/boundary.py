@@ -33,7 +33,9 @@ is lost because of its content.
 
 :class:`IgnoredBudget` is the other half of the boundary: a per-connection
 budget for the log lines about ignored or unknown messages, so that a peer
-cannot turn a flood of junk into a flood of log lines.
+cannot turn a flood of junk into a flood of log lines. It is built on
+:class:`RateLimitedLog`, the one rate limiter for recurring log lines (a link's
+failed connection attempts use it too).
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 __all__ = [
     "IGNORED_REASONS",
     "IgnoredBudget",
     "MAX_DEPTH",
     "PeerDataError",
+    "RateLimitedLog",
     "bad_text_field",
     "budget_factory",
     "check_text",
@@ -275,15 +278,86 @@ def ignored_counter(registry):
     )
 
 
+class RateLimitedLog:
+    """Log lines about one recurring thing (ignored messages, failed attempts), rate-limited.
+
+    The first ``first`` lines of a run are logged one by one (the last of them with ``more``
+    appended, when the format holds ``{more}``); after that at most one summary line per
+    ``interval`` seconds says how many were suppressed. A run ends after a quiet ``interval``
+    (no line at all for that long) or at :meth:`close`: what is still unsaid is summarised,
+    and the next line is logged one by one again. No timer is kept: a summary is written by
+    the next line after the interval, or by :meth:`close`.
+
+    :param clock: ``IReactorTime`` (``seconds()``).
+    :param logger: the :class:`~twisted.logger.Logger` the lines go to.
+    """
+
+    def __init__(self, clock, logger: Logger, *, first: int = 5, interval: float = 60.0,
+                 more: str = " (further ones are summarised)"):
+        self._clock = clock
+        self._log = logger
+        self._first = first
+        self._interval = interval
+        self._more = more
+        self._logged = 0  # lines logged one by one in this run
+        self._suppressed = 0
+        self._pending: tuple[LogLevel, str, dict] | None = None  # the latest suppressed line's summary
+        self._since: float | None = None  # when the last line (one by one or summary) was written
+        self._last: float | None = None  # when the last line was asked for
+        #: lines suppressed so far, summarised or not (for tests and metrics)
+        self.suppressed_total = 0
+
+    def emit(self, format: str, *, summary: str, level: LogLevel = LogLevel.warn, **fields) -> bool:
+        """Log ``format`` with ``fields`` if the budget allows (True), else count it (False).
+
+        ``summary`` is the format of the line that stands for the suppressed ones: it gets the
+        latest suppressed line's ``fields`` plus ``count`` and ``seconds`` (since the last line
+        written).
+        """
+        now = self._clock.seconds()
+        if self._last is not None and now - self._last >= self._interval:
+            self._flush(now)  # a quiet interval: the run is over
+            self._logged = 0
+        self._last = now
+        if self._since is None:
+            self._since = now
+        if self._logged < self._first:
+            self._logged += 1
+            more = self._more if self._logged == self._first else ""
+            self._log.emit(level, format, **{"more": more, **fields})
+            self._since = now
+            return True
+        self._suppressed += 1
+        self.suppressed_total += 1
+        self._pending = (level, summary, fields)
+        if now - self._since >= self._interval:
+            self._flush(now)
+        return False
+
+    def close(self) -> None:
+        """Write the summary of what is still unsaid; the next line starts a new run."""
+        self._flush(self._clock.seconds())
+        self._logged, self._since, self._last = 0, None, None
+
+    flush = close
+
+    def _flush(self, now: float) -> None:
+        if self._suppressed and self._pending is not None:
+            level, summary, fields = self._pending
+            since = self._since if self._since is not None else now
+            self._log.emit(level, summary, **{**fields, "count": self._suppressed, "seconds": now - since})
+            self._since = now
+        self._suppressed, self._pending = 0, None
+
+
 class IgnoredBudget:
     """A per-connection budget for log lines about ignored or unknown messages.
 
     Every ignored message is counted in ``gateway_ignored_messages_total``; the
-    first ``first`` of a connection are logged one by one, and after that at
-    most one summary line per ``interval`` seconds says how many more were
-    ignored. :meth:`close` (when the connection ends) logs what is still
-    unsaid. No timer is kept: the summary is written by the next ignored
-    message after the interval, or by :meth:`close`.
+    lines are a :class:`RateLimitedLog`: the first ``first`` of a run are logged
+    one by one, and after that at most one summary line per ``interval`` seconds
+    says how many more were ignored; after a quiet interval they are logged one by
+    one again. :meth:`close` (when the connection ends) logs what is still unsaid.
     """
 
     def __init__(
@@ -297,16 +371,10 @@ class IgnoredBudget:
         first: int = 5,
         interval: float = 60.0,
     ):
-        self._clock = clock
         self._adapter = adapter
         self._peer = peer
         self._counter = counter
-        self._log = logger or log
-        self._first = first
-        self._interval = interval
-        self._logged = 0
-        self._unsaid = 0
-        self._unsaid_since = 0.0
+        self._lines = RateLimitedLog(clock, logger or log, first=first, interval=interval)
         self.total = 0
 
     def ignored(self, reason: str, detail: str) -> None:
@@ -316,39 +384,18 @@ class IgnoredBudget:
         self.total += 1
         if self._counter is not None:
             self._counter.labels(self._adapter, reason).inc()
-        if self._logged < self._first:
-            self._logged += 1
-            self._log.warn(
-                "{adapter} peer {peer}: ignored a message ({reason}): {detail}{more}",
-                adapter=self._adapter,
-                peer=self._peer,
-                reason=reason,
-                detail=_escaped(detail)[:300],
-                more=" (further ones are summarised)" if self._logged == self._first else "",
-            )
-            return
-        now = self._clock.seconds()
-        if not self._unsaid:
-            self._unsaid_since = now
-        self._unsaid += 1
-        if now - self._unsaid_since >= self._interval:
-            self._summary(now)
+        self._lines.emit(
+            "{adapter} peer {peer}: ignored a message ({reason}): {detail}{more}",
+            summary="{adapter} peer {peer}: ignored {count} more messages in the last {seconds:.0f} s",
+            adapter=self._adapter,
+            peer=self._peer,
+            reason=reason,
+            detail=_escaped(detail[:300])[:300],
+        )
 
     def close(self) -> None:
         """Log the summary of what is still unsaid (the connection is ending)."""
-        if self._unsaid:
-            self._summary(self._clock.seconds())
-
-    def _summary(self, now: float) -> None:
-        self._log.warn(
-            "{adapter} peer {peer}: ignored {count} more messages in the last {seconds:.0f} s",
-            adapter=self._adapter,
-            peer=self._peer,
-            count=self._unsaid,
-            seconds=now - self._unsaid_since,
-        )
-        self._unsaid = 0
-        self._unsaid_since = now
+        self._lines.close()
 
 
 def budget_factory(clock, adapter: str, registry=None, **options) -> Callable[[str], IgnoredBudget]:

@@ -14,7 +14,9 @@ and keeps the link's readiness :class:`~gateway.context.Component` saying
 what is going on, e.g. ``connecting to 127.0.0.1:8081: connection refused;
 retry 3 in 4 s``. Every failed attempt is logged with the endpoint and the
 error: the first :data:`FIRST_LOGGED` of a run of failures one by one, then
-at most one line per ``log_interval`` seconds saying how many more failed.
+at most one line per ``log_interval`` seconds saying how many more failed
+(:class:`gateway.boundary.RateLimitedLog`; after a quiet ``log_interval`` the
+failures are logged one by one again, and a made connection ends the run).
 A connection that was made and then lost is the adapter's to explain (its
 protocol knows why); the watcher only counts the attempts that follow.
 """
@@ -27,6 +29,8 @@ from twisted.internet import error as neterror
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from gateway.boundary import RateLimitedLog
 
 __all__ = ["FIRST_LOGGED", "LinkWatch", "describe_error", "endpoint_peer", "url_peer"]
 
@@ -101,15 +105,14 @@ class LinkWatch:
         self.peer = peer
         self.adapter = adapter
         self._policy = retry_policy
-        self._interval = log_interval
+        self._failures = RateLimitedLog(clock, logger or log, first=FIRST_LOGGED, interval=log_interval,
+                                        more="; further failures are summarised")
         self._log = logger or log
         self.endpoint = _WatchedEndpoint(self)
         #: connection attempts since the last connection was made
         self.attempts = 0
         #: the last attempt's error (None once a connection is made)
         self.error: str | None = None
-        self._unlogged = 0
-        self._logged_at: float | None = None
 
     def client_service(self, endpoint, factory, *, retryPolicy, **kwargs):
         """A ``ClientService`` for ``endpoint`` and ``retryPolicy`` (``kwargs`` as it takes them), watched."""
@@ -132,39 +135,28 @@ class LinkWatch:
     def _attempt(self) -> None:
         self.attempts += 1
         reason = self.component.reason
-        if self.error is None and not self.component.up and (reason == "not started" or reason.startswith("connecting to")):
+        ours = reason == "not started" or reason.startswith("connecting to")
+        if self.error is None and not self.component.up and ours:
             # The first attempt, or one after the adapter's own reason was replaced: say what is going on.
             self.component.set_down(f"connecting to {self.peer} (attempt {self.attempts})")
 
     def _connected(self) -> None:
+        self._failures.close()  # what is still unsaid of this run of failures, then a new run
         if self.attempts > 1 and self.error is not None:
             self._log.info("{adapter}: connected to {peer} after {attempts} attempts",
                            adapter=self.adapter, peer=self.peer, attempts=self.attempts)
         self.attempts, self.error = 0, None
-        self._unlogged, self._logged_at = 0, None
 
     def _failed(self, failure) -> None:
         self.error = describe_error(failure)
 
     def _note_failure(self, delay: float) -> None:
-        now = self._clock.seconds()
-        if self.attempts <= FIRST_LOGGED:
-            self._log.warn(
-                "{adapter}: cannot connect to {peer}: {error} (attempt {attempt}); next attempt in {delay} s{more}",
-                adapter=self.adapter, peer=self.peer, error=self.error, attempt=self.attempts, delay=_seconds(delay),
-                more="; further failures are summarised" if self.attempts == FIRST_LOGGED else "",
-            )
-            self._logged_at = now
-            return
-        self._unlogged += 1
-        if now - self._logged_at >= self._interval:
-            self._log.warn(
-                "{adapter}: still cannot connect to {peer}: {error}; {count} more failed attempts in the last"
-                " {seconds:.0f} s (attempt {attempt}); next attempt in {delay} s",
-                adapter=self.adapter, peer=self.peer, error=self.error, count=self._unlogged,
-                seconds=now - self._logged_at, attempt=self.attempts, delay=_seconds(delay),
-            )
-            self._unlogged, self._logged_at = 0, now
+        self._failures.emit(
+            "{adapter}: cannot connect to {peer}: {error} (attempt {attempt}); next attempt in {delay} s{more}",
+            summary="{adapter}: still cannot connect to {peer}: {error}; {count} more failed attempts in the last"
+                    " {seconds:.0f} s (attempt {attempt}); next attempt in {delay} s",
+            adapter=self.adapter, peer=self.peer, error=self.error, attempt=self.attempts, delay=_seconds(delay),
+        )
 
 
 def _seconds(delay: float) -> str:

@@ -4,7 +4,7 @@ import json
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import boundary
@@ -151,6 +151,52 @@ class SanitiseTests(SynchronousTestCase):
         json.dumps(clean, allow_nan=False)
 
 
+class RateLimitedLogTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.events = []
+        self.lines = boundary.RateLimitedLog(self.clock, Logger(observer=self.events.append), first=2, interval=60)
+
+    def emit(self, n=1, **fields):
+        return [self.lines.emit("attempt {n} failed{more}", summary="{count} more failed in {seconds:.0f} s; last {n}",
+                                n=i, **fields) for i in range(n)]
+
+    def rendered(self):
+        return [formatEvent(e) for e in self.events]
+
+    def test_the_first_lines_one_by_one_then_a_summary_per_interval_with_the_latest_fields(self):
+        self.assertEqual(self.emit(5), [True, True, False, False, False])
+        self.assertEqual(self.rendered(), ["attempt 0 failed", "attempt 1 failed (further ones are summarised)"])
+        self.clock.advance(30)
+        self.emit(1)
+        self.assertEqual(len(self.events), 2)
+        self.clock.advance(30)
+        self.emit(1)
+        self.assertEqual(self.rendered()[2:], ["5 more failed in 60 s; last 0"])
+        self.assertEqual(self.events[2]["log_level"], LogLevel.warn)
+        self.assertEqual(self.lines.suppressed_total, 5)
+
+    def test_close_writes_the_pending_summary_and_starts_a_new_run(self):
+        self.emit(4)
+        self.clock.advance(10)
+        self.lines.close()
+        self.assertEqual(self.rendered()[2:], ["2 more failed in 10 s; last 3"])
+        self.lines.close()
+        self.assertEqual(len(self.events), 3, "nothing more is unsaid")
+        self.assertEqual(self.emit(1), [True])
+
+    def test_after_a_quiet_interval_lines_are_logged_one_by_one_again(self):
+        self.emit(3)
+        self.clock.advance(60)
+        self.assertEqual(self.emit(3), [True, True, False])
+        self.assertEqual(self.rendered()[2:5], ["1 more failed in 60 s; last 2", "attempt 0 failed",
+                                                "attempt 1 failed (further ones are summarised)"])
+
+    def test_the_level_is_the_callers(self):
+        self.lines.emit("x", summary="y {count}", level=LogLevel.info)
+        self.assertEqual(self.events[0]["log_level"], LogLevel.info)
+
+
 class IgnoredBudgetTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
@@ -172,11 +218,23 @@ class IgnoredBudgetTests(SynchronousTestCase):
         self.assertEqual(self.count("unknown"), 10_000)
         self.assertIn("127.0.0.1:5555", self.events[0]["peer"])
         self.clock.advance(61)
+        # after a quiet minute: the summary of the 9,997 suppressed, then one by one again
         self.budget.ignored("unknown", "event 'bogus'")
-        self.assertEqual(len(self.events), 4)
-        self.assertEqual(self.events[3]["count"], 9_998)
+        self.assertEqual(len(self.events), 5)
+        self.assertEqual(self.events[3]["count"], 9_997)
+        self.assertEqual(self.events[4]["reason"], "unknown")
         self.budget.close()
-        self.assertEqual(len(self.events), 4)
+        self.assertEqual(len(self.events), 5)
+
+    def test_a_steady_flood_gets_one_summary_a_minute(self):
+        for _ in range(180):
+            self.budget.ignored("unknown", "event 'bogus'")
+            self.clock.advance(1)
+        self.assertEqual(len(self.events), 3 + 2)
+        self.assertEqual([e["count"] for e in self.events[3:]], [60, 60])
+        self.budget.close()
+        self.assertEqual(self.events[-1]["count"], 57)
+        self.assertEqual(sum(e.get("count", 1) for e in self.events), 180)
 
     def test_close_says_what_is_unsaid(self):
         for _ in range(5):

@@ -80,6 +80,38 @@ class LinkWatchTests(SynchronousTestCase):
         self.assertIn("still cannot connect to 127.0.0.1:8081: connection refused; 2 more failed attempts",
                       self._render(summaries[0]))
 
+    def test_a_made_connection_says_what_was_still_unsaid_of_the_failures(self):
+        with capturedLogs() as events:
+            self.service.startService()
+            for _ in range(4):
+                self.refuse()
+                self.reactor.advance(30.0)
+            self.accept()
+        lines = [e for e in events if e.get("adapter") == "cti"]
+        self.assertEqual([e.get("attempt") for e in lines[:FIRST_LOGGED]], [1, 2, 3])
+        summary, connected = lines[FIRST_LOGGED:]  # the fourth failure was not yet summarised
+        self.assertEqual((summary["count"], summary["attempt"]), (1, 4))
+        self.assertEqual(connected["attempts"], 5)
+        with capturedLogs() as events:
+            self.reactor.advance(1.0)
+            self.service.stopService()
+        self.assertEqual([e for e in events if e.get("count")], [], "the run ended with the connection")
+
+    def test_failures_further_apart_than_the_interval_are_each_logged(self):
+        watch = LinkWatch(self.reactor, self.component, peer="127.0.0.1:8082", adapter="cti")
+        service = watch.client_service(TCP4ClientEndpoint(self.reactor, "127.0.0.1", 8082),
+                                       Factory.forProtocol(Protocol), retryPolicy=lambda failed: 120.0,
+                                       clock=self.reactor)
+        self.addCleanup(service.stopService)
+        with capturedLogs() as events:
+            service.startService()
+            for _ in range(6):
+                self.refuse()
+                self.reactor.advance(120.0)
+        warnings = [e for e in events if e["log_level"] is LogLevel.warn and e.get("adapter") == "cti"]
+        self.assertEqual([(e["attempt"], e.get("count")) for e in warnings], [(n, None) for n in range(1, 7)])
+        self.assertNotIn("summarised", " ".join(self._render(e) for e in warnings))
+
     def _render(self, event):
         from twisted.logger import formatEvent
 
@@ -104,7 +136,8 @@ class HandedOverTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         host, port, factory, *_ = reactor.tcpClients.pop()
         factory.clientConnectionFailed(None, Failure(neterror.ConnectionRefusedError()))
-        self.assertEqual(readiness.not_ready(), {"chat": "connecting to 127.0.0.1:8081: connection refused; retry 1 in 5 s"})
+        self.assertEqual(readiness.not_ready(),
+                         {"chat": "connecting to 127.0.0.1:8081: connection refused; retry 1 in 5 s"})
 
 
 class NamingTests(SynchronousTestCase):

@@ -317,9 +317,11 @@ class BudgetTests(SynchronousTestCase):
         self.assertEqual(len(self.logged), 5)
         self.assertTrue(all(e["peer"] == "192.168.1.1:54321" for e in self.logged))
         self.clock.advance(61)
+        # after a quiet minute: the 48 unsaid are summarised and the next one is logged by itself
         self.link.dataReceived(encode_frame(env.event("conversation.held", "t").to_json()))
-        self.assertEqual(len(self.logged), 6)
-        self.assertEqual(self.logged[-1]["count"], 49)
+        self.assertEqual(len(self.logged), 7)
+        self.assertEqual(self.logged[-2]["count"], 48)
+        self.assertEqual(self.logged[-1]["reason"], "unknown")
 
     def test_a_frame_that_is_not_utf8_is_counted_as_bad_text(self):
         self.link.dataReceived(b"\x00\x00\x00\x02\xff\xfe")
