@@ -17,6 +17,9 @@ sends ``heartbeat`` every ``heartbeat_interval`` seconds (5) and counts the answ
 the frames travel over real sockets; the ``timeout`` of the ``wait_*`` helpers always runs on the
 reactor.
 
+The messages are the simulators' own, written from specs 000 and 001 in
+:mod:`gateway.sim.patriot_wire`: nothing is shared with the gateway's Patriot adapter.
+
 This module also holds what both Patriot simulators share: :class:`PatriotPeerSim` (the record of
 received frames, Deferred helpers to wait for one, the call-control sends) and the small script
 language of :func:`parse_script` (``wait``, ``dial``, ``hangup``, ``status``, ``raw``, ``expect``).
@@ -45,7 +48,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.patriot.messages import (
+from gateway.sim.patriot_wire import (
     MESSAGE_TYPES,
     CallStatusRequest,
     DialRequest,
@@ -55,7 +58,7 @@ from gateway.patriot.messages import (
     InitRequest,
     InitResponse,
     PatriotMessage,
-    PatriotMessageError,
+    PatriotWireError,
     encode,
     parse,
 )
@@ -223,7 +226,7 @@ class PatriotPeerSim:
             return Record(text, error="binary frame")
         try:
             message = parse(payload)
-        except PatriotMessageError as e:
+        except PatriotWireError as e:
             log.warn("peer {peer} sent a bad message: {reason}", peer=protocol.peer, reason=e.reason)
             return Record(text, type=e.message_type, error=e.reason)
         return Record(text, message=message, type=message.TYPE)

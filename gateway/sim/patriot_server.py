@@ -45,7 +45,6 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from gateway.patriot.messages import AuthenticationRequest, AuthenticationResponse, PatriotMessage, encode
 from gateway.sim import tlsutil
 from gateway.sim.patriot_client import (
     DEFAULT_TIMEOUT,
@@ -56,6 +55,7 @@ from gateway.sim.patriot_client import (
     parse_script,
     print_frame,
 )
+from gateway.sim.patriot_wire import AuthenticationRequest, AuthenticationResponse, PatriotMessage, encode
 
 log = Logger()
 

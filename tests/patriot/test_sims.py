@@ -27,8 +27,8 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.patriot import messages as m
 from gateway.sim import patriot_client, tlsutil
+from gateway.sim import patriot_wire as m  # the simulators' own messages, not the adapter's
 from gateway.sim.patriot_client import Command, PatriotClientSim, ScriptError, WaitTimeout, parse_script
 from gateway.sim.patriot_server import HOSTNAME, INVALID_KEY, PATH, PatriotServerSim
 
