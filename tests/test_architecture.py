@@ -46,3 +46,28 @@ def test_library_code_never_imports_the_global_reactor_at_module_level():
             if "twisted.internet.reactor" in names:
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def _sim_imports(path):
+    """Every module ``path`` imports, relative imports resolved against ``gateway.sim``."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = "gateway.sim".split(".")[: 3 - node.level] if node.level <= 2 else []
+                base = ".".join([*package, *([base] if base else [])])
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "gateway" / "sim").glob("*.py")), ids=lambda p: p.name)
+def test_the_simulators_share_no_wire_code_with_the_adapters(path):
+    """A simulator encodes and decodes its peer's wire itself, from the spec (issue 13, item 7):
+    from the gateway it may import only ``gateway.sim``, so a wire mistake shared by an adapter and
+    its simulator cannot pass unseen."""
+    bad = sorted({name for name in _sim_imports(path)
+                  if (name == "gateway" or name.startswith("gateway.")) and not
+                  (name == "gateway.sim" or name.startswith("gateway.sim."))})
+    assert bad == []
