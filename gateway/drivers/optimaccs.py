@@ -64,6 +64,7 @@ from gateway.core.interfaces import IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
 from gateway.media import MediaPort, MediaPorts
+from gateway.wstimers import use_reactor
 
 __all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "make_service"]
 
@@ -407,9 +408,10 @@ class InboundServer:
         return not self.config.secret and not self._networks
 
     def factory(self, reactor) -> WebSocketServerFactory:
-        """The Autobahn factory for ``ctx.listen``, with the options of docs/optimaccs.md."""
+        """The Autobahn factory for ``ctx.listen``, with the options of docs/optimaccs.md; its handshake,
+        ping and close timers run on ``reactor`` (:func:`gateway.wstimers.use_reactor`)."""
         config = self.config
-        factory = WebSocketServerFactory(reactor=reactor)
+        factory = use_reactor(WebSocketServerFactory(reactor=reactor), reactor)
         factory.protocol = _ProviderProtocol
         factory.server = self
         factory.setProtocolOptions(

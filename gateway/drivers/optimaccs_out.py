@@ -64,6 +64,7 @@ from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
 from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 from gateway.media import MediaPorts
 from gateway.metrics import define_metric
+from gateway.wstimers import use_reactor
 
 __all__ = ["OutboundDriver", "OutboundLeg", "build_driver", "connect_endpoint"]
 
@@ -509,9 +510,10 @@ class OutboundDriver:
         return leg
 
     def connect_media(self, url: str, leg: OutboundLeg) -> defer.Deferred:
-        """Open ``leg``'s media WebSocket at ``url``; fires once connected (the leg hears ``opened``)."""
+        """Open ``leg``'s media WebSocket at ``url``; fires once connected (the leg hears ``opened``).
+        Autobahn's handshake, ping and close timers run on the driver's clock."""
         config = self.config
-        factory = WebSocketClientFactory(url, headers=self.api.headers, reactor=self.clock)
+        factory = use_reactor(WebSocketClientFactory(url, headers=self.api.headers, reactor=self.clock), self.clock)
         factory.protocol = _MediaProtocol
         factory.leg = leg
         factory.setProtocolOptions(

@@ -5,7 +5,8 @@ on a simulated phone that answers by itself, 103 -> extension 1003 whose phone r
 through the registry).
 """
 
-from twisted.internet import protocol
+import txaio
+from twisted.internet import protocol, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -643,6 +644,53 @@ class WebSocketOptionsTests(SynchronousTestCase):
         bench.clock.advance(0.4)  # Autobahn checks its timers in 0.2 s buckets
         pump.flush()
         self.assertTrue(server.transport.disconnecting)
+
+
+class InjectedClockTimerTests(SynchronousTestCase):
+    """Autobahn's timers run on the server's clock, not on txaio's global reactor (here a decoy clock)."""
+
+    HANDSHAKE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:4143\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+    def connect(self, **options):
+        """The server, and a peer that says only what the test writes and never answers a close."""
+        self.bench = Bench(self, **options)
+        self.decoy = txaio.config.loop = task.Clock()  # the Bench's cleanup puts txaio's loop back
+        server = self.bench.factory.buildProtocol(None)
+        peer, _, self.pump = iosim.connectedServerAndClient(
+            lambda: server, protocol.Protocol, serverTransportFactory=lambda p: RecordingTransport(p, True),
+            clock=self.bench.clock)
+        return server, peer
+
+    def advance(self, seconds):
+        self.bench.clock.advance(seconds)
+        self.pump.flush()
+
+    def test_the_opening_handshake_timeout_fires_on_the_servers_clock(self):
+        server, _ = self.connect(handshake_timeout=3.0)
+        self.advance(2.99)
+        self.assertFalse(server.transport.disconnecting)
+        self.advance(0.01)
+        self.assertTrue(server.transport.disconnecting)  # dropped at exactly handshake_timeout
+        self.assertEqual(self.decoy.getDelayedCalls(), [])
+
+    def test_the_closing_handshake_timeout_fires_on_the_servers_clock(self):
+        logs = LogCapture(self)
+        server, peer = self.connect(setup_timeout=2.0)
+        self.assertFalse(self.bench.factory.failByDrop)
+        peer.transport.write(self.HANDSHAKE)
+        self.pump.flush()
+        (call,) = self.bench.server.calls
+        self.advance(2.0)  # no incoming_call: the gateway closes 1008; the peer never answers the close
+        self.assertEqual(server.localCloseCode, 1008)
+        self.assertFalse(server.transport.disconnecting)
+        self.advance(server.closeHandshakeTimeout - 0.01)
+        self.assertFalse(server.transport.disconnecting)
+        self.advance(0.01)
+        self.assertTrue(server.transport.disconnecting)  # the closing handshake timed out: dropped
+        self.assertEqual((call.phase, self.bench.server.calls), ("closed", []))
+        self.assertEqual(self.decoy.getDelayedCalls(), [])
+        self.assertIn("closing handshake timeout", logs.text())
 
 
 class StopTests(SynchronousTestCase):

@@ -1,8 +1,14 @@
 """The OptimaCCS outbound driver against the fake provider API (REST via StubTreq, WebSocket via iosim)."""
 
+import base64
+import hashlib
+import re
+
 import attrs
+import txaio
 from treq.testing import StubTreq
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
+from twisted.test import iosim
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -421,6 +427,70 @@ class OutboundCallTests(SynchronousTestCase):
         (entry,) = self.bench.driver.status()["calls"]
         self.assertEqual((entry["number"], entry["stage"], entry["session_id"]),
                          (NUMBER, "talking", self.bench.session().session_id))
+
+
+class MediaTimerTests(SynchronousTestCase):
+    """The media WebSocket's Autobahn timers run on the driver's clock, not on txaio's global reactor
+    (here a decoy clock)."""
+
+    def setUp(self):
+        self.bench = Bench(self)
+        self.decoy = txaio.config.loop = task.Clock()  # the Bench's cleanup puts txaio's loop back
+        self.bench.driver._connect = self._connect
+        self.provider = None
+
+    def _connect(self, url, factory):
+        """The media connection to a provider that answers nothing by itself."""
+        self.received = []
+        silent = protocol.Protocol()
+        silent.dataReceived = self.received.append
+        client, self.provider, self.pump = iosim.connectedServerAndClient(
+            lambda: silent, lambda: factory.buildProtocol(None), clock=self.bench.clock)
+        return defer.succeed(client)
+
+    def advance(self, seconds):
+        self.bench.clock.advance(seconds)
+        self.pump.flush()
+
+    def dial(self):
+        events = _Events()
+        leg = self.bench.driver.dial(NUMBER, events)
+        self.bench.clock.advance(0)  # POST /pbx/call, then the media connection
+        self.pump.flush()
+        self.assertIn(b"GET /ws/", self.received[0])
+        return leg, events
+
+    def test_the_opening_handshake_timeout_fires_on_the_drivers_clock(self):
+        leg, events = self.dial()
+        timeout = self.bench.config.outbound.request_timeout
+        self.advance(timeout - 0.01)
+        self.assertEqual((leg.stage, events.told), ("connecting", []))
+        self.advance(0.01)
+        ((outcome, reason),) = events.told
+        self.assertEqual(outcome, "failed")
+        self.assertIn("opening handshake timeout", reason)
+        self.successResultOf(leg.done)
+        self.assertEqual(self.decoy.getDelayedCalls(), [])
+
+    def test_the_closing_handshake_timeout_fires_on_the_drivers_clock(self):
+        leg, events = self.dial()
+        key = re.search(rb"Sec-WebSocket-Key: (\S+)", self.received[0]).group(1)
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.provider.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        self.pump.flush()
+        self.assertEqual(leg.stage, "dialing")
+        self.assertFalse(leg._link.protocol.factory.failByDrop)
+        leg.hangup("normal")  # the hangup event, then cdr_wait for a cdr that never comes, then the close
+        self.advance(self.bench.config.cdr_wait)
+        media = leg._link.protocol
+        self.assertEqual(media.localCloseCode, 1000)  # sent; the provider never answers it
+        self.advance(media.closeHandshakeTimeout - 0.01)
+        self.assertNoResult(leg.done)
+        self.advance(0.01)
+        self.successResultOf(leg.done)  # the closing handshake timed out: dropped, the leg let go
+        self.assertTrue(media.wasCloseHandshakeTimeout)
+        self.assertEqual(self.decoy.getDelayedCalls(), [])
 
 
 class _Events:
