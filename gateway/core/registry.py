@@ -45,7 +45,7 @@ from gateway.core.interfaces import ILegEvents
 from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
 from gateway.core.states import Cause, LegState, next_state
 
-__all__ = ["Registry", "DEFAULT_RETENTION"]
+__all__ = ["Registry", "DEFAULT_RETENTION", "MAX_DTMF_DIGITS", "PHONE_KEYS"]
 
 log = Logger()
 
@@ -56,6 +56,11 @@ DEFAULT_RETENTION = 60.0
 
 _NUMBER = re.compile(r"^\+?[0-9*#]{1,40}$")
 _DIGITS = re.compile(r"^[0-9*#A-D]+$")
+#: the twelve keys of a phone keypad (0-9, * and #): the DTMF digits an adapter may be limited to
+#: (HIS 004's senddtmf; send_dtmf itself also takes A-D)
+PHONE_KEYS = frozenset("0123456789*#")
+#: the most DTMF digits one send_dtmf plays
+MAX_DTMF_DIGITS = 64
 _CONSULT_EVENTS = {"transfer": ev.TransferFailed, "conference": ev.ConferenceFailed}
 _PENDING_REASONS = {
     Cause.BUSY: "busy",

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from gateway.core import events as ev
 from gateway.core.errors import UnknownCall
+from gateway.core.registry import MAX_DTMF_DIGITS, PHONE_KEYS
 from gateway.cti.calls import TrackedCall
 from gateway.cti.destinations import DestinationTree
 from gateway.cti.link import Refusal, Reply
@@ -63,9 +64,6 @@ CAPABILITIES = {
 
 #: who the registry is told ended a call or removed a party
 BY = "desktop"
-
-#: the DTMF digits 004 allows in conversation.request.senddtmf ("String (0-9, *, #)")
-DTMF_DIGITS = frozenset("0123456789*#")
 
 
 @attrs.define(eq=False)
@@ -180,7 +178,7 @@ class BridgeClient:
         for key in self.names.required_properties(message.name):
             value = message.body.get(key)
             if not isinstance(value, str) or not value:
-                raise Refusal(f"{message.name} needs the property {key!r} (a non-empty string), not {value!r}")
+                raise Refusal(f"{message.name} needs the property {key!r} (a non-empty string), not {_short(value)}")
         return handler(destination, message)
 
     # -- control ---------------------------------------------------------------------------------
@@ -303,12 +301,15 @@ class BridgeClient:
 
     def _send_dtmf(self, conversation, message):
         """Play the digits (answered once the last tone was played); only 0-9, * and #, as 004 says."""
-        digits = message.body["digits"]
+        digits = message.body.get("digits")
+        if not isinstance(digits, str) or not 0 < len(digits) <= MAX_DTMF_DIGITS:
+            raise Refusal(
+                f"senddtmf: digits must be a string of 1-{MAX_DTMF_DIGITS} of 0-9, * and #, not {_short(digits)}"
+            )
         for position, digit in enumerate(digits, 1):
-            if digit not in DTMF_DIGITS:
-                raise Refusal(
-                    f"senddtmf: {digit!r} (digit {position} of {digits!r}) is not a DTMF digit: only 0-9, * and #"
-                )
+            if digit not in PHONE_KEYS:  # 004: "String (0-9, *, #)"
+                raise Refusal(f"senddtmf: {digit!r} (digit {position} of {_short(digits)}) is not a DTMF digit:"
+                              " only 0-9, * and #")
         return self._command("send_dtmf", "digits")(conversation, message)
 
     def _reject(self, interaction, message):
@@ -379,3 +380,9 @@ class BridgeClient:
             ],
             "interactions": len(tree.of_kind("interaction")) if tree is not None else 0,
         }
+
+
+def _short(value, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters with ``...`` when longer (a peer's value in an error)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

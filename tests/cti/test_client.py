@@ -20,7 +20,7 @@ from gateway.cti import envelope as env
 from gateway.cti.client import BridgeClient
 from gateway.cti.config import CtiAgent, CtiConfig
 from gateway.cti.health import TelephonyWatch
-from gateway.cti.link import BridgeLink
+from gateway.cti.link import BridgeLink, Refusal
 from gateway.cti.metrics import CtiMetrics
 from gateway.cti.names import CtiNames
 from gateway.drivers.config import NumberRule, SimNetworkConfig
@@ -387,6 +387,27 @@ class RefusalTests(Bridge):
         d = self.sim.send("senddtmf", digits="0123456789*#")
         self.advance(2.0)
         self.assertTrue(self.successResultOf(d).ok)
+
+    def test_senddtmf_takes_1_to_64_keypad_digits_and_quotes_a_bad_value_briefly(self):
+        self.talking()
+        self.refused(self.send("senddtmf", digits="1" * 65), "digits must be a string of 1-64 of 0-9, * and #")
+        response = self.send("senddtmf", digits="1" * 63 + "x")
+        self.refused(response, "'x' (digit 64 of '1111")
+        self.assertNotIn("1" * 40, response.header.error_message, "the digits are quoted, shortened")
+        response = self.send("senddtmf", digits=["1"] * 100_000)
+        self.refused(response, "needs the property 'digits' (a non-empty string), not ['1', ")
+        self.assertLess(len(response.header.error_message), 150)
+        self.assertEqual(self.network.party("5551234").digits_received, [])
+
+    def test_senddtmf_refuses_digits_that_are_not_a_string_whoever_calls_it(self):
+        _, _, conversation = self.talking()
+        destination = self.client.tree.get(conversation)
+        for digits in (["1", "2"], 12, None, ""):
+            with self.subTest(digits=digits):
+                message = env.request(self.client.names.conversation_request_senddtmf, conversation,
+                                      {"digits": digits})
+                error = self.assertRaises(Refusal, self.client._send_dtmf, destination, message)
+                self.assertIn("digits must be a string of 1-64 of 0-9, * and #", str(error))
 
     def test_a_request_on_a_disposed_call(self):
         call_id, _, conversation = self.talking()
