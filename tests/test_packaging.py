@@ -107,3 +107,72 @@ def test_wheel_installed_into_a_scratch_venv_runs_twistd_gateway(wheel, tmp_path
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert top.stdout.strip() == "None", "a top-level 'plugins' package was installed"
+
+
+def _sim_top_level_imports():
+    """path -> the top-level modules outside the stdlib and the gateway that a simulator imports (anywhere in it)."""
+    import ast
+
+    found = {}
+    for path in sorted((ROOT / "gateway" / "sim").glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+        found[path.name] = names - set(sys.stdlib_module_names) - {"gateway", "__future__"}
+    return found
+
+
+def _installed_closure(requirements):
+    """The distributions (canonical names) the requirement strings pull in, as installed in this venv."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted = [(Requirement(text), ("",)) for text in requirements]
+    seen = set()
+    while wanted:
+        requirement, in_extras = wanted.pop()
+        if requirement.marker is not None and not any(
+            requirement.marker.evaluate({"extra": extra}) for extra in in_extras
+        ):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(requirement.name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            wanted.append((Requirement(text), ("",) + tuple(sorted(requirement.extras))))
+    return seen
+
+
+def test_the_simulators_need_only_install_requires_and_the_sim_extra():
+    """``pip install telephony-gateway[sim]`` is enough to import every simulator (not the test extras).
+
+    Each simulator's third-party imports, resolved to their distributions, are within what
+    install_requires and the ``sim`` extra pull in (with their own dependencies, as installed here).
+    """
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    lines = [line.split("#")[0].strip() for line in
+             (cfg["options"]["install_requires"] + "\n" + cfg["options.extras_require"].get("sim", "")).splitlines()]
+    closure = _installed_closure([line for line in lines if line])
+    providers = metadata.packages_distributions()
+    missing = {}
+    for name, modules in _sim_top_level_imports().items():
+        for module in sorted(modules):
+            dists = {canonicalize_name(d) for d in providers.get(module, [])}
+            if not dists & closure:
+                missing.setdefault(name, []).append(f"{module} (from {', '.join(sorted(dists)) or 'nothing installed'})")
+    assert missing == {}, "add these to install_requires or the [sim] extra in setup.cfg"
