@@ -16,6 +16,7 @@ is usable text, with lone surrogates visibly escaped (:func:`gateway.boundary.sa
 """
 
 import enum
+import reprlib
 import uuid
 
 import attrs
@@ -163,19 +164,31 @@ class Envelope:
         """True for a ``SUCCESS`` response."""
         return self.header.result is Result.SUCCESS
 
-    def describe(self):
-        """One readable line: type, name, target, request id / result, body."""
+    def describe(self, limit: int | None = None):
+        """One readable line: type, name, target, request id / result, body.
+
+        With ``limit``, the line is at most ``limit`` characters, and a large body (a peer's message
+        may be a megabyte) is never written out whole to build it.
+        """
         header = self.header
-        parts = [header.type.value, header.name or "(no name)", "on", header.target or "(no target)"]
+        cut = (lambda text: text) if limit is None else (lambda text: text[:limit])
+        parts = [header.type.value, cut(header.name or "(no name)"), "on", cut(header.target or "(no target)")]
         if header.request_id:
-            parts.append(f"[{header.request_id}]")
+            parts.append(f"[{cut(header.request_id)}]")
         if header.result:
             parts.append(header.result.value)
         if header.error_message:
-            parts.append(repr(header.error_message))
+            parts.append(repr(cut(header.error_message)))
         if self.body:
-            parts.append(repr(self.body))
-        return " ".join(parts)
+            parts.append(repr(self.body) if limit is None else _SHORT_REPR.repr(self.body))
+        line = " ".join(parts)
+        return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
+#: a bounded repr for a body in a short description: it stops early instead of walking the whole body
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist = 4, 10, 10
+_SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 80, 80, 40
 
 
 def _message(message_type, name, target, body, request_id=None):

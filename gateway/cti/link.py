@@ -25,7 +25,6 @@ logged with the peer named, the first few one by one and then in periodic summar
 
 from __future__ import annotations
 
-import time
 import typing
 
 import attrs
@@ -41,14 +40,6 @@ log = Logger()
 
 #: the adapter label of the CTI link in ``gateway_ignored_messages_total``
 ADAPTER = "cti"
-
-
-class _MonotonicClock:
-    """``seconds()`` for a link built without a budget factory (the service always gives one)."""
-
-    @staticmethod
-    def seconds():
-        return time.monotonic()
 
 
 class Refusal(Exception):
@@ -71,13 +62,19 @@ class BridgeLink(FramedJSONProtocol):
         ``observe(direction, envelope)`` (``"in"``/``"out"``, for metrics and tracing).
     :param budgets: makes the connection's :class:`~gateway.boundary.IgnoredBudget` from the peer's
         name (:func:`gateway.boundary.budget_factory` with ``adapter="cti"`` and the metrics registry).
+    :param clock: ``IReactorTime`` for a link built without ``budgets`` (its budget is then not counted).
     """
 
-    def __init__(self, handler, byteorder="big", max_frame_size=DEFAULT_MAX_FRAME_SIZE, budgets=None):
+    def __init__(self, handler, byteorder="big", max_frame_size=DEFAULT_MAX_FRAME_SIZE, budgets=None, *,
+                 clock=None):
         super().__init__(byteorder, max_frame_size)
         self.handler = handler
         self.connected = False
-        self.budgets = budgets or budget_factory(_MonotonicClock(), ADAPTER)
+        if budgets is None:
+            if clock is None:
+                raise TypeError("BridgeLink needs budgets or a clock")
+            budgets = budget_factory(clock, ADAPTER)
+        self.budgets = budgets
 
     def connectionMade(self):
         self.connected = True
@@ -100,7 +97,8 @@ class BridgeLink(FramedJSONProtocol):
     def send(self, message):
         """Send an envelope, if the link is still up (a late response to a lost link is only logged)."""
         if not self.connected:
-            log.info("HIS bridge {peer}: link gone, not sent: {message}", peer=self.peer, message=message.describe())
+            log.info("HIS bridge {peer}: link gone, not sent: {message}", peer=self.peer,
+                     message=message.describe(limit=300))
             return
         self.sendMessage(message.to_json())
         self.handler.observe("out", message)
@@ -118,7 +116,7 @@ class BridgeLink(FramedJSONProtocol):
             self._answer(message)
         else:
             self.budget.ignored(
-                "unknown", f"{message.describe()}: the Bridge Client expects only queries and requests"
+                "unknown", f"{message.describe(limit=300)}: the Bridge Client expects only queries and requests"
             )
 
     def badTextReceived(self, document, error):
@@ -156,7 +154,8 @@ class BridgeLink(FramedJSONProtocol):
             error = str(failure.value)
         else:
             log.failure(
-                "HIS bridge {peer}: handling {message} failed", failure, peer=self.peer, message=message.describe()
+                "HIS bridge {peer}: handling {message} failed", failure, peer=self.peer,
+                message=message.describe(limit=300)
             )
             error = f"internal error of the gateway handling {message.name} ({failure.type.__name__})"
         log.info(

@@ -65,7 +65,7 @@ class Bridge(SynchronousTestCase):
     # -- helpers ---------------------------------------------------------------------------------
 
     def connect(self):
-        self.link = BridgeLink(self.client)
+        self.link = BridgeLink(self.client, clock=self.clock)
         _, _, self.pump = iosim.connectedServerAndClient(
             lambda: self.sim.buildProtocol(None), lambda: self.link, clock=self.clock
         )

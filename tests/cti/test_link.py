@@ -49,7 +49,8 @@ class LinkTests(SynchronousTestCase):
         self.patch(boundary, "log", Logger(observer=self.logged.append))
         self.handler = Handler()
         self.transport = StringTransport()
-        self.link = BridgeLink(self.handler)
+        self.clock = task.Clock()
+        self.link = BridgeLink(self.handler, clock=self.clock)
         self.link.makeConnection(self.transport)
 
     def receive_raw(self, payload):
@@ -272,6 +273,25 @@ class LinkTests(SynchronousTestCase):
         for detail, problem in zip(details, ["NaN", "Infinity", "out of range", "nested deeper", "nested deeper"]):
             self.assertIn(problem, detail)
 
+
+    def test_a_link_without_budgets_takes_the_clock_it_is_given(self):
+        self.assertRaises(TypeError, BridgeLink, self.handler)
+        for i in range(8):
+            self.receive(env.event("conversation.held", f"t{i}").to_json())
+        self.assertEqual(len(self.ignored_lines()), 5)
+        self.clock.advance(61)  # only this clock says a quiet minute has passed
+        self.receive(env.event("conversation.held", "t").to_json())
+        self.assertEqual([e.get("count") for e in self.ignored_lines()[5:]], [3, None])
+
+    def test_an_ignored_message_is_described_briefly_whatever_its_body(self):
+        body = {"pad": "x" * 900_000, "list": list(range(10_000)), "deep": [[[[[["y" * 1000]]]]]]}
+        self.receive(env.event("conversation.held", "t", body).to_json())
+        (line,) = self.ignored_lines()
+        self.assertIn("cti.event conversation.held on t", line["detail"])
+        self.assertLessEqual(len(line["detail"]), 300)
+        short = env.event("conversation.held", "t", body).describe(limit=300)
+        self.assertLessEqual(len(short), 300)
+        self.assertIn("'pad': 'xxx", short)
 
     def test_bad_frames_are_survived(self):
         self.link.dataReceived(b"\x00\x00\x00\x03{{{" + b"\x00\x00\x00\x02\xff\xfe")
