@@ -28,7 +28,9 @@ gives wss) and serves :class:`InboundCall` connections:
   opening handshake (HTTP 403); with neither, a warning is logged at start.
   The shipped listener is on 127.0.0.1 only. At most ``max_calls``
   connections are open at once: one more is closed with 1013 (try again
-  later), counted and logged (rate-limited).
+  later), counted and logged through :class:`Refusals` (the first five of a
+  burst one by one, then a summary a minute, the burst's last summary a quiet
+  minute after it ended; a later burst is logged one by one again).
 - Every text message is decoded by :func:`gateway.boundary.load_json`
   (through :func:`~gateway.drivers.optimaccs_wire.parse_event`): a lone
   surrogate (the close reason names the field), ``NaN``/``Infinity``/``1e999``
@@ -57,7 +59,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.boundary import budget_factory
+from gateway.boundary import RateLimitedLog, budget_factory, ignored_counter
 from gateway.metrics import define_metric
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
@@ -66,7 +68,7 @@ from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
 from gateway.media import MediaPort, MediaPorts
 from gateway.wstimers import use_reactor
 
-__all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "make_service"]
+__all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "Refusals", "make_service"]
 
 log = Logger()
 
@@ -109,6 +111,53 @@ SETUP = "setup"  # open, no incoming_call yet
 LIVE = "live"  # the call is up at the provider
 ENDING = "ending"  # the call is over; waiting for the provider's cdr, then closing
 CLOSED = "closed"
+
+
+class Refusals:
+    """The log of connections refused past ``max_calls``, for the whole listener.
+
+    Each refusal is counted in ``gateway_ignored_messages_total{adapter="optimaccs",reason="over_capacity"}``.
+    The lines are a :class:`~gateway.boundary.RateLimitedLog`: the first ``first`` refusals of a burst are
+    logged one by one naming the peer, then at most one summary line per ``interval`` seconds. A burst
+    ends after ``interval`` seconds without a refusal: a timer then writes the summary of what is still
+    unsaid (the RateLimitedLog itself keeps no timer, and would write it only at the next refusal), and
+    the next refusal is logged one by one again. :meth:`close` (at stop) writes what is unsaid.
+    """
+
+    def __init__(self, clock, registry=None, *, first: int = 5, interval: float = 60.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._counter = ignored_counter(registry) if registry is not None else None
+        self._lines = RateLimitedLog(clock, log, first=first, interval=interval)
+        self._last = 0.0
+        self._timer = None
+
+    def refused(self, peer: str, reason: str) -> None:
+        if self._counter is not None:
+            self._counter.labels(NAME, "over_capacity").inc()
+        self._last = self._clock.seconds()
+        logged = self._lines.emit(
+            "OptimaCCS {peer}: connection closed with {code}: {reason}{more}",
+            summary="OptimaCCS listener: {count} more connections closed with {code} past max_calls in the last "
+                    "{seconds:.0f} s (the latest from {peer})",
+            peer=peer, code=CLOSE_TRY_AGAIN, reason=reason)
+        if not logged and self._timer is None:
+            self._timer = self._clock.callLater(self._interval, self._quiet)
+
+    def _quiet(self) -> None:
+        """``interval`` after the last suppressed refusal: the burst is over unless a refusal came since."""
+        self._timer = None
+        idle = self._clock.seconds() - self._last
+        if idle >= self._interval:
+            self._lines.close()
+        else:
+            self._timer = self._clock.callLater(self._interval - idle, self._quiet)
+
+    def close(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._lines.close()
 
 
 class _Metrics:
@@ -400,8 +449,8 @@ class InboundServer:
         self._networks = [ipaddress.ip_network(n, strict=False) for n in config.allow_from]
         #: an IgnoredBudget per connection: gateway_ignored_messages_total{adapter="optimaccs",reason}
         self.budget = budget_factory(clock, NAME, metrics.registry, logger=log)
-        #: the log lines about connections refused past max_calls, rate-limited the same way
-        self._refusals = self.budget("(listener)")
+        #: the log lines about connections refused past max_calls
+        self.refusals = Refusals(clock, metrics.registry)
 
     @property
     def open_to_all(self) -> bool:
@@ -456,8 +505,7 @@ class InboundServer:
         """The connection's call; None, and the connection closed with 1013, past ``max_calls``."""
         if len(self.calls) >= self.config.max_calls:
             reason = f"too many calls ({self.config.max_calls} open); try again later"
-            self._refusals.ignored("over_capacity", f"connection from {protocol.peer_address} closed with "
-                                                    f"{CLOSE_TRY_AGAIN}: {reason}")
+            self.refusals.refused(protocol.peer_address, reason)
             if Link(protocol).close(CLOSE_TRY_AGAIN, reason):
                 self.metrics.closed.labels(str(CLOSE_TRY_AGAIN)).inc()
             return None
@@ -473,6 +521,7 @@ class InboundServer:
 
     def close_all(self) -> defer.Deferred:
         """Close every connection that is not waiting for its cdr (1001); fires once all are gone."""
+        self.refusals.close()
         calls = list(self.calls)
         for call in calls:
             if call.phase != ENDING:

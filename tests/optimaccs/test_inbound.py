@@ -469,13 +469,15 @@ class BoundaryTests(SynchronousTestCase):
         self.assertLessEqual(len(mine), 6)
         self.assertEqual(self.bench.ignored("unknown"), 10_000)
         self.bench.run(61.0, step=1.0)
-        self.call.send_text('{"event":"bogus"}')
+        self.call.send_text('{"event":"bogus"}')  # after a quiet minute: the summary, and a new run one by one
         self.bench.flush()
-        self.assertIn("ignored 9996 more messages", self.logs.text())
-        self.call.send_text('{"event":"bogus"}')
+        self.assertIn("ignored 9995 more messages", self.logs.text())
+        self.assertIn("unknown event 'bogus'", formatEvent(self.logs.events[-1]))
+        for _ in range(6):
+            self.call.send_text('{"event":"bogus"}')
         self.call.close()
         self.bench.flush()
-        self.assertIn("ignored 1 more messages", self.logs.text())  # the budget is closed with the connection
+        self.assertIn("ignored 2 more messages", self.logs.text())  # the budget is closed with the connection
 
 
 class CorpusTests(SynchronousTestCase):
@@ -540,6 +542,51 @@ class CapacityTests(SynchronousTestCase):
         self.assertIsNone(third.close_code)
         self.assertIsNotNone(third.answered_at)
         self.assertEqual(logs.tracebacks, [])
+
+    def refusal_lines(self, logs) -> list[str]:
+        return [formatEvent(e) for e in logs.events
+                if e.get("log_namespace") == "gateway.drivers.optimaccs" and "1013" in formatEvent(e)]
+
+    def test_a_bursts_tail_is_summarised_a_quiet_minute_after_and_the_next_burst_is_logged_one_by_one(self):
+        logs = LogCapture(self)
+        bench = Bench(self, max_calls=1)
+        bench.connect(CallScript(did=ECHO_DID))  # 127.0.0.1:40001, the one call
+        for _ in range(8):  # 40002 .. 40009
+            bench.connect(CallScript(did=ECHO_DID))
+        bench.flush()
+        lines = self.refusal_lines(logs)
+        self.assertEqual([line.split(":")[1] for line in lines], ["40002", "40003", "40004", "40005", "40006"])
+        self.assertIn("OptimaCCS 127.0.0.1:40006: connection closed with 1013: too many calls (1 open); "
+                      "try again later (further ones are summarised)", lines[-1])
+        bench.run(59.0, step=1.0)
+        self.assertEqual(len(self.refusal_lines(logs)), 5)
+        bench.run(1.0, step=1.0)  # a quiet minute: the burst is over, its tail is written without a new refusal
+        self.assertEqual(self.refusal_lines(logs)[5:], [
+            "OptimaCCS listener: 3 more connections closed with 1013 past max_calls in the last 60 s "
+            "(the latest from 127.0.0.1:40009)"])
+        late, _ = bench.connect(CallScript(did=ECHO_DID))  # 40010: a new burst, logged one by one again
+        bench.flush()
+        self.assertEqual(late.close_code, 1013)
+        self.assertEqual(self.refusal_lines(logs)[6:], [
+            "OptimaCCS 127.0.0.1:40010: connection closed with 1013: too many calls (1 open); try again later"])
+        self.assertEqual(bench.ignored("over_capacity"), 9)
+        self.assertEqual([c for c in bench.clock.getDelayedCalls() if "Refusals" in repr(c.func)], [])
+
+    def test_stopping_writes_the_summary_still_unsaid(self):
+        logs = LogCapture(self)
+        bench = Bench(self, max_calls=1)
+        bench.connect(CallScript(did=ECHO_DID))
+        for _ in range(7):
+            bench.connect(CallScript(did=ECHO_DID))
+        bench.run(10.0, step=1.0)
+        self.assertEqual(len(self.refusal_lines(logs)), 5)
+        svc = OptimaccsService(bench.server)
+        svc.startService()
+        svc.stopService()
+        self.assertEqual(self.refusal_lines(logs)[5:], [
+            "OptimaCCS listener: 2 more connections closed with 1013 past max_calls in the last 10 s "
+            "(the latest from 127.0.0.1:40008)"])
+        self.assertEqual([c for c in bench.clock.getDelayedCalls() if "Refusals" in repr(c.func)], [])
 
 
 class AccessTests(SynchronousTestCase):
