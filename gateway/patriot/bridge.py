@@ -22,6 +22,14 @@ Each connection is a :class:`BridgeSession`:
 - then the call control of :class:`~gateway.patriot.session.Session` applies, on the line of the
   user's extension;
 - a connection silent for ``heartbeat_timeout`` seconds is dropped as dead;
+- a connection with no successful init ``init_timeout`` seconds after it opened is closed (4008);
+  heartbeats are answered meanwhile but do not extend it;
+- at most ``max_unauthenticated`` connections without a successful init at once, and
+  ``max_unauthenticated_per_address`` from one address (by :func:`~gateway.patriot.auth.address_key`):
+  one more handshake is refused with HTTP 503 (Autobahn runs ``onConnect`` and ``onOpen`` in one
+  go, so each opened connection is counted before the next handshake is looked at);
+- every refusal and close above is counted in ``gateway_patriot_bridge_refused_total{reason}``
+  and logged through a :class:`~gateway.boundary.RateLimitedLog` per kind;
 - a message larger than ``max_message_size`` closes that connection with 1009 (Autobahn's check);
 - Autobahn's handshake and close timers run on the bridge's reactor
   (:class:`~gateway.patriot.session.ReactorTimer`), not txaio's global one.
@@ -35,9 +43,9 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
-from gateway.boundary import budget_factory
+from gateway.boundary import RateLimitedLog, budget_factory
 from gateway.patriot.auth import (
     AddressGuard,
     AddressLockedOut,
@@ -64,6 +72,7 @@ log = Logger()
 #: WebSocket close codes the bridge sends (an application may send 1000 or 3000-4999)
 CLOSE_NORMAL = 1000  # the gateway is stopping
 CLOSE_TOO_MANY_FAILURES = 4008  # too many failed init-requests (4000 + the policy code 1008)
+CLOSE_NO_INIT = 4008  # no successful init-request within init_timeout (the same policy close)
 #: the close code Autobahn sends for a message over max_message_size
 MESSAGE_TOO_BIG = 1009
 
@@ -93,6 +102,8 @@ class BridgeSession(Session):
         #: fires once the connection is gone
         self.done = defer.Deferred()
         self._idle = bridge.clock.callLater(config.heartbeat_timeout, self._silent)
+        #: the connection is closed if no init succeeded by then (heartbeats do not put it off)
+        self._init_deadline = bridge.clock.callLater(config.init_timeout, self._no_init)
 
     @property
     def who(self) -> str:
@@ -111,9 +122,17 @@ class BridgeSession(Session):
                  who=self.who, timeout=self.bridge.config.heartbeat_timeout)
         self.connection.abort()
 
+    def _no_init(self) -> None:
+        if not self.open or self.user is not None:
+            return
+        self.bridge.no_init(self)
+        self.connection.close(CLOSE_NO_INIT, "no successful init-request in time")
+
     def closed(self, reason: str) -> None:
         if self._idle.active():
             self._idle.cancel()
+        if self._init_deadline.active():
+            self._init_deadline.cancel()
         if self._waiting is not None:  # give up the place in the address's queue (a check begun runs on)
             self._waiting.cancel()
         log.info("{who} disconnected: {reason}", who=self.who, reason=reason)
@@ -207,6 +226,9 @@ class BridgeSession(Session):
         if not self.open:
             return
         self.user = user
+        if self._init_deadline.active():
+            self._init_deadline.cancel()
+        self.bridge.session_authenticated(self)
         log.info("{who} logged in on extension {extension}", who=self.who, extension=user.extension)
         self.metrics.logins.labels(self.mode, "success").inc()
         self._answer(InitResponse(True))
@@ -262,9 +284,14 @@ class DiallerBridge:
         #: each connection's budget of log lines about ignored messages
         self.budgets = budget_factory(reactor, "patriot", metrics.registry)
         self.sessions: list[BridgeSession] = []
-        #: refusals of new addresses while the lockout table is full, since the last log line, and when that was
-        self._table_full_refusals = 0
-        self._table_full_logged: float | None = None
+        #: connections without a successful init: in all, and per address key
+        self.unauthenticated = 0
+        self._unauthenticated_by_address: dict[str, int] = {}
+        #: the log lines about refusals, each kind rate-limited (the first few, then a summary a minute)
+        self._lockout_log = RateLimitedLog(reactor, log)
+        self._table_full_log = RateLimitedLog(reactor, log)
+        self._over_cap_log = RateLimitedLog(reactor, log)
+        self._no_init_log = RateLimitedLog(reactor, log)
         self.factory = _BridgeFactory(self, reactor)
         metrics.bridge_connections.labels("open").set_function(lambda: len(self.sessions))
         metrics.bridge_connections.labels("initialised").set_function(
@@ -282,27 +309,50 @@ class DiallerBridge:
             if isinstance(lockout, TableFull):
                 return ConnectionDeny(ConnectionDeny.FORBIDDEN, "too many addresses locked out; try again later")
             return ConnectionDeny(ConnectionDeny.FORBIDDEN, "too many failed init-requests; try again later")
+        address = address_key(host)
+        config = self.config
+        if (self.unauthenticated >= config.max_unauthenticated
+                or self._unauthenticated_by_address.get(address, 0) >= config.max_unauthenticated_per_address):
+            self.metrics.bridge_refused.labels("too_many_unauthenticated").inc()
+            self._over_cap_log.emit(
+                "Patriot Dialler Bridge: refusing the handshake of {peer} (503): {count} connections without a "
+                "successful init, {here} of them from {address} (max_unauthenticated {total}, per address "
+                "{per_address}){more}",
+                summary="Patriot Dialler Bridge: refused {count} more handshakes past max_unauthenticated in the "
+                        "last {seconds:.0f} s (the latest from {peer})",
+                peer=peer, count=self.unauthenticated, here=self._unauthenticated_by_address.get(address, 0),
+                address=address, total=config.max_unauthenticated, per_address=config.max_unauthenticated_per_address)
+            return ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE,
+                                  "too many connections without an init-request; try again later")
         return None
 
     def refused(self, lockout: AddressLockedOut, what: str, peer: str, host: str) -> None:
         """Count (and log, rate-limited) a handshake or init refused because of ``lockout``."""
         if isinstance(lockout, TableFull):
             self.metrics.bridge_refused.labels("table_full").inc()
-            self._table_full_refusals += 1
-            now = self.clock.seconds()
-            if self._table_full_logged is None or now - self._table_full_logged >= 60.0:
-                log.warn("Patriot Dialler Bridge: refusing the {what} of {peer}: {refusal} (the lockout table "
-                         "holds {tracked} addresses, max_tracked_addresses; {count} refused since the last "
-                         "line)", what=what, peer=peer, refusal=str(lockout), tracked=len(self.guard),
-                         count=self._table_full_refusals)
-                self._table_full_refusals, self._table_full_logged = 0, now
+            self._table_full_log.emit(
+                "Patriot Dialler Bridge: refusing the {what} of {peer}: {refusal} (the lockout table holds "
+                "{tracked} addresses, max_tracked_addresses, all locked out or being checked){more}",
+                summary="Patriot Dialler Bridge: refused {count} more handshakes and inits of new addresses "
+                        "in the last {seconds:.0f} s, the lockout table being full (the latest {peer})",
+                what=what, peer=peer, refusal=str(lockout), tracked=len(self.guard))
             return
         self.metrics.bridge_refused.labels("locked_out").inc()
-        refused = self.guard.refused(host)
-        if refused == 1 or refused % 100 == 0:  # not one line per handshake of a hammering address
-            log.info("Patriot Dialler Bridge: refusing the {what} of {peer}: too many failed init-requests "
-                     "from {address} ({refused} refused during this lockout)", what=what, peer=peer,
-                     address=address_key(host), refused=refused)
+        self._lockout_log.emit(
+            "Patriot Dialler Bridge: refusing the {what} of {peer}: too many failed init-requests from "
+            "{address} ({refused} refused during this lockout){more}",
+            summary="Patriot Dialler Bridge: refused {count} more handshakes and inits of locked-out addresses "
+                    "in the last {seconds:.0f} s (the latest {peer})",
+            level=LogLevel.info, what=what, peer=peer, address=address_key(host), refused=self.guard.refused(host))
+
+    def no_init(self, session: BridgeSession) -> None:
+        """Count (and log, rate-limited) ``session`` closed for no successful init within init_timeout."""
+        self.metrics.bridge_refused.labels("init_timeout").inc()
+        self._no_init_log.emit(
+            "Patriot Dialler Bridge: closing {peer} (4008): no successful init-request in {timeout} s{more}",
+            summary="Patriot Dialler Bridge: closed {count} more connections without a successful init-request "
+                    "in the last {seconds:.0f} s (the latest {peer})",
+            peer=session.connection.peer, timeout=self.config.init_timeout)
 
     def _locked_out(self, address: str, seconds: float) -> None:
         """The guard locked ``address`` out: close each of its unauthenticated connections."""
@@ -323,11 +373,26 @@ class DiallerBridge:
         log.info("Patriot {peer} connected to the Dialler Bridge", peer=connection.peer)
         session = BridgeSession(connection, self)
         self.sessions.append(session)
+        self._count_unauthenticated(session, 1)
         return session
+
+    def session_authenticated(self, session: BridgeSession) -> None:
+        self._count_unauthenticated(session, -1)
 
     def session_closed(self, session: BridgeSession) -> None:
         if session in self.sessions:
             self.sessions.remove(session)
+            if session.user is None:
+                self._count_unauthenticated(session, -1)
+
+    def _count_unauthenticated(self, session: BridgeSession, change: int) -> None:
+        address = address_key(session.connection.host)
+        count = self._unauthenticated_by_address.get(address, 0) + change
+        if count > 0:
+            self._unauthenticated_by_address[address] = count
+        else:
+            self._unauthenticated_by_address.pop(address, None)
+        self.unauthenticated += change
 
     def close_all(self) -> defer.Deferred:
         """The gateway is stopping: close every connection (1000); fires once all are gone."""
@@ -341,6 +406,7 @@ class DiallerBridge:
             "listen": str(self.config.listen),
             "path": self.config.path,
             "sessions": [session.to_dict() for session in self.sessions],
+            "unauthenticated": self.unauthenticated,
             **self.guard.to_dict(),
         }
 

@@ -71,6 +71,13 @@ class BridgeConfig:
     password_field: str = attrs.field(default="password", validator=check(bool, "must not be empty"))
     #: seconds a connection may stay silent (Patriot sends a heartbeat every 5 s) before it is closed
     heartbeat_timeout: float = attrs.field(default=15.0, validator=_positive)
+    #: seconds a connection may stay open without a successful init-request (heartbeats do not
+    #: extend it) before it is closed with 4008
+    init_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: the most connections without a successful init-request at once, in all and per source
+    #: address (an IPv6 address by its /64); one more handshake is refused with HTTP 503
+    max_unauthenticated: int = attrs.field(default=100, validator=_positive)
+    max_unauthenticated_per_address: int = attrs.field(default=10, validator=_positive)
     #: failed init requests from one address before its connection is closed and the address refused
     max_init_failures: int = attrs.field(default=5, validator=_positive)
     #: seconds an address is refused after max_init_failures (failures older than this are forgotten)

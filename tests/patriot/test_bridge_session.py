@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from core.harness import Harness
 from gateway.confschema import Secret
-from gateway.patriot.bridge import CLOSE_NORMAL, CLOSE_TOO_MANY_FAILURES, DiallerBridge
+from gateway.patriot.bridge import CLOSE_NO_INIT, CLOSE_NORMAL, CLOSE_TOO_MANY_FAILURES, DiallerBridge
 from gateway.patriot.config import BridgeConfig, BridgeUser
 from gateway.patriot.line import Lines
 
@@ -247,6 +247,129 @@ class LivenessTests(BridgeTestCase):
         first.closed("closed")
         second.closed("closed")
         self.successResultOf(stopped)
+
+
+class InitTimeoutTests(BridgeTestCase):
+    """init_timeout (30 s by default): a connection with no successful init by then is closed (4008);
+    heartbeats are answered meanwhile (spec 000) but do not put it off."""
+
+    def test_heartbeats_are_answered_but_do_not_extend_the_time_to_log_in(self):
+        session, connection = self.connect()
+        for _ in range(5):
+            self.clock.advance(5)
+            session.frame_received(frame("heartbeat"), False)
+            self.assertEqual(connection.take(), [{"type": "heartbeat-response"}])
+        self.clock.advance(4.9)
+        self.assertEqual(connection.closes, [])
+        self.clock.advance(0.1)
+        self.assertEqual(connection.closes, [(CLOSE_NO_INIT, "no successful init-request in time")])
+        self.assertFalse(connection.aborted)  # heartbeats kept it alive: closed, not dropped as dead
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="init_timeout"), 1)
+
+    def test_a_refused_init_does_not_extend_it_either(self):
+        session, connection = self.connect()
+        self.clock.advance(10)
+        session.frame_received(frame("init-request", {"userName": "alice", "password": "guess"}), False)
+        for _ in range(4):
+            self.clock.advance(5)
+            session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.closes, [(CLOSE_NO_INIT, "no successful init-request in time")])
+
+    def test_a_successful_init_ends_the_wait(self):
+        session, connection = self.connect()
+        self.clock.advance(29)
+        session.frame_received(frame("init-request", ALICE), False)
+        for _ in range(20):
+            self.clock.advance(5)
+            session.frame_received(frame("heartbeat"), False)
+        self.assertEqual(connection.closes, [])
+        self.assertEqual(session.user.username, "alice")
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="init_timeout"), 0)
+
+    def test_closed_connections_leave_no_timer(self):
+        session, _ = self.connect()
+        session.closed("gone")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_many_timeouts_are_logged_within_budget(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        connections = [self.connect(host=f"10.1.0.{i}")[1] for i in range(50)]
+        self.clock.advance(30)
+        self.assertTrue(all(c.closes == [(CLOSE_NO_INIT, "no successful init-request in time")] for c in connections))
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="init_timeout"), 50)
+        lines = [e for e in events if "no successful init-request in {timeout} s" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 5)
+        self.assertEqual(lines[0]["peer"], "10.1.0.0:50000")
+
+
+class UnauthenticatedCapTests(BridgeTestCase):
+    """max_unauthenticated (3 here) and max_unauthenticated_per_address (2 here): one more handshake
+    gets HTTP 503; a login or a close makes room."""
+
+    config_overrides = {"max_unauthenticated": 3, "max_unauthenticated_per_address": 2}
+
+    def refused(self, host, port=1):
+        refusal = self.bridge.refusal("/dialler", host, f"{host}:{port}")
+        return refusal.code if refusal is not None else None
+
+    def test_per_address(self):
+        first, _ = self.connect(host="10.0.0.7", port=1)
+        second, _ = self.connect(host="10.0.0.7", port=2)
+        self.assertEqual(self.refused("10.0.0.7"), 503)
+        self.assertIsNone(self.refused("10.0.0.8"))
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="too_many_unauthenticated"), 1)
+        first.frame_received(frame("init-request", ALICE), False)  # logged in: no longer counted
+        self.assertIsNone(self.refused("10.0.0.7"))
+        self.connect(host="10.0.0.7", port=3)
+        self.assertEqual(self.refused("10.0.0.7"), 503)
+        second.closed("gone")
+        self.assertIsNone(self.refused("10.0.0.7"))
+
+    def test_per_ipv6_64(self):
+        self.connect(host="2001:db8:0:1::1")
+        self.connect(host="2001:db8:0:1::2")
+        self.assertEqual(self.refused("2001:db8:0:1::3"), 503)
+        self.assertIsNone(self.refused("2001:db8:0:2::1"))
+
+    def test_in_all(self):
+        sessions = [self.connect(host=f"10.0.0.{i}")[0] for i in range(3)]
+        self.assertEqual(self.refused("10.0.0.9"), 503)
+        sessions[0].closed("gone")
+        self.assertIsNone(self.refused("10.0.0.9"))
+
+    def test_logged_within_budget(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for i in range(3):
+            self.connect(host=f"10.0.0.{i}")
+        for port in range(100):
+            self.assertEqual(self.refused("10.0.0.9", port), 503)
+        lines = [e for e in events if "refusing the handshake of {peer} (503)" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 5)
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="too_many_unauthenticated"), 100)
+
+    def test_the_real_handshake_is_refused_with_503(self):
+        """Autobahn calls onConnect and onOpen in one go, so each opened connection counts before the next."""
+        request = (b"GET /dialler HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        answers, protocols = [], []
+        for port in range(3):
+            address = IPv4Address("TCP", "10.0.0.7", 40000 + port)
+            protocol = self.bridge.factory.buildProtocol(address)
+            transport = iosim.FakeTransport(protocol, isServer=True, peerAddress=address)
+            protocol.makeConnection(transport)
+            protocol.dataReceived(request)
+            answers.append(b"".join(transport.stream).split(b"\r\n", 1)[0])
+            protocols.append(protocol)
+        self.assertEqual(answers[:2], [b"HTTP/1.1 101 Switching Protocols"] * 2)
+        self.assertTrue(answers[2].startswith(b"HTTP/1.1 503"), answers[2])
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="too_many_unauthenticated"), 1)
+        for protocol in protocols:
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.bridge.sessions, [])
 
 
 class CallControlTests(BridgeTestCase):
@@ -639,7 +762,12 @@ class LockoutTests(BridgeTestCase):
         for port in range(1000):
             self.assertIsNotNone(self.bridge.refusal("/dialler", "10.6.6.6", f"10.6.6.6:{port}"))
         refusals = [e for e in events if "refusing the" in e.get("log_format", "")]
-        self.assertEqual([e["refused"] for e in refusals], [1] + list(range(100, 1001, 100)))
+        self.assertEqual([e["refused"] for e in refusals], [1, 2, 3, 4, 5])  # then summarised
+        self.clock.advance(60)
+        self.bridge.refusal("/dialler", "10.6.6.6", "10.6.6.6:1001")
+        (summary,) = [e for e in events if "refused {count} more" in e.get("log_format", "")]
+        self.assertEqual((summary["count"], summary["peer"]), (995, "10.6.6.6:999"))
+        self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="locked_out"), 1001)
 
     def test_status_shows_the_locked_out_addresses(self):
         guesser, _ = self.connect(host="10.6.6.6")
@@ -687,11 +815,15 @@ class LockoutTableTests(BridgeTestCase):
         for port in range(2, 200):
             self.bridge.refusal("/dialler", "10.6.0.3", f"10.6.0.3:{port}")
         self.assertEqual(self.sample("gateway_patriot_bridge_refused_total", reason="table_full"), 200)
-        lines = [e for e in events if "lockout table" in e.get("log_format", "")]
-        self.assertEqual(len(lines), 1)
+        lines = [e for e in events if "the lockout table holds" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 5)  # the rest summarised
         self.assertEqual(lines[0]["peer"], "10.6.0.3:1")
+        self.clock.advance(60)
+        self.bridge.refusal("/dialler", "10.6.0.3", "10.6.0.3:200")
+        (summary,) = [e for e in events if "lockout table being full" in e.get("log_format", "")]
+        self.assertEqual(summary["count"], 195)
         self.assertEqual(sorted(self.bridge.status()["blocked"]), ["10.6.0.1", "10.6.0.2"])
-        self.clock.advance(300)
+        self.clock.advance(240)
         self.assertIsNone(self.bridge.refusal("/dialler", "10.6.0.3", "10.6.0.3:1"))
         self.login(host="10.6.0.3")
 
