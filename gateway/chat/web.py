@@ -8,14 +8,11 @@ TLS versions and ciphers of a :class:`gateway.tlspolicy.TlsPolicy` (``[gateway] 
 
 from __future__ import annotations
 
-import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from treq.client import HTTPClient
 from twisted.internet import defer, ssl
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
 from gateway.confschema import ConfigError
 from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
@@ -47,16 +44,6 @@ def client_tls(host: str, trust, tls=DEFAULT_TLS):
     return tls.client_creator(host, trust)
 
 
-@implementer(IPolicyForHTTPS)
-@attrs.frozen
-class _TrustPolicy:
-    trust: object
-    tls: object = DEFAULT_TLS
-
-    def creatorForNetloc(self, hostname: bytes, port: int):
-        return client_tls(hostname.decode("idna"), self.trust, self.tls)
-
-
 class _QuietClientFactory(_HTTP11ClientFactory):
     """Without a "Starting factory" / "Stopping factory" log line per connection."""
 
@@ -79,7 +66,7 @@ class HttpClient:
     def pooled(cls, reactor, trust=None, tls=DEFAULT_TLS) -> "HttpClient":
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool._factory = _QuietClientFactory
-        return cls(reactor, HTTPClient(Agent(reactor, contextFactory=_TrustPolicy(trust, tls), pool=pool)), pool)
+        return cls(reactor, HTTPClient(Agent(reactor, contextFactory=tls.https_policy(trust), pool=pool)), pool)
 
     def request(self, method: str, url: str, *, timeout: float, **kwargs) -> defer.Deferred:
         """``(status, body)`` of one request (treq's ``kwargs``), the body read in full.

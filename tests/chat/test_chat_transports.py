@@ -4,6 +4,7 @@ import json
 
 from treq.testing import StubTreq
 from twisted.internet import task
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -13,6 +14,7 @@ from gateway.chat.interfaces import ISmsTransport, ISmsTransportFactory, Outboun
 from gateway.chat.transports import HttpTransport, SimTransport, TransportDown
 from gateway.chat.web import HttpClient, RequestTimedOut
 from gateway.pluginload import find_plugin
+from gateway.tlspolicy import TlsPolicy
 
 SMS = OutboundSms("sms-1", "+4915100", "Hello", "reply", "c1")
 
@@ -92,3 +94,18 @@ class PluginTests(SynchronousTestCase):
             plugin = find_plugin(ISmsTransportFactory, name)
             verifyObject(ISmsTransportFactory, plugin)
             self.assertEqual(plugin.name, name)
+
+
+class PooledClientTlsTests(SynchronousTestCase):
+    def test_the_pooled_client_takes_the_tls_policys_https_policy_with_the_trust(self):
+        asked = []
+
+        class Policy(TlsPolicy):
+            def https_policy(self, trust_root=None):
+                asked.append(trust_root)
+                return super().https_policy(trust_root)
+
+        trust = object()
+        client = HttpClient.pooled(MemoryReactorClock(), trust, Policy())
+        self.addCleanup(client.close)
+        self.assertEqual(asked, [trust], "one policy for HTTPS: tlspolicy.HttpsPolicy, not a copy of it")
