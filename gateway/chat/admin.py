@@ -69,7 +69,8 @@ class Transcripts:
 def _unavailable(failure):
     """The chat server link was down or lost: 503."""
     failure.trap(NotConnected, AckTimeout, LinkLost)
-    raise ApiError(503, f"the chat server cannot be reached: {failure.getErrorMessage()}", code="chat_server_unavailable")
+    raise ApiError(503, f"the chat server cannot be reached: {failure.getErrorMessage()}",
+                   code="chat_server_unavailable")
 
 
 def _refused(error: ValueError) -> ApiError:

@@ -73,7 +73,8 @@ class ChatConfig:
     #: its frame header, before buffering it, and the link reconnects), and the most bytes of binary
     #: attachments one Socket.IO packet may carry (a larger packet is dropped)
     max_message_size: int = attrs.field(
-        default=1 << 20, validator=check(lambda v: 1024 <= v <= 1 << 30, "must be from 1024 to 1073741824 bytes, got {value!r}")
+        default=1 << 20,
+        validator=check(lambda v: 1024 <= v <= 1 << 30, "must be from 1024 to 1073741824 bytes, got {value!r}"),
     )
     #: the most binary attachments one Socket.IO packet may announce (more: the packet is dropped)
     max_attachments: int = attrs.field(default=10, validator=_not_negative)

@@ -62,9 +62,14 @@ class UnknownConversation(LookupError):
 
 
 def check_number(number, field: str = "number") -> str:
-    """A customer's number, stripped; ``ValueError`` when it is not one (PeerDataError naming ``field`` for bad text)."""
+    """A customer's number, stripped.
+
+    ``ValueError`` when it is not one (a PeerDataError naming ``field`` for bad text).
+    """
     if not isinstance(number, str) or not number.strip() or len(number.strip()) > MAX_NUMBER_LENGTH:
-        raise ValueError(f"a number is a non-empty string of at most {MAX_NUMBER_LENGTH} characters, got {number!r:.80}")
+        raise ValueError(
+            f"a number is a non-empty string of at most {MAX_NUMBER_LENGTH} characters, got {number!r:.80}"
+        )
     return check_text(number.strip(), field)
 
 
@@ -93,8 +98,10 @@ class Connector:
         self._readiness = readiness
         self._new_id = new_id
         self.registered = False
-        self.inbound = Outbox(clock, store, "inbound", self._deliver_inbound, retry_policy=retry_policy, metrics=metrics)
-        self.outbound = Outbox(clock, store, "outbound", self._deliver_outbound, retry_policy=retry_policy, metrics=metrics)
+        self.inbound = Outbox(clock, store, "inbound", self._deliver_inbound, retry_policy=retry_policy,
+                              metrics=metrics)
+        self.outbound = Outbox(clock, store, "outbound", self._deliver_outbound, retry_policy=retry_policy,
+                               metrics=metrics)
         for outbox in (self.inbound, self.outbound):
             metrics.watch_pending(outbox)
 
@@ -190,7 +197,9 @@ class Connector:
     # -- SMS to customers ---------------------------------------------------------------------
 
     def _deliver_outbound(self, record: SmsRecord):
-        return self.transport.send(OutboundSms(record.uid, record.number, record.text, record.kind, record.conversation_id))
+        return self.transport.send(
+            OutboundSms(record.uid, record.number, record.text, record.kind, record.conversation_id)
+        )
 
     def send_sms(self, number, text) -> defer.Deferred:
         """Store an operator's SMS to ``number``; fires with ``(record, created)`` once it is durably stored.
@@ -201,7 +210,9 @@ class Connector:
         """
         number = check_number(number, "to")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_LENGTH:
-            raise ValueError(f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters, got {text!r:.80}")
+            raise ValueError(
+                f"text must be a non-empty string of at most {MAX_TEXT_LENGTH} characters, got {text!r:.80}"
+            )
         return self._send_sms(number, check_text(text, "text"), "operator")
 
     def _send_sms(self, number: str, text: str, kind: str, *, external_id=None, conversation_id=None) -> defer.Deferred:
@@ -241,7 +252,8 @@ class Connector:
             log.error("the chat server refused registerConnector for channel {channel}", channel=self._config.channel)
             self._readiness.set_down("the chat server refused the registration")
             return None
-        log.info("registered with the chat server as connector {id} for channel {channel}", id=self._config.id, channel=self._config.channel)
+        log.info("registered with the chat server as connector {id} for channel {channel}", id=self._config.id,
+                 channel=self._config.channel)
         self.registered = True
         self._readiness.set_up()
         self._metrics.link_up(True)
@@ -267,7 +279,8 @@ class Connector:
                 raise BadPayload("no payload")
             return handle(args[0])
         except ValueError as error:  # BadPayload, or a refId that is no number
-            log.warn("chat server {peer} sent an unusable {event}: {error}", peer=self._config.url, event=event, error=error)
+            log.warn("chat server {peer} sent an unusable {event}: {error}", peer=self._config.url, event=event,
+                     error=error)
             return False
 
     def _message_arrived(self, payload):
@@ -305,7 +318,8 @@ class Connector:
     def _activity(self, message: IncomingMessage):
         conversation = self.conversations.get(message.conversation_id)
         if conversation is None:
-            log.debug("{activity} for a conversation not held here ({id})", activity=message.activity_type, id=message.conversation_id)
+            log.debug("{activity} for a conversation not held here ({id})", activity=message.activity_type,
+                      id=message.conversation_id)
             return True
         activity = message.activity_type
         who = self._participant_of(message)
@@ -321,7 +335,8 @@ class Connector:
             )
             return d.addCallback(lambda _: True)
         elif activity == "endOfConversation":
-            return self.conversations.close(conversation, ENDED_BY_SERVER, "ended by the chat server").addCallback(lambda _: True)
+            d = self.conversations.close(conversation, ENDED_BY_SERVER, "ended by the chat server")
+            return d.addCallback(lambda _: True)
         return True
 
     @staticmethod
@@ -349,5 +364,6 @@ class Connector:
             count=len(messages) if isinstance(messages, list) else "?", status=details.get("status"),
         )
         if details.get("status") in ("ended", "closed"):
-            return self.conversations.close(conversation, ENDED_BY_SERVER, "the chat server says it ended").addCallback(lambda _: True)
+            d = self.conversations.close(conversation, ENDED_BY_SERVER, "the chat server says it ended")
+            return d.addCallback(lambda _: True)
         return True

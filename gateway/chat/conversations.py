@@ -121,7 +121,8 @@ class Conversations:
     def load(self):
         """Take the conversations the store has open (at start)."""
         for record in (yield self._store.open_conversations()):
-            self._add(Conversation(record.conversation_id, record.number, Participant.parse(record.participant), record.opened_at))
+            participant = Participant.parse(record.participant)
+            self._add(Conversation(record.conversation_id, record.number, participant, record.opened_at))
         if self._by_id:
             log.info("{count} open chat conversation(s) taken from the store", count=len(self._by_id))
 
@@ -231,7 +232,11 @@ class Conversations:
         session = self._session
         ack = yield self.require_link().emit(
             "joinConversation",
-            {"conversationId": conversation.id, "id": conversation.participant.id, "name": conversation.participant.name},
+            {
+                "conversationId": conversation.id,
+                "id": conversation.participant.id,
+                "name": conversation.participant.name,
+            },
         )
         if refused(ack):
             yield self.close(conversation, REFUSED, "the chat server refused to join it")
@@ -259,7 +264,8 @@ class Conversations:
             return defer.succeed(False)
         self._forget(conversation)
         self._metrics.conversation_closed(reason)
-        log.info("chat conversation {id} ({number}) closed: {why}", id=conversation.id, number=conversation.number, why=why)
+        log.info("chat conversation {id} ({number}) closed: {why}", id=conversation.id, number=conversation.number,
+                 why=why)
         return self._store.close_conversation(conversation.id, self._now(), why)
 
     @defer.inlineCallbacks
@@ -273,7 +279,8 @@ class Conversations:
             if refused(ack):
                 log.warn("the chat server refused to end conversation {id}", id=conversation.id)
         except Exception as e:
-            log.warn("could not tell the chat server that conversation {id} ended: {error}", id=conversation.id, error=e)
+            log.warn("could not tell the chat server that conversation {id} ended: {error}", id=conversation.id,
+                     error=e)
         return (yield self.close(conversation, reason, why))
 
     def _add(self, conversation: Conversation) -> None:

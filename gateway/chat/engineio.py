@@ -158,7 +158,8 @@ def _number(doc: dict, key: str, *, low: float | None, high: float | None) -> in
     ok = ok and (isinstance(value, int) or math.isfinite(value))  # math.isfinite(10**4000) overflows
     ok = ok and (value > 0 if low is None else value >= low) and (high is None or value <= high)
     if not ok:
-        bounds = ("above 0" if low is None else f"at least {low}") + (f" and at most {high}" if high is not None else "")
+        bounds = "above 0" if low is None else f"at least {low}"
+        bounds += f" and at most {high}" if high is not None else ""
         raise PacketError(f"open packet field {key} is not a finite number {bounds}: {value!r:.40}")
     return value
 
@@ -302,7 +303,9 @@ class EngineIOClientProtocol(WebSocketClientProtocol):
             # is not UTF-8, a WebSocket protocol violation.
             oversized = self.wasMaxMessagePayloadSizeExceeded or self.wasMaxFramePayloadSizeExceeded
             if oversized and self.ignored is not None:
-                self.ignored.ignored("oversized", f"message over max_message_size ({self.factory.max_message_size} bytes)")
+                self.ignored.ignored(
+                    "oversized", f"message over max_message_size ({self.factory.max_message_size} bytes)"
+                )
             log.error(
                 "the WebSocket to Engine.IO peer {peer} failed: {why}",
                 peer=self.peer,

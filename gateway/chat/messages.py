@@ -149,7 +149,9 @@ def parse_message(payload) -> IncomingMessage:
     )
 
 
-def customer_message(*, uid: str, conversation_id: str, participant: dict, text: str, number: str, timestamp: str) -> dict:
+def customer_message(
+    *, uid: str, conversation_id: str, participant: dict, text: str, number: str, timestamp: str
+) -> dict:
     """The ChatMessage ``sendMessage`` carries for an SMS from the customer."""
     return {
         "id": uid,

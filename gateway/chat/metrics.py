@@ -31,7 +31,9 @@ class ChatMetrics:
             collectors, Counter, "chat_conversations_closed", "Conversations closed, by reason.", ["reason"]
         )
         self._received = define_metric(collectors, Counter, "sms_received", "SMS stored, by direction.", ["direction"])
-        self._delivered = define_metric(collectors, Counter, "sms_delivered", "SMS delivered, by direction.", ["direction"])
+        self._delivered = define_metric(
+            collectors, Counter, "sms_delivered", "SMS delivered, by direction.", ["direction"]
+        )
         self._rejected = define_metric(
             collectors, Counter, "sms_rejected", "SMS refused for good, by direction.", ["direction"]
         )

@@ -190,8 +190,10 @@ class Outbox:
         delay = self._retry_policy(lane.failures - 1)
         # the first failure is worth a warning; the retries of a long outage are not
         (log.warn if lane.failures == 1 else log.info)(
-            "{direction} SMS {seq} ({number}) not delivered (attempt {attempt}): {error}; next attempt in {delay:.1f} s",
-            direction=self.direction, seq=record.seq, number=record.number, attempt=lane.failures, error=error, delay=delay,
+            "{direction} SMS {seq} ({number}) not delivered (attempt {attempt}): {error};"
+            " next attempt in {delay:.1f} s",
+            direction=self.direction, seq=record.seq, number=record.number, attempt=lane.failures, error=error,
+            delay=delay,
         )
         if self._metrics is not None:
             self._metrics.attempt_failed(self.direction)

@@ -111,8 +111,8 @@ def _link(ctx, config, connector) -> SocketIOClient:
     endpoint = HostnameEndpoint(ctx.reactor, parts.hostname.encode("idna"), port, timeout=CONNECT_TIMEOUT)
     tls = client_tls(parts.hostname, load_trust(config.tls_ca_file, "chat.tls_ca_file"), ctx.tls) if secure else None
     # The connector's readiness component (registered by make_service) says why the link is down.
-    watch = LinkWatch(ctx.reactor, ctx.readiness.components["chat"], endpoint, peer=url_peer(config.url), adapter="chat",
-                      retry_policy=_retry_policy(config.reconnect_initial, config.reconnect_max))
+    watch = LinkWatch(ctx.reactor, ctx.readiness.components["chat"], endpoint, peer=url_peer(config.url),
+                      adapter="chat", retry_policy=_retry_policy(config.reconnect_initial, config.reconnect_max))
     return SocketIOClient(
         ctx.reactor,
         watch.endpoint,
@@ -135,7 +135,8 @@ def make_service(ctx) -> ChatService:
     http = HttpClient.pooled(ctx.reactor, load_trust(config.tls_ca_file, "chat.tls_ca_file"), ctx.tls)
     retry = _retry_policy(config.retry_initial, config.retry_max)
     rest = ChatRest(
-        ctx.reactor, http, config.url, timeout=config.request_timeout, attempts=config.request_attempts, retry_policy=retry
+        ctx.reactor, http, config.url, timeout=config.request_timeout, attempts=config.request_attempts,
+        retry_policy=retry,
     )
     conversations = Conversations(
         ctx.reactor,
@@ -164,7 +165,8 @@ def make_service(ctx) -> ChatService:
         retry_policy=retry,
         new_id=_new_id,
     )
-    directory = (pathlib.Path(config.transcript_dir) if config.transcript_dir else ctx.state_dir / "transcripts").absolute()
+    directory = pathlib.Path(config.transcript_dir) if config.transcript_dir else ctx.state_dir / "transcripts"
+    directory = directory.absolute()
     add_routes(ctx.api, connector, ctx.store, Transcripts(rest, directory, functools.partial(_in_thread, ctx.reactor)))
     ctx.status["chat"] = connector
     return ChatService(connector, _link(ctx, config, connector), [http.close, transport.stop])

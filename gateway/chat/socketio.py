@@ -52,7 +52,6 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.boundary import parse_int
-from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 from gateway.chat.engineio import (
     MAX_MESSAGE_SIZE,
     EngineIOClientFactory,
@@ -62,6 +61,7 @@ from gateway.chat.engineio import (
     loads_json,
     websocket_url,
 )
+from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 __all__ = [
     "AckTimeout",
@@ -198,7 +198,9 @@ def decode_packet(text: str, *, max_attachments: int = MAX_ATTACHMENTS) -> Packe
         if attachments is None or attachments < 1:
             raise PacketError(f"{kind.name} packet without an attachment count: {text[:40]!r}")
         if attachments > max_attachments:
-            raise PacketError(f"{kind.name} packet announces {attachments} attachments (at most {max_attachments})", "oversized")
+            raise PacketError(
+                f"{kind.name} packet announces {attachments} attachments (at most {max_attachments})", "oversized"
+            )
     namespace = "/"
     if rest.startswith("/"):
         namespace, _, rest = rest.partition(",")
@@ -410,7 +412,8 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
         if self._partial is not None:
             missing = self._partial[0].attachments - len(self._partial[1])
             self.ignored.ignored(
-                "malformed", f"a text packet while a binary packet lacked {missing} attachment(s); the binary packet is dropped"
+                "malformed",
+                f"a text packet while a binary packet lacked {missing} attachment(s); the binary packet is dropped",
             )
             self._partial = None
         self._discarding = False
@@ -485,7 +488,8 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
             return
         self._connect_timer.cancel()
         self.sid = sid
-        log.info("joined Socket.IO namespace {namespace} at {peer} as {sid}", namespace=packet.namespace, peer=self.peer, sid=sid)
+        log.info("joined Socket.IO namespace {namespace} at {peer} as {sid}", namespace=packet.namespace,
+                 peer=self.peer, sid=sid)
         self._client._session_started(self)
 
     def _on_connect_error(self, packet: Packet) -> None:
@@ -543,7 +547,8 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
         pending.deferred.errback(AckTimeout(pending.event, seconds))
 
     def _connect_expired(self) -> None:
-        log.warn("Socket.IO peer {peer} did not accept namespace {namespace} in time", peer=self.peer, namespace=self._client.namespace)
+        log.warn("Socket.IO peer {peer} did not accept namespace {namespace} in time", peer=self.peer,
+                 namespace=self._client.namespace)
         self.dropConnection(abort=True)
 
 
@@ -703,7 +708,8 @@ class SocketIOClient(service.Service):
     def _session_ended(self, session: SocketIOClientProtocol, reason) -> None:
         if self._session is session:
             self._session = None
-        log.info("left Socket.IO namespace {namespace} at {peer}: {reason}", namespace=self.namespace, peer=session.peer, reason=reason.getErrorMessage())
+        log.info("left Socket.IO namespace {namespace} at {peer}: {reason}", namespace=self.namespace,
+                 peer=session.peer, reason=reason.getErrorMessage())
         defer.maybeDeferred(self.handler.on_disconnect, self, reason).addErrback(
             self._handler_failed, "on_disconnect", session.peer
         )

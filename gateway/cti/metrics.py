@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from gateway.metrics import define_metric
 from gateway.cti.envelope import MessageType
+from gateway.metrics import define_metric
 
 __all__ = ["CtiMetrics"]
 

@@ -8,15 +8,14 @@ import json
 import struct
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from prometheus_client import CollectorRegistry
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.test import iosim
-from prometheus_client import CollectorRegistry
 from twisted.trial.unittest import SynchronousTestCase
-
 from zope.interface.verify import verifyObject
 
 from gateway.boundary import budget_factory
