@@ -40,7 +40,7 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.boundary import bad_text_field
+from gateway.boundary import RateLimitedLog, bad_text_field
 from gateway.patriot import hashpw
 from gateway.patriot.config import BridgeUser
 
@@ -193,9 +193,8 @@ class AddressGuard:
         self._entries: collections.OrderedDict[str, _Address] = collections.OrderedDict()
         #: address key -> its entry, for locked-out addresses, in the order their lockouts end
         self._locked: collections.OrderedDict[str, _Address] = collections.OrderedDict()
-        #: entries dropped for room since the last log line about it, and when that line was
-        self._evicted = 0
-        self._evicted_logged: float | None = None
+        #: the log lines about entries dropped for room (the first few, then a summary a minute)
+        self._evictions_log = RateLimitedLog(clock, log)
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._locked)
@@ -269,18 +268,17 @@ class AddressGuard:
         return None
 
     def _evict(self) -> bool:
-        """The table is full: drop the oldest evictable entry (logged once a minute at most); ``False`` if none."""
+        """The table is full: drop the oldest evictable entry (logged, rate-limited); ``False`` if none."""
         key = self._evictable()
         if key is None:
             return False
         del self._entries[key]
-        self._evicted += 1
-        now = self._now()
-        if self._evicted_logged is None or now - self._evicted_logged >= 60.0:
-            log.warn("Patriot Dialler Bridge: failed inits from more than {count} addresses; forgot the oldest "
-                     "{evicted} (the last {address})", count=self._max_addresses, evicted=self._evicted,
-                     address=key)
-            self._evicted, self._evicted_logged = 0, now
+        self._evictions_log.emit(
+            "Patriot Dialler Bridge: failed inits from more than {max_addresses} addresses "
+            "(max_tracked_addresses); forgot those of {address}, the oldest not locked out{more}",
+            summary="Patriot Dialler Bridge: forgot the failed inits of {count} more addresses in the last "
+                    "{seconds:.0f} s to make room (the latest {address})",
+            max_addresses=self._max_addresses, address=key)
         return True
 
     def _full_for(self) -> float:

@@ -65,16 +65,20 @@ from gateway.patriot.messages import (
     PatriotMessageError,
 )
 from gateway.patriot.metrics import PatriotMetrics
-from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
+from gateway.patriot.session import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    MESSAGE_TOO_BIG,
+    IConnection,
+    ReactorTimer,
+    Session,
+    WebSocketConnection,
+)
 
 log = Logger()
 
-#: WebSocket close codes the bridge sends (an application may send 1000 or 3000-4999)
-CLOSE_NORMAL = 1000  # the gateway is stopping
-CLOSE_TOO_MANY_FAILURES = 4008  # too many failed init-requests (4000 + the policy code 1008)
-CLOSE_NO_INIT = 4008  # no successful init-request within init_timeout (the same policy close)
-#: the close code Autobahn sends for a message over max_message_size
-MESSAGE_TOO_BIG = 1009
+#: the close code for too many failed init-requests, and for no successful init within init_timeout
+CLOSE_TOO_MANY_FAILURES = CLOSE_NO_INIT = CLOSE_POLICY
 
 
 class BridgeSession(Session):
@@ -315,12 +319,12 @@ class DiallerBridge:
                 or self._unauthenticated_by_address.get(address, 0) >= config.max_unauthenticated_per_address):
             self.metrics.bridge_refused.labels("too_many_unauthenticated").inc()
             self._over_cap_log.emit(
-                "Patriot Dialler Bridge: refusing the handshake of {peer} (503): {count} connections without a "
-                "successful init, {here} of them from {address} (max_unauthenticated {total}, per address "
-                "{per_address}){more}",
+                "Patriot Dialler Bridge: refusing the handshake of {peer} (503): {unauthenticated} connections "
+                "without a successful init, {here} of them from {address} (max_unauthenticated {total}, per "
+                "address {per_address}){more}",
                 summary="Patriot Dialler Bridge: refused {count} more handshakes past max_unauthenticated in the "
                         "last {seconds:.0f} s (the latest from {peer})",
-                peer=peer, count=self.unauthenticated, here=self._unauthenticated_by_address.get(address, 0),
+                peer=peer, unauthenticated=self.unauthenticated, here=self._unauthenticated_by_address.get(address, 0),
                 address=address, total=config.max_unauthenticated, per_address=config.max_unauthenticated_per_address)
             return ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE,
                                   "too many connections without an init-request; try again later")

@@ -10,7 +10,7 @@ Each connection is a :class:`DesktopSession`: at once it sends ``authentication-
 call control of :class:`~gateway.patriot.session.Session` applies on the line of the link's
 extension. Refused, answered with an ``authentication-response`` that cannot be read (a field of
 the wrong type, text that is not valid Unicode), or unanswered for ``auth_timeout`` seconds, the
-connection is closed and retried later. Every connection that ends before it was authenticated
+connection is closed with 4008 (a failed login, as the bridge closes one) and retried later. Every connection that ends before it was authenticated
 (refused key, TLS failure, WebSocket handshake refused) lengthens the next delay as a failed
 connection attempt does, so a wrong key or a wrong pin never makes the link spin; a successful
 authentication resets the delay. Patriot's Desktop API has no heartbeat: a WebSocket ping every ``ping_interval``
@@ -51,16 +51,23 @@ from gateway.patriot.messages import (
 )
 from gateway.linkwatch import LinkWatch, endpoint_peer, url_peer
 from gateway.patriot.metrics import PatriotMetrics
-from gateway.patriot.session import IConnection, ReactorTimer, Session, WebSocketConnection
+from gateway.patriot.session import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    MESSAGE_TOO_BIG,
+    IConnection,
+    ReactorTimer,
+    Session,
+    WebSocketConnection,
+)
 from gateway.patriot.tls import client_tls
 from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 
 log = Logger()
 
-#: the close code the link sends (refused key, no answer, the gateway stopping)
-CLOSE_NORMAL = 1000
-#: the close code Autobahn sends for a message over max_message_size
-MESSAGE_TOO_BIG = 1009
+#: the close code for a failed authentication (the key refused, an unreadable or no answer), as the
+#: bridge closes a failed login; the gateway stopping closes with CLOSE_NORMAL
+CLOSE_AUTH_FAILED = CLOSE_POLICY
 
 
 def desktop_endpoint(reactor, config: DesktopConfig, ca_certificates=None, tls=DEFAULT_TLS):
@@ -102,7 +109,7 @@ class DesktopSession(Session):
     def _unanswered(self) -> None:
         log.warn("{who}: no authentication-response in {timeout} s; closing", who=self.who,
                  timeout=self.link.config.auth_timeout)
-        self.connection.close(CLOSE_NORMAL, "no authentication-response")
+        self.connection.close(CLOSE_AUTH_FAILED, "no authentication-response")
 
     def closed(self, reason: str) -> None:
         if self._timer is not None and self._timer.active():
@@ -127,7 +134,7 @@ class DesktopSession(Session):
             log.warn("{who}: unreadable authentication-response ({reason}); closing", who=self.who,
                      reason=error.reason[:300])
             self.metrics.logins.labels(self.mode, "failure").inc()
-            self.connection.close(CLOSE_NORMAL, "unreadable authentication-response")
+            self.connection.close(CLOSE_AUTH_FAILED, "unreadable authentication-response")
 
     def _authentication_response(self, response: AuthenticationResponse) -> None:
         if not self._waiting_for_answer():
@@ -146,7 +153,7 @@ class DesktopSession(Session):
             log.warn("{who}: Patriot refused the API key: {error}", who=self.who,
                      error=(response.error or "(no reason given)")[:300])
             self.metrics.logins.labels(self.mode, "failure").inc()
-            self.connection.close(CLOSE_NORMAL, "authentication failed")
+            self.connection.close(CLOSE_AUTH_FAILED, "authentication failed")
 
 
 class DesktopLink(service.Service):

@@ -45,6 +45,16 @@ from gateway.wstimers import ReactorTimer  # noqa: F401  (moved to gateway.wstim
 
 log = Logger()
 
+#: The WebSocket close codes both adapters use (an application may send 1000 or 3000-4999, so the
+#: policy-violation code 1008 is sent as 4008, as 4000 + 1008).
+#: the gateway is stopping
+CLOSE_NORMAL = 1000
+#: a failed login: too many failed init-requests, no successful init in time (bridge); the API key
+#: refused, an unreadable or no authentication-response (desktop link)
+CLOSE_POLICY = 4008
+#: the close code Autobahn sends for a message over max_message_size
+MESSAGE_TOO_BIG = 1009
+
 
 class IConnection(Interface):
     """The WebSocket connection under a session."""

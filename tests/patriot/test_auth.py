@@ -240,12 +240,17 @@ class AddressGuardTests(SynchronousTestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.guard = AddressGuard(self.clock, max_failures=3, block_time=300.0, max_addresses=100)
         for i in range(5000):
             self.guard.failed(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
             self.assertLessEqual(len(self.guard), 100)
         self.assertEqual(len(self.guard), 100)
-        evictions = [e for e in events if "forgot the oldest" in e.get("log_format", "")]
-        self.assertEqual(len(evictions), 1)  # not one line per address
+        evictions = [e for e in events if "the oldest not locked out" in e.get("log_format", "")]
+        self.assertEqual(len(evictions), 5)  # not one line per address: the rest summarised
+        self.clock.advance(60)
+        self.guard.failed("10.200.0.1")  # a minute later: one summary line says how many
+        (summary,) = [e for e in events if "forgot the failed inits of {count} more" in e.get("log_format", "")]
+        self.assertEqual(summary["count"], 4900 - 5)
 
     def test_expired_entries_are_dropped(self):
         for i in range(50):

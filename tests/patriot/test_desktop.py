@@ -93,8 +93,8 @@ class DesktopSessionTests(SynchronousTestCase):
             session, connection, request_id = self.open()
             session.frame_received(frame("authentication-response", {
                 "requestId": request_id, "success": False, "error": "Invalid API key"}), False)
-            self.assertEqual(connection.closes, [(1000, "authentication failed")])
-            self.link.connection_lost(session, "closed with 1000: authentication failed")
+            self.assertEqual(connection.closes, [(4008, "authentication failed")])
+            self.link.connection_lost(session, "closed with 4008: authentication failed")
             self.assertEqual(self.link.rejections, rejections)
             self.assertEqual(self.link._retry_delay(1), 1.5 ** (1 + rejections))
         self.assertFalse(self.readiness.ready)
@@ -114,8 +114,16 @@ class DesktopSessionTests(SynchronousTestCase):
         self.clock.advance(9.9)
         self.assertEqual(connection.closes, [])
         self.clock.advance(0.1)
-        self.assertEqual(connection.closes, [(1000, "no authentication-response")])
+        self.assertEqual(connection.closes, [(4008, "no authentication-response")])
         session.frame_received(frame("authentication-response", {"requestId": "late", "success": True}), False)
+        self.assertFalse(session.authenticated)
+
+    def test_an_unreadable_authentication_response_is_a_failed_login_closed_4008(self):
+        """4008 (policy, as the bridge closes a failed login), not 1000 (a normal close)."""
+        session, connection, request_id = self.open()
+        session.frame_received(('{"type":"authentication-response","payload":{"requestId":"%s","success":"yes"}}'
+                                % request_id).encode(), False)
+        self.assertEqual(connection.closes, [(4008, "unreadable authentication-response")])
         self.assertFalse(session.authenticated)
 
     def test_lost_after_authentication_goes_down_without_a_rejection(self):
