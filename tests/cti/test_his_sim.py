@@ -737,3 +737,24 @@ class RawSendTests(SimTestCase):
         client.send(env.failure(env.request("x.request.y", CHANNEL, request_id="h3"), "refused"))
         self.flush()
         self.assertEqual(len(self.sim.violations), 1, "outside a hostile send a stray response is a violation")
+
+
+class OwnWireTests(SimTestCase):
+    """The simulator reads the wire with its own code (``gateway.sim.his_wire``), from the spec."""
+
+    def test_an_event_carrying_request_fields_is_reported(self):
+        client = self.connect()
+        header = {"type": "cti.event", "name": NAMES.channel_activated, "target": CHANNEL, "requestId": "r1"}
+        client.sendMessage({"header": header, "body": {}})
+        self.flush()
+        self.assertViolation("malformed message", "an event carries type, name and target only, not requestId")
+        self.assertEqual(self.sim.event_names(CHANNEL), [])
+
+    def test_names_may_be_given_as_a_mapping_of_cti_names_keys(self):
+        self.sim = HisBridgeSim(self.clock, names={"channel_interaction": "channel.newcall"}, agents=["alice"])
+        client = self.connect(FakeClient(names=CtiNames(channel_interaction="channel.newcall")))
+        conversation = self.sim.when_destination("conversation")
+        client.announce()
+        self.assertEqual(self.result(conversation).target, CONVERSATION)
+        self.assertEqual(self.sim.event_names(CHANNEL), ["channel.newcall"])
+        self.assertEqual(self.sim.violations, [])
