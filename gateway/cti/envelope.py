@@ -240,9 +240,9 @@ _NEVER_ANSWERED = frozenset({MessageType.RESPONSE.value, MessageType.EVENT.value
 
 
 def _echoable(value):
-    """``value`` as text fit for the wire (lone surrogates escaped), or None if it is not a non-empty string."""
-    if not isinstance(value, str) or not value:
-        return None
+    """``value`` as text fit for the wire (lone surrogates escaped), or ``""`` if it is not a string."""
+    if not isinstance(value, str):
+        return ""
     return sanitise(value)[0]
 
 
@@ -251,8 +251,9 @@ def echo_failure(obj, error_message):
 
     It is answered when its header is an object with a string ``requestId`` and a ``type``
     that is not ``cti.response`` or ``cti.event`` (a query, a request, or a type missing or unknown):
-    the response echoes the ``requestId``, ``name`` and ``target`` that are non-empty strings, each
-    with any lone surrogate written as its visible escape (``\\ud800``), and leaves out the others.
+    the response echoes the ``requestId``, and the ``name`` and ``target`` where they are strings, each
+    with any lone surrogate written as its visible escape (``\\ud800``); a ``name`` or ``target`` the
+    message lacks is sent as ``""``, since 004 makes both part of every response header.
     Without a usable ``requestId`` nothing can be answered: None.
     """
     header = obj.get("header") if isinstance(obj, dict) else None
