@@ -62,11 +62,12 @@ def wait_for(predicate, what: str, timeout: float = 60.0):
 
 @pytest.fixture
 def spawn():
-    """Start a process group; killed at teardown if still running."""
+    """Start a process group writing to ``log`` (a path); killed at teardown if still running."""
     started = []
 
     def start(argv, cwd, log):
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "w") as out:
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         started.append(proc)
         return proc
 
@@ -85,8 +86,7 @@ def test_the_readme_has_the_blocks_this_test_runs():
 
 def test_step_1_against_the_daemon_on_its_embedded_defaults(tmp_path, spawn):
     first, _ = readme_blocks()
-    log = open(tmp_path / "daemon.log", "w")
-    daemon = spawn([str(BIN / "twistd"), "--nodaemon", "--pidfile=", "gateway"], tmp_path, log)
+    daemon = spawn([str(BIN / "twistd"), "--nodaemon", "--pidfile=", "gateway"], tmp_path, tmp_path / "daemon.log")
     wait_for(lambda: subprocess.run(["curl", "-sf", "http://127.0.0.1:8080/healthz"],
                                     capture_output=True).returncode == 0, "the daemon's /healthz")
     wait_for(lambda: subprocess.run(["curl", "-sf", "http://127.0.0.1:8080/readyz"],
@@ -100,8 +100,7 @@ def test_step_1_against_the_daemon_on_its_embedded_defaults(tmp_path, spawn):
 
 def test_step_4_gatewayctl_against_the_demo(tmp_path, spawn):
     _, gatewayctl = readme_blocks()
-    log = open(tmp_path / "demo.log", "w")
-    demo = spawn([sys.executable, "-m", "gateway.demo"], tmp_path, log)
+    demo = spawn([sys.executable, "-m", "gateway.demo"], tmp_path, tmp_path / "demo.log")
     wait_for(lambda: "keeps running until Ctrl-C" in (tmp_path / "demo.log").read_text(), "the demo's scenario", 100)
     call_id = None
     for words in gatewayctl:
