@@ -36,6 +36,10 @@ budget for the log lines about ignored or unknown messages, so that a peer
 cannot turn a flood of junk into a flood of log lines. It is built on
 :class:`RateLimitedLog`, the one rate limiter for recurring log lines (a link's
 failed connection attempts use it too).
+
+:class:`MessageRate` is the per-connection cap on how many messages a peer may
+send: a token bucket an adapter asks before it handles each message, closing a
+connection that goes past it (counted as ``rate_limited``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
     "IGNORED_REASONS",
     "IgnoredBudget",
     "MAX_DEPTH",
+    "MessageRate",
     "PeerDataError",
     "RateLimitedLog",
     "bad_text_field",
@@ -259,8 +264,9 @@ def sanitise(value: Any) -> tuple[Any, bool]:
 
 #: the reasons an adapter may count a message as ignored (the metric's label values)
 #: (``over_capacity``: a connection or call refused because a cap such as ``max_calls`` was reached)
+#: (``rate_limited``: a message past a connection's :class:`MessageRate`, the connection closed for it)
 IGNORED_REASONS = frozenset({"unknown", "malformed", "bad_text", "out_of_state", "unauthenticated", "oversized",
-                             "over_capacity"})
+                             "over_capacity", "rate_limited"})
 
 
 def ignored_counter(registry):
@@ -276,6 +282,41 @@ def ignored_counter(registry):
         "Messages from peers that were ignored or refused, by adapter and reason.",
         ["adapter", "reason"],
     )
+
+
+class MessageRate:
+    """A token bucket: at most ``burst`` messages at once, refilled at ``rate`` messages a second.
+
+    One per connection: the adapter calls :meth:`allow` for each message before it handles it,
+    and what it does with a ``False`` (close the connection, drop the message) is its own. A
+    peer that keeps to the rate is never refused; a flood gets ``burst`` messages through, then
+    ``rate`` a second. No timer is kept: the bucket refills from the clock when asked.
+
+    :param clock: ``IReactorTime`` (``seconds()``).
+    """
+
+    def __init__(self, clock, rate: float, burst: int):
+        if not (rate > 0 and burst >= 1):
+            raise ValueError(f"a MessageRate needs rate > 0 and burst >= 1, not {rate!r} and {burst!r}")
+        self._clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._when = clock.seconds()
+        #: messages refused so far
+        self.refused = 0
+
+    def allow(self) -> bool:
+        """Whether one more message may be handled now (it takes a token if so)."""
+        now = self._clock.seconds()
+        if now > self._when:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._when) * self.rate)
+        self._when = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.refused += 1
+        return False
 
 
 class RateLimitedLog:

@@ -197,6 +197,46 @@ class RateLimitedLogTests(SynchronousTestCase):
         self.assertEqual(self.events[0]["log_level"], LogLevel.info)
 
 
+class MessageRateTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.rate = boundary.MessageRate(self.clock, rate=20, burst=50)
+
+    def allowed(self, count):
+        return sum(self.rate.allow() for _ in range(count))
+
+    def test_a_flood_gets_the_burst_then_the_rate(self):
+        self.assertEqual(self.allowed(100_000), 50)
+        self.assertEqual(self.rate.refused, 100_000 - 50)
+        self.clock.advance(1)
+        self.assertEqual(self.allowed(1000), 20)
+        self.clock.advance(0.05)
+        self.assertEqual(self.allowed(10), 1)
+
+    def test_a_peer_within_the_rate_is_never_refused(self):
+        for _ in range(10_000):  # a heartbeat a second plus a dial, hangup and status request each time
+            self.assertEqual(self.allowed(4), 4)
+            self.clock.advance(1)
+        self.assertEqual(self.rate.refused, 0)
+
+    def test_a_quiet_time_refills_the_burst_and_no_more(self):
+        self.allowed(50)
+        self.clock.advance(3600)
+        self.assertEqual(self.allowed(1000), 50)
+
+    def test_a_clock_going_back_takes_nothing(self):
+        self.clock.advance(100)
+        self.allowed(50)
+        self.clock.rightNow = 10.0
+        self.assertEqual(self.allowed(5), 0)
+        self.clock.advance(1)
+        self.assertEqual(self.allowed(100), 20)
+
+    def test_bad_settings_are_refused(self):
+        self.assertRaises(ValueError, boundary.MessageRate, self.clock, 0, 5)
+        self.assertRaises(ValueError, boundary.MessageRate, self.clock, 1, 0)
+
+
 class IgnoredBudgetTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
@@ -254,3 +294,7 @@ class IgnoredBudgetTests(SynchronousTestCase):
     def test_a_refusal_past_a_cap_is_a_reason(self):
         self.budget.ignored("over_capacity", "connection closed with 1013: max_calls reached")
         self.assertEqual(self.count("over_capacity"), 1)
+
+    def test_a_message_past_the_message_rate_is_a_reason(self):
+        self.budget.ignored("rate_limited", "more than 20 messages a second; closing")
+        self.assertEqual(self.count("rate_limited"), 1)
