@@ -1,6 +1,7 @@
 """The house rules that keep the rooms apart, checked on the source."""
 
 import ast
+import importlib
 import pathlib
 
 import pytest
@@ -70,4 +71,44 @@ def test_the_simulators_share_no_wire_code_with_the_adapters(path):
     bad = sorted({name for name in _sim_imports(path)
                   if (name == "gateway" or name.startswith("gateway.")) and not
                   (name == "gateway.sim" or name.startswith("gateway.sim."))})
+    assert bad == []
+
+
+#: the rooms that reach the call core through its one door, ICallControl (drivers: IInboundCalls)
+CALL_CONTROL_CLIENTS = ("gateway/admin", "gateway/cti", "gateway/patriot", "gateway/chat", "gateway/drivers")
+#: what of the core they may import: its neutral modules, never the registry or its machinery
+CORE_NEUTRAL = ("gateway.core", "gateway.core.dtmf", "gateway.core.errors", "gateway.core.events",
+                "gateway.core.interfaces", "gateway.core.model", "gateway.core.states")
+
+
+def _core_imports(path):
+    """The ``gateway.core`` modules ``path`` imports (a name imported from a module counts as that module)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+            if node.module == "gateway.core":  # from gateway.core import registry
+                names = [f"gateway.core.{alias.name}" for alias in node.names
+                         if f"gateway.core.{alias.name}" not in _CORE_NAMES_IN_PACKAGE]
+                names = names or ["gateway.core"]
+        else:
+            continue
+        yield from (name for name in names if name == "gateway.core" or name.startswith("gateway.core."))
+
+
+#: names ``gateway.core`` itself exports (classes, not modules)
+_CORE_NAMES_IN_PACKAGE = {f"gateway.core.{name}" for name in importlib.import_module("gateway.core").__all__}
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(path for room in CALL_CONTROL_CLIENTS for path in (ROOT / room).rglob("*.py")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_adapters_reach_the_core_through_icallcontrol_only(path):
+    """Every adapter holds an ICallControl (drivers an IInboundCalls) and imports nothing from
+    ``gateway.core.registry`` nor the core's other machinery (issue 13, item 1): only the neutral
+    modules, where the errors, events, states, snapshots, interfaces and DTMF limits live."""
+    bad = sorted({name for name in _core_imports(path) if name not in CORE_NEUTRAL})
     assert bad == []

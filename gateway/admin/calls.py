@@ -36,7 +36,8 @@ _BY = {"hangup": {"by": "api"}, "reject": {"by": "api"}}
 
 
 def register_calls_api(api, registry, sim=None) -> None:
-    """Add the calls routes to ``api`` (an ApiRouter); ``sim``: the simulated network, if in use."""
+    """Add the calls routes to ``api`` (an ApiRouter) over ``registry`` (the core's
+    :class:`~gateway.core.interfaces.ICallControl`); ``sim``: the simulated network, if in use."""
     calls = _CallsApi(registry, sim)
     api.route("GET", "/api/calls", calls.list)
     api.route("POST", "/api/calls", calls.originate)

@@ -1,6 +1,8 @@
 """The protocol-agnostic call core: calls, legs, the registry, routing, CDRs (no I/O at all).
 
-A map of the public API (adapters use these; everything else is internal):
+A map of the public API (adapters use these; everything else is internal). Adapters hold the
+registry as an :class:`~gateway.core.interfaces.ICallControl` (commands, queries, subscribe) and drivers
+as an :class:`~gateway.core.interfaces.IInboundCalls`; neither imports :mod:`gateway.core.registry`.
 
 ``gateway.core.registry.Registry(clock, drivers, *, extensions, router, media, pbx_driver, node,
 cdr_sink, provider_cdr_sink, retention=60, on_command=None)`` — built by
@@ -21,7 +23,8 @@ cdr_sink, provider_cdr_sink, retention=60, on_command=None)`` — built by
   ``IDriver``; inbound calls arrive with ``registry.incoming(driver_leg, caller_id=, did=)``, which
   returns the leg's ``ILegEvents``).
 
-Also: :mod:`gateway.core.errors` (``CallError`` and its subclasses, with ``code`` and
+Also: :mod:`gateway.core.dtmf` (``PHONE_KEYS``, ``MAX_DTMF_DIGITS``), :mod:`gateway.core.errors`
+(``CallError`` and its subclasses, with ``code`` and
 ``http_status``), :mod:`gateway.core.states` (``LegState``, ``Cause``, the transition table),
 :mod:`gateway.core.routing` (``Router``), :mod:`gateway.core.cdr` (``build_cdr``),
 :mod:`gateway.core.mediactl` (the media wiring), :mod:`gateway.core.metrics`.
@@ -40,7 +43,7 @@ from gateway.core.errors import (
     UnknownExtension,
     UnknownParty,
 )
-from gateway.core.interfaces import IDriver, IDriverFactory, IDriverLeg, ILegEvents
+from gateway.core.interfaces import ICallControl, IDriver, IDriverFactory, IDriverLeg, IInboundCalls, ILegEvents
 from gateway.core.model import CallSnapshot, LegSnapshot, Party
 from gateway.core.states import Cause, LegState
 
@@ -51,9 +54,11 @@ __all__ = [
     "ConferenceFailed",
     "DriverError",
     "ExtensionBusy",
+    "ICallControl",
     "IDriver",
     "IDriverFactory",
     "IDriverLeg",
+    "IInboundCalls",
     "ILegEvents",
     "IllegalState",
     "InvalidArgument",

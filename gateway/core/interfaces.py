@@ -1,7 +1,19 @@
-"""The driver plug point: how the PBX side (simulated network, OptimaCCS...) meets the call core.
+"""The core's ports: the door adapters use, the door drivers use, and the driver plug point.
 
-A driver places outbound legs (:meth:`IDriver.dial`) and delivers inbound
-ones (``registry.incoming(driver_leg, caller_id=..., did=...)``, which returns
+Two doors lead into the call core, both provided by
+:class:`gateway.core.registry.Registry` (and by the fakes of
+``gateway.core.testing``):
+
+- :class:`ICallControl`: every command, every query, and ``subscribe``. It is
+  the only door of the protocol adapters (CTI, Patriot, the admin API, the
+  status page): they hold an ``ICallControl`` and import nothing else of the
+  core but its neutral modules (errors, events, states, model, dtmf).
+- :class:`IInboundCalls`: ``incoming``, by which a driver delivers a new
+  inbound leg.
+
+The driver plug point: how the PBX side (simulated network, OptimaCCS...)
+meets the call core. A driver places outbound legs (:meth:`IDriver.dial`) and
+delivers inbound ones (``IInboundCalls.incoming(driver_leg, caller_id=..., did=...)``, which returns
 the leg's :class:`ILegEvents`). For every leg the registry hands the driver an
 :class:`ILegEvents` to report what happens at the far end; the driver hands the
 registry an :class:`IDriverLeg` to act on the leg. A driver never reaches into
@@ -30,7 +42,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDriver", "IDriverFactory", "IDriverLeg", "ILegEvents"]
+__all__ = ["ICallControl", "IDriver", "IDriverFactory", "IDriverLeg", "IInboundCalls", "IInboundDriver", "ILegEvents"]
 
 
 class ILegEvents(Interface):
@@ -107,3 +119,110 @@ class IDriverFactory(Interface):
     def build(ctx):
         """Build the IDriver from the gateway's Context (``ctx.registry`` is set before
         ``IDriver.start`` is called, not necessarily before ``build``)."""
+
+
+class IInboundDriver(IDriver):
+    """A driver that delivers inbound calls (the simulated network's callers)."""
+
+    def wire(inbound_calls):
+        """From now on deliver inbound legs to ``inbound_calls`` (an :class:`IInboundCalls`: the registry).
+        Called once by the daemon's assembly (``gateway.callservice``), after the driver and the
+        registry both exist; before it, an inbound call cannot be delivered."""
+
+
+class IInboundCalls(Interface):
+    """The drivers' door into the core: new inbound legs."""
+
+    def incoming(driver_leg, *, caller_id, did, attributes=None):
+        """A driver delivers a new inbound leg (an :class:`IDriverLeg`) from ``caller_id`` to ``did``,
+        with the provider's ``attributes`` (a dict); returns the leg's :class:`ILegEvents`.
+        The call is routed by ``did``: to an extension (its phone rings), to a media app (answered,
+        the app started), or nowhere (hung up, cause ``no_route``)."""
+
+
+class ICallControl(Interface):
+    """The adapters' door into the core: every command, every query, and ``subscribe``.
+
+    Commands return a Deferred firing with the call's
+    :class:`~gateway.core.model.CallSnapshot` once the effect has happened (None for ``dispose``),
+    or failing with a :class:`~gateway.core.errors.CallError` (``UnknownCall``,
+    ``IllegalState``, ``ExtensionBusy``, ``InvalidArgument``, ``DriverError``...). Outcomes
+    that come later (a dialled party answering, a transfer failing) arrive as events.
+    ``by`` says who asked (``api``, ``desktop``...), as the CDR's ``hangup_by``.
+    """
+
+    extensions = Attribute("The configured extensions' ids (a list of str).")
+
+    # -- commands
+
+    def originate(extension_id, number, *, attributes=None):
+        """Click-to-dial: ring the extension's phone; when it answers, dial ``number`` (a number or an
+        extension id) and bridge. ``ExtensionBusy`` while the extension has a live call."""
+
+    def answer(call_id):
+        """Answer an alerting call (or pick up a click-to-dial's own phone) at the extension's phone."""
+
+    def reject(call_id, *, by="api"):
+        """Refuse an alerting inbound call (cause ``rejected``)."""
+
+    def hangup(call_id, *, by="api"):
+        """End the call: every leg is hung up (cause ``normal``)."""
+
+    def hold(call_id):
+        """Put the remote parties on hold (idempotent)."""
+
+    def retrieve(call_id):
+        """Take the remote parties off hold (idempotent)."""
+
+    def mute(call_id):
+        """Stop forwarding the extension's audio (idempotent)."""
+
+    def unmute(call_id):
+        """Forward the extension's audio again (idempotent)."""
+
+    def transfer(call_id, destination, *, by="api"):
+        """Blind transfer to ``destination`` (an extension id or a number); fires once dialled, a
+        failure arrives as a ``TransferFailed`` event."""
+
+    def conference(call_id, destination, *, by="api"):
+        """Dial ``destination`` and mix it into the call when it answers; fires once dialled, a failure
+        arrives as a ``ConferenceFailed`` event."""
+
+    def remove_party(call_id, number, *, by="api"):
+        """Hang up one remote party; the call goes on while another remains (``UnknownParty``)."""
+
+    def send_dtmf(call_id, digits, duration_ms=100, gap_ms=50):
+        """Play ``digits`` (1-:data:`~gateway.core.dtmf.MAX_DTMF_DIGITS` of ``0-9*#A-D``) to the remote
+        parties; fires when the last tone ended."""
+
+    def flush(call_id):
+        """Barge-in: discard the audio queued toward the remote parties."""
+
+    def dispose(call_id, *, by="api"):
+        """Forget a call now (a live one is hung up first); fires with None."""
+
+    # -- queries (synchronous)
+
+    def calls(include_released=False):
+        """Live calls (and released ones still retained, if asked), oldest first: CallSnapshots."""
+
+    def call(call_id):
+        """One call, live or retained, as a CallSnapshot; raises ``UnknownCall``."""
+
+    def calls_for(extension_id):
+        """The extension's calls, live and retained."""
+
+    def active_call_for(extension_id):
+        """The extension's live call (a CallSnapshot), or None."""
+
+    def status():
+        """Counts for the status page: ``{"live_calls", "by_state", "retained_calls"}``."""
+
+    def leg_states():
+        """State -> number of legs of live calls (a Counter, for metrics)."""
+
+    # -- events
+
+    def subscribe(callback, extension=None):
+        """Call ``callback(event)`` for every event (of ``extension``'s calls only, if given); the
+        events are in :mod:`gateway.core.events`. Returns a function that unsubscribes."""

@@ -41,10 +41,12 @@ from gateway.core.errors import (
     UnknownExtension,
     UnknownParty,
 )
-from gateway.core.interfaces import ILegEvents
+from gateway.core.dtmf import MAX_DTMF_DIGITS, PHONE_KEYS
+from gateway.core.interfaces import ICallControl, IInboundCalls, ILegEvents
 from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
 from gateway.core.states import Cause, LegState, next_state
 
+# MAX_DTMF_DIGITS and PHONE_KEYS live in gateway.core.dtmf (adapters import them from there)
 __all__ = ["Registry", "DEFAULT_RETENTION", "MAX_DTMF_DIGITS", "PHONE_KEYS"]
 
 log = Logger()
@@ -54,13 +56,8 @@ RINGING, DIALING, TALKING, HELD = LegState.RINGING, LegState.DIALING, LegState.T
 #: seconds a released call stays queryable
 DEFAULT_RETENTION = 60.0
 
-_NUMBER = re.compile(r"^\+?[0-9*#]{1,40}$")
-_DIGITS = re.compile(r"^[0-9*#A-D]+$")
-#: the twelve keys of a phone keypad (0-9, * and #): the DTMF digits an adapter may be limited to
-#: (HIS 004's senddtmf; send_dtmf itself also takes A-D)
-PHONE_KEYS = frozenset("0123456789*#")
-#: the most DTMF digits one send_dtmf plays
-MAX_DTMF_DIGITS = 64
+_NUMBER = re.compile(r"\+?[0-9*#]{1,40}\Z")  # \Z, not $: $ also matches before a final newline
+_DIGITS = re.compile(r"[0-9*#A-D]+\Z")  # gateway.core.dtmf.DTMF_DIGITS
 _CONSULT_EVENTS = {"transfer": ev.TransferFailed, "conference": ev.ConferenceFailed}
 _PENDING_REASONS = {
     Cause.BUSY: "busy",
@@ -206,8 +203,10 @@ class _LegEvents:
         self._report("provider_cdr", self._registry._provider_cdr, source, data)
 
 
+@implementer(ICallControl, IInboundCalls)
 class Registry:
-    """Owns calls and legs; see the module docstring."""
+    """Owns calls and legs; see the module docstring. The adapters' :class:`ICallControl` and the
+    drivers' :class:`IInboundCalls`."""
 
     def __init__(
         self,
@@ -548,8 +547,8 @@ class Registry:
     def send_dtmf(self, call_id: str, digits: str, duration_ms: int = 100, gap_ms: int = 50):
         """Send ``digits`` to the remote parties one after another; fires when the last tone ended."""
         digits = str(digits).upper()
-        if not _DIGITS.match(digits) or len(digits) > 64:
-            raise InvalidArgument(f"DTMF digits must be 1-64 of 0-9 * # A-D, not {digits!r}")
+        if not _DIGITS.match(digits) or len(digits) > MAX_DTMF_DIGITS:
+            raise InvalidArgument(f"DTMF digits must be 1-{MAX_DTMF_DIGITS} of 0-9 * # A-D, not {digits!r}")
         if not (isinstance(duration_ms, int) and 20 <= duration_ms <= 1000):
             raise InvalidArgument(f"DTMF duration must be 20-1000 ms, not {duration_ms!r}")
         if not (isinstance(gap_ms, int) and 0 <= gap_ms <= 1000):
@@ -637,7 +636,7 @@ class Registry:
 
     def _destination(self, destination: str) -> _Destination:
         """An extension id rings that extension's phone; anything else must be a number for [pbx] driver."""
-        destination = str(destination or "").strip()
+        destination = str(destination or "")  # refused, not repaired: " 555\n" is no number
         ext = self._extensions.get(destination)
         if ext is not None:
             return self._device(ext)

@@ -26,8 +26,8 @@ import attrs
 from twisted.logger import Logger
 
 from gateway.core import events as ev
+from gateway.core.dtmf import MAX_DTMF_DIGITS, PHONE_KEYS
 from gateway.core.errors import UnknownCall
-from gateway.core.registry import MAX_DTMF_DIGITS, PHONE_KEYS
 from gateway.cti.calls import TrackedCall
 from gateway.cti.destinations import DestinationTree
 from gateway.cti.link import Refusal, Reply
@@ -79,7 +79,7 @@ class BridgeClient:
     """The Bridge Client's logic, handler of every :class:`~gateway.cti.link.BridgeLink`.
 
     :param config: the ``[cti]`` section.
-    :param registry: the call core's registry.
+    :param registry: the call core, an :class:`~gateway.core.interfaces.ICallControl`.
     :param metrics: a :class:`gateway.cti.metrics.CtiMetrics`.
     :param component: the readiness component of the link (``gateway.context.Component``).
     """
