@@ -25,6 +25,9 @@ for an unknown event, not acknowledged); the link is kept.
 
 from __future__ import annotations
 
+import hashlib
+
+import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -48,6 +51,21 @@ LEFT = frozenset({"participantLeft", "participantRemoved"})
 MAX_NUMBER_LENGTH = 64
 #: an operator's SMS: at most what providers take as one concatenated message (Twilio: 1600)
 MAX_TEXT_LENGTH = 1600
+
+
+def same_content(one: SmsRecord, other: SmsRecord) -> bool:
+    """Whether two SMS say the same thing to (or from) the same number."""
+    return (one.number, one.text) == (other.number, other.text)
+
+
+def variant_id(record: SmsRecord) -> str:
+    """The id a record is stored under when its own id names another message: the id and a digest of the content."""
+    digest = hashlib.sha256(f"{record.number}\0{record.text}".encode("utf-8")).hexdigest()[:16]
+    return f"{record.external_id}#{digest}"
+
+
+class IdConflict(ValueError):
+    """An id names other messages both alone and with this content's digest (never by accident)."""
 
 
 class MessageRefused(Exception):
@@ -159,7 +177,33 @@ class Connector:
         return self._keep(record, self.inbound)
 
     def _keep(self, record: SmsRecord, outbox: Outbox) -> defer.Deferred:
-        """Store ``record``, then queue it; fires with ``(stored, created)``."""
+        """Store ``record``, then queue it; fires with ``(stored, created)``.
+
+        A record whose ``external_id`` is stored already is a duplicate (nothing new stored) only when
+        it has the same number and text; the same id with other content is stored as a distinct
+        record, under the id plus a digest of its content (:func:`variant_id`), and delivered: an id
+        that repeats never makes a message silently disappear.
+        """
+
+        def same_id(result):
+            stored_record, created = result
+            if created or record.external_id is None or same_content(stored_record, record):
+                return result
+            variant = attrs.evolve(record, external_id=variant_id(record))
+            return self._store.add_sms(variant).addCallback(distinct, variant, stored_record)
+
+        def distinct(result, variant, first):
+            stored_record, created = result
+            if created:
+                log.warn(
+                    "{direction} SMS id {id} ({number}) was used before for another message (SMS {first});"
+                    " stored as a distinct SMS under {variant}",
+                    direction=record.direction, id=record.external_id[:80], number=record.number, first=first.seq,
+                    variant=variant.external_id[:120],
+                )
+            elif not same_content(stored_record, variant):
+                raise IdConflict(f"message id {record.external_id[:80]!r} was used for other messages")
+            return result
 
         def stored(result):
             stored_record, created = result
@@ -173,7 +217,7 @@ class Connector:
                 outbox.add(stored_record)
             return result
 
-        return self._store.add_sms(record).addCallback(stored)
+        return self._store.add_sms(record).addCallback(same_id).addCallback(stored)
 
     @defer.inlineCallbacks
     def _deliver_inbound(self, record: SmsRecord):

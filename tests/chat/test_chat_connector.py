@@ -148,6 +148,14 @@ class ConnectorTests(SynchronousTestCase):
             self.assertRaises(ValueError, self.connector.receive_sms, number, text, external_id)
         self.assertEqual(self.stored(), [])
 
+    def test_a_number_with_a_control_character_is_refused_not_repaired(self):
+        self.make()
+        for number in (NUMBER + "\n", NUMBER + "\r\n", "\x00", "+49\x0015", "+49\x85"):
+            with self.subTest(number=number):
+                self.assertRaises(ValueError, self.connector.receive_sms, number, "x", None)
+                self.assertRaises(ValueError, self.connector.send_sms, number, "x")
+        self.assertEqual((self.stored(), self.sent_texts()), ([], []))
+
     def test_sms_with_bad_text_are_refused_naming_the_field_and_never_stored(self):
         self.make()
         for number, text, external_id, field in ((NUMBER, "hi \ud800", None, "text"), ("+49\udfff", "x", None, "from"),
@@ -279,6 +287,32 @@ class ConnectorTests(SynchronousTestCase):
         self.agent_says("once", id="m-1")
         self.agent_says("once", id="m-1")
         self.assertEqual(self.sent_texts(), [(NUMBER, "once")])
+
+    def test_a_repeated_id_with_other_content_is_stored_and_sent_as_a_distinct_sms(self):
+        self.make()
+        self.connect()
+        campaign = dict(type="ChatMessage", id="m-ok-1", **{"from": AGENT, "to": []})
+        self.assertEqual(self.arrive(**campaign, refId="+15559990001", text="hello"), [True])
+        self.assertEqual(self.arrive(**campaign, refId="+15559990002", text="different"), [True])
+        self.assertEqual(self.arrive(**campaign, refId="+15559990001", text="other text"), [True])
+        # true duplicates of each (same id, same content) store nothing new
+        for ref, text in (("+15559990001", "hello"), ("+15559990002", "different"), ("+15559990001", "other text")):
+            self.assertEqual(self.arrive(**campaign, refId=ref, text=text), [True])
+        self.assertEqual(self.sent_texts(), [("+15559990001", "hello"), ("+15559990002", "different"),
+                                             ("+15559990001", "other text")])
+        ids = [r.external_id for r in self.stored("outbound")]
+        self.assertEqual(ids[0], "m-ok-1")
+        self.assertEqual(len(set(ids)), 3)
+        self.assertTrue(all(i.startswith("m-ok-1#") for i in ids[1:]))
+        self.assertEqual(len([w for w in self.warnings() if "was used before for another message" in w]), 2)
+
+    def test_a_repeated_provider_id_with_other_content_is_stored_as_a_distinct_sms(self):
+        self.make()
+        first = self.sms("hello", external_id="prov-1")
+        record, created = self.successResultOf(self.connector.receive_sms(NUMBER, "something else", "prov-1"))
+        self.assertTrue(created)
+        self.assertNotEqual(record.seq, first.seq)
+        self.assertEqual([r.text for r in self.stored("inbound")], ["hello", "something else"])
 
     def test_a_campaign_message_is_sent_to_its_number(self):
         self.make()
