@@ -1,14 +1,24 @@
 """Assembly of the call core into the daemon: drivers from plugins, routing, media, the registry, its API and metrics.
 
-:func:`make_service` is called by ``gateway.tap`` once the store and the admin
-site exist. It builds every driver the configuration names (``[pbx] driver``
-and the driver of every extension's device) from :class:`IDriverFactory`
-plugins, the router (refusing routes to unknown media apps), the media
-controller and the :class:`~gateway.core.registry.Registry` writing CDRs to
-``ctx.store``; it sets ``ctx.registry``, adds the calls API to ``ctx.api``
-and the registry to ``ctx.status``. The returned service starts the drivers,
-and on stop ends live calls within ``[gateway] shutdown_grace`` seconds
-before it stops them.
+``gateway.tap.build`` assembles the core in three explicit steps, once the
+store and the admin API router exist (:func:`make_service` runs the same
+three, for tests):
+
+1. :func:`build_core` builds every driver the configuration names (``[pbx]
+   driver`` and the driver of every extension's device) from
+   :class:`IDriverFactory` plugins, the router (refusing routes to unknown
+   media apps), the media controller and the
+   :class:`~gateway.core.registry.Registry` over them, writing CDRs to
+   ``ctx.store``. Nothing is connected to the registry yet.
+2. :meth:`CoreService.wire` closes the loops: each driver that delivers
+   inbound calls (:class:`~gateway.core.interfaces.IInboundDriver`) and the
+   media controller are handed the registry, once.
+3. :func:`publish` makes the registry ``ctx.registry`` (the adapters'
+   ``ICallControl``), adds the calls API to ``ctx.api`` and the registry to
+   ``ctx.status``.
+
+The returned service starts the drivers, and on stop ends live calls within
+``[gateway] shutdown_grace`` seconds before it stops them.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from twisted.logger import Logger
 
 from gateway.admin.calls import register_calls_api
 from gateway.confschema import ConfigError
-from gateway.core.interfaces import IDriverFactory
+from gateway.core.interfaces import IDriverFactory, IInboundDriver
 from gateway.core.mediactl import MediaController
 from gateway.core.metrics import CoreMetrics
 from gateway.core.registry import Registry
@@ -28,7 +38,7 @@ from gateway.drivers.sim import SimNetwork
 from gateway.media import IMediaApp
 from gateway.pluginload import plugins
 
-__all__ = ["CoreService", "make_service"]
+__all__ = ["CoreService", "build_core", "make_service", "publish"]
 
 log = Logger()
 
@@ -59,10 +69,19 @@ class CoreService(service.Service):
 
     name = "core"
 
-    def __init__(self, registry: Registry, drivers: dict, grace: float) -> None:
+    def __init__(self, registry: Registry, media: MediaController, drivers: dict, grace: float) -> None:
         self.registry = registry
+        self.media = media
         self.drivers = drivers
         self.grace = grace
+
+    def wire(self) -> None:
+        """The one wiring step of the core: every driver delivering inbound calls gets the registry's
+        ``IInboundCalls``, and the media controller tells the registry when a routed app ends."""
+        for driver in self.drivers.values():
+            if IInboundDriver.providedBy(driver):
+                driver.wire(self.registry)
+        self.media.wire(self.registry)
 
     def startService(self) -> None:
         super().startService()
@@ -85,13 +104,15 @@ class CoreService(service.Service):
         return defer.DeferredList(stops).addCallback(lambda _: None)
 
 
-def make_service(ctx) -> CoreService:
+def build_core(ctx) -> CoreService:
+    """The drivers (from their plugins), the router, the media controller and the registry, not yet wired."""
     config = ctx.config
     drivers = build_drivers(ctx)
     apps = {app.name: app for app in plugins(IMediaApp)}
     router = Router(config.routes, apps)
     media_dir = ctx.state_dir / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
+    media = MediaController(ctx.reactor, apps, state_dir=media_dir)
     metrics = CoreMetrics(ctx.metrics)
     store = ctx.store
     registry = Registry(
@@ -99,7 +120,7 @@ def make_service(ctx) -> CoreService:
         drivers,
         extensions=config.extensions,
         router=router,
-        media=MediaController(ctx.reactor, apps, state_dir=media_dir),
+        media=media,
         pbx_driver=config.pbx.driver,
         node=config.gateway.node,
         cdr_sink=store.add_cdr if store is not None else None,
@@ -109,9 +130,22 @@ def make_service(ctx) -> CoreService:
         sink_options=getattr(store, "queue_options", None),
     )
     metrics.attach(registry)
-    ctx.registry = registry
-    ctx.status["calls"] = registry
+    return CoreService(registry, media, drivers, config.gateway.shutdown_grace)
+
+
+def publish(ctx, core: CoreService) -> None:
+    """The registry becomes ``ctx.registry`` (what adapters are built with), the status page's
+    ``calls``, and the calls API on ``ctx.api``."""
+    ctx.registry = core.registry
+    ctx.status["calls"] = core.registry
     if ctx.api is not None:
-        sim = drivers.get("sim")
-        register_calls_api(ctx.api, registry, sim if isinstance(sim, SimNetwork) else None)
-    return CoreService(registry, drivers, config.gateway.shutdown_grace)
+        sim = core.drivers.get("sim")
+        register_calls_api(ctx.api, core.registry, sim if isinstance(sim, SimNetwork) else None)
+
+
+def make_service(ctx) -> CoreService:
+    """The core built, wired and published on ``ctx`` (``gateway.tap.build`` runs these steps itself)."""
+    core = build_core(ctx)
+    core.wire()
+    publish(ctx, core)
+    return core

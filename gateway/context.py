@@ -1,10 +1,15 @@
 """What every room of the gateway is handed when the daemon is assembled.
 
-:func:`gateway.tap.makeService` builds one :class:`Context` and passes it to
-each room's ``make_service(ctx)``. Rooms take what they need from it instead
-of importing globals: the reactor, the validated configuration, the metrics
-registry, the readiness board, the media port factory, and (once built) the
-store and call registry.
+:func:`gateway.tap.build` builds one :class:`Context`, the explicit, typed set
+of the daemon's shared services, and passes it to the driver plugins and to
+each adapter's ``make_service(ctx, section)``. Rooms take what they need from
+it instead of importing globals: the reactor, the validated configuration, the
+metrics registry, the readiness board, the listeners (:meth:`Context.listen`),
+the TLS policy, the media port factory, the store, the call core's
+``ICallControl`` (``registry``), the admin API router and the status board.
+``build`` fills the parts in dependency order: the store, then the admin
+router, then (once the core is built and wired) the registry; only then are
+the adapters built.
 """
 
 from __future__ import annotations
@@ -20,7 +25,18 @@ from gateway.media.port import MediaPorts
 if typing.TYPE_CHECKING:  # pragma: no cover
     from prometheus_client import CollectorRegistry
 
+    from gateway.admin.api import ApiRouter
     from gateway.config import Config
+    from gateway.core.interfaces import ICallControl
+    from gateway.listeners import Listener
+    from gateway.store.interfaces import ICdrStore
+    from gateway.tlspolicy import TlsPolicy
+
+
+class StatusSource(typing.Protocol):
+    """What the status board holds: anything that reports its live status as a JSON-able dict."""
+
+    def status(self) -> dict: ...
 
 log = Logger()
 
@@ -74,30 +90,32 @@ class Readiness:
 
 @attrs.define(eq=False)
 class Context:
+    #: the reactor (a clock, and endpoints for listeners and links); never the global one in library code
     reactor: typing.Any
-    config: "Config"
+    config: Config
     state_dir: pathlib.Path
-    metrics: "CollectorRegistry"
+    metrics: CollectorRegistry
     readiness: Readiness = attrs.Factory(Readiness)
     #: makes every call leg's MediaPort (``[media] queue_ms``, drops counted in the metrics); drivers use it
     media_ports: MediaPorts = attrs.Factory(MediaPorts)
-    #: the CDR store (gateway.store), set when the daemon is assembled
-    store: typing.Any = None
-    #: the call registry (gateway.core.registry.Registry)
-    registry: typing.Any = None
-    #: the admin HTTP API router (gateway.admin), where rooms add their routes
-    api: typing.Any = None
+    #: the store of CDRs (``ICdrStore``), SMS and conversations (``ISmsStore``): gateway.store
+    store: ICdrStore | None = None
+    #: the call core's door for adapters and the admin API (the registry), set by ``gateway.tap.build``
+    #: once the core is built and wired, before any adapter is built
+    registry: ICallControl | None = None
+    #: the admin HTTP API router, where rooms add their routes (``gateway.admin.site.make_site`` makes it)
+    api: ApiRouter | None = None
     #: name -> object for the live status of each adapter (status page, /api/status)
-    status: dict[str, typing.Any] = attrs.Factory(dict)
+    status: dict[str, StatusSource] = attrs.Factory(dict)
     #: adapter name -> "on ..." or "off (why)", as the start-up log and /api/status say (gateway.tap)
     adapters: dict[str, str] = attrs.Factory(dict)
     #: listeners to bind at start, in order (see :meth:`listen`)
-    listeners: list = attrs.Factory(list)
+    listeners: list[Listener] = attrs.Factory(list)
     #: the process exit status once the reactor stops (set by a fatal error)
     exit_code: int = 0
 
     @property
-    def tls(self):
+    def tls(self) -> TlsPolicy:
         """The TLS policy of every listener and link (``[gateway] tls_minimum``): a ``gateway.tlspolicy.TlsPolicy``."""
         from gateway.tlspolicy import TlsPolicy
 

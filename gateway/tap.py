@@ -213,8 +213,9 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     from gateway.admin.metrics import make_metrics_registry
     from gateway.admin.site import make_site
     from gateway.admin.token import resolve_token
+    from gateway.callservice import build_core, publish
+    from gateway.context import Readiness
     from gateway.media.metrics import counted_ports
-    from gateway.callservice import make_service as make_core
     from gateway.pluginload import extend_plugin_path
     from gateway.store import StoreHealth, open_store
     from gateway.store.files import check_private_dir
@@ -225,20 +226,26 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     check_private_dir(state_dir)  # warns, naming it and its mode, when others may enter it
     extend_plugin_path(config.gateway.plugin_dirs)
 
+    # 1. the shared services, the store first (everything after may write to it)
     metrics = make_metrics_registry()
-    ctx = Context(reactor=reactor, config=config, state_dir=state_dir, metrics=metrics,
-                  media_ports=counted_ports(metrics, config.media.queue_ms))
+    readiness = Readiness()
+    store = open_store(config.store.url, reactor, pending_max=config.store.pending_max,
+                       health=StoreHealth(metrics, readiness.register("store")))
+    ctx = Context(reactor=reactor, config=config, state_dir=state_dir, metrics=metrics, readiness=readiness,
+                  media_ports=counted_ports(metrics, config.media.queue_ms), store=store)
     root = GatewayService(ctx, SystemdService(Notifier(), reactor), source)
-
-    ctx.store = open_store(config.store.url, reactor, pending_max=config.store.pending_max,
-                           health=StoreHealth(metrics, ctx.readiness.register("store")))
-    root.store_service = _StoreService(ctx.store)
+    root.store_service = _StoreService(store)
     root.store_service.setServiceParent(root)
 
-    token = resolve_token(config.admin.token, state_dir)
-    ctx.listen("admin", config.admin.listen, make_site(ctx, token))
+    # 2. the admin site; its router is ctx.api, where the core and the adapters add their routes
+    ctx.listen("admin", config.admin.listen, make_site(ctx, resolve_token(config.admin.token, state_dir)))
 
-    root.core_service = make_core(ctx)
+    # 3. the call core: built (drivers, media, registry), then wired once (the drivers and the media
+    #    controller deliver to the registry), then published as ctx.registry, the adapters' ICallControl
+    core = build_core(ctx)
+    core.wire()
+    publish(ctx, core)
+    root.core_service = core
     root.core_service.setServiceParent(root)
 
     ctx.adapters = adapter_states(config)

@@ -15,7 +15,7 @@ class SimDriverFactory:
     def build(self, ctx):
         from gateway.drivers.sim import SimNetwork
 
-        return SimNetwork(ctx.reactor, ctx.config.pbx.sim, registry=lambda: ctx.registry, ports=ctx.media_ports)
+        return SimNetwork(ctx.reactor, ctx.config.pbx.sim, ports=ctx.media_ports)  # wired to the registry later
 
 
 sim = SimDriverFactory()

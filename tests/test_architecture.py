@@ -112,3 +112,52 @@ def test_adapters_reach_the_core_through_icallcontrol_only(path):
     modules, where the errors, events, states, snapshots, interfaces and DTMF limits live."""
     bad = sorted({name for name in _core_imports(path) if name not in CORE_NEUTRAL})
     assert bad == []
+
+
+#: the daemon's assembly: where the parts are built and wired (issue 13, item 3)
+ASSEMBLY = [ROOT / "gateway" / "tap.py", ROOT / "gateway" / "callservice.py", ROOT / "gateway" / "context.py",
+            *sorted((ROOT / "plugins").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", ASSEMBLY, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_assembly_has_no_late_binding_lambdas(path):
+    """A part gets the parts it needs when it is built or in the one wiring step (``CoreService.wire``),
+    never as a ``lambda: ctx.something`` read later."""
+    late = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Lambda) and not node.args.args:
+            reads = [n for n in ast.walk(node.body) if isinstance(n, ast.Attribute)
+                     and isinstance(n.value, ast.Name) and n.value.id == "ctx"]
+            if reads:
+                late.append(f"line {node.lineno}: lambda: ctx.{reads[0].attr}")
+    assert late == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "gateway" / "core").glob("*.py")), ids=lambda p: p.name)
+def test_no_part_of_the_core_plugs_its_callbacks_into_another(path):
+    """No ``other.attribute = self._method``: a part is handed who to tell in an explicit ``wire``
+    step by whoever assembles the core, instead of assigning its callbacks onto another part."""
+    plugged = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if (isinstance(target, ast.Attribute) and not (isinstance(target.value, ast.Name)
+                                                              and target.value.id == "self")
+                        and isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name)
+                        and node.value.value.id == "self"):
+                    plugged.append(f"line {node.lineno}: {ast.unparse(node)}")
+    assert plugged == []
+
+
+def test_the_context_is_typed():
+    """The shared services every room is handed are typed: no ``Any`` for the store, the call core
+    (its ICallControl) and the admin API router."""
+    import attrs
+
+    from gateway.context import Context
+
+    types = {field.name: field.type for field in attrs.fields(Context)}
+    assert types["store"] == "ICdrStore | None"
+    assert types["registry"] == "ICallControl | None"
+    assert types["api"] == "ApiRouter | None"
+    assert not [name for name, tp in types.items() if name != "reactor" and "Any" in str(tp)]

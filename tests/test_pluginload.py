@@ -133,3 +133,36 @@ def test_plugin_dirs_in_the_configuration_reach_the_daemon(tmp_path):
         assert stopped.called and announcer.started == [(1, "welcome")]
     finally:
         gateway.plugins.__path__[:] = saved
+
+
+def test_the_core_is_built_then_wired_once(tmp_path):
+    """Issue 13, item 3: the sim driver built by its plugin holds no way to the registry until the one
+    wiring step (``CoreService.wire``); then its callers reach the registry, and routed apps that end
+    by themselves end their call (the media controller tells the registry)."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from gateway.admin.metrics import make_metrics_registry
+    from gateway.callservice import build_core
+    from gateway.config import loads
+    from gateway.context import Context
+    from gateway.core.errors import DriverError
+    from gateway.core.interfaces import IInboundDriver
+
+    reactor = MemoryReactorClock()
+    config = loads('[[routes]]\ndid = "200"\nto = "app:echo"\n', "test.toml")
+    ctx = Context(reactor=reactor, config=config, state_dir=tmp_path, metrics=make_metrics_registry())
+    core = build_core(ctx)
+    sim = core.drivers["sim"]
+    assert IInboundDriver.providedBy(sim)
+    with pytest.raises(DriverError, match="no call registry"):
+        sim.place_inbound("0811222333", "200")
+    assert core.registry.calls() == []
+
+    core.wire()
+    leg = sim.place_inbound("0811222333", "200")
+    reactor.advance(0)
+    call_id = leg.events.call_id
+    assert core.registry.call(call_id).state == "TALKING"
+    [session] = core.media.sessions(call_id).values()
+    session.stop()  # the app ends by itself: the media controller tells the registry, which ends the call
+    assert core.registry.call(call_id).state == "RELEASED"

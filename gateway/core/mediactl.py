@@ -33,6 +33,12 @@ log = Logger()
 Spec = typing.Tuple[str, typing.Tuple[typing.Any, ...], typing.Optional[str]]
 
 
+class _AppListener(typing.Protocol):
+    """Who is told that a call's routed app ended by itself: the registry."""
+
+    def app_finished(self, call_id: str) -> None: ...
+
+
 def _wanted(call: Call) -> list[Spec]:
     """The sessions ``call`` needs in its present state."""
     if call.ended:
@@ -58,9 +64,14 @@ class MediaController:
         self._clock = clock
         self._apps = dict(apps)
         self._state_dir = state_dir
-        #: told ``call_id`` when a routed app ends by itself (a prompt played out); set by the registry
-        self.app_finished: typing.Callable[[str], None] | None = None
+        #: told when a routed app ends by itself (a prompt played out): see :meth:`wire`
+        self._calls: _AppListener | None = None
         self._sessions: dict[str, dict[Spec, typing.Any]] = {}
+
+    def wire(self, calls: _AppListener) -> None:
+        """Tell ``calls`` (the registry) ``app_finished(call_id)`` when a routed app ends by itself.
+        Whoever assembles the core calls it once, after both exist (``gateway.callservice``)."""
+        self._calls = calls
 
     @property
     def app_names(self) -> set[str]:
@@ -122,5 +133,5 @@ class MediaController:
         current = self._sessions.get(call_id, {})
         if current.get(spec) is session:  # it ended by itself, not through stop()
             del current[spec]
-            if self.app_finished is not None:
-                self.app_finished(call_id)
+            if self._calls is not None:
+                self._calls.app_finished(call_id)

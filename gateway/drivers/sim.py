@@ -33,10 +33,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.core.errors import DriverError
-from gateway.core.interfaces import IDriver, IDriverLeg
+from gateway.core.interfaces import IDriverLeg, IInboundDriver
 from gateway.media import PCM16, RATE, BytesConsumer, MediaPorts, PacedSource, silence_payloads, speech_like, tone
 from gateway.media import transcode, wav_payloads
 from gateway.media.testing import tone_power
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from gateway.core.interfaces import IInboundCalls
 
 __all__ = ["SimLeg", "SimNetwork", "SimParty", "TONE_HZ", "run_clock"]
 
@@ -55,7 +58,7 @@ HISTORY = 200
 PHONE, NUMBER, CALLER = "phone", "number", "caller"
 RINGING, TALKING, ENDED = "ringing", "talking", "ended"
 
-_PHONE_ADDRESS = re.compile(r"^(?:|manual|answer=(\d+(?:\.\d+)?))$")
+_PHONE_ADDRESS = re.compile(r"(?:|manual|answer=([0-9]+(?:\.[0-9]+)?))\Z")  # \Z: $ also matches before a final newline
 
 
 def run_clock(clock, seconds: float) -> None:
@@ -289,26 +292,31 @@ class SimLeg:
         self.network._ended(self)
 
 
-@implementer(IDriver)
+@implementer(IInboundDriver)
 class SimNetwork:
     """The simulated phone network, and the ``sim`` driver in front of it."""
 
     name = NAME
 
-    def __init__(self, clock, config, *, registry: typing.Callable[[], typing.Any] = lambda: None,
-                 codec: str = PCM16, ports: MediaPorts = MediaPorts()) -> None:
-        """``config``: a ``gateway.drivers.config.SimNetworkConfig``; ``registry()`` returns the call
-        registry inbound calls are delivered to (it may be set after the network is built); ``ports``
-        makes each leg's MediaPort (the daemon's ``ctx.media_ports``)."""
+    def __init__(self, clock, config, *, codec: str = PCM16, ports: MediaPorts = MediaPorts()) -> None:
+        """``config``: a ``gateway.drivers.config.SimNetworkConfig``; ``ports`` makes each leg's
+        MediaPort (the daemon's ``ctx.media_ports``). Inbound calls go to the core once
+        :meth:`wire` has been called."""
         self.clock = clock
         self.config = config
         self.codec = codec
         self.ports = ports
-        self._registry = registry
+        self._inbound: IInboundCalls | None = None
         self.live: list[SimLeg] = []
         self.history: collections.deque[SimParty] = collections.deque(maxlen=HISTORY)
         self._generator: task.LoopingCall | None = None
         self._noise_seeds = itertools.count(1)
+
+    def wire(self, inbound_calls: IInboundCalls) -> None:
+        """Deliver inbound calls to ``inbound_calls`` (the registry's door for drivers). Whoever
+        assembles the core calls it once, after the network and the registry both exist
+        (``gateway.callservice.CoreService.wire``)."""
+        self._inbound = inbound_calls
 
     # -- IDriver ---------------------------------------------------------------
 
@@ -353,12 +361,12 @@ class SimNetwork:
                       hang_up_after: float | None = None) -> SimLeg:
         """A caller dials ``did``: the registry receives the call (and routes it). With
         ``hang_up_after`` the caller hangs up that many seconds after being answered."""
-        registry = self._registry()
-        if registry is None:
+        inbound = self._inbound
+        if inbound is None:
             raise DriverError(NAME, "no call registry to deliver the call to")
         leg = self._leg(SimParty(self, CALLER, caller_id), "inbound", None)
         leg.party.hang_up_after = hang_up_after
-        leg.events = registry.incoming(leg, caller_id=caller_id, did=did, attributes=attributes)
+        leg.events = inbound.incoming(leg, caller_id=caller_id, did=did, attributes=attributes)
         return leg
 
     def _demo_call(self) -> None:

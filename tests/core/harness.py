@@ -50,8 +50,7 @@ class Harness:
         self.clock = task.Clock()
         options = dict(phone_answer_delay=1.0, ring_time=2.0, no_answer_timeout=30.0, rules=RULES)
         self.config = SimNetworkConfig(audio=audio, **{**options, **sim_options})
-        self.registry = None
-        self.network = SimNetwork(self.clock, self.config, registry=lambda: self.registry)
+        self.network = SimNetwork(self.clock, self.config)
         self.cdrs: list[dict] = []
         self.provider_cdrs: list[tuple] = []
         self.commands: list[tuple[str, str]] = []
@@ -69,6 +68,9 @@ class Harness:
             retention=retention,
             on_command=lambda name, result: self.commands.append((name, result)),
         )
+        # the wiring step of gateway.callservice: the network and the media delivering to the registry
+        self.network.wire(self.registry)
+        self.media.wire(self.registry)
         self.events: list[ev.CallEvent] = []
         self.registry.subscribe(self.events.append)
 

@@ -46,13 +46,11 @@ class Bridge(SynchronousTestCase):
 
     def setUp(self):
         self.clock = task.Clock()
-        self.registry = None
-        self.network = SimNetwork(
-            self.clock, SimNetworkConfig(audio="silence", ring_time=2.0, rules=RULES), registry=lambda: self.registry
-        )
+        self.network = SimNetwork(self.clock, SimNetworkConfig(audio="silence", ring_time=2.0, rules=RULES))
         self.registry = Registry(
             self.clock, {"sim": self.network}, extensions=EXTENSIONS, router=Router(ROUTES, {}), retention=60.0
         )
+        self.network.wire(self.registry)
         self.config = CtiConfig(enabled=True, agents=[CtiAgent(agent="alice", extension="1003")])
         self.component = Component("cti:PROC")
         self.client = BridgeClient(self.config, self.registry, CtiMetrics(CollectorRegistry()), self.component)

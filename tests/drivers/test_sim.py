@@ -82,7 +82,9 @@ class SimTestCase(SynchronousTestCase):
         self.registry = FakeRegistry(self.clock)
         config = SimNetworkConfig(**{"phone_answer_delay": 1.0, "ring_time": 2.0, "no_answer_timeout": 30.0,
                                      "audio": "silence", "rules": RULES, **options})
-        return SimNetwork(self.clock, config, registry=lambda: self.registry)
+        network = SimNetwork(self.clock, config)
+        network.wire(self.registry)
+        return network
 
     def advance(self, seconds):
         run_clock(self.clock, seconds)

@@ -49,8 +49,7 @@ class Bench:
         self.metrics = CollectorRegistry()
         self.driver = OutboundDriver(self.clock, self.config, http=StubTreq(self.site.resource),
                                      connect=self._connect, readiness=self.readiness, metrics=self.metrics)
-        self.network = SimNetwork(self.clock, SimNetworkConfig(audio="tone", phone_answer_delay=1.0),
-                                  registry=lambda: self.registry)
+        self.network = SimNetwork(self.clock, SimNetworkConfig(audio="tone", phone_answer_delay=1.0))
         apps = {app.name: app for app in plugins(IMediaApp)}
         self.cdrs, self.provider_cdrs, self.events = [], [], []
         self.registry = Registry(
@@ -59,6 +58,7 @@ class Bench:
             cdr_sink=lambda cdr: defer.succeed(self.cdrs.append(cdr)),
             provider_cdr_sink=lambda *record: defer.succeed(self.provider_cdrs.append(record)),
         )
+        self.network.wire(self.registry)
         self.registry.subscribe(self.events.append)
         self.driver.start()
         self._pumps = []
