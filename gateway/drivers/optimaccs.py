@@ -47,6 +47,7 @@ raises out of the protocol, and one connection's trouble affects no other call.
 
 from __future__ import annotations
 
+import enum
 import hmac
 import ipaddress
 import typing
@@ -64,11 +65,12 @@ from gateway.metrics import define_metric
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
-from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
+from gateway.drivers.optimaccs_link import Link, Machine, ProviderCall, Transitions, illegal_counter
 from gateway.media import MediaPort, MediaPorts
 from gateway.wstimers import use_reactor
 
-__all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "OptimaccsService", "Refusals", "make_service"]
+__all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "InboundState", "OptimaccsService", "Refusals", "TRANSITIONS",
+           "make_service"]
 
 log = Logger()
 
@@ -106,11 +108,39 @@ CLOSE_CODES: dict[str, int | None] = {
 IGNORED = {"unknown event": "unknown", "bad digit": "malformed", "no live call": "out_of_state",
            "second cdr": "out_of_state"}
 
-#: phases of a connection
-SETUP = "setup"  # open, no incoming_call yet
-LIVE = "live"  # the call is up at the provider
-ENDING = "ending"  # the call is over; waiting for the provider's cdr, then closing
-CLOSED = "closed"
+
+
+class InboundState(str, enum.Enum):
+    """The state of one inbound connection (its "phase" in ``GET /api/status``)."""
+
+    SETUP = "setup"  # open, no incoming_call yet
+    LIVE = "live"  # the call is up at the provider
+    ENDING = "ending"  # the call is over; waiting for the provider's cdr, then closing
+    CLOSED = "closed"  # the connection is gone
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SETUP, LIVE, ENDING, CLOSED = InboundState
+
+#: (state, input) -> next state of an inbound connection; every input, from the provider or the gateway,
+#: is listed where it is legal (loops: allowed, the state stays). Anything else is refused: a provider's
+#: message out of state is ignored or closes the connection (:data:`CLOSE_CODES`); an input of the
+#: gateway's own is an illegal transition (:class:`~gateway.drivers.optimaccs_link.Machine`).
+TRANSITIONS = Transitions("inbound", {
+    (SETUP, "incoming_call"): LIVE,  # the provider's incoming_call
+    (LIVE, "answer"): LIVE,  # the gateway answers: {"event":"answer"}
+    (LIVE, "send_dtmf"): LIVE,  # the gateway plays a digit
+    (LIVE, "flush"): LIVE,  # the gateway interrupts: {"event":"interrupt"}
+    (LIVE, "audio"): LIVE,  # binary audio from the provider
+    (LIVE, "dtmf"): LIVE,  # the provider reports a digit
+    (LIVE, "cdr"): LIVE,  # the provider's cdr (the first one)
+    (ENDING, "cdr"): ENDING,
+    (LIVE, "hangup"): ENDING,  # the gateway hangs up: {"event":"hangup"}, then the cdr is awaited
+    (LIVE, "remote_hangup"): ENDING,  # the provider's hangup
+    **{(state, "closed"): CLOSED for state in (SETUP, LIVE, ENDING)},  # the WebSocket is gone
+})
 
 
 class Refusals:
@@ -169,32 +199,46 @@ class _Metrics:
         self.closed = define_metric(registry, Counter, "optimaccs_closed",
                                     "OptimaCCS inbound connections refused (403) or closed by the gateway, "
                                     "by code.", ["code"])
+        self.illegal = illegal_counter(registry)
         self.registry = registry
 
 
 @implementer(IDriverLeg)
-class InboundCall:
-    """One provider connection and the call it carries: the IDriverLeg of the call's inbound leg."""
+class InboundCall(ProviderCall):
+    """One provider connection and the call it carries: the IDriverLeg of the call's inbound leg.
+
+    Its state is :class:`InboundState`, moved only through :data:`TRANSITIONS`; DTMF, the provider's
+    cdr and the timers (``setup``: setup_timeout; ``close``: the cdr wait or the grace after the cdr)
+    come from :class:`~gateway.drivers.optimaccs_link.ProviderCall`.
+    """
 
     driver = NAME
+    _ENDING = ENDING
+    _COUNT_DTMF_OUT_OF_STATE = True
 
     def __init__(self, server: "InboundServer", protocol: "_ProviderProtocol") -> None:
         self.server = server
         self.peer = protocol.peer_address
-        self.phase = SETUP
         self.port: MediaPort | None = None
         self.events = None
         self.setup: wire.CallSetup | None = None
         self.answered = False
-        self.cdr: dict | None = None
         self.frames_in = 0
         self._link = Link(protocol)
-        self._clock = server.clock
         self._ignored = server.budget(self.peer)
-        self._timer = self._clock.callLater(server.config.setup_timeout, self._setup_timed_out)
-        self._tones = Tones(server.clock)
+        self._begin(server.clock, Machine(TRANSITIONS, SETUP, lambda: self.who, server.metrics.illegal))
+        self._start_timer("setup", server.config.setup_timeout, self._setup_timed_out)
         #: fires once the connection is gone
         self.done = defer.Deferred()
+
+    @property
+    def phase(self) -> InboundState:
+        """The connection's state (:class:`InboundState`)."""
+        return self._machine.state
+
+    @property
+    def _cdr_wait(self) -> float:
+        return self.server.config.cdr_wait
 
     @property
     def who(self) -> str:
@@ -204,7 +248,7 @@ class InboundCall:
     # -- IDriverLeg ---------------------------------------------------------------
 
     def answer(self) -> defer.Deferred:
-        if self.phase != LIVE:
+        if not self._machine.allows("answer"):
             return defer.fail(DriverError(NAME, f"cannot answer: the call is {self.phase}"))
         if not self.answered:
             self.answered = True
@@ -213,23 +257,20 @@ class InboundCall:
 
     def hangup(self, cause) -> defer.Deferred:
         """Tell the provider; its cdr is awaited for ``cdr_wait`` seconds, the command does not wait."""
-        if self.phase == LIVE:
+        if self._machine.allows("hangup"):
             log.info("{who}: hanging up ({cause})", who=self.who, cause=cause)
             self._link.send({"event": "hangup"})
-            self._end_call()
+            self._end_call("hangup")
         return defer.succeed(None)
 
     def send_dtmf(self, digit: str, duration_ms: int) -> defer.Deferred:
-        if self.phase != LIVE:
-            return defer.fail(DriverError(NAME, f"cannot send DTMF: the call is {self.phase}"))
-        if digit not in wire.COMMAND_DIGITS:
-            return defer.fail(DriverError(NAME, f"the provider plays only 0-9 * # as DTMF, not {digit!r}"))
-        duration = wire.clamp_duration(duration_ms)
-        self._link.send({"event": "dtmf", "digit": digit, "duration": duration})
-        return self._tones.play(duration)
+        return self._play_dtmf(digit, duration_ms)
+
+    def _dtmf_message(self, digit: str, duration: int) -> dict:
+        return {"event": "dtmf", "digit": digit, "duration": duration}
 
     def flush(self) -> None:
-        if self.phase == LIVE:
+        if self._machine.allows("flush"):
             self._link.send({"event": "interrupt"})
         if self.port is not None:
             self.port.flush()
@@ -248,7 +289,7 @@ class InboundCall:
             self._close(CLOSE_INTERNAL, "internal error")
 
     def _audio(self, payload: bytes) -> None:
-        if self.phase == LIVE:
+        if self._machine.allows("audio"):
             self.frames_in += 1
             self.port.receive(payload)
         elif self.phase == SETUP:
@@ -269,7 +310,7 @@ class InboundCall:
             handler(self, message)
 
     def _on_incoming_call(self, message: dict) -> None:
-        if self.phase != SETUP:
+        if not self._machine.allows("incoming_call"):
             self._reject(CLOSE_POLICY, "a second incoming_call: one call per connection")
             return
         try:
@@ -277,8 +318,8 @@ class InboundCall:
         except wire.BadMessage as error:
             self._reject(CLOSE_POLICY, str(error))
             return
-        self._timer.cancel()
-        self.phase = LIVE
+        self._cancel_timer("setup")
+        self._machine.fire("incoming_call")
         self._open_port()
         setup = self.setup
         log.info("{who}: incoming call from {caller} to {did}", who=self.who, caller=setup.caller_id or "anonymous",
@@ -291,36 +332,27 @@ class InboundCall:
             self._close(CLOSE_INTERNAL, "internal error")
 
     def _on_dtmf(self, message: dict) -> None:
-        digit = wire.keypad_digit(message.get("digit"))
-        if self.phase != LIVE or self.events is None:
-            self._ignore("no live call", f"dtmf while the call is {self.phase}")
-        elif digit is None:
-            self._ignore("bad digit", f"dtmf digit {message.get('digit')!r} is not one of 0-9 * # A-D")
-        else:
-            self.events.dtmf(digit)
+        digit = message.get("digit")
+        self._received_dtmf(digit, f"dtmf digit {digit!r} is not one of 0-9 * # A-D")
 
     def _on_hangup(self, message: dict) -> None:
-        if self.phase != LIVE:
+        if not self._machine.allows("remote_hangup"):
             if self.phase == SETUP:
                 self._ignore("no live call", "hangup before incoming_call")
             return
         log.info("{who}: the provider hung up", who=self.who)
-        self._end_call()
+        self._end_call("remote_hangup")
         if self.events is not None:
             self.events.hung_up("remote_hangup")
 
     def _on_cdr(self, message: dict) -> None:
-        if self.phase == SETUP:
+        if not self._machine.allows("cdr"):
             self._ignore("no live call", "cdr before incoming_call")
             return
         if self.cdr is not None:
             self._ignore("second cdr", "a second cdr")
             return
-        self.cdr = wire.normalise_cdr({k: v for k, v in message.items() if k != "event"})
-        if self.events is not None:
-            self.events.provider_cdr(wire.SOURCE, self.cdr)
-        if self.phase == ENDING:
-            self._later(CLOSE_GRACE, self._close, CLOSE_NORMAL, "call ended")
+        self._take_cdr({k: v for k, v in message.items() if k != "event"})
 
     _handlers: typing.ClassVar[dict] = {
         "incoming_call": _on_incoming_call,
@@ -334,11 +366,9 @@ class InboundCall:
         if self.phase == CLOSED:
             return
         was_live = self.phase == LIVE
-        self.phase = CLOSED
-        if self._timer.active():
-            self._timer.cancel()
+        self._machine.fire("closed")
+        self._wind_up()
         self._close_port()
-        self._tones.cancel()
         self._ignored.close()
         log.info("{who}: connection closed (code {code}, {reason})", who=self.who, code=code, reason=reason or "")
         if was_live and self.events is not None:
@@ -357,24 +387,15 @@ class InboundCall:
         if self.port is not None:
             self._link.detach(self.port)
 
-    def _end_call(self) -> None:
-        """The call is over at the provider: stop the audio, then wait for the cdr and the provider's close."""
-        self.phase = ENDING
+    def _end_call(self, how: str) -> None:
+        """The call is over at the provider (``how``: ``hangup`` or ``remote_hangup``): stop the audio, then
+        wait for the cdr and the provider's close."""
+        if not self._machine.fire(how):
+            return
         self._close_port()
-        if self.cdr is not None:
-            self._later(CLOSE_GRACE, self._close, CLOSE_NORMAL, "call ended")
-        else:
-            self._later(self.server.config.cdr_wait, self._cdr_timed_out)
+        self._await_cdr()
 
-    def _later(self, seconds: float, then, *args) -> None:
-        """Replace the connection's one timer."""
-        if self._timer.active():
-            self._timer.cancel()
-        self._timer = self._clock.callLater(seconds, then, *args)
-
-    def _cdr_timed_out(self) -> None:
-        log.warn("{who}: no cdr within {wait} s of the hangup; closing", who=self.who,
-                 wait=self.server.config.cdr_wait)
+    def _close_after_call(self) -> None:
         self._close(CLOSE_NORMAL, "call ended")
 
     def _setup_timed_out(self) -> None:
@@ -396,7 +417,7 @@ class InboundCall:
         setup = self.setup
         return {
             "peer": self.peer,
-            "phase": self.phase,
+            "phase": self.phase.value,
             "session_id": setup.session_id if setup else None,
             "caller_id": setup.caller_id if setup else None,
             "did": setup.did if setup else None,
@@ -524,7 +545,7 @@ class InboundServer:
         self.refusals.close()
         calls = list(self.calls)
         for call in calls:
-            if call.phase != ENDING:
+            if call.phase != ENDING:  # one waiting for its cdr keeps waiting (at most cdr_wait)
                 call._close(CLOSE_GOING_AWAY, "the gateway is stopping")
         return defer.DeferredList([call.done for call in calls]).addCallback(lambda _: None)
 

@@ -42,6 +42,7 @@ Every failed leg is counted in ``gateway_optimaccs_outbound_failed_total{kind}``
 
 from __future__ import annotations
 
+import enum
 import itertools
 import typing
 
@@ -60,13 +61,13 @@ from gateway.core.interfaces import IDriver, IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.config import OptimaccsConfig
 from gateway.drivers.optimaccs_api import ApiError, ProviderApi, ValidationFailed, digits_only, media_url
-from gateway.drivers.optimaccs_link import CLOSE_GRACE, Link, Tones
+from gateway.drivers.optimaccs_link import Link, Machine, ProviderCall, Transitions, illegal_counter
 from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 from gateway.media import MediaPorts
 from gateway.metrics import define_metric
 from gateway.wstimers import use_reactor
 
-__all__ = ["OutboundDriver", "OutboundLeg", "build_driver", "connect_endpoint"]
+__all__ = ["OutboundDriver", "OutboundLeg", "OutboundState", "TRANSITIONS", "build_driver", "connect_endpoint"]
 
 log = Logger()
 
@@ -78,14 +79,64 @@ ADAPTER = "optimaccs-outbound"
 #: (1002 protocol error, 1003 unsupported data, 1007 invalid payload, 1009 message too big)
 PROTOCOL_CLOSES = frozenset({1002, 1003, wire.CLOSE_INVALID, 1009})
 
-#: the stages of an outbound leg
-REQUESTING = "requesting"  # POST /pbx/call in flight
-CONNECTING = "connecting"  # opening the media WebSocket
-DIALING = "dialing"  # the provider is dialling
-TALKING = "talking"  # Connected
-ENDING = "ending"  # over for the call; waiting for the provider's cdr and close
-OVER = "over"  # nothing left open
 
+
+class OutboundState(str, enum.Enum):
+    """The state of one outbound leg (its "stage" in ``GET /api/status``)."""
+
+    REQUESTING = "requesting"  # POST /pbx/call in flight (or about to go out)
+    ABANDONED = "abandoned"  # hung up while requesting: a call placed after all is hung up by REST
+    CONNECTING = "connecting"  # opening the media WebSocket
+    DIALING = "dialing"  # the provider is dialling
+    TALKING = "talking"  # Connected
+    ENDING = "ending"  # over for the call; waiting for the provider's cdr and close
+    OVER = "over"  # nothing left open
+
+    def __str__(self) -> str:
+        return self.value
+
+
+REQUESTING, ABANDONED, CONNECTING, DIALING, TALKING, ENDING, OVER = OutboundState
+#: the states in which the registry has not yet been told how the leg ends
+LIVE = frozenset({REQUESTING, CONNECTING, DIALING, TALKING})
+_MEDIA = (DIALING, TALKING)
+
+#: (state, input) -> next state of an outbound leg; every input, from the provider, the gateway or a
+#: timer, is listed where it is legal (loops: allowed, the state stays). A provider's message out of
+#: state is ignored; an input of the gateway's own out of state is an illegal transition
+#: (:class:`~gateway.drivers.optimaccs_link.Machine`).
+TRANSITIONS = Transitions("outbound", {
+    (REQUESTING, "start"): REQUESTING,  # POST /pbx/call goes out
+    (ABANDONED, "start"): OVER,  # hung up before it went out: nothing placed
+    (REQUESTING, "hangup"): ABANDONED,
+    (REQUESTING, "placed"): CONNECTING,  # the reply: open the media WebSocket
+    (ABANDONED, "placed"): OVER,  # placed after all: POST /pbx/hangup
+    (REQUESTING, "not_placed"): OVER,  # refused, timed out, unreachable: failed
+    (ABANDONED, "not_placed"): OVER,
+    (REQUESTING, "give_up"): OVER,  # an unusable endpointUrl: failed
+    (CONNECTING, "give_up"): OVER,  # the media WebSocket could not be connected: failed
+    (CONNECTING, "opened"): DIALING,  # the media WebSocket is open
+    (ENDING, "opened"): ENDING,  # ... after the gateway hung up: the hangup goes out on it
+    (DIALING, "progress"): DIALING,  # dialStatus Dialing, Ringing
+    (DIALING, "connected"): TALKING,  # dialStatus Connected
+    (DIALING, "busy"): ENDING,  # dialStatus Busy
+    (DIALING, "dial_failed"): ENDING,  # dialStatus Failed
+    (DIALING, "silent"): ENDING,  # no dialStatus within request_timeout of opening: failed
+    (DIALING, "no_answer"): ENDING,  # not Connected within ring_timeout + request_timeout: no answer
+    **{(state, "remote_hangup"): ENDING for state in _MEDIA},  # the provider's hangup
+    **{(state, "hangup"): ENDING for state in (CONNECTING, DIALING, TALKING)},  # the gateway's
+    **{(state, "broken"): ENDING for state in (DIALING, TALKING, ENDING)},  # refused text: closed 1007
+    **{(state, "cdr"): state for state in (DIALING, TALKING, ENDING)},  # the provider's cdr
+    **{(state, name): state for state in _MEDIA for name in ("audio", "checkpoint")},
+    **{(TALKING, name): TALKING for name in ("send_dtmf", "dtmf", "flush")},
+    **{(state, "closed"): OVER for state in (CONNECTING, DIALING, TALKING, ENDING)},  # the WebSocket is gone
+    (ENDING, "finish"): OVER,  # nothing left to wait for
+    **{(state, "bug"): OVER for state in OutboundState if state != OVER},  # an internal error: failed
+})
+
+#: the dialStatus values and their inputs
+_DIAL_STATUS = {"Dialing": "progress", "Ringing": "progress", "Connected": "connected", "Busy": "busy",
+                "Failed": "dial_failed"}
 _TERMINAL_DISPOSITIONS = {"BUSY": ("busy",), "NO ANSWER": ("no_answer",)}
 
 
@@ -103,33 +154,50 @@ class _MediaProtocol(WebSocketClientProtocol):
 
 
 @implementer(IDriverLeg)
-class OutboundLeg:
-    """One call placed through the provider: its REST request, its media WebSocket, its MediaPort."""
+class OutboundLeg(ProviderCall):
+    """One call placed through the provider: its REST request, its media WebSocket, its MediaPort.
+
+    Its state is :class:`OutboundState`, moved only through :data:`TRANSITIONS`. The registry is told how
+    the leg ends exactly once: by the transition that leaves a live state (:data:`LIVE`) for one where the
+    leg is over for the registry (``abandoned``, ``ending``, ``over``). DTMF, the provider's cdr and the
+    timers come from :class:`~gateway.drivers.optimaccs_link.ProviderCall`; the timers are ``progress``
+    (the first dialStatus), ``answer`` (Connected) and ``close`` (the cdr wait or the grace after it).
+    """
 
     driver = NAME
+    _ENDING = ENDING
 
     def __init__(self, driver: "OutboundDriver", number: str, events, caller_id: str | None) -> None:
         self._driver = driver
         self.number = number
         self.events = events
         self.caller_id = caller_id
-        self.stage = REQUESTING
-        #: True once the registry was told the leg is over (or asked for the hangup)
-        self.over = False
         self.session_id: str | None = None
-        self.cdr: dict | None = None
         self.port = driver.ports.port(driver.clock, driver.config.audio, name=f"optimaccs:{number}")
         self._link: Link | None = None
         #: the TCP connection being made, then the protocol whose opening handshake runs
         self._connecting: defer.Deferred | None = None
         self._handshaking = None
-        self._timer = None
-        self._tones = Tones(driver.clock)
         self._checkpoints: dict[str, defer.Deferred] = {}
         self._names = itertools.count(1)
         self._ignored = driver.budget(f"call to {number}")
+        self._begin(driver.clock, Machine(TRANSITIONS, REQUESTING, lambda: self.who, driver.illegal))
         #: fires once the leg holds nothing open any more
         self.done = defer.Deferred()
+
+    @property
+    def stage(self) -> OutboundState:
+        """The leg's state (:class:`OutboundState`)."""
+        return self._machine.state
+
+    @property
+    def over(self) -> bool:
+        """True once the registry was told the leg is over (or asked for the hangup)."""
+        return self.stage not in LIVE
+
+    @property
+    def _cdr_wait(self) -> float:
+        return self._driver.config.cdr_wait
 
     @property
     def who(self) -> str:
@@ -143,32 +211,30 @@ class OutboundLeg:
 
     def hangup(self, cause) -> defer.Deferred:
         """Hang up at the provider; the provider's cdr is awaited, the command does not wait."""
-        if not self.over:
-            self.over = True
+        if self._machine.allows("hangup"):
             log.info("{who}: hanging up ({cause})", who=self.who, cause=cause)
-            if self.stage in (DIALING, TALKING, CONNECTING):
+            requesting = self.stage == REQUESTING
+            self._machine.fire("hangup")
+            if not requesting:  # abandoned: hung up by REST once the request ends
                 self._send_hangup()
-                self._end()
+                self._wind_down()
         return defer.succeed(None)
 
     def send_dtmf(self, digit: str, duration_ms: int) -> defer.Deferred:
-        if self.stage != TALKING:
-            return defer.fail(DriverError(NAME, f"cannot send DTMF: the call is {self.stage}"))
-        if digit not in wire.COMMAND_DIGITS:
-            return defer.fail(DriverError(NAME, f"the provider plays only 0-9 * # as DTMF, not {digit!r}"))
-        duration = wire.clamp_duration(duration_ms)
-        self._link.send({"event": "dtmf", "data": {"digit": digit, "duration": duration}})
-        return self._tones.play(duration)
+        return self._play_dtmf(digit, duration_ms)
+
+    def _dtmf_message(self, digit: str, duration: int) -> dict:
+        return {"event": "dtmf", "data": {"digit": digit, "duration": duration}}
 
     def flush(self) -> None:
-        if self.stage == TALKING:
+        if self._machine.allows("flush"):
             self._link.send({"event": "interruption"})
         self.port.flush()
 
     def checkpoint(self) -> defer.Deferred:
         """Fires once the audio queued toward the callee so far has been played by the provider
         (or discarded by a flush, or the call ended)."""
-        if self.stage not in (DIALING, TALKING):
+        if not self._machine.allows("checkpoint"):
             return defer.succeed(None)
         name = f"gw-{next(self._names)}"
         reached = self._checkpoints[name] = defer.Deferred()
@@ -180,8 +246,10 @@ class OutboundLeg:
 
     def start(self) -> None:
         """Place the call (scheduled by ``dial``, so nothing is reported before it returned)."""
-        if self.over:
-            self._finish()
+        if self.stage == ABANDONED:  # hung up before the request went out: nothing is placed
+            self._let_go("start")
+            return
+        if not self._machine.fire("start"):
             return
         d = self._driver.api.place_call(self.number, self.caller_id)
         d.addCallbacks(self._placed, self._not_placed)
@@ -190,16 +258,17 @@ class OutboundLeg:
     def _placed(self, placed) -> None:
         self._driver.api_up()
         self.session_id = placed.session_id
-        if self.over:
+        if self.stage == ABANDONED:
             self._rest_hangup()
-            self._finish()
+            self._let_go("placed")
             return
         try:
             url = media_url(placed.endpoint_url, placed.session_id)
         except ApiError as error:
             self._give_up(error.reason, kind=error.kind)
             return
-        self.stage = CONNECTING
+        if not self._machine.fire("placed"):
+            return
         log.info("{who}: placed; opening {url}", who=self.who, url=url)
         self._connecting = d = self._driver.connect_media(url, self)
         d.addCallbacks(self._connected, self._not_connected)
@@ -212,8 +281,9 @@ class OutboundLeg:
         kind = error.kind if isinstance(error, ApiError) else "unreachable"
         log.warn("{who}: the provider did not place the call ({kind}): {error}", who=self.who,
                  kind=kind, error=failure.getErrorMessage())
-        self._report("failed", getattr(error, "reason", None) or failure.getErrorMessage(), kind=kind)
-        self._finish()
+        if self._leave("not_placed", "failed", getattr(error, "reason", None) or failure.getErrorMessage(),
+                       kind=kind):
+            self._let_go()
 
     def _connected(self, protocol) -> None:
         self._connecting = None
@@ -221,33 +291,38 @@ class OutboundLeg:
 
     def _not_connected(self, failure) -> None:
         self._connecting = None
-        if self.over:
-            self._finish()  # the gateway hung up while connecting
+        if self.stage == ENDING:
+            self._let_go("finish")  # the gateway hung up while connecting
         else:
             self._give_up(f"the provider's media WebSocket could not be opened: {failure.getErrorMessage()}",
                           kind="media_unreachable")
 
     def _give_up(self, reason: str, kind: str) -> None:
         log.warn("{who}: {reason}", who=self.who, reason=reason)
-        self._report("failed", reason, kind=kind)
-        self._rest_hangup()
-        self._finish()
+        if self._leave("give_up", "failed", reason, kind=kind):
+            self._rest_hangup()
+            self._let_go()
 
     def opened(self, protocol) -> None:
         self._handshaking = None
         self._link = Link(protocol)
-        if self.over:
-            self._send_hangup()
-            self._end()
+        if not self._machine.fire("opened"):
+            self._link.close(1000, "call ended")  # nothing to carry on it
             return
-        self.stage = DIALING
+        if self.stage == ENDING:  # hung up while the handshake ran
+            self._send_hangup()
+            self._wind_down()
+            return
         self._link.attach(self.port)
+        outbound = self._driver.config.outbound
+        self._start_timer("progress", outbound.request_timeout, self._no_progress)
+        self._start_timer("answer", outbound.ring_timeout + outbound.request_timeout, self._not_answered)
 
     def received(self, payload: bytes, binary: bool) -> None:
         """One message from the provider (never raises)."""
         try:
             if binary:
-                if self.stage in (DIALING, TALKING):
+                if self._machine.allows("audio"):
                     self.port.receive(payload)
                 return
             self._text(payload)
@@ -272,60 +347,57 @@ class OutboundLeg:
         """The provider sent what the boundary policy refuses: close 1007, fail the leg, hang up by REST."""
         log.warn("{who}: the provider broke the protocol ({reason}); closing with {code}", who=self.who,
                  reason=reason, code=wire.CLOSE_INVALID)
-        self._link.close(wire.CLOSE_INVALID, reason)  # the closing handshake ends in closed -> _finish
-        if not self.over:
-            self._report("failed", f"the provider broke the media protocol: {reason}", kind="protocol")
+        self._link.close(wire.CLOSE_INVALID, reason)  # the closing handshake ends in closed -> over
+        live = self.stage in LIVE
+        if self._leave("broken", "failed", f"the provider broke the media protocol: {reason}", kind="protocol") \
+                and live:
             self._rest_hangup()
-        self.stage = ENDING
         self._stop_media()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._cancel_timers()
 
     def _on_dial_status(self, data) -> None:
         status = data.get("status") if isinstance(data, dict) else None
-        if status not in ("Dialing", "Ringing", "Connected", "Busy", "Failed"):
+        if status not in _DIAL_STATUS:
             self._ignored.ignored("malformed", f"dialStatus {data!r:.100}")
             return
         log.info("{who}: dialStatus {status}", who=self.who, status=status)
-        if self.stage != DIALING:
-            return
-        if status == "Ringing":
-            self.events.ringing()
-        elif status == "Connected":
-            self.stage = TALKING
+        step = _DIAL_STATUS[status]
+        if not self._machine.allows(step):
+            return  # e.g. a Ringing after Connected: nothing to do
+        self._cancel_timer("progress")
+        if step == "progress":
+            if status == "Ringing":
+                self.events.ringing()
+        elif step == "connected":
+            self._cancel_timer("answer")
+            self._machine.fire("connected")
             self.events.answered()
-        elif status == "Busy":
-            self._report("busy")
-            self._end()
-        elif status == "Failed":
-            self._report("failed", "the provider could not connect the call", kind="dial_failed")
-            self._end()
+        elif step == "busy":
+            self._leave("busy", "busy")
+            self._wind_down()
+        else:
+            self._leave("dial_failed", "failed", "the provider could not connect the call", kind="dial_failed")
+            self._wind_down()
 
     def _on_hangup(self, data) -> None:
+        if not self._machine.allows("remote_hangup"):
+            return
         if self.stage == TALKING:
-            self._report("hung_up", "remote_hangup")
-        elif self.stage == DIALING:
+            self._leave("remote_hangup", "hung_up", "remote_hangup")
+        else:
             outcome, *args = self._unanswered_outcome()
-            self._report(outcome, *args, kind="unanswered")
-        if self.stage in (DIALING, TALKING):
-            self._end()
+            self._leave("remote_hangup", outcome, *args, kind="unanswered")
+        self._wind_down()
 
     def _on_cdr(self, data) -> None:
-        if not isinstance(data, dict) or self.cdr is not None:
+        if not isinstance(data, dict) or self.cdr is not None or not self._machine.allows("cdr"):
             self._ignored.ignored("malformed" if self.cdr is None else "out_of_state",
                                   f"cdr {data!r:.100} (not an object, or a second one)")
             return
-        self.cdr = wire.normalise_cdr(data)
-        self.events.provider_cdr(wire.SOURCE, self.cdr)
-        if self.stage == ENDING:
-            self._later(CLOSE_GRACE, self._link.close, 1000, "call ended")
+        self._take_cdr(data)
 
     def _on_dtmf(self, data) -> None:
-        digit = wire.keypad_digit(data.get("digit") if isinstance(data, dict) else None)
-        if digit is None:
-            self._ignored.ignored("malformed", f"dtmf {data!r:.100}")
-        elif self.stage == TALKING:
-            self.events.dtmf(digit)
+        self._received_dtmf(data.get("digit") if isinstance(data, dict) else None, f"dtmf {data!r:.100}")
 
     def _on_checkpoint(self, data) -> None:
         reached = self._checkpoints.pop(data, None) if isinstance(data, str) else None
@@ -343,29 +415,59 @@ class OutboundLeg:
     def closed(self, code, reason) -> None:
         """The media WebSocket is gone (or its opening handshake failed)."""
         self._handshaking = None
-        if not self.over:
-            if code in PROTOCOL_CLOSES:
-                self._report("failed", f"the provider's media connection broke the protocol (code {code}, "
-                                       f"{reason or ''})", kind="protocol")
-            elif self.stage == TALKING:
-                self._report("hung_up", "transport_lost")
-            else:
-                self._report("failed", f"the provider closed the media connection (code {code}, {reason or ''})",
-                             kind="media_closed")
-            self._rest_hangup()
         log.info("{who}: media connection closed (code {code}, {reason})", who=self.who, code=code,
                  reason=reason or "")
-        self._finish()
+        if self.stage == OVER:
+            return
+        live = self.stage in LIVE
+        if code in PROTOCOL_CLOSES:
+            told = self._leave("closed", "failed", f"the provider's media connection broke the protocol (code {code}, "
+                                                   f"{reason or ''})", kind="protocol")
+        elif self.stage == TALKING:
+            told = self._leave("closed", "hung_up", "transport_lost")
+        else:
+            told = self._leave("closed", "failed", f"the provider closed the media connection (code {code}, "
+                                                   f"{reason or ''})", kind="media_closed")
+        if told:
+            if live:
+                self._rest_hangup()
+            self._let_go()
+
+    # -- timers: a provider that says nothing -------------------------------------------
+
+    def _no_progress(self) -> None:
+        """No dialStatus within ``request_timeout`` of the media WebSocket opening: the leg fails."""
+        wait = self._driver.config.outbound.request_timeout
+        log.warn("{who}: no dialStatus within {wait:g} s of the media connection opening; hanging up",
+                 who=self.who, wait=wait)
+        if self._leave("silent", "failed", f"the provider sent no dialStatus within {wait:g} s", kind="silent"):
+            self._send_hangup()
+            self._wind_down()
+
+    def _not_answered(self) -> None:
+        """Not Connected within ``ring_timeout`` + ``request_timeout`` of the media WebSocket opening, and the
+        provider (told to give up after ``ring_timeout``) said nothing more: the leg is not answered."""
+        outbound = self._driver.config.outbound
+        log.warn("{who}: not connected within {wait:g} s (ring_timeout {ring} s + request_timeout) and the "
+                 "provider said nothing more; hanging up", who=self.who,
+                 wait=outbound.ring_timeout + outbound.request_timeout, ring=outbound.ring_timeout)
+        if self._leave("no_answer", "no_answer"):
+            self._send_hangup()
+            self._wind_down()
 
     # -- internals -----------------------------------------------------------------
 
-    def _report(self, outcome: str, *args, kind: str | None = None) -> None:
-        """Tell the registry the leg is over (once); a failure is counted by ``kind``."""
-        if not self.over:
-            self.over = True
+    def _leave(self, step: str, outcome: str | None = None, *args, kind: str | None = None) -> bool:
+        """Take the transition ``step``; if it leaves a live state, tell the registry ``outcome(*args)``
+        (a failure is counted by ``kind``). False if the transition is illegal."""
+        live = self.stage in LIVE
+        if not self._machine.fire(step):
+            return False
+        if live and outcome is not None:
             if outcome == "failed":
                 self._driver.failed(kind or "other")
             getattr(self.events, outcome)(*args)
+        return True
 
     def _unanswered_outcome(self) -> tuple:
         cdr = self.cdr or {}
@@ -391,29 +493,21 @@ class OutboundLeg:
         d.addErrback(lambda f: log.warn("{who}: POST /pbx/hangup failed: {error}", who=self.who,
                                         error=f.getErrorMessage()))
 
-    def _end(self) -> None:
-        """The call is over at the provider: stop the audio, wait for its cdr, then close."""
-        self.stage = ENDING
+    def _wind_down(self) -> None:
+        """The call is over at the provider (the leg is ``ending``): stop the audio, wait for its cdr, then
+        close."""
         self._stop_media()
+        self._cancel_timer("progress", "answer")
         if self._connecting is not None:
-            self._connecting.cancel()  # -> _not_connected -> _finish
+            self._connecting.cancel()  # -> _not_connected -> over
         elif self._handshaking is not None:
-            self._handshaking.transport.abortConnection()  # -> closed -> _finish
+            self._handshaking.transport.abortConnection()  # -> closed -> over
         elif self._link is None:
-            self._finish()
-        elif self.cdr is not None:
-            self._later(CLOSE_GRACE, self._link.close, 1000, "call ended")
+            self._let_go("finish")
         else:
-            self._later(self._driver.config.cdr_wait, self._cdr_timed_out)
+            self._await_cdr()
 
-    def _later(self, seconds: float, then, *args) -> None:
-        """Replace the leg's one timer."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self._driver.clock.callLater(seconds, then, *args)
-
-    def _cdr_timed_out(self) -> None:
-        log.warn("{who}: no cdr from the provider in time; closing", who=self.who)
+    def _close_after_call(self) -> None:
         self._link.close(1000, "call ended")
 
     def _stop_media(self) -> None:
@@ -426,29 +520,26 @@ class OutboundLeg:
         self._checkpoints.clear()
 
     def _mark(self, name: str) -> None:
-        if self.stage in (DIALING, TALKING) and name in self._checkpoints:
+        if self._machine.allows("checkpoint") and name in self._checkpoints:
             self._link.send({"event": "checkPoint", "data": name})
 
-    def _finish(self) -> None:
-        if self.stage == OVER:
+    def _let_go(self, step: str | None = None) -> None:
+        """The leg holds nothing open any more (``step``: the transition to ``over`` still to take)."""
+        if step is not None and not self._machine.fire(step):
             return
-        self.stage = OVER
-        self.over = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._wind_up()
         self._stop_media()
-        self._tones.cancel()
         self._ignored.close()
         self._driver.forget(self)
         self.done.callback(None)
 
     def _bug(self, failure, what: str) -> None:
         log.failure("{who}: {what} failed", failure, who=self.who, what=what)
-        self._report("failed", f"{what} failed (internal error)", kind="internal")
-        self._finish()
+        if self.stage != OVER and self._leave("bug", "failed", f"{what} failed (internal error)", kind="internal"):
+            self._let_go()
 
     def to_dict(self) -> dict:
-        return {"number": self.number, "session_id": self.session_id, "stage": self.stage,
+        return {"number": self.number, "session_id": self.session_id, "stage": self.stage.value,
                 "frames_out": self._link.frames_out if self._link else 0}
 
 
@@ -489,11 +580,13 @@ class OutboundDriver:
         self._on_stop = on_stop
         #: an IgnoredBudget per call: gateway_ignored_messages_total{adapter="optimaccs-outbound",reason}
         self.budget = budget_factory(clock, ADAPTER, metrics, logger=log)
+        #: gateway_optimaccs_illegal_transitions_total{connection="outbound",state,input}
+        self.illegal = illegal_counter(metrics)
         self._failed = None if metrics is None else define_metric(
             metrics, Counter, "optimaccs_outbound_failed",
             "OptimaCCS outbound calls that failed, by kind (unauthorized, validation_failed, provider_failure, "
             "bad_reply, timeout, unreachable, media_unreachable, media_closed, protocol, dial_failed, unanswered, "
-            "internal).",
+            "silent, internal).",
             ["kind"])
 
     def failed(self, kind: str) -> None:
