@@ -114,13 +114,9 @@ class _Destination:
         return {"extension": self.extension} if self.extension is not None else {}
 
 
-#: an observer: ``observer(event, call)``, ``call`` the event's call as a CallSnapshot
-Observer = typing.Callable[[ev.CallEvent, CallSnapshot], object]
-
-
 @attrs.define(eq=False)
 class _Subscription:
-    callback: Observer
+    callback: typing.Callable
     extension: str | None
 
 
@@ -250,10 +246,7 @@ class Registry:
         self._calls: dict[str, Call] = {}
         self._forget_timers: dict[str, typing.Any] = {}
         self._subscriptions: list[_Subscription] = []
-        #: events of the batch under way, with their (live) call
-        self._pending: list[tuple[ev.CallEvent, Call]] = []
-        #: events of finished batches, with their call's snapshot, waiting to be delivered
-        self._queue: collections.deque[tuple[ev.CallEvent, CallSnapshot]] = collections.deque()
+        self._queue: collections.deque = collections.deque()
         self._depth = 0
         self._dispatching = False
         self._closing = False
@@ -262,10 +255,8 @@ class Registry:
 
     # -- observers -----------------------------------------------------------
 
-    def subscribe(self, callback: Observer, extension: str | None = None):
-        """Call ``callback(event, call)`` for every event (of ``extension``'s calls only, if given),
-        ``call`` being the event's call as a :class:`CallSnapshot` once the batch that raised the event
-        was done: one snapshot per call per batch, shared by all of that call's events in it.
+    def subscribe(self, callback: typing.Callable[[ev.CallEvent], object], extension: str | None = None):
+        """Call ``callback(event)`` for every event (of ``extension``'s calls only, if given).
         Returns a function that unsubscribes."""
         subscription = _Subscription(callback, extension)
         self._subscriptions.append(subscription)
@@ -286,27 +277,12 @@ class Registry:
         finally:
             self._depth -= 1
             if self._depth == 0:
-                self._close_batch()
+                self._dispatch()
 
-    def _emit(self, event: ev.CallEvent, call: Call) -> None:
-        self._pending.append((event, call))
+    def _emit(self, event: ev.CallEvent) -> None:
+        self._queue.append(event)
         if self._depth == 0:
-            self._close_batch()
-
-    def _close_batch(self) -> None:
-        """The batch is done: pair each of its events with its call's snapshot (taken once per call,
-        now), queue them, and deliver. A batch started by an observer's command closes while the
-        queue is delivered: its events join the queue behind, with snapshots taken after that command."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            snapshots: dict[int, CallSnapshot] = {}
-            now = self._clock.seconds()
-            for event, call in pending:
-                snapshot = snapshots.get(id(call))
-                if snapshot is None:
-                    snapshot = snapshots[id(call)] = call.snapshot(now)
-                self._queue.append((event, snapshot))
-        self._dispatch()
+            self._dispatch()
 
     def _dispatch(self) -> None:
         """Deliver queued events in order; events raised meanwhile by observers' commands queue up behind."""
@@ -315,23 +291,23 @@ class Registry:
         self._dispatching = True
         try:
             while self._queue:
-                self._deliver(*self._queue.popleft())
+                self._deliver(self._queue.popleft())
         finally:
             self._dispatching = False
 
-    def _deliver(self, event: ev.CallEvent, snapshot: CallSnapshot) -> None:
+    def _deliver(self, event: ev.CallEvent) -> None:
         for subscription in list(self._subscriptions):
             if subscription.extension is not None and subscription.extension != event.extension:
                 continue
             try:
-                subscription.callback(event, snapshot)
+                subscription.callback(event)
             except Exception:
                 log.failure("observer {observer!r} failed on {event} of call {call_id}",
                             observer=subscription.callback, event=event.type, call_id=event.call_id)
 
     def _event(self, cls, call: Call, leg: Leg | None = None, **fields) -> None:
         self._emit(cls(call_id=call.call_id, extension=call.extension, at=self._clock.seconds(),
-                       leg_id=leg.leg_id if leg is not None else None, **fields), call)
+                       leg_id=leg.leg_id if leg is not None else None, **fields))
 
     # -- queries -------------------------------------------------------------
 
@@ -702,7 +678,7 @@ class Registry:
 
     def _announce_leg(self, call: Call, leg: Leg) -> None:
         self._event(ev.LegCreated, call, leg, role=leg.role, direction=leg.direction, number=leg.number,
-                    driver=leg.driver, state=leg.state)
+                    driver=leg.driver, state=leg.state.value)
 
     def _dial(self, call: Call, role: str, target: _Destination, *, caller_id=None, pending=None,
               state: LegState = DIALING) -> Leg:
