@@ -19,8 +19,9 @@ two durable outboxes:
 - ``registerConnector`` is emitted on every (re)connect; then every open conversation is joined
   again and the SMS waiting for the chat server are tried at once.
 
-Anything else from the chat server is logged with the peer named and acknowledged ``false`` (or,
-for an unknown event, not acknowledged); the link is kept.
+A payload the connector cannot use is refused: acknowledged ``[false, "<problem naming the field>"]``,
+counted in ``gateway_ignored_messages_total{adapter="chat"}`` and logged within the connection's
+budget (an unknown event is not acknowledged); the link is kept.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from gateway.chat.conversations import ENDED_BY_GATEWAY, ENDED_BY_SERVER, REFUSE
 from gateway.chat.interfaces import OutboundSms
 from gateway.chat.messages import BadPayload, IncomingMessage, Participant, customer_message, parse_message
 from gateway.chat.outbox import Outbox
-from gateway.chat.socketio import AckTimeout, ISocketIOHandler, LinkLost, UnexpectedEvent
+from gateway.chat.socketio import AckTimeout, EventRefused, ISocketIOHandler, LinkLost, UnexpectedEvent
 from gateway.store.records import timestamp_from_seconds
 from gateway.store.sms import SmsRecord
 
@@ -317,15 +318,20 @@ class Connector:
         raise UnexpectedEvent(event)
 
     def _with_payload(self, event: str, args: list, handle):
-        """``handle(payload)`` for the event's first argument; ``False`` (logged) if it is unusable."""
-        try:
-            if not args:
-                raise BadPayload("no payload")
-            return handle(args[0])
-        except ValueError as error:  # BadPayload, or a refId that is no number
-            log.warn("chat server {peer} sent an unusable {event}: {error}", peer=self._config.url, event=event,
-                     error=error)
-            return False
+        """``handle(payload)`` for the event's first argument.
+
+        A payload it cannot use (a ValueError: BadPayload, a PeerDataError naming the field, a number
+        that is none) is refused: :class:`~gateway.chat.socketio.EventRefused`, answered with the
+        negative ack ``[false, "<problem>"]``, counted and logged by the connection's IgnoredBudget.
+        """
+        if not args:
+            raise EventRefused("no payload")
+        return defer.maybeDeferred(handle, args[0]).addErrback(self._refused)
+
+    @staticmethod
+    def _refused(failure):
+        failure.trap(ValueError)
+        raise EventRefused(str(failure.value)[:300], getattr(failure.value, "reason", "malformed"))
 
     def _message_arrived(self, payload):
         message = parse_message(payload)

@@ -35,7 +35,14 @@ CUSTOMER_FIELDS = ("firstName", "lastName", "email", "language", "url", "comment
 
 
 class BadPayload(ValueError):
-    """A payload from the chat server that cannot be used."""
+    """A payload from the chat server that cannot be used.
+
+    ``reason`` is what it is counted as (``malformed``, or ``oversized`` for a value over its cap).
+    """
+
+    def __init__(self, problem: str, reason: str = "malformed"):
+        super().__init__(problem)
+        self.reason = reason
 
 
 @attrs.frozen

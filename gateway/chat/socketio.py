@@ -32,7 +32,10 @@ nesting). Malformed packets, bad text, packets whose attachments are too many or
 than ``max_message_size`` (the rest of their binary frames are discarded), packets out of state
 and unexpected events are counted in ``gateway_ignored_messages_total{adapter="chat",reason}``
 (``malformed``, ``bad_text``, ``oversized``, ``out_of_state``, ``unknown``) and logged with the
-peer named within the connection's :class:`~gateway.boundary.IgnoredBudget`.
+peer named within the connection's :class:`~gateway.boundary.IgnoredBudget`. A handler that
+refuses an event's payload raises :class:`EventRefused`: the event is answered with the negative
+ack ``[false, "<problem>"]`` (when it asked for an ack) and counted and logged the same way, with
+the reason the handler gives (``malformed``, ``bad_text``, ``oversized``).
 
 :class:`FakeSocketIOClient` is an in-memory :class:`ISocketIOClient` for handlers' unit tests.
 """
@@ -51,7 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from gateway.boundary import parse_int
+from gateway.boundary import IGNORED_REASONS, parse_int
 from gateway.chat.engineio import (
     MAX_MESSAGE_SIZE,
     EngineIOClientFactory,
@@ -67,6 +70,7 @@ __all__ = [
     "AckTimeout",
     "CallbackHandler",
     "Emitted",
+    "EventRefused",
     "FakeSocketIOClient",
     "ISocketIOClient",
     "ISocketIOHandler",
@@ -138,6 +142,28 @@ class LinkLost(Exception):
 
 class UnexpectedEvent(Exception):
     """Raised by a handler for an event it does not know (logged, no ack sent, link kept)."""
+
+
+class EventRefused(Exception):
+    """Raised by a handler for an event whose payload it refuses.
+
+    The event is answered with the negative ack ``[false, problem]`` (if it asked for an ack), and
+    counted and logged within the connection's IgnoredBudget as ``reason`` (one of
+    :data:`gateway.boundary.IGNORED_REASONS`); the link is kept. ``problem`` is one sentence
+    naming the field at fault, short enough for an ack and a log line.
+    """
+
+    def __init__(self, problem: str, reason: str = "malformed"):
+        if reason not in IGNORED_REASONS:
+            raise ValueError(f"unknown ignored-message reason {reason!r}")
+        super().__init__(problem)
+        self.problem = problem
+        self.reason = reason
+
+    @property
+    def ack(self) -> tuple:
+        """The arguments of the negative ack."""
+        return (False, self.problem)
 
 
 # -- codec -------------------------------------------------------------------------------------
@@ -511,6 +537,7 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
             return
         handler = self._client.handler
         d = defer.maybeDeferred(handler.on_event, self._client, event, args)
+        d.addErrback(self._event_refused, event)
         if packet.id is not None:
             d.addCallback(self._send_ack, packet.id, event)
         d.addErrback(self._event_failed, event)
@@ -520,6 +547,13 @@ class SocketIOClientProtocol(EngineIOClientProtocol):
             log.info("link to {peer} gone; the ack for {event!r} is dropped", peer=self.peer, event=event)
             return
         self.sendPacket(Packet(PacketType.ACK, self._client.namespace, _ack_arguments(result), ack_id))
+
+    def _event_refused(self, failure, event: str) -> tuple:
+        """A payload the handler refused: counted and logged; the negative ack answers it."""
+        failure.trap(EventRefused)
+        refusal = failure.value
+        self.ignored.ignored(refusal.reason, f"{event!r:.80} refused: {refusal.problem}")
+        return refusal.ack
 
     def _event_failed(self, failure, event: str) -> None:
         if failure.check(UnexpectedEvent):
@@ -727,8 +761,9 @@ class FakeSocketIOClient:
 
     For unit tests of handlers (the Expertflow connector): :meth:`connect` and :meth:`disconnect`
     play the session's start and end, :meth:`receive` delivers a server event (returning the
-    ack the handler produced); what the handler emits lands in ``emitted`` as :class:`Emitted`
-    entries whose Deferreds the test fires with :meth:`Emitted.ack`.
+    ack the handler produced, the negative ack of an :class:`EventRefused`, which is also noted in
+    ``refused`` as ``(event, reason, problem)``); what the handler emits lands in ``emitted`` as
+    :class:`Emitted` entries whose Deferreds the test fires with :meth:`Emitted.ack`.
     """
 
     def __init__(self, handler):
@@ -736,6 +771,7 @@ class FakeSocketIOClient:
         self.connected = False
         self.emitted: list[Emitted] = []
         self.sent: list[tuple] = []
+        self.refused: list[tuple[str, str, str]] = []
         self._waiters: list[defer.Deferred] = []
 
     def emit(self, event: str, *args) -> defer.Deferred:
@@ -777,7 +813,14 @@ class FakeSocketIOClient:
 
     def receive(self, event: str, *args) -> defer.Deferred:
         """Deliver a server event; fires with the ack arguments the real client would send."""
-        return defer.maybeDeferred(self.handler.on_event, self, event, list(args)).addCallback(_ack_arguments)
+        def refused(failure):
+            failure.trap(EventRefused)
+            refusal = failure.value
+            self.refused.append((event, refusal.reason, refusal.problem))
+            return refusal.ack
+
+        d = defer.maybeDeferred(self.handler.on_event, self, event, list(args))
+        return d.addErrback(refused).addCallback(_ack_arguments)
 
 
 @attrs.define

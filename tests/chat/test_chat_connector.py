@@ -383,11 +383,13 @@ class ConnectorTests(SynchronousTestCase):
         self.successResultOf(self.connector.send_sms(NUMBER, "x" * 1600))
         self.assertEqual(len(self.sent_texts()), 1)
 
-    def test_a_message_with_no_number_is_refused_and_logged(self):
+    def test_a_message_with_no_number_is_refused_naming_the_problem(self):
         self.make()
         self.connect()
-        self.assertEqual(self.arrive(type="ChatMessage", conversationId="unknown", text="lost", **{"from": AGENT}), [False])
-        self.assertTrue(any("unusable messageArrived" in w and "no refId" in w for w in self.warnings()))
+        [ack, problem] = self.arrive(type="ChatMessage", conversationId="unknown", text="lost", **{"from": AGENT})
+        self.assertFalse(ack)
+        self.assertIn("no refId", problem)
+        self.assertEqual(self.link.refused, [("messageArrived", "malformed", problem)])
 
     # -- activities and the end ----------------------------------------------------------------
 
@@ -487,13 +489,22 @@ class ConnectorTests(SynchronousTestCase):
         self.connect()
         self.failureResultOf(self.link.receive("surprise", {}), UnexpectedEvent)
 
-    def test_unusable_payloads_are_logged_and_acknowledged_false(self):
+    def test_unusable_payloads_are_refused_with_a_negative_ack_naming_the_problem(self):
         self.make()
         self.connect()
-        for event, args in (("messageArrived", ()), ("messageArrived", ("text",)), ("messageArrived", ({"type": "Poll"},)),
-                            ("conversationInfo", ({"conversation": 3},))):
-            self.assertEqual(self.successResultOf(self.link.receive(event, *args)), [False])
-        self.assertEqual(len([w for w in self.warnings() if "sent an unusable" in w]), 4)
+        for event, args, problem in (
+            ("messageArrived", (), "no payload"),
+            ("messageArrived", ("text",), "the message is not an object"),
+            ("messageArrived", ({"type": "Poll"},), "unknown message type"),
+            ("conversationInfo", ({"conversation": 3},), "without a conversation object"),
+        ):
+            with self.subTest(problem=problem):
+                [ack, said] = self.successResultOf(self.link.receive(event, *args))
+                self.assertFalse(ack)
+                self.assertIn(problem, said)
+        self.assertEqual([(event, reason) for event, reason, _ in self.link.refused],
+                         [("messageArrived", "malformed")] * 3 + [("conversationInfo", "malformed")])
+        self.assertEqual(self.warnings(), [])  # logged by the connection's budget, not one line each
         self.assertTrue(self.link.connected)
 
     def test_status_shows_the_link_conversations_and_queues(self):

@@ -222,7 +222,7 @@ def test_malformed_packets_and_unexpected_events_are_logged_and_the_link_kept(pr
     yield wait_until(lambda: sent_sms(daemon).addCallback(lambda s: s == [("+4917000000001", "still here")]), "the SMS after the noise")
 
     assert len((yield registrations(sim))["registrations"]) == 1  # never reconnected
-    yield daemon.wait_for_output("unusable messageArrived")
+    yield daemon.wait_for_output("ignored a message (malformed): 'messageArrived' refused: unknown message type 'Poll'")
     for needle in ("ignored a message (malformed): malformed packet", "unknown Socket.IO packet type '7'",
                    "ignored a message (unknown): unexpected event 'surprise'"):
         assert needle in daemon.output

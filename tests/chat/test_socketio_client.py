@@ -22,6 +22,7 @@ from gateway.boundary import budget_factory
 from gateway.chat.socketio import (
     AckTimeout,
     CallbackHandler,
+    EventRefused,
     FakeSocketIOClient,
     ISocketIOClient,
     LinkLost,
@@ -48,6 +49,11 @@ class ScriptedServer(WebSocketServerProtocol):
         self.sendMessage(text.encode(), isBinary=False)
 
 
+def refuse(value, reason="malformed"):
+    """A handler refusing its payload."""
+    raise EventRefused(f"field 'refId': not a phone number: {value!r:.40}", reason)
+
+
 class Harness:
     """A started SocketIOClient on a MemoryReactorClock, and a way to accept its connections."""
 
@@ -63,6 +69,8 @@ class Harness:
                 "pair": lambda: ("a", 1),
                 "later": lambda: self.later,
                 "broken": lambda: 1 / 0,
+                "refuse": refuse,
+                "refuse-later": lambda: self.later,
             },
             connected=lambda client: self.events.append("connected"),
             disconnected=lambda client, reason: self.events.append("disconnected"),
@@ -444,6 +452,12 @@ class FakeClientTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.fake.receive("pair")), ["a", 1])
         self.failureResultOf(self.fake.receive("unknown"), UnexpectedEvent)
 
+    def test_a_refused_payload_gets_the_negative_ack_and_is_noted(self):
+        fake = FakeSocketIOClient(CallbackHandler(events={"refuse": refuse}))
+        fake.connect()
+        self.assertEqual(self.successResultOf(fake.receive("refuse", 5)), [False, "field 'refId': not a phone number: 5"])
+        self.assertEqual(fake.refused, [("refuse", "malformed", "field 'refId': not a phone number: 5")])
+
     def test_disconnect_fails_pending_emits(self):
         self.fake.connect()
         self.fake.disconnect()
@@ -460,6 +474,29 @@ def ignored(registry, reason):
 
 class HostileServerTests(SynchronousTestCase):
     """A hostile or broken server: bad handshakes reconnect, oversized input is refused, bad packets are dropped."""
+
+    def test_a_payload_the_handler_refuses_gets_a_negative_ack_naming_the_problem_and_is_counted(self):
+        registry = CollectorRegistry()
+        h = Harness(self, registry)
+        h.connect()
+        h.send('4221["refuse",5]', '42["refuse","+1555\\n"]', '4222["refuse","x","oversized"]', '4223["refuse-later"]')
+        h.later.errback(EventRefused("field 'text': longer than 1600 characters", "oversized"))
+        self.assertEqual(h.take(), [
+            '4321[false,"field \'refId\': not a phone number: 5"]',
+            '4322[false,"field \'refId\': not a phone number: \'x\'"]',
+            '4323[false,"field \'text\': longer than 1600 characters"]',
+        ])
+        self.assertEqual((ignored(registry, "malformed"), ignored(registry, "oversized")), (2, 2))
+        warnings = " ".join(h.warnings())
+        self.assertIn("'refuse' refused: field 'refId': not a phone number: '+1555\\n'", warnings)
+        self.assertIn("127.0.0.1", warnings)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertFalse(h.link_lost)
+        h.send("2")
+        self.assertEqual(h.take(), ["3"])
+
+    def test_a_refusal_names_a_known_reason(self):
+        self.assertRaises(ValueError, EventRefused, "x", "nonsense")
 
     def assertReconnects(self, h):
         h.reactor.advance(5.0)  # the retry policy's delay
