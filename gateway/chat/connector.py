@@ -404,7 +404,10 @@ class Connector:
         details = payload.get("conversation") if isinstance(payload, dict) else None
         if not isinstance(details, dict):
             raise BadPayload(f"conversationInfo without a conversation object: {payload!r:.80}")
-        conversation = self.conversations.get(details.get("conversationId") or details.get("id"))
+        conversation_id = details.get("conversationId") or details.get("id")
+        if not isinstance(conversation_id, str):
+            raise BadPayload(f"conversationInfo's conversationId is not a string: {conversation_id!r:.40}")
+        conversation = self.conversations.get(conversation_id)
         if conversation is None:
             return True
         messages = payload.get("messages")

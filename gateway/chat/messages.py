@@ -1,7 +1,9 @@
 """The Expertflow Customer Channel API's payloads (spec 003), built and parsed without I/O.
 
 The vendor's sample payloads are not public; the shapes follow the field tables of 003, and every
-parser ignores fields it does not know. Malformed input raises :class:`BadPayload`.
+parser ignores fields it does not know. Malformed input raises :class:`BadPayload` naming the field:
+a field 003 types as a String must be one (a number is refused, never converted), and ids are at
+most :data:`MAX_ID_LENGTH` characters.
 
 - Participant: ``{"id", "name"}``.
 - ChatMessage: ``{"id", "type": "ChatMessage", "conversationId", "from", "to": [Participant],
@@ -30,6 +32,8 @@ __all__ = [
 CHAT_MESSAGE = "ChatMessage"
 ACTIVITY_MESSAGE = "ActivityMessage"
 WHISPER = "whisper"
+#: the longest id (message, conversation, participant), activity type or tag taken from the chat server
+MAX_ID_LENGTH = 256
 #: the init request's optional customer fields an admin request may set
 CUSTOMER_FIELDS = ("firstName", "lastName", "email", "language", "url", "comment", "subject")
 
@@ -54,8 +58,12 @@ class Participant:
     def parse(cls, value, what: str = "participant") -> "Participant":
         if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not value["id"]:
             raise BadPayload(f"{what} is not a participant object with an id: {value!r:.80}")
+        if len(value["id"]) > MAX_ID_LENGTH:
+            raise BadPayload(f"{what}'s id is longer than {MAX_ID_LENGTH} characters")
         name = value.get("name")
-        return cls(value["id"], name if isinstance(name, str) else value["id"])
+        if name is not None and not isinstance(name, str):
+            raise BadPayload(f"{what}'s name is not a string: {name!r:.40}")
+        return cls(value["id"], value["id"] if name is None else name)
 
     def to_json(self) -> dict:
         return {"id": self.id, "name": self.name}
@@ -96,14 +104,15 @@ class IncomingMessage:
         return "\n".join(part for part in (self.text, *self.attachments) if part)
 
 
-def _optional_text(payload: dict, key: str) -> str | None:
+def _optional_text(payload: dict, key: str, limit: int = MAX_ID_LENGTH) -> str | None:
+    """The string ``payload[key]`` (absent or empty: None); BadPayload for any other type or over ``limit``."""
     value = payload.get(key)
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # a phone number sent as a number
-    if not isinstance(value, str):
-        raise BadPayload(f"{key} is not a string: {value!r:.80}")
+    if not isinstance(value, str):  # 003 types it String: a number is refused, not converted
+        raise BadPayload(f"{key} is not a string: {value!r:.40}")
+    if len(value) > limit:
+        raise BadPayload(f"{key} is longer than {limit} characters")
     return value
 
 

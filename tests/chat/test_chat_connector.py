@@ -314,6 +314,31 @@ class ConnectorTests(SynchronousTestCase):
         self.assertNotEqual(record.seq, first.seq)
         self.assertEqual([r.text for r in self.stored("inbound")], ["hello", "something else"])
 
+    def test_a_message_whose_ids_or_number_are_not_strings_is_refused_not_converted(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        for fields, problem in (({"refId": 5}, "refId is not a string: 5"), ({"id": 5}, "id is not a string: 5"),
+                                ({"conversationId": 5}, "conversationId is not a string: 5")):
+            with self.subTest(problem=problem):
+                message = {"type": "ChatMessage", "id": "m-1", "conversationId": "c1", "from": AGENT, "to": [],
+                           "text": "hi", "refId": NUMBER, **fields}
+                self.assertEqual(self.arrive(**message), [False, problem])
+        self.assertEqual([reason for _, reason, _ in self.link.refused], ["malformed"] * 3)
+        self.assertEqual((self.stored("outbound"), self.sent_texts()), ([], []))
+
+    def test_conversation_info_with_a_conversation_id_that_is_no_string_is_refused(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        for value in (5, {"a": 1}, None):
+            with self.subTest(value=value):
+                [ack, problem] = self.successResultOf(
+                    self.link.receive("conversationInfo", {"conversation": {"conversationId": value, "status": "ended"}}))
+                self.assertFalse(ack)
+                self.assertIn("conversationId is not a string", problem)
+        self.assertEqual(len(self.conversations), 1)
+
     def test_a_campaign_message_is_sent_to_its_number(self):
         self.make()
         self.connect()

@@ -17,7 +17,7 @@ AGENT = {"id": "agent-1", "name": "Agent"}
 def test_a_chat_message_is_parsed_and_extra_fields_are_ignored():
     message = parse_message({
         "id": "m1", "type": "ChatMessage", "conversationId": "c1", "from": AGENT, "to": [{"id": "cust"}],
-        "text": "Hello", "refId": 4915100, "tag": "", "attachments": [
+        "text": "Hello", "refId": "4915100", "tag": "", "attachments": [
             {"type": "image/png", "contentUrl": "https://files.example/a.png"},
             {"type": "image/png", "contentUrl": "data:image/png;base64,AAAA"},
         ], "timestamp": "2024-01-31T12:00:00.000Z", "somethingNew": {"x": 1},
@@ -53,6 +53,18 @@ def test_an_activity_message_is_parsed():
         ({"type": "ChatMessage", "text": 5}, "text is not a string"),
         ({"type": "ChatMessage", "conversationId": ["c"]}, "conversationId is not a string"),
         ({"type": "ActivityMessage", "conversationId": "c1"}, "without an activityType"),
+        # 003 types these String: a number is refused, never converted
+        ({"type": "ChatMessage", "refId": 5}, "refId is not a string: 5"),
+        ({"type": "ChatMessage", "refId": 4915100.0}, "refId is not a string: 4915100.0"),
+        ({"type": "ChatMessage", "id": 5}, "id is not a string: 5"),
+        ({"type": "ChatMessage", "id": True}, "id is not a string: True"),
+        ({"type": "ChatMessage", "conversationId": 5}, "conversationId is not a string: 5"),
+        ({"type": "ChatMessage", "tag": 0}, "tag is not a string"),
+        ({"type": "ActivityMessage", "activityType": 7}, "activityType is not a string"),
+        ({"type": "ChatMessage", "from": {"id": "a", "name": 3}}, "from's name is not a string: 3"),
+        ({"type": "ChatMessage", "id": "m" * 257}, "id is longer than 256 characters"),
+        ({"type": "ChatMessage", "conversationId": "c" * 257}, "conversationId is longer than 256 characters"),
+        ({"type": "ChatMessage", "from": {"id": "a" * 257}}, "from's id is longer than 256 characters"),
     ],
 )
 def test_unusable_messages_are_refused_saying_why(payload, problem):
@@ -74,6 +86,20 @@ def test_the_init_response_gives_the_conversation_and_the_participant():
     for body in ([], {"participant": {"id": "p"}}, {"conversationId": "c1"}, {"conversationId": "c1", "participant": {}}):
         with pytest.raises(BadPayload):
             parse_init_response(body)
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ({"conversationId": 5, "participant": {"id": "p"}}, "conversationId is not a string: 5"),
+        ({"conversationId": "c" * 100000, "participant": {"id": "p"}}, "conversationId is longer than 256"),
+        ({"conversationId": "c1", "participant": {"id": 7}}, "participant is not a participant object"),
+        ({"conversationId": "c1", "participant": {"id": "p", "name": ["Ann"]}}, "participant's name is not a string"),
+    ],
+)
+def test_an_init_response_with_a_wrong_type_or_an_oversized_id_is_refused_not_converted(body, problem):
+    with pytest.raises(BadPayload, match=problem):
+        parse_init_response(body)
 
 
 def test_the_customer_message_carries_the_sms():

@@ -111,6 +111,12 @@ class ChatRestTests(SynchronousTestCase):
         d = self.settle(self.rest(Scripted((200, {"participant": {"id": "p"}}))).init({}))
         self.assertIn("unusable body", str(self.failureResultOf(d, ChatServerError).value))
 
+    def test_an_init_answer_with_a_numeric_conversation_id_is_a_chat_server_error_not_converted(self):
+        d = self.settle(self.rest(Scripted((200, {"conversationId": 5, "participant": {"id": "p"}}))).init({}))
+        message = str(self.failureResultOf(d, ChatServerError).value)
+        self.assertIn("unusable body", message)
+        self.assertIn("conversationId is not a string: 5", message)
+
     def test_an_init_answer_the_boundary_refuses_is_a_chat_server_error_naming_the_problem(self):
         for body, problem in (
             (b'{"conversationId": "c\\ud800", "participant": {"id": "p1", "name": "Ann"}}', "lone UTF-16 surrogate"),
