@@ -33,7 +33,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.boundary import check_text
+from gateway.boundary import PeerDataError, check_text
 from gateway.chat.conversations import ENDED_BY_GATEWAY, ENDED_BY_SERVER, REFUSED, refused
 from gateway.chat.interfaces import OutboundSms
 from gateway.chat.messages import BadPayload, IncomingMessage, Participant, customer_message, parse_message
@@ -50,7 +50,8 @@ log = Logger()
 JOINED = frozenset({"participantJoined", "participantAdded"})
 LEFT = frozenset({"participantLeft", "participantRemoved"})
 MAX_NUMBER_LENGTH = 64
-#: an operator's SMS: at most what providers take as one concatenated message (Twilio: 1600)
+#: the longest SMS text, in characters, whoever writes it (an operator, an agent, a campaign, a customer):
+#: at most what providers take as one concatenated message (Twilio: 1600); longer ones are refused, not cut
 MAX_TEXT_LENGTH = 1600
 
 
@@ -164,12 +165,15 @@ class Connector:
         first record comes back with ``created`` false. ``ValueError`` for a bad number or text, and
         :class:`~gateway.boundary.PeerDataError` (a ValueError naming the field) for text that is not
         valid Unicode (a lone surrogate): refused before anything is stored, whichever transport
-        hands it over.
+        hands it over. A text over :data:`MAX_TEXT_LENGTH` characters is refused (PeerDataError naming
+        ``text``), like an operator's.
         """
         number = check_number(number, "from")
         if not isinstance(text, str):
             raise ValueError(f"text must be a string, got {text!r:.80}")
         check_text(text, "text")
+        if len(text) > MAX_TEXT_LENGTH:
+            raise PeerDataError(f"longer than {MAX_TEXT_LENGTH} characters ({len(text)})", "text")
         if external_id is not None and (not isinstance(external_id, str) or not external_id):
             raise ValueError(f"id must be a non-empty string, got {external_id!r:.80}")
         if external_id is not None:
@@ -359,6 +363,11 @@ class Connector:
         if not text:
             log.info("ChatMessage {id} has no text: no SMS", id=message.id)
             return True
+        if len(text) > MAX_TEXT_LENGTH:
+            raise BadPayload(
+                f"text (with its attachment URLs) is longer than one SMS of {MAX_TEXT_LENGTH} characters ({len(text)})",
+                reason="oversized",
+            )
         kind = "campaign" if message.conversation_id is None else "reply"
         d = self._send_sms(
             check_number(number), text, kind, external_id=message.id, conversation_id=message.conversation_id

@@ -339,6 +339,30 @@ class ConnectorTests(SynchronousTestCase):
                 self.assertIn("conversationId is not a string", problem)
         self.assertEqual(len(self.conversations), 1)
 
+    def test_a_text_longer_than_one_sms_is_refused_naming_the_limit_and_never_stored(self):
+        self.make()
+        self.connect()
+        self.open_conversation()
+        for fields in ({"text": "y" * 500000}, {"text": "y" * 1601}, {"text": "y" * 1580, "attachments": [
+                {"contentUrl": "https://files.example/" + "a" * 40}]}):
+            with self.subTest(size=len(fields["text"])):
+                [ack, problem] = self.agent_says(**fields, id=f"m-{len(fields['text'])}")
+                self.assertFalse(ack)
+                self.assertIn("longer than one SMS of 1600 characters", problem)
+        self.assertEqual([reason for _, reason, _ in self.link.refused], ["oversized"] * 3)
+        self.assertEqual((self.stored("outbound"), self.sent_texts()), ([], []))
+        self.assertEqual(self.agent_says("y" * 1600, id="m-max"), [True])
+        self.assertEqual(self.sent_texts(), [(NUMBER, "y" * 1600)])
+
+    def test_an_inbound_sms_longer_than_one_sms_is_refused_naming_the_field(self):
+        self.make()
+        with self.assertRaises(PeerDataError) as caught:
+            self.connector.receive_sms(NUMBER, "z" * 1601)
+        self.assertEqual(caught.exception.field, "text")
+        self.assertIn("longer than 1600 characters", str(caught.exception))
+        self.assertEqual(self.stored(), [])
+        self.assertEqual(self.sms("z" * 1600).text, "z" * 1600)
+
     def test_a_campaign_message_is_sent_to_its_number(self):
         self.make()
         self.connect()
