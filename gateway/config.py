@@ -55,6 +55,19 @@ class GatewaySection:
 class AdminSection:
     listen: ServerEndpoint = ServerEndpoint("tcp:8080:interface=127.0.0.1")
     token: Secret = Secret("")
+    #: the largest request body taken, in bytes: past it a 413, before the body is read
+    max_body_size: int = attrs.field(
+        default=1048576,
+        validator=check(lambda v: 1024 <= v <= 67108864, "must be between 1024 and 67108864 bytes, got {value!r}"),
+    )
+    #: seconds in which a request's line, headers and body must all arrive: past it a 408 and the connection closed
+    request_timeout: float = attrs.field(
+        default=30.0, validator=check(lambda v: 1 <= v <= 3600, "must be between 1 and 3600 seconds, got {value!r}")
+    )
+    #: connections open at once: one more is answered 503 and closed
+    max_connections: int = attrs.field(
+        default=256, validator=check(lambda v: 1 <= v <= 100000, "must be between 1 and 100000, got {value!r}")
+    )
 
 
 @section

@@ -15,7 +15,9 @@ a JSON 500 naming an error id and the traceback is logged under that id.
 
 Every path under ``/api`` needs ``Authorization: Bearer <token>``, checked
 before anything else, so a client without the token learns nothing, not even
-which paths exist. Other paths (health, readiness, metrics) are open.
+which paths exist. Other paths (health, readiness, metrics) are open. The
+admin site asks :meth:`ApiRouter.screen` as soon as a request's headers are
+in, so that a body sent without the token is refused before it is read.
 """
 
 from __future__ import annotations
@@ -245,6 +247,12 @@ def encode(response: ApiResponse, **json_options: Any) -> tuple[int, dict[str, s
     return response.status, headers, body
 
 
+def error_response(error) -> tuple[int, dict[str, str], bytes]:
+    """The response for a refusal (an :class:`ApiError`, or an error with ``http_status`` and ``code``)."""
+    body = {**getattr(error, "details", {}), "error": error.code, "message": getattr(error, "message", str(error))}
+    return encode(ApiResponse(error.http_status, body, getattr(error, "headers", {})), default=repr)
+
+
 def _dumps(value: Any, json_options: dict) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, **json_options).encode("utf-8")
 
@@ -285,7 +293,7 @@ class ApiRouter(Resource):
     def _respond(self, request) -> Deferred:
         segments = _split_path(request.path)
         if segments[0] == PROTECTED_PREFIX:
-            self._authenticate(request)
+            self._authenticate(request.method, request.path, request.getHeader(b"authorization"), _peer(request))
         route, params = self._resolve(request.method.decode("ascii", "replace"), segments)
         api_request = ApiRequest(
             method=route.method,
@@ -298,8 +306,17 @@ class ApiRouter(Resource):
         d.addCallback(lambda value: value if isinstance(value, ApiResponse) else ApiResponse(200, value))
         return d
 
-    def _authenticate(self, request) -> None:
-        header = request.getHeader(b"authorization")
+    def screen(self, method: bytes, path: bytes, authorization: bytes | None, peer: str) -> None:
+        """What the site asks before it reads a request's body: ApiError 401 (logged) for a path under
+        ``/api`` without the bearer token, 400 for a path that is not UTF-8; None when the body may come.
+
+        ``path``: the request target as sent (its query is ignored); ``authorization``: the header's value.
+        """
+        segments = _split_path(path.partition(b"?")[0])
+        if segments[0] == PROTECTED_PREFIX:
+            self._authenticate(method, path.partition(b"?")[0], authorization, peer)
+
+    def _authenticate(self, method: bytes, path: bytes, header: bytes | None, peer: str) -> None:
         if header is None:
             reason = "no bearer token"
         else:
@@ -309,9 +326,9 @@ class ApiRouter(Resource):
             reason = "a wrong bearer token"
         log.warn(
             "admin API refused {method} {path} from {peer}: {reason}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace"),
-            peer=_peer(request),
+            method=method.decode("ascii", "replace"),
+            path=path.decode("ascii", "replace"),
+            peer=peer,
             reason=reason,
         )
         raise ApiError(401, "a valid bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
@@ -343,8 +360,7 @@ class ApiRouter(Resource):
                 peer=_peer(request),
                 error=error,
             )
-        body = {**getattr(error, "details", {}), "error": code, "message": getattr(error, "message", str(error))}
-        return encode(ApiResponse(status, body, getattr(error, "headers", {})), default=repr)
+        return error_response(error)
 
     def _internal_error(self, failure, request) -> tuple[int, dict[str, str], bytes]:
         error_id = secrets.token_hex(6)
