@@ -8,8 +8,10 @@ Each connection is a :class:`BridgeSession`:
   (the spec: "The Dialler Server must respond with an InitResponse"): an init without a payload,
   with a null one, one that is not an object (a string holding a JSON object is read as that
   object), or one whose text is not valid Unicode is answered ``success: false`` naming the
-  problem and counts as a failed login, as a wrong password does; a repeated identical init gets
-  the same answer again without being counted twice;
+  problem and counts as a failed login, as a wrong password does; so is, before a successful
+  init, a frame that cannot be read at all (not UTF-8, not JSON, ``NaN``, a number too large,
+  nesting too deep, a lone surrogate where its ``type`` would be: it may have been the init);
+  a repeated identical init gets the same answer again without being counted twice;
 - failed logins are counted per source address across its connections
   (:class:`~gateway.patriot.auth.AddressGuard`, one password check at a time per address): at
   ``max_init_failures`` the address is locked out for ``block_time`` seconds, *every*
@@ -18,7 +20,7 @@ Each connection is a :class:`BridgeSession`:
 - ``heartbeat`` is answered with ``heartbeat-response`` at any time, before an init and after a
   refused one too (Patriot heartbeats every 5 s from the moment it is connected);
 - until an init succeeded every other message is ignored (counted, logged within the
-  connection's budget);
+  connection's budget); after it, an unreadable frame is ignored (counted) too;
 - then the call control of :class:`~gateway.patriot.session.Session` applies, on the line of the
   user's extension;
 - a connection silent for ``heartbeat_timeout`` seconds is dropped as dead;
@@ -160,7 +162,9 @@ class BridgeSession(Session):
 
     def _bad_message(self, error: PatriotMessageError) -> None:
         super()._bad_message(error)
-        if error.message_type == InitRequest.TYPE and not self.locked_out:
+        if self.locked_out:
+            return
+        if error.message_type == InitRequest.TYPE or (error.unreadable and self.user is None):
             self._bad_init(error.reason)
 
     def _bad_init(self, reason: str) -> None:

@@ -52,15 +52,20 @@ class PatriotMessageError(ValueError):
         (not JSON, not an object, a missing or ill-typed field), ``bad_text`` (not UTF-8, a lone
         surrogate) or ``unknown`` (an unknown ``type``).
     :ivar field: the offending field's path (``payload.password``) when one is to blame.
+    :ivar unreadable: the frame could not be read as JSON under the boundary policy (not UTF-8, not
+        JSON, ``NaN``, an overflowing number, nesting too deep, bad text where its ``type`` would be),
+        so what it was meant to be is unknown: a Dialler Bridge answers it as a failed init before
+        a login. ``False`` for a readable document that is not a valid message.
     """
 
     def __init__(self, reason: str, message_type: str | None = None, *, kind: str = "malformed",
-                 field: str | None = None):
+                 field: str | None = None, unreadable: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.message_type = message_type
         self.kind = kind
         self.field = field
+        self.unreadable = unreadable
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -279,9 +284,11 @@ def _refused_text(error: PeerDataError, known: str | None = None, prefix: str = 
     payload sent as a string).
     """
     document = error.document
+    unreadable = False
     if known is None:
         type_ = document.get("type") if isinstance(document, dict) else None
         known = type_ if isinstance(type_, str) and type_ in MESSAGE_TYPES else None
+        unreadable = not isinstance(type_, str)  # what it was meant to be cannot be told
     path = f"{prefix}{error.field}"
     field = _short(path)
     if not error.in_key:
@@ -292,7 +299,7 @@ def _refused_text(error: PeerDataError, known: str | None = None, prefix: str = 
         where = f"a key in field {field}"
     type_prefix = f"{known}: " if known else ""
     return PatriotMessageError(f"{type_prefix}{where} holds a lone UTF-16 surrogate (not valid Unicode text)",
-                               known, kind="bad_text", field=path)
+                               known, kind="bad_text", field=path, unreadable=unreadable)
 
 
 def _top_level_key(document: Any, field: str) -> bool:
@@ -311,8 +318,8 @@ def _load_object(data: str | bytes) -> dict:
         if error.document is not None:
             raise _refused_text(error) from None
         if error.reason == "bad_text":
-            raise PatriotMessageError(f"invalid text: {error}", kind="bad_text") from None
-        raise PatriotMessageError(f"invalid JSON: {error}") from None
+            raise PatriotMessageError(f"invalid text: {error}", kind="bad_text", unreadable=True) from None
+        raise PatriotMessageError(f"invalid JSON: {error}", unreadable=True) from None
     if not isinstance(obj, dict):
         raise PatriotMessageError(f"message must be a JSON object, not {_json_name(obj)}")
     return obj

@@ -638,6 +638,43 @@ class BadInitTests(BridgeTestCase):
         self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), 0)
         self.assertEqual(session.user.username, "alice")
 
+    def test_an_unreadable_frame_before_a_login_is_answered_as_a_failed_init(self):
+        """It may have been the init; a frame the boundary cannot read at all has no known type."""
+        checks = []
+        self.run_blocking = lambda f, *a: (checks.append(a), run_now(f, *a))[1]
+        init = b'{"type":"init-request","payload":{"userName":"alice","password":%s}}'
+        cases = [
+            (init % b"NaN", "NaN is not a JSON number"),
+            (init % (b'{"a":' * 40 + b"1" + b"}" * 40), "nested deeper than 32 levels"),
+            (init % (b"1" * 4301), "not JSON"),
+            (init % b'"pw"' + b"\xff", "not UTF-8"),
+            (b'{"ty\\ud800pe":"init-request","payload":{"userName":"alice","password":"pw-alice"}}', "surrogate"),
+            (b"hello", "not JSON"),
+        ]
+        for i, (raw, words) in enumerate(cases):
+            with self.subTest(raw=raw[:60]):
+                self.assertIn(words, self.refused_init(raw, host=f"10.0.{i}.1"))
+        self.assertEqual(checks, [])  # no password was checked
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), len(cases))
+        self.assertEqual(self.sample("gateway_ignored_messages_total", adapter="patriot", reason="malformed"), 4)
+        self.assertEqual(self.sample("gateway_ignored_messages_total", adapter="patriot", reason="bad_text"), 2)
+        # a lone surrogate in a top-level key keeps the document: answered as the init it is
+        self.assertIn("the key", self.refused_init(b'{"type":"init-request","payload":{},"\\ud800":1}'))
+        # they count toward the lockout as any failed init does
+        session, connection = self.connect(host="10.0.0.9")
+        for _ in range(3):
+            session.frame_received(init % b"NaN", False)
+        self.assertEqual(connection.closes, [(CLOSE_TOO_MANY_FAILURES, "too many failed init-requests")])
+        # once logged in such a frame is ignored and counted, not answered and not a failed login
+        failures = self.sample("gateway_patriot_logins_total", mode="bridge", result="failure")
+        session, connection = self.login(host="10.0.0.50")
+        session.frame_received(init % b"NaN", False)
+        session.frame_received(b"hello", False)
+        self.assertEqual(connection.take(), [])
+        self.assertEqual(connection.closes, [])
+        self.assertEqual(self.sample("gateway_patriot_logins_total", mode="bridge", result="failure"), failures)
+        self.assertEqual(self.sample("gateway_ignored_messages_total", adapter="patriot", reason="malformed"), 4 + 3 + 2)
+
     def test_bad_text_in_a_dial_request_is_answered_with_the_status(self):
         session, connection = self.login()
         session.frame_received(b'{"type":"dial-request","payload":{"phoneNo":"5551234","rawPhoneNo":"\\ud800"}}',
