@@ -6,7 +6,7 @@ stream, which it returns for the site to serve beside the router:
 - ``GET /`` and ``GET /status``: redirect to ``/status/``;
 - ``GET /status/`` and ``GET /status/{asset}``: the page, its script and its
   style (files of ``gateway/admin/static``, no external asset, no build step);
-- ``POST /api/status/ticket`` (behind the bearer token): ``{"ticket", "expires_in"}``,
+- ``POST /api/status/ticket`` (behind the bearer token, no body): ``{"ticket", "expires_in"}``,
   a single-use ticket for the stream, valid :data:`TICKET_TTL` seconds;
 - ``GET /status/events?ticket=T``: the live feed as server-sent events
   (:mod:`gateway.admin.status_feed`); 401 without a valid ticket, 503 when
@@ -110,8 +110,14 @@ def add_status_page(ctx, router) -> dict[bytes, Resource]:
     router.route("GET", "/status", _redirect("status/"))
     router.route("GET", "/status/", lambda request: assets[""])
     router.route("GET", "/status/{asset}", lambda request: _asset(assets, request.params["asset"]))
-    router.route("POST", "/api/status/ticket", lambda request: {"ticket": tickets.issue(), "expires_in": TICKET_TTL})
+    router.route("POST", "/api/status/ticket", lambda request: _ticket(tickets, request))
     return {STREAM_PATH: StreamResource(StatusFeed(ctx), tickets)}
+
+
+def _ticket(tickets: Tickets, request) -> dict:
+    """A new ticket; the request takes no body (empty or ``{}``: anything else is a 400, no ticket)."""
+    request.no_body()
+    return {"ticket": tickets.issue(), "expires_in": TICKET_TTL}
 
 
 def _asset(assets: dict[str, ApiResponse], name: str) -> ApiResponse:

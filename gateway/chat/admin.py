@@ -7,11 +7,16 @@
                                                          stored, then the transport sends it
 ``GET /api/sms?direction=&number=&after=&limit=``        ``{"sms": [...]}`` oldest first, ``seq > after``
 ``GET /api/chat/conversations``                          ``{"conversations": [...]}`` the open ones
-``POST /api/chat/conversations {number, firstName?...}`` init + join for a number (or its open one)
-``POST /api/chat/conversations/{id}/end``                ``endConversation``, then closed here
+``POST /api/chat/conversations {number, firstName?...}`` init + join for a number (or its open one);
+                                                         the customer fields are strings when given
+``POST /api/chat/conversations/{id}/end``                ``endConversation``, then closed here (no body)
 ``POST /api/chat/transcript/{id}/{type}``                ``type`` pdf: saved to a file, ``{"path", "bytes"}``;
-                                                         email: the chat server mails it
+                                                         email: the chat server mails it (no body)
 =======================================================  ==============================================
+
+Bodies are read through :meth:`~gateway.admin.api.ApiRequest.json` (``no_body`` for the routes
+taking none: empty or ``{}``): an unknown key, a value of the wrong type, bad text or a body that
+is not a JSON object is a 400 naming the field or key.
 
 A chat server that cannot be reached answers 503 ``chat_server_unavailable``; one that refuses
 answers 502 ``chat_server_error`` (404 for a transcript it does not have).
@@ -127,14 +132,18 @@ class _Routes:
 
     def open(self, request: ApiRequest):
         body = request.json(known=("number", *CUSTOMER_FIELDS))
-        customer = {key: body[key] for key in CUSTOMER_FIELDS if isinstance(body.get(key), str)}
+        for key in CUSTOMER_FIELDS:
+            if key in body and not isinstance(body[key], str):
+                raise ApiError(400, f"{key!r} must be a string, got {type(body[key]).__name__}", field=key)
+        customer = {key: body[key] for key in CUSTOMER_FIELDS if key in body}
         try:
             d = self._connector.open_conversation(body.get("number"), customer)
         except ValueError as e:
-            raise ApiError(400, str(e)) from None
+            raise _refused(e) from None
         return d.addCallbacks(lambda conversation: {"conversation": conversation.to_json()}, _unavailable)
 
     def end(self, request: ApiRequest):
+        request.no_body()
         conversation_id = request.params["id"]
         d = self._connector.end_conversation(conversation_id)
         return d.addCallback(lambda _: {"ended": conversation_id})
@@ -143,6 +152,7 @@ class _Routes:
         kind = request.params["type"]
         if kind not in TRANSCRIPT_TYPES:
             raise ApiError(404, f"a transcript is of type pdf or email, not {kind!r}")
+        request.no_body()
         return self._transcripts.fetch(request.params["id"], kind)
 
 

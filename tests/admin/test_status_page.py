@@ -110,6 +110,19 @@ class PageRoutesTests(SynchronousTestCase):
         self.assertEqual((code, answer["expires_in"]), (200, TICKET_TTL))
         self.assertIsInstance(answer["ticket"], str)
 
+    def test_a_ticket_request_takes_no_body(self):
+        for data, field in ((b'{"foo": 1}', "foo"), (b"[1, 2]", None), (b"\xff\xfe", None), (b"ticket please", None)):
+            d = self.client.request("POST", URL + "/api/status/ticket", headers=AUTH, data=data)
+            self.client.flush()
+            response = self.successResultOf(d)
+            answer = json.loads(self.successResultOf(response.content()))
+            self.assertEqual((response.code, answer["error"], answer.get("field")), (400, "bad_request", field), data)
+            self.assertNotIn("ticket", answer)
+        for data in (b"", b"{}"):
+            d = self.client.request("POST", URL + "/api/status/ticket", headers=AUTH, data=data)
+            self.client.flush()
+            self.assertEqual(self.successResultOf(d).code, 200, data)
+
     def test_the_stream_is_served_beside_the_router(self):
         self.assertEqual(list(self.site.streams), [STREAM_PATH])
         self.assertEqual(self.request("GET", "/status/events")[0], 404)  # the router alone does not know it

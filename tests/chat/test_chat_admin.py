@@ -105,12 +105,12 @@ class AdminRouteTests(SynchronousTestCase):
 
     def test_a_conversation_is_opened_listed_and_ended(self):
         self.bench.connect()
-        d = self.start("POST", "/api/chat/conversations", {"number": NUMBER, "firstName": "Ann", "lastName": 3})
+        d = self.start("POST", "/api/chat/conversations", {"number": NUMBER, "firstName": "Ann", "lastName": ""})
         self.bench.ack("joinConversation")
         code, reply = self.finish(d)
         self.assertEqual((code, reply["conversation"]["conversationId"], reply["conversation"]["number"]), (200, "c1", NUMBER))
         self.assertEqual(self.rest.bodies[0]["firstName"], "Ann")
-        self.assertNotIn("lastName", self.rest.bodies[0])
+        self.assertNotIn("lastName", self.rest.bodies[0])  # empty: left out
         self.assertEqual([c["conversationId"] for c in self.call("GET", "/api/chat/conversations")[1]["conversations"]], ["c1"])
 
         d = self.start("POST", "/api/chat/conversations/c1/end")
@@ -118,6 +118,31 @@ class AdminRouteTests(SynchronousTestCase):
         self.assertEqual(self.finish(d), (200, {"ended": "c1"}))
         self.assertEqual(self.call("GET", "/api/chat/conversations")[1], {"conversations": []})
         self.assertEqual(self.call("POST", "/api/chat/conversations/c1/end")[0], 404)
+
+    def test_conversation_and_transcript_bodies_are_read_strictly(self):
+        self.bench.connect()
+        self.rest.transcripts["c1"] = b""
+        for path, data, field in (
+            ("/api/chat/conversations", b'{"number": "+4915100000001", "firstName": 42}', "firstName"),
+            ("/api/chat/conversations", b'{"number": "+4915100000001", "email": null}', "email"),
+            ("/api/chat/conversations", b'{"number": "+4915100000001", "firstname": "Ann"}', "firstname"),
+            ("/api/chat/conversations", b'{"number": "+4915100000001", "comment": "\\ud800"}', "comment"),
+            ("/api/chat/conversations", b"number=1", None),
+            ("/api/chat/conversations/c1/end", b'{"foo": 1, "reason": "x"}', "foo"),
+            ("/api/chat/conversations/c1/end", b'{"reason": "\\ud800"}', "reason"),
+            ("/api/chat/conversations/c1/end", b"[1]", None),
+            ("/api/chat/transcript/c1/email", b"not json", None),
+            ("/api/chat/transcript/c1/email", b'{"to": "a@b.c"}', "to"),
+            ("/api/chat/transcript/c1/pdf", b"\xff\xfe", None),
+        ):
+            with self.subTest(path=path, data=data):
+                d = self.stub.request("POST", "http://gateway" + path, headers={"Authorization": [f"Bearer {TOKEN}"]},
+                                      data=data)
+                code, reply = self.finish(d)
+                self.assertEqual((code, reply["error"], reply.get("field")), (400, "bad_request", field))
+                if field:
+                    self.assertIn(repr(field), reply["message"])
+        self.assertEqual(self.rest.bodies, [])  # no conversation was opened
 
     def test_opening_a_conversation_without_the_chat_server_is_503(self):
         code, reply = self.call("POST", "/api/chat/conversations", {"number": NUMBER})
