@@ -21,12 +21,15 @@ two durable outboxes:
 
 A payload the connector cannot use is refused: acknowledged ``[false, "<problem naming the field>"]``,
 counted in ``gateway_ignored_messages_total{adapter="chat"}`` and logged within the connection's
-budget (an unknown event is not acknowledged); the link is kept.
+budget (an unknown event is not acknowledged); the link is kept. Refused, never repaired: a
+``refId`` must be a phone number string (:data:`PHONE_NUMBER`, matched whole), ids and texts
+strings, a text at most :data:`MAX_TEXT_LENGTH` characters.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 import attrs
 from twisted.internet import defer
@@ -49,7 +52,9 @@ log = Logger()
 #: ActivityMessage types that change who is in a conversation
 JOINED = frozenset({"participantJoined", "participantAdded"})
 LEFT = frozenset({"participantLeft", "participantRemoved"})
-MAX_NUMBER_LENGTH = 64
+#: a customer's phone number, whichever side gives it (E.164-ish: an optional + and 3 to 20 ASCII digits);
+#: matched with fullmatch, so "+1555\n" is refused (never stripped)
+PHONE_NUMBER = re.compile(r"\+?[0-9]{3,20}")
 #: the longest SMS text, in characters, whoever writes it (an operator, an agent, a campaign, a customer):
 #: at most what providers take as one concatenated message (Twilio: 1600); longer ones are refused, not cut
 MAX_TEXT_LENGTH = 1600
@@ -82,15 +87,18 @@ class UnknownConversation(LookupError):
 
 
 def check_number(number, field: str = "number") -> str:
-    """A customer's number, stripped.
+    """``number`` itself if it is a phone number (:data:`PHONE_NUMBER`, the whole string).
 
-    ``ValueError`` when it is not one (a PeerDataError naming ``field`` for bad text).
+    Refused, never repaired: a number with spaces, a trailing newline or any other character is a
+    :class:`~gateway.boundary.PeerDataError` (a ValueError) naming ``field`` (reason ``bad_text``
+    for a lone surrogate).
     """
-    if not isinstance(number, str) or not number.strip() or len(number.strip()) > MAX_NUMBER_LENGTH:
-        raise ValueError(
-            f"a number is a non-empty string of at most {MAX_NUMBER_LENGTH} characters, got {number!r:.80}"
-        )
-    return check_text(number.strip(), field)
+    if not isinstance(number, str):
+        raise PeerDataError(f"a phone number is a string, got {number!r:.40}", field)
+    check_text(number, field)
+    if PHONE_NUMBER.fullmatch(number) is None:
+        raise PeerDataError(f"not a phone number (an optional + and 3 to 20 digits 0-9): {number!r:.40}", field)
+    return number
 
 
 @implementer(ISocketIOHandler)
@@ -370,7 +378,7 @@ class Connector:
             )
         kind = "campaign" if message.conversation_id is None else "reply"
         d = self._send_sms(
-            check_number(number), text, kind, external_id=message.id, conversation_id=message.conversation_id
+            check_number(number, "refId"), text, kind, external_id=message.id, conversation_id=message.conversation_id
         )
         return d.addCallback(lambda _: True)
 

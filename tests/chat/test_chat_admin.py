@@ -91,11 +91,26 @@ class AdminRouteTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.store.list_sms()), [])
         self.assertEqual(list(self.bench.transport.sent), [])
 
+    def test_an_sms_or_conversation_for_something_that_is_no_phone_number_is_a_400_naming_the_field(self):
+        for path, body, field in (
+            ("/api/sms/inbound", {"from": "+1555\n", "text": "x"}, "from"),
+            ("/api/sms/outbound", {"to": "\u0000", "text": "x"}, "to"),
+            ("/api/sms/outbound", {"to": " +4917000", "text": "x"}, "to"),
+            ("/api/chat/conversations", {"number": "+49 170 000"}, "number"),
+        ):
+            with self.subTest(body=body):
+                code, reply = self.call("POST", path, body)
+                self.assertEqual(code, 400)
+                self.assertIn("not a phone number", reply["message"])
+                self.assertIn(f"field {field!r}", reply["message"])
+        self.assertEqual(self.successResultOf(self.store.list_sms()), [])
+        self.assertEqual(self.rest.bodies, [])
+
     def test_sms_are_listed_oldest_first_narrowed_by_the_query(self):
         self.bench.connect()
         for text in ("one", "two"):
             self.call("POST", "/api/sms/inbound", {"from": NUMBER, "text": text})
-        self.call("POST", "/api/sms/inbound", {"from": "+2", "text": "other"})
+        self.call("POST", "/api/sms/inbound", {"from": "+222", "text": "other"})
         code, reply = self.call("GET", "/api/sms?number=%2B4915100000001&direction=inbound&limit=5")
         self.assertEqual((code, [r["text"] for r in reply["sms"]]), (200, ["one", "two"]))
         code, reply = self.call("GET", "/api/sms?after=2")

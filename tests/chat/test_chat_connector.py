@@ -363,6 +363,38 @@ class ConnectorTests(SynchronousTestCase):
         self.assertEqual(self.stored(), [])
         self.assertEqual(self.sms("z" * 1600).text, "z" * 1600)
 
+    def test_a_refid_that_is_no_phone_number_is_refused_naming_the_field_never_repaired(self):
+        self.make()
+        self.connect()
+        for ref_id in ("+1555\n", "\u0000", "x" * 100, " +4917000", "+49 170 000", "+49-170", "\uff11\uff12\uff13",
+                       "12", "1" * 21, "++4917000", "+4917000\u200b"):
+            with self.subTest(ref_id=ref_id):
+                [ack, problem] = self.arrive(type="ChatMessage", id=f"camp-{len(self.link.refused)}", text="Sale",
+                                             refId=ref_id, **{"from": {"id": "system"}})
+                self.assertFalse(ack)
+                self.assertTrue(problem.startswith("field 'refId': not a phone number"), problem)
+        self.assertEqual({reason for _, reason, _ in self.link.refused}, {"malformed"})
+        self.assertEqual((self.stored(), self.sent_texts()), ([], []))
+        [ack, problem] = self.arrive(type="ChatMessage", id="camp-s", text="Sale", refId="+49\ud800",
+                                     **{"from": {"id": "system"}})
+        self.assertEqual((ack, self.link.refused[-1][1]), (False, "bad_text"))
+        for ref_id in ("+4917000", "4917000", "112", "+" + "9" * 20):
+            self.assertEqual(self.arrive(type="ChatMessage", id=f"ok-{ref_id}", text="Sale", refId=ref_id,
+                                         **{"from": {"id": "system"}}), [True])
+        self.assertEqual([to for to, _ in self.sent_texts()], ["+4917000", "4917000", "112", "+" + "9" * 20])
+
+    def test_numbers_given_to_the_connector_are_refused_naming_the_field_never_repaired(self):
+        self.make()
+        for number in ("+1555\n", "\x00", " +4917000 ", "+49 170", "5", None, 4917000):
+            with self.subTest(number=number):
+                for call, field in ((lambda: self.connector.receive_sms(number, "x"), "from"),
+                                    (lambda: self.connector.send_sms(number, "x"), "to"),
+                                    (lambda: self.connector.open_conversation(number), "number")):
+                    with self.assertRaises(PeerDataError) as caught:
+                        call()
+                    self.assertEqual(caught.exception.field, field)
+        self.assertEqual((self.stored(), self.sent_texts(), self.rest.bodies), ([], [], []))
+
     def test_a_campaign_message_is_sent_to_its_number(self):
         self.make()
         self.connect()
@@ -399,7 +431,7 @@ class ConnectorTests(SynchronousTestCase):
 
     def test_an_operator_sms_is_stored_then_sent_through_the_transport_without_the_chat_server(self):
         self.make()
-        record, created = self.successResultOf(self.connector.send_sms(" +4917000 ", "Your appointment is at 10"))
+        record, created = self.successResultOf(self.connector.send_sms("+4917000", "Your appointment is at 10"))
         self.assertTrue(created)
         self.assertEqual((record.direction, record.number, record.kind, record.status, record.conversation_id),
                          ("outbound", "+4917000", "operator", "pending", None))
