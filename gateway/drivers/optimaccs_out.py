@@ -35,6 +35,9 @@ connection lost mid-call ends it with ``transport_lost``. Unknown events and
 unusable fields are ignored through a per-call
 :class:`~gateway.boundary.IgnoredBudget`
 (``gateway_ignored_messages_total{adapter="optimaccs-outbound",reason}``).
+A provider that says nothing on an open media WebSocket fails its call too: no ``dialStatus`` within
+``request_timeout`` fails the leg (kind ``silent``), no ``Connected`` within ``ring_timeout`` +
+``request_timeout`` ends it ``no_answer``; the gateway then hangs up and waits ``cdr_wait`` for the cdr.
 Every failed leg is counted in ``gateway_optimaccs_outbound_failed_total{kind}``, ``kind`` in snake_case
 (the REST failures' :attr:`~gateway.drivers.optimaccs_api.ApiError.kind`, ``unreachable``, ``media_closed``,
 ``protocol``, ...).
