@@ -11,7 +11,7 @@
 - ``DELETE /api/calls/{id}``: forget the call (a live one is hung up first);
 - ``POST /api/sim/inbound`` ``{"caller_id", "did", "hang_up_after"?}`` when the simulated
   network is in use: a simulated caller dials in (and hangs up ``hang_up_after`` seconds
-  after being answered), 201 with the call.
+  after being answered: above 0 and at most a day), 201 with the call.
 
 Every body is read through :meth:`ApiRequest.json` (the boundary policy of
 ``gateway.boundary``): bad text, non-finite numbers, deep nesting and keys the
@@ -33,6 +33,11 @@ __all__ = ["register_calls_api"]
 #: the actions taking no body, and the registry command each one runs
 _SIMPLE = ("hangup", "answer", "reject", "hold", "retrieve", "mute", "unmute", "flush")
 _BY = {"hangup": {"by": "api"}, "reject": {"by": "api"}}
+#: the longest a simulated caller stays on the line after being answered (``hang_up_after``), seconds
+MAX_HANG_UP_AFTER = 86400.0
+#: a DTMF tone's duration and the gap between tones, ms: the core's limits (Registry.send_dtmf checks them again)
+DTMF_DURATION_MS = (20, 1000)
+DTMF_GAP_MS = (0, 1000)
 
 
 def register_calls_api(api, registry, sim=None) -> None:
@@ -55,13 +60,37 @@ def _text(body: dict, name: str) -> str:
     return value
 
 
-def _integer(body: dict, name: str, default: int) -> int:
+def _shown(value) -> str:
+    """``value`` for an error message, never thousands of digits long."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return "a number of more than 40 digits"
+    return repr(value)[:40]
+
+
+def _integer(body: dict, name: str, default: int, low: int, high: int) -> int:
+    """A whole number of milliseconds from ``low`` to ``high``; a 400 naming ``name`` otherwise."""
     value = body.get(name, default)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"{name!r} must be an integer number of milliseconds")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, f"{name!r} must be a whole number of milliseconds from {low} to {high}, "
+                            f"got {_shown(value)}", field=name)
     return value
+
+
+def _seconds(body: dict, name: str, high: float) -> float | None:
+    """A number of seconds above 0 and at most ``high``, or None when absent; a 400 naming ``name`` otherwise.
+
+    Bounded so that it can be given to ``callLater`` (a 4000-digit integer overflowed a float there,
+    and 1e308 s never ends).
+    """
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+        raise ApiError(400, f"{name!r} must be a number of seconds above 0 and at most {high:g}, got {_shown(value)}",
+                       field=name)
+    return float(value)
 
 
 def _rendered(snapshot) -> dict:
@@ -83,7 +112,8 @@ class _CallsApi:
             "conference": lambda call_id, body: registry.conference(call_id, _text(body, "destination"), by="api"),
             "remove_party": lambda call_id, body: registry.remove_party(call_id, _text(body, "number"), by="api"),
             "dtmf": lambda call_id, body: registry.send_dtmf(
-                call_id, _text(body, "digits"), _integer(body, "duration_ms", 100), _integer(body, "gap_ms", 50)
+                call_id, _text(body, "digits"), _integer(body, "duration_ms", 100, *DTMF_DURATION_MS),
+                _integer(body, "gap_ms", 50, *DTMF_GAP_MS),
             ),
         }
 
@@ -126,9 +156,6 @@ class _CallsApi:
 
     def sim_inbound(self, request: ApiRequest) -> ApiResponse:
         body = request.json(known=("caller_id", "did", "hang_up_after"))
-        hang_up_after = body.get("hang_up_after")
-        if hang_up_after is not None and (isinstance(hang_up_after, bool) or not isinstance(hang_up_after, (int, float))
-                                          or hang_up_after < 0):
-            raise ApiError(400, "'hang_up_after' must be a number of seconds >= 0")
+        hang_up_after = _seconds(body, "hang_up_after", MAX_HANG_UP_AFTER)
         leg = self._sim.place_inbound(_text(body, "caller_id"), _text(body, "did"), hang_up_after=hang_up_after)
         return ApiResponse(201, _rendered(self._registry.call(leg.events.call_id)))

@@ -62,6 +62,37 @@ class ApiBoundaryTests(SynchronousTestCase):
         self.assertEqual((code, body["field"]), (400, "attributes.k"))
         self.assertEqual([c.call_id for c in self.h.registry.calls()], [call_id])
 
+    # -- numbers that reach a timer -----------------------------------------------------------
+
+    def test_hang_up_after_must_be_a_sane_number_of_seconds(self):
+        with capturedLogs() as events:
+            for data in (b'{"caller_id": "1", "did": "100", "hang_up_after": ' + b"9" * 4000 + b"}",
+                         b'{"caller_id": "1", "did": "100", "hang_up_after": 1e308}',
+                         b'{"caller_id": "1", "did": "100", "hang_up_after": 86400.5}',
+                         b'{"caller_id": "1", "did": "100", "hang_up_after": 0}',
+                         b'{"caller_id": "1", "did": "100", "hang_up_after": -1}',
+                         b'{"caller_id": "1", "did": "100", "hang_up_after": true}',
+                         b'{"caller_id": "1", "did": "100", "hang_up_after": "5"}'):
+                code, body = self.raw("POST", "/api/sim/inbound", data)
+                self.assertEqual((code, body["error"], body["field"]), (400, "bad_request", "hang_up_after"),
+                                 data[-30:])
+                self.assertLess(len(body["message"]), 200)
+        self.assertEqual(self.h.registry.calls(), [])
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.critical or e.get("log_failure")], [])
+        code, call = self.call("POST", "/api/sim/inbound", {"caller_id": "1", "did": "100", "hang_up_after": 86400})
+        self.assertEqual(code, 201)
+
+    def test_dtmf_duration_and_gap_are_bounded_naming_the_field(self):
+        call_id = self.talking_call()
+        for field, value in (("duration_ms", 10**4000), ("duration_ms", 1e308), ("duration_ms", 19), ("gap_ms", -1),
+                             ("gap_ms", 1001), ("gap_ms", 2.5), ("duration_ms", "100")):
+            data = b'{"digits": "1", "%s": %s}' % (field.encode(), json.dumps(value).encode())
+            code, body = self.raw("POST", f"/api/calls/{call_id}/dtmf", data)
+            self.assertEqual((code, body["error"], body["field"]), (400, "bad_request", field),
+                             (field, str(value)[:20]))
+            self.assertLess(len(body["message"]), 200)
+        self.assertEqual(self.h.network.party("5551234").digits_received, [])
+
     # -- unknown keys -------------------------------------------------------------------------
 
     def test_an_unknown_key_is_a_400_naming_it(self):
