@@ -312,8 +312,8 @@ class MessageRate:
         if now > self._when:
             self._tokens = min(float(self.burst), self._tokens + (now - self._when) * self.rate)
         self._when = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - 1e-9:  # a peer keeping to the rate exactly is not refused for a rounding
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         self.refused += 1
         return False

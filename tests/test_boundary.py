@@ -219,6 +219,12 @@ class MessageRateTests(SynchronousTestCase):
             self.clock.advance(1)
         self.assertEqual(self.rate.refused, 0)
 
+    def test_a_peer_at_exactly_the_rate_is_not_refused_for_a_rounding(self):
+        self.allowed(50)
+        for _ in range(10_000):
+            self.clock.advance(0.05)
+            self.assertTrue(self.rate.allow())
+
     def test_a_quiet_time_refills_the_burst_and_no_more(self):
         self.allowed(50)
         self.clock.advance(3600)
