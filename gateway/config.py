@@ -91,7 +91,7 @@ class MediaSection:
     )
 
 
-_EXT_ID = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+_EXT_ID = re.compile(r"[A-Za-z0-9_.+-]{1,64}\Z")  # \Z, not $ (which also matches before a final newline)
 
 
 @section
@@ -105,7 +105,7 @@ class Extension:
     device: str = attrs.field(default="sim", validator=check(lambda v: bool(v.partition(":")[0]), "must name a driver"))
 
 
-_ROUTE_TO = re.compile(r"^(extension:[A-Za-z0-9_.+-]{1,64}|app:[a-z][a-z0-9_-]*(:.*)?)$")
+_ROUTE_TO = re.compile(r"(extension:[A-Za-z0-9_.+-]{1,64}|app:[a-z][a-z0-9_-]*(:.*)?)\Z")
 
 
 @section

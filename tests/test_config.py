@@ -114,6 +114,8 @@ def test_every_key_in_etc_file_has_a_comment():
         ("[media]\nqueue_ms = 1.5", "x.toml: media.queue_ms: expected an integer"),
         ("[[extensions]]\nname = 'a'", "x.toml: extensions[0].id: missing required key"),
         ("[[extensions]]\nid = 'a b'", "extensions[0].id: expected 1-64 letters"),
+        ('[[extensions]]\nid = "a\\n"', "extensions[0].id: expected 1-64 letters, digits or _.+-, got 'a\\n'"),
+        ('[[routes]]\ndid = "*"\nto = "app:echo\\n"', "routes[0].to: expected extension:<id> or app:<name>"),
         ("[[extensions]]\nid = 'a'\n[[extensions]]\nid = 'a'", "extensions[1].id: duplicate extension id 'a'"),
         ("[[routes]]\ndid = '*'\nto = 'extension:9'", "x.toml: routes[0].to: no extension with id '9'"),
         ("[[routes]]\ndid = '*'\nto = 'fax:9'", "routes[0].to: expected extension:<id> or app:<name>"),

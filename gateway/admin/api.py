@@ -49,7 +49,7 @@ JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 #: the paths that need the bearer token: /api and everything below it
 PROTECTED_PREFIX = "api"
 
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
 
 
 def error_code(status: int) -> str:

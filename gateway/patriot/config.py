@@ -18,7 +18,7 @@ from gateway.patriot.messages import DEFAULT_MAX_PHONE_LENGTH
 #: what a dial request does while the user's extension already has a live call
 DialWhileBusy = typing.Literal["refuse", "replace"]
 
-_FINGERPRINT = re.compile(r"^(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$")
+_FINGERPRINT = re.compile(r"(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}\Z")  # \Z: $ also matches before a final newline
 
 _positive = check(lambda v: v > 0, "must be positive, got {value!r}")
 _not_negative = check(lambda v: v >= 0, "must not be negative, got {value!r}")

@@ -143,3 +143,25 @@ class CallsApiTests(SynchronousTestCase):
         self.assertEqual(self.call("DELETE", f"/api/calls/{call_id}"), (200, {"call_id": call_id, "disposed": True}))
         self.assertEqual(self.call("GET", f"/api/calls/{call_id}")[0], 404)
         self.assertEqual(self.h.cdrs[0]["cause"], "normal")
+
+    def test_a_trailing_newline_is_refused_before_anything_is_dialled_or_sent(self):
+        """Python's ``$`` matches before a final newline: "5550100\\n" and "1\\n" are 400s, with no call
+        made, no party dialled and no digit sent (the core checks the whole value first)."""
+        for number in ("5550100\n", "5550100\r\n", " 5550100", "5550100\x00"):
+            code, body = self.call("POST", "/api/calls", {"extension": "1001", "number": number})
+            self.assertEqual((code, body["error"]), (400, "invalid_argument"), repr(number))
+        self.assertEqual((self.h.registry.calls(), self.h.cdrs), ([], []))
+        call_id = self.originate()["call_id"]
+        self.h.advance(3.0)
+        base = f"/api/calls/{call_id}"
+        for action, body in (("conference", {"destination": "5553333\n"}), ("transfer", {"destination": "1002\n"}),
+                             ("transfer", {"destination": "5553333\r\n"}), ("dtmf", {"digits": "1\n"}),
+                             ("dtmf", {"digits": "12\r\n"})):
+            code, answer = self.call("POST", f"{base}/{action}", body)
+            self.assertEqual((code, answer["error"]), (400, "invalid_argument"), (action, body))
+            self.h.advance(1.0)
+        call = self.call("GET", base)[1]
+        self.assertEqual((call["state"], [p["number"] for p in call["parties"]], call["dtmf_count"]),
+                         ("TALKING", ["5551234"], 0))
+        self.assertEqual(self.h.network.party("5551234").digits_received, [])
+        self.assertEqual([c["call_id"] for c in self.call("GET", "/api/calls")[1]["calls"]], [call_id])

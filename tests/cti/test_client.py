@@ -348,6 +348,13 @@ class OutboundCallTests(Bridge):
         self.dial("5551234")
         self.refused(self.send("dial", target=CHANNEL, destination="5551235"), "extension 1003 is busy")
 
+    def test_a_destination_with_a_trailing_newline_is_refused_and_nothing_is_dialled(self):
+        for destination in ("5551234\n", "5551234\r\n", "1002\n"):
+            with self.subTest(destination=destination):
+                self.refused(self.send("dial", target=CHANNEL, destination=destination),
+                             "is neither an extension nor a phone number")
+        self.assertEqual((self.registry.calls(), self.events(CHANNEL)), ([], []))
+
 
 class RefusalTests(Bridge):
     def setUp(self):

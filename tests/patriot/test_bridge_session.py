@@ -538,6 +538,13 @@ class BadInputTests(BridgeTestCase):
         self.assertEqual(
             self.sample("gateway_patriot_commands_total", mode="bridge", command="dial", result="invalid_argument"), 6)
 
+    def test_a_phone_number_with_a_trailing_newline_is_refused_and_nothing_is_dialled(self):
+        session, connection = self.login()
+        for phone in ("5551234\n", "5551234\r\n", "\n"):
+            session.frame_received(frame("dial-request", {"phoneNo": phone, "rawPhoneNo": "5551234"}), False)
+        self.assertEqual(connection.statuses(), [status(False)] * 3)
+        self.assertEqual(self.registry.calls(), [])
+
     def test_a_failing_handler_is_logged_not_raised(self):
         session, connection = self.login()
         session.call_control = lambda message: 1 / 0
