@@ -33,6 +33,11 @@ Each connection is a :class:`BridgeSession`:
 - every refusal and close above is counted in ``gateway_patriot_bridge_refused_total{reason}``
   and logged through a :class:`~gateway.boundary.RateLimitedLog` per kind;
 - a message larger than ``max_message_size`` closes that connection with 1009 (Autobahn's check);
+- more messages (pings included) than ``max_message_burst`` at once or ``max_message_rate`` a
+  second close that connection with 4008 "too many messages", and a peer that does not read what
+  it is sent has its frames no longer read, then its connection dropped past ``max_output_buffer``
+  (:mod:`gateway.patriot.session`); both counted in ``gateway_patriot_bridge_refused_total{reason}``
+  (``rate_limited``, ``slow_reader``) and logged rate-limited;
 - Autobahn's handshake and close timers run on the bridge's reactor
   (:class:`~gateway.patriot.session.ReactorTimer`), not txaio's global one.
 
@@ -47,7 +52,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 
-from gateway.boundary import RateLimitedLog, budget_factory
+from gateway.boundary import MessageRate, RateLimitedLog, budget_factory
 from gateway.patriot.auth import (
     AddressGuard,
     AddressLockedOut,
@@ -92,7 +97,8 @@ class BridgeSession(Session):
         config = bridge.config
         super().__init__(connection, metrics=bridge.metrics, max_phone_length=config.max_phone_length,
                          dial_while_busy=config.dial_while_busy,
-                         budget=bridge.budgets(f"{connection.peer} (Dialler Bridge)"))
+                         budget=bridge.budgets(f"{connection.peer} (Dialler Bridge)"),
+                         rate=MessageRate(bridge.clock, config.max_message_rate, config.max_message_burst))
         self.bridge = bridge
         self.user = None
         #: the payload of the init being checked or answered, its answer once known, and how
@@ -166,6 +172,12 @@ class BridgeSession(Session):
             return
         if error.message_type == InitRequest.TYPE or (error.unreadable and self.user is None):
             self._bad_init(error.reason)
+
+    def too_many_messages(self) -> None:
+        self.bridge.closed_for_cap(self, "rate_limited")
+
+    def slow_reader(self, unsent: int) -> None:
+        self.bridge.closed_for_cap(self, "slow_reader", unsent=unsent)
 
     def _bad_init(self, reason: str) -> None:
         """An init-request that cannot be read: answered naming the problem, a failed login."""
@@ -300,6 +312,7 @@ class DiallerBridge:
         self._table_full_log = RateLimitedLog(reactor, log)
         self._over_cap_log = RateLimitedLog(reactor, log)
         self._no_init_log = RateLimitedLog(reactor, log)
+        self._cap_logs = {"rate_limited": RateLimitedLog(reactor, log), "slow_reader": RateLimitedLog(reactor, log)}
         self.factory = _BridgeFactory(self, reactor)
         metrics.bridge_connections.labels("open").set_function(lambda: len(self.sessions))
         metrics.bridge_connections.labels("initialised").set_function(
@@ -362,6 +375,23 @@ class DiallerBridge:
                     "in the last {seconds:.0f} s (the latest {peer})",
             peer=session.connection.peer, timeout=self.config.init_timeout)
 
+    def closed_for_cap(self, session: BridgeSession, reason: str, unsent: int = 0) -> None:
+        """Count (and log, rate-limited) ``session`` closed for ``reason``: ``rate_limited`` or ``slow_reader``."""
+        self.metrics.bridge_refused.labels(reason).inc()
+        config = self.config
+        if reason == "rate_limited":
+            line = ("Patriot Dialler Bridge: closing {who} (4008 too many messages): more than {burst} messages at "
+                    "once or {rate} a second (max_message_burst, max_message_rate){more}")
+            summary = ("Patriot Dialler Bridge: closed {count} more connections past max_message_rate in the last "
+                       "{seconds:.0f} s (the latest {who})")
+        else:
+            line = ("Patriot Dialler Bridge: dropping {who}: it does not read what it is sent ({unsent} bytes "
+                    "unsent past the transport's buffer, max_output_buffer {max_output}){more}")
+            summary = ("Patriot Dialler Bridge: dropped {count} more connections that did not read in the last "
+                       "{seconds:.0f} s (the latest {who})")
+        self._cap_logs[reason].emit(line, summary=summary, who=session.who, burst=config.max_message_burst,
+                                    rate=config.max_message_rate, unsent=unsent, max_output=config.max_output_buffer)
+
     def _locked_out(self, address: str, seconds: float) -> None:
         """The guard locked ``address`` out: close each of its unauthenticated connections."""
         victims = [session for session in self.sessions
@@ -423,7 +453,8 @@ class _BridgeProtocol(WebSocketServerProtocol):
     session: BridgeSession | None = None
 
     def onConnect(self, request):
-        connection = WebSocketConnection(self)
+        connection = WebSocketConnection(self, max_output=self.factory.bridge.config.max_output_buffer,
+                                         overflow=self._overflow)
         refusal = self.factory.bridge.refusal(request.path, connection.host, connection.peer)
         if refusal is not None:
             raise refusal
@@ -434,6 +465,14 @@ class _BridgeProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         self.session.frame_received(payload, isBinary)
+
+    def onPing(self, payload):
+        if self.session is None or self.session.allow():  # pings count toward max_message_rate too
+            super().onPing(payload)
+
+    def _overflow(self, unsent: int) -> None:
+        if self.session is not None:
+            self.session.slow_reader(unsent)
 
     def onClose(self, wasClean, code, reason):
         if self.session is not None and self.localCloseCode == MESSAGE_TOO_BIG:

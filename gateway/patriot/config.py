@@ -24,6 +24,8 @@ _positive = check(lambda v: v > 0, "must be positive, got {value!r}")
 _not_negative = check(lambda v: v >= 0, "must not be negative, got {value!r}")
 _phone_length = check(lambda v: 1 <= v <= 256, "must be between 1 and 256, got {value!r}")
 _message_size = check(lambda v: 256 <= v <= 16 * 1024 * 1024, "must be between 256 and 16777216 bytes, got {value!r}")
+_output_buffer = check(lambda v: 65536 <= v <= 256 * 1024 * 1024,
+                       "must be between 65536 and 268435456 bytes, got {value!r}")
 
 
 def _valid_password(instance, attribute, value: Secret):
@@ -86,6 +88,13 @@ class BridgeConfig:
     max_tracked_addresses: int = attrs.field(default=10000, validator=_positive)
     #: the largest WebSocket message accepted (bytes); a larger one closes that connection with 1009
     max_message_size: int = attrs.field(default=65536, validator=_message_size)
+    #: messages (WebSocket pings included) a connection may send a second, and at once; the first
+    #: one past them closes it with 4008 "too many messages"
+    max_message_rate: float = attrs.field(default=20.0, validator=_positive)
+    max_message_burst: int = attrs.field(default=50, validator=_positive)
+    #: bytes of output queued for a peer that does not read, on top of the transport's full write
+    #: buffer (whose reading is paused meanwhile), before its connection is dropped
+    max_output_buffer: int = attrs.field(default=1024 * 1024, validator=_output_buffer)
     #: the longest phoneNo a dial-request may carry
     max_phone_length: int = attrs.field(default=DEFAULT_MAX_PHONE_LENGTH, validator=_phone_length)
     #: a dial-request while the user has a live call: "refuse" it (a call-status-update tells the
@@ -141,6 +150,9 @@ class DesktopConfig:
     #: seconds a ping may go unanswered (nothing at all received) before the link is dropped
     ping_timeout: float = attrs.field(default=10.0, validator=_positive)
     max_message_size: int = attrs.field(default=65536, validator=_message_size)
+    max_message_rate: float = attrs.field(default=20.0, validator=_positive)
+    max_message_burst: int = attrs.field(default=50, validator=_positive)
+    max_output_buffer: int = attrs.field(default=1024 * 1024, validator=_output_buffer)
     max_phone_length: int = attrs.field(default=DEFAULT_MAX_PHONE_LENGTH, validator=_phone_length)
     dial_while_busy: DialWhileBusy = "refuse"
 

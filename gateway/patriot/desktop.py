@@ -23,7 +23,12 @@ A Patriot server is a peer like any other: whatever it sends (bad JSON, lone sur
 deep nesting, unknown types, wrong-typed fields, answers to requests never made) is parsed through
 :func:`gateway.boundary.load_json`, counted in ``gateway_ignored_messages_total{adapter="patriot"}``
 and logged within the connection's budget naming the link and the peer; it never ends the link
-by itself. A message over ``max_message_size`` closes the connection (1009) and the link reconnects.
+by itself. A message over ``max_message_size`` closes the connection (1009) and the link reconnects,
+as do more messages (pings included) than ``max_message_burst`` at once or ``max_message_rate`` a
+second (4008 "too many messages", counted in ``gateway_ignored_messages_total{reason="rate_limited"}``)
+and a server that does not read what it is sent: its frames are no longer read while the
+transport's buffer is full, and past ``max_output_buffer`` the connection is dropped
+(:mod:`gateway.patriot.session`).
 
 The link's readiness component (``patriot-desktop:<index>``) and the
 ``gateway_patriot_desktop_up{link}`` gauge are up exactly while the link is authenticated.
@@ -40,7 +45,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.logger import Logger
 
-from gateway.boundary import budget_factory
+from gateway.boundary import MessageRate, budget_factory
 from gateway.patriot.config import DesktopConfig
 from gateway.patriot.line import Line
 from gateway.patriot.messages import (
@@ -92,7 +97,8 @@ class DesktopSession(Session):
         config = link.config
         super().__init__(connection, metrics=link.metrics, max_phone_length=config.max_phone_length,
                          dial_while_busy=config.dial_while_busy,
-                         budget=link.budgets(f"{connection.peer} (desktop link {link.index})"))
+                         budget=link.budgets(f"{connection.peer} (desktop link {link.index})"),
+                         rate=MessageRate(link.clock, config.max_message_rate, config.max_message_burst))
         self.link = link
         self.request_id = uuid.uuid4().hex
         self.authenticated = False
@@ -245,10 +251,20 @@ class _DesktopProtocol(WebSocketClientProtocol):
     _close_reason: str | None = None
 
     def onOpen(self):
-        self.session = self.factory.link.session_opened(WebSocketConnection(self))
+        connection = WebSocketConnection(self, max_output=self.factory.link.config.max_output_buffer,
+                                         overflow=self._overflow)
+        self.session = self.factory.link.session_opened(connection)
 
     def onMessage(self, payload, isBinary):
         self.session.frame_received(payload, isBinary)
+
+    def onPing(self, payload):
+        if self.session is None or self.session.allow():  # pings count toward max_message_rate too
+            super().onPing(payload)
+
+    def _overflow(self, unsent: int) -> None:
+        if self.session is not None:
+            self.session.slow_reader(unsent)
 
     def onClose(self, wasClean, code, reason):
         if self.session is not None and self.localCloseCode == MESSAGE_TOO_BIG:

@@ -9,7 +9,8 @@ Besides its own metrics the adapter counts ignored and refused messages in the s
 locked-out addresses in ``gateway_patriot_lockouts_total``, and what the Dialler Bridge refused in
 ``gateway_patriot_bridge_refused_total{reason}``: ``locked_out`` (a handshake or init from a
 locked-out address), ``table_full`` (from a new address while the lockout table holds only
-lockouts and checks).
+lockouts and checks), ``init_timeout``, ``too_many_unauthenticated``, ``rate_limited`` (a connection
+closed past max_message_rate) and ``slow_reader`` (one dropped past max_output_buffer).
 """
 
 from __future__ import annotations

@@ -20,15 +20,36 @@ Bad frames and ignored messages go through the connection's
 naming the peer, and then one summary line a minute at most, so a flood of junk is not a flood of
 log lines. The budget is closed (its last summary written) when the connection is lost.
 
+Two caps bound what one peer can make a connection cost:
+
+- **the message rate** (``max_message_rate`` messages a second, ``max_message_burst`` at once; a
+  :class:`~gateway.boundary.MessageRate` per connection, WebSocket pings included): the first
+  message past it closes the connection with 4008 "too many messages" and stops reading from it
+  (so a flood costs nothing more; the peer's close reply is not awaited, Autobahn drops the
+  connection after its close handshake timeout), counted in
+  ``gateway_ignored_messages_total{reason="rate_limited"}`` (as is every frame of the data
+  already read, none of them handled or answered). Patriot heartbeats every 5 s and sends a
+  command now and then, so a real peer is far below it; a flood is refused after the burst.
+- **unsent output** (slow-reader protection): :class:`WebSocketConnection` is registered as the
+  transport's streaming producer. When the transport's write buffer passes its high-water mark
+  (Twisted's ``bufferSize``, 64 KiB) it stops reading from the peer, until the buffer has drained:
+  a peer that does not read what it is sent gets no more of its frames read (its own TCP window
+  then stops its flood), and its connection is dropped as dead by ``heartbeat_timeout`` (bridge)
+  or ``ping_timeout`` (desktop link), since nothing is received any more. Output still queued while
+  reading is paused (line events go on) is counted; past ``max_output_buffer`` bytes the connection
+  is dropped at once. So a connection never holds more than the high-water mark plus
+  ``max_output_buffer`` plus one message of unsent output.
+
 :class:`ReactorTimer` puts both adapters' Autobahn timers on the adapter's reactor.
 """
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from gateway.boundary import IgnoredBudget
+from gateway.boundary import IgnoredBudget, MessageRate
 from gateway.core.errors import CallError
 from gateway.patriot.line import Line
 from gateway.patriot.messages import (
@@ -54,6 +75,8 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 4008
 #: the close code Autobahn sends for a message over max_message_size
 MESSAGE_TOO_BIG = 1009
+#: the close reason past max_message_rate (with CLOSE_POLICY)
+TOO_MANY_MESSAGES = "too many messages"
 
 
 class IConnection(Interface):
@@ -71,25 +94,82 @@ class IConnection(Interface):
     def abort():
         """Drop the connection at once (a dead peer cannot complete a closing handshake)."""
 
+    def stop_reading():
+        """Read nothing more from the peer (the connection is closing)."""
 
-@implementer(IConnection)
+
+@implementer(IConnection, IPushProducer)
 class WebSocketConnection:
-    """:class:`IConnection` on an Autobahn protocol (either side)."""
+    """:class:`IConnection` on an Autobahn protocol (either side), and the transport's streaming producer.
 
-    def __init__(self, protocol):
+    With ``max_output`` (bytes), it registers itself with the transport as a streaming producer:
+    paused (the transport's write buffer is past its high-water mark) it stops reading from the
+    peer until resumed (the buffer drained), and counts what is still sent meanwhile; past
+    ``max_output`` it calls ``overflow(unsent)`` and drops the connection.
+    """
+
+    def __init__(self, protocol, *, max_output: int | None = None, overflow=None):
         self._protocol = protocol
         address = protocol.transport.getPeer()
         self.host = getattr(address, "host", str(address))
         self.peer = f"{self.host}:{getattr(address, 'port', '')}".rstrip(":")
+        self._max_output = max_output
+        self._overflow = overflow
+        #: the transport's write buffer is full: the peer's frames are not read until it drains
+        self.paused = False
+        #: bytes sent while paused (queued on top of the transport's full buffer)
+        self.backlog = 0
+        self.overflowed = False
+        self._reading_stopped = False
+        if max_output is not None:
+            protocol.transport.registerProducer(self, True)
 
     def send_text(self, text: str) -> None:
-        self._protocol.sendMessage(text.encode("utf-8"), isBinary=False)
+        data = text.encode("utf-8")
+        if self.paused:
+            if self.overflowed:
+                return
+            self.backlog += len(data) + (2 if len(data) < 126 else 4 if len(data) < 65536 else 10)  # + frame header
+            if self.backlog > self._max_output:
+                self.overflowed = True
+                if self._overflow is not None:
+                    try:
+                        self._overflow(self.backlog)
+                    except Exception:
+                        log.failure("Patriot {peer}: reporting a peer that does not read failed", peer=self.peer)
+                self.abort()
+                return
+        self._protocol.sendMessage(data, isBinary=False)
+
+    # -- IPushProducer, for the transport
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is past its high-water mark: read nothing more from the peer."""
+        if not self.paused:
+            self.paused = True
+            self.backlog = 0
+            self._protocol.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The transport's write buffer has drained: read the peer's frames again."""
+        if self.paused:
+            self.paused = False
+            self.backlog = 0
+            if not (self.overflowed or self._reading_stopped):
+                self._protocol.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
 
     def close(self, code: int, reason: str) -> None:
         self._protocol.sendClose(code, reason)
 
     def abort(self) -> None:
         self._protocol.dropConnection(abort=True)
+
+    def stop_reading(self) -> None:
+        self._reading_stopped = True
+        self._protocol.transport.pauseProducing()
 
 
 class Session:
@@ -99,8 +179,12 @@ class Session:
     mode = ""
 
     def __init__(self, connection: IConnection, *, metrics: PatriotMetrics, max_phone_length: int,
-                 dial_while_busy: str, budget: IgnoredBudget):
+                 dial_while_busy: str, budget: IgnoredBudget, rate: MessageRate | None = None):
         self.connection = connection
+        #: the connection's message rate (None: not capped)
+        self.rate = rate
+        #: the connection is being closed for going past its message rate: nothing more is handled
+        self.rate_limited = False
         self.metrics = metrics
         #: the connection's budget of log lines about ignored messages (counted whatever it logs)
         self.budget = budget
@@ -119,6 +203,8 @@ class Session:
 
     def frame_received(self, payload: bytes, is_binary: bool) -> None:
         """One WebSocket message arrived; never raises (whatever fails is logged, naming the peer)."""
+        if not self.allow():
+            return
         try:
             message = self._parse(payload, is_binary)
         except PatriotMessageError as error:
@@ -135,6 +221,36 @@ class Session:
             self.message_received(message)
         except Exception:
             log.failure("{who}: handling {type} failed", who=self.who, type=message.TYPE)
+
+    def allow(self) -> bool:
+        """Whether one more frame (a message or a ping) is within the connection's message rate.
+
+        The first one past it closes the connection (4008); it and every one after it are
+        counted as ignored (``rate_limited``) and not handled.
+        """
+        if self.rate_limited:
+            self.budget.ignored("rate_limited", "a message while the connection closes for max_message_rate")
+            return False
+        if self.rate is None or self.rate.allow():
+            return True
+        self.rate_limited = True
+        try:
+            self.budget.ignored("rate_limited", f"more than {self.rate.burst} messages at once or "
+                                f"{self.rate.rate:g} a second (max_message_rate); closing the connection")
+            self.too_many_messages()
+        except Exception:
+            log.failure("{who}: handling a message past max_message_rate failed", who=self.who)
+        self.connection.close(CLOSE_POLICY, TOO_MANY_MESSAGES)
+        self.connection.stop_reading()
+        return False
+
+    def too_many_messages(self) -> None:
+        """The connection goes past its message rate and is being closed (for the subclass to count)."""
+
+    def slow_reader(self, unsent: int) -> None:
+        """The peer does not read: ``unsent`` bytes queued past the transport's buffer; the connection is dropped."""
+        log.warn("{who} does not read what it is sent: {unsent} bytes unsent past the transport's buffer "
+                 "(max_output_buffer); dropping the connection", who=self.who, unsent=unsent)
 
     def closed(self, reason: str) -> None:
         """The connection is gone."""

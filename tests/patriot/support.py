@@ -21,6 +21,7 @@ class FakeConnection:
         self.sent: list[dict] = []
         self.closes: list[tuple[int, str]] = []
         self.aborted = False
+        self.reading = True
 
     def send_text(self, text: str) -> None:
         self.sent.append(json.loads(text))
@@ -30,6 +31,9 @@ class FakeConnection:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def stop_reading(self) -> None:
+        self.reading = False
 
     def take(self) -> list[dict]:
         """What was sent since the last take."""
