@@ -45,6 +45,7 @@ Two caps bound what one peer can make a connection cost:
 
 from __future__ import annotations
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
@@ -125,6 +126,8 @@ class WebSocketConnection:
             protocol.transport.registerProducer(self, True)
 
     def send_text(self, text: str) -> None:
+        if self._protocol.state != WebSocketProtocol.STATE_OPEN:
+            return  # closing (Autobahn raises Disconnected): a frame that came in meanwhile gets no answer
         data = text.encode("utf-8")
         if self.paused:
             if self.overflowed:

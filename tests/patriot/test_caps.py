@@ -185,6 +185,21 @@ class MessageRateTests(BridgeCapsTestCase):
         self.assertEqual(server_frames(transport.drain())[-1][0], 8)
 
 
+class ClosingTests(BridgeCapsTestCase):
+    def test_a_heartbeat_while_the_gateway_closes_gets_no_answer_and_no_error(self):
+        """Autobahn raises Disconnected for a message sent while closing; the frame is just not answered."""
+        protocol, transport = self.open()
+        heartbeat = client_frame(b'{"type":"heartbeat"}')
+        for _ in range(6):
+            self.clock.advance(5)
+            protocol.dataReceived(heartbeat)
+        self.assertEqual(server_frames(transport.drain())[-1][0], 8)  # init_timeout: closing, 4008
+        protocol.dataReceived(heartbeat)
+        self.assertEqual(transport.drain(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.lines_like("handling {type} failed"), [])
+
+
 class ConfiguredRateTests(BridgeCapsTestCase):
     config_overrides = {"max_message_rate": 1.0, "max_message_burst": 3}
 
