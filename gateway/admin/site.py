@@ -101,6 +101,8 @@ class AdminChannel(HTTPChannel):
     _deadline = None
     _refused = False
     _counted = False
+    _dropped = 0
+    _paused = False
 
     def connectionMade(self):
         super().connectionMade()
@@ -116,6 +118,7 @@ class AdminChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
+            self._drop(data)
             return
         if data and self._deadline is None and not self._handlingRequest:
             # the first byte of a request: its line, headers and body must all be in by the deadline
@@ -124,8 +127,16 @@ class AdminChannel(HTTPChannel):
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._refused:  # the rest of a refused request's body is dropped unread
+            self._drop(data)
             return
         super().rawDataReceived(data)
+
+    def _drop(self, data: bytes) -> None:
+        """Input after a refusal: dropped; past ``max_body_size`` of it, reading stops until the cut."""
+        self._dropped += len(data)
+        if self._dropped > self.site.max_body_size and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
 
     def allHeadersReceived(self):
         if self.length != 0:  # a body follows (a length, or chunked: None)
@@ -170,8 +181,9 @@ class AdminChannel(HTTPChannel):
 
         ``problem`` (logged rate-limited, naming the peer) is None when the router logged it already
         (a refused token). Over TCP the gateway closes its side after the answer and, for
-        :data:`REFUSAL_LINGER` seconds, reads and drops what the peer still sends (so that the peer,
-        busy sending a body, gets the answer rather than a reset), then cuts the connection.
+        :data:`REFUSAL_LINGER` seconds, reads and drops what the peer still sends, up to
+        ``max_body_size`` bytes (so that a peer busy sending a body gets the answer rather than a
+        reset, without making the gateway read a flood), then cuts the connection.
         """
         if self._refused:
             return
@@ -190,7 +202,12 @@ class AdminChannel(HTTPChannel):
             half_close()
         else:
             self.transport.loseConnection()
-        self._abortingCall = self.callLater(REFUSAL_LINGER, self.forceAbortClient)
+        self._abortingCall = self.callLater(REFUSAL_LINGER, self._cut)
+
+    def _cut(self) -> None:
+        """The end of a refused connection's linger (logged with the refusal already, not again)."""
+        self._abortingCall = None
+        self.transport.abortConnection()
 
 
 class _Busy(Protocol):

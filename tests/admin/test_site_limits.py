@@ -138,7 +138,11 @@ class LimitsTests(SynchronousTestCase):
 
     def test_a_refused_connection_is_cut_after_the_linger(self):
         channel, transport = self.connect()
-        channel.dataReceived(b"POST /api/status HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n")
+        channel.dataReceived(b"POST /api/status HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+        channel.dataReceived(b"B" * MiB)  # read and dropped, up to max_body_size ...
+        self.assertEqual(transport.producerState, "producing")
+        channel.dataReceived(b"B")  # ... then reading stops until the cut
+        self.assertEqual(transport.producerState, "paused")
         self.clock.advance(REFUSAL_LINGER - 0.1)
         self.assertFalse(transport.disconnected)
         self.clock.advance(0.1)
