@@ -5,7 +5,10 @@ legs, the extensions' names, each adapter's ``status()``, readiness, the most
 recent CDRs) and sends
 it, whole, as a server-sent event to every :class:`EventStream` attached to it.
 It works only while somebody watches: the first stream subscribes it to the
-call registry and starts its timers, the last one to leave undoes all of that.
+call core (an :class:`~gateway.core.interfaces.ICallControl`), reads the live
+calls once and starts its timers, the last one to leave undoes all of that.
+From then on the live calls are kept from the snapshot each call event comes
+with: the feed never asks the core for its calls again.
 
 When a message goes out:
 
@@ -33,6 +36,7 @@ from zope.interface import implementer
 
 import gateway
 from gateway.core.events import CallEnded
+from gateway.core.states import LegState
 
 __all__ = ["CDR_FIELDS", "EventStream", "StatusFeed", "cdr_view", "call_view", "sse_message"]
 
@@ -97,6 +101,8 @@ class StatusFeed:
         self._loops: list[task.LoopingCall] = []
         self._flush_call = None
         self._cdrs: dict[str, dict] = {}
+        #: the live calls (CallSnapshots) by id, oldest first, as the core's events handed them
+        self._calls: dict = {}
         #: the view last sent; None until the recent CDRs are loaded
         self._view: dict | None = None
         #: adapters whose status() failed (logged once until it works again)
@@ -131,6 +137,7 @@ class StatusFeed:
         registry = self._ctx.registry
         if registry is not None:
             self._unsubscribe = registry.subscribe(self._changed)
+            self._calls = {call.call_id: call for call in registry.calls()}
         self._loops = [self._every(self._sample, self._publish), self._every(self._heartbeat, self._beat)]
         generation = self._generation
         d = self._ctx.store.recent_cdrs(limit=self._recent)
@@ -158,6 +165,7 @@ class StatusFeed:
             self._flush_call.cancel()
             self._flush_call = None
         self._cdrs.clear()
+        self._calls = {}
         self._view = None
         self._generation += 1
 
@@ -180,10 +188,15 @@ class StatusFeed:
 
     # -- the view ------------------------------------------------------------------------------
 
-    def _changed(self, event) -> None:
-        """A registry event: publish soon, with whatever else happens until then."""
+    def _changed(self, event, call) -> None:
+        """A call event with its call's snapshot: keep the call (or drop it, once released), and
+        publish soon, with whatever else happens until then."""
         if isinstance(event, CallEnded):
             self._remember(event.cdr)
+        if call.state is LegState.RELEASED:
+            self._calls.pop(call.call_id, None)
+        else:
+            self._calls[call.call_id] = call
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(self._coalesce, self._flush)
 
@@ -214,14 +227,13 @@ class StatusFeed:
 
     def _build(self) -> dict:
         ctx = self._ctx
-        registry = ctx.registry
         return {
             "node": ctx.config.gateway.node,
             "version": gateway.__version__,
             "extensions": {ext.id: ext.name for ext in ctx.config.extensions},
             "readiness": [{"name": c.name, "up": c.up, "reason": c.reason}
                           for c in ctx.readiness.components.values()],
-            "calls": [call_view(call) for call in registry.calls()] if registry is not None else [],
+            "calls": [call_view(call) for call in self._calls.values()],
             "cdrs": sorted(self._cdrs.values(), key=_ended, reverse=True),
             "adapters": {name: self._status_of(name, obj) for name, obj in ctx.status.items()},
         }

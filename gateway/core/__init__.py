@@ -17,7 +17,8 @@ cdr_sink, provider_cdr_sink, retention=60, on_command=None)`` — built by
   ``dispose(call_id)``, and ``shutdown(grace)``.
 - Queries: ``calls(include_released=False)``, ``call(call_id)``, ``calls_for(extension_id)``,
   ``active_call_for(extension_id)`` -> :class:`CallSnapshot` (``to_dict()`` for JSON).
-- Events: ``subscribe(callback, extension=None) -> unsubscribe``; the classes are in
+- Events: ``subscribe(callback, extension=None) -> unsubscribe``, ``callback(event, call)`` with the
+  call's :class:`CallSnapshot` (one per call per batch of events); the classes are in
   :mod:`gateway.core.events` (``CallCreated`` first, ``CallEnded`` with the CDR last).
 - Drivers: the interfaces in :mod:`gateway.core.interfaces` (``IDriverFactory`` plugins build an
   ``IDriver``; inbound calls arrive with ``registry.incoming(driver_leg, caller_id=, did=)``, which

@@ -3,8 +3,12 @@
 Every event is a frozen attrs object with ``call_id``, ``extension`` (None
 for a call no desktop owns, e.g. after a blind transfer to a number),
 ``leg_id`` where it concerns one leg, and ``at`` (``clock.seconds()``).
-Adapters subscribe with ``registry.subscribe(callback, extension=...)`` and
-translate events into their wire messages.
+Adapters subscribe with ``subscribe(observer, extension=...)`` of
+:class:`~gateway.core.interfaces.ICallControl` and translate events into their
+wire messages: ``observer(event, call)`` gets each event together with its
+call's :class:`~gateway.core.model.CallSnapshot`, taken once per call when the
+batch of events (one command, one driver report) is done, so an adapter diffs
+what it is handed instead of asking again.
 
 Order is part of the contract: a call's :class:`CallCreated` comes before any
 other event of that call, its :class:`CallEnded` (carrying the CDR) comes
@@ -17,6 +21,8 @@ from __future__ import annotations
 import typing
 
 import attrs
+
+from gateway.core.states import LegState
 
 __all__ = [
     "CallCreated",
@@ -82,7 +88,7 @@ class LegCreated(CallEvent):
     direction: str
     number: str | None
     driver: str
-    state: str
+    state: LegState
 
 
 @_event

@@ -8,6 +8,8 @@ Two doors lead into the call core, both provided by
   the only door of the protocol adapters (CTI, Patriot, the admin API, the
   status page): they hold an ``ICallControl`` and import nothing else of the
   core but its neutral modules (errors, events, states, model, dtmf).
+  Observers get each event together with the call's snapshot, so an adapter
+  diffs what it is handed instead of pulling the call again.
 - :class:`IInboundCalls`: ``incoming``, by which a driver delivers a new
   inbound leg.
 
@@ -224,5 +226,9 @@ class ICallControl(Interface):
     # -- events
 
     def subscribe(callback, extension=None):
-        """Call ``callback(event)`` for every event (of ``extension``'s calls only, if given); the
-        events are in :mod:`gateway.core.events`. Returns a function that unsubscribes."""
+        """Call ``callback(event, call)`` for every event (of ``extension``'s calls only, if given):
+        the event (:mod:`gateway.core.events`) together with its call's
+        :class:`~gateway.core.model.CallSnapshot`, taken once per call when the batch that raised
+        the event (a command, a driver's report) was done. Events come in order (see
+        :mod:`gateway.core.events`); an observer may issue commands, whose events follow. Returns a
+        function that unsubscribes."""

@@ -64,7 +64,7 @@ class CoreMetrics:
         registry.subscribe(self._observe)
         self._collectors.register(_StateCollector(registry))
 
-    def _observe(self, event) -> None:
+    def _observe(self, event, call) -> None:
         if isinstance(event, ev.CallEnded):
             self.ended.labels(event.cause).inc()
             self.duration.labels(event.cdr["direction"]).observe(event.cdr["duration"])

@@ -3,8 +3,11 @@
 :class:`Leg` and :class:`Call` are mutable and private to the registry; every
 state change of a leg goes through :func:`gateway.core.states.next_state`.
 A call's :attr:`Call.state` is never stored: it is derived from its legs.
-Queries and command results are :class:`CallSnapshot` objects (plain frozen
-attrs with ``to_dict()`` for JSON), so no caller can change a live call.
+Queries, command results and the snapshot handed to observers with each event
+are :class:`CallSnapshot` objects (plain frozen attrs with ``to_dict()`` for
+JSON), so no caller can change a live call. States in snapshots are
+:class:`~gateway.core.states.LegState` members: a ``str`` enum, so they compare
+equal to ``"TALKING"`` and JSON writes them as before.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class Leg:
             caller_id=self.caller_id,
             name=self.name,
             driver=self.driver,
-            state=self.state.value,
+            state=self.state,
             muted=self.muted,
             pending=self.pending,
             started_at=self.started_at,
@@ -166,13 +169,13 @@ class Call:
             call_id=self.call_id,
             extension=self.extension,
             direction=self.direction,
-            state=self.state.value,
+            state=self.state,
             muted=self.muted,
             caller=self.caller,
             number=self.number,
             did=self.did,
             app=self.app,
-            parties=tuple(Party(leg.number, leg.name, leg.leg_id, leg.state.value) for leg in self.parties),
+            parties=tuple(Party(leg.number, leg.name, leg.leg_id, leg.state) for leg in self.parties),
             legs=tuple(leg.snapshot() for leg in self.legs),
             created_at=self.created_at,
             answered_at=self.answered_at,
@@ -204,7 +207,7 @@ class LegSnapshot:
     caller_id: str | None
     name: str
     driver: str
-    state: str
+    state: LegState
     muted: bool
     pending: str | None
     started_at: float
@@ -226,7 +229,7 @@ class Party:
     number: str | None
     name: str
     leg_id: str
-    state: str
+    state: LegState
 
     def to_dict(self) -> dict:
         return attrs.asdict(self)
@@ -237,7 +240,7 @@ class CallSnapshot:
     call_id: str
     extension: str | None
     direction: str
-    state: str
+    state: LegState
     muted: bool
     caller: str | None
     number: str | None

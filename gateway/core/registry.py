@@ -114,9 +114,13 @@ class _Destination:
         return {"extension": self.extension} if self.extension is not None else {}
 
 
+#: an observer: ``observer(event, call)``, ``call`` the event's call as a CallSnapshot
+Observer = typing.Callable[[ev.CallEvent, CallSnapshot], object]
+
+
 @attrs.define(eq=False)
 class _Subscription:
-    callback: typing.Callable
+    callback: Observer
     extension: str | None
 
 
@@ -246,7 +250,10 @@ class Registry:
         self._calls: dict[str, Call] = {}
         self._forget_timers: dict[str, typing.Any] = {}
         self._subscriptions: list[_Subscription] = []
-        self._queue: collections.deque = collections.deque()
+        #: events of the batch under way, with their (live) call
+        self._pending: list[tuple[ev.CallEvent, Call]] = []
+        #: events of finished batches, with their call's snapshot, waiting to be delivered
+        self._queue: collections.deque[tuple[ev.CallEvent, CallSnapshot]] = collections.deque()
         self._depth = 0
         self._dispatching = False
         self._closing = False
@@ -255,8 +262,10 @@ class Registry:
 
     # -- observers -----------------------------------------------------------
 
-    def subscribe(self, callback: typing.Callable[[ev.CallEvent], object], extension: str | None = None):
-        """Call ``callback(event)`` for every event (of ``extension``'s calls only, if given).
+    def subscribe(self, callback: Observer, extension: str | None = None):
+        """Call ``callback(event, call)`` for every event (of ``extension``'s calls only, if given),
+        ``call`` being the event's call as a :class:`CallSnapshot` once the batch that raised the event
+        was done: one snapshot per call per batch, shared by all of that call's events in it.
         Returns a function that unsubscribes."""
         subscription = _Subscription(callback, extension)
         self._subscriptions.append(subscription)
@@ -277,12 +286,27 @@ class Registry:
         finally:
             self._depth -= 1
             if self._depth == 0:
-                self._dispatch()
+                self._close_batch()
 
-    def _emit(self, event: ev.CallEvent) -> None:
-        self._queue.append(event)
+    def _emit(self, event: ev.CallEvent, call: Call) -> None:
+        self._pending.append((event, call))
         if self._depth == 0:
-            self._dispatch()
+            self._close_batch()
+
+    def _close_batch(self) -> None:
+        """The batch is done: pair each of its events with its call's snapshot (taken once per call,
+        now), queue them, and deliver. A batch started by an observer's command closes while the
+        queue is delivered: its events join the queue behind, with snapshots taken after that command."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            snapshots: dict[Call, CallSnapshot] = {}
+            now = self._clock.seconds()
+            for event, call in pending:
+                snapshot = snapshots.get(call)
+                if snapshot is None:
+                    snapshot = snapshots[call] = call.snapshot(now)
+                self._queue.append((event, snapshot))
+        self._dispatch()
 
     def _dispatch(self) -> None:
         """Deliver queued events in order; events raised meanwhile by observers' commands queue up behind."""
@@ -291,23 +315,23 @@ class Registry:
         self._dispatching = True
         try:
             while self._queue:
-                self._deliver(self._queue.popleft())
+                self._deliver(*self._queue.popleft())
         finally:
             self._dispatching = False
 
-    def _deliver(self, event: ev.CallEvent) -> None:
+    def _deliver(self, event: ev.CallEvent, snapshot: CallSnapshot) -> None:
         for subscription in list(self._subscriptions):
             if subscription.extension is not None and subscription.extension != event.extension:
                 continue
             try:
-                subscription.callback(event)
+                subscription.callback(event, snapshot)
             except Exception:
                 log.failure("observer {observer!r} failed on {event} of call {call_id}",
                             observer=subscription.callback, event=event.type, call_id=event.call_id)
 
     def _event(self, cls, call: Call, leg: Leg | None = None, **fields) -> None:
         self._emit(cls(call_id=call.call_id, extension=call.extension, at=self._clock.seconds(),
-                       leg_id=leg.leg_id if leg is not None else None, **fields))
+                       leg_id=leg.leg_id if leg is not None else None, **fields), call)
 
     # -- queries -------------------------------------------------------------
 
@@ -678,7 +702,7 @@ class Registry:
 
     def _announce_leg(self, call: Call, leg: Leg) -> None:
         self._event(ev.LegCreated, call, leg, role=leg.role, direction=leg.direction, number=leg.number,
-                    driver=leg.driver, state=leg.state.value)
+                    driver=leg.driver, state=leg.state)
 
     def _dial(self, call: Call, role: str, target: _Destination, *, caller_id=None, pending=None,
               state: LegState = DIALING) -> Leg:

@@ -1,8 +1,9 @@
 """One call as an agent's desktop sees it: an interaction destination with its primary conversation.
 
 :class:`TrackedCall` turns the call core's events into the interaction and conversation events of
-004. After every registry event of its call it compares the call's fresh snapshot with what the
-desktop has been told, and raises what changed, in this order:
+004. Every event of its call comes with the call's snapshot (taken by the core once per batch of
+events); it compares that snapshot with what the desktop has been told, and raises what changed, in
+this order:
 
 - the conversation state: ``ringing`` (RINGING), ``dialing`` (DIALING), ``talking`` (TALKING, also
   after a retrieve), ``held`` (HELD), ``ended`` (RELEASED); the interaction follows with
@@ -23,10 +24,10 @@ from __future__ import annotations
 import attrs
 
 from gateway.core import events as ev
-from gateway.core.states import Cause
+from gateway.core.states import Cause, LegState
 from gateway.cti.names import ConversationInit, InteractionInit, Party
 
-RINGING, DIALING, TALKING, HELD, RELEASED = "RINGING", "DIALING", "TALKING", "HELD", "RELEASED"
+RINGING, DIALING, TALKING, HELD, RELEASED = LegState
 ALERTING, STARTED, ENDED, COMPLETED = "ALERTING", "STARTED", "ENDED", "COMPLETED"
 
 #: conversation state -> interaction state
@@ -62,7 +63,7 @@ class TrackedCall:
     call_id: str
     interaction: object
     conversation: object = None
-    state: str | None = None
+    state: LegState | None = None
     interaction_state: str | None = None
     muted: bool = False
     talked: bool = False
@@ -98,7 +99,8 @@ class TrackedCall:
         self.sync(snapshot)
 
     def follow(self, event, snapshot) -> None:
-        """Raise what the registry ``event`` (and the call's ``snapshot`` after it, or None) changed."""
+        """Raise what the core's ``event`` changed, ``snapshot`` being the call as the core handed it
+        with the event (None: the call is gone)."""
         names = self.names
         if isinstance(event, ev.TransferFailed):
             self.conversation.raise_event(names.conversation_transfer_failed, {"reason": event.reason})
@@ -138,7 +140,7 @@ class TrackedCall:
         if self.talked:
             self._parties_changed(snapshot.parties)
 
-    def _state_changed(self, state: str) -> None:
+    def _state_changed(self, state: LegState) -> None:
         names = self.names
         event = {
             RINGING: names.conversation_ringing,
@@ -181,7 +183,7 @@ class TrackedCall:
             self.conversation.raise_event(self.names.conversation_partyremoved, {"number": number or UNKNOWN_NUMBER})
 
 
-def _state(snapshot) -> str:
+def _state(snapshot) -> LegState:
     return RELEASED if snapshot is None else snapshot.state
 
 

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from gateway.core import events as ev
 from gateway.core.dtmf import MAX_DTMF_DIGITS, PHONE_KEYS
 from gateway.core.errors import UnknownCall
+from gateway.core.states import LegState
 from gateway.cti.calls import TrackedCall
 from gateway.cti.destinations import DestinationTree
 from gateway.cti.link import Refusal, Reply
@@ -247,7 +248,7 @@ class BridgeClient:
         extension = group.subject.extension
         channel = group.add_child("channel", TELEPHONY_CHANNEL_ID, extension)
         for snapshot in self.registry.calls_for(extension):
-            if snapshot.state != "RELEASED":
+            if snapshot.state is not LegState.RELEASED:
                 self._track(channel, snapshot.call_id, snapshot)
         return Reply(ChannelGroupInit([Channel(channel.id, extension)]).to_body(), group.init_answered)
 
@@ -339,27 +340,30 @@ class BridgeClient:
 
     # -- call core events ------------------------------------------------------------------------
 
-    def _call_event(self, event):
-        if self.tree is None:
-            return
-        if isinstance(event, ev.CallCreated) and event.extension is not None:
-            self._announce(event)
-        for interaction in self.tree.of_kind("interaction"):
-            if interaction.subject.call_id == event.call_id:
-                interaction.subject.follow(event, self._snapshot(event.call_id))
-
-    def _announce(self, event):
-        """A new call of an agent's extension: its interaction appears on each of the agent's channels
-        (unless it is already over, e.g. refused because the extension was busy)."""
-        snapshot = self._snapshot(event.call_id)
-        if snapshot is None or snapshot.state == "RELEASED":
+    def _call_event(self, event, call):
+        """An event of the core with its call's snapshot: the interaction on each channel of the call's
+        extension follows it (a new call is announced there first). Nothing is asked of the core, and
+        only the channels are looked at (one per logged-in agent), never every call or interaction."""
+        if self.tree is None or event.extension is None:
             return
         for channel in self.tree.of_kind("channel"):
-            if channel.subject == event.extension and event.call_id not in channel.children:
-                self._track(channel, event.call_id, snapshot)
-                if channel.ready:
-                    announcement = InteractionAnnouncement(event.call_id).to_body()
-                    channel.raise_event(self.names.channel_interaction, announcement)
+            if channel.subject != event.extension:
+                continue
+            if isinstance(event, ev.CallCreated):
+                self._announce(channel, call)
+            interaction = channel.children.get(event.call_id)
+            if interaction is not None:
+                interaction.subject.follow(event, call)
+
+    def _announce(self, channel, call):
+        """A new call of an agent's extension: its interaction appears on the agent's channel (unless
+        the call is already over, e.g. refused because the extension was busy)."""
+        if call.state is LegState.RELEASED or call.call_id in channel.children:
+            return
+        self._track(channel, call.call_id, call)
+        if channel.ready:
+            announcement = InteractionAnnouncement(call.call_id).to_body()
+            channel.raise_event(self.names.channel_interaction, announcement)
 
     # -- status ----------------------------------------------------------------------------------
 

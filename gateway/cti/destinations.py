@@ -83,6 +83,8 @@ class DestinationTree:
     def __init__(self, send: typing.Callable[[env.Envelope], None]):
         self.send = send
         self._by_target: dict[str, Destination] = {}
+        #: kind -> target -> destination (so that finding the channels costs no look at every call)
+        self._by_kind: dict[str, dict[str, Destination]] = {}
 
     def add(self, kind: str, target: str, parent: Destination | None = None, subject=None) -> Destination:
         """A new destination at ``target``; one already there (and its subtree) is disposed first."""
@@ -90,6 +92,7 @@ class DestinationTree:
             self.dispose(self._by_target[target])
         destination = Destination(kind, target, self, parent, subject)
         self._by_target[target] = destination
+        self._by_kind.setdefault(kind, {})[target] = destination
         if parent is not None:
             parent.children[destination.id] = destination
         return destination
@@ -98,7 +101,7 @@ class DestinationTree:
         return self._by_target.get(target)
 
     def of_kind(self, kind: str) -> list[Destination]:
-        return [d for d in self._by_target.values() if d.kind == kind]
+        return list(self._by_kind.get(kind, {}).values())
 
     def dispose(self, destination: Destination) -> None:
         """Forget ``destination`` and everything below it; their queued events are dropped."""
@@ -114,6 +117,7 @@ class DestinationTree:
             destination._queue.clear()
         if self._by_target.get(destination.target) is destination:
             del self._by_target[destination.target]
+            del self._by_kind[destination.kind][destination.target]
         if destination.parent is not None and destination.parent.children.get(destination.id) is destination:
             del destination.parent.children[destination.id]
 

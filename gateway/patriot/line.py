@@ -1,8 +1,10 @@
 """A Patriot user's line: the extension's current call as Patriot sees it, and the commands on it.
 
-Both Patriot modes share this. A :class:`Line` follows one extension through the call registry
-and turns the extension's current call (``registry.active_call_for``) into Patriot's
-``call-status-update`` ``{callActive, outbound, callerId}``; it tells every listener (each
+Both Patriot modes share this. A :class:`Line` follows one extension through the call core (an
+:class:`~gateway.core.interfaces.ICallControl`) and turns the extension's current call into
+Patriot's ``call-status-update`` ``{callActive, outbound, callerId}``: it asks for the extension's
+live call once, when made, and from then on diffs the call snapshot each event of the extension
+comes with (no look at the other calls); it tells every listener (each
 connection logged in for that extension) each time the call gets further: a new call (dialing or
 ringing), answered, ended. Hold and retrieve change nothing Patriot can show, and the legs of a
 call being torn down do not make it look "dialing" again. When the call ends the last update keeps
@@ -27,6 +29,7 @@ from typing import Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from gateway.core.states import LegState
 from gateway.patriot.messages import CallStatusUpdate
 
 log = Logger()
@@ -59,7 +62,9 @@ class Line:
         self._registry = registry
         self._listeners: list[Callable[[CallStatusUpdate], None]] = []
         self._unsubscribe = registry.subscribe(self._refresh, extension=extension)
-        self._refresh()
+        active = registry.active_call_for(extension)
+        if active is not None:
+            self._refresh(None, active)
 
     def listen(self, listener: Callable[[CallStatusUpdate], None]) -> Callable[[], None]:
         """Call ``listener(update)`` on every change; returns the function that stops it."""
@@ -101,15 +106,14 @@ class Line:
 
     # -- events
 
-    def _refresh(self, event=None) -> None:
-        """Look at the extension's current call again (after each of its events)."""
-        active = self._registry.active_call_for(self.extension)
-        if active is not None:
-            phase = CONNECTED if active.state in ("TALKING", "HELD") else ALERTING
-            if active.call_id == self.call_id and phase <= self._phase:
+    def _refresh(self, event, call) -> None:
+        """An event of one of the extension's calls, with that call's snapshot: tell what changed."""
+        if call.state is not LegState.RELEASED:
+            phase = CONNECTED if call.state in (LegState.TALKING, LegState.HELD) else ALERTING
+            if call.call_id == self.call_id and phase <= self._phase:
                 return  # no news, or a call being torn down (its legs go before it does)
-            self._announce(active.call_id, phase, status_of(active))
-        elif self.status.call_active:
+            self._announce(call.call_id, phase, status_of(call))
+        elif call.call_id == self.call_id and self.status.call_active:
             self._announce(self.call_id, ENDED, CallStatusUpdate(
                 call_active=False, outbound=self.status.outbound, caller_id=self.status.caller_id))
 

@@ -72,7 +72,7 @@ class Harness:
         self.network.wire(self.registry)
         self.media.wire(self.registry)
         self.events: list[ev.CallEvent] = []
-        self.registry.subscribe(self.events.append)
+        self.registry.subscribe(lambda event, call: self.events.append(event))
 
     def _store_cdr(self, cdr: dict):
         self.cdrs.append(cdr)

@@ -217,7 +217,7 @@ class TransferTests(_TalkingCallTest):
 
     def test_blind_transfer_to_an_extension(self):
         bob_events = []
-        self.registry.subscribe(bob_events.append, extension="1002")
+        self.registry.subscribe(lambda event, call: bob_events.append(event), extension="1002")
         self.successResultOf(self.registry.transfer(self.call_id, "1002"))
         self.h.advance(2.0)
         self.assertEqual(self.h.state(self.call_id), "RELEASED")

@@ -14,12 +14,12 @@ class ObserverTests(SynchronousTestCase):
     def test_an_observer_that_raises_is_logged_and_disturbs_nobody(self):
         h = Harness()
 
-        def broken(event):
+        def broken(event, call):
             raise ValueError(f"cannot handle {event.type}")
 
         h.registry.subscribe(broken)
         after = []
-        h.registry.subscribe(after.append)
+        h.registry.subscribe(lambda event, call: after.append(event))
         call_id = h.talking_call()
         self.successResultOf(h.registry.hangup(call_id))
         errors = self.flushLoggedErrors(ValueError)
@@ -31,7 +31,7 @@ class ObserverTests(SynchronousTestCase):
     def test_the_log_names_the_observer_and_the_event(self):
         h = Harness()
 
-        def picky(event):
+        def picky(event, call):
             raise KeyError("x")
 
         h.registry.subscribe(picky)
@@ -45,8 +45,8 @@ class ObserverTests(SynchronousTestCase):
     def test_per_extension_subscriptions_and_unsubscribe(self):
         h = Harness()
         alice, bob = [], []
-        h.registry.subscribe(alice.append, extension="1001")
-        unsubscribe = h.registry.subscribe(bob.append, extension="1002")
+        h.registry.subscribe(lambda event, call: alice.append(event), extension="1001")
+        unsubscribe = h.registry.subscribe(lambda event, call: bob.append(event), extension="1002")
         first = h.talking_call("1001", "5551234")
         second = h.talking_call("1002", "5552222")
         self.assertEqual({e.call_id for e in alice}, {first})
@@ -59,13 +59,13 @@ class ObserverTests(SynchronousTestCase):
     def test_a_command_inside_an_observer_keeps_the_order_for_everyone(self):
         h = Harness()
 
-        def hang_up_at_once(event):
+        def hang_up_at_once(event, call):
             if isinstance(event, ev.CallCreated):
                 h.registry.hangup(event.call_id)
 
         h.registry.subscribe(hang_up_at_once)
         later = []
-        h.registry.subscribe(later.append)
+        h.registry.subscribe(lambda event, call: later.append(event))
         self.successResultOf(h.registry.originate("1001", "5551234"))
         self.assertEqual([e.type for e in later][0], "CallCreated")
         self.assertEqual([e.type for e in later][-1], "CallEnded")

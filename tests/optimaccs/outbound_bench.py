@@ -59,7 +59,7 @@ class Bench:
             provider_cdr_sink=lambda *record: defer.succeed(self.provider_cdrs.append(record)),
         )
         self.network.wire(self.registry)
-        self.registry.subscribe(self.events.append)
+        self.registry.subscribe(lambda event, call: self.events.append(event))
         self.driver.start()
         self._pumps = []
 
