@@ -54,7 +54,7 @@ class Listener(service.Service):
         if self.port is not None:
             return
         try:
-            endpoint = self._tls.server_endpoint(self._reactor, self.description)
+            endpoint = self._tls.server_endpoint(self._reactor, self.description, name=self.name)
         except Exception as e:
             raise StartupError(f"cannot listen on {self.description} ({self.name}): {e}") from None
         outcome = []

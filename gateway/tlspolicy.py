@@ -15,7 +15,12 @@ Twisted's ``ssl:`` endpoint parser builds its own ``CertificateOptions``, so a l
 string is read here (:meth:`TlsPolicy.server_endpoint`) with the same keys as Twisted's (``port``,
 ``privateKey``, ``certKey``, ``interface``, ``backlog``, ``extraCertChain``, ``dhParameters``);
 ``sslmethod`` is refused (the versions come from the policy), and so is Twisted's ``tls:`` server
-endpoint (it builds its contexts itself). Likewise a client ``tls:`` string
+endpoint (it builds its contexts itself). The files are read and the TLS context is built when the
+endpoint is made (at config load), so a listener that could not serve is refused then, not at its first
+connection: ``dhParameters`` must be PEM DH parameters of at least :data:`MIN_DH_BITS` bits (OpenSSL
+refuses smaller ones at every handshake). A failed handshake on a listener (a client speaking an old
+version or no TLS at all, an alert from the client) is one log line naming the listener, the peer and
+OpenSSL's reason, rate-limited per listener (:class:`gateway.boundary.RateLimitedLog`). Likewise a client ``tls:`` string
 (:meth:`TlsPolicy.client_endpoint`, keys ``host``, ``port``, ``timeout``, ``bindAddress``,
 ``certificate``, ``privateKey``, ``trustRoots``, ``endpoint``). Any other endpoint string goes to
 Twisted's ``serverFromString`` / ``clientFromString`` untouched.
@@ -24,9 +29,11 @@ Twisted's ``serverFromString`` / ``clientFromString`` untouched.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import attrs
-from twisted.internet import ssl
+from OpenSSL import SSL
+from twisted.internet import defer, ssl
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     SSL4ServerEndpoint,
@@ -34,17 +41,29 @@ from twisted.internet.endpoints import (
     serverFromString,
     wrapClientTLS,
 )
+from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.filepath import FilePath
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-__all__ = ["CIPHERS", "DEFAULT", "MINIMUMS", "TlsPolicy", "check_minimum"]
+from gateway.boundary import RateLimitedLog
+
+__all__ = ["CIPHERS", "DEFAULT", "MIN_DH_BITS", "MINIMUMS", "TlsPolicy", "check_minimum"]
+
+log = Logger()
 
 #: ``[gateway] tls_minimum`` values and the oldest TLS version each allows
 MINIMUMS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 #: the TLS 1.2 cipher suites offered and accepted (OpenSSL syntax): forward secrecy and AEAD only
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!DSS:!PSK:!SRP"
+
+#: the smallest DH parameters (bits of the prime) a listener's ``dhParameters`` may hold
+MIN_DH_BITS = 2048
+#: failed handshakes of one listener logged one by one before they are summarised (once a minute)
+HANDSHAKE_LOG_FIRST = 5
+HANDSHAKE_LOG_INTERVAL = 60.0
 
 #: the keys of an ``ssl:`` listener, in Twisted's positional order (``sslmethod`` is refused)
 SSL_SERVER_KEYS = ("port", "privateKey", "certKey", "sslmethod", "interface", "backlog", "extraCertChain",
@@ -88,9 +107,10 @@ class TlsPolicy:
         return ssl.CertificateOptions(privateKey=private_key, certificate=certificate, extraCertChain=extra_chain,
                                       dhParameters=dh_parameters, **self.certificate_options())
 
-    def server_endpoint(self, reactor, description: str):
+    def server_endpoint(self, reactor, description: str, *, name: str | None = None):
         """The listening endpoint for ``description``; an ``ssl:`` one gets this policy.
 
+        ``name`` names the listener in the log line of a failed handshake (default: ``ssl:PORT``).
         Raises ``ValueError`` (or ``OSError`` for a file that cannot be read) naming the problem.
         """
         description = str(description)
@@ -116,12 +136,16 @@ class TlsPolicy:
                 raise ValueError(f"extraCertChain {options['extraCertChain']!r} holds no PEM certificate")
         dh = None
         if "dhParameters" in options:
-            dh = ssl.DiffieHellmanParameters.fromFile(FilePath(options["dhParameters"]))
+            dh = _dh_parameters(options["dhParameters"])
         context = self.server_options(private_key=pair.privateKey.original.to_cryptography_key(),
                                       certificate=pair.original.to_cryptography(), extra_chain=chain, dh_parameters=dh)
-        return SSL4ServerEndpoint(reactor, _integer(options["port"], "port"), context,
-                                  backlog=_integer(options.get("backlog", "50"), "backlog"),
-                                  interface=options.get("interface", ""))
+        try:
+            context.getContext()  # now, not at the first connection (where a failure is a traceback per client)
+        except SSL.Error as e:
+            raise ValueError(f"the TLS settings cannot be used: {_openssl_reason(e)}") from None
+        port = _integer(options["port"], "port")
+        return _PolicyServerEndpoint(reactor, port, context, backlog=_integer(options.get("backlog", "50"), "backlog"),
+                                     interface=options.get("interface", ""), name=name or f"ssl:{port}")
 
     # -- clients -----------------------------------------------------------
 
@@ -178,6 +202,131 @@ class HttpsPolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int):
         return self.policy.client_creator(hostname.decode("idna"), self.trust_root)
+
+
+# -- listeners ------------------------------------------------------------------
+
+
+def _dh_parameters(path: str) -> ssl.DiffieHellmanParameters:
+    """Twisted's DH parameters from ``path``, once read and found to be PEM DH parameters of at least
+    :data:`MIN_DH_BITS` bits; ``ValueError`` naming the key and the file otherwise."""
+    try:
+        data = FilePath(path).getContent()
+    except OSError as e:
+        raise ValueError(f"dhParameters {path!r} cannot be read: {e.strerror or e}") from None
+    bits = _dh_bits(data)
+    if bits is None:
+        raise ValueError(f"dhParameters {path!r} holds no PEM DH parameters (make them with: openssl dhparam "
+                         f"-out dh.pem {MIN_DH_BITS})")
+    if bits < MIN_DH_BITS:
+        raise ValueError(f"dhParameters {path!r} are {bits}-bit DH parameters: OpenSSL refuses them at every "
+                         f"handshake; at least {MIN_DH_BITS} bits are needed (openssl dhparam -out dh.pem "
+                         f"{MIN_DH_BITS}), or leave dhParameters out (ECDHE only)")
+    return ssl.DiffieHellmanParameters.fromFile(FilePath(path))
+
+
+def _dh_bits(data: bytes) -> int | None:
+    """The size in bits of the prime of the PEM DH parameters in ``data``; None if it holds none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography deprecates finite-field DH; OpenSSL still serves it
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric import dh
+        from cryptography.hazmat.primitives.serialization import load_pem_parameters
+
+        try:
+            parameters = load_pem_parameters(data)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            return None
+        if not isinstance(parameters, dh.DHParameters):
+            return None
+        return parameters.parameter_numbers().p.bit_length()
+
+
+def _openssl_reason(error: SSL.Error) -> str:
+    """OpenSSL's reasons in ``error`` (``"wrong version number"``), one line."""
+    reasons = [str(entry[2]) for entry in (error.args[0] if error.args and isinstance(error.args[0], list) else ())
+               if isinstance(entry, tuple) and len(entry) == 3 and entry[2]]
+    return "; ".join(reasons) or str(error) or type(error).__name__
+
+
+def _peer(address) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+class _NoTLS(Exception):
+    """The TLS connection of an accepted connection could not be made."""
+
+
+class _ServerTLSProtocol(BufferingTLSTransport):
+    """A listener's TLS layer: a failed handshake is one rate-limited log line (the application
+    protocol sees the connection lost as before), and a TLS layer that cannot start drops the
+    connection with a log line instead of an unhandled error per connection."""
+
+    _peer_address = None
+    _not_started = False
+
+    def makeConnection(self, transport):
+        self._peer_address = transport.getPeer()
+        try:
+            super().makeConnection(transport)
+        except _NoTLS as e:
+            self._not_started = True
+            self.factory.handshake_failed(self._peer_address, f"the TLS layer cannot start: {e}")
+            transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if self._not_started:
+            return  # neither this layer nor the application protocol ever started
+        if not self._handshakeDone and self._reason is not None and isinstance(self._reason.value, SSL.Error):
+            self.factory.handshake_failed(self._peer_address, _openssl_reason(self._reason.value))
+        super().connectionLost(reason)
+
+
+class _ServerTLSFactory(TLSMemoryBIOFactory):
+    protocol = _ServerTLSProtocol
+
+    def __init__(self, context, wrapped, clock, name: str):
+        super().__init__(context, False, wrapped, clock)
+        self.name = name
+        self._failures = RateLimitedLog(clock, log, first=HANDSHAKE_LOG_FIRST, interval=HANDSHAKE_LOG_INTERVAL)
+        create = self._creatorCallable
+
+        def creator(protocol):
+            try:
+                return create(protocol)
+            except Exception as e:
+                raise _NoTLS(_openssl_reason(e) if isinstance(e, SSL.Error) else f"{type(e).__name__}: {e}") from e
+
+        self._creatorCallable = creator
+
+    def handshake_failed(self, peer, reason: str) -> None:
+        self._failures.emit("{listener}: TLS handshake with {peer} failed: {reason}{more}",
+                            summary="{listener}: {count} more TLS handshakes failed in {seconds:.0f} s "
+                                    "(the latest with {peer}: {reason})",
+                            listener=self.name, peer=_peer(peer), reason=reason)
+
+    def doStop(self):
+        self._failures.close()
+        super().doStop()
+
+
+class _PolicyServerEndpoint(SSL4ServerEndpoint):
+    """Twisted's ``ssl:`` endpoint whose TLS layer logs a failed handshake as one line."""
+
+    def __init__(self, reactor, port, context, *, backlog=50, interface="", name="ssl"):
+        super().__init__(reactor, port, context, backlog=backlog, interface=interface)
+        self._name = name
+
+    def listen(self, protocolFactory):
+        factory = _ServerTLSFactory(self._sslContextFactory, protocolFactory, self._reactor, self._name)
+        return defer.execute(self._reactor.listenTCP, self._port, factory, backlog=self._backlog,
+                             interface=self._interface).addCallback(_typed_tls)
+
+
+def _typed_tls(port):
+    port._type = "TLS"  # as reactor.listenSSL names it in the port's log lines
+    return port
 
 
 # -- Twisted's endpoint-string syntax -------------------------------------------

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, ssl, threads
 from twisted.internet.endpoints import HostnameEndpoint, SSL4ServerEndpoint
-from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from gateway import config as gwconfig
@@ -591,3 +591,179 @@ async def test_the_daemon_applies_tls_minimum_to_admin_optimaccs_and_patriot_bri
             assert (await probe_in_thread(port, ciphers="DEFAULT", echo=False))[0] == "TLSv1.3", name
     finally:
         assert await gateway.stop() == 0, gateway.output
+
+
+# -- dhParameters, and what a failed handshake on a listener leaves in the log ----------------------------------
+
+#: RFC 2409's 1024-bit MODP group (Oakley group 2): DH parameters OpenSSL refuses at every handshake
+MODP_1024 = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF", 16)
+#: RFC 7919's ffdhe2048 group (openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048)
+FFDHE_2048_PEM = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+@pytest.fixture(scope="module")
+def dh_files(tmp_path_factory):
+    """``{"1024": path, "2048": path, "junk": path}``: DH parameter files (fixed groups: no slow generation)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography deprecates finite-field DH
+        from cryptography.hazmat.primitives.asymmetric import dh
+
+        weak = dh.DHParameterNumbers(MODP_1024, 2).parameters().parameter_bytes(
+            serialization.Encoding.PEM, serialization.ParameterFormat.PKCS3)
+    directory = tmp_path_factory.mktemp("dh")
+    files = {"1024": weak, "2048": FFDHE_2048_PEM, "junk": b"not DH parameters\n"}
+    for name, data in files.items():
+        (directory / f"{name}.pem").write_bytes(data)
+    return {name: str(directory / f"{name}.pem") for name in files}
+
+
+def test_dh_parameters_under_2048_bits_or_unreadable_are_refused_at_config_load(rsa_pem, dh_files, tmp_path):
+    cases = {
+        dh_files["1024"]: "are 1024-bit DH parameters: OpenSSL refuses them at every handshake; at least 2048 bits",
+        dh_files["junk"]: "holds no PEM DH parameters",
+        rsa_pem.key_path: "holds no PEM DH parameters",
+        str(tmp_path / "missing.pem"): "cannot be read: No such file or directory",
+    }
+    for path, problem in cases.items():
+        listen = f"{ssl_description(rsa_pem, 8443)}:dhParameters={path}"
+        with pytest.raises(ConfigError) as caught:
+            gwconfig.loads(f'[admin]\nlisten = "{listen}"\n', "gw.toml")
+        message = str(caught.value)
+        assert message.startswith("gw.toml: admin.listen: bad listening endpoint"), message
+        assert f"dhParameters {path!r} {problem}" in message, message
+        with pytest.raises(StartupError, match="at least 2048 bits|no PEM DH|cannot be read"):
+            Listener(reactor(), "admin", listen, echo_factory(), Readiness().register("x")).bind()
+    listen = f"{ssl_description(rsa_pem, 8443)}:dhParameters={dh_files['2048']}"
+    assert gwconfig.loads(f'[admin]\nlisten = "{listen}"\n', "gw.toml").admin.listen == listen
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ssl_listener_with_2048_bit_dh_parameters_serves_a_dhe_client(listeners, rsa_pem, dh_files):
+    port = listeners(f"{ssl_description(rsa_pem)}:dhParameters={dh_files['2048']}")
+    version, cipher = await probe_in_thread(port, maximum=pyssl.TLSVersion.TLSv1_2, ciphers="DHE-RSA-AES128-GCM-SHA256")
+    assert (version, cipher) == ("TLSv1.2", "DHE-RSA-AES128-GCM-SHA256")
+
+
+@pytest.fixture
+def log_events():
+    """Every log event while the test runs."""
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def _handshake_lines(events):
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events if e.get("log_namespace") == "gateway.tlspolicy"]
+
+
+def _errors(events):
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events if e.get("log_failure") is not None or e.get("isError")]
+
+
+def send_garbage(port) -> bytes:
+    """Speak plain HTTP to a TLS port; what came back before it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        received = b""
+        try:
+            while chunk := raw.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        return received
+
+
+async def _until(predicate, timeout=TIMEOUT):
+    from twisted.internet import task
+
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await task.deferLater(reactor(), 0.02, lambda: None)
+    raise AssertionError("timed out")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_handshake_on_a_listener_is_one_log_line_naming_the_peer_and_why(listeners, rsa_pem,
+                                                                                        log_events):
+    port = listeners(ssl_description(rsa_pem))
+    await threads.deferToThread(send_garbage, port).addTimeout(TIMEOUT + 5, reactor())
+    refused = await probe_in_thread(port, maximum=pyssl.TLSVersion.TLSv1_1)
+    assert isinstance(refused, (pyssl.SSLError, ConnectionError)), refused
+    await _until(lambda: len(_handshake_lines(log_events)) >= 2)
+    first, second = _handshake_lines(log_events)[:2]
+    assert first.startswith("test: TLS handshake with 127.0.0.1:") and first.endswith(" failed: http request"), first
+    assert second.startswith("test: TLS handshake with 127.0.0.1:") and "unsupported protocol" in second, second
+    assert all("\n" not in line for line in (first, second))
+    assert _errors(log_events) == []
+    assert (await probe_in_thread(port))[0] == "TLSv1.3", "the listener serves on"
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_handshakes_are_logged_five_then_summarised(rsa_pem, log_events):
+    from gateway.tlspolicy import HANDSHAKE_LOG_FIRST
+
+    listener = Listener(reactor(), "test", ssl_description(rsa_pem), echo_factory(), Readiness().register("x"))
+    listener.bind()
+    try:
+        for _ in range(HANDSHAKE_LOG_FIRST + 3):
+            await threads.deferToThread(send_garbage, listener.port.getHost().port).addTimeout(TIMEOUT + 5,
+                                                                                               reactor())
+        lines = _handshake_lines(log_events)
+        assert len(lines) == HANDSHAKE_LOG_FIRST and lines[-1].endswith("(further ones are summarised)"), lines
+    finally:
+        await listener.stopService()
+    summary = _handshake_lines(log_events)[HANDSHAKE_LOG_FIRST:]
+    assert len(summary) == 1 and summary[0].startswith("test: 3 more TLS handshakes failed in "), summary
+    assert "(the latest with 127.0.0.1:" in summary[0] and summary[0].endswith(": http request)"), summary
+    assert _errors(log_events) == []
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class BrokenCreator:
+    """A TLS layer that cannot start (as a context OpenSSL refuses at the first connection)."""
+
+    def serverConnectionForTLS(self, protocol):
+        raise SSL.Error([("SSL routines", "", "dh key too small")])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_layer_that_cannot_start_drops_the_connection_with_one_line_not_a_traceback(log_events):
+    from gateway.tlspolicy import _PolicyServerEndpoint
+
+    factory = echo_factory()
+    factory.made = 0
+    factory.protocol = type("Counting", (Echo,), {"connectionMade": lambda self: setattr(factory, "made", 1)})
+    listening = await _PolicyServerEndpoint(reactor(), 0, BrokenCreator(), interface="127.0.0.1",
+                                            name="broken").listen(factory)
+    try:
+        answer = await threads.deferToThread(send_garbage, listening.getHost().port).addTimeout(TIMEOUT + 5,
+                                                                                                 reactor())
+        assert answer == b""
+        await _until(lambda: _handshake_lines(log_events))
+        [line] = _handshake_lines(log_events)
+        assert line.startswith("broken: TLS handshake with 127.0.0.1:"), line
+        assert line.endswith("failed: the TLS layer cannot start: dh key too small"), line
+        assert _errors(log_events) == [] and factory.made == 0
+    finally:
+        await listening.stopListening()
