@@ -7,8 +7,17 @@ takes the default written in the section class, and a section it leaves out is
 off. ``tests/test_config.py`` keeps the classes' defaults and the values in
 ``etc/gateway.toml`` identical.
 
-The adapters' sections live beside their code (``gateway/<room>/config.py``)
-and are composed here.
+The core sections (``gateway``, ``admin``, ``store``, ``pbx``, ``media``,
+``extensions``, ``routes``) are classes of this module. Every other top-level
+table belongs to an adapter plugin (:class:`gateway.adapters.IAdapter`), which
+declares its name and section class; a table no plugin declares is an unknown
+key. So loading takes two steps: ``[gateway]`` first, whose ``plugin_dirs``
+are added to the plugin path (an operator's adapter there brings its own
+section), then the rest. The bundled adapters' sections (``optimaccs``,
+``patriot``, ``cti``, ``chat``; their classes live beside their code,
+``gateway/<room>/config.py``) stay typed attributes of :class:`Config`, so
+code reads ``config.patriot``; an operator's adapter's section is in
+``config.adapter_sections``, and :meth:`Config.adapter_section` finds either.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from __future__ import annotations
 import importlib.resources
 import re
 import tomllib
+import typing
+
 import attrs
 
 from gateway.chat.config import ChatConfig
@@ -34,7 +45,10 @@ from gateway.tlspolicy import MINIMUMS
 
 TLS_MINIMUM_PROBLEM = 'expected "1.2" or "1.3" (TLS 1.0 and 1.1 are never allowed), got {value!r}'
 
-__all__ = ["Config", "ConfigError", "DEFAULTS_NAME", "load", "loads"]
+__all__ = ["BUNDLED_SECTIONS", "Config", "ConfigError", "DEFAULTS_NAME", "load", "loads"]
+
+#: the sections of the bundled adapters (plugins/adapters.py), kept as typed attributes of Config
+BUNDLED_SECTIONS = ("optimaccs", "patriot", "cti", "chat")
 
 #: how the embedded defaults are named in messages
 DEFAULTS_NAME = "gateway/etc/gateway.toml (embedded defaults)"
@@ -131,6 +145,8 @@ class Config:
     patriot: PatriotConfig | None = None
     cti: CtiConfig | None = None
     chat: ChatConfig | None = None
+    #: section name -> the validated section of each other adapter plugin (an operator's) the file has
+    adapter_sections: dict[str, typing.Any] = attrs.Factory(dict)
 
     def __attrs_post_init__(self):
         seen = set()
@@ -149,10 +165,16 @@ class Config:
     def extension(self, ext_id: str) -> Extension | None:
         return next((e for e in self.extensions if e.id == ext_id), None)
 
+    def adapter_section(self, name: str) -> typing.Any:
+        """The validated ``[name]`` section of an adapter, bundled or not; None when the file has none."""
+        if name in BUNDLED_SECTIONS:
+            return getattr(self, name)
+        return self.adapter_sections.get(name)
+
     def extension_references(self):
         """(key path, extension id) for every adapter setting that names an extension."""
-        for name in ("optimaccs", "patriot", "cti", "chat"):
-            sub = getattr(self, name)
+        for name in (*BUNDLED_SECTIONS, *self.adapter_sections):
+            sub = self.adapter_section(name)
             refs = getattr(sub, "extension_references", None)
             if refs is not None:
                 for path, ext_id in refs():
@@ -166,9 +188,33 @@ def loads(text: str, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"invalid TOML: {e}", source) from None
     try:
-        return structure(Config, data)
+        return _structure(data)
     except ConfigError as e:
         raise e.with_source(source) from None
+
+
+def _structure(data: dict) -> Config:
+    """Validate parsed TOML in two steps: ``[gateway]`` for its ``plugin_dirs`` (an adapter plugin
+    there declares a section of its own), then the core sections, then each adapter's section by
+    its plugin's class."""
+    from gateway.adapters import CORE_SECTIONS, adapter_plugins
+    from gateway.pluginload import extend_plugin_path
+
+    extend_plugin_path(structure(GatewaySection, data.get("gateway", {}), "gateway").plugin_dirs)
+    declared = {adapter.section: adapter for adapter in adapter_plugins()}
+    known = sorted({*CORE_SECTIONS, *declared})
+    for key in data:
+        if key not in known:
+            raise ConfigError(key, f"unknown key (known keys here: {', '.join(known)})")
+    core = structure(Config, {key: data[key] for key in CORE_SECTIONS if key in data})
+    bundled, others = {}, {}
+    for name, adapter in declared.items():
+        if name in data:
+            (bundled if name in BUNDLED_SECTIONS else others)[name] = structure(adapter.config_class, data[name], name)
+    try:
+        return attrs.evolve(core, adapter_sections=others, **bundled)  # the cross-checks run again, on everything
+    except (ValueError, TypeError) as e:
+        raise ConfigError("(top level)", str(e)) from None
 
 
 def load(path: str | None = None) -> Config:

@@ -1,9 +1,12 @@
 """``twistd gateway``: command-line options and the assembly of the daemon.
 
-:func:`makeService` loads the configuration, builds one :class:`Context`, and
-asks each room for its service, in this order: the store, the admin HTTP
-server, the call core, then every enabled adapter. :class:`GatewayService`
-starts them in that order and stops them so that nothing is lost:
+:func:`makeService` loads the configuration and :func:`build` assembles the
+daemon from it, in dependency order: the store, the admin HTTP server (its
+router is ``ctx.api``), the call core (built, wired once, published as
+``ctx.registry``), then every enabled adapter, each an
+:class:`~gateway.adapters.IAdapter` plugin (bundled: ``plugins/adapters.py``;
+an operator's: ``[gateway] plugin_dirs``). :class:`GatewayService` starts them
+in that order and stops them so that nothing is lost:
 
 1. stop accepting (every listener closes),
 2. end live calls with cause ``shutdown`` within ``[gateway] shutdown_grace``
@@ -17,7 +20,6 @@ status 1 and one line on stderr, before anything is served.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pathlib
 import signal
@@ -29,20 +31,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import gateway
+from gateway.adapters import adapter_plugins, adapter_states, make_services
 from gateway.config import DEFAULTS_NAME, ConfigError, load
 from gateway.context import Context
 from gateway.listeners import StartupError
 
 log = Logger()
 
-#: adapter section -> "module:function" building its service; a section that is
-#: absent or has ``enabled = false`` is skipped (a section present is on).
-ADAPTERS = {
-    "optimaccs": "gateway.drivers.optimaccs:make_service",
-    "patriot": "gateway.patriot.service:make_service",
-    "cti": "gateway.cti.service:make_service",
-    "chat": "gateway.chat.service:make_service",
-}
+__all__ = ["GatewayService", "Options", "adapter_states", "build", "makeService"]
 
 
 #: listener name -> the configuration key of its endpoint, for the message when its port is taken
@@ -71,34 +67,6 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: the embedded etc/gateway.toml)."],
     ]
-
-
-def _resolve(spec: str):
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _enabled(section) -> bool:
-    return section is not None and getattr(section, "enabled", True)
-
-
-def adapter_states(config) -> dict[str, str]:
-    """Adapter name -> ``"on"`` (with what runs) or ``"off (why)"``: the start-up log and ``/api/status`` say it."""
-    states = {}
-    for name in ADAPTERS:
-        section = getattr(config, name)
-        if section is None:
-            states[name] = f"off (no [{name}] section)"
-        elif not _enabled(section):
-            states[name] = "off (enabled = false)"
-        elif name == "patriot":
-            bridge = section.bridge is not None and section.bridge.enabled
-            links = len(section.desktop)
-            states[name] = (f"on (bridge {'on' if bridge else 'off'}, "
-                            f"{links} desktop link{'' if links == 1 else 's'})")
-        else:
-            states[name] = "on"
-    return states
 
 
 class GatewayService(service.MultiService):
@@ -216,7 +184,6 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     from gateway.callservice import build_core, publish
     from gateway.context import Readiness
     from gateway.media.metrics import counted_ports
-    from gateway.pluginload import extend_plugin_path
     from gateway.store import StoreHealth, open_store
     from gateway.store.files import check_private_dir
     from gateway.systemd import Notifier, SystemdService
@@ -224,7 +191,7 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     state_dir = pathlib.Path(config.gateway.state_dir)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_private_dir(state_dir)  # warns, naming it and its mode, when others may enter it
-    extend_plugin_path(config.gateway.plugin_dirs)
+    # [gateway] plugin_dirs are on the plugin path already: loading the configuration put them there
 
     # 1. the shared services, the store first (everything after may write to it)
     metrics = make_metrics_registry()
@@ -248,13 +215,13 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     root.core_service = core
     root.core_service.setServiceParent(root)
 
-    ctx.adapters = adapter_states(config)
+    # 4. the adapters: every enabled adapter plugin, built with ctx and its validated section
+    adapters = adapter_plugins()
+    ctx.adapters = adapter_states(config, adapters)
     log.info("adapters: {adapters}", adapters=", ".join(f"{name} {state}" for name, state in ctx.adapters.items()))
-    for name, spec in ADAPTERS.items():
-        if ctx.adapters[name].startswith("on"):
-            svc = _resolve(spec)(ctx)
-            svc.setServiceParent(root)
-            root.adapter_services.append(svc)
+    for svc in make_services(ctx, adapters):
+        svc.setServiceParent(root)
+        root.adapter_services.append(svc)
     root.systemd.setServiceParent(root)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_code_trigger, ctx)
     return root

@@ -166,3 +166,130 @@ def test_the_core_is_built_then_wired_once(tmp_path):
     [session] = core.media.sessions(call_id).values()
     session.stop()  # the app ends by itself: the media controller tells the registry, which ends the call
     assert core.registry.call(call_id).state == "RELEASED"
+
+
+GREETER_ADAPTER = textwrap.dedent(
+    '''
+    """An operator's adapter with a section of its own, [greeter], naming an extension."""
+    from twisted.application import service
+    from twisted.plugin import IPlugin
+    from zope.interface import implementer
+
+    from gateway.adapters import IAdapter
+    from gateway.confschema import section
+
+
+    @section
+    class GreeterConfig:
+        enabled: bool = True
+        extension: str = ""
+        greeting: str = "hello"
+
+        def extension_references(self):
+            if self.extension:
+                yield "extension", self.extension
+
+
+    class GreeterService(service.Service):
+        name = "greeter"
+
+        def __init__(self, ctx, config):
+            self.calls = ctx.registry
+            self.config = config
+
+        def status(self):
+            return {"greeting": self.config.greeting, "calls": len(self.calls.calls())}
+
+
+    @implementer(IPlugin, IAdapter)
+    class Greeter:
+        name = "greeter"
+        section = "greeter"
+        config_class = GreeterConfig
+
+        def describe(self, config):
+            return f"on (says {config.greeting!r})"
+
+        def make_service(self, ctx, config):
+            svc = ctx.status["greeter"] = GreeterService(ctx, config)
+            return svc
+
+
+    greeter = Greeter()
+    '''
+)
+
+
+@pytest.fixture
+def operator_adapter(tmp_path):
+    """A directory with the greeter adapter; the plugin path is restored afterwards."""
+    saved = list(gateway.plugins.__path__)
+    directory = tmp_path / "operator-adapters"
+    directory.mkdir()
+    (directory / "operator_greeter_adapter.py").write_text(GREETER_ADAPTER)
+    yield directory
+    gateway.plugins.__path__[:] = saved
+
+
+def test_the_bundled_adapters_are_plugins():
+    """Issue 13, item 4: the four adapters are IAdapter plugins, in the order they start; their sections
+    stay typed attributes of Config, of the very classes the plugins declare."""
+    import typing
+
+    from gateway import tap
+    from gateway.adapters import IAdapter, adapter_plugins
+    from gateway.config import BUNDLED_SECTIONS, Config
+
+    found = adapter_plugins()
+    assert [(a.name, a.section) for a in found] == [(n, n) for n in BUNDLED_SECTIONS]
+    assert BUNDLED_SECTIONS == ("optimaccs", "patriot", "cti", "chat")
+    assert all(IAdapter.providedBy(a) for a in found)
+    hints = typing.get_type_hints(Config)
+    assert {a.section: a.config_class | None for a in found} == {name: hints[name] for name in BUNDLED_SECTIONS}
+    assert not hasattr(tap, "ADAPTERS")
+
+
+def test_an_operator_adapter_brings_its_own_section(operator_adapter, tmp_path):
+    """[gateway] plugin_dirs is read before the other sections: the adapter found there declares
+    [greeter], validated by its class (a bad key names greeter.<key>, a reference to an unknown
+    extension too); the daemon builds it with ctx.registry, and says it runs."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from gateway import tap
+    from gateway.config import ConfigError, loads
+
+    def text(greeter):
+        return (f'[gateway]\nstate_dir = "{tmp_path / "var"}"\nplugin_dirs = ["{operator_adapter}"]\n'
+                f'[admin]\ntoken = "t"\n[store]\nurl = "sqlite:{tmp_path / "g.sqlite"}"\n'
+                f'[[extensions]]\nid = "1001"\n[greeter]\n{greeter}')
+
+    with pytest.raises(ConfigError, match=r"^x\.toml: greeter: unknown key \(known keys here: admin, chat, cti,"):
+        loads(text('greeting = "hi"\n').replace(f'plugin_dirs = ["{operator_adapter}"]\n', ""), "x.toml")
+    with pytest.raises(ConfigError, match=r"^x\.toml: greeter\.greting: unknown key \(known keys here: enabled,"):
+        loads(text('greting = "hi"\n'), "x.toml")
+    with pytest.raises(ConfigError, match=r"^x\.toml: greeter\.greeting: expected a string, got int 3$"):
+        loads(text("greeting = 3\n"), "x.toml")
+    with pytest.raises(ConfigError, match=r"^x\.toml: greeter\.extension: no extension with id '7'$"):
+        loads(text('extension = "7"\n'), "x.toml")
+
+    config = loads(text('greeting = "hi"\nextension = "1001"\n'), "x.toml")
+    assert config.adapter_section("greeter").greeting == "hi"
+    assert config.adapter_sections == {"greeter": config.adapter_section("greeter")}
+    assert tap.adapter_states(config)["greeter"] == "on (says 'hi')"
+    assert tap.adapter_states(loads(text("enabled = false\n"), "x.toml"))["greeter"] == "off (enabled = false)"
+
+    root = tap.build(config, MemoryReactorClock())
+    assert root.ctx.adapters["greeter"] == "on (says 'hi')"
+    [svc] = root.adapter_services  # the bundled adapters have no section here: off
+    assert root.ctx.status["greeter"] is svc
+    assert svc.calls is root.ctx.registry and svc.status() == {"greeting": "hi", "calls": 0}
+
+
+def test_two_adapters_declaring_one_section_is_a_configuration_error(operator_adapter):
+    from gateway.config import ConfigError, loads
+
+    (operator_adapter / "operator_greeter_twin.py").write_text(
+        GREETER_ADAPTER.replace('name = "greeter"', 'name = "twin"'))
+    with pytest.raises(ConfigError, match=r"gateway\.plugin_dirs: adapter plugins '(greeter|twin)' .* and "
+                                          r"'(greeter|twin)' .* both declare the section 'greeter'"):
+        loads(f'[gateway]\nplugin_dirs = ["{operator_adapter}"]\n', "x.toml")

@@ -1,6 +1,6 @@
 """The ``[chat]`` adapter as a service: the Expertflow SMS channel connector.
 
-:func:`make_service` (named in :data:`gateway.tap.ADAPTERS`) builds the REST client, the SMS
+:func:`make_service` (the ``chat`` adapter plugin's factory, ``plugins/adapters.py``) builds the REST client, the SMS
 transport plugin named by ``[chat] transport``, the :class:`~gateway.chat.connector.Connector`
 and its Socket.IO link (a ``ClientService`` retrying with an exponential backoff from
 ``reconnect_initial`` doubling up to ``reconnect_max``), registers the readiness component
@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from gateway.boundary import budget_factory
 from gateway.chat.admin import Transcripts, add_routes
+from gateway.chat.config import ChatConfig
 from gateway.chat.connector import Connector
 from gateway.chat.conversations import Conversations
 from gateway.chat.interfaces import ISmsTransportFactory
@@ -128,8 +129,9 @@ def _link(ctx, config, connector) -> SocketIOClient:
     )
 
 
-def make_service(ctx) -> ChatService:
-    config = ctx.config.chat
+def make_service(ctx, config: ChatConfig | None = None) -> ChatService:
+    """The ``[chat]`` adapter for its validated section ``config`` (by default ``ctx.config.chat``)."""
+    config = config if config is not None else ctx.config.chat
     factory = _transport_factory(config.transport)
     metrics = ChatMetrics(ctx.metrics)
     http = HttpClient.pooled(ctx.reactor, load_trust(config.tls_ca_file, "chat.tls_ca_file"), ctx.tls)

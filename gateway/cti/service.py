@@ -1,8 +1,8 @@
 """The ``[cti]`` adapter as a service: one link to the processor bridge, kept up by a ClientService.
 
-:func:`make_service` (named in :data:`gateway.tap.ADAPTERS`) builds the :class:`~gateway.cti.client.BridgeClient`
-on the call registry, connects it through a ``ClientService`` that retries with an exponential backoff
-(:func:`retry_delay`), registers the readiness component
+:func:`make_service` (the ``cti`` adapter plugin's factory, ``plugins/adapters.py``) builds the
+:class:`~gateway.cti.client.BridgeClient` on the call registry, connects it through a ``ClientService``
+that retries with an exponential backoff (:func:`retry_delay`), registers the readiness component
 ``cti:<processor>`` (up while the link is), the metrics and the ``/api/status`` entry ``cti``, and
 watches the telephony side's readiness components for the control status.
 """
@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory
 
 from gateway.boundary import budget_factory
 from gateway.cti.client import BridgeClient
+from gateway.cti.config import CtiConfig
 from gateway.cti.endpoint import bridge_endpoint
 from gateway.cti.health import TelephonyWatch
 from gateway.cti.link import ADAPTER, BridgeLink
@@ -76,8 +77,9 @@ class CtiService(service.MultiService):
         return super().stopService()
 
 
-def make_service(ctx) -> CtiService:
-    config = ctx.config.cti
+def make_service(ctx, config: CtiConfig | None = None) -> CtiService:
+    """The ``[cti]`` adapter for its validated section ``config`` (by default ``ctx.config.cti``)."""
+    config = config if config is not None else ctx.config.cti
     component = ctx.readiness.register(f"cti:{config.processor}")
     client = BridgeClient(config, ctx.registry, CtiMetrics(ctx.metrics), component)
     watch = LinkWatch(ctx.reactor, component, peer=endpoint_peer(config.connect), adapter=ADAPTER)

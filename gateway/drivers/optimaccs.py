@@ -65,6 +65,7 @@ from gateway.metrics import define_metric
 from gateway.core.errors import DriverError
 from gateway.core.interfaces import IDriverLeg
 from gateway.drivers import optimaccs_wire as wire
+from gateway.drivers.config import OptimaccsConfig
 from gateway.drivers.optimaccs_link import Link, Machine, ProviderCall, Transitions, illegal_counter
 from gateway.media import MediaPort, MediaPorts
 from gateway.wstimers import use_reactor
@@ -587,9 +588,11 @@ class OptimaccsService(service.Service):
         return self.server.close_all()
 
 
-def make_service(ctx) -> OptimaccsService:
-    """The ``[optimaccs]`` adapter: the inbound-call listener, its status and metrics."""
-    server = InboundServer(ctx.reactor, ctx.config.optimaccs, ctx.registry, _Metrics(ctx.metrics), ctx.media_ports)
-    ctx.listen(NAME, ctx.config.optimaccs.listen, server.factory(ctx.reactor))
+def make_service(ctx, config: OptimaccsConfig | None = None) -> OptimaccsService:
+    """The ``[optimaccs]`` adapter (the plugin's factory, ``plugins/adapters.py``) for its validated section
+    ``config`` (by default ``ctx.config.optimaccs``): the inbound-call listener, its status and metrics."""
+    config = config if config is not None else ctx.config.optimaccs
+    server = InboundServer(ctx.reactor, config, ctx.registry, _Metrics(ctx.metrics), ctx.media_ports)
+    ctx.listen(NAME, config.listen, server.factory(ctx.reactor))
     ctx.status[NAME] = server
     return OptimaccsService(server)

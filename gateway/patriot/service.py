@@ -1,7 +1,7 @@
 """Assembly of the Patriot adapter: the Dialler Bridge listener and one link per Desktop API.
 
-:func:`make_service` is named in ``gateway.tap.ADAPTERS``. It asks for the bridge's listener
-(``listener:patriot-bridge``), registers a readiness component per desktop link
+:func:`make_service` is the ``patriot`` adapter plugin's factory (``plugins/adapters.py``). It asks
+for the bridge's listener (``listener:patriot-bridge``), registers a readiness component per desktop link
 (``patriot-desktop:<index>``), puts the adapter's metrics on ``ctx.metrics`` and its live status
 at ``ctx.status["patriot"]``. Calls go through ``ctx.registry`` only, on one
 :class:`~gateway.patriot.line.Line` per extension shared by both modes.
@@ -14,6 +14,7 @@ from twisted.internet import defer, threads
 
 from gateway.confschema import ConfigError
 from gateway.patriot.bridge import DiallerBridge
+from gateway.patriot.config import PatriotConfig
 from gateway.patriot.desktop import DesktopLink, desktop_endpoint
 from gateway.patriot.line import Lines
 from gateway.patriot.metrics import PatriotMetrics
@@ -67,8 +68,9 @@ def _ca_certificates(index: int, path: str):
         raise ConfigError(f"patriot.desktop[{index}].ca", f"cannot read certificates from {path!r}: {e}") from None
 
 
-def make_service(ctx) -> PatriotService:
-    config = ctx.config.patriot
+def make_service(ctx, config: PatriotConfig | None = None) -> PatriotService:
+    """The ``[patriot]`` adapter for its validated section ``config`` (by default ``ctx.config.patriot``)."""
+    config = config if config is not None else ctx.config.patriot
     metrics = PatriotMetrics.on(ctx.metrics)
     lines = Lines(ctx.registry)
     bridge = None
