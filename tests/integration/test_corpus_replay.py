@@ -33,11 +33,14 @@ import pytest
 import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from corpus import Case, build_frame, load
 from gateway.sim import tlsutil
@@ -304,6 +307,92 @@ def test_the_patriot_bridge_corpus(cleanup, tmp_path):
     ), bridge=bridge)
     yield replay_websocket_file(replay, f"ws://127.0.0.1:{bridge}/dialler", "patriot_bridge",
                                 init_failure=_patriot_refusal)
+    yield replay.finish()
+
+
+@implementer(IPushProducer)
+class HeartbeatFlood(Protocol):
+    """A Patriot connection that floods heartbeats as fast as TCP takes them, without an init, and never
+    reads a byte (attack finding 1). ``lost`` fires with the number of frames written once it is gone."""
+
+    FRAME = b"\x81\x94" + b"\x00" * 4 + b'{"type":"heartbeat"}'  # a masked text frame (a zero mask)
+    BATCH = FRAME * 2000
+
+    def __init__(self, port: int):
+        self.port = port
+        self.lost = defer.Deferred()
+        self.sent = 0
+        self._paused = False
+        self._call = None
+
+    def connectionMade(self):
+        self.transport.pauseProducing()  # read nothing, ever
+        self.transport.registerProducer(self, True)
+        self.transport.write(b"GET /dialler HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                             b"Sec-WebSocket-Version: 13\r\n\r\n" % self.port)
+        self._more()
+
+    def _more(self):
+        self._call = None
+        if not self._paused and not self.lost.called:
+            self.transport.write(self.BATCH)
+            self.sent += 2000
+            self._call = reactor.callLater(0, self._more)
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        if self._call is None:
+            self._call = reactor.callLater(0, self._more)
+
+    def stopProducing(self):
+        pass
+
+    def connectionLost(self, reason):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self.lost.callback(self.sent)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_patriot_heartbeat_flood_is_closed_and_costs_the_canary_nothing(cleanup, tmp_path):
+    """Attack findings 1 and 9: one unauthenticated connection flooding heartbeats without reading is closed
+    within seconds past max_message_rate, the daemon's memory stays bounded and the canary's audio flows; a
+    polite connection sending only heartbeats is closed by init_timeout (4008)."""
+    bridge = free_port()
+    replay = yield start(cleanup, tmp_path, (
+        '[patriot.bridge]\nenabled = true\nlisten = "tcp:{bridge}:interface=127.0.0.1"\ninit_timeout = 6.0\n'
+        'users = [{{username = "op1", password = "secret-pw", extension = "1001"}}]\n'
+    ), bridge=bridge)
+    polite = yield RawWebSocket(f"ws://127.0.0.1:{bridge}/dialler").connect()
+    cleanup(lambda: pytest_twisted.blockon(polite.close()))
+    def heartbeat():
+        if polite.is_open and polite._protocol.state == polite._protocol.STATE_OPEN:
+            polite.send(b'{"type":"heartbeat"}', False)
+
+    beats = task.LoopingCall(heartbeat)
+    beats.start(0.5)
+    cleanup(lambda: beats.running and beats.stop())
+    flood = HeartbeatFlood(bridge)
+    connected = yield TCP4ClientEndpoint(reactor, "127.0.0.1", bridge, timeout=5).connect(
+        protocol.Factory.forProtocol(lambda: flood))
+    cleanup(connected.transport.abortConnection)
+    started = reactor.seconds()
+    sent = yield flood.lost.addTimeout(10, reactor)
+    # closed by the message rate, well before init_timeout would have (Autobahn drops it 1 s after the close)
+    assert reactor.seconds() - started < 3, f"the flood went on for {reactor.seconds() - started:.1f} s"
+    assert (yield replay.metric_sum("gateway_patriot_bridge_refused_total", reason="rate_limited")) == 1
+    refused = yield replay.metric_sum("gateway_ignored_messages_total", adapter="patriot", reason="rate_limited")
+    assert 0 < refused < sent, (refused, sent)
+    yield replay.checkpoint("a Patriot heartbeat flood")
+    assert rss_of(replay.pid) - replay.rss < 16 * 1024 * 1024
+    yield polite.closed.addTimeout(8, reactor)
+    assert polite.close_code == 4008, (polite.close_code, polite.close_reason)
+    assert polite.texts()[:2] == ['{"type":"heartbeat-response"}'] * 2
+    assert (yield replay.metric_sum("gateway_patriot_bridge_refused_total", reason="init_timeout")) == 1
     yield replay.finish()
 
 
