@@ -434,6 +434,14 @@ class IgnoredBudget:
             detail=_escaped(detail[:300])[:300],
         )
 
+    def count(self, reason: str) -> None:
+        """Count one ignored message without a line of its own (the adapter logs it its own way, rate-limited)."""
+        if reason not in IGNORED_REASONS:
+            raise ValueError(f"unknown ignored-message reason {reason!r}")
+        self.total += 1
+        if self._counter is not None:
+            self._counter.labels(self._adapter, reason).inc()
+
     def close(self) -> None:
         """Log the summary of what is still unsaid (the connection is ending)."""
         self._lines.close()

@@ -301,6 +301,15 @@ class IgnoredBudgetTests(SynchronousTestCase):
         self.budget.ignored("over_capacity", "connection closed with 1013: max_calls reached")
         self.assertEqual(self.count("over_capacity"), 1)
 
+    def test_count_counts_without_a_line(self):
+        for _ in range(1000):
+            self.budget.count("rate_limited")
+        self.assertEqual(self.count("rate_limited"), 1000)
+        self.assertEqual(self.budget.total, 1000)
+        self.budget.close()
+        self.assertEqual(self.events, [])
+        self.assertRaises(ValueError, self.budget.count, "whatever")
+
     def test_a_message_past_the_message_rate_is_a_reason(self):
         self.budget.ignored("rate_limited", "more than 20 messages a second; closing")
         self.assertEqual(self.count("rate_limited"), 1)
