@@ -229,17 +229,16 @@ class Session:
         """Whether one more frame (a message or a ping) is within the connection's message rate.
 
         The first one past it closes the connection (4008); it and every one after it are
-        counted as ignored (``rate_limited``) and not handled.
+        counted as ignored (``rate_limited``) and not handled; :meth:`too_many_messages` logs it.
         """
         if self.rate_limited:
-            self.budget.ignored("rate_limited", "a message while the connection closes for max_message_rate")
+            self.budget.count("rate_limited")
             return False
         if self.rate is None or self.rate.allow():
             return True
         self.rate_limited = True
         try:
-            self.budget.ignored("rate_limited", f"more than {self.rate.burst} messages at once or "
-                                f"{self.rate.rate:g} a second (max_message_rate); closing the connection")
+            self.budget.count("rate_limited")
             self.too_many_messages()
         except Exception:
             log.failure("{who}: handling a message past max_message_rate failed", who=self.who)
@@ -248,7 +247,10 @@ class Session:
         return False
 
     def too_many_messages(self) -> None:
-        """The connection goes past its message rate and is being closed (for the subclass to count)."""
+        """The connection goes past its message rate and is being closed: logged (a subclass may count it)."""
+        log.warn("{who}: more than {burst} messages at once or {rate} a second (max_message_burst, "
+                 "max_message_rate); closing the connection (4008 too many messages)", who=self.who,
+                 burst=self.rate.burst, rate=self.rate.rate)
 
     def slow_reader(self, unsent: int) -> None:
         """The peer does not read: ``unsent`` bytes queued past the transport's buffer; the connection is dropped."""
