@@ -94,7 +94,8 @@ class JsonLinesTests(SynchronousTestCase):
     def test_one_line_per_event_even_with_newlines(self):
         self.log.info("two\nlines {x}", x="and\nmore")
         self.log.info("second")
-        self.assertEqual([l["message"] for l in self.lines()], ["two\nlines and\nmore", "second"])
+        self.assertEqual([l["message"] for l in self.lines()], ["two\\nlines and\\nmore", "second"])
+        self.assertEqual(self.lines()[0]["x"], "and\\nmore")
 
     def test_fields_clashing_with_reserved_keys_are_renamed(self):
         event = {"log_level": LogLevel.info, "log_format": "clash", "log_namespace": "n", "log_time": 0.0}
@@ -223,6 +224,101 @@ class RedactionTests(SynchronousTestCase):
         event = {"token": Secret(SECRET), "log_format": "{token}"}
         self.assertEqual(logs.redact(event), {"token": "***", "log_format": "{token}"})
         self.assertEqual(event["token"].reveal(), SECRET)
+
+
+class PeerTextTests(SynchronousTestCase):
+    """A peer's text in a field: bounded, and its control characters escaped, in both formats."""
+
+    def setUp(self):
+        self.json_out = io.StringIO()
+        self.text_out = io.StringIO()
+        publisher = LogPublisher(logs.json_lines(self.json_out), logs.text(self.text_out))
+        self.log = Logger(namespace="gateway.test", observer=publisher)
+
+    def json_line(self):
+        [line] = self.json_out.getvalue().splitlines()
+        return json.loads(line)
+
+    def text_line(self):
+        text = self.text_out.getvalue()
+        self.assertTrue(text.endswith("\n"))
+        [line] = text.splitlines()
+        return line
+
+    def test_a_60_kb_field_is_cut_with_a_marker(self):
+        session = "S" * 60_000
+        self.log.info("call from OptimaCCS session {session_id} ({caller})", session_id=session, caller="+4930")
+        line = self.json_line()
+        bounded = "S" * logs.MAX_FIELD + f"…(+{60_000 - logs.MAX_FIELD} chars)"
+        self.assertEqual(line["session_id"], bounded)
+        self.assertEqual(line["message"], f"call from OptimaCCS session {bounded} (+4930)")
+        self.assertLess(len(self.json_out.getvalue()), 2 * logs.MAX_FIELD + 400)
+        self.assertIn(f"session {bounded} (+4930)", self.text_line())
+        self.assertLess(len(self.text_line()), logs.MAX_FIELD + 200)
+
+    def test_nested_strings_and_bytes_are_cut_too(self):
+        self.log.info("body {body}", body={"to": ["x" * 1000]}, raw=b"\x00" * 1000)
+        line = self.json_line()
+        self.assertEqual(line["body"], {"to": ["x" * logs.MAX_FIELD + "…(+500 chars)"]})
+        self.assertTrue(line["raw"].endswith("…(+500 bytes)"), line["raw"])
+        self.assertLess(len(self.json_out.getvalue()), 12 * logs.MAX_FIELD)  # 500 NULs: b'\\x00...' in JSON
+
+    def test_control_characters_are_escaped_in_both_formats(self):
+        self.log.info("SMS to {to} from {caller_id}", to="\x00", caller_id="555\r\nforged line\t\x7f\x85\u2028\ud800")
+        escaped = "555\\r\\nforged line\\t\\x7f\\x85\\u2028\\ud800"
+        line = self.json_line()
+        self.assertEqual((line["to"], line["caller_id"]), ("\\x00", escaped))
+        self.assertEqual(line["message"], f"SMS to \\x00 from {escaped}")
+        text = self.text_line()
+        self.assertTrue(text.endswith(f"SMS to \\x00 from {escaped}"), text)
+        for raw in "\x00\r\t\x7f\x85\u2028":
+            self.assertNotIn(raw, self.text_out.getvalue() + self.json_out.getvalue())
+
+    def test_the_message_stays_one_line_in_the_text_format_whatever_a_field_holds(self):
+        class Shouting(Exception):
+            pass
+
+        self.log.warn("did {did} caller {caller}: {error}", did="100\n2024-01-01 [-] forged", caller=["a\nb"],
+                      error=Shouting("two\nlines"))
+        text = self.text_line()
+        self.assertIn("did 100\\n2024-01-01 [-] forged caller ['a\\\\nb']: two\\nlines", text)
+        self.assertEqual(self.json_line()["did"], "100\\n2024-01-01 [-] forged")
+
+    def test_a_traceback_keeps_its_lines(self):
+        try:
+            raise ValueError("bad\nframe")
+        except ValueError:
+            self.log.failure("frame from {peer} refused", peer="10.0.0.1\n")
+        lines = self.text_out.getvalue().splitlines()
+        self.assertTrue(lines[0].endswith("frame from 10.0.0.1\\n refused"), lines[0])
+        self.assertEqual(lines[1], "\tTraceback (most recent call last):")
+        self.assertTrue(all(line.startswith("\t") for line in lines[1:]), lines)
+        line = self.json_line()
+        self.assertEqual(line["message"], "frame from 10.0.0.1\\n refused")
+        self.assertIn("\nbuiltins.ValueError: bad\nframe", line["traceback"])
+
+    def test_a_legacy_error_keeps_its_traceback_apart_from_its_message(self):
+        legacy = legacy_log.LogPublisher(publishPublisher=LogPublisher(logs.json_lines(self.json_out),
+                                                                       logs.text(self.text_out)))
+        legacy.msg(failure=Failure(KeyError("call-9")), why="lookup\nfailed", isError=1)
+        line = self.json_line()
+        self.assertEqual(line["message"], "lookup\\nfailed")
+        self.assertIn("KeyError", line["traceback"])
+        lines = self.text_out.getvalue().splitlines()
+        self.assertTrue(lines[0].endswith(" lookup\\nfailed"), lines)
+        self.assertEqual(lines[1], "\tTraceback (most recent call last):")
+        self.assertEqual(sum("Traceback" in line for line in lines), 1)
+
+    def test_a_secret_is_still_redacted_and_a_long_one_never_shows(self):
+        self.log.info("token {token} for {user}", token=Secret(SECRET * 100), user="op\n1")
+        for output in (self.json_out.getvalue(), self.text_out.getvalue()):
+            self.assertNotIn(SECRET, output)
+        self.assertEqual(self.json_line()["message"], "token *** for op\\n1")
+        self.assertTrue(self.text_line().endswith("token *** for op\\n1"))
+
+    def test_the_field_limit_and_escaping_are_public(self):
+        self.assertEqual(logs.escape("a\x00b\nc\x9f"), "a\\x00b\\nc\\x9f")
+        self.assertEqual(logs.bounded({"log_format": "\n", "x": "\n"}), {"log_format": "\n", "x": "\\n"})
 
 
 class DefaultOutputTests(SynchronousTestCase):

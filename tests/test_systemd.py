@@ -209,7 +209,7 @@ class UnitFileTests(SynchronousTestCase):
         svc = read_unit("gateway.service")["Service"]
         self.assertEqual((svc["Type"], svc["NotifyAccess"]), ("notify", "main"))
         self.assertGreater(int(svc["WatchdogSec"]), 0)
-        self.assertIn("--nodaemon --pidfile= gateway --config ", svc["ExecStart"])
+        self.assertIn("--nodaemon --pidfile= --logger gateway.logs.text gateway --config ", svc["ExecStart"])
 
     def test_service_restarts_on_failure_as_a_dedicated_hardened_user(self):
         svc = read_unit("gateway.service")["Service"]
