@@ -15,15 +15,17 @@ Twisted's ``ssl:`` endpoint parser builds its own ``CertificateOptions``, so a l
 string is read here (:meth:`TlsPolicy.server_endpoint`) with the same keys as Twisted's (``port``,
 ``privateKey``, ``certKey``, ``interface``, ``backlog``, ``extraCertChain``, ``dhParameters``);
 ``sslmethod`` is refused (the versions come from the policy), and so is Twisted's ``tls:`` server
-endpoint (it builds its contexts itself). The files are read and the TLS context is built when the
-endpoint is made (at config load), so a listener that could not serve is refused then, not at its first
-connection: ``dhParameters`` must be PEM DH parameters of at least :data:`MIN_DH_BITS` bits (OpenSSL
-refuses smaller ones at every handshake). A failed handshake on a listener (a client speaking an old
-version or no TLS at all, an alert from the client) is one log line naming the listener, the peer and
-OpenSSL's reason, rate-limited per listener (:class:`gateway.boundary.RateLimitedLog`). Likewise a client ``tls:`` string
+endpoint (it builds its contexts itself). Likewise a client ``tls:`` string
 (:meth:`TlsPolicy.client_endpoint`, keys ``host``, ``port``, ``timeout``, ``bindAddress``,
 ``certificate``, ``privateKey``, ``trustRoots``, ``endpoint``). Any other endpoint string goes to
 Twisted's ``serverFromString`` / ``clientFromString`` untouched.
+
+A listener's files are read and its TLS context is built when the endpoint is made (at config load), so
+a listener that could not serve is refused then, not at its first connection: ``dhParameters`` must be
+PEM DH parameters of at least :data:`MIN_DH_BITS` bits (OpenSSL refuses smaller ones at every
+handshake). A failed handshake on a listener (a client speaking an old version or no TLS at all, an
+alert from the client) is one log line naming the listener, the peer and OpenSSL's reason, rate-limited
+per listener (:class:`gateway.boundary.RateLimitedLog`).
 """
 
 from __future__ import annotations
