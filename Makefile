@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 ## Start the daemon in the foreground on its embedded defaults (etc/gateway.toml).
 run: $(STAMP)
-	$(BIN)/twistd --nodaemon --pidfile= gateway $(ARGS)
+	$(BIN)/twistd --nodaemon --pidfile= --logger gateway.logs.text gateway $(ARGS)
 
 $(NODE_STAMP): $(STAMP)
 	if command -v npm >/dev/null 2>&1; then \
