@@ -3,8 +3,11 @@
 - ``GET /api/calls`` (``?extension=ID``: that extension's calls, live and
   recently released): ``{"calls": [call, ...]}``;
 - ``GET /api/calls/{id}``: one call (live or recently released);
-- ``POST /api/calls`` ``{"extension", "number", "attributes"?}``: click-to-dial, 201 with the call;
-- ``POST /api/calls/{id}/{action}``: ``hangup``, ``answer``, ``reject``, ``hold``,
+- ``POST /api/calls`` ``{"extension", "number", "attributes"?, "if_busy"?}``: click-to-dial, 201 with
+  the call; ``if_busy`` is the core's policy while the extension has a live call: ``refuse`` (the
+  default, 409 extension_busy) or ``replace`` (that call is hung up first);
+- ``POST /api/calls/{id}/{action}``: ``hangup``, ``answer``, ``reject``, ``cancel`` (give up an
+  unanswered call: an alerting one is rejected, one still dialling is hung up), ``hold``,
   ``retrieve``, ``mute``, ``unmute``, ``flush`` (barge-in) (no body, or ``{}``); ``transfer`` and ``conference``
   ``{"destination"}``; ``dtmf`` ``{"digits", "duration_ms"?, "gap_ms"?}``;
   ``remove_party`` ``{"number"}``: the call after the command;
@@ -31,8 +34,8 @@ from gateway.admin.api import ApiError, ApiRequest, ApiResponse
 __all__ = ["register_calls_api"]
 
 #: the actions taking no body, and the registry command each one runs
-_SIMPLE = ("hangup", "answer", "reject", "hold", "retrieve", "mute", "unmute", "flush")
-_BY = {"hangup": {"by": "api"}, "reject": {"by": "api"}}
+_SIMPLE = ("hangup", "answer", "reject", "cancel", "hold", "retrieve", "mute", "unmute", "flush")
+_BY = {"hangup": {"by": "api"}, "reject": {"by": "api"}, "cancel": {"by": "api"}}
 #: the longest a simulated caller stays on the line after being answered (``hang_up_after``), seconds
 MAX_HANG_UP_AFTER = 86400.0
 #: a DTMF tone's duration and the gap between tones, ms: the core's limits (Registry.send_dtmf checks them again)
@@ -130,11 +133,13 @@ class _CallsApi:
         return _rendered(self._registry.call(request.params["id"]))
 
     def originate(self, request: ApiRequest):
-        body = request.json(known=("extension", "number", "attributes"))
+        body = request.json(known=("extension", "number", "attributes", "if_busy"))
         attributes = body.get("attributes", {})
         if not isinstance(attributes, dict):
             raise ApiError(400, "'attributes' must be an object")
-        d = self._registry.originate(_text(body, "extension"), _text(body, "number"), attributes=attributes)
+        if_busy = _text(body, "if_busy") if "if_busy" in body else "refuse"
+        d = self._registry.originate(_text(body, "extension"), _text(body, "number"), attributes=attributes,
+                                     if_busy=if_busy, by="api")
         return d.addCallback(lambda call: ApiResponse(201, _rendered(call)))
 
     def action(self, request: ApiRequest):

@@ -157,15 +157,23 @@ class ICallControl(Interface):
 
     # -- commands
 
-    def originate(extension_id, number, *, attributes=None):
+    def originate(extension_id, number, *, attributes=None, if_busy="refuse", by="api"):
         """Click-to-dial: ring the extension's phone; when it answers, dial ``number`` (a number or an
-        extension id) and bridge. ``ExtensionBusy`` while the extension has a live call."""
+        extension id) and bridge. While the extension has a live call of its own, ``if_busy``
+        decides: ``refuse`` (``ExtensionBusy``) or ``replace`` (that call is hung up, cause normal,
+        ``hangup_by`` ``by``, then the dial goes out; nothing is hung up for a dial that would be
+        refused anyway). Any other ``if_busy`` is ``InvalidArgument``."""
 
     def answer(call_id):
         """Answer an alerting call (or pick up a click-to-dial's own phone) at the extension's phone."""
 
     def reject(call_id, *, by="api"):
         """Refuse an alerting inbound call (cause ``rejected``)."""
+
+    def cancel(call_id, *, by="api"):
+        """Give up a call nobody has answered yet: an alerting inbound call is refused (as ``reject``,
+        cause ``rejected``), a call still dialling out is hung up (cause ``normal``);
+        ``IllegalState`` once it is talking, held or over."""
 
     def hangup(call_id, *, by="api"):
         """End the call: every leg is hung up (cause ``normal``)."""

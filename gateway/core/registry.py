@@ -47,7 +47,7 @@ from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnaps
 from gateway.core.states import Cause, LegState, next_state
 
 # MAX_DTMF_DIGITS and PHONE_KEYS live in gateway.core.dtmf (adapters import them from there)
-__all__ = ["Registry", "DEFAULT_RETENTION", "MAX_DTMF_DIGITS", "PHONE_KEYS"]
+__all__ = ["Registry", "DEFAULT_RETENTION", "IF_BUSY", "MAX_DTMF_DIGITS", "PHONE_KEYS"]
 
 log = Logger()
 
@@ -55,6 +55,10 @@ RINGING, DIALING, TALKING, HELD = LegState.RINGING, LegState.DIALING, LegState.T
 
 #: seconds a released call stays queryable
 DEFAULT_RETENTION = 60.0
+
+#: what ``originate`` does while the extension has a live call of its own: refuse the dial
+#: (ExtensionBusy), or replace the call (hang it up, then dial)
+IF_BUSY = ("refuse", "replace")
 
 _NUMBER = re.compile(r"\+?[0-9*#]{1,40}\Z")  # \Z, not $: $ also matches before a final newline
 _DIGITS = re.compile(r"[0-9*#A-D]+\Z")  # gateway.core.dtmf.DTMF_DIGITS
@@ -352,7 +356,7 @@ class Registry:
 
     def active_call_for(self, extension_id: str) -> CallSnapshot | None:
         """The extension's live call, if any."""
-        call = next((c for c in self._calls.values() if c.extension == extension_id and not c.ended), None)
+        call = self._own_live_call(extension_id)
         return self._snapshot(call) if call is not None else None
 
     @property
@@ -390,14 +394,36 @@ class Registry:
         return result
 
     @_command("originate")
-    def originate(self, extension_id: str, number: str, *, attributes: dict | None = None):
-        """Click-to-dial: ring the extension's phone; when it answers, dial ``number`` and bridge."""
+    def originate(self, extension_id: str, number: str, *, attributes: dict | None = None,
+                  if_busy: str = "refuse", by: str = "api"):
+        """Click-to-dial: ring the extension's phone; when it answers, dial ``number`` and bridge.
+
+        While the extension has a live call of its own, ``if_busy`` says what happens: ``refuse``
+        (ExtensionBusy) or ``replace`` (that call is hung up, cause normal, ``hangup_by`` ``by``,
+        then the dial goes out). Everything else is checked before a call is replaced, so a dial
+        that cannot go out never costs the extension its call."""
         self._check_open("originate")
+        if if_busy not in IF_BUSY:
+            raise InvalidArgument(f"if_busy must be one of {', '.join(IF_BUSY)}, not {if_busy!r}")
         ext = self._extension(extension_id)
         target = self._destination(number)
         if target.extension == ext.id:
             raise InvalidArgument(f"extension {ext.id} cannot call itself")
+        current = self._own_live_call(ext.id) if if_busy == "replace" else None
         for busy in {extension_id, target.extension} - {None}:
+            self._check_free(busy, besides=current)
+        if current is None:
+            return self._place(ext, target, number, attributes)
+        log.info("extension {extension}: ending call {call_id} to dial {number} (if_busy replace, by {by})",
+                 extension=ext.id, call_id=current.call_id, number=number, by=by)
+        ended = self._end_call(current, Cause.NORMAL, by)
+        return ended.addCallback(lambda _: self._place(ext, target, number, attributes))
+
+    @_batched
+    def _place(self, ext, target: _Destination, number: str, attributes: dict | None) -> CallSnapshot:
+        """originate's dial, once the extension (and a target extension) are free."""
+        self._check_open("originate")
+        for busy in {ext.id, target.extension} - {None}:
             self._check_free(busy)
         attributes = dict(attributes or {})
         call = self._new_call(extension=ext.id, direction=OUTBOUND, caller=ext.id, number=number, attributes=attributes)
@@ -479,6 +505,15 @@ class Registry:
         """Refuse an alerting inbound call (cause rejected)."""
         call = self._checked(call_id, "reject")
         return self._end_call(call, Cause.REJECTED, by).addCallback(lambda _: self._snapshot(call))
+
+    @_command("cancel")
+    def cancel(self, call_id: str, *, by: str = "api"):
+        """Give up a call nobody has answered yet: an alerting inbound call is refused (as
+        :meth:`reject`: cause rejected), a call still dialling out is hung up (cause normal).
+        IllegalState once the call is talking, held or over."""
+        call = self._checked(call_id, "cancel")
+        cause = Cause.REJECTED if call.state is RINGING else Cause.NORMAL
+        return self._end_call(call, cause, by).addCallback(lambda _: self._snapshot(call))
 
     @_command("hangup")
     def hangup(self, call_id: str, *, by: str = "api"):
@@ -677,10 +712,14 @@ class Registry:
                 return call
         return None
 
-    def _check_free(self, extension_id: str) -> None:
-        busy = self._busy_call(extension_id)
+    def _check_free(self, extension_id: str, besides: Call | None = None) -> None:
+        busy = self._busy_call(extension_id, besides=besides)
         if busy is not None:
             raise ExtensionBusy(extension_id, busy.call_id)
+
+    def _own_live_call(self, extension_id: str) -> Call | None:
+        """The extension's own live call (the one ``active_call_for`` shows), if any."""
+        return next((c for c in self._calls.values() if c.extension == extension_id and not c.ended), None)
 
     def _new_call(self, **fields) -> Call:
         call = Call(call_id=secrets.token_hex(8), created_at=self._clock.seconds(), **fields)

@@ -8,7 +8,7 @@ five words and is derived from its legs (see :mod:`gateway.core.model`).
 :data:`TRANSITIONS` is the only place that says which input is legal in which
 state and where it leads. Leg inputs (``answered``, ``hold``, ``retrieve``,
 ``mute``, ``unmute``, ``release``) change legs; the registry's commands
-(``answer``, ``reject``, ``transfer``, ...) are checked against the call's
+(``answer``, ``reject``, ``cancel``, ``transfer``, ...) are checked against the call's
 derived state with the same table, so "hold is illegal while RINGING" is
 written once. :func:`next_state` raises :class:`IllegalState` for anything
 the table does not list.
@@ -58,7 +58,7 @@ _LIVE = (RINGING, DIALING, TALKING, HELD)
 _CONNECTED = (TALKING, HELD)
 
 #: (state, input) -> next state. Inputs on a leg: answered, hold, retrieve,
-#: mute, unmute, release. Commands checked on a call's state: answer, reject,
+#: mute, unmute, release. Commands checked on a call's state: answer, reject, cancel,
 #: hangup, hold, retrieve, mute, unmute, dtmf, flush, transfer, conference, remove_party.
 TRANSITIONS: dict[tuple[LegState, str], LegState] = {
     (RINGING, "answer"): TALKING,
@@ -66,6 +66,9 @@ TRANSITIONS: dict[tuple[LegState, str], LegState] = {
     (RINGING, "answered"): TALKING,
     (DIALING, "answered"): TALKING,
     (RINGING, "reject"): RELEASED,
+    # giving up a call nobody answered yet: an alerting one is refused, one still dialling is hung up
+    (RINGING, "cancel"): RELEASED,
+    (DIALING, "cancel"): RELEASED,
     (TALKING, "hold"): HELD,
     (HELD, "hold"): HELD,
     (HELD, "retrieve"): TALKING,

@@ -113,7 +113,8 @@ class BridgeClient:
             "interaction": {
                 n.interaction_query_init: self._interaction_init,
                 n.interaction_request_accept: self._command("answer"),
-                n.interaction_request_reject: self._reject,
+                # 004's reject is for an alerting call and a call still dialling out alike: the core's cancel
+                n.interaction_request_reject: self._command("cancel", by=BY),
                 n.interaction_request_complete: self._complete,
                 n.interaction_request_dispose: self._dispose,
             },
@@ -313,11 +314,6 @@ class BridgeClient:
                               " only 0-9, * and #")
         return self._command("send_dtmf", "digits")(conversation, message)
 
-    def _reject(self, interaction, message):
-        """Refuse an alerting call; on a call still dialling out (004 sends reject there too), cancel it."""
-        snapshot = self._snapshot(interaction.subject.call_id)
-        command = "hangup" if snapshot is not None and snapshot.state == "DIALING" else "reject"
-        return self._command(command, by=BY)(interaction, message)
 
     def _complete(self, interaction, message):
         tracked = interaction.subject

@@ -15,8 +15,8 @@ inbound one.
 
 :meth:`Line.dial` and :meth:`Line.hangup` are Patriot's ``dial-request`` and ``hangup-request``:
 click-to-dial from the extension, and hanging up its current call. A dial while the extension has
-a live call is refused by the call core (``ExtensionBusy``), or first ends that call
-(``replace=True``, from the connection's ``dial_while_busy = "replace"``).
+a live call is the call core's ``if_busy`` policy: refused (``ExtensionBusy``), or that call is
+ended first (``replace=True``, from the connection's ``dial_while_busy = "replace"``).
 
 :class:`Lines` hands out one line per extension, so that the same user on two workstations (or
 two users bound to one extension) see the same call and act on it.
@@ -81,21 +81,13 @@ class Line:
     def dial(self, phone_no: str, raw_phone_no: str, requested_by: str, *, replace: bool = False) -> defer.Deferred:
         """Click-to-dial ``phone_no`` from the extension; fires with the call's snapshot.
 
-        With ``replace``, a live call of the extension is hung up first; without, the registry
-        refuses the dial with :class:`~gateway.core.errors.ExtensionBusy`. Other failures are the
-        registry's ``CallError``.
+        With ``replace``, the core hangs up a live call of the extension first (``if_busy="replace"``);
+        without, it refuses the dial with :class:`~gateway.core.errors.ExtensionBusy`. Other failures
+        are the core's ``CallError``.
         """
-        active = self._registry.active_call_for(self.extension) if replace else None
-        if active is None:
-            return self._originate(phone_no, raw_phone_no, requested_by)
-        log.info("{who}: ending call {call} of extension {extension} to dial {number}",
-                 who=requested_by, call=active.call_id, extension=self.extension, number=phone_no)
-        ended = self._registry.hangup(active.call_id, by=HANGUP_BY)
-        return ended.addCallback(lambda _: self._originate(phone_no, raw_phone_no, requested_by))
-
-    def _originate(self, phone_no, raw_phone_no, requested_by):
         attributes = {"raw_number": raw_phone_no, "requested_by": requested_by}
-        return self._registry.originate(self.extension, phone_no, attributes=attributes)
+        return self._registry.originate(self.extension, phone_no, attributes=attributes,
+                                        if_busy="replace" if replace else "refuse", by=HANGUP_BY)
 
     def hangup(self) -> defer.Deferred:
         """Hang up the extension's current call; fires with its id, or ``None`` when there was none."""

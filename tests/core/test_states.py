@@ -11,6 +11,7 @@ R, D, T, H, X = LegState.RINGING, LegState.DIALING, LegState.TALKING, LegState.H
 
 LEGAL = {
     (R, "answer"): T, (D, "answer"): T, (R, "answered"): T, (D, "answered"): T, (R, "reject"): X,
+    (R, "cancel"): X, (D, "cancel"): X,
     (T, "hold"): H, (H, "hold"): H, (H, "retrieve"): T, (T, "retrieve"): T,
     **{(s, c): s for s in (T, H)
        for c in ("mute", "unmute", "dtmf", "flush", "transfer", "conference", "remove_party")},

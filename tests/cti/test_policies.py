@@ -1,0 +1,36 @@
+"""The Bridge Client's reject is the call core's cancel, the same command the admin API has."""
+
+from prometheus_client import CollectorRegistry
+
+from core.counting import CountingCalls
+from gateway.cti.client import BridgeClient
+from gateway.cti.metrics import CtiMetrics
+
+from .test_client import CHANNEL, Bridge
+
+
+class RejectIsCancelTests(Bridge):
+    def setUp(self):
+        super().setUp()
+        self.client.stop()  # the one on the plain registry
+        self.calls = CountingCalls(self.registry)
+        self.client = BridgeClient(self.config, self.calls, CtiMetrics(CollectorRegistry()), self.component)
+        self.connect()
+
+    def test_rejecting_a_dialling_call_is_the_cores_cancel(self):
+        response = self.send("dial", destination="5551234")
+        call_id = response.body["id"]
+        self.calls.reset()
+        self.assertTrue(self.send("reject", target=f"{CHANNEL}.{call_id}").ok)
+        self.assertEqual(self.calls.commands, [("cancel", (call_id,), {"by": "desktop"})])
+        call = self.registry.call(call_id)
+        self.assertEqual((call.state, call.cause, call.hangup_by), ("RELEASED", "normal", "desktop"))
+
+    def test_rejecting_an_alerting_call_is_the_cores_cancel(self):
+        self.network.place_inbound("5551234", "103")
+        self.flush()
+        call_id = self.registry.active_call_for("1003").call_id
+        self.calls.reset()
+        self.assertTrue(self.send("reject", target=f"{CHANNEL}.{call_id}").ok)
+        self.assertEqual(self.calls.commands, [("cancel", (call_id,), {"by": "desktop"})])
+        self.assertEqual(self.registry.call(call_id).cause, "rejected")
