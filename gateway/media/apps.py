@@ -28,14 +28,16 @@ import pathlib
 import typing
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.media.errors import AppArgumentError
-from gateway.media.interfaces import IMediaSession
+from gateway.media.frame import Frame
+from gateway.media.interfaces import IFrameConsumer, IMediaSession
 from gateway.media.mixer import Conference
-from gateway.media.port import check_free
+from gateway.media.port import MediaPort, check_free
 from gateway.media.producers import FrameFeeder
 from gateway.media.tones import HOLD_TONE, cadence
 from gateway.media.wav import WavRecorder, wav_payloads
@@ -54,21 +56,24 @@ __all__ = [
 
 log = Logger()
 
+#: what every app takes as the files it reads or the directory it writes in
+StrPath = typing.Union[str, "os.PathLike[str]"]
+
 
 @implementer(IMediaSession)
 class _Session:
     """Ending exactly once: ``stop()`` or the session itself ends it, then it detaches."""
 
     #: what ``finished`` gives when the session is stopped from outside
-    stopped_result: typing.Any = None
+    stopped_result: object = None
 
     def __init__(self) -> None:
-        self.finished: Deferred = Deferred()
+        self.finished: Deferred[object] = Deferred()
 
     def stop(self) -> None:
         self._end(self.stopped_result)
 
-    def _end(self, result) -> None:
+    def _end(self, result: object) -> None:
         if self.finished.called:
             return
         self._detach()
@@ -81,7 +86,7 @@ class _Session:
 class LinkSession(_Session):
     """Each ``(from_port, to_port)`` link sends what ``from_port``'s party says to ``to_port``'s party."""
 
-    def __init__(self, links: typing.Sequence[tuple]) -> None:
+    def __init__(self, links: typing.Sequence[tuple[MediaPort, MediaPort]]) -> None:
         super().__init__()
         self.links = list(links)
         for src, dst in self.links:
@@ -93,20 +98,20 @@ class LinkSession(_Session):
             dst.flush()
 
 
-@implementer(IConsumer)
+@implementer(IFrameConsumer)
 class _Discard:
     """Takes a party's frames and drops them (a held party's voice goes nowhere)."""
 
     def __init__(self) -> None:
         self.frames_discarded = 0
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         pass
 
     def unregisterProducer(self) -> None:
         pass
 
-    def write(self, frame) -> None:
+    def write(self, frame: Frame) -> None:
         self.frames_discarded += 1
 
 
@@ -119,7 +124,7 @@ class FeedSession(_Session):
 
     stopped_result = False
 
-    def __init__(self, port, payloads: typing.Iterator[bytes], silence_party: bool = False) -> None:
+    def __init__(self, port: MediaPort, payloads: typing.Iterator[bytes], silence_party: bool = False) -> None:
         super().__init__()
         self.port = port
         self._payloads = payloads
@@ -130,10 +135,10 @@ class FeedSession(_Session):
             port.source.connect(self.discard)
         self._feeder.connect(port.sink)
 
-    def _fed(self, _) -> None:
+    def _fed(self, _: None) -> None:
         self.port.playout.checkpoint().addCallback(lambda _: self._end(True))
 
-    def _failed(self, failure) -> None:
+    def _failed(self, failure: Failure) -> None:
         # already logged by the feeder, with the source named
         self._end(False)
 
@@ -150,7 +155,7 @@ class FeedSession(_Session):
 class RecordSession(_Session):
     """Writes what ``port``'s party says to a WAV file; ``finished`` gives its path."""
 
-    def __init__(self, port, recorder: WavRecorder) -> None:
+    def __init__(self, port: MediaPort, recorder: WavRecorder) -> None:
         super().__init__()
         self.port = port
         self.recorder = recorder
@@ -164,22 +169,22 @@ class RecordSession(_Session):
                  port=self.port, path=self.recorder.path)
 
 
-def _ports(app: str, ports, count: int | None = None) -> list:
+def _ports(app: str, ports: typing.Iterable[MediaPort], count: int | None = None) -> list[MediaPort]:
     """``ports`` as a list, checked: ``count`` of them (any number if None), all different."""
-    ports = list(ports)
-    if count is not None and len(ports) != count:
-        raise AppArgumentError(f"{app} takes {count} port(s), not {len(ports)}")
-    if len(set(map(id, ports))) != len(ports):
+    checked = list(ports)
+    if count is not None and len(checked) != count:
+        raise AppArgumentError(f"{app} takes {count} port(s), not {len(checked)}")
+    if len(set(map(id, checked))) != len(checked):
         raise AppArgumentError(f"{app} needs different ports")
-    return ports
+    return checked
 
 
-def _no_arg(app: str, arg) -> None:
+def _no_arg(app: str, arg: object) -> None:
     if arg is not None:
         raise AppArgumentError(f"{app} takes no argument, not {arg!r}")
 
 
-def _file(app: str, arg, state_dir) -> pathlib.Path:
+def _file(app: str, arg: StrPath | None, state_dir: StrPath | None) -> pathlib.Path:
     """The file named by ``arg``; a relative name is taken under ``state_dir`` when one is given."""
     if not arg:
         raise AppArgumentError(f"{app} needs a file name argument")
@@ -187,28 +192,36 @@ def _file(app: str, arg, state_dir) -> pathlib.Path:
     return path if path.is_absolute() or state_dir is None else pathlib.Path(state_dir) / path
 
 
-def start_echo(ports, clock, arg=None, state_dir=None) -> LinkSession:
+def start_echo(
+    ports: typing.Sequence[MediaPort], clock: IReactorTime, arg: str | None = None, state_dir: StrPath | None = None
+) -> LinkSession:
     (port,) = _ports("echo", ports, 1)
     _no_arg("echo", arg)
     check_free("echo", [port], source=True, sink=True)
     return LinkSession([(port, port)])
 
 
-def start_bridge(ports, clock, arg=None, state_dir=None) -> LinkSession:
+def start_bridge(
+    ports: typing.Sequence[MediaPort], clock: IReactorTime, arg: str | None = None, state_dir: StrPath | None = None
+) -> LinkSession:
     a, b = _ports("bridge", ports, 2)
     _no_arg("bridge", arg)
     check_free("bridge", [a, b], source=True, sink=True)
     return LinkSession([(a, b), (b, a)])
 
 
-def start_play(ports, clock, arg=None, state_dir=None) -> FeedSession:
+def start_play(
+    ports: typing.Sequence[MediaPort], clock: IReactorTime, arg: str | None = None, state_dir: StrPath | None = None
+) -> FeedSession:
     (port,) = _ports("play", ports, 1)
     path = _file("play", arg, state_dir)
     check_free("play", [port], source=False, sink=True)
     return FeedSession(port, wav_payloads(path, port.codec))
 
 
-def start_record(ports, clock, arg=None, state_dir=None) -> RecordSession:
+def start_record(
+    ports: typing.Sequence[MediaPort], clock: IReactorTime, arg: str | None = None, state_dir: StrPath | None = None
+) -> RecordSession:
     (port,) = _ports("record", ports, 1)
     if state_dir is None:
         raise AppArgumentError("record needs a state_dir to write recordings in")
@@ -216,7 +229,9 @@ def start_record(ports, clock, arg=None, state_dir=None) -> RecordSession:
     return RecordSession(port, WavRecorder(state_dir, arg or port.name or "recording"))
 
 
-def start_hold(ports, clock, arg=None, state_dir=None) -> FeedSession:
+def start_hold(
+    ports: typing.Sequence[MediaPort], clock: IReactorTime, arg: str | None = None, state_dir: StrPath | None = None
+) -> FeedSession:
     (port,) = _ports("hold", ports, 1)
     check_free("hold", [port], source=True, sink=True)
     if arg is None:
@@ -227,11 +242,13 @@ def start_hold(ports, clock, arg=None, state_dir=None) -> FeedSession:
     return FeedSession(port, payloads, silence_party=True)
 
 
-def start_mix(ports, clock, arg=None, state_dir=None) -> Conference:
-    ports = _ports("mix", ports)
+def start_mix(
+    ports: typing.Sequence[MediaPort], clock: IReactorTime, arg: str | None = None, state_dir: StrPath | None = None
+) -> Conference:
+    parties = _ports("mix", ports)
     _no_arg("mix", arg)
-    check_free("mix", ports, source=True, sink=True)
+    check_free("mix", parties, source=True, sink=True)
     conference = Conference(clock)
-    for port in ports:
+    for port in parties:
         conference.add(port)
     return conference

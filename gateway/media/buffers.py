@@ -15,7 +15,11 @@ from __future__ import annotations
 import collections
 import typing
 
+from twisted.internet.interfaces import IPushProducer
+
 __all__ = ["FrameQueue", "Reframer"]
+
+_Item = typing.TypeVar("_Item")
 
 
 class Reframer:
@@ -67,7 +71,7 @@ class Reframer:
         return discarded
 
 
-class FrameQueue:
+class FrameQueue(typing.Generic[_Item]):
     """A bounded FIFO that pauses ``producer`` at its high-water mark and drops the oldest when full.
 
     ``producer`` (an ``IPushProducer`` or None) is resumed when the queue drains
@@ -84,11 +88,11 @@ class FrameQueue:
         self.capacity = capacity
         self.high_water = capacity - capacity // 4
         self.low_water = capacity // 4
-        self.producer = None
+        self.producer: IPushProducer | None = None
         self.producer_paused = False
         self.frames_dropped = 0
         self.on_drop = on_drop
-        self._items: collections.deque = collections.deque()
+        self._items: collections.deque[_Item] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -96,7 +100,7 @@ class FrameQueue:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def push(self, item) -> None:
+    def push(self, item: _Item) -> None:
         items = self._items
         if len(items) >= self.capacity:
             items.popleft()
@@ -107,7 +111,7 @@ class FrameQueue:
         if len(items) >= self.high_water:
             self._pause_producer()
 
-    def pop(self):
+    def pop(self) -> _Item:
         """The oldest item (the queue must not be empty)."""
         item = self._items.popleft()
         if self.producer_paused and len(self._items) <= self.low_water:
@@ -122,7 +126,7 @@ class FrameQueue:
             self._resume_producer()
         return discarded
 
-    def set_producer(self, producer) -> None:
+    def set_producer(self, producer: IPushProducer | None) -> None:
         """Feed from ``producer`` (None: no producer); it is paused at once if the queue is high."""
         self.producer = producer
         self.producer_paused = False

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     # Python 3.11/3.12 warn that audioop leaves the stdlib in 3.13; audioop-lts
     # provides the same module from then on (a dependency in setup.cfg).
     warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+    import audioop as audioop  # re-exported: the mixer takes it from here, without the warning
 
 if sys.byteorder != "little":  # pragma: no cover - no big-endian host is supported
     raise ImportError("gateway.media needs a little-endian host: pcm16 is handled in native byte order")
@@ -86,7 +86,7 @@ def _identity(payload: bytes) -> bytes:
     return payload
 
 
-def _g711_table(decode, encode) -> bytes:
+def _g711_table(decode: typing.Callable[[bytes, int], bytes], encode: typing.Callable[[bytes, int], bytes]) -> bytes:
     """A ``bytes.translate`` table mapping each byte of one G.711 law to the other."""
     return bytes(encode(decode(bytes([value]), 2), 2)[0] for value in range(256))
 

@@ -6,9 +6,35 @@ operator's own apps are modules providing ``IPlugin`` and ``IMediaApp`` in a
 directory listed in ``[gateway] plugin_dirs``.
 """
 
+from __future__ import annotations
+
+import os
+import typing
+
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from zope.interface import Attribute, Interface
 
-__all__ = ["IConference", "IMediaApp", "IMediaSession"]
+if typing.TYPE_CHECKING:
+    from gateway.media.frame import Frame
+    from gateway.media.port import MediaPort
+
+__all__ = ["IConference", "IFrameConsumer", "IMediaApp", "IMediaSession"]
+
+
+class IFrameConsumer(IConsumer):
+    """An ``IConsumer`` whose ``write`` takes :class:`~gateway.media.frame.Frame` objects, fed by push producers.
+
+    What every frame consumer of the media plane provides (a port's sink, the
+    mixer's parties, a recorder, :class:`~gateway.media.producers.BytesConsumer`)
+    and what :meth:`FrameProducer.connect <gateway.media.producers.FrameProducer.connect>`
+    takes. Twisted's ``IConsumer`` is typed for bytes, hence the two overrides.
+    """
+
+    def registerProducer(producer: IPushProducer, streaming: bool) -> None:  # type: ignore[override]
+        """Be fed by ``producer``, which is paused while this consumer cannot keep up."""
+
+    def write(data: Frame) -> None:  # type: ignore[override]
+        """One frame (any codec, any payload length)."""
 
 
 class IMediaApp(Interface):
@@ -17,7 +43,12 @@ class IMediaApp(Interface):
     name = Attribute("Short unique name used in routing and configuration, e.g. 'echo'.")
     description = Attribute("One line for humans.")
 
-    def start(ports, clock, arg=None, state_dir=None):
+    def start(
+        ports: typing.Sequence[MediaPort],
+        clock: IReactorTime,
+        arg: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> IMediaSession:
         """Start the app on ``ports`` (a sequence of MediaPort) and return its IMediaSession.
 
         ``clock`` is an IReactorTime; ``arg`` is the app's argument (a file to
@@ -38,7 +69,7 @@ class IMediaSession(Interface):
         " the path of the WAV file written, the others None."
     )
 
-    def stop():
+    def stop() -> None:
         """Detach from the ports, discarding audio the session queued toward them. Idempotent.
 
         Closing a port does not end the sessions using it: stop them.
@@ -48,8 +79,8 @@ class IMediaSession(Interface):
 class IConference(IMediaSession):
     """A session whose set of ports changes while it runs (the ``mix`` app)."""
 
-    def add(port):
+    def add(port: MediaPort) -> None:
         """Add ``port`` as a party: it hears the others and they hear it."""
 
-    def remove(port):
+    def remove(port: MediaPort) -> None:
         """Remove ``port``; audio queued toward it is discarded. A no-op if it is not a party."""

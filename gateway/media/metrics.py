@@ -11,7 +11,7 @@ port moved to another call (a transfer) is still counted once.
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from gateway.media.port import MediaPorts
 from gateway.metrics import define_metric
@@ -22,7 +22,7 @@ __all__ = ["WHERE", "counted_ports"]
 WHERE = ("playout", "inbound", "mix")
 
 
-def counted_ports(registry, queue_ms: int = 1000) -> MediaPorts:
+def counted_ports(registry: CollectorRegistry, queue_ms: int = 1000) -> MediaPorts:
     """A port factory with ``queue_ms`` queues whose drops are counted on ``registry``."""
     dropped = define_metric(registry, Counter, "media_frames_dropped",
                             "Frames dropped because a call leg's bounded media queue was full (oldest first), "

@@ -18,16 +18,16 @@ is real time and one slow leg must not hold up the others.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue
 from gateway.media.codecs import PCM16, audioop, converters_to  # audioop imported once, without its warning
 from gateway.media.errors import AppArgumentError
-from gateway.media.frame import Stamper
-from gateway.media.interfaces import IConference
+from gateway.media.frame import Frame, Stamper
+from gateway.media.interfaces import IConference, IFrameConsumer
 from gateway.media.pacing import Pacer
-from gateway.media.port import check_free
+from gateway.media.port import MediaPort, check_free
 
 __all__ = ["Conference"]
 
@@ -46,13 +46,13 @@ def _narrow(wide: bytes) -> bytes:
     return audioop.lin2lin(audioop.mul(wide, 4, 65536), 4, 2)
 
 
-@implementer(IConsumer, IPushProducer)
+@implementer(IFrameConsumer, IPushProducer)
 class _Party:
     """One party: consumer of its port's frames (as pcm16), producer toward its port's sink."""
 
-    def __init__(self, conference: Conference, port) -> None:
+    def __init__(self, conference: Conference, port: MediaPort) -> None:
         self.port = port
-        self.queue = FrameQueue(JITTER_FRAMES, port.drop_hook("mix"))
+        self.queue: FrameQueue[bytes] = FrameQueue(JITTER_FRAMES, port.drop_hook("mix"))
         self.stamp = Stamper(PCM16)
         self.hears = True
         #: this round's frame as 32-bit samples, or None if the party was silent
@@ -61,13 +61,13 @@ class _Party:
         self._to_pcm = converters_to(PCM16)
 
     # consumer of the party's source
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         self.queue.set_producer(producer)
 
     def unregisterProducer(self) -> None:
         self.queue.set_producer(None)
 
-    def write(self, frame) -> None:
+    def write(self, frame: Frame) -> None:
         self.queue.push(self._to_pcm[frame.codec](frame.payload))
         self._conference.wake()
 
@@ -86,17 +86,17 @@ class _Party:
 class Conference:
     """A running mix of any number of ports (see the module docstring)."""
 
-    def __init__(self, clock, name: str = "mix") -> None:
+    def __init__(self, clock: IReactorTime, name: str = "mix") -> None:
         self.name = name
-        self.finished: Deferred = Deferred()
-        self._parties: dict = {}  # port -> _Party, in joining order
+        self.finished: Deferred[None] = Deferred()
+        self._parties: dict[MediaPort, _Party] = {}  # in joining order
         self._pacer = Pacer(clock, self._tick, name=name)
 
     @property
-    def ports(self) -> list:
+    def ports(self) -> list[MediaPort]:
         return list(self._parties)
 
-    def add(self, port) -> None:
+    def add(self, port: MediaPort) -> None:
         if self.finished.called:
             raise AppArgumentError(f"{self.name}: the conference has ended")
         if port in self._parties:
@@ -107,7 +107,7 @@ class Conference:
         port.source.connect(party)
         self._parties[port] = party
 
-    def remove(self, port) -> None:
+    def remove(self, port: MediaPort) -> None:
         """Let ``port`` go (a no-op if it is not a party: a closed port has left by itself)."""
         party = self._parties.pop(port, None)
         if party is None:
@@ -130,7 +130,7 @@ class Conference:
 
     def _tick(self) -> bool:
         parties = self._parties.values()
-        total = None
+        total: bytes | None = None
         speakers = 0
         for party in parties:
             if party.queue:
@@ -139,9 +139,9 @@ class Conference:
                 speakers += 1
             else:
                 party.wide = None
-        if not speakers:
+        if not speakers or total is None:  # total is None only without speakers
             return False
-        everything = None  # what every non-speaker hears, made on first use
+        everything: bytes | None = None  # what every non-speaker hears, made on first use
         for party in parties:
             if not party.hears:
                 continue

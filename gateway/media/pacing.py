@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import typing
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.media.codecs import FRAME_MS
@@ -32,7 +33,8 @@ class Pacer:
 
     __slots__ = ("name", "interval", "running", "_clock", "_tick", "_start", "_n", "_call")
 
-    def __init__(self, clock, tick: typing.Callable[[], bool], interval: float = FRAME_MS / 1000, name: str = "") -> None:
+    def __init__(self, clock: IReactorTime, tick: typing.Callable[[], bool], interval: float = FRAME_MS / 1000,
+                 name: str = "") -> None:
         self.name = name
         self.interval = interval
         self.running = False
@@ -40,7 +42,7 @@ class Pacer:
         self._tick = tick
         self._start = 0.0
         self._n = 0
-        self._call = None
+        self._call: IDelayedCall | None = None
 
     def start(self) -> None:
         """Begin a fresh schedule whose first tick is due now (no-op if running)."""

@@ -22,17 +22,19 @@ from __future__ import annotations
 import typing
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue, Reframer
 from gateway.media.codecs import converters_to, frame_size, silence
+from gateway.media.frame import Frame
+from gateway.media.interfaces import IFrameConsumer
 from gateway.media.pacing import Pacer
 
 __all__ = ["Playout"]
 
 
-@implementer(IConsumer, IPushProducer)
+@implementer(IFrameConsumer, IPushProducer)
 class Playout:
     """Paced playout of frames toward one party, from ``clock``, holding at most ``capacity`` frames.
 
@@ -42,7 +44,7 @@ class Playout:
     stopped). ``on_drop(count)``, if given, is told of each drop as it happens.
     """
 
-    def __init__(self, clock, codec: str, capacity: int, name: str = "",
+    def __init__(self, clock: IReactorTime, codec: str, capacity: int, name: str = "",
                  on_drop: typing.Callable[[int], object] | None = None) -> None:
         self.codec = codec
         self.name = name
@@ -52,13 +54,13 @@ class Playout:
         self.frames_flushed = 0
         self.underruns = 0
         self._fill = silence(codec)[0]
-        self._queue = FrameQueue(capacity, on_drop)
+        self._queue: FrameQueue[bytes] = FrameQueue(capacity, on_drop)
         self._reframer = Reframer(frame_size(codec), self._queue.push)
         self._pacer = Pacer(clock, self._tick, name=name)
         self._wire: typing.Callable[[bytes], object] | None = None
         self._convert = converters_to(codec)
         #: (frames_played value at which it fires, Deferred) in firing order
-        self._checkpoints: list[tuple[int, Deferred]] = []
+        self._checkpoints: list[tuple[int, Deferred[None]]] = []
 
     @property
     def frames_dropped(self) -> int:
@@ -70,13 +72,13 @@ class Playout:
         return len(self._queue)
 
     @property
-    def producer(self):
+    def producer(self) -> IPushProducer | None:
         """The producer registered to feed this playout, or None."""
         return self._queue.producer
 
     # -- IConsumer: frames toward the party ---------------------------------
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         if not streaming:
             raise ValueError(f"playout {self.name!r} accepts push producers (streaming=True) only")
         if self._queue.producer is not None:
@@ -86,7 +88,7 @@ class Playout:
     def unregisterProducer(self) -> None:
         self._queue.set_producer(None)
 
-    def write(self, frame) -> None:
+    def write(self, frame: Frame) -> None:
         """Queue ``frame`` (any codec, any payload length) for paced playout."""
         if self.closed:
             return
@@ -122,6 +124,9 @@ class Playout:
             self._pacer.start()
 
     def _tick(self) -> bool:
+        wire = self._wire
+        if wire is None:  # never: the pacer stops when the wire goes
+            return False
         queue = self._queue
         if queue:
             payload = queue.pop()
@@ -131,20 +136,20 @@ class Playout:
             self.underruns += 1
             return False
         self.frames_played += 1
-        self._wire(payload)
+        wire(payload)
         if self._checkpoints:
             self._fire_checkpoints(not queue and not self._reframer.pending)
         return True
 
     # -- control --------------------------------------------------------------
 
-    def checkpoint(self) -> Deferred:
+    def checkpoint(self) -> Deferred[None]:
         """A Deferred firing (with None) once the audio queued so far has been written.
 
         It also fires when that audio is discarded instead (flush, close) or
         when playout runs dry before (dropped frames are never written).
         """
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         pending = len(self._queue) + (1 if self._reframer.pending else 0)
         if pending:
             self._checkpoints.append((self.frames_played + pending, d))

@@ -37,6 +37,7 @@ import functools
 import typing
 
 import attrs
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 
 from gateway.media.buffers import Reframer
 from gateway.media.codecs import FRAME_MS, PCM16, check_codec, frame_size
@@ -62,7 +63,7 @@ class MediaPort:
     #: the ``on_drop(where, count)`` hook this port reports its drops to, or None
     on_drop: DropHook | None
 
-    def __init__(self, clock, codec: str = PCM16, name: str = "", queue_ms: int = 1000,
+    def __init__(self, clock: IReactorTime, codec: str = PCM16, name: str = "", queue_ms: int = 1000,
                  on_drop: DropHook | None = None) -> None:
         check_codec(codec)
         if queue_ms < FRAME_MS:
@@ -90,11 +91,11 @@ class MediaPort:
         return self.playout
 
     @property
-    def upstream(self):
+    def upstream(self) -> IPushProducer | None:
         return self.source.upstream
 
     @upstream.setter
-    def upstream(self, producer) -> None:
+    def upstream(self, producer: IPushProducer | None) -> None:
         self.source.upstream = producer
 
     @property
@@ -112,7 +113,7 @@ class MediaPort:
         if not self._muted and not self.closed:
             self._inbound.push(data)
 
-    def set_wire(self, write) -> None:
+    def set_wire(self, write: typing.Callable[[bytes], object] | None) -> None:
         """Send paced outbound audio to ``write(bytes)`` (None: stop sending)."""
         self.playout.set_wire(write)
 
@@ -142,12 +143,12 @@ class MediaPorts:
     queue_ms: int = 1000
     on_drop: DropHook | None = None
 
-    def port(self, clock, codec: str = PCM16, name: str = "") -> MediaPort:
+    def port(self, clock: IReactorTime, codec: str = PCM16, name: str = "") -> MediaPort:
         """A new port for one call leg."""
         return MediaPort(clock, codec, name, self.queue_ms, self.on_drop)
 
 
-def check_free(user: str, ports, source: bool, sink: bool) -> None:
+def check_free(user: str, ports: typing.Iterable[MediaPort], source: bool, sink: bool) -> None:
     """Raise PortBusy (naming ``user``) unless every port is open and the named sides are unclaimed."""
     for port in ports:
         if port.closed:

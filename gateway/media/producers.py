@@ -23,13 +23,14 @@ from __future__ import annotations
 import typing
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue
-from gateway.media.frame import Stamper
+from gateway.media.frame import Frame, Stamper
+from gateway.media.interfaces import IFrameConsumer
 from gateway.media.pacing import Pacer
 
 __all__ = ["BytesConsumer", "FrameFeeder", "FrameProducer", "FrameSource", "PacedSource"]
@@ -44,11 +45,11 @@ class FrameProducer:
     def __init__(self, codec: str, name: str = "") -> None:
         self.codec = codec
         self.name = name
-        self.consumer = None
+        self.consumer: IFrameConsumer | None = None
         self.paused = False
         self._stamp = Stamper(codec)
 
-    def connect(self, consumer) -> None:
+    def connect(self, consumer: IFrameConsumer) -> None:
         """Start producing frames into ``consumer`` (registering with it as a push producer)."""
         if self.consumer is not None:
             raise RuntimeError(f"{self!r} is already connected to {self.consumer!r}")
@@ -102,15 +103,15 @@ class FrameSource(FrameProducer):
     def __init__(self, codec: str, capacity: int, name: str = "",
                  on_drop: typing.Callable[[int], object] | None = None) -> None:
         super().__init__(codec, name)
-        self._queue = FrameQueue(capacity, on_drop)
+        self._queue: FrameQueue[Frame] = FrameQueue(capacity, on_drop)
 
     @property
-    def upstream(self):
+    def upstream(self) -> IPushProducer | None:
         """The driver's producer (its transport), paused when frames back up here."""
         return self._queue.producer
 
     @upstream.setter
-    def upstream(self, producer) -> None:
+    def upstream(self, producer: IPushProducer | None) -> None:
         self._queue.set_producer(producer)
 
     @property
@@ -153,7 +154,7 @@ class _IterableProducer(FrameProducer):
     def __init__(self, payloads: typing.Iterable[bytes], codec: str, name: str = "") -> None:
         super().__init__(codec, name)
         self._payloads = iter(payloads)
-        self.done: Deferred = Deferred()
+        self.done: Deferred[None] = Deferred()
 
     def _next_payload(self) -> bytes | None:
         """The next payload, or None once the iterable is exhausted (or failed)."""
@@ -208,7 +209,7 @@ class FrameFeeder(_IterableProducer):
 class PacedSource(_IterableProducer):
     """Writes one frame from ``payloads`` every 20 ms of ``clock`` while connected and not paused."""
 
-    def __init__(self, clock, payloads: typing.Iterable[bytes], codec: str, name: str = "") -> None:
+    def __init__(self, clock: IReactorTime, payloads: typing.Iterable[bytes], codec: str, name: str = "") -> None:
         super().__init__(payloads, codec, name)
         self._pacer = Pacer(clock, self._tick, name=name)
 
@@ -230,25 +231,25 @@ class PacedSource(_IterableProducer):
 
     def _tick(self) -> bool:
         payload = self._next_payload()
-        if payload is None:
+        if payload is None or self.consumer is None:
             return False
         self.consumer.write(self._stamp(payload))
         return True
 
 
-@implementer(IConsumer)
+@implementer(IFrameConsumer)
 class BytesConsumer:
     """Passes the payload of every frame written to it to ``write(bytes)``; never pauses its producer."""
 
     def __init__(self, write: typing.Callable[[bytes], object]) -> None:
         self._write = write
-        self.producer = None
+        self.producer: IPushProducer | None = None
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         self.producer = producer
 
     def unregisterProducer(self) -> None:
         self.producer = None
 
-    def write(self, frame) -> None:
+    def write(self, frame: Frame) -> None:
         self._write(frame.payload)

@@ -11,23 +11,25 @@ from __future__ import annotations
 import array
 import math
 
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from gateway.media.codecs import PCM16, RATE, transcode
+from gateway.media.frame import Frame
+from gateway.media.interfaces import IFrameConsumer
 
 __all__ = ["FrameCollector", "tone_power"]
 
 
-@implementer(IConsumer)
+@implementer(IFrameConsumer)
 class FrameCollector:
     """Keeps every frame written to it; ``stop_reading()`` pauses the registered producer."""
 
     def __init__(self) -> None:
-        self.frames: list = []
-        self.producer = None
+        self.frames: list[Frame] = []
+        self.producer: IPushProducer | None = None
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         if self.producer is not None:
             raise RuntimeError("FrameCollector already has a producer")
         self.producer = producer
@@ -35,14 +37,19 @@ class FrameCollector:
     def unregisterProducer(self) -> None:
         self.producer = None
 
-    def write(self, frame) -> None:
+    def write(self, frame: Frame) -> None:
         self.frames.append(frame)
 
     def stop_reading(self) -> None:
-        self.producer.pauseProducing()
+        self._producer().pauseProducing()
 
     def resume_reading(self) -> None:
-        self.producer.resumeProducing()
+        self._producer().resumeProducing()
+
+    def _producer(self) -> IPushProducer:
+        if self.producer is None:
+            raise RuntimeError("FrameCollector has no producer to pause or resume")
+        return self.producer
 
     def pcm(self) -> bytes:
         """Everything received, as pcm16."""

@@ -10,23 +10,24 @@ through Python's buffered files: cheap enough for the reactor thread.
 
 from __future__ import annotations
 
-import itertools
 import os
 import pathlib
 import re
 import typing
 import wave
 
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from gateway.media.codecs import FRAME_SAMPLES, PCM16, RATE, converter, converters_to, frame_size
 from gateway.media.errors import UnsupportedFormat
+from gateway.media.frame import Frame
+from gateway.media.interfaces import IFrameConsumer
 
 __all__ = ["WavRecorder", "open_wav", "wav_payloads"]
 
 
-def open_wav(path: str | os.PathLike) -> wave.Wave_read:
+def open_wav(path: str | os.PathLike[str]) -> wave.Wave_read:
     """Open ``path`` for reading; raise UnsupportedFormat unless it is 8 kHz mono 16-bit PCM."""
     try:
         reader = wave.open(os.fspath(path), "rb")
@@ -43,7 +44,8 @@ def open_wav(path: str | os.PathLike) -> wave.Wave_read:
     return reader
 
 
-def wav_payloads(path: str | os.PathLike, codec: str = PCM16, loop: bool = False) -> typing.Generator[bytes, None, None]:
+def wav_payloads(path: str | os.PathLike[str], codec: str = PCM16,
+                 loop: bool = False) -> typing.Generator[bytes, None, None]:
     """20 ms payloads of ``codec`` from a WAV file, the last padded with silence; ``loop`` repeats it.
 
     The file is opened and checked now (so a bad file fails here); the
@@ -52,7 +54,9 @@ def wav_payloads(path: str | os.PathLike, codec: str = PCM16, loop: bool = False
     return _payloads(open_wav(path), converter(PCM16, codec), loop)
 
 
-def _payloads(reader: wave.Wave_read, convert, loop: bool) -> typing.Generator[bytes, None, None]:
+def _payloads(
+    reader: wave.Wave_read, convert: typing.Callable[[bytes], bytes], loop: bool
+) -> typing.Generator[bytes, None, None]:
     size = frame_size(PCM16)
     with reader:
         while True:
@@ -72,7 +76,7 @@ def _safe_stem(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "recording"
 
 
-@implementer(IConsumer)
+@implementer(IFrameConsumer)
 class WavRecorder:
     """An ``IConsumer`` of frames (any codec) writing them to a new 8 kHz mono 16-bit WAV file.
 
@@ -80,33 +84,34 @@ class WavRecorder:
     exists: a recording never overwrites another. Call :meth:`close` to finish it.
     """
 
-    def __init__(self, directory: str | os.PathLike, stem: str) -> None:
+    def __init__(self, directory: str | os.PathLike[str], stem: str) -> None:
         self.path, self._file = self._create(pathlib.Path(directory), _safe_stem(stem))
-        self._wav = wave.open(self._file, "wb")
+        self._wav: wave.Wave_write | None = wave.open(self._file, "wb")
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(RATE)
         self._to_pcm = converters_to(PCM16)
-        self.producer = None
+        self.producer: IPushProducer | None = None
         self.frames_written = 0
 
     @staticmethod
-    def _create(directory: pathlib.Path, stem: str):
+    def _create(directory: pathlib.Path, stem: str) -> tuple[pathlib.Path, typing.BinaryIO]:
         directory.mkdir(parents=True, exist_ok=True)
-        for n in itertools.count():
+        n = 0
+        while True:
             path = directory / (f"{stem}.wav" if n == 0 else f"{stem}-{n}.wav")
             try:
                 return path, open(path, "xb")
             except FileExistsError:
-                continue
+                n += 1
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         self.producer = producer
 
     def unregisterProducer(self) -> None:
         self.producer = None
 
-    def write(self, frame) -> None:
+    def write(self, frame: Frame) -> None:
         if self._wav is None:
             return
         self._wav.writeframesraw(self._to_pcm[frame.codec](frame.payload))
