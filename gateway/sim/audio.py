@@ -75,7 +75,7 @@ CODECS = {
 
 
 def codec_named(name):
-    """The L{Codec} called C{name}; C{ValueError} for a name the API does not define."""
+    """The :class:`Codec` called ``name``; ``ValueError`` for a name the API does not define."""
     try:
         return CODECS[name]
     except (KeyError, TypeError):
@@ -93,7 +93,7 @@ def _to_pcm16(samples):
 def tone(seconds, frequency=440.0, level=0.3, noise=64, seed=0):
     """A sine tone as pcm16, with a faint seeded noise floor.
 
-    The noise (+-C{noise} LSB, about -54 dBFS by default) makes every frame of the signal distinct, so
+    The noise (+-``noise`` LSB, about -54 dBFS by default) makes every frame of the signal distinct, so
     an echo check can tell a dropped, repeated or reordered frame from a correct stream, which it could
     not with a pure (periodic) tone.
     """
@@ -108,7 +108,7 @@ def tone(seconds, frequency=440.0, level=0.3, noise=64, seed=0):
 
 
 def read_wav(path):
-    """The samples of a WAV file as pcm16; C{ValueError} unless it is 8 kHz mono 16-bit PCM."""
+    """The samples of a WAV file as pcm16; ``ValueError`` unless it is 8 kHz mono 16-bit PCM."""
     try:
         with wave.open(str(path), "rb") as wav:
             shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
@@ -132,9 +132,9 @@ def write_wav(path, pcm16):
 
 
 def frames(pcm16, codec, loop=False):
-    """Endless 20 ms frames of C{pcm16} encoded in C{codec}.
+    """Endless 20 ms frames of ``pcm16`` encoded in ``codec``.
 
-    The last frame is padded with silence; then the signal is repeated if C{loop}, else followed by
+    The last frame is padded with silence; then the signal is repeated if ``loop``, else followed by
     silence: a phone line never stops carrying audio.
     """
     size = codec.frame_bytes
@@ -151,11 +151,11 @@ def frames(pcm16, codec, loop=False):
 
 
 class Pacer:
-    """Calls C{tick(count)} on a deadline schedule: tick n is due at start + n * interval.
+    """Calls ``tick(count)`` on a deadline schedule: tick n is due at start + n * interval.
 
-    The schedule is anchored once, at L{start}, so late timer callbacks never make it drift: a late call
-    gets the number of ticks that fell due since the previous one (C{count} > 1) and the next call is
-    aimed at the next deadline, not at now + interval. L{stop} may be called from inside C{tick}.
+    The schedule is anchored once, at :meth:`start`, so late timer callbacks never make it drift: a late call
+    gets the number of ticks that fell due since the previous one (``count`` > 1) and the next call is
+    aimed at the next deadline, not at now + interval. :meth:`stop` may be called from inside ``tick``.
     """
 
     def __init__(self, clock, interval, tick):
@@ -196,7 +196,7 @@ class Pacer:
 
 @attrs.frozen
 class EchoMatch:
-    """The outcome of L{compare_echo}."""
+    """The outcome of :func:`compare_echo`."""
 
     #: whether the received stream is a contiguous piece of the sent one
     matched: bool
@@ -228,7 +228,7 @@ def _aligned_find(haystack, needle, width):
 
 
 def compare_echo(sent, received, codec, probe_bytes=320):
-    """Whether C{received} is an echo of C{sent}, tolerant of a leading offset.
+    """Whether ``received`` is an echo of ``sent``, tolerant of a leading offset.
 
     The received stream may start with silence (a jitter buffer filling up) and at any point of the sent
     stream (echo switched on after the call started), and may stop early; but every byte after its

@@ -1,7 +1,10 @@
 """OptimaCCS simulators: the inbound provider client and the outbound fake provider API.
 
-Library use (tests): L{place_call} / L{CallScript} / L{InboundCall} from the inbound side,
-L{FakeProviderApi} / L{ApiSettings} / L{DialRule} from the outbound side. Command line::
+Library use (tests): from the inbound side (:mod:`gateway.sim.optimaccs_inbound`), :func:`place_call
+<gateway.sim.optimaccs_inbound.place_call>` / :class:`~gateway.sim.optimaccs_inbound.CallScript` /
+:class:`~gateway.sim.optimaccs_inbound.InboundCall`; from the outbound side (:mod:`gateway.sim.optimaccs_api`),
+:class:`~gateway.sim.optimaccs_api.FakeProviderApi` / :class:`~gateway.sim.optimaccs_api.ApiSettings` /
+:class:`~gateway.sim.optimaccs_api.DialRule`. Command line::
 
     python -m gateway.sim optimaccs call --url ws://127.0.0.1:4143 --calls 2 --caller 0811.. --did 021..
         [--audio tone|FILE.wav] [--codec pcm16|ulaw|alaw] [--dtmf "1@2.0,2@3.5"] [--hangup-after S]

@@ -3,20 +3,20 @@
 This is the provider as the gateway's outbound driver sees it (protocols README, "Outbound"):
 ``POST /pbx/call`` places a call and answers with a ``sessionId`` and an ``endpointUrl``; the client
 then opens the WebSocket ``/ws/{sessionId}`` (Bearer header required) and the fake dials when it joins,
-reporting ``dialStatus`` Dialing, Ringing, then Connected, Busy or Failed as the number's L{DialRule}
+reporting ``dialStatus`` Dialing, Ringing, then Connected, Busy or Failed as the number's :class:`DialRule`
 says. Once connected the callee echoes what it hears (or plays a tone), and its loudspeaker plays the
 client's audio at real time so ``checkPoint``/``CheckPoint`` and ``interruption`` behave as on the real
 platform. The call ends on ``hangup`` (WebSocket or ``POST /pbx/hangup``), on the callee's hangup, or
 when the ring timeout passes; the fake then sends the ``cdr`` (integer ``hangupCauseCode``), ``hangup``,
 and closes. ``GET /v1/cdr/{sessionId}`` returns the stored CDR.
 
-Everything the client did is recorded for assertions: L{FakeProviderApi.requests} (HTTP and WebSocket
-handshakes) and, per call, the L{FakeSession} (messages both ways, audio counters, checkpoints, DTMF,
-interruptions, protocol violations in C{errors}).
+Everything the client did is recorded for assertions: :attr:`FakeProviderApi.requests` (HTTP and WebSocket
+handshakes) and, per call, the :class:`FakeSession` (messages both ways, audio counters, checkpoints, DTMF,
+interruptions, protocol violations in ``errors``).
 
-A test can make a session a hostile provider (the cases of C{tests/corpus/optimaccs_outbound.json}):
-L{FakeSession.send_raw} writes any frame on the call's WebSocket, L{FakeSession.drop} loses its TCP
-connection, L{FakeSession.close} closes it with any code.
+A test can make a session a hostile provider (the cases of ``tests/corpus/optimaccs_outbound.json``):
+:meth:`FakeSession.send_raw` writes any frame on the call's WebSocket, :meth:`FakeSession.drop` loses its TCP
+connection, :meth:`FakeSession.close` closes it with any code.
 """
 
 import collections
@@ -67,7 +67,7 @@ _CDR_PATH = re.compile(r"/v1/cdr/([^/]+)")
 
 @attrs.frozen
 class DialRule:
-    """Numbers ending in C{suffix} get C{outcome}: answer, busy, failed or no-answer."""
+    """Numbers ending in ``suffix`` get ``outcome``: answer, busy, failed or no-answer."""
 
     suffix: str = attrs.field(validator=attrs.validators.matches_re(_DIGITS))
     outcome: str = attrs.field(validator=attrs.validators.in_(OUTCOMES))
@@ -78,7 +78,7 @@ DEFAULT_RULES = (DialRule("0000", "busy"), DialRule("9999", "failed"), DialRule(
 
 
 def parse_rule(text):
-    """C{"0000=busy"} -> DialRule("0000", "busy"); C{ValueError} if malformed."""
+    """``"0000=busy"`` -> DialRule("0000", "busy"); ``ValueError`` if malformed."""
     suffix, equals, outcome = text.partition("=")
     if not equals:
         raise ValueError(f"dial rule {text!r} is not SUFFIX=OUTCOME")
@@ -173,9 +173,9 @@ class _Loudspeaker:
         self._reach_marks()
 
     def play_frame(self, heard):
-        """Play the next frame's worth of queued audio (possibly short), if any, into C{heard}.
+        """Play the next frame's worth of queued audio (possibly short), if any, into ``heard``.
 
-        Checkpoints it completes are reached after C{heard} has returned.
+        Checkpoints it completes are reached after ``heard`` has returned.
         """
         if self._queue:
             chunk = bytes(self._queue[:self._frame])
@@ -283,7 +283,7 @@ class FakeSession:
     # -- a hostile provider
 
     def send_raw(self, data, binary=False):
-        """Send C{data} (bytes) as one frame on the call's WebSocket, as it is; C{RuntimeError} if not joined."""
+        """Send ``data`` (bytes) as one frame on the call's WebSocket, as it is; ``RuntimeError`` if not joined."""
         self._hostile_link().sendMessage(data, isBinary=binary)
 
     def drop(self):
@@ -291,7 +291,7 @@ class FakeSession:
         self._hostile_link().transport.loseConnection()
 
     def close(self, code, reason=None):
-        """Close the call's WebSocket with C{code} (the call is left to the client)."""
+        """Close the call's WebSocket with ``code`` (the call is left to the client)."""
         self._hostile_link().sendCloseFrame(code, reason.encode("utf-8") if reason else None, isReply=False)
 
     def _hostile_link(self):
@@ -529,7 +529,7 @@ class _ConnectionTracker(WrappingFactory):
 
 
 class FakeProviderApi:
-    """The fake provider: HTTP + WebSocket on one port. L{site} makes its twisted.web Site."""
+    """The fake provider: HTTP + WebSocket on one port. :meth:`site` makes its twisted.web Site."""
 
     def __init__(self, clock, settings=ApiSettings()):
         self.clock = clock
@@ -555,20 +555,20 @@ class FakeProviderApi:
         return Site(root)
 
     def listen(self, reactor, port=0, interface="127.0.0.1"):
-        """Listen on C{interface}:C{port}; a Deferred firing with the listening port.
+        """Listen on ``interface``:``port``; a Deferred firing with the listening port.
 
-        L{shutdown} closes the connections accepted here.
+        :meth:`shutdown` closes the connections accepted here.
         """
         tracker = _ConnectionTracker(self.site(reactor))
         self._trackers.append(tracker)
         return TCP4ServerEndpoint(reactor, port, interface=interface).listen(tracker)
 
     def fail_next_calls(self, count=1, message="Failed to initiate call"):
-        """Answer the next C{count} valid C{POST /pbx/call} with a 500."""
+        """Answer the next ``count`` valid ``POST /pbx/call`` with a 500."""
         self._failures.extend([message] * count)
 
     def wait_for_session(self, count=1):
-        """A Deferred firing with the C{count}-th session created (at once if it exists)."""
+        """A Deferred firing with the ``count``-th session created (at once if it exists)."""
         waiter = defer.Deferred()
         self._session_waiters.append((count, waiter))
         self._notify()
@@ -710,7 +710,7 @@ _BAD_JSON = object()
 
 
 def _parse_body(body):
-    """A request body: {} if empty, the object if it is a JSON object, else L{_BAD_JSON}."""
+    """A request body: {} if empty, the object if it is a JSON object, else :data:`_BAD_JSON`."""
     if not body.strip():
         return {}
     try:
@@ -721,7 +721,7 @@ def _parse_body(body):
 
 
 def _call_errors(body):
-    """Validation errors of a C{POST /pbx/call} body, by field, in the provider's 422 shape."""
+    """Validation errors of a ``POST /pbx/call`` body, by field, in the provider's 422 shape."""
     errors = {}
     number = body.get("phoneNumber")
     if not (isinstance(number, str) and _DIGITS.fullmatch(number)):

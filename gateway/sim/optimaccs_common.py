@@ -45,14 +45,14 @@ MAX_COMMAND_DTMF_MS = 1000
 
 
 def iso_time(seconds):
-    """A POSIX time as the provider prints it: C{2025-07-23T03:37:56.000Z}."""
+    """A POSIX time as the provider prints it: ``2025-07-23T03:37:56.000Z``."""
     moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @attrs.frozen
 class CallDetail:
-    """A call detail record, in seconds since the epoch; L{as_json} gives the provider's shape."""
+    """A call detail record, in seconds since the epoch; :meth:`as_json` gives the provider's shape."""
 
     session_id: str
     source: str | None
@@ -85,14 +85,14 @@ class CallDetail:
 
 @attrs.frozen
 class TimedDigit:
-    """A DTMF digit to send C{at} seconds after the call was answered."""
+    """A DTMF digit to send ``at`` seconds after the call was answered."""
 
     digit: str = attrs.field(validator=attrs.validators.in_(KEYPAD_DIGITS))
     at: float = attrs.field(converter=float, validator=attrs.validators.ge(0))
 
 
 def parse_dtmf_schedule(text):
-    """C{"1@2.0,#@3.5"} -> (TimedDigit("1", 2.0), TimedDigit("#", 3.5)); C{ValueError} if malformed."""
+    """``"1@2.0,#@3.5"`` -> (TimedDigit("1", 2.0), TimedDigit("#", 3.5)); ``ValueError`` if malformed."""
     schedule = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         digit, at_sign, at = item.partition("@")
@@ -115,11 +115,11 @@ class ReceivedEvent:
 
 
 class BadMessage(ValueError):
-    """A peer's text frame is not a JSON object with a string C{event}."""
+    """A peer's text frame is not a JSON object with a string ``event``."""
 
 
 def parse_event(payload):
-    """Decode a text frame into (event name, message object); L{BadMessage} if it is not one."""
+    """Decode a text frame into (event name, message object); :class:`BadMessage` if it is not one."""
     try:
         message = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as error:
@@ -138,7 +138,7 @@ def encode_json(message):
 
 
 def dtmf_duration_problem(duration):
-    """Why C{duration} (ms) is not a valid DTMF command duration, or None if it is."""
+    """Why ``duration`` (ms) is not a valid DTMF command duration, or None if it is."""
     if isinstance(duration, bool) or not isinstance(duration, (int, float)):
         return f"duration {duration!r} is not a number"
     if not 0 < duration <= MAX_COMMAND_DTMF_MS:

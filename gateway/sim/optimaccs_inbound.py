@@ -3,9 +3,9 @@
 The provider is the WebSocket *client*, one call per connection (spec 002 and the protocols README):
 it sends ``incoming_call``, streams 20 ms binary audio frames, sends ``dtmf`` and ``hangup``, obeys the
 server's ``answer``, ``hangup``, ``interrupt`` and ``dtmf``, and after the call sends its ``cdr`` and
-closes. L{place_call} starts one call and returns its L{InboundCall}, which records everything the
+closes. :func:`place_call` starts one call and returns its :class:`InboundCall`, which records everything the
 server sent (so a test can assert on it) and is strict: every deviation from the spec is logged and
-kept in L{InboundCall.errors}.
+kept in :attr:`InboundCall.errors`.
 """
 
 import uuid
@@ -48,7 +48,7 @@ def _codec_name(instance, attribute, value):
 
 @attrs.frozen
 class CallScript:
-    """What the simulated caller does. Times are seconds; C{None} means never."""
+    """What the simulated caller does. Times are seconds; ``None`` means never."""
 
     caller_id: str = "081100000001"
     did: str = "0210000001"
@@ -57,13 +57,13 @@ class CallScript:
     codec: str = attrs.field(default="pcm16", validator=_codec_name)
     #: pcm16 8 kHz mono to send (then silence); a tone with a noise floor when None
     pcm: bytes | None = None
-    #: stream audio from connect instead of only after C{answer}
+    #: stream audio from connect instead of only after ``answer``
     stream_before_answer: bool = False
     #: digits to send, timed from the answer
     dtmf: tuple[TimedDigit, ...] = ()
     #: hang up this long after the answer
     hangup_after: float | None = None
-    #: give up this long after C{incoming_call} if still unanswered
+    #: give up this long after ``incoming_call`` if still unanswered
     abandon_after: float | None = None
     #: send nothing unprompted (no incoming_call, no audio, no CDR): for bad-input tests
     raw: bool = False
@@ -71,7 +71,7 @@ class CallScript:
 
 @attrs.frozen
 class ReceivedDigit:
-    """A valid C{dtmf} command from the server."""
+    """A valid ``dtmf`` command from the server."""
 
     at: float
     digit: str
@@ -84,7 +84,7 @@ class CallEnded(Exception):
 
 @implementer(IPushProducer)
 class AudioStreamer:
-    """Sends 20 ms frames through C{send(frame)} on a deadline schedule.
+    """Sends 20 ms frames through ``send(frame)`` on a deadline schedule.
 
     It is a streaming producer: registered on the connection's transport, it stops when the transport
     pauses it (backpressure) and continues, re-anchored, with the next frame when resumed.
@@ -129,7 +129,7 @@ class AudioStreamer:
 
 
 class _ProviderProtocol(WebSocketClientProtocol):
-    """The wire side of one call: hands everything to the factory's L{InboundCall}."""
+    """The wire side of one call: hands everything to the factory's :class:`InboundCall`."""
 
     def onOpen(self):
         self.factory.call._opened(self)
@@ -146,9 +146,9 @@ class _ProviderProtocol(WebSocketClientProtocol):
 class InboundCall:
     """One simulated inbound call: drives the script and records what the server did.
 
-    Records (all times from the call's clock): C{events} (every JSON message from the server),
-    C{dtmf_received}, C{interrupts}, C{errors} (spec violations by the server), audio sent and
-    received (bytes, frame counts and sizes), C{cdr} (what was sent), C{close_code}/C{close_reason}.
+    Records (all times from the call's clock): ``events`` (every JSON message from the server),
+    ``dtmf_received``, ``interrupts``, ``errors`` (spec violations by the server), audio sent and
+    received (bytes, frame counts and sizes), ``cdr`` (what was sent), ``close_code``/``close_reason``.
     """
 
     def __init__(self, script, clock):
@@ -185,10 +185,11 @@ class InboundCall:
     # -- what a test or the CLI uses
 
     def wait_for(self, event, count=1):
-        """A Deferred firing with the C{count}-th L{ReceivedEvent} named C{event} from the server.
+        """A Deferred firing with the ``count``-th message named ``event`` from the server.
 
-        C{event} may also be C{"open"} (fires with None) or C{"audio"} (the first binary frame, fires
-        with its payload). Fails with L{CallEnded} if the connection closes first.
+        It fires with a :class:`~gateway.sim.optimaccs_common.ReceivedEvent`. ``event`` may also be
+        ``"open"`` (fires with None) or ``"audio"`` (the first binary frame, fires with its payload).
+        Fails with :class:`CallEnded` if the connection closes first.
         """
         waiter = defer.Deferred()
         self._waiters.append((event, count, waiter))
@@ -198,7 +199,7 @@ class InboundCall:
         return waiter
 
     def hangup(self):
-        """Hang up now, as the caller: C{hangup}, then the CDR, then close."""
+        """Hang up now, as the caller: ``hangup``, then the CDR, then close."""
         self._finish(CALLER, send_hangup=True)
 
     def send_dtmf(self, digit):
@@ -224,7 +225,7 @@ class InboundCall:
         return len(self.received_audio)
 
     def echo(self):
-        """Whether the audio received is the audio sent, echoed (an L{audio.EchoMatch})."""
+        """Whether the audio received is the audio sent, echoed (an :class:`~gateway.sim.audio.EchoMatch`)."""
         return audio.compare_echo(self.sent_audio, self.received_audio, self.codec)
 
     def summary(self):
@@ -449,7 +450,7 @@ class InboundCall:
 
 
 def provider_factory(reactor, url, call):
-    """The Autobahn client factory that runs C{call} over a connection to C{url}."""
+    """The Autobahn client factory that runs ``call`` over a connection to ``url``."""
     factory = WebSocketClientFactory(url, reactor=reactor)
     factory.protocol = _ProviderProtocol
     factory.call = call
@@ -457,11 +458,11 @@ def provider_factory(reactor, url, call):
 
 
 def place_call(reactor, url, script=CallScript(), clock=None, trust_root=None):
-    """Connect to the gateway's inbound server at C{url} (ws:// or wss://) and run one call.
+    """Connect to the gateway's inbound server at ``url`` (ws:// or wss://) and run one call.
 
-    Returns the L{InboundCall} at once; its C{ended} Deferred fires when the connection has closed
-    (or fails if it could not be made). C{clock} defaults to C{reactor}. A wss:// server's certificate
-    is checked against C{trust_root} (for example a self-signed one), or the system's roots.
+    Returns the :class:`InboundCall` at once; its ``ended`` Deferred fires when the connection has closed
+    (or fails if it could not be made). ``clock`` defaults to ``reactor``. A wss:// server's certificate
+    is checked against ``trust_root`` (for example a self-signed one), or the system's roots.
     """
     call = InboundCall(script, reactor if clock is None else clock)
     secure, host, port = parse_url(url)[:3]
