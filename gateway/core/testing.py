@@ -1,0 +1,674 @@
+"""Fakes of the call core's door, shipped for adapters' and plugin authors' unit tests.
+
+Like ``treq.testing.StubTreq``: test code that holds an
+:class:`~gateway.core.interfaces.ICallControl` gets one that behaves like the
+real core without a driver, a media plane or a clock to run, and without
+mocking the core's internals.
+
+- :class:`FakeCallControl`: an in-memory :class:`ICallControl`. Its calls and
+  legs are the core's own model (:mod:`gateway.core.model`), moved through the
+  core's one transition table (:mod:`gateway.core.states`), so snapshots,
+  derived call states and typed errors are the real ones; commands emit the
+  same events (:mod:`gateway.core.events`), in the same order, each with its
+  call's snapshot taken once per call per batch, as the registry does. What
+  the far end does is up to the test: :meth:`~FakeCallControl.ring_inbound`,
+  :meth:`~FakeCallControl.phone_answers`, :meth:`~FakeCallControl.party_answers`,
+  :meth:`~FakeCallControl.party_hangs_up`... A dialled leg reports ringing by
+  itself, right after the command that dialled it (a real driver does so on
+  the next turn of the reactor). Every command is noted in
+  :attr:`~FakeCallControl.commands`; :meth:`~FakeCallControl.fail_next`
+  scripts a failure. The same contract tests run against it and the real
+  registry (``tests/core/test_call_control_contract.py``).
+- :class:`CountingCalls`: wraps any ICallControl and notes each query asked
+  and each command given, to hold an adapter to diffing the snapshots it is
+  handed instead of asking the core again.
+
+What the fake leaves out: audio (``flush`` and ``send_dtmf`` are only noted;
+DTMF fires at once), routing (an inbound call is rung straight to the
+extension it is given), drivers' failures unless scripted, and ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import itertools
+import re
+import typing
+
+import attrs
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.core import events as ev
+from gateway.core.cdr import build_cdr
+from gateway.core.dtmf import DTMF_DIGITS, MAX_DTMF_DIGITS
+from gateway.core.errors import ExtensionBusy, IllegalState, InvalidArgument, UnknownCall, UnknownExtension, UnknownParty
+from gateway.core.interfaces import ICallControl
+from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
+from gateway.core.states import Cause, LegState, next_state
+
+__all__ = ["COMMANDS", "QUERIES", "CountingCalls", "FakeCallControl"]
+
+RINGING, DIALING, TALKING, HELD = LegState.RINGING, LegState.DIALING, LegState.TALKING, LegState.HELD
+
+#: the queries of ICallControl: what an adapter would pull or scan the calls with
+QUERIES = ("calls", "call", "calls_for", "active_call_for", "status", "leg_states")
+#: the commands of ICallControl
+COMMANDS = ("originate", "answer", "reject", "cancel", "hangup", "hold", "retrieve", "mute", "unmute", "transfer",
+            "conference", "remove_party", "send_dtmf", "flush", "dispose")
+
+log = Logger()
+
+_IF_BUSY = ("refuse", "replace")
+_NUMBER = re.compile(r"\+?[0-9*#]{1,40}\Z")  # what the registry accepts as a number to dial
+_CONSULT_EVENTS = {"transfer": ev.TransferFailed, "conference": ev.ConferenceFailed}
+_PENDING_REASONS = {Cause.BUSY: "busy", Cause.NO_ANSWER: "no answer", Cause.REMOTE_HANGUP: "hung up before answering"}
+
+
+def _command(method):
+    """A command: noted, failed as scripted, run as one batch; exceptions become failed Deferreds."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        self.commands.append((name, args, kwargs))
+        scripted = self._failures.get(name)
+        if scripted:
+            return defer.fail(scripted.popleft())
+        with self._batch():
+            return defer.maybeDeferred(method, self, *args, **kwargs)
+
+    return run
+
+
+def _far_end(method):
+    """Something the far end does: one batch, like a driver's report."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._batch():
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+@implementer(ICallControl)
+class FakeCallControl:
+    """An in-memory :class:`~gateway.core.interfaces.ICallControl` (see the module docstring).
+
+    :param extensions: the extensions' ids, or objects with ``id`` and ``name`` (as
+        ``gateway.config.Extension``).
+    :param clock: an ``IReactorTime`` for the events' ``at`` and the snapshots' times (a fresh
+        ``task.Clock`` by default); released calls are forgotten ``retention`` seconds later on it.
+
+    Attributes a test reads: :attr:`commands` ``[(name, args, kwargs)]`` in the order received,
+    :attr:`dtmf_sent` ``[(call_id, digits)]``, :attr:`flushed` ``[call_id]``, :attr:`cdrs` (each
+    ended call's record, as the registry hands the store).
+    """
+
+    #: the driver name of every leg
+    driver = "fake"
+    node = "fake"
+
+    def __init__(self, extensions: typing.Iterable = ("1001",), *, clock=None, retention: float = 60.0) -> None:
+        self.clock = clock if clock is not None else task.Clock()
+        self.retention = retention
+        #: extension id -> name
+        self._names: dict[str, str] = {}
+        for ext in extensions:
+            if isinstance(ext, str):
+                self._names[ext] = ""
+            else:
+                self._names[ext.id] = getattr(ext, "name", "")
+        self.commands: list[tuple[str, tuple, dict]] = []
+        self.dtmf_sent: list[tuple[str, str]] = []
+        self.flushed: list[str] = []
+        self.cdrs: list[dict] = []
+        self._failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._ids = itertools.count(1)
+        self._calls: dict[str, Call] = {}
+        self._forget_timers: dict[str, typing.Any] = {}
+        self._subscriptions: list[list] = []
+        self._pending: list[tuple[ev.CallEvent, Call]] = []
+        self._queue: collections.deque = collections.deque()
+        self._alerting: list[Leg] = []
+        self._depth = 0
+        self._dispatching = False
+
+    # -- scripting -------------------------------------------------------------------------------
+
+    def fail_next(self, command: str, error: Exception) -> None:
+        """The next ``command`` (a method name of ICallControl, e.g. ``"hold"``) fails with ``error``
+        and changes nothing (it is still noted in :attr:`commands`)."""
+        if command not in COMMANDS:
+            raise ValueError(f"{command!r} is not a command of ICallControl")
+        self._failures[command].append(error)
+
+    # -- the far end -------------------------------------------------------------------------------
+
+    @_far_end
+    def ring_inbound(self, extension: str, caller: str, *, did: str | None = None,
+                     attributes: dict | None = None) -> CallSnapshot:
+        """``caller`` calls ``extension`` (through ``did``, the extension's id by default): a new
+        inbound call whose caller leg is alerting and whose extension's phone rings; refused at once
+        (cause busy) when the extension is in a call. Returns its snapshot."""
+        self._extension(extension)
+        did = extension if did is None else did
+        attributes = dict(attributes or {})
+        call = self._new_call(extension=extension, direction=INBOUND, caller=caller, number=did, did=did,
+                              attributes=attributes)
+        leg = self._add_leg(call, PARTY, INBOUND, caller, RINGING, caller_id=caller,
+                            attributes={"did": did, **attributes})
+        leg.alerting_at = leg.started_at
+        self._event(ev.LegRinging, call, leg)
+        if self._busy_call(extension, besides=call) is not None:
+            self._end_call(call, Cause.BUSY, "gateway")
+        else:
+            self._dial(call, DEVICE, extension, caller_id=caller, state=RINGING)
+        return self._snapshot(call)
+
+    @_far_end
+    def phone_answers(self, call_id: str) -> None:
+        """The extension's user picks up the ringing phone (what ``answer`` asks the phone to do)."""
+        device = self._find(call_id).device
+        if device is None or device.state not in (RINGING, DIALING):
+            raise LookupError(f"the phone of call {call_id} is not ringing")
+        self._leg_answered(device)
+
+    @_far_end
+    def phone_hangs_up(self, call_id: str) -> None:
+        """The extension's user hangs up: the call ends (cause normal, by ``extension``)."""
+        device = self._find(call_id).device
+        if device is None or not device.live:
+            raise LookupError(f"call {call_id} has no live phone")
+        self._leg_over(device, Cause.REMOTE_HANGUP)
+
+    @_far_end
+    def party_answers(self, call_id: str, number: str | None = None) -> None:
+        """The dialled party (``number``, default the latest one dialled) answers."""
+        self._leg_answered(self._dialled(call_id, number))
+
+    @_far_end
+    def party_busy(self, call_id: str, number: str | None = None) -> None:
+        self._leg_over(self._dialled(call_id, number), Cause.BUSY)
+
+    @_far_end
+    def party_no_answer(self, call_id: str, number: str | None = None) -> None:
+        self._leg_over(self._dialled(call_id, number), Cause.NO_ANSWER)
+
+    @_far_end
+    def party_fails(self, call_id: str, reason: str = "failed", number: str | None = None) -> None:
+        self._leg_over(self._dialled(call_id, number), Cause.FAILED, reason)
+
+    @_far_end
+    def party_hangs_up(self, call_id: str, number: str | None = None, cause: str = "remote_hangup") -> None:
+        """A remote party (``number``, default the first) hangs up (``transport_lost``: its link dropped)."""
+        self._leg_over(self._party(call_id, number, lambda leg: leg.role == PARTY and leg.live), Cause(cause))
+
+    @_far_end
+    def party_sends_dtmf(self, call_id: str, digit: str, number: str | None = None,
+                         duration_ms: int | None = None) -> None:
+        leg = self._party(call_id, number, lambda leg: leg.role == PARTY and leg.live)
+        leg.call.dtmf_count += 1
+        self._event(ev.DtmfReceived, leg.call, leg, digit=digit, duration_ms=duration_ms)
+
+    def _party(self, call_id: str, number: str | None, fits) -> Leg:
+        legs = [leg for leg in self._find(call_id).legs if fits(leg) and (number is None or leg.number == number)]
+        if not legs:
+            raise LookupError(f"call {call_id} has no such party {number or ''}".rstrip())
+        return legs[0]
+
+    def _dialled(self, call_id: str, number: str | None) -> Leg:
+        call = self._find(call_id)
+        if number is None and call.pending is not None:
+            return call.pending
+        return self._party(call_id, number, lambda leg: leg.role == PARTY and leg.state is DIALING)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def subscribe(self, callback, extension=None):
+        subscription = [callback, extension]
+        self._subscriptions.append(subscription)
+
+        def unsubscribe() -> None:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+
+        return unsubscribe
+
+    @contextlib.contextmanager
+    def _batch(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._close_batch()
+
+    def _close_batch(self) -> None:
+        """Pair each event with its call's snapshot (one per call per batch) and deliver them; then
+        the legs dialled in the batch report ringing, as a batch of their own."""
+        pending, self._pending = self._pending, []
+        snapshots: dict[Call, CallSnapshot] = {}
+        for event, call in pending:
+            if call not in snapshots:
+                snapshots[call] = self._snapshot(call)
+            self._queue.append((event, snapshots[call]))
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._queue:
+                event, snapshot = self._queue.popleft()
+                for callback, extension in list(self._subscriptions):
+                    if extension is None or extension == event.extension:
+                        try:
+                            callback(event, snapshot)
+                        except Exception:  # as the registry: logged (a trial test fails on it), others go on
+                            log.failure("observer {observer!r} failed on {event} of call {call_id}",
+                                        observer=callback, event=event.type, call_id=event.call_id)
+        finally:
+            self._dispatching = False
+        if self._alerting:
+            legs, self._alerting = self._alerting, []
+            with self._batch():
+                for leg in legs:
+                    if leg.state in (RINGING, DIALING) and leg.alerting_at is None:
+                        leg.alerting_at = self.clock.seconds()
+                        self._event(ev.LegRinging, leg.call, leg)
+
+    def _event(self, cls, call: Call, leg: Leg | None = None, **fields) -> None:
+        self._pending.append((cls(call_id=call.call_id, extension=call.extension, at=self.clock.seconds(),
+                                  leg_id=leg.leg_id if leg is not None else None, **fields), call))
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def extensions(self) -> list[str]:
+        return list(self._names)
+
+    def _snapshot(self, call: Call) -> CallSnapshot:
+        return call.snapshot(self.clock.seconds())
+
+    def calls(self, include_released=False):
+        return [self._snapshot(c) for c in self._calls.values() if include_released or not c.ended]
+
+    def call(self, call_id):
+        return self._snapshot(self._find(call_id))
+
+    def calls_for(self, extension_id):
+        return [self._snapshot(c) for c in self._calls.values() if c.extension == extension_id]
+
+    def active_call_for(self, extension_id):
+        call = self._own_live_call(extension_id)
+        return self._snapshot(call) if call is not None else None
+
+    def status(self):
+        states = collections.Counter(c.state.value for c in self._calls.values() if not c.ended)
+        return {"live_calls": sum(states.values()), "by_state": dict(states),
+                "retained_calls": sum(1 for c in self._calls.values() if c.ended)}
+
+    def leg_states(self):
+        return collections.Counter(leg.state.value for c in self._calls.values() if not c.ended for leg in c.legs)
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    @_command
+    def originate(self, extension_id, number, *, attributes=None, if_busy="refuse", by="api"):
+        if if_busy not in _IF_BUSY:
+            raise InvalidArgument(f"if_busy must be one of {', '.join(_IF_BUSY)}, not {if_busy!r}")
+        self._extension(extension_id)
+        target = self._target(number)
+        if target == extension_id:
+            raise InvalidArgument(f"extension {extension_id} cannot call itself")
+        current = self._own_live_call(extension_id) if if_busy == "replace" else None
+        for busy in {extension_id, target if target in self._names else None} - {None}:
+            self._check_free(busy, besides=current)
+        if current is not None:
+            self._end_call(current, Cause.NORMAL, by)
+        call = self._new_call(extension=extension_id, direction=OUTBOUND, caller=extension_id, number=number,
+                              attributes=dict(attributes or {}))
+        self._dial(call, DEVICE, extension_id, caller_id=number)
+        return self._snapshot(call)
+
+    @_command
+    def answer(self, call_id):
+        call = self._checked(call_id, "answer")
+        device = call.device
+        if device is None:
+            raise IllegalState("answer", "not an extension's call")
+        if device.state not in (RINGING, DIALING):
+            raise IllegalState("answer", device.state.value, "extension's phone")
+        self._leg_answered(device)
+        return self._snapshot(call)
+
+    @_command
+    def reject(self, call_id, *, by="api"):
+        call = self._checked(call_id, "reject")
+        self._end_call(call, Cause.REJECTED, by)
+        return self._snapshot(call)
+
+    @_command
+    def cancel(self, call_id, *, by="api"):
+        call = self._checked(call_id, "cancel")
+        self._end_call(call, Cause.REJECTED if call.state is RINGING else Cause.NORMAL, by)
+        return self._snapshot(call)
+
+    @_command
+    def hangup(self, call_id, *, by="api"):
+        call = self._checked(call_id, "hangup")
+        self._end_call(call, Cause.NORMAL, by)
+        return self._snapshot(call)
+
+    @_command
+    def hold(self, call_id):
+        return self._set_held(call_id, "hold", TALKING, ev.LegHeld)
+
+    @_command
+    def retrieve(self, call_id):
+        return self._set_held(call_id, "retrieve", HELD, ev.LegRetrieved)
+
+    def _set_held(self, call_id, command, from_state, event):
+        call = self._checked(call_id, command)
+        for leg in call.parties:
+            if leg.state is from_state:
+                leg.state = next_state(leg.state, command, "leg")
+                self._event(event, call, leg)
+        return self._snapshot(call)
+
+    @_command
+    def mute(self, call_id):
+        return self._set_muted(call_id, "mute", True, ev.LegMuted)
+
+    @_command
+    def unmute(self, call_id):
+        return self._set_muted(call_id, "unmute", False, ev.LegUnmuted)
+
+    def _set_muted(self, call_id, command, muted, event):
+        call = self._checked(call_id, command)
+        device = call.device
+        if device is None:
+            raise IllegalState(command, "not an extension's call")
+        next_state(device.state, command, "extension's phone")
+        if device.muted != muted:
+            device.muted = muted
+            self._event(event, call, device)
+        return self._snapshot(call)
+
+    @_command
+    def transfer(self, call_id, destination, *, by="api"):
+        return self._consult(call_id, destination, "transfer", by)
+
+    @_command
+    def conference(self, call_id, destination, *, by="api"):
+        return self._consult(call_id, destination, "conference", by)
+
+    def _consult(self, call_id, destination, kind, by):
+        call = self._checked(call_id, kind)
+        if call.pending is not None:
+            raise IllegalState(kind, f"already dialling {call.pending.number} for a {call.pending.pending}")
+        target = self._target(destination)
+        if target in self._names:
+            if target == call.extension:
+                raise InvalidArgument(f"cannot {kind} call {call_id} to its own extension {target}")
+            self._check_free(target)
+        caller_id = call.parties[0].number if call.parties else None
+        call.pending = self._dial(call, PARTY, target, caller_id=caller_id, pending=kind)
+        call.pending_by = by
+        return self._snapshot(call)
+
+    @_command
+    def remove_party(self, call_id, number, *, by="api"):
+        call = self._checked(call_id, "remove_party")
+        leg = next((p for p in call.parties if p.number == number), None)
+        if leg is None:
+            raise UnknownParty(call_id, number)
+        self._release(leg, Cause.NORMAL)
+        self._party_left(call, leg, Cause.NORMAL, by)
+        return self._snapshot(call)
+
+    @_command
+    def send_dtmf(self, call_id, digits, duration_ms=100, gap_ms=50):
+        digits = str(digits).upper()
+        if not digits or not set(digits) <= DTMF_DIGITS or len(digits) > MAX_DTMF_DIGITS:
+            raise InvalidArgument(f"DTMF digits must be 1-{MAX_DTMF_DIGITS} of 0-9 * # A-D, not {digits!r}")
+        if not (isinstance(duration_ms, int) and 20 <= duration_ms <= 1000):
+            raise InvalidArgument(f"DTMF duration must be 20-1000 ms, not {duration_ms!r}")
+        if not (isinstance(gap_ms, int) and 0 <= gap_ms <= 1000):
+            raise InvalidArgument(f"DTMF gap must be 0-1000 ms, not {gap_ms!r}")
+        call = self._checked(call_id, "dtmf")
+        self.dtmf_sent.append((call_id, digits))
+        call.dtmf_count += len(digits)
+        return self._snapshot(call)
+
+    @_command
+    def flush(self, call_id):
+        call = self._checked(call_id, "flush")
+        self.flushed.append(call_id)
+        return self._snapshot(call)
+
+    @_command
+    def dispose(self, call_id, *, by="api"):
+        call = self._find(call_id)
+        self._end_call(call, Cause.NORMAL, by)
+        self._forget(call_id)
+
+    # -- the model -------------------------------------------------------------------------------
+
+    def _find(self, call_id) -> Call:
+        try:
+            return self._calls[call_id]
+        except KeyError:
+            raise UnknownCall(call_id) from None
+
+    def _checked(self, call_id, command) -> Call:
+        call = self._find(call_id)
+        next_state(call.state, command)
+        return call
+
+    def _extension(self, extension_id) -> str:
+        if extension_id not in self._names:
+            raise UnknownExtension(extension_id)
+        return self._names[extension_id]
+
+    def _target(self, destination) -> str:
+        """An extension id, or a number the registry would dial; InvalidArgument otherwise."""
+        destination = str(destination or "")
+        if destination not in self._names and not _NUMBER.match(destination):
+            raise InvalidArgument(f"{destination!r} is neither an extension nor a phone number")
+        return destination
+
+    def _busy_call(self, extension_id, besides=None) -> Call | None:
+        for call in self._calls.values():
+            if call.ended or call is besides:
+                continue
+            if call.extension == extension_id or any(
+                leg.live and leg.attributes.get("extension") == extension_id for leg in call.legs
+            ):
+                return call
+        return None
+
+    def _check_free(self, extension_id, besides=None) -> None:
+        busy = self._busy_call(extension_id, besides=besides)
+        if busy is not None:
+            raise ExtensionBusy(extension_id, busy.call_id)
+
+    def _own_live_call(self, extension_id) -> Call | None:
+        return next((c for c in self._calls.values() if c.extension == extension_id and not c.ended), None)
+
+    def _new_id(self) -> str:
+        return f"{next(self._ids):016x}"
+
+    def _new_call(self, **fields) -> Call:
+        call = Call(call_id=self._new_id(), created_at=self.clock.seconds(), **fields)
+        self._calls[call.call_id] = call
+        self._event(ev.CallCreated, call, direction=call.direction, caller=call.caller, number=call.number,
+                    did=call.did, attributes=dict(call.attributes))
+        return call
+
+    def _add_leg(self, call, role, direction, number, state, **fields) -> Leg:
+        leg = Leg(leg_id=self._new_id(), call=call, role=role, direction=direction, number=number,
+                  driver=self.driver, state=state, started_at=self.clock.seconds(), **fields)
+        call.legs.append(leg)
+        self._announce_leg(call, leg)
+        return leg
+
+    def _announce_leg(self, call, leg) -> None:
+        self._event(ev.LegCreated, call, leg, role=leg.role, direction=leg.direction, number=leg.number,
+                    driver=leg.driver, state=leg.state)
+
+    def _dial(self, call, role, target, *, caller_id=None, pending=None, state=DIALING) -> Leg:
+        """Dial ``target`` (an extension's phone or a number); it reports ringing after the batch."""
+        extension = target if target in self._names else None
+        leg = self._add_leg(call, role, OUTBOUND, target, state, caller_id=caller_id,
+                            name=self._names.get(target, ""), pending=pending,
+                            attributes={"extension": extension} if extension is not None else {})
+        self._event(ev.LegDialing, call, leg)
+        self._alerting.append(leg)
+        return leg
+
+    def _progress(self, call) -> None:
+        if call.answered_at is None and call.state is TALKING:
+            call.answered_at = self.clock.seconds()
+
+    def _release(self, leg, cause) -> None:
+        leg.state = next_state(leg.state, "release", "leg")
+        leg.ended_at = self.clock.seconds()
+        leg.cause = str(cause)
+        leg.pending = None
+        self._event(ev.LegEnded, leg.call, leg, cause=str(cause))
+
+    def _leg_answered(self, leg) -> None:
+        if leg.state not in (RINGING, DIALING) or leg.call.ended:
+            return
+        call = leg.call
+        leg.state = next_state(leg.state, "answered", "leg")
+        leg.answered_at = self.clock.seconds()
+        self._event(ev.LegAnswered, call, leg)
+        if leg.pending == "conference":
+            call.pending = leg.pending = None
+            for party in call.parties:
+                if party.state is HELD:
+                    party.state = next_state(party.state, "retrieve", "leg")
+                    self._event(ev.LegRetrieved, call, party)
+            self._event(ev.PartyAdded, call, leg, number=leg.number, name=leg.name)
+        elif leg.pending == "transfer":
+            self._transferred(call, leg)
+            return
+        elif leg.role == DEVICE:
+            if call.direction == INBOUND:
+                for party in call.parties:
+                    if party.state is RINGING:
+                        self._leg_answered(party)
+            elif not call.parties:
+                self._dial(call, PARTY, call.number, caller_id=call.attributes.get("caller_id"))
+        self._progress(call)
+
+    def _transferred(self, call, target) -> None:
+        """The remote parties and the answered target go on in a new call; this one ends, transferred."""
+        moving = [*call.parties, target]
+        call.pending = target.pending = None
+        now = self.clock.seconds()
+        for leg in moving:
+            left = attrs.evolve(leg, state=next_state(leg.state, "release", "leg"), ended_at=now,
+                                cause=str(Cause.TRANSFERRED))
+            call.legs[call.legs.index(leg)] = left
+            self._event(ev.LegEnded, call, left, cause=str(Cause.TRANSFERRED))
+        self._end_call(call, Cause.TRANSFERRED, call.pending_by or "api")
+        successor = self._new_call(extension=target.attributes.get("extension"), direction=call.direction,
+                                   caller=call.caller, number=call.number, did=call.did,
+                                   attributes={**call.attributes, "transferred_from": call.call_id})
+        if successor.extension is not None:
+            target.role = DEVICE
+        for leg in moving:
+            leg.call = successor
+            if leg.state is HELD:
+                leg.state = next_state(leg.state, "retrieve", "leg")
+            successor.legs.append(leg)
+            self._announce_leg(successor, leg)
+        self._progress(successor)
+
+    def _leg_over(self, leg, cause, reason=None) -> None:
+        if not leg.live:
+            return
+        call = leg.call
+        if cause is Cause.BUSY:
+            self._event(ev.LegBusy, call, leg)
+        elif cause is Cause.FAILED:
+            self._event(ev.LegFailed, call, leg, reason=reason or "failed")
+        kind = leg.pending
+        self._release(leg, cause)
+        if kind is not None:
+            call.pending = None
+            self._event(_CONSULT_EVENTS[kind], call, leg, reason=_PENDING_REASONS.get(cause) or f"failed: {reason}")
+        elif leg.role == DEVICE:
+            self._end_call(call, Cause.NORMAL if cause is Cause.REMOTE_HANGUP else cause, "extension")
+        else:
+            self._party_left(call, leg, cause, "remote")
+
+    def _party_left(self, call, leg, cause, by) -> None:
+        if len(call.parties) < (1 if call.device is not None else 2):
+            self._end_call(call, cause, by)
+        else:
+            self._event(ev.PartyRemoved, call, leg, number=leg.number)
+            self._progress(call)
+
+    def _end_call(self, call, cause, by) -> None:
+        if call.ended:
+            return
+        if call.pending is not None:
+            kind, call.pending = call.pending.pending, None
+            self._event(_CONSULT_EVENTS[kind], call, None, reason="the call ended")
+        for leg in call.live_legs:
+            self._release(leg, cause)
+        call.ended_at = self.clock.seconds()
+        call.cause, call.hangup_by = str(cause), by
+        cdr = build_cdr(call, self.node)
+        self.cdrs.append(cdr)
+        self._event(ev.CallEnded, call, cause=str(cause), hangup_by=by, cdr=cdr)
+        self._forget_timers[call.call_id] = self.clock.callLater(self.retention, self._forget, call.call_id)
+
+    def _forget(self, call_id) -> None:
+        timer = self._forget_timers.pop(call_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._calls.pop(call_id, None)
+
+
+@implementer(ICallControl)
+class CountingCalls:
+    """``calls`` (any ICallControl) with every query noted in :attr:`asked` ``(name, *args)`` and every
+    command in :attr:`commands` ``(name, args, kwargs)``; everything else passes through."""
+
+    def __init__(self, calls) -> None:
+        self._calls = calls
+        self.asked: list[tuple] = []
+        self.commands: list[tuple] = []
+
+    def reset(self) -> None:
+        self.asked.clear()
+        self.commands.clear()
+
+    def __getattr__(self, name):
+        attribute = getattr(self._calls, name)
+        if name in QUERIES:
+            def query(*args, **kwargs):
+                self.asked.append((name, *args))
+                return attribute(*args, **kwargs)
+
+            return query
+        if name in COMMANDS:
+            def command(*args, **kwargs):
+                self.commands.append((name, args, kwargs))
+                return attribute(*args, **kwargs)
+
+            return command
+        return attribute
+
+    @property
+    def extensions(self):
+        return self._calls.extensions
