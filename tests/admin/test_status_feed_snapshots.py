@@ -5,7 +5,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from core.counting import CountingCalls
+from gateway.core.testing import CountingCalls
 from core.harness import Harness
 from gateway.admin.metrics import make_metrics_registry
 from gateway.admin.status_feed import COALESCE, SAMPLE, StatusFeed

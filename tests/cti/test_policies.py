@@ -2,7 +2,7 @@
 
 from prometheus_client import CollectorRegistry
 
-from core.counting import CountingCalls
+from gateway.core.testing import CountingCalls
 from gateway.cti.client import BridgeClient
 from gateway.cti.metrics import CtiMetrics
 

@@ -5,7 +5,7 @@ from prometheus_client import CollectorRegistry
 from gateway.cti.client import BridgeClient
 from gateway.cti.metrics import CtiMetrics
 
-from core.counting import CountingCalls
+from gateway.core.testing import CountingCalls
 from .test_client import CHANNEL, Bridge
 
 

@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from core.counting import CountingCalls
+from gateway.core.testing import CountingCalls
 from core.harness import Harness
 from gateway.patriot.line import Lines
 from gateway.patriot.messages import CallStatusUpdate
