@@ -40,6 +40,7 @@ from gateway.confschema import ConfigError
 if typing.TYPE_CHECKING:  # pragma: no cover
     from twisted.application.service import IService
 
+    from gateway.config import Config
     from gateway.context import Context
 
 __all__ = ["CORE_SECTIONS", "IAdapter", "adapter_plugins", "adapter_states", "enabled"]
@@ -59,23 +60,24 @@ class IAdapter(Interface):
         "pairs, if it has that method, are checked against [[extensions]]."
     )
 
-    def describe(config):
+    def describe(config: typing.Any) -> str:
         """What runs for the enabled section ``config``: ``"on"``, or ``"on (detail)"``."""
 
-    def make_service(ctx, config):
+    def make_service(ctx: Context, config: typing.Any) -> IService:
         """Build the adapter's ``IService`` from the daemon's Context (``ctx.registry``: the core's
         ICallControl; ``ctx.listen``, ``ctx.readiness``, ``ctx.status``, ``ctx.api``...) and its
         validated, enabled section ``config``. A problem found now is a ConfigError naming the key."""
 
 
-def adapter_plugins() -> list:
+def adapter_plugins() -> list[IAdapter]:
     """Every adapter plugin (bundled first, then those of ``[gateway] plugin_dirs``); a ConfigError
     when two declare the same section or name, or one declares a core section."""
     from gateway.pluginload import plugins
 
-    found: list = []
-    sections: dict[str, typing.Any] = {}
-    names: dict[str, typing.Any] = {}
+    found: list[IAdapter] = []
+    sections: dict[str, IAdapter] = {}
+    names: dict[str, IAdapter] = {}
+    adapter: IAdapter
     for adapter in plugins(IAdapter):
         if adapter.section in CORE_SECTIONS:
             raise ConfigError("gateway.plugin_dirs",
@@ -90,16 +92,16 @@ def adapter_plugins() -> list:
     return found
 
 
-def _origin(adapter) -> str:
+def _origin(adapter: IAdapter) -> str:
     return f"{adapter.name!r} ({type(adapter).__module__})"
 
 
-def enabled(config) -> bool:
+def enabled(config: object) -> bool:
     """A section present is on unless it says ``enabled = false``."""
-    return config is not None and getattr(config, "enabled", True)
+    return config is not None and bool(getattr(config, "enabled", True))
 
 
-def adapter_states(config, adapters: typing.Sequence | None = None) -> dict[str, str]:
+def adapter_states(config: Config, adapters: typing.Sequence[IAdapter] | None = None) -> dict[str, str]:
     """Adapter name -> ``"on"`` (with what runs) or ``"off (why)"``, for every adapter plugin: the
     start-up log, ``/api/status`` and ``gatewayctl status`` say it."""
     states = {}
@@ -114,7 +116,7 @@ def adapter_states(config, adapters: typing.Sequence | None = None) -> dict[str,
     return states
 
 
-def make_services(ctx: Context, adapters: typing.Sequence) -> list[IService]:
+def make_services(ctx: Context, adapters: typing.Sequence[IAdapter]) -> list[IService]:
     """The service of every enabled adapter, in plugin order."""
     services = []
     for adapter in adapters:

@@ -21,11 +21,13 @@ import typing
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.core.model import Call, Leg, iso8601
 
-__all__ = ["PENDING_MAX", "NotWritten", "RetryingSink", "build_cdr"]
+__all__ = ["PENDING_MAX", "NotWritten", "RetryingSink", "SinkObserver", "build_cdr"]
 
 log = Logger()
 
@@ -41,7 +43,19 @@ def _seconds(start: float | None, end: float | None) -> float:
     return round(max(0.0, end - start), 3)
 
 
-def _leg_record(leg: Leg) -> dict:
+class SinkObserver(typing.Protocol):
+    """What a :class:`RetryingSink` tells its ``observer`` (the store guard's metrics)."""
+
+    def watch(self, what: str, sink: RetryingSink) -> None: ...
+
+    def attempt_failed(self, what: str, error: str) -> None: ...
+
+    def written(self, what: str) -> None: ...
+
+    def not_written(self, what: str, reason: str) -> None: ...
+
+
+def _leg_record(leg: Leg) -> dict[str, typing.Any]:
     return {
         "leg_id": leg.leg_id,
         "role": leg.role,
@@ -57,7 +71,7 @@ def _leg_record(leg: Leg) -> dict:
     }
 
 
-def build_cdr(call: Call, node: str) -> dict:
+def build_cdr(call: Call, node: str) -> dict[str, typing.Any]:
     """The CDR of an ended ``call`` (``duration`` and ``billable_seconds`` in seconds, ms precision)."""
     return {
         "call_id": call.call_id,
@@ -96,9 +110,9 @@ class NotWritten(Exception):
 @attrs.define(eq=False)
 class _Pending:
     seq: int
-    args: tuple
+    args: tuple[typing.Any, ...]
     #: what :meth:`RetryingSink.submit` returned
-    done: defer.Deferred
+    done: defer.Deferred[typing.Any]
 
 
 class RetryingSink:
@@ -124,8 +138,9 @@ class RetryingSink:
     or ``shutdown``) for every record given up.
     """
 
-    def __init__(self, clock, sink: typing.Callable[..., defer.Deferred], what: str, delays=RETRY_DELAYS,
-                 *, pending_max: int = PENDING_MAX, observer=None, ordered: bool = False) -> None:
+    def __init__(self, clock: IReactorTime, sink: typing.Callable[..., defer.Deferred[typing.Any]], what: str,
+                 delays: typing.Sequence[float] = RETRY_DELAYS, *, pending_max: int = PENDING_MAX,
+                 observer: SinkObserver | None = None, ordered: bool = False) -> None:
         if pending_max < 1:
             raise ValueError(f"pending_max must be at least 1, got {pending_max!r}")
         self._clock = clock
@@ -141,11 +156,11 @@ class RetryingSink:
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._down = False
         self._rounds = 0  # retries scheduled in this outage
-        self._timer = None
+        self._timer: IDelayedCall | None = None
         self._probing = False
         self._draining = False
         self._closed = False
-        self._on_settled: list[defer.Deferred] = []
+        self._on_settled: list[defer.Deferred[None]] = []
         if observer is not None:
             observer.watch(what, self)
 
@@ -159,11 +174,11 @@ class RetryingSink:
         """Whether records wait because the last attempt failed."""
         return self._down
 
-    def write(self, *args) -> None:
+    def write(self, *args: typing.Any) -> None:
         """Hand ``args`` to the sink now (or queue them while it is down); retry later if it fails."""
         self.submit(*args).addErrback(lambda _: None)  # every record given up is logged in full already
 
-    def submit(self, *args) -> defer.Deferred:
+    def submit(self, *args: typing.Any) -> defer.Deferred[typing.Any]:
         """Like :meth:`write`; fires with the sink's result once it took the record.
 
         Fails with the sink's ``ValueError`` when it refuses the record itself, and with
@@ -185,7 +200,7 @@ class RetryingSink:
         d = defer.maybeDeferred(self._sink, *record.args)
         d.addCallbacks(self._succeeded, self._failed, (record, probe), errbackArgs=(record, probe))
 
-    def _succeeded(self, result, record: _Pending, probe: bool) -> None:
+    def _succeeded(self, result: object, record: _Pending, probe: bool) -> None:
         self._in_flight -= 1
         if probe:
             self._probing = False
@@ -200,7 +215,7 @@ class RetryingSink:
         self._drain()
         self._check_settled()
 
-    def _failed(self, failure, record: _Pending, probe: bool) -> None:
+    def _failed(self, failure: Failure, record: _Pending, probe: bool) -> None:
         self._in_flight -= 1
         if probe:
             self._probing = False
@@ -289,14 +304,14 @@ class RetryingSink:
             self._observer.not_written(self._what, reason)
         record.done.errback(NotWritten(f"{self._what} {_record_id(record.args)} was not written: {error}", reason))
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[None]:
         """Stop retrying: try every waiting record once more now, and fire when all attempts have settled
         (a record that still fails is logged in full)."""
         self._closed = True
         self._down = False
         self._cancel_timer()
         self._drain()
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._on_settled.append(d)
         self._check_settled()
         return d
@@ -308,7 +323,7 @@ class RetryingSink:
                 d.callback(None)
 
 
-def _record_id(args: tuple) -> str:
+def _record_id(args: tuple[typing.Any, ...]) -> str:
     first = args[0] if args else None
     if isinstance(first, dict):
         return str(first.get("call_id", "?"))

@@ -47,11 +47,7 @@ __all__ = [
 ]
 
 
-def _event(cls):
-    return attrs.frozen(kw_only=True)(cls)
-
-
-@_event
+@attrs.frozen(kw_only=True)
 class CallEvent:
     """What every event carries."""
 
@@ -69,7 +65,7 @@ class CallEvent:
         return {"type": self.type, **attrs.asdict(self, recurse=False)}
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class CallCreated(CallEvent):
     """A new call: ``direction`` inbound|outbound, ``caller`` (who calls), ``number`` (who is called)."""
 
@@ -77,10 +73,10 @@ class CallCreated(CallEvent):
     caller: str | None
     number: str | None
     did: str | None = None
-    attributes: dict = attrs.Factory(dict)
+    attributes: dict[str, typing.Any] = attrs.Factory(dict)
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegCreated(CallEvent):
     """A leg joined the call; ``role`` is ``device`` (the extension's phone) or ``party``."""
 
@@ -91,42 +87,42 @@ class LegCreated(CallEvent):
     state: LegState
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegRinging(CallEvent):
     """The leg is alerting (an inbound leg arrived, or the far end of a dial rings)."""
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegDialing(CallEvent):
     """An outbound leg has been dialled through its driver."""
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegAnswered(CallEvent):
     """The leg is TALKING."""
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegHeld(CallEvent):
     pass
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegRetrieved(CallEvent):
     pass
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegMuted(CallEvent):
     pass
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegUnmuted(CallEvent):
     pass
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class PartyAdded(CallEvent):
     """A conference party answered and was mixed in."""
 
@@ -134,52 +130,52 @@ class PartyAdded(CallEvent):
     name: str = ""
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class PartyRemoved(CallEvent):
     """A remote party left a call that goes on."""
 
     number: str | None
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegBusy(CallEvent):
     pass
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegFailed(CallEvent):
     reason: str
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class TransferFailed(CallEvent):
     """A blind transfer did not complete; the call is exactly as it was."""
 
     reason: str
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class ConferenceFailed(CallEvent):
     """A conference party could not be added; the call is exactly as it was."""
 
     reason: str
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class DtmfReceived(CallEvent):
     digit: str
     duration_ms: int | None = None
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class LegEnded(CallEvent):
     cause: str
 
 
-@_event
+@attrs.frozen(kw_only=True)
 class CallEnded(CallEvent):
     """The call is over; ``cdr`` is the record handed to the store."""
 
     cause: str
     hangup_by: str | None
-    cdr: dict
+    cdr: dict[str, typing.Any]

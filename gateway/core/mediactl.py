@@ -17,8 +17,10 @@ apps are used only through :class:`gateway.media.IMediaApp`.
 
 from __future__ import annotations
 
+import os
 import typing
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -58,7 +60,8 @@ def _wanted(call: Call) -> list[Spec]:
 class MediaController:
     """Keeps each call's media sessions in line with its legs."""
 
-    def __init__(self, clock, apps: typing.Mapping[str, typing.Any], state_dir=None) -> None:
+    def __init__(self, clock: IReactorTime, apps: typing.Mapping[str, typing.Any],
+                 state_dir: str | os.PathLike[str] | None = None) -> None:
         """``apps``: name -> IMediaApp (at least bridge, mix and hold for calls between parties);
         ``state_dir``: where apps find prompts and write recordings."""
         self._clock = clock
@@ -96,7 +99,7 @@ class MediaController:
             del self._sessions[call.call_id]
         return ok
 
-    def _reshape_mix(self, current: dict, wanted: list[Spec]) -> None:
+    def _reshape_mix(self, current: dict[Spec, typing.Any], wanted: list[Spec]) -> None:
         """A running conference takes new parties and lets leavers go instead of restarting."""
         old = next((s for s in current if s[0] == "mix"), None)
         new = next((s for s in wanted if s[0] == "mix"), None)
@@ -111,7 +114,7 @@ class MediaController:
                 session.add(port)
         current[new] = session
 
-    def _start(self, call: Call, spec: Spec, current: dict) -> bool:
+    def _start(self, call: Call, spec: Spec, current: dict[Spec, typing.Any]) -> bool:
         name, ports, arg = spec
         app = self._apps.get(name)
         try:
@@ -127,7 +130,7 @@ class MediaController:
             session.finished.addBoth(self._finished, call.call_id, spec, session)
         return True
 
-    def _finished(self, result, call_id: str, spec: Spec, session) -> None:
+    def _finished(self, result: object, call_id: str, spec: Spec, session: object) -> None:
         if isinstance(result, Failure):
             log.failure("call {call_id}: media app {app} failed", result, call_id=call_id, app=spec[0])
         current = self._sessions.get(call_id, {})

@@ -19,6 +19,9 @@ import attrs
 
 from gateway.core.states import LegState
 
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from gateway.media.port import MediaPort
+
 __all__ = ["Call", "CallSnapshot", "DEVICE", "INBOUND", "Leg", "LegSnapshot", "OUTBOUND", "PARTY", "Party", "iso8601"]
 
 DEVICE = "device"  #: the leg to the extension's own phone
@@ -51,7 +54,7 @@ class Leg:
     started_at: float
     caller_id: str | None = None
     name: str = ""
-    attributes: dict = attrs.Factory(dict)
+    attributes: dict[str, typing.Any] = attrs.Factory(dict)
     #: when the far end was first reported alerting (an inbound leg's arrival; a dialled number ringing)
     alerting_at: float | None = None
     answered_at: float | None = None
@@ -68,8 +71,9 @@ class Leg:
         return self.state is not _RELEASED
 
     @property
-    def port(self):
-        return getattr(self.driver_leg, "port", None)
+    def port(self) -> MediaPort | None:
+        port: MediaPort | None = getattr(self.driver_leg, "port", None)
+        return port
 
     def snapshot(self) -> "LegSnapshot":
         return LegSnapshot(
@@ -103,7 +107,7 @@ class Call:
     caller: str | None
     number: str | None
     did: str | None = None
-    attributes: dict = attrs.Factory(dict)
+    attributes: dict[str, typing.Any] = attrs.Factory(dict)
     #: the media app an inbound call was routed to, and its argument
     app: str | None = None
     app_arg: str | None = None
@@ -180,7 +184,7 @@ class Call:
             created_at=self.created_at,
             answered_at=self.answered_at,
             ended_at=self.ended_at,
-            duration=round((self.ended_at if self.ended else now) - self.created_at, 3),
+            duration=round((self.ended_at if self.ended_at is not None else now) - self.created_at, 3),
             cause=self.cause,
             hangup_by=self.hangup_by,
             dtmf_count=self.dtmf_count,
@@ -188,7 +192,7 @@ class Call:
         )
 
 
-def _to_dict(obj, times: tuple[str, ...]) -> dict:
+def _to_dict(obj: attrs.AttrsInstance, times: tuple[str, ...]) -> dict[str, typing.Any]:
     data = attrs.asdict(obj, recurse=False)
     for name in times:
         data[name] = iso8601(data[name])
@@ -214,11 +218,11 @@ class LegSnapshot:
     answered_at: float | None
     ended_at: float | None
     cause: str | None
-    attributes: dict
+    attributes: dict[str, typing.Any]
     #: when the leg was first reported alerting: a DIALING leg with it set is ringing at the far end
     alerting_at: float | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, typing.Any]:
         return _to_dict(self, _LEG_TIMES)
 
 
@@ -231,7 +235,7 @@ class Party:
     leg_id: str
     state: LegState
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, typing.Any]:
         return attrs.asdict(self)
 
 
@@ -256,12 +260,12 @@ class CallSnapshot:
     cause: str | None
     hangup_by: str | None
     dtmf_count: int
-    attributes: dict
+    attributes: dict[str, typing.Any]
 
     def party(self, number: str) -> Party | None:
         return next((p for p in self.parties if p.number == number), None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, typing.Any]:
         data = _to_dict(self, ("created_at", "answered_at", "ended_at"))
         data["parties"] = [p.to_dict() for p in self.parties]
         data["legs"] = [leg.to_dict() for leg in self.legs]

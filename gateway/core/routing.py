@@ -38,10 +38,20 @@ class Target:
         return cls(kind, rest)
 
 
+class RouteEntry(typing.Protocol):
+    """One configured route (``gateway.config.Route``)."""
+
+    @property
+    def did(self) -> str: ...
+
+    @property
+    def to(self) -> str: ...
+
+
 class Router:
     """DID -> :class:`Target` for the configured routes."""
 
-    def __init__(self, routes: typing.Iterable, app_names: typing.Iterable[str] = ()) -> None:
+    def __init__(self, routes: typing.Iterable[RouteEntry], app_names: typing.Iterable[str] = ()) -> None:
         """``routes``: objects with ``did`` and ``to`` (``gateway.config.Route``);
         ``app_names``: the media apps available (a route to another app raises ConfigError)."""
         known = set(app_names)
