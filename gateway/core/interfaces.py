@@ -42,7 +42,19 @@ Drivers are built by :class:`IDriverFactory` plugins (providing
 
 from __future__ import annotations
 
+import typing
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from gateway.core.events import CallEvent
+    from gateway.core.model import CallSnapshot
+
+#: an observer of :meth:`ICallControl.subscribe`: ``observer(event, call)``
+Observer = typing.Callable[["CallEvent", "CallSnapshot"], object]
+#: what a driver reports or is given as a leg's or call's attributes (JSON-like)
+Attributes = typing.Dict[str, typing.Any]
 
 __all__ = ["ICallControl", "IDriver", "IDriverFactory", "IDriverLeg", "IInboundCalls", "IInboundDriver", "ILegEvents"]
 
@@ -50,28 +62,28 @@ __all__ = ["ICallControl", "IDriver", "IDriverFactory", "IDriverLeg", "IInboundC
 class ILegEvents(Interface):
     """What a driver reports about one leg. Every method may be called at most once per outcome."""
 
-    def ringing():
+    def ringing() -> None:
         """The far end is alerting."""
 
-    def answered():
+    def answered() -> None:
         """The far end answered: the leg is talking."""
 
-    def busy():
+    def busy() -> None:
         """The dialled party is busy; the leg is over."""
 
-    def no_answer():
+    def no_answer() -> None:
         """Nobody answered in time; the leg is over."""
 
-    def failed(reason):
+    def failed(reason: str) -> None:
         """The leg could not be set up (``reason``: readable text); the leg is over."""
 
-    def hung_up(cause="remote_hangup"):
+    def hung_up(cause: str = "remote_hangup") -> None:
         """The far end ended the leg: ``remote_hangup``, or ``transport_lost`` when the link dropped."""
 
-    def dtmf(digit, duration_ms=None):
+    def dtmf(digit: str, duration_ms: int | None = None) -> None:
         """The far end sent a DTMF digit (``0-9*#A-D``)."""
 
-    def provider_cdr(source, data):
+    def provider_cdr(source: str, data: Attributes) -> None:
         """The provider's own record of the leg (a dict), kept beside the gateway's CDR."""
 
 
@@ -81,18 +93,18 @@ class IDriverLeg(Interface):
     driver = Attribute("The name of the driver carrying the leg.")
     port = Attribute("The leg's gateway.media.MediaPort: audio from and toward the party.")
 
-    def answer():
+    def answer() -> Deferred[None]:
         """Accept an inbound leg; for a device leg, go off-hook (or fail with DriverError
         when the device cannot be answered remotely). Returns a Deferred."""
 
-    def hangup(cause):
+    def hangup(cause: str) -> Deferred[None]:
         """End the leg at the driver (``cause``: a :class:`gateway.core.states.Cause` value).
         Returns a Deferred; succeeds at once on a leg already over."""
 
-    def send_dtmf(digit, duration_ms):
+    def send_dtmf(digit: str, duration_ms: int) -> Deferred[None]:
         """Send one DTMF digit to the party; the Deferred fires when the tone has finished."""
 
-    def flush():
+    def flush() -> None:
         """Barge-in: discard audio queued toward the party."""
 
 
@@ -101,15 +113,17 @@ class IDriver(Interface):
 
     name = Attribute("The driver's name, as used in [pbx] driver and extension devices.")
 
-    def dial(address, events, caller_id=None, attributes=None):
+    def dial(
+        address: str, events: ILegEvents, caller_id: str | None = None, attributes: Attributes | None = None
+    ) -> IDriverLeg:
         """Place an outbound leg to ``address`` (a number, or a device's address when
         ``attributes["extension"]`` is set), reporting through ``events`` (ILegEvents).
         Returns the IDriverLeg at once; raises DriverError if the dial cannot even start."""
 
-    def start():
+    def start() -> None:
         """Start (connect, begin generating demo calls...)."""
 
-    def stop():
+    def stop() -> Deferred[None]:
         """Stop; returns a Deferred fired when the driver has let go of everything."""
 
 
@@ -118,7 +132,7 @@ class IDriverFactory(Interface):
 
     name = Attribute("The driver's name.")
 
-    def build(ctx):
+    def build(ctx: typing.Any) -> IDriver:
         """Build the IDriver from the gateway's Context (``ctx.registry`` is set before
         ``IDriver.start`` is called, not necessarily before ``build``)."""
 
@@ -126,7 +140,7 @@ class IDriverFactory(Interface):
 class IInboundDriver(IDriver):
     """A driver that delivers inbound calls (the simulated network's callers)."""
 
-    def wire(inbound_calls):
+    def wire(inbound_calls: IInboundCalls) -> None:
         """From now on deliver inbound legs to ``inbound_calls`` (an :class:`IInboundCalls`: the registry).
         Called once by the daemon's assembly (``gateway.callservice``), after the driver and the
         registry both exist; before it, an inbound call cannot be delivered."""
@@ -135,7 +149,9 @@ class IInboundDriver(IDriver):
 class IInboundCalls(Interface):
     """The drivers' door into the core: new inbound legs."""
 
-    def incoming(driver_leg, *, caller_id, did, attributes=None):
+    def incoming(
+        driver_leg: IDriverLeg, *, caller_id: str | None, did: str | None, attributes: Attributes | None = None
+    ) -> ILegEvents:
         """A driver delivers a new inbound leg (an :class:`IDriverLeg`) from ``caller_id`` to ``did``,
         with the provider's ``attributes`` (a dict); returns the leg's :class:`ILegEvents`.
         The call is routed by ``did``: to an extension (its phone rings), to a media app (answered,
@@ -157,83 +173,86 @@ class ICallControl(Interface):
 
     # -- commands
 
-    def originate(extension_id, number, *, attributes=None, if_busy="refuse", by="api"):
+    def originate(
+        extension_id: str, number: str, *, attributes: Attributes | None = None, if_busy: str = "refuse",
+        by: str = "api",
+    ) -> Deferred[CallSnapshot]:
         """Click-to-dial: ring the extension's phone; when it answers, dial ``number`` (a number or an
         extension id) and bridge. While the extension has a live call of its own, ``if_busy``
         decides: ``refuse`` (``ExtensionBusy``) or ``replace`` (that call is hung up, cause normal,
         ``hangup_by`` ``by``, then the dial goes out; nothing is hung up for a dial that would be
         refused anyway). Any other ``if_busy`` is ``InvalidArgument``."""
 
-    def answer(call_id):
+    def answer(call_id: str) -> Deferred[CallSnapshot]:
         """Answer an alerting call (or pick up a click-to-dial's own phone) at the extension's phone."""
 
-    def reject(call_id, *, by="api"):
+    def reject(call_id: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """Refuse an alerting inbound call (cause ``rejected``)."""
 
-    def cancel(call_id, *, by="api"):
+    def cancel(call_id: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """Give up a call nobody has answered yet: an alerting inbound call is refused (as ``reject``,
         cause ``rejected``), a call still dialling out is hung up (cause ``normal``);
         ``IllegalState`` once it is talking, held or over."""
 
-    def hangup(call_id, *, by="api"):
+    def hangup(call_id: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """End the call: every leg is hung up (cause ``normal``)."""
 
-    def hold(call_id):
+    def hold(call_id: str) -> Deferred[CallSnapshot]:
         """Put the remote parties on hold (idempotent)."""
 
-    def retrieve(call_id):
+    def retrieve(call_id: str) -> Deferred[CallSnapshot]:
         """Take the remote parties off hold (idempotent)."""
 
-    def mute(call_id):
+    def mute(call_id: str) -> Deferred[CallSnapshot]:
         """Stop forwarding the extension's audio (idempotent)."""
 
-    def unmute(call_id):
+    def unmute(call_id: str) -> Deferred[CallSnapshot]:
         """Forward the extension's audio again (idempotent)."""
 
-    def transfer(call_id, destination, *, by="api"):
+    def transfer(call_id: str, destination: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """Blind transfer to ``destination`` (an extension id or a number); fires once dialled, a
         failure arrives as a ``TransferFailed`` event."""
 
-    def conference(call_id, destination, *, by="api"):
+    def conference(call_id: str, destination: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """Dial ``destination`` and mix it into the call when it answers; fires once dialled, a failure
         arrives as a ``ConferenceFailed`` event."""
 
-    def remove_party(call_id, number, *, by="api"):
+    def remove_party(call_id: str, number: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """Hang up one remote party; the call goes on while another remains (``UnknownParty``)."""
 
-    def send_dtmf(call_id, digits, duration_ms=100, gap_ms=50):
+    def send_dtmf(call_id: str, digits: str, duration_ms: int = 100, gap_ms: int = 50) -> Deferred[CallSnapshot]:
         """Play ``digits`` (1-:data:`~gateway.core.dtmf.MAX_DTMF_DIGITS` of ``0-9*#A-D``) to the remote
         parties; fires when the last tone ended."""
 
-    def flush(call_id):
+    def flush(call_id: str) -> Deferred[CallSnapshot]:
         """Barge-in: discard the audio queued toward the remote parties."""
 
-    def dispose(call_id, *, by="api"):
+    def dispose(call_id: str, *, by: str = "api") -> Deferred[None]:
         """Forget a call now (a live one is hung up first); fires with None."""
 
     # -- queries (synchronous)
 
-    def calls(include_released=False):
+    def calls(include_released: bool = False) -> list[CallSnapshot]:
         """Live calls (and released ones still retained, if asked), oldest first: CallSnapshots."""
 
-    def call(call_id):
+    def call(call_id: str) -> CallSnapshot:
         """One call, live or retained, as a CallSnapshot; raises ``UnknownCall``."""
 
-    def calls_for(extension_id):
+    def calls_for(extension_id: str) -> list[CallSnapshot]:
         """The extension's calls, live and retained."""
 
-    def active_call_for(extension_id):
+    def active_call_for(extension_id: str) -> CallSnapshot | None:
         """The extension's live call (a CallSnapshot), or None."""
 
-    def status():
+    def status() -> dict[str, typing.Any]:
         """Counts for the status page: ``{"live_calls", "by_state", "retained_calls"}``."""
 
-    def leg_states():
+    def leg_states() -> typing.Counter[str]:
         """State -> number of legs of live calls (a Counter, for metrics)."""
 
     # -- events
 
-    def subscribe(callback, extension=None):
+    def subscribe(callback: Observer, extension: str | None = None) -> typing.Callable[[], None]:
         """Call ``callback(event, call)`` for every event (of ``extension``'s calls only, if given):
         the event (:mod:`gateway.core.events`) together with its call's
         :class:`~gateway.core.model.CallSnapshot`, taken once per call when the batch that raised

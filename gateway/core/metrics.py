@@ -10,11 +10,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+import typing
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.metrics import NAMESPACE, define_metric
 from gateway.core import events as ev
+from gateway.core.interfaces import ICallControl
+from gateway.core.model import CallSnapshot
 from gateway.core.states import LegState
 
 __all__ = ["CoreMetrics"]
@@ -25,13 +29,13 @@ _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 class _StateCollector:
     """Live calls and legs by state, counted when scraped."""
 
-    def __init__(self, registry) -> None:
+    def __init__(self, registry: ICallControl) -> None:
         self._registry = registry
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> typing.Iterator[Metric]:
         calls = GaugeMetricFamily(f"{NAMESPACE}_calls", "Live calls by state.", labels=["state"])
         legs = GaugeMetricFamily(f"{NAMESPACE}_legs", "Legs of live calls by state.", labels=["state"])
         by_state = self._registry.status()["by_state"]
@@ -46,7 +50,7 @@ class _StateCollector:
 class CoreMetrics:
     """Defines the metrics on ``collectors`` (a CollectorRegistry); :meth:`attach` feeds them from a registry."""
 
-    def __init__(self, collectors) -> None:
+    def __init__(self, collectors: CollectorRegistry) -> None:
         self._collectors = collectors
         self.commands = define_metric(collectors, Counter, "call_commands", "Call registry commands by outcome.",
                                       ["command", "result"])
@@ -59,12 +63,12 @@ class CoreMetrics:
         """The registry's ``on_command`` hook."""
         self.commands.labels(name, result).inc()
 
-    def attach(self, registry) -> None:
+    def attach(self, registry: ICallControl) -> None:
         """Count ``registry``'s ended calls and expose its live calls and legs."""
         registry.subscribe(self._observe)
         self._collectors.register(_StateCollector(registry))
 
-    def _observe(self, event, call) -> None:
+    def _observe(self, event: ev.CallEvent, call: CallSnapshot) -> None:
         if isinstance(event, ev.CallEnded):
             self.ended.labels(event.cause).inc()
             self.duration.labels(event.cdr["direction"]).observe(event.cdr["duration"])
