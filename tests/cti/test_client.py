@@ -1,13 +1,14 @@
 """The Bridge Client against the strict processor-bridge simulator, in memory, on a task.Clock.
 
-The call core is real (the registry with the ``sim`` phone network); the bridge is
-:class:`gateway.sim.his.HisBridgeSim`, which records every protocol violation: each test ends by
-checking there were none, besides what it asserts itself.
+The bridge is :class:`gateway.sim.his.HisBridgeSim`, which records every protocol violation: each
+test ends by checking there were none, besides what it asserts itself. The call core is the shipped
+fake (:class:`gateway.core.testing.FakeCallControl`, the far end played by the test) for the tests
+of the protocol (:class:`FakeBridge`); the tests of whole calls are sociable: the real registry with
+the ``sim`` phone network (:class:`Bridge`), whose timing, rules and parties they rely on.
 """
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import task
-from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +17,7 @@ from gateway.context import Component, Readiness
 from gateway.core.errors import UnknownCall
 from gateway.core.registry import Registry
 from gateway.core.routing import Router
+from gateway.core.testing import FakeCallControl
 from gateway.cti import envelope as env
 from gateway.cti.client import BridgeClient
 from gateway.cti.config import CtiAgent, CtiConfig
@@ -44,13 +46,22 @@ class Bridge(SynchronousTestCase):
 
     agents = ("alice",)
 
-    def setUp(self):
-        self.clock = task.Clock()
+    def make_core(self):
+        """The call core the client is handed: the registry on the sim network."""
         self.network = SimNetwork(self.clock, SimNetworkConfig(audio="silence", ring_time=2.0, rules=RULES))
-        self.registry = Registry(
+        registry = Registry(
             self.clock, {"sim": self.network}, extensions=EXTENSIONS, router=Router(ROUTES, {}), retention=60.0
         )
-        self.network.wire(self.registry)
+        self.network.wire(registry)
+        return registry
+
+    def ring(self, caller, did, attributes=None):
+        """``caller`` dials ``did``."""
+        self.network.place_inbound(caller, did, attributes=attributes)
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.registry = self.make_core()
         self.config = CtiConfig(enabled=True, agents=[CtiAgent(agent="alice", extension="1003")])
         self.component = Component("cti:PROC")
         self.client = BridgeClient(self.config, self.registry, CtiMetrics(CollectorRegistry()), self.component)
@@ -92,7 +103,7 @@ class Bridge(SynchronousTestCase):
 
     def inbound(self, caller="5551234", did="103"):
         """An inbound call to alice's extension: (call id, interaction target, conversation target)."""
-        self.network.place_inbound(caller, did)
+        self.ring(caller, did)
         self.flush()
         call_id = self.registry.active_call_for("1003").call_id
         interaction = f"{CHANNEL}.{call_id}"
@@ -111,7 +122,20 @@ class Bridge(SynchronousTestCase):
         self.assertIn(message, response.header.error_message)
 
 
-class LoginTests(Bridge):
+class FakeBridge(Bridge):
+    """The same on the fake call core: a caller rings the extension its DID routes to, and nothing
+    happens at the far end unless the test says so."""
+
+    def make_core(self):
+        self.network = None
+        return FakeCallControl(EXTENSIONS, clock=self.clock)
+
+    def ring(self, caller, did, attributes=None):
+        extension = next(route.to.partition(":")[2] for route in ROUTES if route.did == did)
+        self.registry.ring_inbound(extension, caller, did=did, attributes=attributes)
+
+
+class LoginTests(FakeBridge):
     def test_start_up_and_login(self):
         self.connect()
         self.assertTrue(self.sim.ready)
@@ -356,7 +380,7 @@ class OutboundCallTests(Bridge):
         self.assertEqual((self.registry.calls(), self.events(CHANNEL)), ([], []))
 
 
-class RefusalTests(Bridge):
+class RefusalTests(FakeBridge):
     def setUp(self):
         super().setUp()
         self.connect()
@@ -382,6 +406,38 @@ class RefusalTests(Bridge):
         self.refused(self.send("senddtmf", digits="12x"), "'x' (digit 3 of '12x') is not a DTMF digit")
         self.refused(self.send("transfer", destination="not a number"), "is neither an extension nor a phone number")
 
+    def test_senddtmf_refuses_digits_that_are_not_a_string_whoever_calls_it(self):
+        _, _, conversation = self.talking()
+        destination = self.client.tree.get(conversation)
+        for digits in (["1", "2"], 12, None, ""):
+            with self.subTest(digits=digits):
+                message = env.request(self.client.names.conversation_request_senddtmf, conversation,
+                                      {"digits": digits})
+                error = self.assertRaises(Refusal, self.client._send_dtmf, destination, message)
+                self.assertIn("digits must be a string of 1-64 of 0-9, * and #", str(error))
+
+    def test_a_request_on_a_disposed_call(self):
+        call_id, _, conversation = self.talking()
+        self.registry.dispose(call_id)
+        self.flush()
+        self.refused(self.send("hold", target=conversation), f"no call with id {call_id!r}")
+
+    def test_a_failing_registry_is_a_readable_failure(self):
+        self.talking()
+        self.registry.fail_next("hold", RuntimeError("boom"))
+        self.refused(
+            self.send("hold"), "internal error of the gateway handling conversation.request.hold (RuntimeError)"
+        )
+        self.flushLoggedErrors(RuntimeError)
+
+
+class DtmfRefusalTests(Bridge):
+    """Refused digits never reach the party on the sim network; good ones are played."""
+
+    def setUp(self):
+        super().setUp()
+        self.connect()
+
     def test_senddtmf_takes_only_the_digits_004_lists(self):
         self.talking()
         for digits, bad in [("12A", "'A' (digit 3"), ("d", "'d' (digit 1"), ("1 2", "' ' (digit 2"),
@@ -404,35 +460,11 @@ class RefusalTests(Bridge):
         self.assertLess(len(response.header.error_message), 150)
         self.assertEqual(self.network.party("5551234").digits_received, [])
 
-    def test_senddtmf_refuses_digits_that_are_not_a_string_whoever_calls_it(self):
-        _, _, conversation = self.talking()
-        destination = self.client.tree.get(conversation)
-        for digits in (["1", "2"], 12, None, ""):
-            with self.subTest(digits=digits):
-                message = env.request(self.client.names.conversation_request_senddtmf, conversation,
-                                      {"digits": digits})
-                error = self.assertRaises(Refusal, self.client._send_dtmf, destination, message)
-                self.assertIn("digits must be a string of 1-64 of 0-9, * and #", str(error))
 
-    def test_a_request_on_a_disposed_call(self):
-        call_id, _, conversation = self.talking()
-        self.registry.dispose(call_id)
-        self.flush()
-        self.refused(self.send("hold", target=conversation), f"no call with id {call_id!r}")
-
-    def test_a_failing_registry_is_a_readable_failure(self):
-        self.talking()
-        self.patch(self.registry, "hold", lambda call_id: Failure(RuntimeError("boom")).raiseException())
-        self.refused(
-            self.send("hold"), "internal error of the gateway handling conversation.request.hold (RuntimeError)"
-        )
-        self.flushLoggedErrors(RuntimeError)
-
-
-class QueueingTests(Bridge):
+class QueueingTests(FakeBridge):
     def test_events_wait_for_the_init_answer_and_keep_their_order(self):
         self.connect()
-        self.network.place_inbound("5551234", "103")
+        self.ring("5551234", "103")
         call_id = self.registry.active_call_for("1003").call_id
         self.registry.answer(call_id)  # before the bridge has even heard of the interaction
         self.registry.hold(call_id)
@@ -451,7 +483,7 @@ class QueueingTests(Bridge):
 
         def group_init_then_call(group, message):
             reply = original(group, message)
-            self.network.place_inbound("5551234", "103")
+            self.ring("5551234", "103")
             return reply
 
         self.patch(self.client, "_handlers", {**self.client._handlers,
@@ -472,7 +504,7 @@ class QueueingTests(Bridge):
         self.refused(self.query("channel.query.init", CHANNEL), "unknown target")
 
 
-class RenamedMessagesTests(Bridge):
+class RenamedMessagesTests(FakeBridge):
     """``[cti.names]`` is what goes on the wire: renamed messages and status values work both ways."""
 
     def setUp(self):
@@ -533,7 +565,7 @@ class ReconnectTests(Bridge):
         self.assertEqual(self.registry.call(call_id).state, "TALKING")
 
 
-class TelephonyStatusTests(Bridge):
+class TelephonyStatusTests(FakeBridge):
     def setUp(self):
         super().setUp()
         self.readiness = Readiness()

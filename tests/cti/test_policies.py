@@ -6,10 +6,10 @@ from gateway.core.testing import CountingCalls
 from gateway.cti.client import BridgeClient
 from gateway.cti.metrics import CtiMetrics
 
-from .test_client import CHANNEL, Bridge
+from .test_client import CHANNEL, FakeBridge
 
 
-class RejectIsCancelTests(Bridge):
+class RejectIsCancelTests(FakeBridge):
     def setUp(self):
         super().setUp()
         self.client.stop()  # the one on the plain registry
@@ -27,7 +27,7 @@ class RejectIsCancelTests(Bridge):
         self.assertEqual((call.state, call.cause, call.hangup_by), ("RELEASED", "normal", "desktop"))
 
     def test_rejecting_an_alerting_call_is_the_cores_cancel(self):
-        self.network.place_inbound("5551234", "103")
+        self.ring("5551234", "103")
         self.flush()
         call_id = self.registry.active_call_for("1003").call_id
         self.calls.reset()

@@ -2,15 +2,15 @@
 
 from prometheus_client import CollectorRegistry
 
+from gateway.core.testing import CountingCalls
 from gateway.cti.client import BridgeClient
 from gateway.cti.metrics import CtiMetrics
 
-from gateway.core.testing import CountingCalls
-from .test_client import CHANNEL, Bridge
+from .test_client import CHANNEL, FakeBridge
 
 
-class SnapshotTests(Bridge):
-    """The client of :class:`~tests.cti.test_client.Bridge`, on a door that counts the queries."""
+class SnapshotTests(FakeBridge):
+    """The client of :class:`~tests.cti.test_client.FakeBridge`, on a door that counts the queries."""
 
     def setUp(self):
         super().setUp()
@@ -21,7 +21,7 @@ class SnapshotTests(Bridge):
 
     def test_an_inbound_calls_first_batch_asks_the_core_nothing(self):
         self.calls.reset()
-        self.network.place_inbound("5551234", "103")  # one batch: created, routed, the phone rings
+        self.ring("5551234", "103")  # one batch: created, routed, the phone rings
         self.assertEqual(self.calls.asked, [])
         self.flush()
         call_id = self.registry.active_call_for("1003").call_id
@@ -31,13 +31,13 @@ class SnapshotTests(Bridge):
         self.assertEqual(self.events(f"{interaction}.primary"), ["conversation.started", "conversation.ringing"])
 
     def test_events_from_the_far_end_ask_the_core_nothing(self):
-        self.network.place_inbound("5551234", "103")
+        self.ring("5551234", "103")
         self.flush()
         call_id = self.registry.active_call_for("1003").call_id
         conversation = f"{CHANNEL}.{call_id}.primary"
         self.assertTrue(self.send("accept").ok)
         self.calls.reset()
-        self.network.party("5551234").hang_up()  # a driver's report: the caller is gone
+        self.registry.party_hangs_up(call_id)  # a driver's report: the caller is gone
         self.assertEqual(self.calls.asked, [])
         self.flush()
         self.assertEqual(self.events(conversation)[-1], "conversation.ended")
