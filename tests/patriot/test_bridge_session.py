@@ -1,10 +1,13 @@
-"""The Dialler Bridge's sessions on a real call registry (sim driver) and a task.Clock: init,
-heartbeats, dead links, blocking, call control and status updates, bad input."""
+"""The Dialler Bridge's sessions on a task.Clock: init, heartbeats, dead links, blocking, call control
+and status updates, bad input.
+
+The sessions' tests run on the shipped fake call core (:class:`gateway.core.testing.FakeCallControl`);
+those of call control are sociable: a real call registry with the sim driver (:class:`SociableBridgeTestCase`)."""
 
 import json
 
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.logger import globalLogPublisher
@@ -14,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from core.harness import Harness
 from gateway.confschema import Secret
+from gateway.core.testing import FakeCallControl
 from gateway.patriot.bridge import CLOSE_NO_INIT, CLOSE_NORMAL, CLOSE_TOO_MANY_FAILURES, DiallerBridge
 from gateway.patriot.config import BridgeConfig, BridgeUser
 from gateway.patriot.line import Lines
@@ -31,10 +35,13 @@ def run_now(function, *args):
 class BridgeTestCase(SynchronousTestCase):
     config_overrides: dict = {}
 
+    def make_core(self):
+        """The call core the lines are on: the fake, with alice's and bob's extensions."""
+        self.clock = task.Clock()
+        return FakeCallControl(["1001", "1002"], clock=self.clock)
+
     def setUp(self):
-        self.harness = Harness()
-        self.clock = self.harness.clock
-        self.registry = self.harness.registry
+        self.registry = self.make_core()
         users = [
             BridgeUser(username="alice", password=Secret("pw-alice"), extension="1001"),
             BridgeUser(username="bob", password=Secret("pw-bob"), extension="1002"),
@@ -64,6 +71,16 @@ class BridgeTestCase(SynchronousTestCase):
 
     def sample(self, name, **labels):
         return self.prometheus.get_sample_value(name, labels) or 0
+
+
+class SociableBridgeTestCase(BridgeTestCase):
+    """The same on the real registry with the sim network (``self.harness``), whose phones and numbers
+    answer, ring busy and hang up by themselves."""
+
+    def make_core(self):
+        self.harness = Harness()
+        self.clock = self.harness.clock
+        return self.harness.registry
 
 
 class InitTests(BridgeTestCase):
@@ -372,7 +389,7 @@ class UnauthenticatedCapTests(BridgeTestCase):
         self.assertEqual(self.bridge.sessions, [])
 
 
-class CallControlTests(BridgeTestCase):
+class CallControlTests(SociableBridgeTestCase):
     def test_dial_answer_and_hangup_from_patriot(self):
         session, connection = self.login()
         session.frame_received(frame("dial-request", {"phoneNo": "+5551234", "rawPhoneNo": "+555 (1234)"}), False)
@@ -466,7 +483,7 @@ class CallControlTests(BridgeTestCase):
         self.assertEqual(connection.statuses(), [status(True, True, "5550001"), status(False, True, "5550001")])
 
 
-class ReplaceTests(BridgeTestCase):
+class ReplaceTests(SociableBridgeTestCase):
     config_overrides = {"dial_while_busy": "replace"}
 
     def test_dial_while_busy_ends_the_call_then_dials(self):

@@ -2,18 +2,21 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.core.testing import CountingCalls
-from core.harness import Harness
 from gateway.core.errors import ExtensionBusy
+from gateway.core.testing import CountingCalls, FakeCallControl
 from gateway.patriot.line import Lines
 
 
 class DialWhileBusyTests(SynchronousTestCase):
+    """On the shipped fake call core, the far end played by the test."""
+
     def setUp(self):
-        self.h = Harness()
-        self.calls = CountingCalls(self.h.registry)
+        self.core = FakeCallControl(["1001", "1002"])
+        self.calls = CountingCalls(self.core)
         self.line = Lines(self.calls).get("1001")
-        self.first = self.h.talking_call("1001", "5551234")
+        self.first = self.successResultOf(self.core.originate("1001", "5551234")).call_id
+        self.core.phone_answers(self.first)
+        self.core.party_answers(self.first)
         self.calls.reset()
 
     def test_replace_is_one_originate_with_the_cores_if_busy(self):
@@ -23,7 +26,7 @@ class DialWhileBusyTests(SynchronousTestCase):
             ("originate", ("1001", "5554321"), {"attributes": attributes, "if_busy": "replace", "by": "desktop"}),
         ])
         self.assertEqual(self.calls.asked, [])
-        first = self.h.registry.call(self.first)
+        first = self.core.call(self.first)
         self.assertEqual((first.state, first.hangup_by), ("RELEASED", "desktop"))
         self.assertEqual(call.number, "5554321")
 
