@@ -1,8 +1,10 @@
 """The status page's event stream through the real admin site and HTTP channel, in memory (StringTransport),
-on the call registry and simulated network of the core's harness, driven by a task.Clock."""
+on the shipped fake call core (:class:`gateway.core.testing.FakeCallControl`, the far end played by the
+test), driven by a task.Clock."""
 
 import json
 
+from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -19,13 +21,15 @@ from gateway.admin.status_page import STREAM_PATH
 from gateway.config import load
 from gateway.confschema import Secret
 from gateway.context import Context
+from gateway.core.testing import FakeCallControl
+from gateway.drivers.sim import run_clock
 from gateway.store import MemoryCdrStore, StoreUnavailable
 
 TOKEN = "str3am-T0ken"
 
 
 class Watched:
-    """The harness's registry, counting its subscribers."""
+    """The call core, counting its subscribers."""
 
     def __init__(self, registry):
         self._registry = registry
@@ -93,12 +97,16 @@ class Client:
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
-class StreamTests(SynchronousTestCase):
+class StreamCase(SynchronousTestCase):
+    def make_core(self):
+        """The call core: the fake, with the default extensions."""
+        self.clock = task.Clock()
+        return FakeCallControl(["1001", "1002"], clock=self.clock)
+
     def setUp(self):
-        self.h = Harness()
-        self.clock = self.h.clock
+        self.core = self.make_core()
         self.clock.advance(1_800_000_000)  # 2027: CDR times that look like times
-        self.registry = Watched(self.h.registry)
+        self.registry = Watched(self.core)
         self.store = MemoryCdrStore(self.clock)
         self.ctx = Context(reactor=self.clock, config=load(None), state_dir=self.mktemp(),
                            metrics=make_metrics_registry(), store=self.store, registry=self.registry)
@@ -119,12 +127,14 @@ class StreamTests(SynchronousTestCase):
         return client
 
     def advance(self, seconds):
-        self.h.advance(seconds)
+        run_clock(self.clock, seconds)
 
     def add_cdr(self, call_id, ended_at):
         self.successResultOf(self.store.add_cdr(
             {"call_id": call_id, "ended_at": ended_at, "extension": "1001", "cause": "normal", "legs": []}))
 
+
+class StreamTests(StreamCase):
     # -- opening -----------------------------------------------------------------------------
 
     def test_without_a_valid_ticket_the_stream_is_refused_naming_the_peer(self):
@@ -151,7 +161,7 @@ class StreamTests(SynchronousTestCase):
         self.assertIn("401", second.head)
 
     def test_the_stream_is_an_event_stream_starting_with_the_whole_view(self):
-        self.ctx.status["calls"] = self.h.registry
+        self.ctx.status["calls"] = self.core
         self.ctx.readiness.register("listener:admin").set_up()
         client = self.open()
         self.assertIn("Content-Type: text/event-stream; charset=utf-8", client.head)
@@ -175,13 +185,15 @@ class StreamTests(SynchronousTestCase):
 
     def test_a_call_appears_ticks_in_the_browser_only_and_disappears_into_the_cdrs(self):
         client = self.open()
-        call_id = self.successResultOf(self.h.registry.originate("1001", "5551234")).call_id
+        call_id = self.successResultOf(self.core.originate("1001", "5551234")).call_id
         self.assertEqual(len(client.views()), 1, "pushed before the coalescing delay")
         self.advance(COALESCE)
         (call,) = client.latest()["calls"]
         self.assertEqual((call["call_id"], call["state"], call["extension"], call["number"]),
                          (call_id, "DIALING", "1001", "5551234"))
         self.assertNotIn("duration", call)
+        self.core.phone_answers(call_id)  # the operator picks up, the number answers
+        self.core.party_answers(call_id)
         self.advance(3.0)
         (call,) = client.latest()["calls"]
         self.assertEqual(call["state"], "TALKING")
@@ -190,7 +202,7 @@ class StreamTests(SynchronousTestCase):
         sent = len(client.views())
         self.advance(10 * SAMPLE)
         self.assertEqual(len(client.views()), sent, "a call that only gets longer is not sent again")
-        self.h.registry.hangup(call_id)
+        self.core.hangup(call_id)
         self.advance(COALESCE)
         view = client.latest()
         self.assertEqual(view["calls"], [])
@@ -201,7 +213,7 @@ class StreamTests(SynchronousTestCase):
     def test_a_burst_of_events_is_one_message(self):
         client = self.open()
         for number in ("5551234", "5551235"):
-            self.h.registry.originate("1001" if number.endswith("4") else "1002", number)
+            self.core.originate("1001" if number.endswith("4") else "1002", number)
         self.advance(COALESCE)
         views = client.views()
         self.assertEqual(len(views), 2)
@@ -238,17 +250,6 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(client.body.count(b": heartbeat\n\n"), 1)
         self.advance(HEARTBEAT)
         self.assertEqual(client.body.count(b": heartbeat\n\n"), 2)
-
-    def test_a_second_stream_gets_the_current_view_at_once(self):
-        first = self.open()
-        self.h.registry.originate("1001", "5551234")
-        second = self.open()
-        self.assertEqual(len(second.latest()["calls"]), 1)
-        self.assertEqual(len(first.latest()["calls"]), 1, "the first stream hears of the change as well")
-        self.advance(COALESCE)
-        # then the phone's ringing (its leg's alerting_at), one more view
-        self.assertEqual(len(first.views()), 3)
-        self.assertIsNotNone(first.latest()["calls"][0]["legs"][0]["alerting_at"])
 
     # -- recent CDRs ---------------------------------------------------------------------------
 
@@ -302,24 +303,10 @@ class StreamTests(SynchronousTestCase):
 
     # -- a slow reader, and leaving ----------------------------------------------------------------
 
-    def test_a_paused_stream_keeps_only_the_newest_view(self):
-        client = self.open()
-        client.transport.producer.pauseProducing()
-        self.h.registry.originate("1001", "5551234")
-        self.advance(COALESCE)
-        self.advance(3.0)
-        self.advance(HEARTBEAT)
-        self.assertEqual(len(client.views()), 1)
-        self.assertNotIn(b"heartbeat", client.body)
-        client.transport.producer.resumeProducing()
-        views = client.views()
-        self.assertEqual(len(views), 2)
-        self.assertEqual(views[1]["calls"][0]["state"], "TALKING")
-
     def test_leaving_unsubscribes_and_stops_every_timer(self):
         baseline = self.registry.subscribers
         first, second = self.open(), self.open()
-        self.h.registry.originate("1001", "5551234")
+        self.core.originate("1001", "5551234")
         self.assertEqual(self.registry.subscribers, baseline + 1, "one subscription for all streams")
         first.close()
         self.assertEqual(self.registry.subscribers, baseline + 1)
@@ -338,6 +325,41 @@ class StreamTests(SynchronousTestCase):
         self.add_cdr("later", "2027-01-15T07:59:00.000Z")
         client = self.open()
         self.assertEqual([c["call_id"] for c in client.latest()["cdrs"]], ["later"])
-        self.h.registry.originate("1001", "5551234")
+        self.core.originate("1001", "5551234")
         self.advance(COALESCE)
         self.assertEqual(len(client.latest()["calls"]), 1)
+
+
+class SociableStreamTests(StreamCase):
+    """On the real registry and the simulated network of the core's harness: what the stream sends as
+    the network's phones ring and answer on their own time."""
+
+    def make_core(self):
+        self.h = Harness()
+        self.clock = self.h.clock
+        return self.h.registry
+
+    def test_a_second_stream_gets_the_current_view_at_once(self):
+        first = self.open()
+        self.core.originate("1001", "5551234")
+        second = self.open()
+        self.assertEqual(len(second.latest()["calls"]), 1)
+        self.assertEqual(len(first.latest()["calls"]), 1, "the first stream hears of the change as well")
+        self.advance(COALESCE)
+        # then the phone's ringing (its leg's alerting_at), one more view
+        self.assertEqual(len(first.views()), 3)
+        self.assertIsNotNone(first.latest()["calls"][0]["legs"][0]["alerting_at"])
+
+    def test_a_paused_stream_keeps_only_the_newest_view(self):
+        client = self.open()
+        client.transport.producer.pauseProducing()
+        self.core.originate("1001", "5551234")
+        self.advance(COALESCE)
+        self.advance(3.0)
+        self.advance(HEARTBEAT)
+        self.assertEqual(len(client.views()), 1)
+        self.assertNotIn(b"heartbeat", client.body)
+        client.transport.producer.resumeProducing()
+        views = client.views()
+        self.assertEqual(len(views), 2)
+        self.assertEqual(views[1]["calls"][0]["state"], "TALKING")
