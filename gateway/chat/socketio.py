@@ -37,7 +37,8 @@ refuses an event's payload raises :class:`EventRefused`: the event is answered w
 ack ``[false, "<problem>"]`` (when it asked for an ack) and counted and logged the same way, with
 the reason the handler gives (``malformed``, ``bad_text``, ``oversized``).
 
-:class:`FakeSocketIOClient` is an in-memory :class:`ISocketIOClient` for handlers' unit tests.
+:class:`gateway.chat.testing.FakeSocketIOClient` is an in-memory :class:`ISocketIOClient` for handlers'
+unit tests.
 """
 
 import enum
@@ -69,9 +70,7 @@ from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 __all__ = [
     "AckTimeout",
     "CallbackHandler",
-    "Emitted",
     "EventRefused",
-    "FakeSocketIOClient",
     "ISocketIOClient",
     "ISocketIOHandler",
     "LinkLost",
@@ -752,85 +751,10 @@ class SocketIOClient(service.Service):
         log.failure("the Socket.IO handler's {what} for {peer} failed", failure, what=what, peer=peer)
 
 
-# -- a fake for the handler's tests --------------------------------------------------------------
+def __getattr__(name: str):
+    """``FakeSocketIOClient`` and ``Emitted`` live in :mod:`gateway.chat.testing`; still importable from here."""
+    if name in ("FakeSocketIOClient", "Emitted"):
+        from gateway.chat import testing
 
-
-@implementer(ISocketIOClient)
-class FakeSocketIOClient:
-    """An in-memory :class:`ISocketIOClient` that drives a handler the way the real client does.
-
-    For unit tests of handlers (the Expertflow connector): :meth:`connect` and :meth:`disconnect`
-    play the session's start and end, :meth:`receive` delivers a server event (returning the
-    ack the handler produced, the negative ack of an :class:`EventRefused`, which is also noted in
-    ``refused`` as ``(event, reason, problem)``); what the handler emits lands in ``emitted`` as
-    :class:`Emitted` entries whose Deferreds the test fires with :meth:`Emitted.ack`.
-    """
-
-    def __init__(self, handler):
-        self.handler = handler
-        self.connected = False
-        self.emitted: list[Emitted] = []
-        self.sent: list[tuple] = []
-        self.refused: list[tuple[str, str, str]] = []
-        self._waiters: list[defer.Deferred] = []
-
-    def emit(self, event: str, *args) -> defer.Deferred:
-        if not self.connected:
-            return defer.fail(NotConnected("the fake client is not connected"))
-        entry = Emitted(event, args, defer.Deferred())
-        self.emitted.append(entry)
-        return entry.deferred
-
-    def send(self, event: str, *args) -> None:
-        if not self.connected:
-            raise NotConnected("the fake client is not connected")
-        self.sent.append((event, *args))
-
-    def when_connected(self) -> defer.Deferred:
-        if self.connected:
-            return defer.succeed(self)
-        waiter = defer.Deferred(self._waiters.remove)
-        self._waiters.append(waiter)
-        return waiter
-
-    def connect(self) -> defer.Deferred:
-        """Start a session: ``on_connect`` runs, then waiters fire; returns on_connect's Deferred."""
-        self.connected = True
-        result = defer.maybeDeferred(self.handler.on_connect, self)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(self)
-        return result
-
-    def disconnect(self, reason=None) -> defer.Deferred:
-        """End the session: unacked emits fail with :class:`LinkLost`, then ``on_disconnect`` runs."""
-        self.connected = False
-        for entry in self.emitted:
-            if not entry.deferred.called:
-                entry.deferred.errback(LinkLost(f"fake link lost before the ack for {entry.event!r}"))
-        reason = reason if reason is not None else Failure(ConnectionDone("fake disconnect"))
-        return defer.maybeDeferred(self.handler.on_disconnect, self, reason)
-
-    def receive(self, event: str, *args) -> defer.Deferred:
-        """Deliver a server event; fires with the ack arguments the real client would send."""
-        def refused(failure):
-            failure.trap(EventRefused)
-            refusal = failure.value
-            self.refused.append((event, refusal.reason, refusal.problem))
-            return refusal.ack
-
-        d = defer.maybeDeferred(self.handler.on_event, self, event, list(args))
-        return d.addErrback(refused).addCallback(_ack_arguments)
-
-
-@attrs.define
-class Emitted:
-    """One event the handler emitted through a :class:`FakeSocketIOClient`."""
-
-    event: str
-    args: tuple
-    deferred: defer.Deferred
-
-    def ack(self, *args) -> None:
-        """Acknowledge with ``args`` (the Deferred fires with them as a list)."""
-        self.deferred.callback(list(args))
+        return getattr(testing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

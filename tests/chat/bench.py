@@ -11,7 +11,7 @@ from gateway.chat.connector import Connector
 from gateway.chat.conversations import Conversations
 from gateway.chat.messages import Participant
 from gateway.chat.metrics import ChatMetrics
-from gateway.chat.socketio import FakeSocketIOClient
+from gateway.chat.testing import FakeSocketIOClient
 from gateway.chat.transports import SimTransport
 from gateway.context import Readiness
 

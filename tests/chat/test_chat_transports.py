@@ -10,7 +10,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
+from gateway.chat import socketio
 from gateway.chat.interfaces import ISmsTransport, ISmsTransportFactory, OutboundSms, SmsRejected
+from gateway.chat.testing import FakeSmsTransport, FakeSocketIOClient
 from gateway.chat.transports import HttpTransport, SimTransport, TransportDown
 from gateway.chat.web import HttpClient, RequestTimedOut
 from gateway.pluginload import find_plugin
@@ -35,6 +37,27 @@ class Webhook(Resource):
             return NOT_DONE_YET
         request.setResponseCode(self.status)
         return b"provider says hi"
+
+
+class FakeSmsTransportTests(SynchronousTestCase):
+    """The shipped fake: keeps what it takes, answers as scripted."""
+
+    def test_it_keeps_what_it_takes_and_fails_as_scripted(self):
+        transport = FakeSmsTransport()
+        self.assertTrue(verifyObject(ISmsTransport, transport))
+        transport.fail_next(TransportDown("not now"))
+        transport.fail_next(SmsRejected("never"))
+        self.failureResultOf(transport.send(SMS), TransportDown)
+        self.failureResultOf(transport.send(SMS), SmsRejected)
+        self.assertIsNone(self.successResultOf(transport.send(SMS)))
+        self.assertEqual((transport.sent, transport.status()), ([SMS], {"name": "fake", "sent": 1}))
+        transport.stop()
+        self.assertTrue(transport.stopped)
+
+    def test_the_socketio_fake_lives_in_the_testing_module_and_keeps_its_old_name(self):
+        """Production modules define no test fakes; the old import path still works."""
+        self.assertIs(socketio.FakeSocketIOClient, FakeSocketIOClient)
+        self.assertNotIn("class FakeSocketIOClient", open(socketio.__file__, encoding="utf-8").read())
 
 
 class SimTransportTests(SynchronousTestCase):

@@ -23,7 +23,6 @@ from gateway.chat.socketio import (
     AckTimeout,
     CallbackHandler,
     EventRefused,
-    FakeSocketIOClient,
     ISocketIOClient,
     LinkLost,
     NotConnected,
@@ -31,6 +30,7 @@ from gateway.chat.socketio import (
     SocketIOClient,
     UnexpectedEvent,
 )
+from gateway.chat.testing import FakeSocketIOClient
 
 OPEN = {"sid": "eio-1", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000000}
 
