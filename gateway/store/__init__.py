@@ -4,7 +4,7 @@ The daemon builds its store from the ``[store] url`` with :func:`open_store`
 (the backend behind a :class:`GuardedStore`: see :mod:`gateway.store.guard`)
 and calls ``open()`` on it; everything else holds an :class:`ICdrStore`, and
 the chat connector an :class:`ISmsStore`. Tests of other rooms use
-:class:`MemoryCdrStore`.
+:class:`MemoryCdrStore` (the shipped fake, in :mod:`gateway.store.testing`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pathlib
 from gateway.core.cdr import PENDING_MAX
 from gateway.store.guard import GuardedStore, StoreHealth
 from gateway.store.interfaces import DuplicateCdr, ICdrStore, ISmsStore, SchemaTooNew, StoreUnavailable
-from gateway.store.memory import MemoryCdrStore
+from gateway.store.testing import MemoryCdrStore
 from gateway.store.records import MAX_LIMIT, normalize_timestamp
 from gateway.store.sms import ConversationRecord, SmsRecord
 from gateway.store.sqlite import SqliteCdrStore

@@ -1,5 +1,6 @@
 """What every ICdrStore promises, checked on the SQLite store and on the in-memory fake alike."""
 
+import pathlib
 import re
 
 import pytest
@@ -196,3 +197,12 @@ def test_the_fake_stamps_provider_cdrs_with_its_clock():
     got = []
     store.cdr("c1").addCallback(got.append)
     assert got[0]["provider_cdrs"] == [{"source": "optimaccs", "data": {"a": 1}, "received_at": "2024-05-01T10:00:00.250000Z"}]
+
+
+def test_the_memory_store_is_the_shipped_fake_of_the_testing_module():
+    """Like every room's fakes, the in-memory store lives in a ``testing`` module; the old names still work."""
+    from gateway import store
+    from gateway.store import memory, testing
+
+    assert store.MemoryCdrStore is testing.MemoryCdrStore is memory.MemoryCdrStore
+    assert "class " not in pathlib.Path(memory.__file__).read_text()
