@@ -24,6 +24,7 @@ import typing
 
 import attrs
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -42,9 +43,13 @@ from gateway.core.errors import (
     UnknownParty,
 )
 from gateway.core.dtmf import MAX_DTMF_DIGITS, PHONE_KEYS
-from gateway.core.interfaces import ICallControl, IInboundCalls, ILegEvents
+from gateway.core.interfaces import Attributes, ICallControl, IDriver, IDriverLeg, IInboundCalls, ILegEvents, Observer
 from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
 from gateway.core.states import Cause, LegState, next_state
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from gateway.core.mediactl import MediaController
+    from gateway.core.routing import Router
 
 # MAX_DTMF_DIGITS and PHONE_KEYS live in gateway.core.dtmf (adapters import them from there)
 __all__ = ["Registry", "DEFAULT_RETENTION", "IF_BUSY", "MAX_DTMF_DIGITS", "PHONE_KEYS"]
@@ -71,7 +76,24 @@ _PENDING_REASONS = {
 }
 
 
-def _non_finite(value) -> bool:
+_P = typing.ParamSpec("_P")
+_R = typing.TypeVar("_R")
+
+
+class ExtensionEntry(typing.Protocol):
+    """A configured extension (``gateway.config.Extension``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
+
+
+def _non_finite(value: object) -> bool:
     """Whether ``value`` (nested dicts, lists, tuples) holds a NaN or an infinite float."""
     stack = [value]
     while stack:
@@ -86,7 +108,7 @@ def _non_finite(value) -> bool:
     return False
 
 
-def _warn_unsafe(driver: str, given: dict, safe: dict) -> None:
+def _warn_unsafe(driver: str, given: dict[str, typing.Any], safe: dict[str, typing.Any]) -> None:
     """Say what :func:`~gateway.boundary.sanitise` changed in a call a driver delivered, naming the fields."""
     # an attribute is checked with its key (which may be the bad part) and named by the escaped key
     fields = [("caller_id", given["caller_id"]), ("did", given["did"]),
@@ -114,12 +136,8 @@ class _Destination:
     extension: str | None = None
 
     @property
-    def attributes(self) -> dict:
+    def attributes(self) -> Attributes:
         return {"extension": self.extension} if self.extension is not None else {}
-
-
-#: an observer: ``observer(event, call)``, ``call`` the event's call as a CallSnapshot
-Observer = typing.Callable[[ev.CallEvent, CallSnapshot], object]
 
 
 @attrs.define(eq=False)
@@ -128,29 +146,36 @@ class _Subscription:
     extension: str | None
 
 
-def _batched(method):
+def _batched(method: typing.Callable[typing.Concatenate[Registry, _P], _R]
+             ) -> typing.Callable[typing.Concatenate[Registry, _P], _R]:
     """Run a registry entry point as one batch: its events reach observers once it is done."""
 
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
+    def run(self: Registry, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._batch():
             return method(self, *args, **kwargs)
 
+    functools.update_wrapper(run, method)
     return run
 
 
-def _command(name: str):
+#: what a command's body returns: the snapshot, or a Deferred of it (None for dispose)
+_Body = typing.Callable[typing.Concatenate["Registry", _P], object]
+#: the command as callers see it (its precise result type is on ICallControl)
+_Command = typing.Callable[typing.Concatenate["Registry", _P], defer.Deferred[typing.Any]]
+
+
+def _command(name: str) -> typing.Callable[[_Body[_P]], _Command[_P]]:
     """Run a registry command as one batch: exceptions become failed Deferreds, the outcome is counted."""
 
-    def decorate(method):
+    def decorate(method: _Body[_P]) -> _Command[_P]:
         batched = _batched(method)
 
-        @functools.wraps(method)
-        def run(self, *args, **kwargs):
+        def run(self: Registry, /, *args: _P.args, **kwargs: _P.kwargs) -> defer.Deferred[typing.Any]:
             d = defer.maybeDeferred(batched, self, *args, **kwargs)
             d.addBoth(self._count_command, name)
             return d
 
+        functools.update_wrapper(run, method)
         return run
 
     return decorate
@@ -158,7 +183,9 @@ def _command(name: str):
 
 def _unwrap_first_error(failure: Failure) -> Failure:
     failure.trap(defer.FirstError)
-    return failure.value.subFailure
+    error = failure.value
+    assert isinstance(error, defer.FirstError)  # trap let nothing else through
+    return error.subFailure
 
 
 @implementer(ILegEvents)
@@ -178,7 +205,7 @@ class _LegEvents:
     def leg_id(self) -> str:
         return self._leg.leg_id
 
-    def _report(self, what: str, handler, *args) -> None:
+    def _report(self, what: str, handler: typing.Callable[..., None], *args: object) -> None:
         try:
             with self._registry._batch():
                 handler(self._leg, *args)
@@ -186,28 +213,28 @@ class _LegEvents:
             log.failure("handling {what} from driver {driver} on leg {leg_id} failed",
                         what=what, driver=self._leg.driver, leg_id=self._leg.leg_id)
 
-    def ringing(self):
+    def ringing(self) -> None:
         self._report("ringing", self._registry._leg_ringing)
 
-    def answered(self):
+    def answered(self) -> None:
         self._report("answered", self._registry._leg_answered)
 
-    def busy(self):
+    def busy(self) -> None:
         self._report("busy", self._registry._leg_over, Cause.BUSY)
 
-    def no_answer(self):
+    def no_answer(self) -> None:
         self._report("no_answer", self._registry._leg_over, Cause.NO_ANSWER)
 
-    def failed(self, reason):
+    def failed(self, reason: str) -> None:
         self._report("failed", self._registry._leg_over, Cause.FAILED, str(reason))
 
-    def hung_up(self, cause="remote_hangup"):
+    def hung_up(self, cause: str = "remote_hangup") -> None:
         self._report("hung_up", self._registry._leg_hung_up, cause)
 
-    def dtmf(self, digit, duration_ms=None):
+    def dtmf(self, digit: str, duration_ms: int | None = None) -> None:
         self._report("dtmf", self._registry._leg_dtmf, digit, duration_ms)
 
-    def provider_cdr(self, source, data):
+    def provider_cdr(self, source: str, data: Attributes) -> None:
         self._report("provider_cdr", self._registry._provider_cdr, source, data)
 
 
@@ -218,16 +245,16 @@ class Registry:
 
     def __init__(
         self,
-        clock,
-        drivers: typing.Mapping[str, typing.Any],
+        clock: IReactorTime,
+        drivers: typing.Mapping[str, IDriver],
         *,
-        extensions: typing.Iterable = (),
-        router=None,
-        media=None,
+        extensions: typing.Iterable[ExtensionEntry] = (),
+        router: Router | None = None,
+        media: MediaController | None = None,
         pbx_driver: str = "sim",
         node: str = "gateway",
-        cdr_sink: typing.Callable[[dict], defer.Deferred] | None = None,
-        provider_cdr_sink: typing.Callable[[str, str, dict], defer.Deferred] | None = None,
+        cdr_sink: typing.Callable[[Attributes], defer.Deferred[typing.Any]] | None = None,
+        provider_cdr_sink: typing.Callable[[str, str, Attributes], defer.Deferred[typing.Any]] | None = None,
         retention: float = DEFAULT_RETENTION,
         on_command: typing.Callable[[str, str], None] | None = None,
         sink_options: typing.Mapping[str, typing.Any] | None = None,
@@ -252,7 +279,7 @@ class Registry:
         self._cdrs = RetryingSink(clock, cdr_sink, "CDR", **options) if cdr_sink else None
         self._provider_cdrs = RetryingSink(clock, provider_cdr_sink, "provider CDR", **options) if provider_cdr_sink else None
         self._calls: dict[str, Call] = {}
-        self._forget_timers: dict[str, typing.Any] = {}
+        self._forget_timers: dict[str, IDelayedCall] = {}
         self._subscriptions: list[_Subscription] = []
         #: events of the batch under way, with their (live) call
         self._pending: list[tuple[ev.CallEvent, Call]] = []
@@ -261,12 +288,12 @@ class Registry:
         self._depth = 0
         self._dispatching = False
         self._closing = False
-        self._drained: list[defer.Deferred] = []
-        self._shutdown_timer = None
+        self._drained: list[defer.Deferred[None]] = []
+        self._shutdown_timer: IDelayedCall | None = None
 
     # -- observers -----------------------------------------------------------
 
-    def subscribe(self, callback: Observer, extension: str | None = None):
+    def subscribe(self, callback: Observer, extension: str | None = None) -> typing.Callable[[], None]:
         """Call ``callback(event, call)`` for every event (of ``extension``'s calls only, if given),
         ``call`` being the event's call as a :class:`CallSnapshot` once the batch that raised the event
         was done: one snapshot per call per batch, shared by all of that call's events in it.
@@ -281,7 +308,7 @@ class Registry:
         return unsubscribe
 
     @contextlib.contextmanager
-    def _batch(self):
+    def _batch(self) -> typing.Iterator[None]:
         """Hold events back until the outermost entry point is done, so that observers (who may
         issue commands of their own) always see the registry in a consistent state."""
         self._depth += 1
@@ -333,7 +360,7 @@ class Registry:
                 log.failure("observer {observer!r} failed on {event} of call {call_id}",
                             observer=subscription.callback, event=event.type, call_id=event.call_id)
 
-    def _event(self, cls, call: Call, leg: Leg | None = None, **fields) -> None:
+    def _event(self, cls: type[ev.CallEvent], call: Call, leg: Leg | None = None, **fields: typing.Any) -> None:
         self._emit(cls(call_id=call.call_id, extension=call.extension, at=self._clock.seconds(),
                        leg_id=leg.leg_id if leg is not None else None, **fields), call)
 
@@ -363,13 +390,13 @@ class Registry:
     def extensions(self) -> list[str]:
         return list(self._extensions)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, typing.Any]:
         """Counts for the admin status page."""
         states = collections.Counter(c.state.value for c in self._calls.values() if not c.ended)
         return {"live_calls": sum(states.values()), "by_state": dict(states),
                 "retained_calls": sum(1 for c in self._calls.values() if c.ended)}
 
-    def leg_states(self) -> collections.Counter:
+    def leg_states(self) -> collections.Counter[str]:
         """State -> number of legs of live calls (for metrics)."""
         return collections.Counter(leg.state.value for c in self._calls.values() if not c.ended for leg in c.legs)
 
@@ -387,15 +414,15 @@ class Registry:
 
     # -- commands ------------------------------------------------------------
 
-    def _count_command(self, result, name: str):
+    def _count_command(self, result: _R, name: str) -> _R:
         if self._on_command is not None:
             outcome = "ok" if not isinstance(result, Failure) else getattr(result.value, "code", "error")
             self._on_command(name, outcome)
         return result
 
     @_command("originate")
-    def originate(self, extension_id: str, number: str, *, attributes: dict | None = None,
-                  if_busy: str = "refuse", by: str = "api"):
+    def originate(self, extension_id: str, number: str, *, attributes: Attributes | None = None,
+                  if_busy: str = "refuse", by: str = "api") -> CallSnapshot | defer.Deferred[CallSnapshot]:
         """Click-to-dial: ring the extension's phone; when it answers, dial ``number`` and bridge.
 
         While the extension has a live call of its own, ``if_busy`` says what happens: ``refuse``
@@ -410,8 +437,9 @@ class Registry:
         if target.extension == ext.id:
             raise InvalidArgument(f"extension {ext.id} cannot call itself")
         current = self._own_live_call(ext.id) if if_busy == "replace" else None
-        for busy in {extension_id, target.extension} - {None}:
-            self._check_free(busy, besides=current)
+        for busy in {extension_id, target.extension}:
+            if busy is not None:
+                self._check_free(busy, besides=current)
         if current is None:
             return self._place(ext, target, number, attributes)
         log.info("extension {extension}: ending call {call_id} to dial {number} (if_busy replace, by {by})",
@@ -420,11 +448,13 @@ class Registry:
         return ended.addCallback(lambda _: self._place(ext, target, number, attributes))
 
     @_batched
-    def _place(self, ext, target: _Destination, number: str, attributes: dict | None) -> CallSnapshot:
+    def _place(self, ext: ExtensionEntry, target: _Destination, number: str,
+               attributes: Attributes | None) -> CallSnapshot:
         """originate's dial, once the extension (and a target extension) are free."""
         self._check_open("originate")
-        for busy in {ext.id, target.extension} - {None}:
-            self._check_free(busy)
+        for busy in {ext.id, target.extension}:
+            if busy is not None:
+                self._check_free(busy)
         attributes = dict(attributes or {})
         call = self._new_call(extension=ext.id, direction=OUTBOUND, caller=ext.id, number=number, attributes=attributes)
         try:
@@ -435,7 +465,8 @@ class Registry:
         return self._snapshot(call)
 
     @_batched
-    def incoming(self, driver_leg, *, caller_id: str | None, did: str | None, attributes: dict | None = None):
+    def incoming(self, driver_leg: IDriverLeg, *, caller_id: str | None, did: str | None,
+                 attributes: Attributes | None = None) -> ILegEvents:
         """A driver delivers a new inbound leg; returns the leg's ILegEvents.
 
         The call is routed by ``did``: to an extension (its phone rings), to a
@@ -488,7 +519,7 @@ class Registry:
             self._end_call(call, Cause.FAILED, "gateway")
 
     @_command("answer")
-    def answer(self, call_id: str):
+    def answer(self, call_id: str) -> CallSnapshot | defer.Deferred[CallSnapshot]:
         """Answer an alerting call (or pick up a click-to-dial's own phone) at the extension's phone."""
         call = self._checked(call_id, "answer")
         device = call.device
@@ -501,13 +532,13 @@ class Registry:
         return d.addCallback(lambda _: self._snapshot(call))
 
     @_command("reject")
-    def reject(self, call_id: str, *, by: str = "api"):
+    def reject(self, call_id: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
         """Refuse an alerting inbound call (cause rejected)."""
         call = self._checked(call_id, "reject")
         return self._end_call(call, Cause.REJECTED, by).addCallback(lambda _: self._snapshot(call))
 
     @_command("cancel")
-    def cancel(self, call_id: str, *, by: str = "api"):
+    def cancel(self, call_id: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
         """Give up a call nobody has answered yet: an alerting inbound call is refused (as
         :meth:`reject`: cause rejected), a call still dialling out is hung up (cause normal).
         IllegalState once the call is talking, held or over."""
@@ -516,22 +547,22 @@ class Registry:
         return self._end_call(call, cause, by).addCallback(lambda _: self._snapshot(call))
 
     @_command("hangup")
-    def hangup(self, call_id: str, *, by: str = "api"):
+    def hangup(self, call_id: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
         """End the call: every leg is hung up (cause normal)."""
         call = self._checked(call_id, "hangup")
         return self._end_call(call, Cause.NORMAL, by).addCallback(lambda _: self._snapshot(call))
 
     @_command("hold")
-    def hold(self, call_id: str):
+    def hold(self, call_id: str) -> CallSnapshot | defer.Deferred[CallSnapshot]:
         """Put the remote parties on hold (idempotent)."""
         return self._set_held(call_id, "hold", TALKING, ev.LegHeld)
 
     @_command("retrieve")
-    def retrieve(self, call_id: str):
+    def retrieve(self, call_id: str) -> CallSnapshot | defer.Deferred[CallSnapshot]:
         """Take the remote parties off hold (idempotent)."""
         return self._set_held(call_id, "retrieve", HELD, ev.LegRetrieved)
 
-    def _set_held(self, call_id: str, command: str, from_state: LegState, event) -> CallSnapshot:
+    def _set_held(self, call_id: str, command: str, from_state: LegState, event: type[ev.CallEvent]) -> CallSnapshot:
         call = self._checked(call_id, command)
         for leg in call.parties:
             if leg.state is from_state:
@@ -541,15 +572,15 @@ class Registry:
         return self._snapshot(call)
 
     @_command("mute")
-    def mute(self, call_id: str):
+    def mute(self, call_id: str) -> CallSnapshot | defer.Deferred[CallSnapshot]:
         """Stop forwarding the extension's audio (idempotent)."""
         return self._set_muted(call_id, "mute", True, ev.LegMuted)
 
     @_command("unmute")
-    def unmute(self, call_id: str):
+    def unmute(self, call_id: str) -> CallSnapshot | defer.Deferred[CallSnapshot]:
         return self._set_muted(call_id, "unmute", False, ev.LegUnmuted)
 
-    def _set_muted(self, call_id: str, command: str, muted: bool, event) -> CallSnapshot:
+    def _set_muted(self, call_id: str, command: str, muted: bool, event: type[ev.CallEvent]) -> CallSnapshot:
         call = self._checked(call_id, command)
         device = call.device
         if device is None:
@@ -562,14 +593,14 @@ class Registry:
         return self._snapshot(call)
 
     @_command("transfer")
-    def transfer(self, call_id: str, destination: str, *, by: str = "api"):
+    def transfer(self, call_id: str, destination: str, *, by: str = "api") -> CallSnapshot:
         """Blind transfer: dial ``destination`` (an extension id or a number); when it answers, the
         remote parties talk to it in a new call and this one ends (cause transferred). Fires once
         dialled; a failure arrives as a TransferFailed event and leaves the call as it was."""
         return self._consult(call_id, destination, "transfer", by)
 
     @_command("conference")
-    def conference(self, call_id: str, destination: str, *, by: str = "api"):
+    def conference(self, call_id: str, destination: str, *, by: str = "api") -> CallSnapshot:
         """Dial ``destination``; when it answers it is mixed into the call (PartyAdded). Fires once
         dialled; a failure arrives as a ConferenceFailed event and leaves the call as it was."""
         return self._consult(call_id, destination, "conference", by)
@@ -589,7 +620,7 @@ class Registry:
         return self._snapshot(call)
 
     @_command("remove_party")
-    def remove_party(self, call_id: str, number: str, *, by: str = "api"):
+    def remove_party(self, call_id: str, number: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
         """Hang up one remote party; the call goes on while another remains."""
         call = self._checked(call_id, "remove_party")
         leg = next((p for p in call.parties if p.number == number), None)
@@ -601,7 +632,8 @@ class Registry:
         return d.addCallback(lambda _: self._snapshot(call))
 
     @_command("dtmf")
-    def send_dtmf(self, call_id: str, digits: str, duration_ms: int = 100, gap_ms: int = 50):
+    def send_dtmf(self, call_id: str, digits: str, duration_ms: int = 100,
+                  gap_ms: int = 50) -> defer.Deferred[CallSnapshot]:
         """Send ``digits`` to the remote parties one after another; fires when the last tone ended."""
         digits = str(digits).upper()
         if not _DIGITS.match(digits) or len(digits) > MAX_DTMF_DIGITS:
@@ -611,10 +643,12 @@ class Registry:
         if not (isinstance(gap_ms, int) and 0 <= gap_ms <= 1000):
             raise InvalidArgument(f"DTMF gap must be 0-1000 ms, not {gap_ms!r}")
         call = self._checked(call_id, "dtmf")
-        return call.dtmf_lock.run(self._play_digits, call, digits, duration_ms, gap_ms)
+        lock: defer.DeferredLock = call.dtmf_lock
+        return lock.run(self._play_digits, call, digits, duration_ms, gap_ms)
 
     @defer.inlineCallbacks
-    def _play_digits(self, call: Call, digits: str, duration_ms: int, gap_ms: int):
+    def _play_digits(self, call: Call, digits: str, duration_ms: int,
+                     gap_ms: int) -> typing.Generator[defer.Deferred[typing.Any], object, CallSnapshot]:
         for index, digit in enumerate(digits):
             if index:
                 yield task.deferLater(self._clock, gap_ms / 1000)
@@ -626,7 +660,7 @@ class Registry:
         return self._snapshot(call)
 
     @_command("flush")
-    def flush(self, call_id: str):
+    def flush(self, call_id: str) -> CallSnapshot | defer.Deferred[CallSnapshot]:
         """Barge-in: discard the audio queued toward the remote parties, in the gateway and, where the
         driver can, at the far end (OptimaCCS ``interrupt``)."""
         call = self._checked(call_id, "flush")
@@ -635,16 +669,16 @@ class Registry:
         return self._snapshot(call)
 
     @_command("dispose")
-    def dispose(self, call_id: str, *, by: str = "api"):
+    def dispose(self, call_id: str, *, by: str = "api") -> defer.Deferred[None]:
         """Forget a call now (a live one is hung up first)."""
         call = self._find(call_id)
         return self._end_call(call, Cause.NORMAL, by).addCallback(lambda _: self._forget(call_id))
 
-    def shutdown(self, grace: float) -> defer.Deferred:
+    def shutdown(self, grace: float) -> defer.Deferred[None]:
         """Refuse new calls, give live ones ``grace`` seconds, end the rest (cause shutdown), then
         settle the CDR deliveries. Fires with None."""
         self._closing = True
-        drained = defer.Deferred()
+        drained: defer.Deferred[None] = defer.Deferred()
         self._drained.append(drained)
         if self._shutdown_timer is None:
             self._shutdown_timer = self._clock.callLater(grace, self._end_all, Cause.SHUTDOWN)
@@ -668,7 +702,7 @@ class Registry:
         for d in waiting:
             d.callback(None)
 
-    def _settle(self) -> defer.Deferred:
+    def _settle(self) -> defer.Deferred[None]:
         for timer in self._forget_timers.values():
             timer.cancel()
         self._forget_timers.clear()
@@ -681,17 +715,17 @@ class Registry:
         if self._closing:
             raise IllegalState(command, "shutting down", "gateway")
 
-    def _extension(self, extension_id: str):
+    def _extension(self, extension_id: str) -> ExtensionEntry:
         try:
             return self._extensions[extension_id]
         except KeyError:
             raise UnknownExtension(extension_id) from None
 
-    def _device(self, ext) -> _Destination:
+    def _device(self, ext: ExtensionEntry) -> _Destination:
         driver, _, address = ext.device.partition(":")
         return _Destination(driver, address, ext.id, ext.name, ext.id)
 
-    def _destination(self, destination: str) -> _Destination:
+    def _destination(self, destination: str | None) -> _Destination:
         """An extension id rings that extension's phone; anything else must be a number for [pbx] driver."""
         destination = str(destination or "")  # refused, not repaired: " 555\n" is no number
         ext = self._extensions.get(destination)
@@ -721,7 +755,7 @@ class Registry:
         """The extension's own live call (the one ``active_call_for`` shows), if any."""
         return next((c for c in self._calls.values() if c.extension == extension_id and not c.ended), None)
 
-    def _new_call(self, **fields) -> Call:
+    def _new_call(self, **fields: typing.Any) -> Call:
         call = Call(call_id=secrets.token_hex(8), created_at=self._clock.seconds(), **fields)
         call.dtmf_lock = defer.DeferredLock()
         self._calls[call.call_id] = call
@@ -732,7 +766,8 @@ class Registry:
         self._event(ev.CallCreated, call, direction=call.direction, caller=call.caller, number=call.number,
                     did=call.did, attributes=dict(call.attributes))
 
-    def _add_leg(self, call: Call, role: str, direction: str, number, driver: str, state: LegState, **fields) -> Leg:
+    def _add_leg(self, call: Call, role: str, direction: str, number: str | None, driver: str, state: LegState,
+                 **fields: typing.Any) -> Leg:
         leg = Leg(leg_id=secrets.token_hex(8), call=call, role=role, direction=direction, number=number,
                   driver=driver, state=state, started_at=self._clock.seconds(), **fields)
         call.legs.append(leg)
@@ -743,8 +778,8 @@ class Registry:
         self._event(ev.LegCreated, call, leg, role=leg.role, direction=leg.direction, number=leg.number,
                     driver=leg.driver, state=leg.state)
 
-    def _dial(self, call: Call, role: str, target: _Destination, *, caller_id=None, pending=None,
-              state: LegState = DIALING) -> Leg:
+    def _dial(self, call: Call, role: str, target: _Destination, *, caller_id: str | None = None,
+              pending: str | None = None, state: LegState = DIALING) -> Leg:
         """Add a leg and dial it; on a refused dial the leg ends (cause failed) and DriverError is raised."""
         leg = self._add_leg(call, role, OUTBOUND, target.number, target.driver, state, caller_id=caller_id,
                             name=target.name, attributes=target.attributes, pending=pending)
@@ -764,10 +799,11 @@ class Registry:
         self._event(ev.LegDialing, call, leg)
         return leg
 
-    def _driver_op(self, leg: Leg, what: str, operation, *args) -> defer.Deferred:
+    def _driver_op(self, leg: Leg, what: str, operation: typing.Callable[..., object],
+                   *args: object) -> defer.Deferred[typing.Any]:
         """Run a driver operation; anything but a CallError it fails with becomes a DriverError."""
 
-        def as_driver_error(failure):
+        def as_driver_error(failure: Failure) -> Failure:
             if failure.check(CallError):
                 return failure
             log.failure("driver {driver}: {what} on leg {leg_id} failed", failure, driver=leg.driver,
@@ -776,7 +812,7 @@ class Registry:
 
         return defer.maybeDeferred(operation, *args).addErrback(as_driver_error)
 
-    def _hangup_driver(self, leg: Leg, cause: Cause) -> defer.Deferred:
+    def _hangup_driver(self, leg: Leg, cause: Cause) -> defer.Deferred[typing.Any]:
         """Tell the driver to end the leg; a failure is logged, never passed on (the leg is over for us)."""
         if leg.driver_leg is None:
             return defer.succeed(None)
@@ -803,7 +839,7 @@ class Registry:
         d = self._driver_op(leg, "answer", leg.driver_leg.answer)
         d.addCallback(lambda _: self._leg_answered(leg))
 
-        def refused(failure):
+        def refused(failure: Failure) -> None:
             log.warn("call {call_id}: answering the caller failed: {error}", call_id=leg.call.call_id,
                      error=failure.getErrorMessage())
             with self._batch():
@@ -887,7 +923,7 @@ class Registry:
             self._event(ev.PartyRemoved, call, leg, number=leg.number)
             self._progress(call)
 
-    def _leg_dtmf(self, leg: Leg, digit, duration_ms) -> None:
+    def _leg_dtmf(self, leg: Leg, digit: object, duration_ms: int | None) -> None:
         digit = str(digit).upper()
         if len(digit) != 1 or not _DIGITS.match(digit):
             log.warn("driver {driver} reported an invalid DTMF digit {digit!r} on leg {leg_id}; ignored",
@@ -905,7 +941,7 @@ class Registry:
         if call is not None:
             self._end_call(call, Cause.NORMAL, "gateway")
 
-    def _provider_cdr(self, leg: Leg, source: str, data: dict) -> None:
+    def _provider_cdr(self, leg: Leg, source: str, data: Attributes) -> None:
         if self._provider_cdrs is not None:
             self._provider_cdrs.write(leg.call.call_id, str(source), data)
 
@@ -945,13 +981,14 @@ class Registry:
 
     # -- ending -----------------------------------------------------------------
 
-    def _end_call(self, call: Call, cause: Cause, by: str | None) -> defer.Deferred:
+    def _end_call(self, call: Call, cause: Cause, by: str | None) -> defer.Deferred[None]:
         """Hang up every live leg, stop the media, publish CallEnded with the CDR; fires when the
         drivers have hung up."""
         if call.ended:
             return defer.succeed(None)
         if call.pending is not None:
             kind, call.pending = call.pending.pending, None
+            assert kind is not None  # a leg dialled for a transfer or conference says which
             self._event(_CONSULT_EVENTS[kind], call, None, reason="the call ended")
         hangups = []
         for leg in call.live_legs:
