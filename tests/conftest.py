@@ -1,8 +1,11 @@
-"""Shared pytest configuration: temporary paths, the artefact directory, the protocol texts."""
+"""Shared pytest configuration: temporary paths, the artefact directory, the protocol texts, and the
+teardown of what a test started (``cleanup``, ``processes``)."""
 import itertools
 import pathlib
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -31,3 +34,27 @@ def _trial_mktemp_under_tmp_path(monkeypatch, tmp_path):
     under pytest they go below the test's ``tmp_path``, which pytest cleans up."""
     counter = itertools.count()
     monkeypatch.setattr(SynchronousTestCase, "mktemp", lambda self: str(tmp_path / f"mktemp-{next(counter)}"))
+
+
+@pytest.fixture
+def cleanup():
+    """``cleanup(stop)`` registers something the test started; at teardown every ``stop()`` runs,
+    the last registered first."""
+    stops = []
+    yield stops.append
+    for stop in reversed(stops):
+        stop()
+
+
+@pytest.fixture
+def processes(cleanup):
+    """The GatewayProcesses a test appends here are killed at teardown (if still running) and waited for."""
+    made = []
+
+    def kill_all():
+        for proc in made:
+            proc.kill()
+        pytest_twisted.blockon(defer.DeferredList([proc.ended for proc in made if proc.transport is not None]))
+
+    cleanup(kill_all)
+    return made

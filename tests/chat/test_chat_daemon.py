@@ -34,16 +34,6 @@ def reactor():
     return reactor
 
 
-@pytest.fixture
-def processes():
-    """Every GatewayProcess made by a test is killed at teardown (if still running)."""
-    made = []
-    yield made
-    for proc in made:
-        proc.kill()
-    pytest_twisted.blockon(defer.DeferredList([proc.ended for proc in made if proc.transport is not None]))
-
-
 def gateway(processes, tmp_path, chat_url, extra=""):
     """A daemon (not started) with the connector enabled toward ``chat_url``, and its admin port."""
     admin = free_port()

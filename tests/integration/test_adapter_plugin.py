@@ -89,14 +89,6 @@ BUNDLED_OFF = ("optimaccs off (no [optimaccs] section), patriot off (no [patriot
 
 
 @pytest.fixture
-def processes():
-    made = []
-    yield made
-    for proc in made:
-        proc.kill()
-
-
-@pytest.fixture
 def plugin_dir(tmp_path):
     directory = tmp_path / "operator-plugins"
     directory.mkdir()

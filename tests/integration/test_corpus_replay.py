@@ -60,14 +60,6 @@ OUTCOME_WAIT = 5.0
 STAYS_OPEN = 0.4
 
 
-@pytest.fixture
-def cleanup():
-    stops = []
-    yield stops.append
-    for stop in reversed(stops):
-        stop()
-
-
 def sleep(seconds: float) -> defer.Deferred:
     return deferLater(reactor, seconds, lambda: None)
 

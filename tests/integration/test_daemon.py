@@ -14,15 +14,6 @@ from gateway.testing import GatewayProcess, free_port
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def processes():
-    """Every GatewayProcess made by a test is stopped (or killed) at teardown."""
-    made = []
-    yield made
-    for proc in made:
-        proc.kill()
-
-
 def _gateway(processes, tmp_path, config=None, **kw):
     proc = GatewayProcess(reactor, tmp_path, config, **kw)
     processes.append(proc)

@@ -16,14 +16,6 @@ pytestmark = pytest.mark.timeout(90)
 CALLS = "[[extensions]]\nid = '1001'\n\n[pbx.sim]\nphone_answer_delay = 0.1\nring_time = 0.1\n"
 
 
-@pytest.fixture
-def processes():
-    made = []
-    yield made
-    for proc in made:
-        proc.kill()
-
-
 def sleep(seconds):
     return deferLater(reactor, seconds, lambda: None)
 

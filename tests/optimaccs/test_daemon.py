@@ -16,15 +16,6 @@ ECHO_DID, OPERATOR_DID = "0210000200", "0210000100"
 TOKEN = "provider-t0ken"
 
 
-@pytest.fixture
-def cleanup():
-    """Everything a test starts: stopped (processes killed, ports closed, calls closed) at teardown."""
-    stops = []
-    yield stops.append
-    for stop in reversed(stops):
-        stop()
-
-
 @defer.inlineCallbacks
 def start_gateway(cleanup, tmp_path, extra: str, *, tls=None, inbound_keys: str = ""):
     """The daemon with [optimaccs] on a loopback port (``tls``: a certificate for an ssl: listener, wss://)."""
