@@ -10,15 +10,15 @@ import pathlib
 import sys
 
 from treq.testing import StubTreq
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 
 from gateway.core import events as ev
 from gateway.drivers.optimaccs_api import ProviderApi, media_url
 from gateway.drivers.optimaccs_out import DIALING
 
 from .outbound_bench import Bench
+from .support import LogCapture, Reply
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from corpus import load  # noqa: E402
@@ -26,35 +26,6 @@ from corpus import load  # noqa: E402
 BYSTANDER = "6281230001"
 VICTIM = "6281234567"
 RINGING_VICTIM = "6281118888"  # the fake provider lets it ring until the timeout
-
-
-class _Reply(Resource):
-    """Every request answered with one status and body."""
-
-    isLeaf = True
-
-    def __init__(self, status: int, body: bytes):
-        super().__init__()
-        self.status, self.body = status, body
-
-    def render(self, request):
-        request.setResponseCode(self.status)
-        request.setHeader(b"content-type", b"application/json")
-        return self.body
-
-
-class _Logs:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def text(self) -> str:
-        return "\n".join(formatEvent(e) for e in self.events)
-
-    @property
-    def tracebacks(self) -> list:
-        return [e for e in self.events if "log_failure" in e]
 
 
 def rest_cases():
@@ -70,7 +41,7 @@ class HostileRestTests(SynchronousTestCase):
         bench = Bench(self)
         for case in rest_cases():
             ((body, _),) = case.built()
-            api = ProviderApi(StubTreq(_Reply(case.extra["status"], body)), bench.clock, bench.config.outbound,
+            api = ProviderApi(StubTreq(Reply(case.extra["status"], body)), bench.clock, bench.config.outbound,
                               "pcm16")
             placed = api.place_call(VICTIM)
             placed.addCallback(lambda p: media_url(p.endpoint_url, p.session_id))  # what the leg does next
@@ -81,13 +52,13 @@ class HostileRestTests(SynchronousTestCase):
             str(failure.value).encode("utf-8")  # fit for a log, the API and the store
 
     def test_every_bad_reply_fails_only_its_call_logged_counted_and_with_its_cdr(self):
-        logs = _Logs(self)
+        logs = LogCapture(self)
         bench = Bench(self)
         bystander = bench.talking(BYSTANDER, extension="1002")
         good_http = bench.driver.api._http
         for number, case in enumerate(rest_cases()):
             ((body, _),) = case.built()
-            bench.driver.api._http = StubTreq(_Reply(case.extra["status"], body))
+            bench.driver.api._http = StubTreq(Reply(case.extra["status"], body))
             call_id = bench.registry.originate("1001", VICTIM).result.call_id
             bench.run(1.5)
             bench.driver.api._http = good_http
@@ -137,7 +108,7 @@ class HostileMediaTests(SynchronousTestCase):
                 self.check(case)
 
     def check(self, case):
-        logs = _Logs(self)
+        logs = LogCapture(self)
         bench = Bench(self)
         bystander = bench.talking(BYSTANDER, extension="1002")
         call_id, session = self.victim(bench, case)
@@ -167,7 +138,7 @@ class HostileMediaTests(SynchronousTestCase):
         self.assertEqual(len(bench.driver.legs), 2 if case.outcome == "dropped" else 1, where)
 
     def test_a_lone_surrogate_closes_the_media_websocket_1007_and_hangs_up_by_rest(self):
-        logs = _Logs(self)
+        logs = LogCapture(self)
         bench = Bench(self)
         call_id = bench.talking(VICTIM)
         link = bench.session()._link
@@ -195,7 +166,7 @@ class HostileMediaTests(SynchronousTestCase):
                           for call_id in codes}, {call_id: (code, False) for call_id, code in codes.items()})
 
     def test_10000_unknown_events_log_a_bounded_number_of_lines(self):
-        logs = _Logs(self)
+        logs = LogCapture(self)
         bench = Bench(self)
         call_id = bench.talking(VICTIM)
         for _ in range(10_000):

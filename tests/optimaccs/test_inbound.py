@@ -7,7 +7,7 @@ through the registry).
 
 import txaio
 from twisted.internet import protocol, task
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,24 +21,11 @@ from gateway.sim import audio
 from gateway.sim.optimaccs import CallScript, TimedDigit
 
 from .inbound_bench import ECHO_DID, MANUAL_DID, Bench, RecordingTransport
+from .support import LogCapture
 
 CALLER_HZ = 440  # the simulator's test tone
 PHONE_HZ = 600
 HOLD_HZ = 425
-
-
-class LogCapture:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def text(self) -> str:
-        return "\n".join(formatEvent(e) for e in self.events)
-
-    @property
-    def tracebacks(self) -> list:
-        return [e for e in self.events if "log_failure" in e]
 
 
 def raw(did=ECHO_DID, **options) -> CallScript:
@@ -286,12 +273,15 @@ class ExtensionCallTests(SynchronousTestCase):
         )
 
 
-class BadInputTests(SynchronousTestCase):
-    """Every bad input closes its own connection with a code and reason, or is ignored; others go on."""
+class _BesideABystander(SynchronousTestCase):
+    """A raw call (``self.call``) beside a bystander echo call; after each test the bystander still
+    hears itself and nothing logged a traceback. ``bench_options``: the Bench's keyword arguments."""
+
+    bench_options: dict = {}
 
     def setUp(self):
         self.logs = LogCapture(self)
-        self.bench = Bench(self, max_message_size=1024)
+        self.bench = Bench(self, **self.bench_options)
         self.bystander, _ = self.bench.connect(CallScript(did=ECHO_DID))
         self.call, _ = self.bench.connect(raw())
 
@@ -300,6 +290,12 @@ class BadInputTests(SynchronousTestCase):
         self.assertIsNone(self.bystander.close_code)
         self.assertTrue(self.bystander.echo().matched)
         self.assertEqual(self.logs.tracebacks, [])
+
+
+class BadInputTests(_BesideABystander):
+    """Every bad input closes its own connection with a code and reason, or is ignored; others go on."""
+
+    bench_options = {"max_message_size": 1024}
 
     def assertClosed(self, code, reason_part):
         self.bench.flush()
@@ -408,20 +404,10 @@ class BadInputTests(SynchronousTestCase):
         self.assertEqual(self.call.close_code, 1000)  # the call is over and its cdr is in
 
 
-class BoundaryTests(SynchronousTestCase):
+class BoundaryTests(_BesideABystander):
     """Every text message goes through gateway.boundary.load_json; ignored ones through an IgnoredBudget."""
 
-    def setUp(self):
-        self.logs = LogCapture(self)
-        self.bench = Bench(self, setup_timeout=300.0)
-        self.bystander, _ = self.bench.connect(CallScript(did=ECHO_DID))
-        self.call, _ = self.bench.connect(raw())
-
-    def tearDown(self):
-        self.bench.run(0.5)
-        self.assertIsNone(self.bystander.close_code)
-        self.assertTrue(self.bystander.echo().matched)
-        self.assertEqual(self.logs.tracebacks, [])
+    bench_options = {"setup_timeout": 300.0}
 
     def test_a_lone_surrogate_closes_1007_naming_the_field(self):
         self.call.send_text(b'{"event":"incoming_call","callerId":"\\ud800","didNumber":"555","sessionId":"p1"}')

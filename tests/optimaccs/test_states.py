@@ -21,7 +21,6 @@ import attrs
 import txaio
 from twisted.internet import defer, protocol, task
 from twisted.internet.address import IPv4Address
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,6 +32,7 @@ from gateway.sim.optimaccs import ApiSettings, CallScript
 
 from . import inbound_bench, outbound_bench
 from .inbound_bench import ECHO_DID, MANUAL_DID, RecordingTransport
+from .support import LogCapture
 
 NUMBER = "6281234567"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -57,20 +57,6 @@ class RecordingClock:
 
     def pending(self) -> list:
         return [call for call in self.calls if call.active()]
-
-
-class Logs:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def text(self) -> str:
-        return "\n".join(formatEvent(e) for e in self.events)
-
-    @property
-    def tracebacks(self) -> list:
-        return [e for e in self.events if "log_failure" in e]
 
 
 def text_frame(message: dict, masked: bool) -> bytes:
@@ -144,7 +130,7 @@ class TransitionTableTests(SynchronousTestCase):
     def test_an_illegal_transition_is_logged_counted_and_refused_never_raised(self):
         from prometheus_client import CollectorRegistry
 
-        logs = Logs(self)
+        logs = LogCapture(self)
         metrics = CollectorRegistry()
         machine = Machine(Transitions("inbound", {("a", "go"): "b"}), "a", lambda: "OptimaCCS 1.2.3.4:5",
                           illegal_counter(metrics))
@@ -378,7 +364,7 @@ class OutboundSilentProviderTests(SynchronousTestCase):
         self.assertEqual(self.decoy.getDelayedCalls(), [])
 
     def test_no_dialing_fails_the_leg_after_request_timeout(self):
-        logs = Logs(self)
+        logs = LogCapture(self)
         leg, events, opened = self.open()
         self.assertEqual((leg.stage, leg.timers), (OutboundState.DIALING, ["answer", "progress"]))
         self.advance(opened + 9.99 - self.bench.clock.seconds())
