@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: what must stay type-checked (CONTRIBUTING.md, "Types")
 SCOPE = {"gateway/media", "gateway/adapters.py", *(f"gateway/core/{name}.py" for name in (
     "__init__", "cdr", "dtmf", "errors", "events", "interfaces", "mediactl", "metrics", "model", "registry",
-    "routing", "states"))}
+    "routing", "states", "testing"))}
 #: seconds a cold run may take on the 2-core CI machine before something is wrong
 TIMEOUT = 100
 

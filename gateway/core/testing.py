@@ -39,6 +39,7 @@ import typing
 
 import attrs
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -46,7 +47,7 @@ from gateway.core import events as ev
 from gateway.core.cdr import build_cdr
 from gateway.core.dtmf import DTMF_DIGITS, MAX_DTMF_DIGITS
 from gateway.core.errors import ExtensionBusy, IllegalState, InvalidArgument, UnknownCall, UnknownExtension, UnknownParty
-from gateway.core.interfaces import ICallControl
+from gateway.core.interfaces import Attributes, ICallControl, Observer
 from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
 from gateway.core.states import Cause, LegState, next_state
 
@@ -67,13 +68,25 @@ _NUMBER = re.compile(r"\+?[0-9*#]{1,40}\Z")  # what the registry accepts as a nu
 _CONSULT_EVENTS = {"transfer": ev.TransferFailed, "conference": ev.ConferenceFailed}
 _PENDING_REASONS = {Cause.BUSY: "busy", Cause.NO_ANSWER: "no answer", Cause.REMOTE_HANGUP: "hung up before answering"}
 
+_P = typing.ParamSpec("_P")
+_R = typing.TypeVar("_R")
+#: a subscription: the observer and the extension it is limited to (None: every call)
+_Subscription = tuple[Observer, str | None]
 
-def _command(method):
+
+class _ExtensionLike(typing.Protocol):
+    """A configured extension as the fake reads it (``gateway.config.Extension``; ``name`` optional)."""
+
+    @property
+    def id(self) -> str: ...
+
+
+def _command(method: typing.Callable[typing.Concatenate[FakeCallControl, _P], _R]
+             ) -> typing.Callable[typing.Concatenate[FakeCallControl, _P], defer.Deferred[_R]]:
     """A command: noted, failed as scripted, run as one batch; exceptions become failed Deferreds."""
     name = method.__name__
 
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
+    def run(self: FakeCallControl, /, *args: _P.args, **kwargs: _P.kwargs) -> defer.Deferred[_R]:
         self.commands.append((name, args, kwargs))
         scripted = self._failures.get(name)
         if scripted:
@@ -81,17 +94,19 @@ def _command(method):
         with self._batch():
             return defer.maybeDeferred(method, self, *args, **kwargs)
 
+    functools.update_wrapper(run, method)
     return run
 
 
-def _far_end(method):
+def _far_end(method: typing.Callable[typing.Concatenate[FakeCallControl, _P], _R]
+             ) -> typing.Callable[typing.Concatenate[FakeCallControl, _P], _R]:
     """Something the far end does: one batch, like a driver's report."""
 
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
+    def run(self: FakeCallControl, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._batch():
             return method(self, *args, **kwargs)
 
+    functools.update_wrapper(run, method)
     return run
 
 
@@ -113,8 +128,9 @@ class FakeCallControl:
     driver = "fake"
     node = "fake"
 
-    def __init__(self, extensions: typing.Iterable = ("1001",), *, clock=None, retention: float = 60.0) -> None:
-        self.clock = clock if clock is not None else task.Clock()
+    def __init__(self, extensions: typing.Iterable[str | _ExtensionLike] = ("1001",), *,
+                 clock: IReactorTime | None = None, retention: float = 60.0) -> None:
+        self.clock: IReactorTime = clock if clock is not None else task.Clock()
         self.retention = retention
         #: extension id -> name
         self._names: dict[str, str] = {}
@@ -123,17 +139,17 @@ class FakeCallControl:
                 self._names[ext] = ""
             else:
                 self._names[ext.id] = getattr(ext, "name", "")
-        self.commands: list[tuple[str, tuple, dict]] = []
+        self.commands: list[tuple[str, tuple[typing.Any, ...], dict[str, typing.Any]]] = []
         self.dtmf_sent: list[tuple[str, str]] = []
         self.flushed: list[str] = []
-        self.cdrs: list[dict] = []
-        self._failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.cdrs: list[Attributes] = []
+        self._failures: dict[str, collections.deque[Exception]] = collections.defaultdict(collections.deque)
         self._ids = itertools.count(1)
         self._calls: dict[str, Call] = {}
-        self._forget_timers: dict[str, typing.Any] = {}
-        self._subscriptions: list[list] = []
+        self._forget_timers: dict[str, IDelayedCall] = {}
+        self._subscriptions: list[_Subscription] = []
         self._pending: list[tuple[ev.CallEvent, Call]] = []
-        self._queue: collections.deque = collections.deque()
+        self._queue: collections.deque[tuple[ev.CallEvent, CallSnapshot]] = collections.deque()
         self._alerting: list[Leg] = []
         self._depth = 0
         self._dispatching = False
@@ -151,7 +167,7 @@ class FakeCallControl:
 
     @_far_end
     def ring_inbound(self, extension: str, caller: str, *, did: str | None = None,
-                     attributes: dict | None = None) -> CallSnapshot:
+                     attributes: Attributes | None = None) -> CallSnapshot:
         """``caller`` calls ``extension`` (through ``did``, the extension's id by default): a new
         inbound call whose caller leg is alerting and whose extension's phone rings; refused at once
         (cause busy) when the extension is in a call. Returns its snapshot."""
@@ -215,7 +231,7 @@ class FakeCallControl:
         leg.call.dtmf_count += 1
         self._event(ev.DtmfReceived, leg.call, leg, digit=digit, duration_ms=duration_ms)
 
-    def _party(self, call_id: str, number: str | None, fits) -> Leg:
+    def _party(self, call_id: str, number: str | None, fits: typing.Callable[[Leg], bool]) -> Leg:
         legs = [leg for leg in self._find(call_id).legs if fits(leg) and (number is None or leg.number == number)]
         if not legs:
             raise LookupError(f"call {call_id} has no such party {number or ''}".rstrip())
@@ -229,8 +245,8 @@ class FakeCallControl:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def subscribe(self, callback, extension=None):
-        subscription = [callback, extension]
+    def subscribe(self, callback: Observer, extension: str | None = None) -> typing.Callable[[], None]:
+        subscription = (callback, extension)
         self._subscriptions.append(subscription)
 
         def unsubscribe() -> None:
@@ -240,7 +256,7 @@ class FakeCallControl:
         return unsubscribe
 
     @contextlib.contextmanager
-    def _batch(self):
+    def _batch(self) -> typing.Iterator[None]:
         self._depth += 1
         try:
             yield
@@ -281,7 +297,7 @@ class FakeCallControl:
                         leg.alerting_at = self.clock.seconds()
                         self._event(ev.LegRinging, leg.call, leg)
 
-    def _event(self, cls, call: Call, leg: Leg | None = None, **fields) -> None:
+    def _event(self, cls: type[ev.CallEvent], call: Call, leg: Leg | None = None, **fields: typing.Any) -> None:
         self._pending.append((cls(call_id=call.call_id, extension=call.extension, at=self.clock.seconds(),
                                   leg_id=leg.leg_id if leg is not None else None, **fields), call))
 
@@ -294,31 +310,32 @@ class FakeCallControl:
     def _snapshot(self, call: Call) -> CallSnapshot:
         return call.snapshot(self.clock.seconds())
 
-    def calls(self, include_released=False):
+    def calls(self, include_released: bool = False) -> list[CallSnapshot]:
         return [self._snapshot(c) for c in self._calls.values() if include_released or not c.ended]
 
-    def call(self, call_id):
+    def call(self, call_id: str) -> CallSnapshot:
         return self._snapshot(self._find(call_id))
 
-    def calls_for(self, extension_id):
+    def calls_for(self, extension_id: str) -> list[CallSnapshot]:
         return [self._snapshot(c) for c in self._calls.values() if c.extension == extension_id]
 
-    def active_call_for(self, extension_id):
+    def active_call_for(self, extension_id: str) -> CallSnapshot | None:
         call = self._own_live_call(extension_id)
         return self._snapshot(call) if call is not None else None
 
-    def status(self):
+    def status(self) -> dict[str, typing.Any]:
         states = collections.Counter(c.state.value for c in self._calls.values() if not c.ended)
         return {"live_calls": sum(states.values()), "by_state": dict(states),
                 "retained_calls": sum(1 for c in self._calls.values() if c.ended)}
 
-    def leg_states(self):
+    def leg_states(self) -> collections.Counter[str]:
         return collections.Counter(leg.state.value for c in self._calls.values() if not c.ended for leg in c.legs)
 
     # -- commands ----------------------------------------------------------------------------------
 
     @_command
-    def originate(self, extension_id, number, *, attributes=None, if_busy="refuse", by="api"):
+    def originate(self, extension_id: str, number: str, *, attributes: Attributes | None = None,
+                  if_busy: str = "refuse", by: str = "api") -> CallSnapshot:
         if if_busy not in _IF_BUSY:
             raise InvalidArgument(f"if_busy must be one of {', '.join(_IF_BUSY)}, not {if_busy!r}")
         self._extension(extension_id)
@@ -326,8 +343,9 @@ class FakeCallControl:
         if target == extension_id:
             raise InvalidArgument(f"extension {extension_id} cannot call itself")
         current = self._own_live_call(extension_id) if if_busy == "replace" else None
-        for busy in {extension_id, target if target in self._names else None} - {None}:
-            self._check_free(busy, besides=current)
+        for busy in {extension_id, target if target in self._names else None}:
+            if busy is not None:
+                self._check_free(busy, besides=current)
         if current is not None:
             self._end_call(current, Cause.NORMAL, by)
         call = self._new_call(extension=extension_id, direction=OUTBOUND, caller=extension_id, number=number,
@@ -336,7 +354,7 @@ class FakeCallControl:
         return self._snapshot(call)
 
     @_command
-    def answer(self, call_id):
+    def answer(self, call_id: str) -> CallSnapshot:
         call = self._checked(call_id, "answer")
         device = call.device
         if device is None:
@@ -347,32 +365,32 @@ class FakeCallControl:
         return self._snapshot(call)
 
     @_command
-    def reject(self, call_id, *, by="api"):
+    def reject(self, call_id: str, *, by: str = "api") -> CallSnapshot:
         call = self._checked(call_id, "reject")
         self._end_call(call, Cause.REJECTED, by)
         return self._snapshot(call)
 
     @_command
-    def cancel(self, call_id, *, by="api"):
+    def cancel(self, call_id: str, *, by: str = "api") -> CallSnapshot:
         call = self._checked(call_id, "cancel")
         self._end_call(call, Cause.REJECTED if call.state is RINGING else Cause.NORMAL, by)
         return self._snapshot(call)
 
     @_command
-    def hangup(self, call_id, *, by="api"):
+    def hangup(self, call_id: str, *, by: str = "api") -> CallSnapshot:
         call = self._checked(call_id, "hangup")
         self._end_call(call, Cause.NORMAL, by)
         return self._snapshot(call)
 
     @_command
-    def hold(self, call_id):
+    def hold(self, call_id: str) -> CallSnapshot:
         return self._set_held(call_id, "hold", TALKING, ev.LegHeld)
 
     @_command
-    def retrieve(self, call_id):
+    def retrieve(self, call_id: str) -> CallSnapshot:
         return self._set_held(call_id, "retrieve", HELD, ev.LegRetrieved)
 
-    def _set_held(self, call_id, command, from_state, event):
+    def _set_held(self, call_id: str, command: str, from_state: LegState, event: type[ev.CallEvent]) -> CallSnapshot:
         call = self._checked(call_id, command)
         for leg in call.parties:
             if leg.state is from_state:
@@ -381,14 +399,14 @@ class FakeCallControl:
         return self._snapshot(call)
 
     @_command
-    def mute(self, call_id):
+    def mute(self, call_id: str) -> CallSnapshot:
         return self._set_muted(call_id, "mute", True, ev.LegMuted)
 
     @_command
-    def unmute(self, call_id):
+    def unmute(self, call_id: str) -> CallSnapshot:
         return self._set_muted(call_id, "unmute", False, ev.LegUnmuted)
 
-    def _set_muted(self, call_id, command, muted, event):
+    def _set_muted(self, call_id: str, command: str, muted: bool, event: type[ev.CallEvent]) -> CallSnapshot:
         call = self._checked(call_id, command)
         device = call.device
         if device is None:
@@ -400,14 +418,14 @@ class FakeCallControl:
         return self._snapshot(call)
 
     @_command
-    def transfer(self, call_id, destination, *, by="api"):
+    def transfer(self, call_id: str, destination: str, *, by: str = "api") -> CallSnapshot:
         return self._consult(call_id, destination, "transfer", by)
 
     @_command
-    def conference(self, call_id, destination, *, by="api"):
+    def conference(self, call_id: str, destination: str, *, by: str = "api") -> CallSnapshot:
         return self._consult(call_id, destination, "conference", by)
 
-    def _consult(self, call_id, destination, kind, by):
+    def _consult(self, call_id: str, destination: str, kind: str, by: str) -> CallSnapshot:
         call = self._checked(call_id, kind)
         if call.pending is not None:
             raise IllegalState(kind, f"already dialling {call.pending.number} for a {call.pending.pending}")
@@ -422,7 +440,7 @@ class FakeCallControl:
         return self._snapshot(call)
 
     @_command
-    def remove_party(self, call_id, number, *, by="api"):
+    def remove_party(self, call_id: str, number: str, *, by: str = "api") -> CallSnapshot:
         call = self._checked(call_id, "remove_party")
         leg = next((p for p in call.parties if p.number == number), None)
         if leg is None:
@@ -432,7 +450,7 @@ class FakeCallControl:
         return self._snapshot(call)
 
     @_command
-    def send_dtmf(self, call_id, digits, duration_ms=100, gap_ms=50):
+    def send_dtmf(self, call_id: str, digits: str, duration_ms: int = 100, gap_ms: int = 50) -> CallSnapshot:
         digits = str(digits).upper()
         if not digits or not set(digits) <= DTMF_DIGITS or len(digits) > MAX_DTMF_DIGITS:
             raise InvalidArgument(f"DTMF digits must be 1-{MAX_DTMF_DIGITS} of 0-9 * # A-D, not {digits!r}")
@@ -446,43 +464,43 @@ class FakeCallControl:
         return self._snapshot(call)
 
     @_command
-    def flush(self, call_id):
+    def flush(self, call_id: str) -> CallSnapshot:
         call = self._checked(call_id, "flush")
         self.flushed.append(call_id)
         return self._snapshot(call)
 
     @_command
-    def dispose(self, call_id, *, by="api"):
+    def dispose(self, call_id: str, *, by: str = "api") -> None:
         call = self._find(call_id)
         self._end_call(call, Cause.NORMAL, by)
         self._forget(call_id)
 
     # -- the model -------------------------------------------------------------------------------
 
-    def _find(self, call_id) -> Call:
+    def _find(self, call_id: str) -> Call:
         try:
             return self._calls[call_id]
         except KeyError:
             raise UnknownCall(call_id) from None
 
-    def _checked(self, call_id, command) -> Call:
+    def _checked(self, call_id: str, command: str) -> Call:
         call = self._find(call_id)
         next_state(call.state, command)
         return call
 
-    def _extension(self, extension_id) -> str:
+    def _extension(self, extension_id: str) -> str:
         if extension_id not in self._names:
             raise UnknownExtension(extension_id)
         return self._names[extension_id]
 
-    def _target(self, destination) -> str:
+    def _target(self, destination: str | None) -> str:
         """An extension id, or a number the registry would dial; InvalidArgument otherwise."""
         destination = str(destination or "")
         if destination not in self._names and not _NUMBER.match(destination):
             raise InvalidArgument(f"{destination!r} is neither an extension nor a phone number")
         return destination
 
-    def _busy_call(self, extension_id, besides=None) -> Call | None:
+    def _busy_call(self, extension_id: str, besides: Call | None = None) -> Call | None:
         for call in self._calls.values():
             if call.ended or call is besides:
                 continue
@@ -492,36 +510,38 @@ class FakeCallControl:
                 return call
         return None
 
-    def _check_free(self, extension_id, besides=None) -> None:
+    def _check_free(self, extension_id: str, besides: Call | None = None) -> None:
         busy = self._busy_call(extension_id, besides=besides)
         if busy is not None:
             raise ExtensionBusy(extension_id, busy.call_id)
 
-    def _own_live_call(self, extension_id) -> Call | None:
+    def _own_live_call(self, extension_id: str) -> Call | None:
         return next((c for c in self._calls.values() if c.extension == extension_id and not c.ended), None)
 
     def _new_id(self) -> str:
         return f"{next(self._ids):016x}"
 
-    def _new_call(self, **fields) -> Call:
+    def _new_call(self, **fields: typing.Any) -> Call:
         call = Call(call_id=self._new_id(), created_at=self.clock.seconds(), **fields)
         self._calls[call.call_id] = call
         self._event(ev.CallCreated, call, direction=call.direction, caller=call.caller, number=call.number,
                     did=call.did, attributes=dict(call.attributes))
         return call
 
-    def _add_leg(self, call, role, direction, number, state, **fields) -> Leg:
+    def _add_leg(self, call: Call, role: str, direction: str, number: str | None, state: LegState,
+                 **fields: typing.Any) -> Leg:
         leg = Leg(leg_id=self._new_id(), call=call, role=role, direction=direction, number=number,
                   driver=self.driver, state=state, started_at=self.clock.seconds(), **fields)
         call.legs.append(leg)
         self._announce_leg(call, leg)
         return leg
 
-    def _announce_leg(self, call, leg) -> None:
+    def _announce_leg(self, call: Call, leg: Leg) -> None:
         self._event(ev.LegCreated, call, leg, role=leg.role, direction=leg.direction, number=leg.number,
                     driver=leg.driver, state=leg.state)
 
-    def _dial(self, call, role, target, *, caller_id=None, pending=None, state=DIALING) -> Leg:
+    def _dial(self, call: Call, role: str, target: str, *, caller_id: str | None = None, pending: str | None = None,
+              state: LegState = DIALING) -> Leg:
         """Dial ``target`` (an extension's phone or a number); it reports ringing after the batch."""
         extension = target if target in self._names else None
         leg = self._add_leg(call, role, OUTBOUND, target, state, caller_id=caller_id,
@@ -531,18 +551,18 @@ class FakeCallControl:
         self._alerting.append(leg)
         return leg
 
-    def _progress(self, call) -> None:
+    def _progress(self, call: Call) -> None:
         if call.answered_at is None and call.state is TALKING:
             call.answered_at = self.clock.seconds()
 
-    def _release(self, leg, cause) -> None:
+    def _release(self, leg: Leg, cause: Cause) -> None:
         leg.state = next_state(leg.state, "release", "leg")
         leg.ended_at = self.clock.seconds()
         leg.cause = str(cause)
         leg.pending = None
         self._event(ev.LegEnded, leg.call, leg, cause=str(cause))
 
-    def _leg_answered(self, leg) -> None:
+    def _leg_answered(self, leg: Leg) -> None:
         if leg.state not in (RINGING, DIALING) or leg.call.ended:
             return
         call = leg.call
@@ -565,10 +585,11 @@ class FakeCallControl:
                     if party.state is RINGING:
                         self._leg_answered(party)
             elif not call.parties:
+                assert call.number is not None  # an outbound call's number is what originate was given
                 self._dial(call, PARTY, call.number, caller_id=call.attributes.get("caller_id"))
         self._progress(call)
 
-    def _transferred(self, call, target) -> None:
+    def _transferred(self, call: Call, target: Leg) -> None:
         """The remote parties and the answered target go on in a new call; this one ends, transferred."""
         moving = [*call.parties, target]
         call.pending = target.pending = None
@@ -592,7 +613,7 @@ class FakeCallControl:
             self._announce_leg(successor, leg)
         self._progress(successor)
 
-    def _leg_over(self, leg, cause, reason=None) -> None:
+    def _leg_over(self, leg: Leg, cause: Cause, reason: str | None = None) -> None:
         if not leg.live:
             return
         call = leg.call
@@ -610,18 +631,19 @@ class FakeCallControl:
         else:
             self._party_left(call, leg, cause, "remote")
 
-    def _party_left(self, call, leg, cause, by) -> None:
+    def _party_left(self, call: Call, leg: Leg, cause: Cause, by: str) -> None:
         if len(call.parties) < (1 if call.device is not None else 2):
             self._end_call(call, cause, by)
         else:
             self._event(ev.PartyRemoved, call, leg, number=leg.number)
             self._progress(call)
 
-    def _end_call(self, call, cause, by) -> None:
+    def _end_call(self, call: Call, cause: Cause, by: str) -> None:
         if call.ended:
             return
         if call.pending is not None:
             kind, call.pending = call.pending.pending, None
+            assert kind is not None  # a leg dialled for a transfer or conference says which
             self._event(_CONSULT_EVENTS[kind], call, None, reason="the call ended")
         for leg in call.live_legs:
             self._release(leg, cause)
@@ -632,7 +654,7 @@ class FakeCallControl:
         self._event(ev.CallEnded, call, cause=str(cause), hangup_by=by, cdr=cdr)
         self._forget_timers[call.call_id] = self.clock.callLater(self.retention, self._forget, call.call_id)
 
-    def _forget(self, call_id) -> None:
+    def _forget(self, call_id: str) -> None:
         timer = self._forget_timers.pop(call_id, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -644,25 +666,25 @@ class CountingCalls:
     """``calls`` (any ICallControl) with every query noted in :attr:`asked` ``(name, *args)`` and every
     command in :attr:`commands` ``(name, args, kwargs)``; everything else passes through."""
 
-    def __init__(self, calls) -> None:
+    def __init__(self, calls: ICallControl) -> None:
         self._calls = calls
-        self.asked: list[tuple] = []
-        self.commands: list[tuple] = []
+        self.asked: list[tuple[typing.Any, ...]] = []
+        self.commands: list[tuple[str, tuple[typing.Any, ...], dict[str, typing.Any]]] = []
 
     def reset(self) -> None:
         self.asked.clear()
         self.commands.clear()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> typing.Any:
         attribute = getattr(self._calls, name)
         if name in QUERIES:
-            def query(*args, **kwargs):
+            def query(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
                 self.asked.append((name, *args))
                 return attribute(*args, **kwargs)
 
             return query
         if name in COMMANDS:
-            def command(*args, **kwargs):
+            def command(*args: typing.Any, **kwargs: typing.Any) -> typing.Any:
                 self.commands.append((name, args, kwargs))
                 return attribute(*args, **kwargs)
 
@@ -670,5 +692,6 @@ class CountingCalls:
         return attribute
 
     @property
-    def extensions(self):
-        return self._calls.extensions
+    def extensions(self) -> list[str]:
+        extensions: list[str] = self._calls.extensions
+        return extensions
