@@ -17,7 +17,7 @@ from gateway.context import Component, Readiness
 from gateway.core.errors import UnknownCall
 from gateway.core.registry import Registry
 from gateway.core.routing import Router
-from gateway.core.testing import FakeCallControl
+from gateway.core.testing import CountingCalls, FakeCallControl
 from gateway.cti import envelope as env
 from gateway.cti.client import BridgeClient
 from gateway.cti.config import CtiAgent, CtiConfig
@@ -133,6 +133,17 @@ class FakeBridge(Bridge):
     def ring(self, caller, did, attributes=None):
         extension = next(route.to.partition(":")[2] for route in ROUTES if route.did == did)
         self.registry.ring_inbound(extension, caller, did=did, attributes=attributes)
+
+
+class CountingFakeBridge(FakeBridge):
+    """:class:`FakeBridge` connected, its client on a door that counts the commands and queries (``self.calls``)."""
+
+    def setUp(self):
+        super().setUp()
+        self.client.stop()  # the one on the plain registry
+        self.calls = CountingCalls(self.registry)
+        self.client = BridgeClient(self.config, self.calls, CtiMetrics(CollectorRegistry()), self.component)
+        self.connect()
 
 
 class LoginTests(FakeBridge):

@@ -1,22 +1,9 @@
 """The Bridge Client's reject is the call core's cancel, the same command the admin API has."""
 
-from prometheus_client import CollectorRegistry
-
-from gateway.core.testing import CountingCalls
-from gateway.cti.client import BridgeClient
-from gateway.cti.metrics import CtiMetrics
-
-from .test_client import CHANNEL, FakeBridge
+from .test_client import CHANNEL, CountingFakeBridge
 
 
-class RejectIsCancelTests(FakeBridge):
-    def setUp(self):
-        super().setUp()
-        self.client.stop()  # the one on the plain registry
-        self.calls = CountingCalls(self.registry)
-        self.client = BridgeClient(self.config, self.calls, CtiMetrics(CollectorRegistry()), self.component)
-        self.connect()
-
+class RejectIsCancelTests(CountingFakeBridge):
     def test_rejecting_a_dialling_call_is_the_cores_cancel(self):
         response = self.send("dial", destination="5551234")
         call_id = response.body["id"]

@@ -1,24 +1,9 @@
 """The Bridge Client follows calls from the snapshots the core hands it, never asking for them again."""
 
-from prometheus_client import CollectorRegistry
-
-from gateway.core.testing import CountingCalls
-from gateway.cti.client import BridgeClient
-from gateway.cti.metrics import CtiMetrics
-
-from .test_client import CHANNEL, FakeBridge
+from .test_client import CHANNEL, CountingFakeBridge
 
 
-class SnapshotTests(FakeBridge):
-    """The client of :class:`~tests.cti.test_client.FakeBridge`, on a door that counts the queries."""
-
-    def setUp(self):
-        super().setUp()
-        self.client.stop()  # the one on the plain registry
-        self.calls = CountingCalls(self.registry)
-        self.client = BridgeClient(self.config, self.calls, CtiMetrics(CollectorRegistry()), self.component)
-        self.connect()
-
+class SnapshotTests(CountingFakeBridge):
     def test_an_inbound_calls_first_batch_asks_the_core_nothing(self):
         self.calls.reset()
         self.ring("5551234", "103")  # one batch: created, routed, the phone rings
