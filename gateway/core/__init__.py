@@ -24,7 +24,8 @@ cdr_sink, provider_cdr_sink, retention=60, on_command=None)`` — built by
   ``IDriver``; inbound calls arrive with ``registry.incoming(driver_leg, caller_id=, did=)``, which
   returns the leg's ``ILegEvents``).
 
-Also: :mod:`gateway.core.dtmf` (``PHONE_KEYS``, ``MAX_DTMF_DIGITS``), :mod:`gateway.core.errors`
+Also: :mod:`gateway.core.dtmf` (``PHONE_KEYS``, ``MAX_DTMF_DIGITS``, ``is_dial_number``,
+``is_dtmf_sequence``), :mod:`gateway.core.errors`
 (``CallError`` and its subclasses, with ``code`` and
 ``http_status``), :mod:`gateway.core.states` (``LegState``, ``Cause``, the transition table),
 :mod:`gateway.core.routing` (``Router``), :mod:`gateway.core.cdr` (``build_cdr``),

@@ -18,7 +18,6 @@ import collections
 import contextlib
 import functools
 import math
-import re
 import secrets
 import typing
 
@@ -42,7 +41,7 @@ from gateway.core.errors import (
     UnknownExtension,
     UnknownParty,
 )
-from gateway.core.dtmf import MAX_DTMF_DIGITS, PHONE_KEYS
+from gateway.core.dtmf import MAX_DTMF_DIGITS, PHONE_KEYS, is_dial_number, is_dtmf_sequence
 from gateway.core.interfaces import Attributes, ICallControl, IDriver, IDriverLeg, IInboundCalls, ILegEvents, Observer
 from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
 from gateway.core.states import Cause, LegState, next_state
@@ -65,8 +64,6 @@ DEFAULT_RETENTION = 60.0
 #: (ExtensionBusy), or replace the call (hang it up, then dial)
 IF_BUSY = ("refuse", "replace")
 
-_NUMBER = re.compile(r"\+?[0-9*#]{1,40}\Z")  # \Z, not $: $ also matches before a final newline
-_DIGITS = re.compile(r"[0-9*#A-D]+\Z")  # gateway.core.dtmf.DTMF_DIGITS
 _CONSULT_EVENTS = {"transfer": ev.TransferFailed, "conference": ev.ConferenceFailed}
 _PENDING_REASONS = {
     Cause.BUSY: "busy",
@@ -636,7 +633,7 @@ class Registry:
                   gap_ms: int = 50) -> defer.Deferred[CallSnapshot]:
         """Send ``digits`` to the remote parties one after another; fires when the last tone ended."""
         digits = str(digits).upper()
-        if not _DIGITS.match(digits) or len(digits) > MAX_DTMF_DIGITS:
+        if not is_dtmf_sequence(digits) or len(digits) > MAX_DTMF_DIGITS:
             raise InvalidArgument(f"DTMF digits must be 1-{MAX_DTMF_DIGITS} of 0-9 * # A-D, not {digits!r}")
         if not (isinstance(duration_ms, int) and 20 <= duration_ms <= 1000):
             raise InvalidArgument(f"DTMF duration must be 20-1000 ms, not {duration_ms!r}")
@@ -731,7 +728,7 @@ class Registry:
         ext = self._extensions.get(destination)
         if ext is not None:
             return self._device(ext)
-        if not _NUMBER.match(destination):
+        if not is_dial_number(destination):
             raise InvalidArgument(f"{destination!r} is neither an extension nor a phone number")
         return _Destination(self._pbx_driver, destination, destination)
 
@@ -925,7 +922,7 @@ class Registry:
 
     def _leg_dtmf(self, leg: Leg, digit: object, duration_ms: int | None) -> None:
         digit = str(digit).upper()
-        if len(digit) != 1 or not _DIGITS.match(digit):
+        if len(digit) != 1 or not is_dtmf_sequence(digit):
             log.warn("driver {driver} reported an invalid DTMF digit {digit!r} on leg {leg_id}; ignored",
                      driver=leg.driver, digit=digit, leg_id=leg.leg_id)
             return

@@ -34,7 +34,6 @@ import collections
 import contextlib
 import functools
 import itertools
-import re
 import typing
 
 import attrs
@@ -45,7 +44,7 @@ from zope.interface import implementer
 
 from gateway.core import events as ev
 from gateway.core.cdr import build_cdr
-from gateway.core.dtmf import DTMF_DIGITS, MAX_DTMF_DIGITS
+from gateway.core.dtmf import MAX_DTMF_DIGITS, is_dial_number, is_dtmf_sequence
 from gateway.core.errors import ExtensionBusy, IllegalState, InvalidArgument, UnknownCall, UnknownExtension, UnknownParty
 from gateway.core.interfaces import Attributes, ICallControl, Observer
 from gateway.core.model import DEVICE, INBOUND, OUTBOUND, PARTY, Call, CallSnapshot, Leg
@@ -64,7 +63,6 @@ COMMANDS = ("originate", "answer", "reject", "cancel", "hangup", "hold", "retrie
 log = Logger()
 
 _IF_BUSY = ("refuse", "replace")
-_NUMBER = re.compile(r"\+?[0-9*#]{1,40}\Z")  # what the registry accepts as a number to dial
 _CONSULT_EVENTS = {"transfer": ev.TransferFailed, "conference": ev.ConferenceFailed}
 _PENDING_REASONS = {Cause.BUSY: "busy", Cause.NO_ANSWER: "no answer", Cause.REMOTE_HANGUP: "hung up before answering"}
 
@@ -452,7 +450,7 @@ class FakeCallControl:
     @_command
     def send_dtmf(self, call_id: str, digits: str, duration_ms: int = 100, gap_ms: int = 50) -> CallSnapshot:
         digits = str(digits).upper()
-        if not digits or not set(digits) <= DTMF_DIGITS or len(digits) > MAX_DTMF_DIGITS:
+        if not is_dtmf_sequence(digits) or len(digits) > MAX_DTMF_DIGITS:
             raise InvalidArgument(f"DTMF digits must be 1-{MAX_DTMF_DIGITS} of 0-9 * # A-D, not {digits!r}")
         if not (isinstance(duration_ms, int) and 20 <= duration_ms <= 1000):
             raise InvalidArgument(f"DTMF duration must be 20-1000 ms, not {duration_ms!r}")
@@ -496,7 +494,7 @@ class FakeCallControl:
     def _target(self, destination: str | None) -> str:
         """An extension id, or a number the registry would dial; InvalidArgument otherwise."""
         destination = str(destination or "")
-        if destination not in self._names and not _NUMBER.match(destination):
+        if destination not in self._names and not is_dial_number(destination):
             raise InvalidArgument(f"{destination!r} is neither an extension nor a phone number")
         return destination
 
