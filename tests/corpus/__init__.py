@@ -9,7 +9,7 @@ import attrs
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-__all__ = ["Case", "build_frame", "load"]
+__all__ = ["Case", "build_frame", "his_stream", "load"]
 
 
 @attrs.frozen
@@ -46,6 +46,20 @@ def build_frame(frame) -> tuple[bytes, bool]:
         text = frame.get("text", "") + frame["repeat"] * int(frame["times"]) + frame.get("then", "")
         return text.encode("utf-8"), False
     raise ValueError(f"a corpus frame is a string, a hex or a repeat object, not {frame!r}")
+
+
+def his_stream(case: Case, conversation: str | None) -> bytes:
+    """What a hostile HIS bridge writes for ``case``: each text frame with its 4-byte big-endian length
+    (``{conversation}`` in it replaced by ``conversation``), each hex frame as it is."""
+    data = b""
+    for frame in case.frames:
+        payload, raw = build_frame(frame)
+        if raw:
+            data += payload
+        else:
+            payload = payload.replace(b"{conversation}", (conversation or "").encode("utf-8"))
+            data += len(payload).to_bytes(4, "big") + payload
+    return data
 
 
 def load(name: str) -> list[Case]:

@@ -9,28 +9,14 @@ the lead's replay against the real daemon reads the same file.
 import pathlib
 import sys
 
-from gateway.cti.framing import LENGTH_SIZE
 from gateway.sim.his import SimulatorError
 
 from .test_client import Bridge
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from corpus import build_frame, load  # noqa: E402
+from corpus import his_stream, load  # noqa: E402
 
 CASES = load("his")
-
-
-def stream(case, conversation):
-    """The bytes the hostile bridge writes: text frames get their length prefix, hex frames go as they are."""
-    data = b""
-    for frame in case.frames:
-        payload, raw = build_frame(frame)
-        if raw:
-            data += payload
-        else:
-            payload = payload.replace(b"{conversation}", (conversation or "").encode("utf-8"))
-            data += len(payload).to_bytes(LENGTH_SIZE, "big") + payload
-    return data
 
 
 class CorpusTests(Bridge):
@@ -50,7 +36,7 @@ class CorpusTests(Bridge):
         self.setUp()
         self.connect()
         conversation = self.talking()[2] if case.extra.get("setup") == "talking" else None
-        d = self.sim.send_hostile(stream(case, conversation))
+        d = self.sim.send_hostile(his_stream(case, conversation))
         self.flush()
         if case.outcome == "reconnect":
             self.failureResultOf(d, SimulatorError)

@@ -42,12 +42,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from corpus import Case, build_frame, load
+from corpus import Case, his_stream, load
 from gateway.sim import tlsutil
 from gateway.sim.his import HisBridgeSim, SimulatorError
 from gateway.sim.optimaccs import ApiSettings, CallScript, FakeProviderApi, place_call
 from gateway.sim.patriot_server import HOSTNAME, PatriotServerSim
 from gateway.testing import TOKEN, GatewayProcess, free_port
+from optimaccs.support import Reply
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -423,19 +424,6 @@ HIS_AGENT = (
 )
 
 
-def his_stream(case: Case, conversation: str | None) -> bytes:
-    """What the hostile bridge writes: text frames get their 4-byte big-endian length, hex frames go as they are."""
-    data = b""
-    for frame in case.frames:
-        payload, raw = build_frame(frame)
-        if raw:
-            data += payload
-        else:
-            payload = payload.replace(b"{conversation}", (conversation or "").encode("utf-8"))
-            data += len(payload).to_bytes(4, "big") + payload
-    return data
-
-
 @defer.inlineCallbacks
 def his_talking_call(replay: Replay, sim: HisBridgeSim):
     """Alice's talking call (an inbound call to her DID, accepted by the bridge): (call id, conversation target)."""
@@ -689,19 +677,6 @@ ANSWERED = "+6281234567"
 RINGS_ON = "+6281118888"  # the fake provider lets it ring until the ring timeout
 
 
-class _Reply(Resource):
-    isLeaf = True
-
-    def __init__(self, status: int, body: bytes):
-        super().__init__()
-        self.status, self.body = status, body
-
-    def render(self, request):
-        request.setResponseCode(self.status)
-        request.setHeader(b"content-type", b"application/json")
-        return self.body
-
-
 class HostileProvider(Resource):
     """``POST /pbx/call`` answered with :attr:`reply` (status, body) while it is set; the rest by the fake provider."""
 
@@ -712,7 +687,7 @@ class HostileProvider(Resource):
 
     def getChildWithDefault(self, name, request):
         if self.reply is not None and request.method == b"POST" and request.path == b"/pbx/call":
-            return _Reply(*self.reply)
+            return Reply(*self.reply)
         return self.provider_root.getChildWithDefault(name, request)
 
 
