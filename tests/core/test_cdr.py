@@ -126,6 +126,18 @@ class _Switch:
         return defer.succeed(record["call_id"])
 
 
+def _answered_by_the_test():
+    """A sink whose writes wait for the test to answer them, and ``answers``: (call id, Deferred) of each."""
+    answers = []
+
+    def sink(record):
+        d = defer.Deferred()
+        answers.append((record["call_id"], d))
+        return d
+
+    return sink, answers
+
+
 class OutageTests(SynchronousTestCase):
     def test_while_down_only_the_oldest_is_retried_and_the_rest_follow_in_order(self):
         clock = task.Clock()
@@ -254,13 +266,7 @@ class OutageTests(SynchronousTestCase):
 
     def test_an_ordered_sink_sends_the_next_record_as_soon_as_one_is_refused(self):
         clock = task.Clock()
-        answers = []
-
-        def sink(record):
-            d = defer.Deferred()
-            answers.append((record["call_id"], d))
-            return d
-
+        sink, answers = _answered_by_the_test()
         queue = RetryingSink(clock, sink, "SMS", ordered=True)
         first = queue.submit({"call_id": "first"})
         queue.write({"call_id": "second"})
@@ -273,13 +279,7 @@ class OutageTests(SynchronousTestCase):
 
     def test_an_ordered_sink_settles_at_close_past_a_refused_record(self):
         clock = task.Clock()
-        answers = []
-
-        def sink(record):
-            d = defer.Deferred()
-            answers.append((record["call_id"], d))
-            return d
-
+        sink, answers = _answered_by_the_test()
         queue = RetryingSink(clock, sink, "SMS", ordered=True)
         queue.write({"call_id": "a"})
         queue.write({"call_id": "b"})
