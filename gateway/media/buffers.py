@@ -118,6 +118,25 @@ class FrameQueue(typing.Generic[_Item]):
             self._resume_producer()
         return item
 
+    def trim(self, prefer: typing.Callable[[_Item], bool]) -> bool:
+        """Remove one item: the oldest for which ``prefer`` is true, else the oldest (the queue must not be empty).
+
+        Return whether a preferred item was found. Not counted in ``frames_dropped``
+        (that counts overflow): the caller counts its own trims.
+        """
+        items = self._items
+        for index, item in enumerate(items):
+            if prefer(item):
+                del items[index]
+                found = True
+                break
+        else:
+            items.popleft()
+            found = False
+        if self.producer_paused and len(items) <= self.low_water:
+            self._resume_producer()
+        return found
+
     def clear(self) -> int:
         """Discard every item, resume the producer; return how many were discarded."""
         discarded = len(self._items)

@@ -4,7 +4,9 @@
 every port it makes reports each frame its bounded queues drop (the oldest, when
 full) to ``gateway_media_frames_dropped_total{where}``, ``where`` being
 ``playout`` (toward the party), ``inbound`` (from the party) or ``mix`` (the
-party's queue into a conference, see :mod:`gateway.media.mixer`). Drops are
+party's queue into a conference, see :mod:`gateway.media.mixer`), or, for the
+playout's jitter buffer bringing a live backlog back to its target,
+``trim_silence`` (a silent frame) or ``trim_oldest``. Drops are
 counted the moment they happen, so nothing is lost when a call ends and a
 port moved to another call (a transfer) is still counted once.
 """
@@ -16,20 +18,23 @@ from prometheus_client import CollectorRegistry, Counter
 from gateway.media.port import MediaPorts
 from gateway.metrics import define_metric
 
-__all__ = ["WHERE", "counted_ports"]
+__all__ = ["TRIM_WHERE", "WHERE", "counted_ports"]
 
 #: the queues of a port whose drops are counted
 WHERE = ("playout", "inbound", "mix")
+#: the playout jitter buffer's trims, whose series exist when it is on (``jitter_ms`` > 0)
+TRIM_WHERE = ("trim_silence", "trim_oldest")
 
 
-def counted_ports(registry: CollectorRegistry, queue_ms: int = 1000) -> MediaPorts:
-    """A port factory with ``queue_ms`` queues whose drops are counted on ``registry``."""
+def counted_ports(registry: CollectorRegistry, queue_ms: int = 1000, jitter_ms: int = 0) -> MediaPorts:
+    """A port factory with ``queue_ms`` queues and a ``jitter_ms`` target whose drops are counted on ``registry``."""
     dropped = define_metric(registry, Counter, "media_frames_dropped",
                             "Frames dropped because a call leg's bounded media queue was full (oldest first), "
                             "by queue of the port.", ["where"])
-    sides = {where: dropped.labels(where) for where in WHERE}  # every series exists from the start, at 0
+    # every series exists from the start, at 0
+    sides = {where: dropped.labels(where) for where in WHERE + (TRIM_WHERE if jitter_ms else ())}
 
     def on_drop(where: str, count: int) -> None:
         sides[where].inc(count)
 
-    return MediaPorts(queue_ms, on_drop)
+    return MediaPorts(queue_ms, on_drop, jitter_ms)

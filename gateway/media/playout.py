@@ -15,6 +15,26 @@ A :class:`Playout` is both faces of one leg's outbound audio:
 When it runs out of audio, a remainder shorter than a frame is padded with
 silence and played; then playout stops scheduling and the next frame starts a
 fresh deadline schedule. Counters are plain attributes for the metrics layer.
+
+The jitter buffer (``jitter_ms`` > 0). A live source (a producer whose
+``realtime`` attribute is true: a party's audio through a bridge or an echo)
+arrives at the same 50 frames/s that playout plays, so a backlog left by a
+stall or a burst would never drain: latency would ratchet up. With a target
+depth of ``jitter_ms // 20`` frames (at least one):
+
+- pre-buffer: a fresh schedule (at the start, or after running dry) waits until
+  the target depth is queued, or ``jitter_ms`` has passed, before it plays;
+- trim: when, at every tick for ``TRIM_WINDOW`` (0.4) seconds, more than
+  target + ``TRIM_MARGIN`` (0) frames are queued before the tick plays one, one
+  frame per tick is removed until it is not: the oldest
+  silent frame (RMS below ``SILENCE_RMS``) first, else the oldest. It never
+  trims below the target. Each trim is counted (``frames_trimmed``) and told to
+  ``on_trim(where, 1)`` with ``where`` ``"trim_silence"`` or ``"trim_oldest"``.
+
+Prompts and hold music (a producer that is not ``realtime``, e.g. a
+``FrameFeeder``) and frames written with no producer are never trimmed nor
+pre-buffered: their backlog is wanted, held in check by pausing the producer.
+With ``jitter_ms`` = 0 the playout is the plain paced FIFO.
 """
 
 from __future__ import annotations
@@ -22,16 +42,32 @@ from __future__ import annotations
 import typing
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
 from gateway.media.buffers import FrameQueue, Reframer
-from gateway.media.codecs import converters_to, frame_size, silence
+from gateway.media.codecs import FRAME_MS, PCM16, audioop, converters_to, frame_size, silence
 from gateway.media.frame import Frame
 from gateway.media.interfaces import IFrameConsumer
 from gateway.media.pacing import Pacer
 
-__all__ = ["Playout"]
+__all__ = ["Playout", "SILENCE_RMS", "TRIM_MARGIN", "TRIM_WINDOW"]
+
+#: seconds the queue must stay above target + ``TRIM_MARGIN`` frames, at every tick, before trimming starts
+TRIM_WINDOW = 0.4
+#: frames above the target tolerated for good (the window already absorbs transient bursts)
+TRIM_MARGIN = 0
+#: a frame whose 16-bit linear RMS is below this (about -50 dBFS) is silence, trimmed first
+SILENCE_RMS = 100
+
+_TO_LINEAR = {PCM16: None, "ulaw": audioop.ulaw2lin, "alaw": audioop.alaw2lin}
+
+
+def _silent_test(codec: str) -> typing.Callable[[bytes], bool]:
+    decode = _TO_LINEAR.get(codec)
+    if decode is None:
+        return lambda payload: audioop.rms(payload, 2) < SILENCE_RMS
+    return lambda payload: audioop.rms(decode(payload, 2), 2) < SILENCE_RMS
 
 
 @implementer(IFrameConsumer, IPushProducer)
@@ -41,18 +77,35 @@ class Playout:
     Counters: ``frames_played`` (written to the wire), ``frames_dropped``
     (oldest dropped because the queue was full), ``frames_flushed`` (discarded
     by :meth:`flush`), ``underruns`` (times playout ran out of audio and
-    stopped). ``on_drop(count)``, if given, is told of each drop as it happens.
+    stopped), ``frames_trimmed`` (removed by the jitter buffer to bring a live
+    backlog back to the target). ``on_drop(count)``, if given, is told of each
+    drop as it happens; ``on_trim(where, count)`` of each trim.
     """
 
     def __init__(self, clock: IReactorTime, codec: str, capacity: int, name: str = "",
-                 on_drop: typing.Callable[[int], object] | None = None) -> None:
+                 on_drop: typing.Callable[[int], object] | None = None, jitter_ms: int = 0,
+                 on_trim: typing.Callable[[str, int], object] | None = None) -> None:
+        if jitter_ms < 0:
+            raise ValueError(f"jitter_ms must not be negative, not {jitter_ms}")
         self.codec = codec
         self.name = name
         self.paused = False
         self.closed = False
         self.frames_played = 0
         self.frames_flushed = 0
+        self.frames_trimmed = 0
         self.underruns = 0
+        self.jitter_ms = jitter_ms
+        #: the target depth in frames (0: no jitter buffer)
+        self.target = max(1, jitter_ms // FRAME_MS) if jitter_ms else 0
+        self._window = round(TRIM_WINDOW * 1000 / FRAME_MS)
+        self._high_ticks = 0
+        self._silent = _silent_test(codec)
+        self._on_trim = on_trim
+        self._clock = clock
+        self._prebuffer: IDelayedCall | None = None
+        #: frames played or trimmed: the position checkpoints count in
+        self._position = 0
         self._fill = silence(codec)[0]
         self._queue: FrameQueue[bytes] = FrameQueue(capacity, on_drop)
         self._reframer = Reframer(frame_size(codec), self._queue.push)
@@ -94,7 +147,34 @@ class Playout:
             return
         self._reframer.push(self._convert[frame.codec](frame.payload))
         if not self._pacer.running and not self.paused and self._wire is not None:
+            self._start()
+
+    @property
+    def _live(self) -> bool:
+        """Whether the jitter buffer applies: it is on and the feeding producer is a live source."""
+        return bool(self.target) and getattr(self._queue.producer, "realtime", False)
+
+    def _start(self) -> None:
+        """Start a fresh schedule, after the pre-buffer fills (live sources) or at once."""
+        if self._live and len(self._queue) < self.target:
+            if self._prebuffer is None:
+                self._prebuffer = self._clock.callLater(self.jitter_ms / 1000, self._prebuffered)
+            return
+        self._cancel_prebuffer()
+        self._high_ticks = 0
+        self._pacer.start()
+
+    def _prebuffered(self) -> None:
+        """The pre-buffer waited ``jitter_ms``: play what there is."""
+        self._prebuffer = None
+        if self._wire is not None and not self.paused and (self._queue or self._reframer.pending):
+            self._high_ticks = 0
             self._pacer.start()
+
+    def _cancel_prebuffer(self) -> None:
+        if self._prebuffer is not None:
+            self._prebuffer.cancel()
+            self._prebuffer = None
 
     # -- IPushProducer: toward the wire -------------------------------------
 
@@ -103,12 +183,14 @@ class Playout:
         self._wire = write
         if write is None:
             self._pacer.stop()
+            self._cancel_prebuffer()
         else:
             self._restart()
 
     def pauseProducing(self) -> None:
         self.paused = True
         self._pacer.stop()
+        self._cancel_prebuffer()
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -120,14 +202,17 @@ class Playout:
         self.set_wire(None)
 
     def _restart(self) -> None:
-        if self._wire is not None and not self.paused and (self._queue or self._reframer.pending):
-            self._pacer.start()
+        if self._wire is not None and not self.paused and (self._queue or self._reframer.pending) \
+                and not self._pacer.running:
+            self._start()
 
     def _tick(self) -> bool:
         wire = self._wire
         if wire is None:  # never: the pacer stops when the wire goes
             return False
         queue = self._queue
+        if self.target:
+            self._check_backlog()
         if queue:
             payload = queue.pop()
         elif self._reframer.pending:
@@ -136,10 +221,25 @@ class Playout:
             self.underruns += 1
             return False
         self.frames_played += 1
+        self._position += 1
         wire(payload)
         if self._checkpoints:
             self._fire_checkpoints(not queue and not self._reframer.pending)
         return True
+
+    def _check_backlog(self) -> None:
+        """At a tick, before playing: trim one frame if a live backlog stayed above target + margin for the window."""
+        if len(self._queue) <= self.target + TRIM_MARGIN or not self._live:
+            self._high_ticks = 0
+            return
+        self._high_ticks += 1
+        if self._high_ticks < self._window:
+            return
+        where = "trim_silence" if self._queue.trim(self._silent) else "trim_oldest"
+        self.frames_trimmed += 1
+        self._position += 1
+        if self._on_trim is not None:
+            self._on_trim(where, 1)
 
     # -- control --------------------------------------------------------------
 
@@ -152,14 +252,14 @@ class Playout:
         d: Deferred[None] = Deferred()
         pending = len(self._queue) + (1 if self._reframer.pending else 0)
         if pending:
-            self._checkpoints.append((self.frames_played + pending, d))
+            self._checkpoints.append((self._position + pending, d))
         else:
             d.callback(None)
         return d
 
     def _fire_checkpoints(self, dry: bool) -> None:
         checkpoints = self._checkpoints
-        while checkpoints and (dry or checkpoints[0][0] <= self.frames_played):
+        while checkpoints and (dry or checkpoints[0][0] <= self._position):
             checkpoints.pop(0)[1].callback(None)
 
     def flush(self) -> None:
@@ -169,6 +269,7 @@ class Playout:
         starts a fresh schedule at once.
         """
         self._pacer.stop()
+        self._cancel_prebuffer()
         checkpoints, self._checkpoints = self._checkpoints, []
         # The queue last: clearing it resumes the producer, which may write again at once.
         self.frames_flushed += (1 if self._reframer.clear() else 0) + self._queue.clear()

@@ -57,14 +57,17 @@ class MediaPort:
     ``queue_ms`` bounds each direction's buffer (whole 20 ms frames; default
     one second of audio). ``on_drop(where, count)``, if given, is called
     whenever a full queue drops frames, with ``where`` ``"playout"`` or
-    ``"inbound"``; nothing extra happens while nothing is dropped.
+    ``"inbound"``, and whenever the playout's jitter buffer trims a live
+    backlog, with ``"trim_silence"`` or ``"trim_oldest"``; nothing extra
+    happens while nothing is dropped. ``jitter_ms`` is the playout's jitter
+    target (0: none, the plain FIFO; see :mod:`gateway.media.playout`).
     """
 
     #: the ``on_drop(where, count)`` hook this port reports its drops to, or None
     on_drop: DropHook | None
 
     def __init__(self, clock: IReactorTime, codec: str = PCM16, name: str = "", queue_ms: int = 1000,
-                 on_drop: DropHook | None = None) -> None:
+                 on_drop: DropHook | None = None, jitter_ms: int = 0) -> None:
         check_codec(codec)
         if queue_ms < FRAME_MS:
             raise ValueError(f"queue_ms must be at least one frame ({FRAME_MS} ms), not {queue_ms}")
@@ -75,7 +78,9 @@ class MediaPort:
         self.on_drop = on_drop
         self._muted = False
         self.source = FrameSource(codec, capacity, name, self.drop_hook("inbound"))
-        self.playout = Playout(clock, codec, capacity, name, self.drop_hook("playout"))
+        if not 0 <= jitter_ms < queue_ms:
+            raise ValueError(f"jitter_ms must be at least 0 and below queue_ms ({queue_ms}), not {jitter_ms}")
+        self.playout = Playout(clock, codec, capacity, name, self.drop_hook("playout"), jitter_ms, on_drop)
         self._inbound = Reframer(frame_size(codec), self.source.deliver)
 
     def __repr__(self) -> str:
@@ -137,15 +142,17 @@ class MediaPorts:
     """Makes the ports of every call leg alike: the configured queue size, the drop hook (metrics).
 
     Drivers take one (``ctx.media_ports`` in the daemon); the default,
-    ``MediaPorts()``, makes plain one-second ports that report to nobody.
+    ``MediaPorts()``, makes plain one-second ports without a jitter buffer
+    that report to nobody.
     """
 
     queue_ms: int = 1000
     on_drop: DropHook | None = None
+    jitter_ms: int = 0
 
     def port(self, clock: IReactorTime, codec: str = PCM16, name: str = "") -> MediaPort:
         """A new port for one call leg."""
-        return MediaPort(clock, codec, name, self.queue_ms, self.on_drop)
+        return MediaPort(clock, codec, name, self.queue_ms, self.on_drop, self.jitter_ms)
 
 
 def check_free(user: str, ports: typing.Iterable[MediaPort], source: bool, sink: bool) -> None:

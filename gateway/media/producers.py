@@ -94,6 +94,8 @@ class FrameProducer:
 class FrameSource(FrameProducer):
     """A port's frames from its party: buffered while paused, pausing ``upstream`` when full.
 
+    It is ``realtime``: a playout it feeds keeps its backlog near the jitter target.
+
     Frames delivered while nothing is connected are discarded (nobody is
     listening; stale audio must not play later). ``frames_dropped`` counts
     frames lost because the queue was full; ``on_drop(count)``, if given, is
@@ -104,6 +106,9 @@ class FrameSource(FrameProducer):
                  on_drop: typing.Callable[[int], object] | None = None) -> None:
         super().__init__(codec, name)
         self._queue: FrameQueue[Frame] = FrameQueue(capacity, on_drop)
+
+    #: frames arrive at the party's pace (see gateway.media.playout: the jitter buffer)
+    realtime = True
 
     @property
     def upstream(self) -> IPushProducer | None:
@@ -208,6 +213,9 @@ class FrameFeeder(_IterableProducer):
 
 class PacedSource(_IterableProducer):
     """Writes one frame from ``payloads`` every 20 ms of ``clock`` while connected and not paused."""
+
+    #: frames come at 20 ms pace (see gateway.media.playout: the jitter buffer)
+    realtime = True
 
     def __init__(self, clock: IReactorTime, payloads: typing.Iterable[bytes], codec: str, name: str = "") -> None:
         super().__init__(payloads, codec, name)
