@@ -103,6 +103,14 @@ class MediaSection:
     queue_ms: int = attrs.field(
         default=1000, validator=check(lambda v: 100 <= v <= 10000, "must be between 100 and 10000 ms, got {value!r}")
     )
+    #: the playout's jitter target: a live source is pre-buffered to this much, and a standing backlog above it
+    #: is trimmed (silence first); 0 turns the jitter buffer off (see gateway.media.playout)
+    jitter_ms: int = attrs.field(default=40)
+
+    @jitter_ms.validator
+    def _check_jitter_ms(self, attribute, value):
+        if not 0 <= value <= 500 or value >= self.queue_ms:
+            raise ConfigError(attribute.name, f"must be between 0 and 500 ms and below queue_ms, got {value!r}")
 
 
 _EXT_ID = re.compile(r"[A-Za-z0-9_.+-]{1,64}\Z")  # \Z, not $ (which also matches before a final newline)

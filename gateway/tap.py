@@ -199,7 +199,7 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     store = open_store(config.store.url, reactor, pending_max=config.store.pending_max,
                        health=StoreHealth(metrics, readiness.register("store")))
     ctx = Context(reactor=reactor, config=config, state_dir=state_dir, metrics=metrics, readiness=readiness,
-                  media_ports=counted_ports(metrics, config.media.queue_ms), store=store)
+                  media_ports=counted_ports(metrics, config.media.queue_ms, config.media.jitter_ms), store=store)
     root = GatewayService(ctx, SystemdService(Notifier(), reactor), source)
     root.store_service = _StoreService(store)
     root.store_service.setServiceParent(root)

@@ -112,6 +112,10 @@ def test_every_key_in_etc_file_has_a_comment():
         ('[store]\nurl = "postgres://x"', "x.toml: store.url: expected sqlite:PATH"),
         ("[media]\nqueue_ms = 50", "x.toml: media.queue_ms: must be between 100 and 10000 ms, got 50"),
         ("[media]\nqueue_ms = 1.5", "x.toml: media.queue_ms: expected an integer"),
+        ("[media]\njitter_ms = -20", "x.toml: media.jitter_ms: must be between 0 and 500 ms and below queue_ms, got -20"),
+        ("[media]\njitter_ms = 600", "media.jitter_ms: must be between 0 and 500 ms and below queue_ms, got 600"),
+        ("[media]\nqueue_ms = 100\njitter_ms = 100", "media.jitter_ms: must be between 0 and 500 ms and below queue_ms"),
+        ("[media]\njitter_ms = 40.0", "x.toml: media.jitter_ms: expected an integer"),
         ("[[extensions]]\nname = 'a'", "x.toml: extensions[0].id: missing required key"),
         ("[[extensions]]\nid = 'a b'", "extensions[0].id: expected 1-64 letters"),
         ('[[extensions]]\nid = "a\\n"', "extensions[0].id: expected 1-64 letters, digits or _.+-, got 'a\\n'"),
@@ -194,6 +198,12 @@ def test_media_queue_size():
     assert config.load(None).media.queue_ms == 1000
     assert config.loads("[media]\nqueue_ms = 250", "x.toml").media.queue_ms == 250
     assert config.loads("[gateway]", "x.toml").media == config.MediaSection()
+
+
+def test_media_jitter_target():
+    assert config.load(None).media.jitter_ms == 40
+    assert config.loads("[media]\njitter_ms = 0", "x.toml").media.jitter_ms == 0
+    assert config.loads("[media]\nqueue_ms = 200\njitter_ms = 180", "x.toml").media.jitter_ms == 180
 
 
 def test_secrets_are_never_rendered():

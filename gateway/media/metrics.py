@@ -22,7 +22,7 @@ __all__ = ["TRIM_WHERE", "WHERE", "counted_ports"]
 
 #: the queues of a port whose drops are counted
 WHERE = ("playout", "inbound", "mix")
-#: the playout jitter buffer's trims, whose series exist when it is on (``jitter_ms`` > 0)
+#: the playout jitter buffer's trims, whose series appear with the first trim
 TRIM_WHERE = ("trim_silence", "trim_oldest")
 
 
@@ -31,10 +31,12 @@ def counted_ports(registry: CollectorRegistry, queue_ms: int = 1000, jitter_ms: 
     dropped = define_metric(registry, Counter, "media_frames_dropped",
                             "Frames dropped because a call leg's bounded media queue was full (oldest first), "
                             "by queue of the port.", ["where"])
-    # every series exists from the start, at 0
-    sides = {where: dropped.labels(where) for where in WHERE + (TRIM_WHERE if jitter_ms else ())}
+    sides = {where: dropped.labels(where) for where in WHERE}  # every queue's series exists from the start, at 0
 
     def on_drop(where: str, count: int) -> None:
-        sides[where].inc(count)
+        side = sides.get(where)
+        if side is None:  # a trim: its series is made on first use
+            side = sides[where] = dropped.labels(where)
+        side.inc(count)
 
     return MediaPorts(queue_ms, on_drop, jitter_ms)

@@ -173,3 +173,30 @@ class DriftTests(SynchronousTestCase):
         self.assertEqual([seq for seq, _ in bridge.played], list(range(frames)))
         self.assertEqual(bridge.b.playout.frames_trimmed, 0)
         self.assertGreater(bridge.b.playout.underruns, 100)
+
+
+class TrimMetricTests(SynchronousTestCase):
+    def test_trims_are_counted_under_their_own_where_in_the_daemons_factory(self):
+        from prometheus_client import CollectorRegistry
+
+        from tests.media.test_metrics import exposed
+        from gateway.media.metrics import counted_ports
+
+        registry = CollectorRegistry()
+        ports = counted_ports(registry, queue_ms=1000, jitter_ms=40)
+        self.assertEqual(exposed(registry), {"playout": 0.0, "inbound": 0.0, "mix": 0.0})  # trims: on first use
+        clock = Clock()
+        a, b = ports.port(clock, PCM16, "a"), ports.port(clock, PCM16, "b")
+        b.set_wire(lambda payload: None)
+        a.source.connect(b.sink)
+        a.receive(b"".join(numbered(n) for n in range(25)) + silence(PCM16, 100))  # 600 ms at once, silence last
+        for _ in range(50):
+            clock.advance(FRAME)
+            a.receive(numbered(0))
+        # back to the two-frame target: the 5 silent frames went first, then the oldest
+        self.assertEqual((b.playout.frames_trimmed, b.playout.queued), (27, 2))
+        self.assertEqual(exposed(registry), {"playout": 0.0, "inbound": 0.0, "mix": 0.0,
+                                             "trim_silence": 5.0, "trim_oldest": 22.0})
+        a.close()
+        b.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
