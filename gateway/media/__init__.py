@@ -8,10 +8,13 @@ Public API (all importable from ``gateway.media``)::
     transcode(payload, src, dst) -> bytes; converter(src, dst) -> callable  (resolve once, call per frame)
     silence(codec, ms=20) -> bytes
 
-    MediaPort(clock, codec="pcm16", name="", queue_ms=1000, on_drop=None)   # one per call leg
-      # on_drop(where, count): a full queue dropped frames, where = "playout" | "inbound" | "mix"
+    MediaPort(clock, codec="pcm16", name="", queue_ms=1000, on_drop=None, jitter_ms=0)   # one per call leg
+      # on_drop(where, count): a full queue dropped frames, where = "playout" | "inbound" | "mix",
+      #   or the playout's jitter buffer trimmed a live backlog: "trim_silence" | "trim_oldest"
+      # jitter_ms > 0: a live source (port.source of a bridge/echo) is pre-buffered to that target and a
+      #   standing backlog above it is trimmed (see gateway.media.playout); 0: the plain paced FIFO
       #   (port.on_drop; port.drop_hook(where) -> hook(count) or None, for an app's own queue of the port's frames)
-    MediaPorts(queue_ms=1000, on_drop=None).port(clock, codec, name) -> MediaPort
+    MediaPorts(queue_ms=1000, on_drop=None, jitter_ms=0).port(clock, codec, name) -> MediaPort
       # the one port factory drivers use (ctx.media_ports in the daemon; see gateway.media.metrics)
       # driver side (the wire)
       port.receive(data)        # raw audio from the party, any length -> 20 ms frames -> port.source
@@ -26,7 +29,7 @@ Public API (all importable from ``gateway.media``)::
       port.muted = True         # discard the party's audio
       port.close()
       # counters (plain attributes): port.playout.frames_played, .frames_dropped, .frames_flushed,
-      #   .underruns; port.source.frames_dropped
+      #   .frames_trimmed, .underruns; port.source.frames_dropped
 
     dtmf_frames(digit, duration_ms=100, codec="pcm16") -> [Frame]   # write to port.sink, then
                                                                       # port.playout.checkpoint()
