@@ -136,8 +136,17 @@ class StatusPage:
         return self.wait.until(self.seen.visibility_of_element_located((self.By.CSS_SELECTOR, css)))
 
     def text_in(self, css, text):
-        self.wait.until(self.seen.text_to_be_present_in_element((self.By.CSS_SELECTOR, css), text))
-        return self.find(css).text
+        """The text of ``css`` once it holds ``text``, read in the same look (the page re-renders on every event)."""
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+        def holding(driver):
+            try:
+                found = self.find(css).text
+            except (NoSuchElementException, StaleElementReferenceException):
+                return False
+            return found if text in found else False
+
+        return self.wait.until(holding)
 
     def log_in(self, token):
         self.driver.get(self.url)
