@@ -375,8 +375,9 @@ def test_a_patriot_heartbeat_flood_is_closed_and_costs_the_canary_nothing(cleanu
     cleanup(connected.transport.abortConnection)
     started = reactor.seconds()
     sent = yield flood.lost.addTimeout(10, reactor)
-    # closed by the message rate, well before init_timeout would have (Autobahn drops it 1 s after the close)
-    assert reactor.seconds() - started < 3, f"the flood went on for {reactor.seconds() - started:.1f} s"
+    # closed by the message rate (the counter says which), before init_timeout would have closed it; about
+    # 1 s on a quiet machine (Autobahn drops the connection 1 s after its close), more on a loaded one
+    assert reactor.seconds() - started < 6, f"the flood went on for {reactor.seconds() - started:.1f} s"
     assert (yield replay.metric_sum("gateway_patriot_bridge_refused_total", reason="rate_limited")) == 1
     refused = yield replay.metric_sum("gateway_ignored_messages_total", adapter="patriot", reason="rate_limited")
     assert 0 < refused < sent, (refused, sent)
