@@ -209,6 +209,8 @@ class EchoMatch:
     #: SHA-256 of the compared part of each stream
     sent_digest: str
     received_digest: str
+    #: whole sent frames missing from the echo (always 0 for the strict comparison)
+    skipped_frames: int = 0
 
 
 def _leading_silence(data, codec):
@@ -227,13 +229,19 @@ def _aligned_find(haystack, needle, width):
     return position
 
 
-def compare_echo(sent, received, codec, probe_bytes=320):
+def compare_echo(sent, received, codec, probe_bytes=320, max_skipped=0):
     """Whether ``received`` is an echo of ``sent``, tolerant of a leading offset.
 
     The received stream may start with silence (a jitter buffer filling up) and at any point of the sent
     stream (echo switched on after the call started), and may stop early; but every byte after its
     leading silence must equal the sent stream from the point where they first agree.
+
+    With ``max_skipped`` > 0 the echo may also miss up to that many whole frames (a jitter buffer trimming
+    a backlog): see :func:`compare_echo_frames`; ``skipped_frames`` says how many were missing.
     """
+    if max_skipped > 0:
+        match = compare_echo_frames(sent, received, codec)
+        return attrs.evolve(match, matched=match.matched and match.skipped_frames <= max_skipped)
     skip = _leading_silence(received, codec)
     rest = bytes(received[skip:])
     sent = bytes(sent)
@@ -246,4 +254,47 @@ def compare_echo(sent, received, codec, probe_bytes=320):
         compared=len(rest),
         sent_digest=hashlib.sha256(compared).hexdigest(),
         received_digest=hashlib.sha256(rest).hexdigest(),
+    )
+
+
+def compare_echo_frames(sent, received, codec):
+    """Whether ``received`` is an echo of ``sent`` that may lack whole frames; how many it lacks.
+
+    As :func:`compare_echo`, the received stream may start with silence and at any point of the sent
+    stream. From its first frame on, the received stream cut into frames of ``codec.frame_bytes`` (the
+    last one may be short: a prefix) must be an in-order subsequence of the sent stream cut the same way
+    from where they first agree: every received frame equal to a sent frame, order kept, none repeated.
+    ``skipped_frames`` counts the sent frames left out between the first and the last frame received.
+    """
+    size = codec.frame_bytes
+    skip = _leading_silence(received, codec)
+    rest = bytes(received[skip:])
+    sent = bytes(sent)
+    offset = _aligned_find(sent, rest[:size], codec.sample_width) if rest else -1
+    kept = []
+    position = offset  # where in ``sent`` the next received frame may start
+    skipped = 0
+    matched = offset >= 0
+    if matched:
+        for start in range(0, len(rest), size):
+            piece = rest[start:start + size]
+            gap = 0
+            while position < len(sent) and sent[position:position + len(piece)] != piece:
+                position += size
+                gap += 1
+            if position >= len(sent):
+                matched = False
+                break
+            skipped += gap
+            kept.append(sent[position:position + len(piece)])
+            position += size
+    compared = b"".join(kept)
+    return EchoMatch(
+        matched=matched,
+        sent_offset=offset,
+        received_offset=skip,
+        compared=len(rest),
+        sent_digest=hashlib.sha256(compared).hexdigest(),
+        received_digest=hashlib.sha256(rest).hexdigest(),
+        skipped_frames=skipped,
     )

@@ -224,9 +224,13 @@ class InboundCall:
     def bytes_received(self):
         return len(self.received_audio)
 
-    def echo(self):
-        """Whether the audio received is the audio sent, echoed (an :class:`~gateway.sim.audio.EchoMatch`)."""
-        return audio.compare_echo(self.sent_audio, self.received_audio, self.codec)
+    def echo(self, max_skipped=0):
+        """Whether the audio received is the audio sent, echoed (an :class:`~gateway.sim.audio.EchoMatch`).
+
+        Byte-exact by default; ``max_skipped`` lets the echo miss up to that many whole frames (those a
+        jitter buffer trimmed: the daemon counts them in gateway_media_frames_dropped_total).
+        """
+        return audio.compare_echo(self.sent_audio, self.received_audio, self.codec, max_skipped=max_skipped)
 
     def summary(self):
         """A JSON-able account of the call."""

@@ -134,6 +134,50 @@ class AudioHelperTests(SynchronousTestCase):
         self.assertFalse(audio.compare_echo(sent, b"", PCM16).matched)
         self.assertFalse(audio.compare_echo(sent, sent + b"\x01\x00", PCM16).matched)
 
+    def test_echo_frames_without_gaps_matches_and_skips_none(self):
+        sent = audio.tone(2)
+        received = PCM16.silence * 30 + sent[640:4000]
+        match = audio.compare_echo_frames(sent, received, PCM16)
+        self.assertTrue(match.matched)
+        self.assertEqual((match.sent_offset, match.received_offset, match.skipped_frames), (640, 60, 0))
+        self.assertEqual(match.sent_digest, match.received_digest)
+
+    def test_echo_frames_accepts_whole_frame_gaps_and_counts_them(self):
+        sent = audio.tone(2)
+        # frames 0-9, 11-19, 23-29 and half of 30: frame 10 and frames 20-22 trimmed
+        received = sent[:3200] + sent[3520:6400] + sent[7360:9600 + 160]
+        match = audio.compare_echo_frames(sent, received, PCM16)
+        self.assertTrue(match.matched)
+        self.assertEqual(match.skipped_frames, 4)
+        self.assertFalse(audio.compare_echo(sent, received, PCM16).matched)  # strict: a gap fails
+        self.assertTrue(audio.compare_echo(sent, received, PCM16, max_skipped=4).matched)
+        refused = audio.compare_echo(sent, received, PCM16, max_skipped=3)
+        self.assertEqual((refused.matched, refused.skipped_frames), (False, 4))
+
+    def test_echo_frames_accepts_gaps_in_g711_too(self):
+        ulaw = audio.codec_named("ulaw")
+        sent = ulaw.encode(audio.tone(1))
+        received = ulaw.silence * 80 + sent[160:800] + sent[1120:4000]
+        match = audio.compare_echo_frames(sent, received, ulaw)
+        self.assertEqual((match.matched, match.skipped_frames), (True, 2))
+
+    def test_echo_frames_refuses_a_corrupted_frame(self):
+        sent = audio.tone(2)
+        corrupt = bytearray(sent[:6400])
+        corrupt[3300] ^= 0x01  # one bit in frame 10
+        self.assertFalse(audio.compare_echo_frames(sent, bytes(corrupt), PCM16).matched)
+        self.assertFalse(audio.compare_echo_frames(sent, b"", PCM16).matched)
+        self.assertFalse(audio.compare_echo_frames(sent, sent + b"\x01\x00", PCM16).matched)
+        # a frame cut at a sample boundary that is not a frame boundary is no whole-frame gap
+        self.assertFalse(audio.compare_echo_frames(sent, sent[:3200] + sent[3300:6400], PCM16).matched)
+
+    def test_echo_frames_refuses_reordered_or_repeated_frames(self):
+        sent = audio.tone(2)
+        swapped = sent[:3200] + sent[3520:3840] + sent[3200:3520] + sent[3840:6400]
+        self.assertFalse(audio.compare_echo_frames(sent, swapped, PCM16).matched)
+        repeated = sent[:3520] + sent[3200:6400]
+        self.assertFalse(audio.compare_echo_frames(sent, repeated, PCM16).matched)
+
     def test_dtmf_schedule(self):
         self.assertEqual(parse_dtmf_schedule("1@2.0, #@3.5"), (TimedDigit("1", 2.0), TimedDigit("#", 3.5)))
         self.assertEqual(parse_dtmf_schedule(""), ())
