@@ -160,6 +160,26 @@ class GatewayProcess:
             raise AssertionError(f"{method} {path}: expected {expect}, got {response.code}: {text}")
         return response.code, data
 
+    @defer.inlineCallbacks
+    def metric_sum(self, name: str, **labels):
+        """The sum of the ``/metrics`` samples of ``name`` whose labels include ``labels``."""
+        import treq
+
+        response = yield treq.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5)
+        text = yield response.text()
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if (line.startswith(name + "{") or line.startswith(name + " "))
+                   and all(label in line.partition("}")[0] for label in wanted))
+
+    @defer.inlineCallbacks
+    def frames_trimmed(self):
+        """How many frames the playout jitter buffers trimmed (all calls): what an echo may lack."""
+        total = 0
+        for where in ("trim_silence", "trim_oldest"):
+            total += yield self.metric_sum("gateway_media_frames_dropped_total", where=where)
+        return int(total)
+
     def signal(self, name: str = "TERM") -> None:
         if self.transport is not None and not self._proto.ended.called:
             self.transport.signalProcess(name)
