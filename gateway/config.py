@@ -104,8 +104,8 @@ class MediaSection:
         default=1000, validator=check(lambda v: 100 <= v <= 10000, "must be between 100 and 10000 ms, got {value!r}")
     )
     #: the playout's jitter target: a live source is pre-buffered to this much, and a standing backlog above it
-    #: is trimmed (silence first); 0 (the default for now) turns the jitter buffer off (see gateway.media.playout)
-    jitter_ms: int = attrs.field(default=0)
+    #: is trimmed (silence first); 0 turns the jitter buffer off (see gateway.media.playout)
+    jitter_ms: int = attrs.field(default=40)
 
     @jitter_ms.validator
     def _check_jitter_ms(self, attribute, value):
