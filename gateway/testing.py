@@ -14,6 +14,7 @@ Use :func:`free_port` to put listeners on free loopback ports.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -30,11 +31,24 @@ __all__ = ["GatewayProcess", "free_port", "TOKEN"]
 TOKEN = "test-admin-token-0123456789"
 
 
+#: the ports :func:`free_port` handed out lately, so that two calls in a row never give the same one
+_handed_out: collections.deque[int] = collections.deque(maxlen=256)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, and not one this process was lately given.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is closed,
+    so a test asking for an admin and a listener port could get one port twice.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.append(port)
+            return port
+    raise RuntimeError("no free loopback port that was not handed out lately")
 
 
 class _Collector(protocol.ProcessProtocol):
