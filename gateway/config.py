@@ -105,7 +105,7 @@ class MediaSection:
     )
     #: the playout's jitter target: a live source is pre-buffered to this much, and a standing backlog above it
     #: is trimmed (silence first); 0 turns the jitter buffer off (see gateway.media.playout)
-    jitter_ms: int = attrs.field(default=40)
+    jitter_ms: int = attrs.field(default=20)
 
     @jitter_ms.validator
     def _check_jitter_ms(self, attribute, value):

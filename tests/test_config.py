@@ -201,7 +201,7 @@ def test_media_queue_size():
 
 
 def test_media_jitter_target():
-    assert config.load(None).media.jitter_ms == 40
+    assert config.load(None).media.jitter_ms == 20
     assert config.loads("[media]\njitter_ms = 0", "x.toml").media.jitter_ms == 0
     assert config.loads("[media]\nqueue_ms = 200\njitter_ms = 180", "x.toml").media.jitter_ms == 180
 
