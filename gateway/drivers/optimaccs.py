@@ -68,6 +68,7 @@ from gateway.drivers import optimaccs_wire as wire
 from gateway.drivers.config import OptimaccsConfig
 from gateway.drivers.optimaccs_link import Link, Machine, ProviderCall, Transitions, illegal_counter
 from gateway.media import MediaPort, MediaPorts
+from gateway.wsaudio import AudioFastPath
 from gateway.wstimers import use_reactor
 
 __all__ = ["CLOSE_CODES", "InboundCall", "InboundServer", "InboundState", "OptimaccsService", "Refusals", "TRANSITIONS",
@@ -430,8 +431,11 @@ class InboundCall(ProviderCall):
         }
 
 
-class _ProviderProtocol(WebSocketServerProtocol):
-    """The wire side of one connection: access check, then everything goes to its InboundCall."""
+class _ProviderProtocol(AudioFastPath, WebSocketServerProtocol):
+    """The wire side of one connection: access check, then everything goes to its InboundCall.
+
+    Binary audio frames take the lean path of :mod:`gateway.wsaudio` both ways.
+    """
 
     call: InboundCall | None = None
 

@@ -40,6 +40,7 @@ NAME = "optimaccs"
 CLOSE_GRACE = 1.0
 #: the longest close reason a close frame can carry, in bytes
 _MAX_REASON = 123
+_OPEN = WebSocketProtocol.STATE_OPEN
 
 
 class Link:
@@ -59,9 +60,10 @@ class Link:
             self.protocol.sendMessage(wire.encode(message), isBinary=False)
 
     def send_audio(self, payload: bytes) -> None:
-        if self.open:
+        """One binary audio frame, on the lean path (:meth:`gateway.wsaudio.AudioFastPath.sendAudio`)."""
+        if self.protocol.state == _OPEN:
             self.frames_out += 1
-            self.protocol.sendMessage(payload, isBinary=True)
+            self.protocol.sendAudio(payload)
 
     def attach(self, port) -> None:
         """Play ``port``'s audio to the peer, and pause reading while its inbound path is full."""

@@ -68,6 +68,7 @@ from gateway.drivers.optimaccs_link import Link, Machine, ProviderCall, Transiti
 from gateway.tlspolicy import DEFAULT as DEFAULT_TLS
 from gateway.media import MediaPorts
 from gateway.metrics import define_metric
+from gateway.wsaudio import AudioFastPath
 from gateway.wstimers import use_reactor
 
 __all__ = ["OutboundDriver", "OutboundLeg", "OutboundState", "TRANSITIONS", "build_driver", "connect_endpoint"]
@@ -143,7 +144,9 @@ _DIAL_STATUS = {"Dialing": "progress", "Ringing": "progress", "Connected": "conn
 _TERMINAL_DISPOSITIONS = {"BUSY": ("busy",), "NO ANSWER": ("no_answer",)}
 
 
-class _MediaProtocol(WebSocketClientProtocol):
+class _MediaProtocol(AudioFastPath, WebSocketClientProtocol):
+    """The media WebSocket of one outbound leg; binary audio takes the lean path of :mod:`gateway.wsaudio`."""
+
     def onOpen(self):
         self.factory.leg.opened(self)
 
