@@ -10,6 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# The real Redis and PostgreSQL fixtures (redis_server, postgres_server): see tests/engines.py.
+pytest_plugins = ["tests.engines"]
+
 
 @pytest.fixture
 def artifacts_dir():
