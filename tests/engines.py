@@ -240,3 +240,226 @@ def redis_server(_redis_engine):
     _redis_engine.start()
     _redis_engine.flush()
     return _redis_engine
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> str:
+    """The newest ``/usr/lib/postgresql/*/bin`` holding ``initdb`` and ``postgres`` (Debian keeps them
+    off the PATH); raises :class:`EngineMissing` when there is none."""
+    found = []
+    for bindir in glob.glob("/usr/lib/postgresql/*/bin"):
+        version = os.path.basename(os.path.dirname(bindir))
+        if all(os.access(os.path.join(bindir, b), os.X_OK) for b in ("initdb", "postgres", "pg_ctl")):
+            found.append((int(version) if version.isdigit() else 0, bindir))
+    if not found:
+        raise EngineMissing("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres)")
+    return max(found)[1]
+
+
+def _unprivileged_user() -> str | None:
+    """The user PostgreSQL runs as when we are root (it refuses root): ``postgres``, else ``nobody``."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise EngineMissing("running as root and neither the postgres nor the nobody user exists to run PostgreSQL")
+
+
+class PostgresServer:
+    """A real PostgreSQL on 127.0.0.1 in a temporary directory (see the module docstring).
+
+    The superuser is ``gateway`` with trust authentication on loopback; ``url(dbname)`` names a
+    database, ``create_database()`` makes a fresh one. Settings favour speed over crash safety of the
+    *machine* (``fsync=off``): a killed server still recovers its committed rows from the WAL.
+    """
+
+    USER = "gateway"
+
+    def __init__(self, port: int | None = None, directory: str | None = None):
+        self.bindir = postgres_bindir()
+        self.run_as = _unprivileged_user()
+        self.port = port or free_port()
+        self._own_dir = directory is None
+        self.directory = directory or tempfile.mkdtemp(prefix="gateway-postgres-")
+        self.data_dir = os.path.join(self.directory, "data")
+        self.socket_dir = os.path.join(self.directory, "sock")
+        self.log_path = os.path.join(self.directory, "postgres.log")
+        self.proc: subprocess.Popen | None = None
+        self._databases = itertools.count(1)
+
+    # -- URLs --
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{self.USER}@127.0.0.1:{self.port}/{dbname}"
+
+    @property
+    def admin_url(self) -> str:
+        return self.url("postgres")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- life --
+
+    def _argv(self, *argv: str) -> list[str]:
+        if self.run_as is None:
+            return list(argv)
+        return ["runuser", "-u", self.run_as, "--", *argv]
+
+    def _chown(self) -> None:
+        if self.run_as is None:
+            return
+        entry = pwd.getpwnam(self.run_as)
+        for root, dirs, files in os.walk(self.directory):
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+            for name in files:
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+    def _initdb(self) -> None:
+        os.makedirs(self.socket_dir, exist_ok=True)
+        self._chown()
+        result = subprocess.run(
+            self._argv(
+                os.path.join(self.bindir, "initdb"), "-D", self.data_dir, "-U", self.USER,
+                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync",
+            ),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.directory,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed ({result.returncode}): {result.stdout.decode(errors='replace')[-2000:]}")
+
+    def start(self) -> "PostgresServer":
+        if self.running:
+            return self
+        if not os.path.exists(os.path.join(self.data_dir, "PG_VERSION")):
+            self._initdb()
+        # the log is opened by us (as root when root) and handed over as the child's stdout/stderr
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                self._argv(
+                    os.path.join(self.bindir, "postgres"), "-D", self.data_dir, "-p", str(self.port),
+                    "-k", self.socket_dir, "-c", "listen_addresses=127.0.0.1",
+                    "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                    "-c", "max_connections=200", "-c", "shared_buffers=32MB",
+                ),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        try:
+            _wait_for(self.ready, START_TIMEOUT, f"postgres on port {self.port}", self.log_path, self.proc)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def ready(self) -> bool:
+        result = subprocess.run(
+            [os.path.join(self.bindir, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, "-d", "postgres"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        return result.returncode == 0
+
+    def _signal_server(self, sig: int) -> None:
+        # under runuser the server is runuser's child: signal the session (the whole process group)
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(STOP_TIMEOUT)
+        self.proc = None
+
+    def stop(self) -> None:
+        """A fast clean shutdown (SIGINT: open transactions are rolled back); the port and the data
+        directory stay for ``start()`` again."""
+        self._signal_server(signal.SIGINT)
+
+    def kill(self) -> None:
+        """SIGKILL of the postmaster and its backends, as a crash; ``start()`` recovers from the WAL."""
+        self._signal_server(signal.SIGKILL)
+
+    def restart(self) -> "PostgresServer":
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- databases --
+
+    def execute(self, sql: str, dbname: str = "postgres"):
+        """Run one statement (autocommit) and return its rows, or None."""
+        import psycopg
+
+        with psycopg.connect(self.url(dbname), autocommit=True, connect_timeout=10) as conn:
+            cur = conn.execute(sql)
+            return cur.fetchall() if cur.description is not None else None
+
+    def create_database(self, name: str | None = None) -> str:
+        """Make a fresh, empty database and return its URL."""
+        name = name or f"test_{os.getpid()}_{next(self._databases)}"
+        self.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class PostgresDatabase:
+    """What the ``postgres_server`` fixture gives a test: one fresh database on the session's server."""
+
+    def __init__(self, server: PostgresServer, name: str):
+        self.server = server
+        self.name = name
+        self.url = server.url(name)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def __repr__(self) -> str:
+        return f"<PostgresDatabase {self.url}>"
+
+
+@pytest.fixture(scope="session")
+def _postgres_engine():
+    try:
+        server = PostgresServer()
+    except EngineMissing as e:
+        _missing(str(e))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_server(_postgres_engine):
+    """A fresh, empty database on the session's real PostgreSQL (:class:`PostgresDatabase`: ``.url``,
+    ``.server``), dropped after the test; the server is started again if an earlier test stopped it."""
+    _postgres_engine.start()
+    url = _postgres_engine.create_database()
+    name = url.rsplit("/", 1)[1]
+    yield PostgresDatabase(_postgres_engine, name)
+    if _postgres_engine.running:
+        _postgres_engine.drop_database(name)

@@ -63,3 +63,56 @@ def test_missing_redis_binary_is_named(monkeypatch):
     monkeypatch.setattr(engines.os, "access", lambda path, mode: False)
     with pytest.raises(engines.EngineMissing, match="redis-server is not installed"):
         RedisServer()
+
+
+def test_postgres_server_gives_a_fresh_database(postgres_server):
+    import psycopg
+
+    assert postgres_server.url.startswith(f"postgresql://gateway@127.0.0.1:{postgres_server.port}/test_")
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        if os.geteuid() == 0:
+            # never as root: PostgreSQL refuses it
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            assert os.stat(f"/proc/{pid}").st_uid != 0
+
+
+def test_postgres_each_test_has_its_own_database(postgres_server):
+    import psycopg
+
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 't'").fetchone()
+    assert tables == (0,)
+
+
+def test_postgres_restart_and_crash_keep_committed_rows():
+    import psycopg
+
+    server = engines.PostgresServer().start()
+    try:
+        url = server.create_database("keep")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t VALUES (7)")
+        port = server.port
+        server.stop()
+        assert not server.ready()
+        server.start()
+        assert server.port == port
+        server.kill()
+        assert not server.running
+        server.start()
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT x FROM t").fetchall() == [(7,)]
+    finally:
+        server.cleanup()
+    assert not os.path.exists(server.directory)
+    assert subprocess.run(["pgrep", "-f", server.data_dir], stdout=subprocess.DEVNULL).returncode == 1
+
+
+def test_missing_postgres_is_named(monkeypatch):
+    monkeypatch.setattr(engines.glob, "glob", lambda pattern: [])
+    with pytest.raises(engines.EngineMissing, match="PostgreSQL is not installed"):
+        engines.PostgresServer()
