@@ -91,6 +91,9 @@ def build_cdr(call: Call, node: str) -> dict[str, typing.Any]:
         "dtmf_count": call.dtmf_count,
         "app": call.app,
         "attributes": dict(call.attributes),
+        # which call consulted which: a consult call names its primary, a primary its consult calls
+        "consult_of": call.consult_of,
+        "consults": list(call.consults),
         "legs": [_leg_record(leg) for leg in call.legs],
     }
 

@@ -25,10 +25,13 @@ import attrs
 from gateway.core.states import LegState
 
 __all__ = [
+    "CONSULT_OUTCOMES",
     "CallCreated",
     "CallEnded",
     "CallEvent",
     "ConferenceFailed",
+    "ConsultEnded",
+    "ConsultStarted",
     "DtmfReceived",
     "LegAnswered",
     "LegBusy",
@@ -159,6 +162,39 @@ class ConferenceFailed(CallEvent):
     """A conference party could not be added; the call is exactly as it was."""
 
     reason: str
+
+
+@attrs.frozen(kw_only=True)
+class ConsultStarted(CallEvent):
+    """Raised on the primary: its parties are held and ``consult_id`` (a new call of the same
+    extension, whose ``CallCreated``... ``LegDialing`` come just before) dials ``number``."""
+
+    consult_id: str
+    number: str | None
+
+
+#: why a consult link ended (:attr:`ConsultEnded.outcome`)
+CONSULT_OUTCOMES = ("released", "transferred", "conferenced", "primary_ended")
+
+
+@attrs.frozen(kw_only=True)
+class ConsultEnded(CallEvent):
+    """Raised on the primary, once per consult, when the link ends. ``outcome``:
+
+    - ``released``: the consult call ended (busy, no answer, failed, the consulted party hung up, the
+      agent hung it up: ``cause`` is the consult call's cause); comes after the consult's
+      ``CallEnded``; the primary stays as it was (held, retrievable);
+    - ``transferred``: :meth:`~gateway.core.interfaces.ICallControl.transfer_to_consult` (before
+      the primary's ``CallEnded``);
+    - ``conferenced``: :meth:`~gateway.core.interfaces.ICallControl.conference_in_consult` (after
+      the consult's ``CallEnded``, before the primary's ``PartyAdded``);
+    - ``primary_ended``: the primary ended first (its party hung up, the agent hung it up), before
+      the primary's ``CallEnded``; the consult call goes on as the extension's only call.
+    """
+
+    consult_id: str
+    outcome: str
+    cause: str
 
 
 @attrs.frozen(kw_only=True)

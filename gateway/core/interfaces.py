@@ -217,6 +217,40 @@ class ICallControl(Interface):
         """Dial ``destination`` and mix it into the call when it answers; fires once dialled, a failure
         arrives as a ``ConferenceFailed`` event."""
 
+    def consult(call_id: str, number: str, *, by: str = "api") -> Deferred[CallSnapshot]:
+        """Attended transfer's first step: hold the remote parties of ``call_id`` (the *primary*, an
+        extension's connected call) and dial ``number`` (an extension id or a number) for the same
+        extension, as a new *consult* call linked to the primary. Fires with the consult call's
+        snapshot once it is dialled (``consult_of`` names the primary; the primary's ``consult`` names
+        it) and a ``ConsultStarted`` event reaches the primary. The consult call is an ordinary call of
+        the extension (its own events, CDR, ``hangup``); busy, no answer, a failure or the consulted
+        party hanging up end it (cause busy/no_answer/failed/remote_hangup) and the primary stays held
+        (``ConsultEnded`` outcome ``released``; ``retrieve`` it). ``IllegalState`` unless the primary
+        is TALKING or HELD, has the extension's phone, no consult of its own, is no consult itself and
+        has no transfer or conference being dialled; ``InvalidArgument`` for a bad number or the own
+        extension; ``ExtensionBusy`` for a busy extension."""
+
+    def alternate(call_id: str, *, by: str = "api") -> Deferred[CallSnapshot]:
+        """Swap which of a primary and its answered consult is held (``call_id``: either): the talking
+        one's parties are held, then the held one's retrieved (LegHeld, then LegRetrieved). With both
+        held, ``call_id`` is retrieved. Fires with ``call_id``'s snapshot. ``IllegalState`` for a call
+        without a consult link, or while the consult is still dialling."""
+
+    def transfer_to_consult(call_id: str, *, by: str = "api") -> Deferred[CallSnapshot]:
+        """Join the primary's remote parties with the consulted party (``call_id``: the primary or
+        its consult, which must have answered) in a new call nobody's extension owns
+        (``attributes["transferred_from"]`` the primary, ``attributes["consult_id"]`` the consult)
+        and drop the agent: both calls end, cause ``transferred`` on each of their legs,
+        ``hangup_by`` ``by``; the primary's ``ConsultEnded`` (outcome ``transferred``) and
+        ``CallEnded`` come before the consult's ``CallEnded``. Fires with the primary's snapshot."""
+
+    def conference_in_consult(call_id: str, *, by: str = "api") -> Deferred[CallSnapshot]:
+        """Join all three: the consulted party moves into the primary (``call_id``: either; the
+        consult must have answered), the held parties are retrieved, the primary's media becomes a
+        mix (``LegCreated``, ``LegRetrieved``, ``PartyAdded`` on the primary); the consult call ends
+        with cause ``conferenced`` (``ConsultEnded`` outcome ``conferenced``). Fires with the
+        primary's snapshot."""
+
     def remove_party(call_id: str, number: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """Hang up one remote party; the call goes on while another remains (``UnknownParty``)."""
 

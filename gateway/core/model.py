@@ -121,6 +121,12 @@ class Call:
     pending: Leg | None = None
     #: who asked for the pending transfer or conference (becomes hangup_by of a transferred call)
     pending_by: str | None = None
+    #: a consult call: the id of the primary it was placed from (kept for the call's whole life)
+    consult_of: str | None = None
+    #: a primary: the id of its consult call while that is live and linked
+    consult: str | None = None
+    #: a primary: every consult call it placed, oldest first (its CDR's ``consults``)
+    consults: list[str] = attrs.Factory(list)
     #: serialises DTMF sequences (a DeferredLock, set by the registry)
     dtmf_lock: typing.Any = attrs.field(default=None, repr=False)
 
@@ -189,6 +195,9 @@ class Call:
             hangup_by=self.hangup_by,
             dtmf_count=self.dtmf_count,
             attributes=dict(self.attributes),
+            consult=self.consult,
+            consult_of=self.consult_of,
+            consults=tuple(self.consults),
         )
 
 
@@ -261,6 +270,12 @@ class CallSnapshot:
     hangup_by: str | None
     dtmf_count: int
     attributes: dict[str, typing.Any]
+    #: on a primary: its consult call's id while that is live and linked (else None)
+    consult: str | None = None
+    #: on a consult call: its primary's id (for the call's whole life, also once the primary ended)
+    consult_of: str | None = None
+    #: on a primary: every consult call it placed, oldest first
+    consults: tuple[str, ...] = ()
 
     def party(self, number: str) -> Party | None:
         return next((p for p in self.parties if p.number == number), None)
@@ -269,4 +284,5 @@ class CallSnapshot:
         data = _to_dict(self, ("created_at", "answered_at", "ended_at"))
         data["parties"] = [p.to_dict() for p in self.parties]
         data["legs"] = [leg.to_dict() for leg in self.legs]
+        data["consults"] = list(self.consults)
         return data

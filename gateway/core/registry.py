@@ -616,6 +616,22 @@ class Registry:
         call.pending_by = by
         return self._snapshot(call)
 
+    @_command("consult")
+    def consult(self, call_id: str, number: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("consult", "not implemented yet", "gateway")
+
+    @_command("alternate")
+    def alternate(self, call_id: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("alternate", "not implemented yet", "gateway")
+
+    @_command("transfer_to_consult")
+    def transfer_to_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("transfer_to_consult", "not implemented yet", "gateway")
+
+    @_command("conference_in_consult")
+    def conference_in_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("conference_in_consult", "not implemented yet", "gateway")
+
     @_command("remove_party")
     def remove_party(self, call_id: str, number: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
         """Hang up one remote party; the call goes on while another remains."""

@@ -47,6 +47,8 @@ class Cause(str, enum.Enum):
     REJECTED = "rejected"
     NO_ROUTE = "no_route"
     TRANSFERRED = "transferred"
+    #: a consult call whose party was joined into its primary (conference_in_consult)
+    CONFERENCED = "conferenced"
 
     def __str__(self) -> str:
         return self.value
@@ -59,7 +61,8 @@ _CONNECTED = (TALKING, HELD)
 
 #: (state, input) -> next state. Inputs on a leg: answered, hold, retrieve,
 #: mute, unmute, release. Commands checked on a call's state: answer, reject, cancel,
-#: hangup, hold, retrieve, mute, unmute, dtmf, flush, transfer, conference, remove_party.
+#: hangup, hold, retrieve, mute, unmute, dtmf, flush, transfer, conference, remove_party, consult,
+#: alternate, transfer_to_consult, conference_in_consult.
 TRANSITIONS: dict[tuple[LegState, str], LegState] = {
     (RINGING, "answer"): TALKING,
     (DIALING, "answer"): TALKING,  # a click-to-dial's own phone, picked up through the API
@@ -75,7 +78,8 @@ TRANSITIONS: dict[tuple[LegState, str], LegState] = {
     (TALKING, "retrieve"): TALKING,
     **{(state, flag): state for state in _CONNECTED for flag in ("mute", "unmute")},
     **{(state, cmd): state for state in _CONNECTED
-       for cmd in ("dtmf", "flush", "transfer", "conference", "remove_party")},
+       for cmd in ("dtmf", "flush", "transfer", "conference", "remove_party", "consult", "alternate",
+                   "transfer_to_consult", "conference_in_consult")},
     **{(state, cmd): RELEASED for state in _LIVE for cmd in ("release", "hangup")},
 }
 

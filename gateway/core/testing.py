@@ -58,7 +58,8 @@ RINGING, DIALING, TALKING, HELD = LegState.RINGING, LegState.DIALING, LegState.T
 QUERIES = ("calls", "call", "calls_for", "active_call_for", "status", "leg_states")
 #: the commands of ICallControl
 COMMANDS = ("originate", "answer", "reject", "cancel", "hangup", "hold", "retrieve", "mute", "unmute", "transfer",
-            "conference", "remove_party", "send_dtmf", "flush", "dispose")
+            "conference", "remove_party", "send_dtmf", "flush", "dispose", "consult", "alternate",
+            "transfer_to_consult", "conference_in_consult")
 
 log = Logger()
 
@@ -436,6 +437,22 @@ class FakeCallControl:
         call.pending = self._dial(call, PARTY, target, caller_id=caller_id, pending=kind)
         call.pending_by = by
         return self._snapshot(call)
+
+    @_command
+    def consult(self, call_id: str, number: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("consult", "not implemented yet", "gateway")
+
+    @_command
+    def alternate(self, call_id: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("alternate", "not implemented yet", "gateway")
+
+    @_command
+    def transfer_to_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("transfer_to_consult", "not implemented yet", "gateway")
+
+    @_command
+    def conference_in_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
+        raise IllegalState("conference_in_consult", "not implemented yet", "gateway")
 
     @_command
     def remove_party(self, call_id: str, number: str, *, by: str = "api") -> CallSnapshot:

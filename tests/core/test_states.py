@@ -14,7 +14,8 @@ LEGAL = {
     (R, "cancel"): X, (D, "cancel"): X,
     (T, "hold"): H, (H, "hold"): H, (H, "retrieve"): T, (T, "retrieve"): T,
     **{(s, c): s for s in (T, H)
-       for c in ("mute", "unmute", "dtmf", "flush", "transfer", "conference", "remove_party")},
+       for c in ("mute", "unmute", "dtmf", "flush", "transfer", "conference", "remove_party", "consult",
+                 "alternate", "transfer_to_consult", "conference_in_consult")},
     **{(s, c): X for s in (R, D, T, H) for c in ("release", "hangup")},
 }
 INPUTS = sorted({command for _, command in LEGAL})
