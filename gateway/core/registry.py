@@ -205,7 +205,8 @@ class _LegEvents:
     def _report(self, what: str, handler: typing.Callable[..., None], *args: object) -> None:
         try:
             with self._registry._batch():
-                handler(self._leg, *args)
+                # the phone of a primary that ended during a consult lives on in the consult call
+                handler(self._registry._current_leg(self._leg), *args)
         except Exception:
             log.failure("handling {what} from driver {driver} on leg {leg_id} failed",
                         what=what, driver=self._leg.driver, leg_id=self._leg.leg_id)
@@ -561,6 +562,12 @@ class Registry:
 
     def _set_held(self, call_id: str, command: str, from_state: LegState, event: type[ev.CallEvent]) -> CallSnapshot:
         call = self._checked(call_id, command)
+        other = self._linked(call) if command == "retrieve" else None
+        if other is not None:
+            # the phone talks to one call of a consult pair at a time: retrieving one holds the other
+            if other.state not in (TALKING, HELD):
+                raise IllegalState(command, other.state.value, "consult call")
+            self._hold_parties(other)
         for leg in call.parties:
             if leg.state is from_state:
                 leg.state = next_state(leg.state, command, "leg")
@@ -583,10 +590,14 @@ class Registry:
         if device is None:
             raise IllegalState(command, "not an extension's call")
         next_state(device.state, command, "extension's phone")
-        if device.muted != muted:
-            device.muted = muted
-            self._event(event, call, device)
-            self._progress(call)
+        # a primary and its consult share the phone: its mute flag is both calls'
+        other = self._linked(call)
+        for each in (call, other):
+            phone = each.device if each is not None else None
+            if each is not None and phone is not None and phone.muted != muted:
+                phone.muted = muted
+                self._event(event, each, phone)
+                self._progress(each)
         return self._snapshot(call)
 
     @_command("transfer")
@@ -604,6 +615,8 @@ class Registry:
 
     def _consult(self, call_id: str, destination: str, kind: str, by: str) -> CallSnapshot:
         call = self._checked(call_id, kind)
+        if self._linked(call) is not None:
+            raise IllegalState(kind, "in a consult (transfer_to_consult or conference_in_consult joins it)")
         if call.pending is not None:
             raise IllegalState(kind, f"already dialling {call.pending.number} for a {call.pending.pending}")
         target = self._destination(destination)
@@ -616,21 +629,179 @@ class Registry:
         call.pending_by = by
         return self._snapshot(call)
 
+    # -- consult: attended transfer, alternate, conference in consult (docs/core.md) -----------
+
     @_command("consult")
     def consult(self, call_id: str, number: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("consult", "not implemented yet", "gateway")
+        """Hold the primary's remote parties and dial ``number`` for the same extension as a consult
+        call linked to it (sharing the extension's phone); fires with the consult's snapshot."""
+        self._check_open("consult")
+        call = self._checked(call_id, "consult")
+        device = call.device
+        if device is None or call.extension is None or call.app is not None:
+            raise IllegalState("consult", "not an extension's call")
+        if device.state is not TALKING:
+            raise IllegalState("consult", device.state.value, "extension's phone")
+        if call.consult_of is not None and self._linked(call) is not None:
+            raise IllegalState("consult", f"a consult of call {call.consult_of}")
+        if self._linked(call) is not None:
+            raise IllegalState("consult", f"consulting already (call {call.consult})")
+        if call.pending is not None:
+            raise IllegalState("consult", f"dialling {call.pending.number} for a {call.pending.pending}")
+        target = self._destination(number)
+        if target.extension is not None:
+            if target.extension == call.extension:
+                raise InvalidArgument(f"cannot consult from call {call_id} to its own extension {target.extension}")
+            self._check_free(target.extension)
+        self._hold_parties(call)
+        consult = self._new_call(extension=call.extension, direction=OUTBOUND, caller=call.extension,
+                                 number=target.number, consult_of=call.call_id)
+        phone = self._add_leg(consult, DEVICE, OUTBOUND, device.number, device.driver, TALKING,
+                              caller_id=target.number, name=device.name, attributes=dict(device.attributes),
+                              muted=device.muted)
+        phone.driver_leg = device.driver_leg  # the same phone, already off-hook: nothing is dialled
+        phone.answered_at = phone.started_at
+        call.consults.append(consult.call_id)
+        try:
+            self._dial(consult, PARTY, target)
+        except CallError:
+            self._end_call(consult, Cause.FAILED, "gateway")
+            raise
+        call.consult = consult.call_id
+        log.info("call {call_id}: extension {extension} consults {number} in call {consult_id} (by {by})",
+                 call_id=call.call_id, extension=call.extension, number=target.number,
+                 consult_id=consult.call_id, by=by)
+        self._event(ev.ConsultStarted, call, consult_id=consult.call_id, number=target.number)
+        return self._snapshot(consult)
 
     @_command("alternate")
     def alternate(self, call_id: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("alternate", "not implemented yet", "gateway")
+        """Swap which of a primary and its answered consult is held (both held: ``call_id`` is retrieved)."""
+        call = self._checked(call_id, "alternate")
+        primary, consult = self._pair(call, "alternate")
+        talking = next((c for c in (primary, consult) if any(leg.state is TALKING for leg in c.parties)), None)
+        if talking is not None:
+            self._hold_parties(talking)
+        self._retrieve_parties(call if talking is None else (consult if talking is primary else primary))
+        return self._snapshot(call)
 
     @_command("transfer_to_consult")
-    def transfer_to_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("transfer_to_consult", "not implemented yet", "gateway")
+    def transfer_to_consult(self, call_id: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
+        """The primary's parties and the consulted party go on in a new call nobody's extension owns;
+        both of the agent's calls end (cause transferred). Fires with the primary's snapshot."""
+        call = self._checked(call_id, "transfer_to_consult")
+        primary, consult = self._pair(call, "transfer_to_consult")
+        moving = [*primary.parties, *consult.parties]
+        primary.consult = None
+        self._event(ev.ConsultEnded, primary, consult_id=consult.call_id, outcome="transferred",
+                    cause=str(Cause.TRANSFERRED))
+        self._detach(primary, primary.parties, Cause.TRANSFERRED)
+        ended = [self._end_call(primary, Cause.TRANSFERRED, by)]
+        self._detach(consult, consult.parties, Cause.TRANSFERRED)
+        ended.append(self._end_call(consult, Cause.TRANSFERRED, by))
+        successor = self._new_call(extension=None, direction=primary.direction, caller=primary.caller,
+                                   number=primary.number, did=primary.did,
+                                   attributes={**primary.attributes, "transferred_from": primary.call_id,
+                                               "consult_id": consult.call_id})
+        self._adopt(successor, moving)
+        self._retrieve_parties(successor)
+        return defer.DeferredList(ended).addCallback(lambda _: self._snapshot(primary))
 
     @_command("conference_in_consult")
-    def conference_in_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("conference_in_consult", "not implemented yet", "gateway")
+    def conference_in_consult(self, call_id: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
+        """The consulted party joins the primary, whose held parties are retrieved: a three-way mix; the
+        consult call ends (cause conferenced). Fires with the primary's snapshot."""
+        call = self._checked(call_id, "conference_in_consult")
+        primary, consult = self._pair(call, "conference_in_consult")
+        joining = consult.parties
+        primary.consult = None
+        self._detach(consult, joining, Cause.CONFERENCED)
+        ended = self._end_call(consult, Cause.CONFERENCED, by)
+        self._event(ev.ConsultEnded, primary, consult_id=consult.call_id, outcome="conferenced",
+                    cause=str(Cause.CONFERENCED))
+        self._adopt(primary, joining)
+        self._retrieve_parties(primary, progress=False)
+        for leg in joining:
+            self._event(ev.PartyAdded, primary, leg, number=leg.number, name=leg.name)
+        self._progress(primary)
+        return ended.addCallback(lambda _: self._snapshot(primary))
+
+    def _linked(self, call: Call) -> Call | None:
+        """The other live call of a primary/consult pair ``call`` is in, if any."""
+        if call.consult is not None:
+            consult = self._calls.get(call.consult)
+            return consult if consult is not None and not consult.ended else None
+        if call.consult_of is not None:
+            primary = self._calls.get(call.consult_of)
+            if primary is not None and not primary.ended and primary.consult == call.call_id:
+                return primary
+        return None
+
+    def _pair(self, call: Call, command: str) -> tuple[Call, Call]:
+        """(primary, consult) of the live pair ``call`` is in, the consulted party having answered."""
+        other = self._linked(call)
+        if other is None:
+            raise IllegalState(command, "in no consult")
+        primary, consult = (call, other) if call.consult is not None else (other, call)
+        if consult.state not in (TALKING, HELD):
+            raise IllegalState(command, consult.state.value, "consult call")
+        return primary, consult
+
+    def _phone_elsewhere(self, call: Call, leg: Leg) -> bool:
+        """Whether ``leg`` (a device leg of ``call``) shares its phone with a live leg of another call
+        (a primary and its consult): ending ``call`` must not hang that phone up."""
+        if leg.role != DEVICE or leg.driver_leg is None or (call.consult_of is None and not call.consults):
+            return False
+        return self._sharing_leg(call, leg) is not None
+
+    def _sharing_leg(self, call: Call, leg: Leg) -> Leg | None:
+        """The live device leg of another call of the extension that carries ``leg``'s phone."""
+        for other in self._calls.values():
+            if other is call or other.ended or other.extension != call.extension:
+                continue
+            for candidate in other.legs:
+                if candidate.role == DEVICE and candidate.live and candidate.driver_leg is leg.driver_leg:
+                    return candidate
+        return None
+
+    def _current_leg(self, leg: Leg) -> Leg:
+        """Where a driver's report about ``leg`` belongs: ``leg``, or for the phone of a primary that
+        ended during a consult, the consult call's device leg now carrying that phone."""
+        call = leg.call
+        if leg.live or leg.role != DEVICE or leg.driver_leg is None or not (call.consults or call.consult_of):
+            return leg
+        return self._sharing_leg(call, leg) or leg
+
+    def _hold_parties(self, call: Call) -> None:
+        for leg in call.parties:
+            if leg.state is TALKING:
+                leg.state = next_state(leg.state, "hold", "leg")
+                self._event(ev.LegHeld, call, leg)
+        self._progress(call)
+
+    def _retrieve_parties(self, call: Call, progress: bool = True) -> None:
+        for leg in call.parties:
+            if leg.state is HELD:
+                leg.state = next_state(leg.state, "retrieve", "leg")
+                self._event(ev.LegRetrieved, call, leg)
+        if progress:
+            self._progress(call)
+
+    def _detach(self, call: Call, legs: list[Leg], cause: Cause) -> None:
+        """``legs`` leave ``call`` for another call: ``call`` keeps an ended copy of each (for its CDR)."""
+        now = self._clock.seconds()
+        for leg in legs:
+            left = attrs.evolve(leg, state=next_state(leg.state, "release", "leg"), ended_at=now,
+                                cause=str(cause), driver_leg=None)
+            call.legs[call.legs.index(leg)] = left
+            self._event(ev.LegEnded, call, left, cause=str(cause))
+
+    def _adopt(self, call: Call, legs: list[Leg]) -> None:
+        """``legs`` (detached from their calls) join ``call``."""
+        for leg in legs:
+            leg.call = call
+            call.legs.append(leg)
+            self._announce_leg(call, leg)
 
     @_command("remove_party")
     def remove_party(self, call_id: str, number: str, *, by: str = "api") -> defer.Deferred[CallSnapshot]:
@@ -914,7 +1085,11 @@ class Registry:
             why = _PENDING_REASONS.get(cause) or f"failed: {reason}"
             self._event(_CONSULT_EVENTS[kind], call, leg, reason=why)
         elif leg.role == DEVICE:
+            # the phone is gone: so are both calls of a consult it carried
+            linked = self._linked(call)
             self._end_call(call, Cause.NORMAL if cause is Cause.REMOTE_HANGUP else cause, "extension")
+            if linked is not None:
+                self._end_call(linked, Cause.NORMAL if cause is Cause.REMOTE_HANGUP else cause, "extension")
         else:
             self._party_left(call, leg, cause, "remote")
 
@@ -1003,9 +1178,15 @@ class Registry:
             kind, call.pending = call.pending.pending, None
             assert kind is not None  # a leg dialled for a transfer or conference says which
             self._event(_CONSULT_EVENTS[kind], call, None, reason="the call ended")
+        consult = self._linked(call) if call.consult is not None else None
+        if consult is not None:
+            # the primary ends first: the consult call goes on alone, with the phone
+            call.consult = None
+            self._event(ev.ConsultEnded, call, consult_id=consult.call_id, outcome="primary_ended", cause=str(cause))
         hangups = []
         for leg in call.live_legs:
-            hangups.append(self._hangup_driver(leg, cause))
+            if not self._phone_elsewhere(call, leg):
+                hangups.append(self._hangup_driver(leg, cause))
             self._release(leg, cause)
         call.ended_at = self._clock.seconds()
         call.cause, call.hangup_by = str(cause), by
@@ -1013,6 +1194,11 @@ class Registry:
             self._media.update(call)
         cdr = build_cdr(call, self._node)
         self._event(ev.CallEnded, call, cause=str(cause), hangup_by=by, cdr=cdr)
+        primary = self._calls.get(call.consult_of) if call.consult_of is not None else None
+        if primary is not None and primary.consult == call.call_id:
+            # the consult ended (busy, no answer, failed, hung up, released): the primary stays as it was
+            primary.consult = None
+            self._event(ev.ConsultEnded, primary, consult_id=call.call_id, outcome="released", cause=str(cause))
         if self._cdrs is not None:
             self._cdrs.write(cdr)
         if not self._closing:

@@ -391,6 +391,11 @@ class FakeCallControl:
 
     def _set_held(self, call_id: str, command: str, from_state: LegState, event: type[ev.CallEvent]) -> CallSnapshot:
         call = self._checked(call_id, command)
+        other = self._linked(call) if command == "retrieve" else None
+        if other is not None:
+            if other.state not in (TALKING, HELD):
+                raise IllegalState(command, other.state.value, "consult call")
+            self._hold_parties(other)
         for leg in call.parties:
             if leg.state is from_state:
                 leg.state = next_state(leg.state, command, "leg")
@@ -411,9 +416,12 @@ class FakeCallControl:
         if device is None:
             raise IllegalState(command, "not an extension's call")
         next_state(device.state, command, "extension's phone")
-        if device.muted != muted:
-            device.muted = muted
-            self._event(event, call, device)
+        other = self._linked(call)
+        for each in (call, other):
+            phone = each.device if each is not None else None
+            if each is not None and phone is not None and phone.muted != muted:
+                phone.muted = muted
+                self._event(event, each, phone)
         return self._snapshot(call)
 
     @_command
@@ -426,6 +434,8 @@ class FakeCallControl:
 
     def _consult(self, call_id: str, destination: str, kind: str, by: str) -> CallSnapshot:
         call = self._checked(call_id, kind)
+        if self._linked(call) is not None:
+            raise IllegalState(kind, "in a consult (transfer_to_consult or conference_in_consult joins it)")
         if call.pending is not None:
             raise IllegalState(kind, f"already dialling {call.pending.number} for a {call.pending.pending}")
         target = self._target(destination)
@@ -440,19 +450,126 @@ class FakeCallControl:
 
     @_command
     def consult(self, call_id: str, number: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("consult", "not implemented yet", "gateway")
+        call = self._checked(call_id, "consult")
+        device = call.device
+        if device is None or call.extension is None:
+            raise IllegalState("consult", "not an extension's call")
+        if device.state is not TALKING:
+            raise IllegalState("consult", device.state.value, "extension's phone")
+        if call.consult_of is not None and self._linked(call) is not None:
+            raise IllegalState("consult", f"a consult of call {call.consult_of}")
+        if self._linked(call) is not None:
+            raise IllegalState("consult", f"consulting already (call {call.consult})")
+        if call.pending is not None:
+            raise IllegalState("consult", f"dialling {call.pending.number} for a {call.pending.pending}")
+        target = self._target(number)
+        if target in self._names:
+            if target == call.extension:
+                raise InvalidArgument(f"cannot consult from call {call_id} to its own extension {target}")
+            self._check_free(target)
+        self._hold_parties(call)
+        consult = self._new_call(extension=call.extension, direction=OUTBOUND, caller=call.extension,
+                                 number=target, consult_of=call.call_id)
+        phone = self._add_leg(consult, DEVICE, OUTBOUND, device.number, TALKING, caller_id=target,
+                              name=device.name, attributes=dict(device.attributes), muted=device.muted)
+        phone.answered_at = phone.started_at
+        call.consults.append(consult.call_id)
+        self._dial(consult, PARTY, target)
+        call.consult = consult.call_id
+        self._event(ev.ConsultStarted, call, consult_id=consult.call_id, number=target)
+        return self._snapshot(consult)
 
     @_command
     def alternate(self, call_id: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("alternate", "not implemented yet", "gateway")
+        call = self._checked(call_id, "alternate")
+        primary, consult = self._pair(call, "alternate")
+        talking = next((c for c in (primary, consult) if any(leg.state is TALKING for leg in c.parties)), None)
+        if talking is not None:
+            self._hold_parties(talking)
+        self._retrieve_parties(call if talking is None else (consult if talking is primary else primary))
+        return self._snapshot(call)
 
     @_command
     def transfer_to_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("transfer_to_consult", "not implemented yet", "gateway")
+        call = self._checked(call_id, "transfer_to_consult")
+        primary, consult = self._pair(call, "transfer_to_consult")
+        moving = [*primary.parties, *consult.parties]
+        primary.consult = None
+        self._event(ev.ConsultEnded, primary, consult_id=consult.call_id, outcome="transferred",
+                    cause=str(Cause.TRANSFERRED))
+        self._detach(primary, primary.parties, Cause.TRANSFERRED)
+        self._end_call(primary, Cause.TRANSFERRED, by)
+        self._detach(consult, consult.parties, Cause.TRANSFERRED)
+        self._end_call(consult, Cause.TRANSFERRED, by)
+        successor = self._new_call(extension=None, direction=primary.direction, caller=primary.caller,
+                                   number=primary.number, did=primary.did,
+                                   attributes={**primary.attributes, "transferred_from": primary.call_id,
+                                               "consult_id": consult.call_id})
+        self._adopt(successor, moving)
+        self._retrieve_parties(successor)
+        return self._snapshot(primary)
 
     @_command
     def conference_in_consult(self, call_id: str, *, by: str = "api") -> CallSnapshot:
-        raise IllegalState("conference_in_consult", "not implemented yet", "gateway")
+        call = self._checked(call_id, "conference_in_consult")
+        primary, consult = self._pair(call, "conference_in_consult")
+        joining = consult.parties
+        primary.consult = None
+        self._detach(consult, joining, Cause.CONFERENCED)
+        self._end_call(consult, Cause.CONFERENCED, by)
+        self._event(ev.ConsultEnded, primary, consult_id=consult.call_id, outcome="conferenced",
+                    cause=str(Cause.CONFERENCED))
+        self._adopt(primary, joining)
+        self._retrieve_parties(primary)
+        for leg in joining:
+            self._event(ev.PartyAdded, primary, leg, number=leg.number, name=leg.name)
+        return self._snapshot(primary)
+
+    def _linked(self, call: Call) -> Call | None:
+        """The other live call of a primary/consult pair ``call`` is in, if any."""
+        if call.consult is not None:
+            consult = self._calls.get(call.consult)
+            return consult if consult is not None and not consult.ended else None
+        if call.consult_of is not None:
+            primary = self._calls.get(call.consult_of)
+            if primary is not None and not primary.ended and primary.consult == call.call_id:
+                return primary
+        return None
+
+    def _pair(self, call: Call, command: str) -> tuple[Call, Call]:
+        other = self._linked(call)
+        if other is None:
+            raise IllegalState(command, "in no consult")
+        primary, consult = (call, other) if call.consult is not None else (other, call)
+        if consult.state not in (TALKING, HELD):
+            raise IllegalState(command, consult.state.value, "consult call")
+        return primary, consult
+
+    def _hold_parties(self, call: Call) -> None:
+        for leg in call.parties:
+            if leg.state is TALKING:
+                leg.state = next_state(leg.state, "hold", "leg")
+                self._event(ev.LegHeld, call, leg)
+
+    def _retrieve_parties(self, call: Call) -> None:
+        for leg in call.parties:
+            if leg.state is HELD:
+                leg.state = next_state(leg.state, "retrieve", "leg")
+                self._event(ev.LegRetrieved, call, leg)
+        self._progress(call)
+
+    def _detach(self, call: Call, legs: list[Leg], cause: Cause) -> None:
+        now = self.clock.seconds()
+        for leg in legs:
+            left = attrs.evolve(leg, state=next_state(leg.state, "release", "leg"), ended_at=now, cause=str(cause))
+            call.legs[call.legs.index(leg)] = left
+            self._event(ev.LegEnded, call, left, cause=str(cause))
+
+    def _adopt(self, call: Call, legs: list[Leg]) -> None:
+        for leg in legs:
+            leg.call = call
+            call.legs.append(leg)
+            self._announce_leg(call, leg)
 
     @_command
     def remove_party(self, call_id: str, number: str, *, by: str = "api") -> CallSnapshot:
@@ -642,7 +759,10 @@ class FakeCallControl:
             call.pending = None
             self._event(_CONSULT_EVENTS[kind], call, leg, reason=_PENDING_REASONS.get(cause) or f"failed: {reason}")
         elif leg.role == DEVICE:
+            linked = self._linked(call)
             self._end_call(call, Cause.NORMAL if cause is Cause.REMOTE_HANGUP else cause, "extension")
+            if linked is not None:
+                self._end_call(linked, Cause.NORMAL if cause is Cause.REMOTE_HANGUP else cause, "extension")
         else:
             self._party_left(call, leg, cause, "remote")
 
@@ -660,6 +780,10 @@ class FakeCallControl:
             kind, call.pending = call.pending.pending, None
             assert kind is not None  # a leg dialled for a transfer or conference says which
             self._event(_CONSULT_EVENTS[kind], call, None, reason="the call ended")
+        consult = self._linked(call) if call.consult is not None else None
+        if consult is not None:
+            call.consult = None
+            self._event(ev.ConsultEnded, call, consult_id=consult.call_id, outcome="primary_ended", cause=str(cause))
         for leg in call.live_legs:
             self._release(leg, cause)
         call.ended_at = self.clock.seconds()
@@ -667,6 +791,10 @@ class FakeCallControl:
         cdr = build_cdr(call, self.node)
         self.cdrs.append(cdr)
         self._event(ev.CallEnded, call, cause=str(cause), hangup_by=by, cdr=cdr)
+        primary = self._calls.get(call.consult_of) if call.consult_of is not None else None
+        if primary is not None and primary.consult == call.call_id:
+            primary.consult = None
+            self._event(ev.ConsultEnded, primary, consult_id=call.call_id, outcome="released", cause=str(cause))
         self._forget_timers[call.call_id] = self.clock.callLater(self.retention, self._forget, call.call_id)
 
     def _forget(self, call_id: str) -> None:
