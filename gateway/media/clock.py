@@ -14,6 +14,8 @@ hundreds of legs made and sorted hundreds of timers every 20 ms. A
   and their writes go out together in the reactor's next write pass;
 - a schedule behind its deadlines (a stalled reactor) ticks again at once
   until it has caught up, as before;
+- a schedule started during a firing (a mixer's tick starting a leg's
+  playout) first ticks in the next firing, as a fresh ``callLater(0)`` would;
 - a schedule whose tick returns false, or that is stopped, leaves the heap;
   when none is left, the clock cancels its timer: an ended call leaves
   nothing scheduled.
@@ -89,6 +91,8 @@ class MediaClock:
         self._call: IDelayedCall | None = None
         self._due = 0.0
         self._firing = False
+        #: schedules started during a firing, added to the heap after it
+        self._started: list[tuple[float, int, Beat, int]] = []
         self.beats = 0
         self.firings = 0
         self.ticks = 0
@@ -106,14 +110,18 @@ class MediaClock:
 
     def add(self, beat: Beat, deadline: float) -> None:
         self.beats += 1
-        heapq.heappush(self._heap, (deadline, next(self._order), beat, beat._generation))
-        if not self._firing:
+        entry = (deadline, next(self._order), beat, beat._generation)
+        if self._firing:
+            self._started.append(entry)  # ticks from the next firing on, as a fresh callLater(0) would
+        else:
+            heapq.heappush(self._heap, entry)
             self._schedule()
 
     def removed(self) -> None:
         self.beats -= 1
         if self.beats == 0:
             self._heap.clear()  # every entry left is stale
+            self._started.clear()
             if self._call is not None and not self._firing:
                 self._call.cancel()
                 self._call = None
@@ -165,6 +173,9 @@ class MediaClock:
                 heapq.heappush(heap, (beat._anchor + beat._n * beat.interval, next(self._order), beat, generation))
         finally:
             self._firing = False
+            for entry in self._started:
+                heapq.heappush(heap, entry)
+            self._started.clear()
             self._schedule()
 
 
