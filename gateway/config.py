@@ -88,7 +88,10 @@ class AdminSection:
 class StoreSection:
     url: str = attrs.field(
         default="sqlite:var/gateway.sqlite",
-        validator=check(lambda v: v.startswith("sqlite:") and len(v) > 7, "expected sqlite:PATH, got {value!r}"),
+        validator=check(
+            lambda v: (v.startswith("sqlite:") and len(v) > 7) or re.fullmatch(r"postgres(ql)?://\S+", v) is not None,
+            "expected sqlite:PATH or postgresql://user@host:port/dbname, got {value!r}",
+        ),
     )
     #: records of each kind (CDR, provider CDR, SMS, conversation) kept waiting while the store cannot be written
     pending_max: int = attrs.field(

@@ -18,6 +18,7 @@ from gateway.store.testing import MemoryCdrStore
 from gateway.store.records import MAX_LIMIT, normalize_timestamp
 from gateway.store.sms import ConversationRecord, SmsRecord
 from gateway.store.sqlite import SqliteCdrStore
+from gateway.store.postgres import PostgresStore, SmsOutbox
 
 __all__ = [
     "MAX_LIMIT",
@@ -27,7 +28,9 @@ __all__ = [
     "ICdrStore",
     "ISmsStore",
     "MemoryCdrStore",
+    "PostgresStore",
     "SchemaTooNew",
+    "SmsOutbox",
     "SmsRecord",
     "SqliteCdrStore",
     "StoreHealth",
@@ -38,13 +41,20 @@ __all__ = [
 
 
 def open_store(url: str, reactor, *, health: StoreHealth | None = None, pending_max: int = PENDING_MAX) -> GuardedStore:
-    """The store a URL names, not yet opened: ``sqlite:PATH`` (relative to the working directory),
-    behind a :class:`GuardedStore` (sanitised records, queued writes while the disk is away).
+    """The store a URL names, not yet opened: ``sqlite:PATH`` (relative to the working directory) or
+    ``postgresql://user@host:port/dbname`` (:mod:`gateway.store.postgres`, shared by a cluster's
+    nodes), behind a :class:`GuardedStore` (sanitised records, queued writes while the database is away).
 
     Raises ``ValueError`` for any other URL.
     """
+    from gateway.store.postgres import PostgresStore, describe_url, is_postgres_url
+
     scheme, _, rest = url.partition(":")
     if scheme == "sqlite" and rest:
         backend = SqliteCdrStore(pathlib.Path(rest).absolute(), reactor)
-        return GuardedStore(backend, reactor, health=health, pending_max=pending_max)
-    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:PATH")
+    elif is_postgres_url(url):
+        backend = PostgresStore(url, reactor)
+    else:
+        shown = describe_url(url) if scheme.startswith("postgres") else repr(url)
+        raise ValueError(f"unsupported store URL {shown}: expected sqlite:PATH or postgresql://user@host:port/dbname")
+    return GuardedStore(backend, reactor, health=health, pending_max=pending_max)

@@ -1,23 +1,31 @@
 """For the store's tests and other rooms' tests of the store: CDRs as the call core builds them,
-a ``store`` fixture running each test on the SQLite store and on the in-memory fake, and
-:func:`failure_of`."""
+a ``store`` fixture running each test on the SQLite store, on a real PostgreSQL database (the
+``postgres_server`` fixture of tests/engines.py) and on the in-memory fake, and :func:`failure_of`."""
 
 import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from gateway.store import MemoryCdrStore, SqliteCdrStore
+from gateway.store import MemoryCdrStore, PostgresStore, SqliteCdrStore
+
+BACKENDS = ["sqlite", "postgresql", "memory"]
 
 
-@pytest_twisted.async_yield_fixture(name="store", params=["sqlite", "memory"])
-async def store_fixture(request, tmp_path):
-    """Each test twice: on a real SQLite file, and on the in-memory fake."""
+def make_backend(name, request, tmp_path):
+    """A new, unopened store of backend ``name`` (one of :data:`BACKENDS`) for this test."""
     from twisted.internet import reactor
 
-    if request.param == "sqlite":
-        store = SqliteCdrStore(tmp_path / "gateway.sqlite", reactor)
-    else:
-        store = MemoryCdrStore(task.Clock())
+    if name == "sqlite":
+        return SqliteCdrStore(tmp_path / "gateway.sqlite", reactor)
+    if name == "postgresql":
+        return PostgresStore(request.getfixturevalue("postgres_server").url, reactor)
+    return MemoryCdrStore(task.Clock())
+
+
+@pytest_twisted.async_yield_fixture(name="store", params=BACKENDS)
+async def store_fixture(request, tmp_path):
+    """Each test three times: on a real SQLite file, on a fresh PostgreSQL database, and on the in-memory fake."""
+    store = make_backend(request.param, request, tmp_path)
     await store.open()
     yield store
     await store.close()

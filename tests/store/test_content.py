@@ -1,4 +1,4 @@
-"""No record is lost for what it holds: every refusal path, on the SQLite store and on the in-memory fake.
+"""No record is lost for what it holds: every refusal path, on the SQLite and PostgreSQL stores and the in-memory fake.
 
 A string with a lone surrogate ("'utf-8' codec can't encode character '\\ud800'"), a NaN or an
 infinity (the JSON encoder refuses them) or a value that is not JSON at all: the store keeps a
@@ -9,34 +9,28 @@ and counts it in gateway_store_records_sanitised_total{kind}.
 import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry
-from twisted.internet import task
 from twisted.logger import LogLevel, capturedLogs
 
 from gateway.core.cdr import RetryingSink
 from gateway.store import (
     ConversationRecord,
     GuardedStore,
-    MemoryCdrStore,
     SmsRecord,
-    SqliteCdrStore,
     StoreHealth,
 )
 
-from .helpers import failure_of, make_cdr
+from .helpers import BACKENDS, failure_of, make_backend, make_cdr
 
 BAD = "\ud800"
 ESCAPED = "\\ud800"
 NAN = float("nan")
 
 
-@pytest_twisted.async_yield_fixture(name="guarded", params=["sqlite", "memory"])
+@pytest_twisted.async_yield_fixture(name="guarded", params=BACKENDS)
 async def guarded_fixture(request, tmp_path):
     from twisted.internet import reactor
 
-    if request.param == "sqlite":
-        backend = SqliteCdrStore(tmp_path / "gateway.sqlite", reactor)
-    else:
-        backend = MemoryCdrStore(task.Clock())
+    backend = make_backend(request.param, request, tmp_path)
     metrics = CollectorRegistry()
     store = GuardedStore(backend, reactor, health=StoreHealth(metrics))
     store.metrics = metrics
