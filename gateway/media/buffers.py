@@ -40,28 +40,49 @@ class Reframer:
         return len(self._rest)
 
     def push(self, data: bytes) -> None:
-        """Add ``data``; emit every whole frame it completes."""
+        """Add ``data``; emit every whole frame it completes.
+
+        A payload of exactly one frame with nothing held back is emitted as it
+        is (the common case: no copy). Otherwise the remainder is completed in
+        place, the rest of ``data`` is cut through a memoryview (one copy per
+        frame emitted), and only the new remainder is kept.
+        """
         size = self.size
-        if self._rest:
-            self._rest += data
-            if len(self._rest) < size:
+        rest = self._rest
+        if rest:
+            need = size - len(rest)
+            if len(data) < need:
+                rest += data
                 return
-            data = bytes(self._rest)
-            self._rest.clear()
-        elif len(data) == size:
-            self._emit(bytes(data))  # the common case: no copy for bytes
+            with memoryview(data) as view:
+                rest += view[:need]
+                frame = bytes(rest)
+                rest.clear()
+                self._emit(frame)
+                if len(data) > need:
+                    self._cut(view[need:])
             return
-        end = len(data) - len(data) % size
-        if end != len(data):
-            self._rest += data[end:]
+        if len(data) == size:
+            self._emit(data if type(data) is bytes else bytes(data))
+            return
         with memoryview(data) as view:
-            for offset in range(0, end, size):
-                self._emit(view[offset : offset + size].tobytes())
+            self._cut(view)
+
+    def _cut(self, view: memoryview) -> None:
+        """Emit the whole frames of ``view`` (nothing is held back on entry); keep its remainder."""
+        size = self.size
+        end = len(view) - len(view) % size
+        for offset in range(0, end, size):
+            self._emit(view[offset : offset + size].tobytes())
+        if end != len(view):
+            self._rest += view[end:]
 
     def take_padded(self, fill: int) -> bytes:
         """The held-back remainder as one whole frame, padded with byte ``fill``."""
-        frame = bytes(self._rest) + bytes([fill]) * (self.size - len(self._rest))
-        self._rest.clear()
+        rest = self._rest
+        rest += bytes([fill]) * (self.size - len(rest))
+        frame = bytes(rest)
+        rest.clear()
         return frame
 
     def clear(self) -> int:

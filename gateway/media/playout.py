@@ -108,7 +108,8 @@ class Playout:
         self._position = 0
         self._fill = silence(codec)[0]
         self._queue: FrameQueue[bytes] = FrameQueue(capacity, on_drop)
-        self._reframer = Reframer(frame_size(codec), self._queue.push)
+        self._size = frame_size(codec)
+        self._reframer = Reframer(self._size, self._queue.push)
         self._pacer = Pacer(clock, self._tick, name=name)
         self._wire: typing.Callable[[bytes], object] | None = None
         self._convert = converters_to(codec)
@@ -145,7 +146,11 @@ class Playout:
         """Queue ``frame`` (any codec, any payload length) for paced playout."""
         if self.closed:
             return
-        self._reframer.push(self._convert[frame.codec](frame.payload))
+        payload = frame.payload
+        if frame.codec == self.codec and len(payload) == self._size and not self._reframer.pending:
+            self._queue.push(payload)  # the common case: one whole frame of our codec, queued as it is
+        else:
+            self._reframer.push(self._convert[frame.codec](payload))
         if not self._pacer.running and not self.paused and self._wire is not None:
             self._start()
 

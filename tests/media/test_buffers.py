@@ -42,6 +42,17 @@ class ReframerTests(SynchronousTestCase):
         self.assertEqual(b"".join(self.frames), stream)
         self.assertTrue(all(type(frame) is bytes and len(frame) == 320 for frame in self.frames))
 
+    def test_every_split_of_the_stream_gives_the_same_frames(self):
+        stream = bytes(i % 249 for i in range(320 * 3 + 17))
+        for first in range(len(stream) + 1):
+            for second in (first, min(len(stream), first + 1), min(len(stream), first + 333)):
+                frames = []
+                reframer = Reframer(320, frames.append)
+                for piece in (stream[:first], stream[first:second], stream[second:]):
+                    reframer.push(piece)
+                self.assertEqual(frames, [stream[0:320], stream[320:640], stream[640:960]], (first, second))
+                self.assertEqual(reframer.pending, 17)
+
     def test_padding_and_clear(self):
         self.reframer.push(b"\x01\x02\x03")
         self.assertEqual(self.reframer.take_padded(0xAA), b"\x01\x02\x03" + b"\xaa" * 317)

@@ -49,6 +49,20 @@ class PlayoutPacingTests(PortTestCase):
         self.assertEqual((self.port.playout.frames_dropped, self.port.playout.underruns), (0, 0))
         self.assertTrue(all(len(payload) == 320 for payload in self.wire))
 
+    def test_an_echoed_frame_is_one_frame_object_and_its_payload_is_never_copied(self):
+        payload = numbered(7)
+        frames = []
+        self.port.source.connect(self.port.sink)  # the echo app
+        original = self.port.sink.write
+        self.port.sink.write = lambda f: (frames.append(f), original(f))
+        self.port.receive(payload)
+        self.clock.advance(0)
+        self.assertEqual(len(frames), 1)
+        self.assertIs(frames[0].payload, payload)
+        self.assertIs(self.wire[0], payload)
+        del self.port.sink.write
+        self.port.source.disconnect()
+
     def test_idle_playout_schedules_nothing_and_restarts_fresh(self):
         self.port.sink.write(frame(numbered(1)))
         self.port.sink.write(frame(numbered(2)))
