@@ -52,60 +52,63 @@ UNKNOWN_NUMBER = "unknown"
 
 
 @attrs.define(eq=False)
-class TrackedCall:
-    """The desktop's view of one call of the agent's extension, and the two destinations it feeds.
+class TrackedConversation:
+    """The desktop's view of one call as a conversation of an interaction: the primary (the
+    interaction's own call) or the consult (a call the agent placed from the primary).
 
     :param names: the message names (:class:`gateway.cti.names.CtiNames`).
-    :param interaction: the interaction destination; its ``conversation`` child is made here.
+    :param call_id: the call this conversation follows.
+    :param owner: the :class:`TrackedCall` (interaction) it belongs to.
+    :param conversation_id: its id under the interaction (``primary``, or the consult call's id).
     """
 
     names: object
     call_id: str
-    interaction: object
-    conversation: object = None
+    owner: "TrackedCall"
+    conversation_id: str
+    destination: object = None
     state: LegState | None = None
-    interaction_state: str | None = None
     muted: bool = False
     talked: bool = False
     parties: dict[str, str | None] = attrs.Factory(dict)
     failure: str | None = None
+    #: the client has disposed of it (``conversation.disposed``); gone once its init was answered
+    disposed: bool = False
 
     def __attrs_post_init__(self):
-        self.conversation = self.interaction.add_child("conversation", PRIMARY, self)
+        self.destination = self.owner.interaction.add_child("conversation", self.conversation_id, self)
 
     @property
     def over(self) -> bool:
         return self.state == RELEASED
-
-    # -- init responses ------------------------------------------------------------------------
-
-    def interaction_init(self, snapshot) -> dict:
-        """The ``interaction.query.init`` response body for the call as it is now."""
-        state = COMPLETED if self.interaction_state == COMPLETED else INTERACTION_STATE[_state(snapshot)]
-        return InteractionInit(state, primary=PRIMARY, data=interaction_data(self.call_id, snapshot)).to_body()
 
     def conversation_init(self, snapshot) -> dict:
         """The ``conversation.query.init`` response body: the state and at least one party."""
         parties = [Party(p.number or UNKNOWN_NUMBER, p.name) for p in snapshot.parties] if snapshot else []
         if not parties:
             parties = [Party(_counterpart(snapshot) or UNKNOWN_NUMBER)]
-        return ConversationInit(_state(snapshot), parties).to_body()
+        state = RELEASED if self.over else _state(snapshot)
+        return ConversationInit(state, parties).to_body()
 
-    # -- following the call --------------------------------------------------------------------
+    def init_answered(self) -> None:
+        """The init response is out: the waiting events go; a conversation the client disposed of
+        meanwhile (a consult over before the bridge initialised it) is gone after them."""
+        self.destination.init_answered()
+        if self.disposed:
+            self.destination.dispose()
+        self.owner.conversation_ready(self)
 
     def start(self, snapshot) -> None:
-        """The call has just been announced: ``started``, then its present state."""
-        self.conversation.raise_event(self.names.conversation_started)
+        """The conversation has just been made: ``started``, then its present state."""
+        self.destination.raise_event(self.names.conversation_started)
         self.sync(snapshot)
 
     def follow(self, event, snapshot) -> None:
-        """Raise what the core's ``event`` changed, ``snapshot`` being the call as the core handed it
-        with the event (None: the call is gone)."""
         names = self.names
         if isinstance(event, ev.TransferFailed):
-            self.conversation.raise_event(names.conversation_transfer_failed, {"reason": event.reason})
+            self.destination.raise_event(names.conversation_transfer_failed, {"reason": event.reason})
         elif isinstance(event, ev.ConferenceFailed):
-            self.conversation.raise_event(names.conversation_conference_failed, {"reason": event.reason})
+            self.destination.raise_event(names.conversation_conference_failed, {"reason": event.reason})
         elif isinstance(event, ev.LegFailed):
             self.failure = event.reason
         elif isinstance(event, ev.CallEnded):
@@ -113,24 +116,19 @@ class TrackedCall:
         if not isinstance(event, PARTIAL_EVENTS):
             self.sync(snapshot, ended=isinstance(event, ev.CallEnded))
 
-    def complete(self) -> None:
-        """``interaction.request.complete`` on an ended call."""
-        self.interaction_state = COMPLETED
-        self.interaction.raise_event(self.names.interaction_completed)
-
     def _ending(self, cause: str) -> None:
         if self.over:
             return
         if cause == str(Cause.BUSY):
-            self.conversation.raise_event(self.names.conversation_busy)
+            self.destination.raise_event(self.names.conversation_busy)
         elif cause in FAILURE_REASONS:
             reason = self.failure or FAILURE_REASONS[cause]
-            self.conversation.raise_event(self.names.conversation_failed, {"reason": reason})
+            self.destination.raise_event(self.names.conversation_failed, {"reason": reason})
 
     def sync(self, snapshot, ended: bool = False) -> None:
-        state = RELEASED if ended else _state(snapshot)
         if self.over:
             return
+        state = RELEASED if ended else _state(snapshot)
         if state != self.state:
             self._state_changed(state)
         if state == RELEASED:
@@ -139,6 +137,16 @@ class TrackedCall:
             self._mute_changed(snapshot.muted)
         if self.talked:
             self._parties_changed(snapshot.parties)
+
+    def dispose(self) -> None:
+        """The client disposes of the conversation: ``conversation.disposed``, then it is gone (once
+        its init was answered: until then its events wait, this one last)."""
+        if self.disposed:
+            return
+        self.disposed = True
+        self.destination.raise_event(self.names.conversation_disposed)
+        if self.destination.ready:
+            self.destination.dispose()
 
     def _state_changed(self, state: LegState) -> None:
         names = self.names
@@ -151,25 +159,15 @@ class TrackedCall:
         }[state]
         self.state = state
         self.talked = self.talked or state in (TALKING, HELD)
-        self.conversation.raise_event(event)
-        interaction_state = INTERACTION_STATE[state]
-        if interaction_state != self.interaction_state and self.interaction_state != COMPLETED:
-            self.interaction_state = interaction_state
-            self.interaction.raise_event(
-                {
-                    ALERTING: names.interaction_alerting,
-                    DIALING: names.interaction_dialing,
-                    STARTED: names.interaction_started,
-                    ENDED: names.interaction_ended,
-                }[interaction_state]
-            )
+        self.destination.raise_event(event)
+        self.owner.conversation_changed(self)
 
     def _mute_changed(self, muted: bool) -> None:
         self.muted = muted
         if muted:
-            self.conversation.raise_event(self.names.conversation_mute)
+            self.destination.raise_event(self.names.conversation_mute)
         elif self.state == TALKING:
-            self.conversation.raise_event(self.names.conversation_talking)
+            self.destination.raise_event(self.names.conversation_talking)
 
     def _parties_changed(self, parties) -> None:
         now = {party.leg_id: party for party in parties}
@@ -177,10 +175,176 @@ class TrackedCall:
             if leg_id not in self.parties:
                 self.parties[leg_id] = party.number
                 body = Party(party.number or UNKNOWN_NUMBER, party.name).to_body()
-                self.conversation.raise_event(self.names.conversation_partyadded, body)
+                self.destination.raise_event(self.names.conversation_partyadded, body)
         for leg_id in [leg_id for leg_id in self.parties if leg_id not in now]:
             number = self.parties.pop(leg_id)
-            self.conversation.raise_event(self.names.conversation_partyremoved, {"number": number or UNKNOWN_NUMBER})
+            self.destination.raise_event(self.names.conversation_partyremoved, {"number": number or UNKNOWN_NUMBER})
+
+
+@attrs.define(eq=False)
+class TrackedCall:
+    """The desktop's view of one call of the agent's extension (an interaction) and of the consult
+    call placed from it, and the destinations they feed.
+
+    :param names: the message names (:class:`gateway.cti.names.CtiNames`).
+    :param call_id: the primary call (the interaction's id).
+    :param interaction: the interaction destination; the conversations are made here, as its children.
+    """
+
+    names: object
+    call_id: str
+    interaction: object
+    primary: TrackedConversation = None
+    consult: TrackedConversation | None = None
+    interaction_state: str | None = None
+    #: the id of the conversation the agent is on (``interaction.focuschanged`` when it moves)
+    focus: str = PRIMARY
+
+    def __attrs_post_init__(self):
+        self.primary = TrackedConversation(self.names, self.call_id, self, PRIMARY)
+
+    @property
+    def conversation(self):
+        """The primary conversation's destination."""
+        return self.primary.destination
+
+    @property
+    def over(self) -> bool:
+        return self.interaction_state in (ENDED, COMPLETED)
+
+    def conversations(self):
+        """The live conversations: the primary, and the consult when there is one."""
+        return [c for c in (self.primary, self.consult) if c is not None and not c.disposed]
+
+    def conversation_for(self, call_id: str) -> TrackedConversation | None:
+        return next((c for c in (self.primary, self.consult) if c is not None and c.call_id == call_id), None)
+
+    # -- init responses ------------------------------------------------------------------------
+
+    def interaction_init(self, snapshot) -> dict:
+        """The ``interaction.query.init`` response body: the consult is named only while it is live,
+        in STARTED; nothing is named once the interaction is over (the vendor's telephony page)."""
+        state = self._state(snapshot)
+        if state in (ENDED, COMPLETED):
+            return InteractionInit(state, data=interaction_data(self.call_id, snapshot)).to_body()
+        consult = self.consult.conversation_id if self._consulting() and state == STARTED else None
+        return InteractionInit(state, primary=PRIMARY, consult=consult,
+                               data=interaction_data(self.call_id, snapshot)).to_body()
+
+    def _state(self, snapshot) -> str:
+        if self.interaction_state == COMPLETED:
+            return COMPLETED
+        if self._consulting() and not self.primary.disposed:
+            return STARTED
+        primary = RELEASED if self.primary.over else _state(snapshot)
+        return INTERACTION_STATE[primary]
+
+    def _consulting(self) -> bool:
+        return self.consult is not None and not self.consult.disposed and not self.consult.over
+
+    # -- following the calls -------------------------------------------------------------------
+
+    def start(self, snapshot, consult=None) -> None:
+        """The call has just been announced (or listed): ``started`` and the present state of each
+        conversation (``consult``: the snapshot of its live consult call, if any)."""
+        self.primary.start(snapshot)
+        if consult is not None and consult.state is not RELEASED:
+            self.consult_created(consult)
+
+    def consult_created(self, snapshot) -> None:
+        """A consult call was placed from the primary: its conversation appears under the interaction
+        (the bridge registers and initialises it once the consult response names it)."""
+        if self._consulting():
+            self.consult.dispose()
+        self.consult = TrackedConversation(self.names, snapshot.call_id, self, snapshot.call_id)
+        self.consult.start(snapshot)
+
+    def conversation_ready(self, conversation) -> None:
+        """A conversation's init was answered: a live consult takes the focus."""
+        if conversation is self.consult and self._consulting():
+            self._focus(conversation)
+
+    def follow(self, event, snapshot) -> None:
+        """An event of the primary call, with its snapshot."""
+        if isinstance(event, ev.ConsultEnded):
+            self._consult_link_ended(event, snapshot)
+        else:
+            self.primary.follow(event, snapshot)
+
+    def follow_consult(self, event, snapshot) -> None:
+        """An event of the consult call, with its snapshot."""
+        consult = self.conversation_for(snapshot.call_id if snapshot is not None else event.call_id)
+        if consult is None or consult is self.primary:
+            return
+        consult.follow(event, snapshot)
+
+    def _consult_link_ended(self, event, snapshot) -> None:
+        outcome = event.outcome
+        if outcome == "transferred":
+            # the vendor's order: the primary's state update and its disposal, the focus change, then
+            # (at the consult's end) the consult's state update and its disposal, the interaction's end
+            self.primary.sync(snapshot, ended=True)
+            self.primary.dispose()
+            consult = self.conversation_for(event.consult_id)
+            if consult is not None and not consult.disposed:
+                self._focus(consult, always=True)
+        elif outcome == "primary_ended":
+            # the consult goes on alone: the interaction stays STARTED with it, and it has the focus
+            self.primary.sync(snapshot, ended=True)
+            if self._consulting():
+                self._focus(self.consult)
+        else:
+            self.primary.sync(snapshot)
+
+    def conversation_changed(self, conversation) -> None:
+        """A conversation's state changed: a consult that ended is disposed of (the focus returns
+        to a live primary); the focus follows the one conversation talking; the interaction's state
+        follows."""
+        if conversation is self.consult and conversation.over:
+            conversation.dispose()
+            if not self.primary.over:
+                self._focus(self.primary)
+        elif conversation.state == TALKING and not any(
+            c.state == TALKING for c in self.conversations() if c is not conversation
+        ):
+            if self.consult is not None and not self.consult.disposed:
+                self._focus(conversation)
+        self._interaction_state_changed()
+
+    def _focus(self, conversation, always: bool = False) -> None:
+        """The agent is now on ``conversation``: ``interaction.focuschanged {"id"}``. A consult the
+        bridge has not initialised yet takes the focus when it has (:meth:`conversation_ready`)."""
+        if conversation is not self.primary and not conversation.destination.ready:
+            return
+        if self.focus == conversation.conversation_id and not always:
+            return
+        self.focus = conversation.conversation_id
+        self.interaction.raise_event(self.names.interaction_focuschanged, {"id": conversation.conversation_id})
+
+    def _interaction_state_changed(self) -> None:
+        names = self.names
+        if self.interaction_state == COMPLETED:
+            return
+        if self._consulting():
+            state = STARTED
+        else:
+            state = INTERACTION_STATE[self.primary.state]
+        if state == self.interaction_state:
+            return
+        self.interaction_state = state
+        self.interaction.raise_event(
+            {
+                ALERTING: names.interaction_alerting,
+                DIALING: names.interaction_dialing,
+                STARTED: names.interaction_started,
+                ENDED: names.interaction_ended,
+            }[state]
+        )
+
+    def complete(self) -> None:
+        """``interaction.request.complete`` on an ended call."""
+        self.interaction_state = COMPLETED
+        self.interaction.raise_event(self.names.interaction_completed)
 
 
 def _state(snapshot) -> LegState:

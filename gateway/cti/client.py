@@ -37,6 +37,7 @@ from gateway.cti.names import (
     Channel,
     ChannelGroupInit,
     ChannelInit,
+    ConsultStarted,
     ControlStatus,
     InteractionAnnouncement,
     SessionInit,
@@ -60,7 +61,10 @@ CAPABILITIES = {
     "dtmf": True,
     "blind_transfer": True,
     "blind_conference": True,
-    "consult": False,
+    "consult": True,
+    "alternate": True,
+    "transfer_to_consult": True,
+    "conference_in_consult": True,
 }
 
 #: who the registry is told ended a call or removed a party
@@ -103,7 +107,12 @@ class BridgeClient:
         n = self.names
         table = {
             "control": {n.control_query_status: self._control_status, n.cti_query_capabilities: self._capabilities},
-            "session": {n.session_request_ready: self._ready, n.session_request_notready: self._not_ready},
+            "session": {
+                n.session_request_ready: self._ready,
+                n.session_request_notready: self._not_ready,
+                n.session_request_logout: self._logout,
+                n.session_request_dispose: self._session_dispose,
+            },
             "channelgroup": {n.channelgroup_query_init: self._channelgroup_init},
             "channel": {
                 n.channel_query_init: self._channel_init,
@@ -117,6 +126,11 @@ class BridgeClient:
                 n.interaction_request_reject: self._command("cancel", by=BY),
                 n.interaction_request_complete: self._complete,
                 n.interaction_request_dispose: self._dispose,
+                n.interaction_request_register: self._register,
+                n.interaction_request_consult: self._consult,
+                n.interaction_request_alternate: self._command("alternate", by=BY),
+                n.interaction_request_transfertoconsult: self._command("transfer_to_consult", by=BY),
+                n.interaction_request_conferenceinconsult: self._command("conference_in_consult", by=BY),
             },
             "conversation": {
                 n.conversation_query_init: self._conversation_init,
@@ -245,11 +259,37 @@ class BridgeClient:
     def _not_ready(self, session, message):
         session.subject.ready = False
 
+    def _logout(self, session, message):
+        """The agent logs out: the session and everything below it are forgotten at once, without an
+        event, and only then is the request answered. The agent's calls go on (a later login's
+        channel init lists them)."""
+        log.info("HIS: agent {agent} logged out of {target}", agent=session.subject.agent, target=session.target)
+        session.dispose()
+
+    def _session_dispose(self, session, message):
+        """The bridge disposes of the session: answered, then the session and everything below it are
+        forgotten without an event; the agent's calls go on."""
+
+        def disposed():
+            log.info("HIS: session {target} of agent {agent} disposed", target=session.target,
+                     agent=session.subject.agent)
+            session.dispose()
+
+        return Reply(after=disposed)
+
     def _channelgroup_init(self, group, message):
         extension = group.subject.extension
         channel = group.add_child("channel", TELEPHONY_CHANNEL_ID, extension)
         for snapshot in self.registry.calls_for(extension):
-            if snapshot.state is not LegState.RELEASED:
+            if snapshot.state is LegState.RELEASED or snapshot.call_id in channel.children:
+                continue
+            primary = self._snapshot(snapshot.consult_of) if snapshot.consult_of else None
+            if primary is not None:
+                # a consult call is a conversation of its primary's interaction (listed even when the
+                # primary has ended, since the consult goes on in it)
+                if primary.call_id not in channel.children:
+                    self._track(channel, primary.call_id, primary, consult=snapshot)
+            else:
                 self._track(channel, snapshot.call_id, snapshot)
         return Reply(ChannelGroupInit([Channel(channel.id, extension)]).to_body(), group.init_answered)
 
@@ -270,11 +310,14 @@ class BridgeClient:
 
     # -- interaction and conversation ------------------------------------------------------------
 
-    def _track(self, channel, call_id, snapshot):
-        """Follow a call of the channel's extension: its interaction and conversation destinations."""
+    def _track(self, channel, call_id, snapshot, consult=None):
+        """Follow a call of the channel's extension: its interaction and conversation destinations
+        (with the conversation of its live consult call, ``consult`` or the one the snapshot names)."""
         interaction = channel.add_child("interaction", call_id)
         interaction.subject = TrackedCall(self.names, call_id, interaction)
-        interaction.subject.start(snapshot)
+        if consult is None and snapshot.consult:
+            consult = self._snapshot(snapshot.consult)
+        interaction.subject.start(snapshot, consult)
         return interaction
 
     def _snapshot(self, call_id):
@@ -289,7 +332,28 @@ class BridgeClient:
 
     def _conversation_init(self, conversation, message):
         body = conversation.subject.conversation_init(self._snapshot(conversation.subject.call_id))
-        return Reply(body, conversation.init_answered)
+        return Reply(body, conversation.subject.init_answered)
+
+    def _register(self, interaction, message):
+        """The bridge asks the client to prepare a conversation it named (the primary, or the consult of
+        the consult response) before initialising it: it exists already, so this only checks the id."""
+        conversation_id = message.body["id"]
+        conversation = interaction.children.get(conversation_id)
+        if conversation is None or conversation.kind != "conversation":
+            raise Refusal(f"no conversation {_short(conversation_id)} on the interaction {interaction.target}")
+
+    def _consult(self, interaction, message):
+        """Dial a consult call from the interaction's call; the response names its conversation,
+        which the bridge then registers and initialises."""
+        number = message.body["destination"]
+        d = self.registry.consult(interaction.subject.call_id, number, by=BY)
+
+        def placed(snapshot):
+            if snapshot.state is LegState.RELEASED:
+                raise Refusal(f"the consult call to {number} ended at once ({snapshot.cause})")
+            return ConsultStarted(snapshot.call_id).to_body()
+
+        return d.addCallback(placed)
 
     def _command(self, command, argument=None, **kwargs):
         """A handler running the registry's ``command`` on the destination's call."""
@@ -322,15 +386,20 @@ class BridgeClient:
         tracked.complete()
 
     def _dispose(self, destination, message):
-        """Dispose of an interaction or conversation, and of its call, once the response has gone out."""
+        """Dispose of an interaction or conversation, and of its call (an interaction: of its live
+        consult call too), once the response has gone out."""
 
         def disposed():
             destination.dispose()
-            call_id = destination.subject.call_id
-            if self._snapshot(call_id) is not None:
-                d = self.registry.dispose(call_id, by=BY)
-                d.addErrback(lambda f: log.warn("HIS: disposing call {call_id} failed: {error}", call_id=call_id,
-                                                error=f.getErrorMessage()))
+            tracked = destination.subject
+            call_ids = [tracked.call_id]
+            if destination.kind == "interaction" and tracked.consult is not None and not tracked.consult.over:
+                call_ids.append(tracked.consult.call_id)
+            for call_id in call_ids:
+                if self._snapshot(call_id) is not None:
+                    d = self.registry.dispose(call_id, by=BY)
+                    d.addErrback(lambda f, call_id=call_id: log.warn(
+                        "HIS: disposing call {call_id} failed: {error}", call_id=call_id, error=f.getErrorMessage()))
 
         return Reply(after=disposed)
 
@@ -344,6 +413,14 @@ class BridgeClient:
             return
         for channel in self.tree.of_kind("channel"):
             if channel.subject != event.extension:
+                continue
+            primary = channel.children.get(call.consult_of) if call is not None and call.consult_of else None
+            if primary is not None:
+                # the consult call of a tracked call: a conversation of that call's interaction
+                if isinstance(event, ev.CallCreated):
+                    primary.subject.consult_created(call)
+                else:
+                    primary.subject.follow_consult(event, call)
                 continue
             if isinstance(event, ev.CallCreated):
                 self._announce(channel, call)

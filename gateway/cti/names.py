@@ -9,7 +9,10 @@ Names the vendor does **not** publish follow the ``<kind>.request.<verb>`` / ``<
 / ``<kind>.<event>`` pattern of the published ones, and must be checked against a real bridge:
 the control status query and event and the status values, the new-interaction announcement on a
 channel, the interaction state events other than ``interaction.alerting``, the agent ready/not-ready
-requests and the interaction dispose request.
+requests, the session logout and dispose requests, the interaction dispose request, the telephony
+interaction's requests other than ``interaction.request.consult`` (register a conversation, alternate,
+transfer to consult, conference in consult), the focus change event and the conversation's own
+disposal event.
 
 The keys of the ``cti.query.capabilities`` response are names too (``capability_*``). The vendor's
 page shows only the beginning of one, ``channel-groups-suppo…``: the default
@@ -27,7 +30,10 @@ Where the vendor documents the body (``conversation.query.init``, ``interaction.
   ``{"channels": [{"id": "<id>", "end-point": "<extension>", "type": "telephony"}]}`` (:class:`ChannelGroupInit`);
 - ``channel.query.init`` response: ``{"state": "ACTIVATED", "interactions": ["<id>", ...]}``
   (:class:`ChannelInit`, states in :data:`CHANNEL_STATES`);
-- ``channel.interaction`` event: ``{"id": "<interaction id>"}`` (:class:`InteractionAnnouncement`).
+- ``channel.interaction`` event: ``{"id": "<interaction id>"}`` (:class:`InteractionAnnouncement`);
+- ``interaction.request.consult`` response: ``{"id": "<consult conversation id>"}`` (:class:`ConsultStarted`);
+- ``interaction.request.register`` request: ``{"id": "<conversation id>"}``, and ``interaction.focuschanged``
+  event: ``{"id": "<conversation id>"}``.
 
 Every ``from_body`` raises :class:`BodyError` with a readable message when a body does not fit.
 """
@@ -90,6 +96,9 @@ REQUIRED_PROPERTIES = {
     "conversation_request_conference": ("destination",),
     "conversation_request_senddtmf": ("digits",),
     "channel_request_dial": ("destination",),
+    "interaction_request_consult": ("destination",),
+    "interaction_request_register": ("id",),
+    "interaction_focuschanged": ("id",),
     "conversation_failed": ("reason",),
     "conversation_partyadded": ("number", "name"),
     "conversation_partyremoved": ("number",),
@@ -122,11 +131,16 @@ class CtiNames:
     capability_blind_transfer: str = _capability("blind-transfer")
     capability_blind_conference: str = _capability("blind-conference")
     capability_consult: str = _capability("consult")
+    capability_alternate: str = _capability("alternate")
+    capability_transfer_to_consult: str = _capability("transfer-to-consult")
+    capability_conference_in_consult: str = _capability("conference-in-consult")
 
     # Session (agent login): init published, ready/not-ready not.
     session_query_init: str = _name("session.query.init", "session", "init")
     session_request_ready: str = _name("session.request.ready", "session", "request")
     session_request_notready: str = _name("session.request.notready", "session", "request")
+    session_request_logout: str = _name("session.request.logout", "session", "request")
+    session_request_dispose: str = _name("session.request.dispose", "session", "request")
 
     channelgroup_query_init: str = _name("channelgroup.query.init", "channelgroup", "init")
 
@@ -147,11 +161,20 @@ class CtiNames:
     interaction_request_reject: str = _name("interaction.request.reject", "interaction", "request")
     interaction_request_complete: str = _name("interaction.request.complete", "interaction", "request")
     interaction_request_dispose: str = _name("interaction.request.dispose", "interaction", "request")
+    # Telephony interaction: consult is published; the others follow <kind>.request.<verb>.
+    interaction_request_register: str = _name("interaction.request.register", "interaction", "request")
+    interaction_request_consult: str = _name("interaction.request.consult", "interaction", "request")
+    interaction_request_alternate: str = _name("interaction.request.alternate", "interaction", "request")
+    interaction_request_transfertoconsult: str = _name(
+        "interaction.request.transfertoconsult", "interaction", "request")
+    interaction_request_conferenceinconsult: str = _name(
+        "interaction.request.conferenceinconsult", "interaction", "request")
     interaction_alerting: str = _name("interaction.alerting", "interaction", "event")
     interaction_dialing: str = _name("interaction.dialing", "interaction", "event")
     interaction_started: str = _name("interaction.started", "interaction", "event")
     interaction_ended: str = _name("interaction.ended", "interaction", "event")
     interaction_completed: str = _name("interaction.completed", "interaction", "event")
+    interaction_focuschanged: str = _name("interaction.focuschanged", "interaction", "event")
 
     # Conversation: all published (004).
     conversation_query_init: str = _name("conversation.query.init", "conversation", "init")
@@ -179,6 +202,8 @@ class CtiNames:
     conversation_ended: str = _name("conversation.ended", "conversation", "event")
     conversation_transfer_failed: str = _name("conversation.transfer.failed", "conversation", "event")
     conversation_conference_failed: str = _name("conversation.conference.failed", "conversation", "event")
+    # Not published: the client's own disposal of a conversation (a consult that ended, a transfer).
+    conversation_disposed: str = _name("conversation.disposed", "conversation", "event")
 
     def __attrs_post_init__(self):
         for role in ("message", "status", "capability"):
@@ -385,6 +410,20 @@ class InteractionAnnouncement:
 
     @classmethod
     def from_body(cls, body, where="channel.interaction"):
+        return cls(_text(body, "id", where))
+
+
+@attrs.frozen
+class ConsultStarted:
+    """Body of the ``interaction.request.consult`` response: ``{"id": "<consult conversation id>"}``."""
+
+    id: str
+
+    def to_body(self):
+        return {"id": self.id}
+
+    @classmethod
+    def from_body(cls, body, where="interaction.request.consult response"):
         return cls(_text(body, "id", where))
 
 

@@ -9,15 +9,24 @@ simulator plays the bridge's side of the protocol (004 and the HIS notes in ``sh
    ``session.query.init`` on ``<agent>``, ``channelgroup.query.init`` on ``<agent>.<cg>``, then
    ``channel.query.init`` on each channel (and ``interaction.query.init`` for interactions already there);
 3. when the client announces an interaction on a channel, initialises the interaction destination,
-   then the conversation destinations it names (primary, and consult when present);
+   then the conversation destinations it names (primary, and consult when present): for each, first
+   the request to prepare and register it (``interaction.request.register {"id"}``), then its init;
+   after a successful ``interaction.request.consult`` the consult conversation the response names
+   (``{"id"}``) is registered and initialised the same way;
 4. sends requests (answer, hold, transfer, dial, ...) from a script or from test code
    (:meth:`HisBridgeSim.send`), each returning a Deferred that fires with the response.
 
 Everything the client sends is checked against the specification; each breach is appended to
 :attr:`HisBridgeSim.violations` as a readable sentence (and logged): missing, duplicate, unsolicited,
 late or mismatched responses; events on unknown, uninitialised or disposed destinations, or of the
-wrong kind, or missing required properties; conversation events before ``conversation.started``;
-init response bodies of the wrong shape; malformed frames and envelopes. Every event received is kept
+wrong kind, or missing required properties; conversation events before ``conversation.started`` or
+after ``conversation.ended`` (but its ``conversation.disposed``); a focus change to no live
+conversation of the interaction; a consult accepted while another is live, or named by the interaction
+init outside STARTED (and any conversation named in ENDED or COMPLETED); a transfer to consult whose
+events do not come in the vendor's order (the primary's state update and its disposal, the focus
+change, the consult's state update and its disposal, the interaction's end); any event on a session,
+or below it, once its logout or dispose was sent ("no secondary events"); init response bodies of the
+wrong shape; malformed frames and envelopes. Every event received is kept
 in order, per target (:attr:`HisBridgeSim.events`) and overall (:attr:`HisBridgeSim.event_log`).
 
 Script steps (a list of dicts, or a JSON file for the CLI), run in order once login is complete:
@@ -53,6 +62,7 @@ from gateway.sim.his_wire import (
     BodyError,
     ChannelGroupInit,
     ChannelInit,
+    ConsultStarted,
     ControlStatus,
     ConversationInit,
     FramedJSON,
@@ -87,14 +97,26 @@ VERBS = {
     "reject": ("interaction", "interaction_request_reject"),
     "complete": ("interaction", "interaction_request_complete"),
     "dispose-interaction": ("interaction", "interaction_request_dispose"),
+    "consult": ("interaction", "interaction_request_consult"),
+    "alternate": ("interaction", "interaction_request_alternate"),
+    "transfer-to-consult": ("interaction", "interaction_request_transfertoconsult"),
+    "conference-in-consult": ("interaction", "interaction_request_conferenceinconsult"),
     "dial": ("channel", "channel_request_dial"),
     "dispose-channel": ("channel", "channel_request_dispose"),
     "ready": ("session", "session_request_ready"),
     "notready": ("session", "session_request_notready"),
+    "logout": ("session", "session_request_logout"),
+    "dispose-session": ("session", "session_request_dispose"),
 }
 
 #: Verbs whose success disposes of the destination (and everything under it).
-DISPOSING_VERBS = frozenset({"dispose", "dispose-interaction", "dispose-channel"})
+DISPOSING_VERBS = frozenset({"dispose", "dispose-interaction", "dispose-channel", "logout", "dispose-session"})
+
+#: Verbs after which the client may raise no event on the destination or below it ("no secondary events").
+SILENT_VERBS = frozenset({"logout", "dispose-session"})
+
+#: Conversation roles within a telephony interaction.
+PRIMARY, CONSULT = "primary", "consult"
 
 #: Destination states.
 PENDING, ACTIVE, FAILED, DISPOSED = "pending", "active", "failed", "disposed"
@@ -129,6 +151,16 @@ class Destination:
     init: object = None
     started: bool = False
     disposed_event_seen: bool = False
+    #: a conversation's role in its interaction (primary or consult)
+    role: str | None = None
+    #: an interaction's conversations: role -> target (the latest consult)
+    conversations: dict = attrs.Factory(dict)
+    #: whether the conversation has raised its end (``conversation.ended``)
+    ended: bool = False
+    #: set when a request after which the client must stay silent on this destination was sent
+    silenced_by: str | None = None
+    #: an interaction's transfer to consult in progress: (event log position when sent, primary, consult, answered)
+    transfer: list | None = None
 
 
 @attrs.frozen
@@ -332,9 +364,26 @@ class HisBridgeSim(Factory):
                 return defer.fail(SimulatorError(f"no active {kind} destination to {verb}"))
             target = candidates[-1].target
         d = self.request(env.request(name, target, properties))
+        if verb in SILENT_VERBS:
+            self._silence(target, name)
         if verb in DISPOSING_VERBS:
             d.addCallback(self._disposal_answered)
+        if verb == "consult":
+            d.addCallback(self._consult_answered, target)
+        if verb == "transfer-to-consult":
+            self._transfer_sent(target)
+            d.addCallback(self._transfer_answered, target)
         return d
+
+    def login(self, agent):
+        """Log ``agent`` in again on this link (after a logout): ``session.query.init`` and what follows.
+        A Deferred firing with the agent's channel :class:`Destination` once it is initialised."""
+        if self._link is None:
+            return defer.fail(SimulatorError(f"no client link to log {agent} in on"))
+        channel = self._when(lambda item: isinstance(item, Destination) and item.kind == "channel"
+                             and item.target.startswith(agent + "."))
+        self._open("session", agent, SessionLogin(agent).to_body())
+        return channel
 
     def request(self, message):
         """Send a query or request envelope as it is; a Deferred firing with its response.
@@ -505,14 +554,15 @@ class HisBridgeSim(Factory):
             self._login_pending += 1
         return destination
 
-    def _open(self, kind, target, body=None):
+    def _open(self, kind, target, body=None, role=None):
         """Create the destination ``kind`` at ``target`` and send its init query."""
         destination = self._create(kind, target)
+        destination.role = role
         d = self.request(env.query(self.names.init_query(kind), target, body))
         d.addCallback(self._init_answered, destination)
         d.addErrback(self._init_not_answered, destination)
 
-    def _open_child(self, kind, parent, child_id):
+    def _open_child(self, kind, parent, child_id, role=None):
         """Open the destination the client named ``child_id`` under ``parent``, if that id is usable."""
         target = child_target(parent, child_id)
         existing = self.destinations.get(target)
@@ -521,7 +571,112 @@ class HisBridgeSim(Factory):
         elif existing is not None and existing.state != DISPOSED:
             self._violation(f"{kind} {target} was announced again while it exists")
         else:
-            self._open(kind, target)
+            self._open(kind, target, role=role)
+
+    def _register(self, interaction, role, conversation_id):
+        """Tell the client to prepare the conversation ``conversation_id`` (the vendor's request "to
+        prepare a new conversation and register with the conversation destination", at the
+        interaction's init or after a successful consult), then initialise that conversation."""
+        if "." in conversation_id:
+            self._violation(f"conversation id {conversation_id!r} under {interaction.target} contains a dot")
+            return
+        target = child_target(interaction.target, conversation_id)
+        existing = self.destinations.get(target)
+        if existing is not None and existing.state != DISPOSED:
+            self._violation(f"conversation {target} was named again while it exists")
+            return
+        interaction.conversations[role] = target
+        d = self.request(env.request(self.names.interaction_request_register, interaction.target, {"id": conversation_id}))
+
+        def registered(response):
+            if not response.ok:
+                self._violation(f"client refused to register {target}, which it named itself:"
+                                f" {response.header.error_message}")
+            elif interaction.state == ACTIVE:
+                self._open("conversation", target, role=role)
+
+        d.addCallbacks(registered, self._log_failure, errbackArgs=(f"registering {target}",))
+
+    def _consult_answered(self, response, target):
+        if not response.ok:
+            return response
+        interaction = self.destinations.get(target)
+        try:
+            started = ConsultStarted.from_body(response.body)
+        except BodyError as e:
+            self._violation(f"response to the consult on {target}: {e}")
+            return response
+        live = self._live_conversation(interaction, CONSULT)
+        if live is not None:
+            self._violation(f"client accepted a consult on {target} while the consult {live.target} is live")
+        if started.id == target.rpartition(".")[2] or child_target(target, started.id) == interaction.conversations.get(PRIMARY):
+            self._violation(f"consult conversation id {started.id!r} on {target} is the primary's")
+            return response
+        self._register(interaction, CONSULT, started.id)
+        return response
+
+    def _live_conversation(self, interaction, role):
+        """The conversation of ``role`` in ``interaction`` that has not ended and was not disposed, or None."""
+        target = interaction.conversations.get(role) if interaction is not None else None
+        conversation = self.destinations.get(target) if target else None
+        if conversation is None or conversation.state in (DISPOSED, FAILED) or conversation.ended:
+            return None
+        return conversation
+
+    # -- the order of a transfer to consult ------------------------------------------------------
+
+    def _transfer_sent(self, target):
+        interaction = self.destinations.get(target)
+        if interaction is not None:
+            interaction.transfer = [len(self.event_log), interaction.conversations.get(PRIMARY),
+                                    interaction.conversations.get(CONSULT), False]
+
+    def _transfer_answered(self, response, target):
+        interaction = self.destinations.get(target)
+        if interaction is not None and interaction.transfer is not None:
+            if response.ok:
+                interaction.transfer[3] = True
+                self._check_transfer(interaction)
+            else:
+                interaction.transfer = None
+        return response
+
+    def _transfer_order(self, interaction):
+        """The events a transfer to consult must raise, in order: the primary's state update and
+        its disposal, the focus change, the consult's state update and its disposal, the end of the
+        interaction (the order the vendor's command API lists)."""
+        _, primary, consult, _ = interaction.transfer
+        names = self.names
+        return [
+            (primary, names.conversation_ended),
+            (primary, names.conversation_disposed),
+            (interaction.target, names.interaction_focuschanged),
+            (consult, names.conversation_ended),
+            (consult, names.conversation_disposed),
+            (interaction.target, names.interaction_ended),
+        ]
+
+    def _check_transfer(self, interaction):
+        """Once a transfer to consult was answered SUCCESS and its interaction has ended, check the order."""
+        mark, _, _, answered = interaction.transfer
+        since = self.event_log[mark:]
+        ended = [e for e in since if (e.target, e.name) == (interaction.target, self.names.interaction_ended)]
+        if not answered or not ended:
+            return
+        expected = self._transfer_order(interaction)
+        interaction.transfer = None
+        seen = [(e.target, e.name) for e in since if (e.target, e.name) in expected]
+        firsts = [pair for index, pair in enumerate(seen) if pair not in seen[:index]]
+        if firsts != expected:
+            shown = lambda pairs: ", ".join(f"{name} on {target}" for target, name in pairs)  # noqa: E731
+            self._violation(f"transfer to consult on {interaction.target}: events came as [{shown(firsts)}],"
+                            f" not [{shown(expected)}]")
+            return
+        focus = next(e for e in since if (e.target, e.name) == expected[2])
+        consult_id = (expected[3][0] or "").rpartition(".")[2]
+        if focus.body.get("id") != consult_id:
+            self._violation(f"transfer to consult on {interaction.target}: the focus went to"
+                            f" {focus.body.get('id')!r}, not to the consult {consult_id!r}")
 
     def _parse_init(self, kind, body):
         if kind == "control":
@@ -567,9 +722,9 @@ class HisBridgeSim(Factory):
             for interaction_id in parsed.interactions:
                 self._open_child("interaction", target, interaction_id)
         elif destination.kind == "interaction":
-            for conversation_id in (parsed.primary, parsed.consult):
+            for role, conversation_id in ((PRIMARY, parsed.primary), (CONSULT, parsed.consult)):
                 if conversation_id:
-                    self._open_child("conversation", target, conversation_id)
+                    self._register(destination, role, conversation_id)
         elif destination.kind == "conversation":
             destination.started = parsed.state in IN_PROGRESS_STATES
 
@@ -577,6 +732,12 @@ class HisBridgeSim(Factory):
         for other in self.destinations.values():
             if other.target == target or other.target.startswith(target + "."):
                 other.state = DISPOSED
+
+    def _silence(self, target, name):
+        """``name`` was sent to ``target``: from now on the client may raise nothing there or below."""
+        for other in self.destinations.values():
+            if other.target == target or other.target.startswith(target + "."):
+                other.silenced_by = name
 
     def _disposal_answered(self, response):
         if response.ok:
@@ -648,6 +809,8 @@ class HisBridgeSim(Factory):
             return "raised before the init query was answered"
         if destination.state == FAILED:
             return "the destination was never initialised"
+        if destination.silenced_by is not None:
+            return f"a secondary event after {destination.silenced_by} (the client must raise none)"
         if destination.state == DISPOSED and not self._closing_event(destination, event):
             return "the destination was disposed"
         if event.name not in self.names.events(destination.kind):
@@ -661,6 +824,23 @@ class HisBridgeSim(Factory):
             and not destination.started
         ):
             return f"came before {self.names.conversation_started}"
+        if destination.kind == "conversation" and destination.ended and event.name != self.names.conversation_disposed:
+            return f"came after {self.names.conversation_ended}"
+        if event.name == self.names.conversation_disposed and not destination.ended:
+            return f"the conversation was disposed before {self.names.conversation_ended}"
+        if event.name == self.names.interaction_focuschanged:
+            return self._focus_problem(destination, event)
+        return None
+
+    def _focus_problem(self, interaction, event):
+        """A focus change must name a conversation of the interaction that is still there."""
+        focus = event.body.get("id")
+        target = child_target(interaction.target, focus) if isinstance(focus, str) else None
+        if target not in interaction.conversations.values():
+            return f"the focus went to {focus!r}, which is no conversation of the interaction"
+        conversation = self.destinations.get(target)
+        if conversation is None or conversation.state != ACTIVE:
+            return f"the focus went to {focus!r}, which is not an initialised conversation"
         return None
 
     @property
@@ -669,12 +849,10 @@ class HisBridgeSim(Factory):
         return {names.conversation_held, names.conversation_talking, names.conversation_ended}
 
     def _closing_event(self, destination, event):
-        """``channel.disposed`` may follow a disposed channel's dispose response, once."""
-        return (
-            destination.kind == "channel"
-            and event.name == self.names.channel_disposed
-            and not destination.disposed_event_seen
-        )
+        """``channel.disposed`` (``conversation.disposed``) may follow a disposed channel's (conversation's)
+        dispose response, once."""
+        closing = {"channel": self.names.channel_disposed, "conversation": self.names.conversation_disposed}
+        return closing.get(destination.kind) == event.name and not destination.disposed_event_seen
 
     def _apply_event(self, event):
         names, destination = self.names, self.destinations[event.target]
@@ -687,6 +865,13 @@ class HisBridgeSim(Factory):
             self._dispose(event.target)
         elif event.name == names.conversation_started:
             destination.started = True
+        elif event.name == names.conversation_ended:
+            destination.ended = True
+        elif event.name == names.conversation_disposed:
+            destination.disposed_event_seen = True
+            self._dispose(event.target)
+        elif event.name == names.interaction_ended and destination.transfer is not None:
+            self._check_transfer(destination)
 
     # -- script --------------------------------------------------------------------------------
 

@@ -306,9 +306,14 @@ DEFAULT_NAMES = {
     "capability_blind_transfer": "blind-transfer",
     "capability_blind_conference": "blind-conference",
     "capability_consult": "consult",
+    "capability_alternate": "alternate",
+    "capability_transfer_to_consult": "transfer-to-consult",
+    "capability_conference_in_consult": "conference-in-consult",
     "session_query_init": "session.query.init",
     "session_request_ready": "session.request.ready",
     "session_request_notready": "session.request.notready",
+    "session_request_logout": "session.request.logout",
+    "session_request_dispose": "session.request.dispose",
     "channelgroup_query_init": "channelgroup.query.init",
     "channel_query_init": "channel.query.init",
     "channel_request_dial": "channel.request.dial",
@@ -324,11 +329,17 @@ DEFAULT_NAMES = {
     "interaction_request_reject": "interaction.request.reject",
     "interaction_request_complete": "interaction.request.complete",
     "interaction_request_dispose": "interaction.request.dispose",
+    "interaction_request_register": "interaction.request.register",
+    "interaction_request_consult": "interaction.request.consult",
+    "interaction_request_alternate": "interaction.request.alternate",
+    "interaction_request_transfertoconsult": "interaction.request.transfertoconsult",
+    "interaction_request_conferenceinconsult": "interaction.request.conferenceinconsult",
     "interaction_alerting": "interaction.alerting",
     "interaction_dialing": "interaction.dialing",
     "interaction_started": "interaction.started",
     "interaction_ended": "interaction.ended",
     "interaction_completed": "interaction.completed",
+    "interaction_focuschanged": "interaction.focuschanged",
     "conversation_query_init": "conversation.query.init",
     "conversation_request_answer": "conversation.request.answer",
     "conversation_request_release": "conversation.request.release",
@@ -354,6 +365,7 @@ DEFAULT_NAMES = {
     "conversation_ended": "conversation.ended",
     "conversation_transfer_failed": "conversation.transfer.failed",
     "conversation_conference_failed": "conversation.conference.failed",
+    "conversation_disposed": "conversation.disposed",
 }
 
 #: Destination kind -> the key of its init query.
@@ -374,16 +386,19 @@ EVENT_KEYS = {
     "channel": ("channel_activated", "channel_deactivated", "channel_available", "channel_unavailable",
                 "channel_disposed", "channel_interaction"),
     "interaction": ("interaction_alerting", "interaction_dialing", "interaction_started", "interaction_ended",
-                    "interaction_completed"),
+                    "interaction_completed", "interaction_focuschanged"),
     "conversation": ("conversation_ringing", "conversation_dialing", "conversation_busy", "conversation_failed",
                      "conversation_held", "conversation_mute", "conversation_talking", "conversation_partyadded",
                      "conversation_partyremoved", "conversation_started", "conversation_ended",
-                     "conversation_transfer_failed", "conversation_conference_failed"),
+                     "conversation_transfer_failed", "conversation_conference_failed", "conversation_disposed"),
 }
 
 #: Key of a request or event -> the body properties spec 004 (and the README) make required.
 REQUIRED_PROPERTIES = {
     "channel_request_dial": ("destination",),
+    "interaction_request_consult": ("destination",),
+    "interaction_request_register": ("id",),
+    "interaction_focuschanged": ("id",),
     "conversation_request_removeparty": ("number",),
     "conversation_request_transfer": ("destination",),
     "conversation_request_conference": ("destination",),
@@ -587,6 +602,10 @@ class ChannelInit:
 #: Interaction states (README) and those in which the primary conversation must be named.
 INTERACTION_STATES = ("ALERTING", "DIALING", "STARTED", "ENDED", "COMPLETED")
 PRIMARY_REQUIRED = frozenset({"ALERTING", "DIALING", "STARTED"})
+#: The only state in which the interaction init may name a consult ("and the agent has an active consult").
+CONSULT_STATE = "STARTED"
+#: States in which ``conversations`` must be empty (vendor's telephony interaction page).
+EMPTY_CONVERSATIONS_STATES = frozenset({"ENDED", "COMPLETED"})
 
 
 @attrs.frozen
@@ -613,7 +632,28 @@ class InteractionInit:
                 ids[role] = _text(_object(conversations[role], f"'{role}'"), "id")
         if state in PRIMARY_REQUIRED and "primary" not in ids:
             raise BodyError(f"no 'primary' in state {state}")
+        if "consult" in ids and state != CONSULT_STATE:
+            raise BodyError(f"a 'consult' in state {state}: only a {CONSULT_STATE} interaction has a consult")
+        if ids and state in EMPTY_CONVERSATIONS_STATES:
+            raise BodyError(f"'conversations' must be empty in state {state}, not name {', '.join(ids)}")
+        if ids.get("consult") is not None and ids.get("consult") == ids.get("primary"):
+            raise BodyError(f"'primary' and 'consult' are both {ids['primary']!r}")
         return cls(state, data, ids.get("primary"), ids.get("consult"))
+
+
+@attrs.frozen
+class ConsultStarted:
+    """The body of the SUCCESS response to ``interaction.request.consult``: the consult conversation's
+    id, ``{"id"}``, which the bridge then registers (this project's choice: the vendor names no body)."""
+
+    id: str
+
+    @classmethod
+    def from_body(cls, body) -> ConsultStarted:
+        conversation_id = _text(_object(body), "id")
+        if "." in conversation_id:
+            raise BodyError(f"'id' {conversation_id!r} contains a dot")
+        return cls(conversation_id)
 
 
 @attrs.frozen

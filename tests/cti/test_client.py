@@ -156,8 +156,10 @@ class LoginTests(FakeBridge):
         self.assertEqual(
             set(self.sim.capabilities),
             {"channel-groups-supported", "telephony", "answer", "hold", "mute", "dtmf", "blind-transfer",
-             "blind-conference", "consult"},
+             "blind-conference", "consult", "alternate", "transfer-to-consult", "conference-in-consult"},
         )
+        for capability in ("consult", "alternate", "transfer-to-consult", "conference-in-consult"):
+            self.assertIs(self.sim.capabilities[capability], True, capability)
         self.assertEqual(self.events(CONTROL), ["control.status"])
         self.assertEqual(self.sim.destinations[CHANNEL].init.state, "ACTIVATED")
         self.assertEqual(self.sim.destinations["alice.cg"].init.channels[0].end_point, "1003")

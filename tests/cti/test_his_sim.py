@@ -314,6 +314,183 @@ class CallTests(SimTestCase):
         self.failureResultOf(self.sim.send("ready", target="alice"), SimulatorError)
 
 
+CONSULT = f"{INTERACTION}.c2"
+
+
+class ConsultTests(SimTestCase):
+    """The telephony interaction's consult flows, as the simulator drives and checks them."""
+
+    def talking(self):
+        """A call whose primary conversation c1 is talking (its events raised), ready for a consult."""
+        client = self.connect()
+        client.bodies[NAMES.interaction_query_init] = InteractionInit("STARTED", "c1").to_body()
+        client.bodies[NAMES.conversation_query_init] = ConversationInit("TALKING", [Party("5551234")]).to_body()
+        client.bodies[NAMES.interaction_request_consult] = {"id": "c2"}
+        conversation = self.sim.when_destination("conversation")
+        client.announce()
+        self.result(conversation)
+        return client
+
+    def consult(self):
+        client = self.talking()
+        initialised = self.sim.when_destination("conversation")
+        self.assertTrue(self.result(self.sim.send("consult", destination="2000")).ok)
+        self.assertEqual(self.result(initialised).target, CONSULT)
+        client.raise_event(NAMES.conversation_started, CONSULT)
+        client.raise_event(NAMES.conversation_talking, CONSULT)
+        client.raise_event(NAMES.conversation_held, CONVERSATION)
+        client.raise_event(NAMES.interaction_focuschanged, INTERACTION, {"id": "c2"})
+        self.flush()
+        return client
+
+    def test_each_conversation_is_registered_before_its_init(self):
+        client = self.talking()
+        sent = [(m.name, m.target, m.body) for m in client.received if m.target.startswith(INTERACTION)]
+        self.assertEqual(sent, [
+            ("interaction.query.init", INTERACTION, {}),
+            ("interaction.request.register", INTERACTION, {"id": "c1"}),
+            ("conversation.query.init", CONVERSATION, {}),
+        ])
+        self.assertEqual(self.sim.violations, [])
+
+    def test_a_consult_named_by_the_init_is_registered_too(self):
+        client = self.connect()
+        client.bodies[NAMES.interaction_query_init] = InteractionInit("STARTED", "c1", "c2").to_body()
+        client.bodies[NAMES.conversation_query_init] = ConversationInit("TALKING", [Party("1")]).to_body()
+        client.announce()
+        self.flush()
+        registered = [m.body["id"] for m in client.received if m.name == NAMES.interaction_request_register]
+        self.assertEqual(registered, ["c1", "c2"])
+        self.assertEqual([d.role for d in self.sim.active("conversation")], ["primary", "consult"])
+        self.assertEqual(self.sim.violations, [])
+
+    def test_a_refused_registration_is_reported(self):
+        client = self.connect()
+        client.hold_back.add(NAMES.interaction_request_register)
+        client.announce()
+        self.flush()
+        client.send(env.failure(client.last(NAMES.interaction_request_register), "no such conversation"))
+        self.flush()
+        self.assertViolation("client refused to register", CONVERSATION, "no such conversation")
+        self.assertNotIn(NAMES.conversation_query_init, client.names_received())
+
+    def test_a_consult_registers_and_initialises_the_conversation_its_response_names(self):
+        client = self.consult()
+        self.assertEqual(client.last(NAMES.interaction_request_consult).body, {"destination": "2000"})
+        self.assertEqual(client.last(NAMES.interaction_request_register).body, {"id": "c2"})
+        self.assertEqual(self.sim.destinations[CONSULT].role, "consult")
+        self.assertEqual(self.sim.violations, [])
+
+    def test_a_consult_response_without_an_id_is_reported(self):
+        client = self.talking()
+        client.bodies[NAMES.interaction_request_consult] = {}
+        self.result(self.sim.send("consult", destination="2000"))
+        self.assertViolation("response to the consult", "'id' is missing")
+
+    def test_a_second_consult_while_one_is_live_is_reported(self):
+        client = self.consult()
+        client.bodies[NAMES.interaction_request_consult] = {"id": "c3"}
+        self.result(self.sim.send("consult", target=INTERACTION, destination="2001"))
+        self.assertViolation("accepted a consult", f"while the consult {CONSULT} is live")
+
+    def test_a_consult_in_the_init_outside_started_is_reported(self):
+        client = self.connect()
+        client.bodies[NAMES.interaction_query_init] = InteractionInit("ALERTING", "c1", "c2").to_body()
+        client.announce()
+        self.flush()
+        self.assertViolation(INTERACTION, "a 'consult' in state ALERTING")
+
+    def test_conversations_named_in_an_ended_init_are_reported(self):
+        client = self.connect()
+        client.bodies[NAMES.interaction_query_init] = InteractionInit("ENDED", "c1").to_body()
+        client.announce()
+        self.flush()
+        self.assertViolation(INTERACTION, "'conversations' must be empty in state ENDED")
+
+    def test_a_focus_change_to_no_conversation_is_reported(self):
+        client = self.talking()
+        client.raise_event(NAMES.interaction_focuschanged, INTERACTION, {"id": "c9"})
+        client.raise_event(NAMES.interaction_focuschanged, INTERACTION, {})
+        self.flush()
+        self.assertViolation("interaction.focuschanged", "'c9', which is no conversation")
+        self.assertViolation("interaction.focuschanged", "missing id")
+
+    def test_a_consult_ends_disposed_and_the_focus_returns(self):
+        client = self.consult()
+        client.raise_event(NAMES.conversation_ended, CONSULT)
+        client.raise_event(NAMES.conversation_disposed, CONSULT)
+        client.raise_event(NAMES.interaction_focuschanged, INTERACTION, {"id": "c1"})
+        self.flush()
+        self.assertEqual(self.sim.violations, [])
+        self.assertEqual(self.sim.destinations[CONSULT].state, "disposed")
+        client.raise_event(NAMES.interaction_focuschanged, INTERACTION, {"id": "c2"})
+        client.raise_event(NAMES.conversation_talking, CONSULT)
+        self.flush()
+        self.assertViolation("interaction.focuschanged", "'c2', which is not an initialised conversation")
+        self.assertViolation(f"conversation.talking on {CONSULT}", "disposed")
+
+    def test_a_disposal_before_the_end_and_an_event_after_it_are_reported(self):
+        client = self.consult()
+        client.raise_event(NAMES.conversation_disposed, CONSULT)
+        self.flush()
+        self.assertViolation(f"conversation.disposed on {CONSULT}", "before conversation.ended")
+        client.raise_event(NAMES.conversation_ended, CONVERSATION)
+        client.raise_event(NAMES.conversation_talking, CONVERSATION)
+        self.flush()
+        self.assertViolation(f"conversation.talking on {CONVERSATION}", "came after conversation.ended")
+
+    def transfer(self, events):
+        client = self.consult()
+        for name, target, body in events:
+            client.raise_event(name, target, body)
+        self.assertTrue(self.result(self.sim.send("transfer-to-consult", target=INTERACTION)).ok)
+        return client
+
+    def test_a_transfer_to_consult_in_the_vendors_order_passes(self):
+        self.transfer([
+            (NAMES.conversation_ended, CONVERSATION, None),
+            (NAMES.conversation_disposed, CONVERSATION, None),
+            (NAMES.interaction_focuschanged, INTERACTION, {"id": "c2"}),
+            (NAMES.conversation_ended, CONSULT, None),
+            (NAMES.conversation_disposed, CONSULT, None),
+            (NAMES.interaction_ended, INTERACTION, None),
+        ])
+        self.assertEqual(self.sim.violations, [])
+        self.assertEqual(self.client.last(NAMES.interaction_request_transfertoconsult).target, INTERACTION)
+
+    def test_a_transfer_to_consult_out_of_order_is_reported(self):
+        client = self.consult()
+        d = self.sim.send("transfer-to-consult", target=INTERACTION)
+        self.result(d)
+        for name, target in [(NAMES.conversation_ended, CONSULT), (NAMES.conversation_disposed, CONSULT),
+                             (NAMES.conversation_ended, CONVERSATION), (NAMES.interaction_ended, INTERACTION)]:
+            client.raise_event(name, target)
+        self.flush()
+        self.assertViolation("transfer to consult on", "events came as [conversation.ended on " + CONSULT)
+
+    def test_a_logout_allows_no_secondary_event(self):
+        client = self.talking()
+        client.hold_back.add(NAMES.session_request_logout)
+        d = self.sim.send("logout", target="alice")
+        self.flush()
+        client.raise_event(NAMES.conversation_ended, CONVERSATION)
+        client.answer(client.last(NAMES.session_request_logout))
+        self.assertTrue(self.result(d).ok)
+        client.raise_event(NAMES.channel_disposed, CHANNEL)
+        self.flush()
+        self.assertViolation(f"conversation.ended on {CONVERSATION}", "secondary event after session.request.logout")
+        self.assertViolation(f"channel.disposed on {CHANNEL}", "secondary event")
+        self.assertEqual(self.sim.destinations["alice"].state, "disposed")
+
+    def test_an_agent_logs_in_again_after_a_logout(self):
+        client = self.talking()
+        self.assertTrue(self.result(self.sim.send("logout", target="alice")).ok)
+        channel = self.sim.login("alice")
+        self.assertEqual(self.result(channel).target, CHANNEL)
+        self.assertEqual(self.sim.violations, [])
+        self.assertEqual(client.names_received().count(NAMES.session_query_init), 2)
+
+
 class ViolationTests(SimTestCase):
     def test_event_before_init_answered(self):
         client = self.connect()
