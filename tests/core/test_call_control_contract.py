@@ -32,6 +32,9 @@ from .harness import Harness
 #: the extensions the contract uses: neither phone answers by itself
 ALICE, BOB = "1003", "1001"
 NUMBER = "5551234"
+#: the party a consult dials, and numbers whose dial the simulated network makes busy, unanswered, failed
+CONSULTED = "5554321"
+BUSY_NUMBER, NO_ANSWER_NUMBER, FAILING_NUMBER = "5550001", "5558881", "5559991"
 
 
 class CallControlContract:
@@ -56,6 +59,14 @@ class CallControlContract:
         raise NotImplementedError
 
     def settle(self) -> None:
+        raise NotImplementedError
+
+    def phone_hangs_up(self, call_id) -> None:
+        """The extension's phone of ``call_id`` hangs up."""
+        raise NotImplementedError
+
+    def consult_fails(self, call_id, cause) -> None:
+        """The party ``call_id`` dials (one of BUSY_NUMBER, NO_ANSWER_NUMBER, FAILING_NUMBER) ends with ``cause``."""
         raise NotImplementedError
 
     def setUp(self):
@@ -310,6 +321,231 @@ class CallControlContract:
         self.assertEqual(self.types(seen), ["LegAnswered", "LegRetrieved", "PartyAdded"])
         self.assertEqual(sorted(p.number for p in seen[-1][1].parties), [NUMBER, "5554321"])
 
+    # -- consult: attended transfer, alternate, conference in consult ----------------------------------
+
+    def consulting(self, number=CONSULTED, answered=True):
+        """ALICE's primary talking to NUMBER, held while a consult call dials ``number`` (answered if
+        asked); returns (primary, consult) ids."""
+        primary = self.talking()
+        consult = self.successResultOf(self.calls.consult(primary, number, by="desktop")).call_id
+        self.settle()
+        if answered:
+            self.party_answers(consult)
+            self.settle()
+        self.take()
+        return primary, consult
+
+    def states(self, *call_ids):
+        return [self.calls.call(c).state for c in call_ids]
+
+    def test_consult_holds_the_primary_and_dials_for_the_same_extension(self):
+        primary = self.talking()
+        consult = self.successResultOf(self.calls.consult(primary, CONSULTED, by="desktop"))
+        self.assertEqual((consult.extension, consult.direction, consult.caller, consult.number, consult.state),
+                         (ALICE, "outbound", ALICE, CONSULTED, "DIALING"))
+        self.assertEqual((consult.consult_of, consult.consult, consult.consults), (primary, None, ()))
+        self.assertEqual([(leg.role, leg.state, leg.number) for leg in consult.legs],
+                         [("device", "TALKING", ALICE), ("party", "DIALING", CONSULTED)])
+        self.settle()
+        seen = self.take()
+        self.assertEqual(self.types(seen), ["LegHeld", "CallCreated", "LegCreated", "LegCreated", "LegDialing",
+                                            "ConsultStarted", "LegRinging"])
+        self.assertEqual([e.call_id for e, _ in seen],
+                         [primary] + [consult.call_id] * 4 + [primary, consult.call_id])
+        self.assertEqual({e.extension for e, _ in seen}, {ALICE})
+        started, snapshot = seen[5]
+        self.assertEqual((started.consult_id, started.number), (consult.call_id, CONSULTED))
+        self.assertEqual((snapshot.state, snapshot.consult, snapshot.consults), ("HELD", consult.call_id,
+                                                                                (consult.call_id,)))
+        self.assertEqual(seen[1][1].consult_of, primary)
+        self.assertEqual(self.calls.call(primary).to_dict()["consult"], consult.call_id)
+        self.assertEqual(self.calls.active_call_for(ALICE).call_id, primary)
+        self.party_answers(consult.call_id)
+        self.settle()
+        (answered, snapshot), = self.take()
+        self.assertEqual((answered.type, snapshot.state, snapshot.call_id), ("LegAnswered", "TALKING", consult.call_id))
+        self.assertEqual(self.states(primary, consult.call_id), ["HELD", "TALKING"])
+
+    def test_releasing_the_consult_returns_to_the_primary_on_hold(self):
+        primary, consult = self.consulting()
+        ended = self.successResultOf(self.calls.hangup(consult, by="desktop"))
+        self.assertEqual((ended.state, ended.cause, ended.hangup_by, ended.consult_of),
+                         ("RELEASED", "normal", "desktop", primary))
+        seen = self.take()
+        self.assertEqual(self.types(seen), ["LegEnded", "LegEnded", "CallEnded", "ConsultEnded"])
+        cdr = seen[2][0].cdr
+        self.assertEqual((cdr["consult_of"], cdr["consults"], cdr["cause"]), (primary, [], "normal"))
+        self.assertEqual([leg["role"] for leg in cdr["legs"]], ["device", "party"])
+        event, snapshot = seen[3]
+        self.assertEqual((event.call_id, event.consult_id, event.outcome, event.cause), (primary, consult, "released",
+                                                                                       "normal"))
+        self.assertEqual((snapshot.state, snapshot.consult, snapshot.consults), ("HELD", None, (consult,)))
+        self.assertEqual(self.successResultOf(self.calls.retrieve(primary)).state, "TALKING")
+        self.successResultOf(self.calls.hangup(primary))
+        cdr = self.take()[-1][0].cdr
+        self.assertEqual((cdr["call_id"], cdr["consult_of"], cdr["consults"]), (primary, None, [consult]))
+
+    def test_a_busy_unanswered_or_failed_consult_leaves_the_primary_held(self):
+        for number, cause in ((BUSY_NUMBER, "busy"), (NO_ANSWER_NUMBER, "no_answer"), (FAILING_NUMBER, "failed")):
+            primary = self.talking()
+            consult = self.successResultOf(self.calls.consult(primary, number)).call_id
+            self.consult_fails(consult, cause)
+            seen = self.take()
+            self.assertEqual(self.types(seen)[-4:], ["LegEnded", "LegEnded", "CallEnded", "ConsultEnded"], cause)
+            ended = self.calls.call(consult)
+            self.assertEqual((ended.state, ended.cause, ended.hangup_by), ("RELEASED", cause, "remote"))
+            self.assertEqual((seen[-1][0].outcome, seen[-1][0].cause), ("released", cause))
+            self.assertEqual((self.calls.call(primary).state, self.calls.call(primary).consult), ("HELD", None))
+            self.assertEqual(self.successResultOf(self.calls.retrieve(primary)).state, "TALKING")
+            self.successResultOf(self.calls.hangup(primary))
+
+    def test_the_consulted_party_hanging_up(self):
+        primary, consult = self.consulting()
+        self.party_hangs_up(consult, CONSULTED)
+        seen = self.take()
+        self.assertEqual(self.types(seen), ["LegEnded", "LegEnded", "CallEnded", "ConsultEnded"])
+        self.assertEqual((seen[2][0].cause, seen[2][0].hangup_by), ("remote_hangup", "remote"))
+        self.assertEqual(self.states(primary, consult), ["HELD", "RELEASED"])
+        self.assertEqual(self.successResultOf(self.calls.retrieve(primary)).state, "TALKING")
+
+    def test_the_primary_party_hanging_up_during_the_consult(self):
+        primary, consult = self.consulting()
+        self.party_hangs_up(primary, NUMBER)
+        seen = self.take()
+        self.assertEqual(self.types(seen), ["LegEnded", "ConsultEnded", "LegEnded", "CallEnded"])
+        self.assertEqual({e.call_id for e, _ in seen}, {primary})
+        self.assertEqual((seen[1][0].outcome, seen[1][0].cause), ("primary_ended", "remote_hangup"))
+        self.assertEqual(seen[-1][0].cdr["consults"], [consult])
+        self.assertEqual(self.states(primary, consult), ["RELEASED", "TALKING"])
+        self.assertEqual(self.calls.call(consult).consult_of, primary)
+        self.assertEqual(self.calls.active_call_for(ALICE).call_id, consult)
+        # the consult is the extension's ordinary call now: the phone hanging up ends it
+        self.phone_hangs_up(consult)
+        ended = self.calls.call(consult)
+        self.assertEqual((ended.state, ended.cause, ended.hangup_by), ("RELEASED", "normal", "extension"))
+        self.assertEqual(self.types(self.take()), ["LegEnded", "LegEnded", "CallEnded"])
+
+    def test_the_agent_releasing_the_primary_during_the_consult(self):
+        primary, consult = self.consulting()
+        self.successResultOf(self.calls.hangup(primary, by="desktop"))
+        self.assertEqual(self.types(self.take()), ["ConsultEnded", "LegEnded", "LegEnded", "CallEnded"])
+        self.assertEqual(self.states(primary, consult), ["RELEASED", "TALKING"])
+        self.assertEqual(self.successResultOf(self.calls.hangup(consult)).cause, "normal")
+        self.assertEqual(self.types(self.take()), ["LegEnded", "LegEnded", "CallEnded"])
+
+    def test_the_phone_hanging_up_ends_both_calls(self):
+        primary, consult = self.consulting()
+        self.phone_hangs_up(primary)
+        for call_id in (primary, consult):
+            call = self.calls.call(call_id)
+            self.assertEqual((call.state, call.cause, call.hangup_by), ("RELEASED", "normal", "extension"))
+        self.assertEqual(self.calls.calls(), [])
+
+    def test_alternate_swaps_which_call_is_held(self):
+        primary, consult = self.consulting()
+        snapshot = self.successResultOf(self.calls.alternate(primary, by="desktop"))
+        self.assertEqual((snapshot.call_id, snapshot.state), (primary, "TALKING"))
+        seen = self.take()
+        self.assertEqual([(e.type, e.call_id) for e, _ in seen], [("LegHeld", consult), ("LegRetrieved", primary)])
+        self.assertEqual(self.states(primary, consult), ["TALKING", "HELD"])
+        self.successResultOf(self.calls.alternate(consult))  # either call names the pair
+        self.assertEqual(self.states(primary, consult), ["HELD", "TALKING"])
+        self.successResultOf(self.calls.hold(consult))
+        self.successResultOf(self.calls.alternate(consult))  # both held: the named one is retrieved
+        self.assertEqual(self.states(primary, consult), ["HELD", "TALKING"])
+        # retrieving one of the pair holds the other
+        self.take()
+        self.assertEqual(self.successResultOf(self.calls.retrieve(primary)).state, "TALKING")
+        self.assertEqual([(e.type, e.call_id) for e, _ in self.take()], [("LegHeld", consult), ("LegRetrieved", primary)])
+        self.assertEqual(self.states(primary, consult), ["TALKING", "HELD"])
+
+    def test_alternate_and_joining_need_an_answered_consult(self):
+        primary, consult = self.consulting(answered=False)
+        for command in (self.calls.alternate, self.calls.transfer_to_consult, self.calls.conference_in_consult):
+            for call_id in (primary, consult):
+                failure = self.failureResultOf(command(call_id), IllegalState)
+                self.assertEqual(failure.value.state, "DIALING")
+        self.failureResultOf(self.calls.retrieve(primary), IllegalState)
+        self.assertEqual(self.take(), [])
+        self.assertEqual(self.states(primary, consult), ["HELD", "DIALING"])
+        self.successResultOf(self.calls.hangup(consult))
+        self.successResultOf(self.calls.hangup(primary))
+        lone = self.talking()
+        for command in (self.calls.alternate, self.calls.transfer_to_consult, self.calls.conference_in_consult):
+            failure = self.failureResultOf(command(lone), IllegalState)
+            self.assertIn("no consult", str(failure.value))
+
+    def test_transfer_to_consult_joins_the_two_parties_and_drops_the_agent(self):
+        primary, consult = self.consulting()
+        self.successResultOf(self.calls.alternate(primary))  # the consulted party is held now: retrieved too
+        self.take()
+        snapshot = self.successResultOf(self.calls.transfer_to_consult(consult, by="desktop"))
+        self.assertEqual((snapshot.call_id, snapshot.state, snapshot.cause), (primary, "RELEASED", "transferred"))
+        seen = self.take()
+        calls = [e.call_id for e, _ in seen]
+        successor = calls[-1]
+        self.assertEqual([(e.type, c) for (e, _), c in zip(seen, calls)][:9], [
+            ("ConsultEnded", primary), ("LegEnded", primary), ("LegEnded", primary), ("CallEnded", primary),
+            ("LegEnded", consult), ("LegEnded", consult), ("CallEnded", consult), ("CallCreated", successor),
+            ("LegCreated", successor)])
+        self.assertEqual(seen[0][0].outcome, "transferred")
+        for call_id in (primary, consult):
+            call = self.calls.call(call_id)
+            self.assertEqual((call.cause, call.hangup_by), ("transferred", "desktop"))
+            self.assertEqual({leg.cause for leg in call.legs}, {"transferred"})
+            self.assertEqual({leg.role for leg in call.legs}, {"device", "party"})
+        new = self.calls.call(successor)
+        self.assertEqual((new.extension, new.state, new.attributes["transferred_from"], new.attributes["consult_id"]),
+                         (None, "TALKING", primary, consult))
+        self.assertEqual([(p.number, p.state) for p in new.parties], [(NUMBER, "TALKING"), (CONSULTED, "TALKING")])
+        self.assertIsNone(self.calls.active_call_for(ALICE))
+        self.assertEqual({e.extension for e, _ in seen if e.call_id == successor}, {None})
+
+    def test_conference_in_consult_joins_all_three(self):
+        primary, consult = self.consulting()
+        snapshot = self.successResultOf(self.calls.conference_in_consult(consult, by="desktop"))
+        self.assertEqual((snapshot.call_id, snapshot.state, snapshot.consult), (primary, "TALKING", None))
+        self.assertEqual([(p.number, p.state) for p in snapshot.parties], [(NUMBER, "TALKING"), (CONSULTED, "TALKING")])
+        seen = self.take()
+        self.assertEqual([(e.type, e.call_id) for e, _ in seen], [
+            ("LegEnded", consult), ("LegEnded", consult), ("CallEnded", consult), ("ConsultEnded", primary),
+            ("LegCreated", primary), ("LegRetrieved", primary), ("PartyAdded", primary)])
+        self.assertEqual((seen[3][0].outcome, seen[4][0].number, seen[6][0].number), ("conferenced", CONSULTED,
+                                                                                      CONSULTED))
+        ended = self.calls.call(consult)
+        self.assertEqual((ended.cause, ended.hangup_by, ended.consult_of), ("conferenced", "desktop", primary))
+        self.assertEqual({leg.cause for leg in ended.legs}, {"conferenced"})
+        # the conference goes on without one of the parties
+        self.party_hangs_up(primary, CONSULTED)
+        self.assertEqual([p.number for p in self.calls.call(primary).parties], [NUMBER])
+
+    def test_consult_refusals_are_typed(self):
+        ringing = self.ring_inbound(BOB, "5550111")
+        self.failureResultOf(self.calls.consult(ringing, CONSULTED), IllegalState)
+        primary, consult = self.consulting()
+        self.failureResultOf(self.calls.consult(primary, "5554444"), IllegalState)
+        self.failureResultOf(self.calls.consult(consult, "5554444"), IllegalState)
+        self.failureResultOf(self.calls.transfer(primary, "5554444"), IllegalState)
+        self.failureResultOf(self.calls.conference(consult, "5554444"), IllegalState)
+        self.successResultOf(self.calls.hangup(consult))
+        self.failureResultOf(self.calls.consult(primary, ALICE), InvalidArgument)
+        self.failureResultOf(self.calls.consult(primary, "not a number"), InvalidArgument)
+        self.failureResultOf(self.calls.consult(primary, BOB), ExtensionBusy)
+        self.take()
+        for command in (lambda c: self.calls.consult(c, NUMBER), self.calls.alternate, self.calls.transfer_to_consult,
+                        self.calls.conference_in_consult):
+            self.failureResultOf(command("0123456789abcdef"), UnknownCall)
+        self.assertEqual(self.take(), [])
+        self.assertEqual(self.calls.call(primary).state, "HELD")
+
+    def test_consult_to_an_extension_and_mute_on_the_shared_phone(self):
+        primary, consult = self.consulting(BOB)
+        self.assertEqual(self.states(primary, consult), ["HELD", "TALKING"])
+        self.take()
+        self.assertTrue(self.successResultOf(self.calls.mute(consult)).muted)
+        self.assertTrue(self.calls.call(primary).muted)
+        self.assertEqual([(e.type, e.call_id) for e, _ in self.take()], [("LegMuted", consult), ("LegMuted", primary)])
+
     # -- events --------------------------------------------------------------------------------------
 
     def test_subscribing_per_extension_and_unsubscribing(self):
@@ -388,6 +624,12 @@ class RegistryContractTests(CallControlContract, SynchronousTestCase):
     def party_hangs_up(self, call_id, number):
         self.h.network.party(number).hang_up()
 
+    def phone_hangs_up(self, call_id):
+        self.h.network.party(self.calls.call(call_id).extension).hang_up()
+
+    def consult_fails(self, call_id, cause):
+        self.h.advance(11.0)  # the network's rules: busy after 1 s, failed after 0.5 s, no answer after 10 s
+
 
 class FakeContractTests(CallControlContract, SynchronousTestCase):
     """The shipped fake."""
@@ -411,6 +653,13 @@ class FakeContractTests(CallControlContract, SynchronousTestCase):
 
     def party_hangs_up(self, call_id, number):
         self.calls.party_hangs_up(call_id, number)
+
+    def phone_hangs_up(self, call_id):
+        self.calls.phone_hangs_up(call_id)
+
+    def consult_fails(self, call_id, cause):
+        {"busy": self.calls.party_busy, "no_answer": self.calls.party_no_answer,
+         "failed": self.calls.party_fails}[cause](call_id)
 
 
 class FakeTests(SynchronousTestCase):
