@@ -621,3 +621,41 @@ class TelephonyStatusTests(FakeBridge):
         self.registry.originate("1003", "5551234")
         self.flush()
         self.assertEqual(self.events(CHANNEL), [], "no longer following the call core")
+
+
+class SessionLifeTests(Bridge):
+    """``session.request.logout`` and ``session.request.dispose``: the session and everything below it
+    are forgotten without an event (the simulator reports any as a secondary event); the agent's
+    calls go on, and a later login lists them."""
+
+    def setUp(self):
+        super().setUp()
+        self.connect()
+
+    def check_forgotten_and_relisted(self, call_id, conversation):
+        logged = len(self.sim.event_log)
+        self.registry.hold(call_id)
+        self.advance(1.0)
+        self.assertEqual(self.sim.event_log[logged:], [], "no event once the session is gone")
+        self.assertEqual(self.registry.call(call_id).state, "HELD", "the call goes on")
+        self.refused(self.query("conversation.request.retrieve", conversation, message=env.request), "unknown target")
+        self.refused(self.query("session.request.ready", "alice", message=env.request), "unknown target")
+        channel = self.sim.login("alice")
+        self.flush()
+        self.assertEqual(list(self.successResultOf(channel).init.interactions), [call_id])
+        self.assertEqual(self.sim.destinations[conversation].init.state, "HELD")
+        self.assertTrue(self.send("retrieve", target=conversation).ok)
+        self.assertEqual(self.registry.call(call_id).state, "TALKING")
+
+    def test_a_logout_is_answered_once_the_session_is_forgotten_and_the_call_goes_on(self):
+        call_id, _, conversation = self.talking()
+        self.assertTrue(self.send("logout", target="alice").ok)
+        self.assertEqual(self.client.status()["agents"], [])
+        self.assertEqual(self.client.status()["interactions"], 0)
+        self.check_forgotten_and_relisted(call_id, conversation)
+
+    def test_a_session_dispose_forgets_it_after_the_response_and_the_call_goes_on(self):
+        call_id, _, conversation = self.talking()
+        self.assertTrue(self.send("dispose-session", target="alice").ok)
+        self.assertEqual(self.client.status()["agents"], [])
+        self.check_forgotten_and_relisted(call_id, conversation)
