@@ -1,0 +1,13 @@
+"""SIP trunks (issue 17): the SIP stack the ``sip`` driver is built on, on Twisted only.
+
+The layers, bottom up, each usable and tested alone:
+
+- :mod:`gateway.sip.message`: the strict RFC 3261 parser and serialiser (RFC 4475 torture-tested);
+- :mod:`gateway.sip.digest`: digest authentication, client side (RFC 2617 / RFC 8760);
+- :mod:`gateway.sip.transaction`: client and server transactions and their timers (RFC 3261 17);
+- :mod:`gateway.sip.sdp`: SDP offer/answer for the audio leg (RFC 3264, RFC 4733);
+- :mod:`gateway.sip.transport`: UDP and TCP transports with trunk matching by source address.
+
+No module here imports the global reactor: every timer runs on a reactor or clock passed in.
+See ``docs/sip.md`` for what exists and what is next.
+"""
