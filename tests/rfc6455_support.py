@@ -104,13 +104,18 @@ def parse_frames(data: bytes) -> list[Frame]:
 
 
 class Recorder:
-    """What the application sees, as a first base before the protocol under test."""
+    """What the application sees, as a first base before the protocol under test; ``on_message``, if
+    set, is what the application then does (``on_message(protocol)``)."""
+
+    on_message = None
 
     def onOpen(self):
         self.opened = True
 
     def onMessage(self, payload, isBinary):
         self.messages.append((payload, isBinary))
+        if self.on_message is not None:
+            self.on_message(self)
 
     def onPong(self, payload):
         self.pongs.append(payload)

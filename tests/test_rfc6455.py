@@ -17,8 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import wsaudio
 from rfc6455_support import (BINARY, CLIENT, CLOSE, CLOSED, CLOSING, CONT, KEY, LEAN, OPEN, PATHS, PING, PLAIN, PONG,
-                             RSV1, RSV2, RSV3, SERVER, TEXT, ZERO_KEY, Connection, Frame, close_payload, frame,
-                             parse_frames, xor)
+                             RSV1, RSV2, RSV3, SERVER, TEXT, ZERO_KEY, Connection, Frame, close_payload)
 
 PROTOCOL_ERROR, INVALID_PAYLOAD, TOO_BIG, NORMAL = 1002, 1007, 1009, 1000
 
@@ -128,6 +127,28 @@ class DataFrames(_Case):
         self.assertEqual(c.messages, [(audio(320, 1), True), (b'{"event":"dtmf"}', False),
                                       (audio(320, 2), True), (audio(320, 3), True)])
         self.assertEqual([(f.opcode, f.payload) for f in c.sent()], [(PONG, b"p")])
+
+
+    def test_the_application_closing_from_on_message_still_hears_the_rest_of_the_read(self):
+        # RFC 6455 5.5.1: after sending a close an endpoint may still receive data until the peer's close
+        c = self.connect()
+        c.protocol.on_message = lambda protocol: protocol.sendClose(NORMAL) if len(protocol.messages) == 1 else None
+        c.feed(c.peer(BINARY, audio(320, 1)) + c.peer(BINARY, audio(320, 2)) + c.peer(TEXT, b"t")
+               + c.peer(BINARY, audio(320, 3)))
+        self.assertEqual(c.messages, [(audio(320, 1), True), (audio(320, 2), True), (b"t", False),
+                                      (audio(320, 3), True)])
+        self.assertEqual([(f.opcode, f.code) for f in c.sent()], [(CLOSE, NORMAL)])
+        c.feed(c.peer(CLOSE, close_payload(NORMAL)))
+        c.lose()
+        self.assertEqual(c.protocol.closes, [(True, NORMAL, None)])
+
+    def test_the_application_dropping_the_connection_from_on_message_hears_nothing_more(self):
+        c = self.connect()
+        c.protocol.on_message = lambda protocol: protocol.dropConnection(abort=True)
+        c.feed(c.peer(BINARY, audio(320, 1)) + c.peer(BINARY, audio(320, 2)) + c.peer(TEXT, b"t"))
+        c.feed(c.peer(BINARY, audio(320, 3)))
+        self.assertEqual(c.messages, [(audio(320, 1), True)])
+        self.assertEqual((c.state, c.transport.disconnecting), (CLOSED, True))
 
 
 class Fragmentation(_Case):
@@ -592,6 +613,17 @@ class LeanPathEngaged(_Case):
             self.assertTrue(callable(getattr(WebSocketProtocol, name, None)), name)
         for name in wsaudio.STATE:
             self.assertTrue(hasattr(c.protocol, name), name)
+
+
+class GatewayProtocols(SynchronousTestCase):
+    """The OptimaCCS legs really use the lean path these cases test (the mixin before Autobahn's class)."""
+
+    def test_both_optimaccs_websocket_protocols_take_the_lean_path(self):
+        from gateway.drivers.optimaccs import _ProviderProtocol
+        from gateway.drivers.optimaccs_out import _MediaProtocol
+        for protocol in (_ProviderProtocol, _MediaProtocol):
+            self.assertIs(protocol.processData, wsaudio.AudioFastPath.processData, protocol)
+            self.assertIs(protocol.sendAudio, wsaudio.AudioFastPath.sendAudio, protocol)
 
 
 _BOTH = (DataFrames, Fragmentation, ControlFrames, CloseHandshake, Sizes, ReservedBitsAndOpcodes, Utf8, PartialReads,
