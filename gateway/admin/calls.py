@@ -11,6 +11,12 @@
   ``retrieve``, ``mute``, ``unmute``, ``flush`` (barge-in) (no body, or ``{}``); ``transfer`` and ``conference``
   ``{"destination"}``; ``dtmf`` ``{"digits", "duration_ms"?, "gap_ms"?}``;
   ``remove_party`` ``{"number"}``: the call after the command;
+- consult (docs/core.md): ``POST /api/calls/{id}/consult`` ``{"number"}`` holds the call's parties
+  and dials ``number`` (an extension id or a number) as a consult call of the same extension: 201
+  with the *consult* call (``consult_of`` names ``{id}``); ``alternate``, ``transfer-to-consult`` and
+  ``conference-in-consult`` (no body; ``{id}`` is the primary or its consult): ``alternate`` answers
+  with ``{id}`` after the swap, the other two with the primary after the join. Releasing the consult
+  is ``hangup`` of the consult call;
 - ``DELETE /api/calls/{id}``: forget the call (a live one is hung up first);
 - ``POST /api/sim/inbound`` ``{"caller_id", "did", "hang_up_after"?}`` when the simulated
   network is in use: a simulated caller dials in (and hangs up ``hang_up_after`` seconds
@@ -36,6 +42,9 @@ __all__ = ["register_calls_api"]
 #: the actions taking no body, and the registry command each one runs
 _SIMPLE = ("hangup", "answer", "reject", "cancel", "hold", "retrieve", "mute", "unmute", "flush")
 _BY = {"hangup": {"by": "api"}, "reject": {"by": "api"}, "cancel": {"by": "api"}}
+#: the consult actions taking no body, and the registry command each one runs (with by="api")
+_CONSULT = {"alternate": "alternate", "transfer-to-consult": "transfer_to_consult",
+            "conference-in-consult": "conference_in_consult"}
 #: the longest a simulated caller stays on the line after being answered (``hang_up_after``), seconds
 MAX_HANG_UP_AFTER = 86400.0
 #: a DTMF tone's duration and the gap between tones, ms: the core's limits (Registry.send_dtmf checks them again)
@@ -107,6 +116,7 @@ class _CallsApi:
         #: action -> the keys its body may have (every other key is a 400 naming it)
         self._keys: dict[str, tuple[str, ...]] = {
             "transfer": ("destination",), "conference": ("destination",), "remove_party": ("number",),
+            "consult": ("number",),
             "dtmf": ("digits", "duration_ms", "gap_ms"),
         }
         self._actions: dict[str, typing.Callable] = {
@@ -114,11 +124,19 @@ class _CallsApi:
             "transfer": lambda call_id, body: registry.transfer(call_id, _text(body, "destination"), by="api"),
             "conference": lambda call_id, body: registry.conference(call_id, _text(body, "destination"), by="api"),
             "remove_party": lambda call_id, body: registry.remove_party(call_id, _text(body, "number"), by="api"),
+            **{name: self._consult_action(command) for name, command in _CONSULT.items()},
+            # 201 with the new consult call (rendered here, not by action())
+            "consult": lambda call_id, body: registry.consult(call_id, _text(body, "number"), by="api").addCallback(
+                lambda call: ApiResponse(201, _rendered(call))),
             "dtmf": lambda call_id, body: registry.send_dtmf(
                 call_id, _text(body, "digits"), _integer(body, "duration_ms", 100, *DTMF_DURATION_MS),
                 _integer(body, "gap_ms", 50, *DTMF_GAP_MS),
             ),
         }
+
+    def _consult_action(self, name: str):
+        command = getattr(self._registry, name)
+        return lambda call_id, body: command(call_id, by="api")
 
     def _simple(self, name: str):
         command = getattr(self._registry, name)
@@ -147,7 +165,9 @@ class _CallsApi:
         run = self._actions.get(name)
         if run is None:
             raise ApiError(404, f"no call action {name!r} (known: {', '.join(sorted(self._actions))})")
-        if name in _SIMPLE:
+        if name == "consult":
+            return run(request.params["id"], request.json(known=self._keys[name]))
+        if name in _SIMPLE or name in _CONSULT:
             request.no_body()
             body = {}
         else:
