@@ -1,22 +1,46 @@
-"""OptimaCCS echo benchmark: the daemon's CPU per echoed frame, echo latency and loss, against two floors.
+"""OptimaCCS echo benchmark: the daemon against two floors, steady, after a stall, at capacity, idle.
 
-``python -m bench optimaccs-echo [--calls 200] [--seconds 10] [--warmup 2]`` runs, one after another and
-with the same load generator (this process):
+``python -m bench optimaccs-echo`` measures three servers in one run, each in its own process, with the
+same load generator (this process):
 
 - **gateway**: the real daemon (``twistd -n gateway``) with ``[optimaccs]`` on a loopback port and a
   DID routed to ``app:echo``; each connection sends ``incoming_call`` and streams once answered;
 - **autobahn**: a minimal Autobahn WebSocket echo server (``onMessage`` -> ``sendMessage``);
 - **tcp**: a plain Twisted TCP echo server (``dataReceived`` -> ``write``).
 
-Each of ``--calls`` connections sends one 320-byte pcm16 frame (20 ms of 8 kHz audio) every 20 ms.
-The generator is a lean hand-written WebSocket client (client frames masked with a zero key, so a frame
-is its header plus the payload) so that it stays well below one core. Every frame carries its tick
-number and send time; after the warm-up a window of ``--seconds`` is measured:
+A streaming connection sends one 320-byte pcm16 frame (20 ms of 8 kHz audio) every 20 ms. The
+generator is a lean hand-written WebSocket client: client frames are masked with a zero key, so every
+connection sends the same bytes, built once per 20 ms tick (the tick number and the tick's send time at
+the head of the payload, silence after), and written straight to each socket (through the transport
+only once a socket would block). Latency is from the tick's send time to the receipt of the echo, in
+this process; at several hundred connections it includes the generator's own pass over the sockets.
+Only frames sent inside a case's measured window count: frames of the warm-up are ignored, and a frame
+of the window not echoed by the end of a 0.5 s drain is lost. The cases (``--cases``, default all),
+each with a fresh process per server:
 
-- CPU per echoed frame: the server process's own user+system time (``/proc/<pid>/stat``) over the
-  window plus a short drain, divided by the frames of the window that came back;
-- p50/p99 echo latency (send to receipt of the echo, in this process);
-- frames lost: frames of the window sent but not echoed by the end of the drain.
+- **steady** (``--calls``, ``--seconds`` after ``--warmup``): CPU per echoed frame (the server process's
+  own user+system time from ``/proc/<pid>/stat`` over the window plus the drain, divided by the window's
+  frames that came back), the ratios to the floors, p50/p99 and frames lost;
+- **stall** (``--stall-calls``): after the warm-up and one more second of streaming, the server process
+  (for the gateway the ``twistd`` process itself) is stopped with SIGSTOP for ``--stall-ms`` and
+  continued with SIGCONT (always paired, in a ``finally``), and streaming goes on for
+  ``--stall-buckets`` seconds. Frames are bucketed by their send time: the second before the SIGSTOP,
+  the stall itself (with the frames sent in the last 100 ms before it, which may still be in flight
+  when it comes), then each second after the SIGCONT. Reported per bucket: p99, p50 and frames lost,
+  and "recovered within" k s: the first k from which every later bucket's p99 is under 30 ms;
+- **capacity**: the largest number of calls with p99 < 20 ms and no frame lost over a window of
+  ``--capacity-seconds`` after ``--capacity-warmup``. It starts at ``--capacity-start`` calls, doubles
+  while a step passes (up to ``--capacity-max``), then bisects between the last pass and the first fail
+  down to ``--capacity-step`` calls. One server process serves every step; each step opens new
+  connections and closes them at its end, and the next step waits until the server has let go of them
+  (for the gateway: until ``GET /api/calls`` lists no live call; for a floor: until its count of open
+  sockets in ``/proc/<pid>/fd`` is back to what it was when idle);
+- **memory**: the server's VmRSS (``/proc/<pid>/status``) growth per idle leg. ``--idle-rounds`` rounds
+  each open ``--idle-calls`` more connections that finish their setup (for the gateway: the
+  ``incoming_call`` is answered) and send no audio, then wait 1 s. The legs of earlier rounds stay
+  open, so the last round's figure is the cost of that many more legs, with the first-use allocations
+  (imports, caches, pools growing to their working size) paid in the earlier rounds and no memory freed
+  by closed legs to reuse; that last round's figure is the one reported.
 
 The gateway's paced playout adds up to one frame time (20 ms) by design: an echoed frame waits for its
 slot in the leg's 20 ms schedule. The floors echo at once. ``--serve autobahn|tcp --port P`` runs one
@@ -29,6 +53,7 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import socket
 import struct
 import sys
@@ -42,165 +67,258 @@ FRAME = 320
 TICK = 0.020
 ECHO_DID = "0210000999"
 DRAIN = 0.5
+#: the capacity search's pass mark: p99 below this, and no frame lost
+CAPACITY_P99_MS = 20.0
+#: a stall bucket has recovered when its p99 is below this
+RECOVERED_P99_MS = 30.0
+#: frames sent this close before the SIGSTOP may still be in flight when it comes: they are the stall's
+STALL_MARGIN = 0.1
 #: tick number and send time at the head of every frame; the rest is silence
 _STAMP = struct.Struct("!Id")
 _SILENCE = bytes(FRAME - _STAMP.size)
 _KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # any 16 bytes in base64 will do
+#: a client binary frame of FRAME bytes, masked with the zero key
+_WS_HEADER = bytes([0x82, 0xFE]) + struct.pack("!H", FRAME) + b"\0\0\0\0"
+_HANDSHAKE = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+SERVERS = ("gateway", "autobahn", "tcp")
+CASES = ("steady", "stall", "capacity", "memory")
+
+
+def _sleep(reactor, seconds: float):
+    return deferLater(reactor, seconds, lambda: None)
 
 
 # -- the load generator ------------------------------------------------------------------------------
 
 class _Probe(protocol.Protocol):
-    """One connection of the load generator: raw TCP records, or WebSocket frames (``websocket``)."""
+    """One connection of the load generator: raw TCP records, or WebSocket frames."""
 
-    def __init__(self, run: "_Run", index: int, websocket: bool, greeting: bytes | None) -> None:
-        self.run = run
+    def __init__(self, load: "_Load", index: int) -> None:
+        self.load = load
         self.index = index
-        self.websocket = websocket
-        self.greeting = greeting
         self.ready = False
-        self._buffer = bytearray()
-        self._handshaken = not websocket
-        self._header = bytes([0x82, 0xFE]) + struct.pack("!H", FRAME) + b"\0\0\0\0" if websocket else b""
+        self.lost = defer.Deferred()
+        self._rest = b""
+        self._handshaken = not load.websocket
+        self._socket = None  # set once ready: frames then go straight to it
 
     def connectionMade(self):
         self.transport.setTcpNoDelay(True)
-        if self.websocket:
-            self.transport.write(
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        if self.load.websocket:
+            self.transport.write(_HANDSHAKE)
         else:
             self._ready()
 
-    def send_frame(self, tick: int, now: float) -> None:
-        self.transport.write(self._header + _STAMP.pack(tick, now) + _SILENCE)
+    def connectionLost(self, reason=None):
+        self._socket = None
+        if not self.ready:
+            self.load.failed(f"connection {self.index} closed before it was ready: {reason.getErrorMessage()}")
+        self.lost.callback(None)
 
     def _ready(self) -> None:
         self.ready = True
-        self.run.connection_ready()
+        # Everything written before (the handshake, incoming_call) has been answered, so nothing of it
+        # waits in the transport's buffer: writing to the socket directly keeps the order.
+        self._socket = getattr(self.transport, "socket", None)
+        self.load.connection_ready()
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the socket at once; through the transport (for good) once it would block."""
+        sock = self._socket
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the connection is gone; connectionLost follows
+            if sent == len(data):
+                return
+            self._socket = None
+            data = data[sent:]
+        self.transport.write(data)
 
     def _send_text(self, text: bytes) -> None:
         self.transport.write(bytes([0x81, 0x80 | len(text)]) + b"\0\0\0\0" + text if len(text) < 126 else
                              bytes([0x81, 0xFE]) + struct.pack("!H", len(text)) + b"\0\0\0\0" + text)
 
     def dataReceived(self, data):
-        buffer = self._buffer
-        buffer += data
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
         if not self._handshaken:
-            end = buffer.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n")
             if end < 0:
+                self._rest = data
                 return
-            if not buffer.startswith(b"HTTP/1.1 101"):
-                self.run.failed(f"connection {self.index}: handshake refused: {bytes(buffer[:80])!r}")
+            if not data.startswith(b"HTTP/1.1 101"):
+                self.load.failed(f"connection {self.index}: handshake refused: {data[:80]!r}")
                 self.transport.abortConnection()
                 return
-            del buffer[:end + 4]
+            data = data[end + 4:]
             self._handshaken = True
-            if self.greeting is None:
+            greeting = self.load.greeting
+            if greeting is None:
                 self._ready()
             else:
-                self._send_text(self.greeting)
-        if self.websocket:
-            self._frames(buffer)
+                self._send_text(greeting(self.index))
+        load = self.load
+        first, per_tick = load.first, load.per_tick
+        count, now, unpack = len(per_tick), time.perf_counter(), _STAMP.unpack_from
+        if load.websocket:
+            end = self._frames(data, first, per_tick, count, now, unpack)
         else:
-            while len(buffer) >= FRAME:
-                self.run.echoed(bytes(buffer[:_STAMP.size]))
-                del buffer[:FRAME]
+            end = len(data) - len(data) % FRAME
+            for pos in range(0, end, FRAME):
+                tick, sent = unpack(data, pos)
+                i = tick - first
+                if 0 <= i < count:
+                    per_tick[i].append(now - sent)
+        if end < len(data):
+            self._rest = data[end:]
 
-    def _frames(self, buffer: bytearray) -> None:
-        while len(buffer) >= 2:
-            opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+    def _frames(self, data: bytes, first: int, per_tick: list, count: int, now: float, unpack) -> int:
+        """Take the whole server frames at the head of ``data``; returns where the first incomplete one starts."""
+        pos, size = 0, len(data)
+        while size - pos >= 2:
+            length, start = data[pos + 1] & 0x7F, pos + 2
             if length == 126:
-                if len(buffer) < 4:
-                    return
-                length, start = struct.unpack_from("!H", buffer, 2)[0], 4
+                if size - pos < 4:
+                    break
+                length, start = (data[pos + 2] << 8) | data[pos + 3], pos + 4
             elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length, start = struct.unpack_from("!Q", buffer, 2)[0], 10
-            if len(buffer) < start + length:
-                return
-            payload = bytes(buffer[start:start + length])
-            del buffer[:start + length]
+                if size - pos < 10:
+                    break
+                length, start = int.from_bytes(data[pos + 2:pos + 10], "big"), pos + 10
+            end = start + length
+            if end > size:
+                break
+            opcode = data[pos] & 0x0F
             if opcode == 2:
-                self.run.echoed(payload[:_STAMP.size])
-            elif opcode == 1 and not self.ready and b'"answer"' in payload:
-                self._ready()
+                if length >= _STAMP.size:
+                    tick, sent = unpack(data, start)
+                    i = tick - first
+                    if 0 <= i < count:
+                        per_tick[i].append(now - sent)
+            elif opcode == 1:
+                if not self.ready and b'"answer"' in data[start:end]:
+                    self._ready()
             elif opcode == 9:  # ping: pong with the same payload
-                self.transport.write(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+                payload = data[start:end]
+                self.send(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+            pos = end
+        return pos
 
 
-class _Run:
-    """One measured run against one server: connections, the ticker, the counters."""
+class _Window:
+    """The frames of one measured window: per tick, its send time and the echoes' latencies (seconds)."""
 
-    def __init__(self, reactor, calls: int) -> None:
-        self.reactor = reactor
+    def __init__(self, calls: int, send_times: list[float], per_tick: list[list[float]]) -> None:
         self.calls = calls
+        self.send_times = send_times
+        self.per_tick = per_tick
+
+    def summary(self, since: float = float("-inf"), until: float = float("inf")) -> dict:
+        """Frames sent, echoed, lost and p50/p99 (ms) of the ticks sent in [since, until)."""
+        latencies, ticks = [], 0
+        for sent_at, echoes in zip(self.send_times, self.per_tick):
+            if since <= sent_at < until:
+                ticks += 1
+                latencies += echoes
+        latencies.sort()
+        sent = ticks * self.calls
+        return {"sent": sent, "echoed": len(latencies), "lost": sent - len(latencies),
+                "p50_ms": _percentile(latencies, 0.50) * 1e3, "p99_ms": _percentile(latencies, 0.99) * 1e3}
+
+
+class _Load:
+    """The generator's connections to one server, the 20 ms ticker, and the measured window."""
+
+    def __init__(self, reactor, port: int, websocket: bool, greeting=None) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.websocket = websocket
+        self.greeting = greeting
         self.probes: list[_Probe] = []
         self.tick = 0
-        self.window = (0, 0)  # ticks [first, end) measured
-        self.latencies: list[float] = []
-        self.received = 0
-        self._all_ready = defer.Deferred()
+        #: the window: the first tick measured, and per tick from there the echoes' latencies
+        self.first = 1 << 40
+        self.per_tick: list[list[float]] = []
+        self._send_times: list[float] = []
+        self._collecting = False
+        self._header = _WS_HEADER if websocket else b""
+        self._ticker = None
         self._ready = 0
+        self._target = 0
+        self._all_ready: defer.Deferred | None = None
+
+    # connections
+
+    @defer.inlineCallbacks
+    def connect(self, calls: int, timeout: float = 60.0):
+        """Open ``calls`` more connections; fires once every connection is ready to stream."""
+        self._target = len(self.probes) + calls
+        waiting = self._all_ready = defer.Deferred()
+        try:
+            for _ in range(calls):
+                creator = protocol.ClientCreator(self.reactor, _Probe, self, len(self.probes))
+                self.probes.append((yield creator.connectTCP("127.0.0.1", self.port, timeout=10)))
+        except BaseException:
+            waiting.addErrback(lambda failure: None)  # the connect error is the one to report
+            raise
+        if self._ready >= self._target and not waiting.called:
+            waiting.callback(None)
+        yield waiting.addTimeout(timeout, self.reactor)
 
     def connection_ready(self) -> None:
         self._ready += 1
-        if self._ready == self.calls:
+        if self._ready >= self._target and self._all_ready is not None and not self._all_ready.called:
             self._all_ready.callback(None)
 
     def failed(self, reason: str) -> None:
-        if not self._all_ready.called:
+        if self._all_ready is not None and not self._all_ready.called:
             self._all_ready.errback(RuntimeError(reason))
 
-    def echoed(self, stamp: bytes) -> None:
-        tick, sent = _STAMP.unpack(stamp)
-        first, end = self.window
-        if first <= tick < end:
-            self.received += 1
-            self.latencies.append(time.perf_counter() - sent)
+    def close(self) -> defer.Deferred:
+        """Stop streaming and abort every connection; fires when all are gone."""
+        self.stop()
+        probes, self.probes = self.probes, []
+        for probe in probes:
+            if probe.transport is not None and not probe.lost.called:
+                probe.transport.abortConnection()
+        return defer.DeferredList([probe.lost for probe in probes])
 
-    def send(self) -> None:
+    # streaming
+
+    def start(self) -> None:
+        self._ticker = task.LoopingCall(self._send)
+        self._ticker.clock = self.reactor
+        self._ticker.start(TICK)
+
+    def stop(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+
+    def _send(self) -> None:
         now = time.perf_counter()
-        tick = self.tick
+        frame = self._header + _STAMP.pack(self.tick, now) + _SILENCE
+        if self._collecting:
+            self.per_tick.append([])
+            self._send_times.append(now)
         for probe in self.probes:
-            probe.send_frame(tick, now)
+            probe.send(frame)
         self.tick += 1
 
-    @defer.inlineCallbacks
-    def measure(self, port: int, websocket: bool, greeting, server_pid: int, warmup: float, seconds: float):
-        for index in range(self.calls):
-            creator = protocol.ClientCreator(self.reactor, _Probe, self, index, websocket,
-                                             greeting(index) if greeting else None)
-            self.probes.append((yield creator.connectTCP("127.0.0.1", port)))
-        yield self._all_ready
-        ticker = task.LoopingCall(self.send)
-        ticker.clock = self.reactor
-        ticker.start(TICK)
-        yield deferLater(self.reactor, warmup, lambda: None)
-        cpu_before, own_before, wall_before = _cpu_seconds(server_pid), time.process_time(), time.perf_counter()
-        self.window = (self.tick, 1 << 32)
-        yield deferLater(self.reactor, seconds, lambda: None)
-        self.window = (self.window[0], self.tick)
-        ticker.stop()
-        yield deferLater(self.reactor, DRAIN, lambda: None)
-        cpu = _cpu_seconds(server_pid) - cpu_before
-        wall = time.perf_counter() - wall_before
-        own = time.process_time() - own_before
-        for probe in self.probes:
-            probe.transport.abortConnection()
-        sent = (self.window[1] - self.window[0]) * self.calls
-        latencies = sorted(self.latencies)
-        return {
-            "sent": sent,
-            "echoed": self.received,
-            "lost": sent - self.received,
-            "cpu_us_per_frame": cpu / max(1, self.received) * 1e6,
-            "server_cpu_share": cpu / wall,
-            "generator_cpu_share": own / wall,
-            "p50_ms": _percentile(latencies, 0.50) * 1e3,
-            "p99_ms": _percentile(latencies, 0.99) * 1e3,
-        }
+    def open_window(self) -> None:
+        """Measure from the next tick on."""
+        self.first, self.per_tick, self._send_times, self._collecting = self.tick, [], [], True
+
+    def close_window(self) -> _Window:
+        """Measure no later tick; the window's echoes still count until the next window opens."""
+        self._collecting = False
+        return _Window(len(self.probes), self._send_times, self.per_tick)
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -213,12 +331,49 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _rss_kb(pid: int) -> int:
+    """The resident set size of process ``pid``, in KB (``VmRSS`` of ``/proc/<pid>/status``)."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _sockets(pid: int) -> int:
+    """How many sockets process ``pid`` has open."""
+    count = 0
+    for entry in os.scandir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(entry.path).startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
 # -- the servers -------------------------------------------------------------------------------------
 
+#: key -> kill(): the children started and not stopped yet, killed if the run is cut short
+_children: dict[object, object] = {}
+#: the pids stopped with SIGSTOP right now
+_stopped: set[int] = set()
+
+
+def _emergency_cleanup() -> None:
+    """At reactor shutdown: continue any stopped child, and kill every child still running."""
+    for pid in list(_stopped):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+    _stopped.clear()
+    for kill in list(_children.values()):
+        kill()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from gateway.testing import free_port
+
+    return free_port()
 
 
 @defer.inlineCallbacks
@@ -227,7 +382,7 @@ def _listening(reactor, port: int, timeout: float = 20.0):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        yield deferLater(reactor, 0.05, lambda: None)
+        yield _sleep(reactor, 0.05)
     raise RuntimeError(f"nothing listens on port {port}")
 
 
@@ -239,39 +394,122 @@ class _Floor(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
+class _Server:
+    """One server process: its kind, port and pid, how to stop it and how to wait until it is idle."""
+
+    def __init__(self, reactor, kind: str, port: int, pid: int, stop, daemon=None, key=None) -> None:
+        self.reactor = reactor
+        self.kind = kind
+        self.port = port
+        self.pid = pid
+        self._stop = stop
+        self.daemon = daemon
+        self.key = pid if key is None else key
+        self.idle_sockets = None
+
+    @property
+    def websocket(self) -> bool:
+        return self.kind != "tcp"
+
+    @property
+    def greeting(self):
+        return _incoming_call if self.kind == "gateway" else None
+
+    def load(self) -> _Load:
+        return _Load(self.reactor, self.port, self.websocket, self.greeting)
+
+    @defer.inlineCallbacks
+    def settle(self, timeout: float = 60.0):
+        """Wait until the server holds no connection (call) of the generator any more."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.daemon is not None:
+                _, body = yield self.daemon.api("GET", "/api/calls", expect=200)
+                left = len(body["calls"])
+                what = "live calls"
+            else:
+                left = _sockets(self.pid) - self.idle_sockets
+                what = "open connections"
+            if left <= 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind}: {left} {what} remain {timeout:g} s after the connections closed")
+            yield _sleep(self.reactor, 0.1)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        if self.pid in _stopped:  # never stop a stopped process: SIGTERM would wait for a SIGCONT
+            os.kill(self.pid, signal.SIGCONT)
+            _stopped.discard(self.pid)
+        try:
+            yield self._stop()
+        finally:
+            _children.pop(self.key, None)
+
+
 @defer.inlineCallbacks
 def _floor_server(reactor, kind: str):
-    """Start ``--serve kind`` in a child process: (port, pid, stop)."""
     port = _free_port()
     child = _Floor()
     argv = [sys.executable, "-m", "bench.optimaccs_echo", "--serve", kind, "--port", str(port)]
     transport = reactor.spawnProcess(child, sys.executable, argv, env=os.environ, path=os.getcwd())
-    yield _listening(reactor, port)
+    pid = transport.pid
 
+    def kill():
+        if not child.ended.called:
+            transport.signalProcess("KILL")
+
+    _children[pid] = kill
+
+    @defer.inlineCallbacks
     def stop():
-        transport.signalProcess("TERM")
-        return child.ended
+        if not child.ended.called:
+            transport.signalProcess("TERM")
+            timer = reactor.callLater(10, kill)
+            yield child.ended
+            if timer.active():
+                timer.cancel()
 
-    return port, transport.pid, stop
+    server = _Server(reactor, kind, port, pid, stop)
+    try:
+        yield _listening(reactor, port)
+        yield _sleep(reactor, 0.3)  # the check's connection is closed by now
+        server.idle_sockets = _sockets(pid)
+    except BaseException:
+        yield server.stop()
+        raise
+    return server
+
+
+#: the daemon's config beside the admin section: the echo route, and room for every call the bench opens
+_GATEWAY_CONFIG = (
+    '[optimaccs]\nlisten = "tcp:{port}:interface=127.0.0.1"\nallow_from = ["127.0.0.1"]\nmax_calls = 100000\n\n'
+    '[[routes]]\ndid = "{did}"\nto = "app:echo"\n'
+)
 
 
 @defer.inlineCallbacks
 def _gateway(reactor, workdir: str):
-    """Start the daemon with a DID routed to app:echo: (port, pid, stop)."""
+    """Start the daemon with a DID routed to app:echo."""
     from gateway.testing import GatewayProcess, free_port
 
     admin, port = free_port(), free_port()
-    config = GatewayProcess.config(admin, (
-        f'[optimaccs]\nlisten = "tcp:{port}:interface=127.0.0.1"\nallow_from = ["127.0.0.1"]\n\n'
-        f'[[routes]]\ndid = "{ECHO_DID}"\nto = "app:echo"\n'
-    ))
-    daemon = GatewayProcess(reactor, workdir, config)
-    yield daemon.start(admin)
+    config = GatewayProcess.config(admin, _GATEWAY_CONFIG.format(port=port, did=ECHO_DID))
+    daemon = GatewayProcess(reactor, tempfile.mkdtemp(dir=workdir), config)
+    _children[daemon] = daemon.kill
+    try:
+        yield daemon.start(admin)
+    except BaseException:
+        daemon.kill()
+        if daemon.transport is not None:
+            yield daemon.ended
+        _children.pop(daemon, None)
+        raise
+    return _Server(reactor, "gateway", port, daemon.transport.pid, daemon.stop, daemon, key=daemon)
 
-    def stop():
-        return daemon.stop()
 
-    return port, daemon.transport.pid, stop
+def _start(reactor, kind: str, workdir: str):
+    return _gateway(reactor, workdir) if kind == "gateway" else _floor_server(reactor, kind)
 
 
 def _incoming_call(index: int) -> bytes:
@@ -279,47 +517,289 @@ def _incoming_call(index: int) -> bytes:
                        "sessionId": f"bench-{index}"}).encode()
 
 
-# -- the benchmark -------------------------------------------------------------------------------------
+# -- the cases ---------------------------------------------------------------------------------------
 
-SERVERS = ("gateway", "autobahn", "tcp")
+@defer.inlineCallbacks
+def steady(reactor, server: _Server, options):
+    """``--calls`` streaming for ``--seconds``: CPU per echoed frame, latency, loss."""
+    load = server.load()
+    try:
+        yield load.connect(options.calls)
+        load.start()
+        yield _sleep(reactor, options.warmup)
+        cpu_before, own_before, wall_before = _cpu_seconds(server.pid), time.process_time(), time.perf_counter()
+        load.open_window()
+        yield _sleep(reactor, options.seconds)
+        window = load.close_window()
+        load.stop()
+        own, own_wall = time.process_time() - own_before, time.perf_counter() - wall_before
+        yield _sleep(reactor, DRAIN)
+        cpu = _cpu_seconds(server.pid) - cpu_before
+        wall = time.perf_counter() - wall_before
+    finally:
+        yield load.close()
+    result = window.summary()
+    result.update(cpu_us_per_frame=cpu / max(1, result["echoed"]) * 1e6, server_cpu_share=cpu / wall,
+                  generator_cpu_share=own / own_wall)
+    return result
+
+
+@defer.inlineCallbacks
+def stall(reactor, server: _Server, options):
+    """``--stall-calls`` streaming; SIGSTOP the server for ``--stall-ms``; per-second buckets by send time."""
+    load = server.load()
+    try:
+        yield load.connect(options.stall_calls)
+        load.start()
+        yield _sleep(reactor, options.warmup)
+        load.open_window()
+        yield _sleep(reactor, 1.0 + STALL_MARGIN)
+        sys.stderr.write(f"stall {server.kind}: SIGSTOP {server.pid} for {options.stall_ms:g} ms\n")
+        stopped_at = time.perf_counter()
+        os.kill(server.pid, signal.SIGSTOP)
+        _stopped.add(server.pid)
+        try:
+            yield _sleep(reactor, options.stall_ms / 1000)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+            _stopped.discard(server.pid)
+            continued_at = time.perf_counter()
+        yield _sleep(reactor, options.stall_buckets)
+        window = load.close_window()
+        load.stop()
+        yield _sleep(reactor, DRAIN)
+    finally:
+        yield load.close()
+    buckets = [window.summary(continued_at + k, continued_at + k + 1) for k in range(options.stall_buckets)]
+    recovered = next((k for k in range(len(buckets))
+                      if all(b["p99_ms"] < RECOVERED_P99_MS for b in buckets[k:])), None)
+    return {
+        "before": window.summary(stopped_at - STALL_MARGIN - 1.0, stopped_at - STALL_MARGIN),
+        "stall": window.summary(stopped_at - STALL_MARGIN, continued_at),
+        "after": buckets,
+        "stalled_ms": (continued_at - stopped_at) * 1e3,
+        "recovered_within": recovered,
+        "total": window.summary(),
+    }
+
+
+@defer.inlineCallbacks
+def capacity(reactor, server: _Server, options):
+    """The largest N (a multiple of ``--capacity-step``) with p99 < 20 ms and no frame lost."""
+    steps = []
+
+    @defer.inlineCallbacks
+    def trial(calls: int):
+        load = server.load()
+        result = {"calls": calls}
+        try:
+            yield load.connect(calls)
+            load.start()
+            yield _sleep(reactor, options.capacity_warmup)
+            own_before, wall_before = time.process_time(), time.perf_counter()
+            load.open_window()
+            yield _sleep(reactor, options.capacity_seconds)
+            window = load.close_window()
+            load.stop()
+            result["generator_cpu_share"] = (time.process_time() - own_before) / (time.perf_counter() - wall_before)
+            yield _sleep(reactor, DRAIN)
+            result.update(window.summary())
+            result["passed"] = (result["sent"] > 0 and result["lost"] == 0
+                                and result["p99_ms"] < CAPACITY_P99_MS)
+        except defer.TimeoutError:
+            result.update(passed=False, error="not every connection was ready within 60 s")
+        except Exception as e:  # e.g. a connection refused or closed before it was ready: the step failed
+            result.update(passed=False, error=f"{type(e).__name__}: {e}".splitlines()[0][:120])
+        finally:
+            yield load.close()
+            yield server.settle()
+        steps.append(result)
+        sys.stderr.write(f"  capacity {server.kind} {calls}: {result}\n")
+        return result["passed"]
+
+    step = options.capacity_step
+    top = options.capacity_max // step * step
+    calls = min(max(step, options.capacity_start // step * step), top)
+    passed, failed = 0, None
+    while True:
+        if (yield trial(calls)):
+            passed = calls
+            if calls >= top:
+                break
+            calls = min(calls * 2, top)
+        else:
+            failed = calls
+            break
+    while failed is not None and failed - passed > step:
+        calls = max(passed + step, (passed + failed) // 2 // step * step)
+        if (yield trial(calls)):
+            passed = calls
+        else:
+            failed = calls
+    return {"calls": passed, "capped": passed >= top, "steps": steps,
+            "generator_cpu_share": max(s.get("generator_cpu_share", 0.0) for s in steps)}
+
+
+@defer.inlineCallbacks
+def memory(reactor, server: _Server, options):
+    """VmRSS growth per idle leg: rounds of ``--idle-calls`` more legs, earlier rounds kept open."""
+    yield _sleep(reactor, 1.0)  # the fresh server settles
+    load = server.load()
+    rounds = []
+    try:
+        for _ in range(options.idle_rounds):
+            before = _rss_kb(server.pid)
+            yield load.connect(options.idle_calls)
+            yield _sleep(reactor, 1.0)
+            rounds.append((_rss_kb(server.pid) - before) / options.idle_calls)
+        rss = _rss_kb(server.pid)
+    finally:
+        yield load.close()
+    return {"kb_per_leg": rounds[-1], "rounds": rounds, "rss_kb": rss,
+            "legs": options.idle_calls * options.idle_rounds}
+
+
+CASE_FUNCTIONS = {"steady": steady, "stall": stall, "capacity": capacity, "memory": memory}
 
 
 @defer.inlineCallbacks
 def _measure_all(reactor, options):
+    """{case: {server: result or {"error": text}}}: every case, a fresh process per server and case."""
     results = {}
-    with tempfile.TemporaryDirectory(prefix="optimaccs-echo-") as workdir:
-        for kind in SERVERS:
-            if kind == "gateway":
-                port, pid, stop = yield _gateway(reactor, workdir)
-            else:
-                port, pid, stop = yield _floor_server(reactor, kind)
-            try:
-                run = _Run(reactor, options.calls)
-                results[kind] = yield run.measure(port, kind != "tcp", _incoming_call if kind == "gateway" else None,
-                                                  pid, options.warmup, options.seconds)
-            finally:
-                yield stop()
-            sys.stderr.write(f"{kind}: {results[kind]}\n")
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", _emergency_cleanup)
+    try:
+        with tempfile.TemporaryDirectory(prefix="optimaccs-echo-") as workdir:
+            for case in options.cases:
+                results[case] = {}
+                for kind in options.servers:
+                    try:
+                        server = yield _start(reactor, kind, workdir)
+                        try:
+                            result = yield CASE_FUNCTIONS[case](reactor, server, options)
+                        finally:
+                            yield server.stop()
+                    except Exception as e:  # one broken server or case does not lose the others
+                        result = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:200]}
+                    results[case][kind] = result
+                    sys.stderr.write(f"{case} {kind}: {result}\n")
+    finally:
+        _emergency_cleanup()
+        reactor.removeSystemEventTrigger(trigger)
     return results
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value:.1f}"
+
+
+def _error_row(kind: str, result: dict, columns: int) -> str | None:
+    if "error" not in result:
+        return None
+    return f"| {kind} | error: {result['error'].replace('|', '/')} |" + " |" * (columns - 2)
 
 
 def report(results: dict, options) -> str:
     from bench.media_bench import machine
 
-    lines = [
-        f"Machine: {machine()}",
-        f"{options.calls} connections x 50 frames/s of {FRAME} bytes, {options.warmup:g} s warm-up, "
-        f"{options.seconds:g} s measured\n",
-        "| server | CPU µs/echoed frame | x autobahn | x tcp | server CPU (of one core) | p50 ms | p99 ms "
-        "| frames lost | generator CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    floors = results["autobahn"]["cpu_us_per_frame"], results["tcp"]["cpu_us_per_frame"]
-    for kind, r in results.items():
-        lines.append(
-            f"| {kind} | {r['cpu_us_per_frame']:,.1f} | {r['cpu_us_per_frame'] / floors[0]:.1f} "
-            f"| {r['cpu_us_per_frame'] / floors[1]:.1f} | {r['server_cpu_share']:.0%} | {r['p50_ms']:.2f} "
-            f"| {r['p99_ms']:.2f} | {r['lost']:,} of {r['sent']:,} | {r['generator_cpu_share']:.0%} |")
+    lines = [f"Machine: {machine()}; load average at start {options.load_at_start:.2f}"]
+    if "steady" in results:
+        rows = results["steady"]
+        floors = [rows.get(k, {}).get("cpu_us_per_frame") for k in ("autobahn", "tcp")]
+        lines += [
+            "", "### Steady",
+            f"{options.calls} connections x 50 frames/s of {FRAME} bytes, {options.warmup:g} s warm-up, "
+            f"{options.seconds:g} s measured\n",
+            "| server | CPU µs/echoed frame | x autobahn | x tcp | server CPU (of one core) | p50 ms | p99 ms "
+            "| frames lost | generator CPU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for kind, r in rows.items():
+            error = _error_row(kind, r, 10)
+            if error:
+                lines.append(error)
+                continue
+            ratios = [f"{r['cpu_us_per_frame'] / floor:.2f}" if floor else "-" for floor in floors]
+            lines.append(
+                f"| {kind} | {r['cpu_us_per_frame']:,.1f} | {ratios[0]} | {ratios[1]} | {r['server_cpu_share']:.0%} "
+                f"| {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {r['lost']:,} of {r['sent']:,} "
+                f"| {r['generator_cpu_share']:.0%} |")
+    if "stall" in results:
+        rows = results["stall"]
+        seconds = [f"{k}-{k + 1} s" for k in range(options.stall_buckets)]
+        lines += [
+            "", "### Stall recovery",
+            f"{options.stall_calls} connections; after {options.warmup:g} s warm-up and 1 s more, the server "
+            f"process SIGSTOPped for {options.stall_ms:g} ms, then SIGCONT. Frames by send time: a second "
+            f"before the SIGSTOP, the stall (and the {STALL_MARGIN * 1e3:.0f} ms before it), then each second after "
+            f"the SIGCONT. p99 ms; recovered within: "
+            f"the first second from which every bucket's p99 < {RECOVERED_P99_MS:g} ms\n",
+            f"| server | before | stall | {' | '.join(seconds)} | recovered within | frames lost |",
+            "|---|" + "---:|" * (len(seconds) + 4),
+        ]
+        for kind, r in rows.items():
+            error = _error_row(kind, r, len(seconds) + 5)
+            if error:
+                lines.append(error)
+                continue
+            within = (f"{r['recovered_within']} s" if r["recovered_within"] is not None
+                      else f"not within {options.stall_buckets} s")
+            lines.append(
+                f"| {kind} | {_ms(r['before']['p99_ms'])} | {_ms(r['stall']['p99_ms'])} | "
+                + " | ".join(_ms(b["p99_ms"]) for b in r["after"])
+                + f" | {within} | {r['total']['lost']:,} of {r['total']['sent']:,} |")
+        lines += [
+            "", "Stall recovery, p50 ms (frames lost) per bucket; the stall lasted (ms):\n",
+            f"| server | before | stall | {' | '.join(seconds)} | stall ms |",
+            "|---|" + "---:|" * (len(seconds) + 3),
+        ]
+        for kind, r in rows.items():
+            if "error" in r:
+                continue
+            cells = [r["before"], r["stall"], *r["after"]]
+            lines.append(f"| {kind} | " + " | ".join(f"{_ms(b['p50_ms'])} ({b['lost']:,})" for b in cells)
+                         + f" | {r['stalled_ms']:.0f} |")
+    if "capacity" in results:
+        rows = results["capacity"]
+        floor = rows.get("autobahn", {}).get("calls")
+        lines += [
+            "", "### Capacity",
+            f"The largest number of calls with p99 < {CAPACITY_P99_MS:g} ms and no frame lost over "
+            f"{options.capacity_seconds:g} s after {options.capacity_warmup:g} s warm-up; from "
+            f"{options.capacity_start} calls doubling, then bisecting to {options.capacity_step}, "
+            f"at most {options.capacity_max}. Steps: calls, then ok or the p99 ms and frames lost\n",
+            "| server | calls | x autobahn | steps | generator CPU (most) |",
+            "|---|---:|---:|---|---:|",
+        ]
+        for kind, r in rows.items():
+            error = _error_row(kind, r, 5)
+            if error:
+                lines.append(error)
+                continue
+            steps = ", ".join(
+                f"{s['calls']} ok" if s["passed"] else
+                f"{s['calls']} " + (s["error"] if "error" in s else f"p99 {_ms(s['p99_ms'])}/{s['lost']:,} lost")
+                for s in r["steps"])
+            ratio = f"{r['calls'] / floor:.2f}" if floor else "-"
+            lines.append(f"| {kind} | {'≥' if r['capped'] else ''}{r['calls']} | {ratio} | {steps} "
+                         f"| {r['generator_cpu_share']:.0%} |")
+    if "memory" in results:
+        rows = results["memory"]
+        lines += [
+            "", "### Memory per idle leg",
+            f"VmRSS growth per leg that finished its setup and sends no audio: {options.idle_rounds} rounds of "
+            f"{options.idle_calls} more legs (earlier rounds kept open), 1 s after each; the last round counts\n",
+            "| server | KB per idle leg | each round, KB per leg | RSS with all legs open, MB |",
+            "|---|---:|---|---:|",
+        ]
+        for kind, r in rows.items():
+            error = _error_row(kind, r, 4)
+            if error:
+                lines.append(error)
+                continue
+            lines.append(f"| {kind} | {r['kb_per_leg']:.1f} | {', '.join(f'{x:.1f}' for x in r['rounds'])} "
+                         f"| {r['rss_kb'] / 1024:.1f} |")
     return "\n".join(lines)
 
 
@@ -347,19 +827,58 @@ def serve(kind: str, port: int) -> int:
     return 0
 
 
+def _names(allowed: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        wrong = [name for name in names if name not in allowed]
+        if wrong or not names:
+            raise argparse.ArgumentTypeError(f"expected some of {','.join(allowed)}, got {text!r}")
+        return [name for name in allowed if name in names]
+    return parse
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+        return value
+    return parse
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench optimaccs-echo", description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=200, help="connections (default 200)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per server (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of streaming before measuring (default 2)")
-    parser.add_argument("--serve", choices=("autobahn", "tcp"), help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    add = parser.add_argument
+    add("--cases", type=_names(CASES), default=list(CASES), help="cases to run (default all: steady,stall,capacity,memory)")
+    add("--servers", type=_names(SERVERS), default=list(SERVERS), help="servers to measure (default all: gateway,autobahn,tcp)")
+    add("--calls", type=_positive(int), default=50, help="steady: connections (default 50)")
+    add("--seconds", type=_positive(float), default=10.0, help="steady: measured seconds per server (default 10)")
+    add("--warmup", type=_positive(float), default=2.0, help="steady, stall: seconds of streaming before measuring (default 2)")
+    add("--stall-calls", type=_positive(int), default=50, help="stall: connections (default 50)")
+    add("--stall-ms", type=_positive(float), default=200.0, help="stall: how long the server is stopped (default 200)")
+    add("--stall-buckets", type=_positive(int), default=6, help="stall: seconds measured after the SIGCONT (default 6)")
+    add("--capacity-seconds", type=_positive(float), default=5.0, help="capacity: measured seconds per step (default 5)")
+    add("--capacity-warmup", type=_positive(float), default=2.0, help="capacity: warm-up seconds per step (default 2)")
+    add("--capacity-start", type=_positive(int), default=50, help="capacity: the first step's calls (default 50)")
+    add("--capacity-step", type=_positive(int), default=25, help="capacity: the granularity in calls (default 25)")
+    add("--capacity-max", type=_positive(int), default=400, help="capacity: the most calls tried (default 400)")
+    add("--idle-calls", type=_positive(int), default=100, help="memory: legs opened per round (default 100)")
+    add("--idle-rounds", type=_positive(int), default=3, help="memory: rounds, the last one reported (default 3)")
+    add("--serve", choices=("autobahn", "tcp"), help=argparse.SUPPRESS)
+    add("--port", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.serve:
         return serve(options.serve, options.port)
+    if options.capacity_max < options.capacity_step:
+        parser.error("--capacity-max must be at least --capacity-step")
+    options.load_at_start = os.getloadavg()[0]
 
+    @defer.inlineCallbacks
     def run(reactor):
-        return _measure_all(reactor, options).addCallback(lambda results: print(report(results, options)))
+        results = yield _measure_all(reactor, options)
+        print(report(results, options))
+        if any("error" in r for rows in results.values() for r in rows.values()):
+            raise SystemExit(1)
 
     task.react(run)
     return 0
