@@ -7,6 +7,10 @@
     gatewayctl call ID                     one call and its legs
     gatewayctl dial EXTENSION NUMBER       click-to-dial: ring the extension's phone, then NUMBER
     gatewayctl hangup ID                   end a call
+    gatewayctl consult ID NUMBER           hold call ID's parties and dial NUMBER as its consult call
+    gatewayctl alternate ID                swap which of a call and its consult is held
+    gatewayctl transfer-to-consult ID      join the call's parties with its consulted party, drop the agent
+    gatewayctl conference-in-consult ID    join the call, its consulted party and the agent
     gatewayctl cdrs [--since T] [--limit N]
     gatewayctl sms send NUMBER TEXT        an SMS to NUMBER: stored, then the chat connector's SMS
                                            transport sends it
@@ -225,7 +229,8 @@ def render_call(call: dict) -> str:
         ("to", call["number"]), ("app", call["app"]), ("created", _clock(call["created_at"])),
         ("answered", _clock(call["answered_at"])), ("ended", _clock(call["ended_at"])),
         ("duration", _duration(call["duration"])), ("cause", call["cause"]), ("hung up by", call["hangup_by"]),
-        ("dtmf digits", call["dtmf_count"]),
+        ("dtmf digits", call["dtmf_count"]), ("consult", call.get("consult")),
+        ("consult of", call.get("consult_of")),
     ]
     head = "\n".join(f"{name + ':':13}{value}" for name, value in fields if value not in (None, "-"))
     legs = table(
@@ -239,6 +244,23 @@ def render_call(call: dict) -> str:
 def render_dialled(call: dict) -> str:
     return (f"call {call['call_id']}: ringing extension {call['extension']}, then {call['number']}"
             f" (state {call['state']})")
+
+
+def render_consulting(call: dict) -> str:
+    return (f"call {call['call_id']}: consulting {call['number']} for extension {call['extension']}, call"
+            f" {call['consult_of']} held (state {call['state']})")
+
+
+def render_alternated(call: dict) -> str:
+    return f"call {call['call_id']}: {call['state']}"
+
+
+def render_transferred(call: dict) -> str:
+    return f"call {call['call_id']} transferred to its consult: {call['state']}, cause {call['cause'] or '-'}"
+
+
+def render_conferenced(call: dict) -> str:
+    return f"call {call['call_id']}: conference of {_parties(call)} (state {call['state']})"
 
 
 def render_hung_up(call: dict) -> str:
@@ -355,6 +377,17 @@ COMMANDS = {
              render_dialled),
     "hangup": ("hang up a call",
                lambda api, args: api.call("POST", f"/api/calls/{_quoted(args.id)}/hangup"), render_hung_up),
+    "consult": ("hold call ID's parties and dial NUMBER (an extension or a number) as its consult call",
+                lambda api, args: api.call("POST", f"/api/calls/{_quoted(args.id)}/consult", {"number": args.number}),
+                render_consulting),
+    "alternate": ("swap which of a call and its consult is held (ID: either)",
+                  lambda api, args: api.call("POST", f"/api/calls/{_quoted(args.id)}/alternate"), render_alternated),
+    "transfer-to-consult": ("join the parties of a call and its consult, and drop the agent (ID: either)",
+                            lambda api, args: api.call("POST", f"/api/calls/{_quoted(args.id)}/transfer-to-consult"),
+                            render_transferred),
+    "conference-in-consult": ("join a call, its consulted party and the agent (ID: either)",
+                              lambda api, args: api.call("POST", f"/api/calls/{_quoted(args.id)}/conference-in-consult"),
+                              render_conferenced),
     "cdrs": ("call detail records, oldest first", _cdrs, render_cdrs),
     "sms send": ("an SMS to NUMBER: stored, then sent by the chat connector's SMS transport",
                  _sms("/api/sms/outbound", "to"), render_sms_sent),
@@ -396,6 +429,10 @@ def _parser() -> argparse.ArgumentParser:
     command("call", ("id", {"help": "the call's id"}))
     command("dial", ("extension", {}), ("number", {}))
     command("hangup", ("id", {"help": "the call's id"}))
+    command("consult", ("id", {"help": "the call to hold (the primary)"}),
+            ("number", {"help": "an extension id or a phone number"}))
+    for name in ("alternate", "transfer-to-consult", "conference-in-consult"):
+        command(name, ("id", {"help": "the primary call's id, or its consult's"}))
     command("cdrs", ("--since", {"metavar": "ISO8601", "help": "ended at or after this time"}),
             ("--limit", {"type": int, "help": "at most this many (the API's default: 100)"}))
     sms = commands.add_parser("sms", help="SMS through the chat connector")

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import pytest_twisted
@@ -209,6 +210,61 @@ def test_dial_calls_call_hangup_and_its_cdr(daemon, capsys):
     status, out, _ = run(capsys, *config, "cdrs", "--limit", "5")
     assert status == 0 and out.splitlines()[0].split()[:3] == ["CALL", "STARTED", "EXT"]
     assert any(line.startswith(call_id) and "normal" in line for line in out.splitlines())
+
+
+def wait_for_state(capsys, config, call_id, state, timeout=10.0):
+    """The call's JSON once it is in ``state`` (the daemon's simulated parties answer within 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, out, _ = run(capsys, *config, "call", call_id, "--json")
+        call = json.loads(out)
+        if call["state"] == state or time.monotonic() > deadline:
+            assert (status, call["state"]) == (0, state)
+            return call
+        time.sleep(0.05)
+
+
+def test_consult_alternate_conference_and_transfer_to_consult(daemon, capsys):
+    config = ("--config", daemon.config_path)
+
+    def consulting(number, consulted):
+        status, out, _ = run(capsys, *config, "dial", "1001", number)
+        primary = out.split()[1].rstrip(":")
+        wait_for_state(capsys, config, primary, "TALKING")
+        status, out, err = run(capsys, *config, "consult", primary, consulted)
+        assert (status, err) == (0, "")
+        consult = out.split()[1].rstrip(":")
+        assert out == (f"call {consult}: consulting {consulted} for extension 1001, call {primary} held"
+                       " (state DIALING)\n")
+        wait_for_state(capsys, config, consult, "TALKING")
+        return primary, consult
+
+    primary, consult = consulting("5550124", "5550125")
+    status, out, _ = run(capsys, *config, "call", primary)
+    assert "state:       HELD" in out and f"consult:     {consult}" in out
+    status, out, _ = run(capsys, *config, "call", consult)
+    assert f"consult of:  {primary}" in out
+    assert run(capsys, *config, "alternate", primary)[:2] == (0, f"call {primary}: TALKING\n")
+    assert run(capsys, *config, "alternate", consult)[:2] == (0, f"call {consult}: TALKING\n")
+    status, out, _ = run(capsys, *config, "conference-in-consult", primary)
+    assert (status, out) == (0, f"call {primary}: conference of 5550124 TALKING, 5550125 TALKING (state TALKING)\n")
+    status, out, err = run(capsys, *config, "alternate", primary)
+    assert status == ctl.EXIT_REFUSED and err.startswith("gatewayctl: refused (409 illegal_state): ")
+    run(capsys, *config, "hangup", primary)
+
+    primary, consult = consulting("5550126", "5550127")
+    status, out, _ = run(capsys, *config, "transfer-to-consult", consult)
+    assert (status, out) == (0, f"call {primary} transferred to its consult: RELEASED, cause transferred\n")
+    status, out, _ = run(capsys, *config, "calls", "--json")
+    [joined] = json.loads(out)["calls"]
+    assert [p["number"] for p in joined["parties"]] == ["5550126", "5550127"]
+    assert run(capsys, *config, "hangup", joined["call_id"])[0] == 0
+    status, out, _ = run(capsys, *config, "cdrs", "--json")
+    cdrs = {c["call_id"]: c for c in json.loads(out)["cdrs"]}
+    assert (cdrs[primary]["consults"], cdrs[consult]["consult_of"]) == ([consult], primary)
+    for command in ("consult", "alternate", "transfer-to-consult", "conference-in-consult"):
+        status, out, err = run(capsys, *config, command, "no-such-call", *(["5550128"] if command == "consult" else []))
+        assert (status, err) == (ctl.EXIT_NOT_FOUND, "gatewayctl: not found: no call with id 'no-such-call'\n")
 
 
 def admin_api(daemon) -> ctl.AdminClient:
