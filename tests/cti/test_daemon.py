@@ -35,7 +35,9 @@ to = "extension:1003"
 [pbx.sim]
 ring_time = 0.3
 audio = "silence"
-rules = [{{match = "555000[0-9]", outcome = "busy", after = 0.3}}]
+rules = [{{match = "555000[0-9]", outcome = "busy", after = 0.3}},
+         {{match = "555999[0-9]", outcome = "failed", after = 0.3}},
+         {{match = "555888[0-9]", outcome = "no-answer", after = 0.3}}]
 
 [cti]
 enabled = true
