@@ -12,8 +12,10 @@ A streaming connection sends one 320-byte pcm16 frame (20 ms of 8 kHz audio) eve
 generator is a lean hand-written WebSocket client: client frames are masked with a zero key, so every
 connection sends the same bytes, built once per 20 ms tick (the tick number and the tick's send time at
 the head of the payload, silence after), and written straight to each socket (through the transport
-only once a socket would block). Latency is from the tick's send time to the receipt of the echo, in
-this process; at several hundred connections it includes the generator's own pass over the sockets.
+only once a socket would block). All connections send in the same phase, so each tick reaches a server
+as one burst: the worst case for burstiness, where the last frame of a burst waits for the server to
+handle the others. Latency is from the tick's send time to the receipt of the echo, in this process; at
+several hundred connections it includes the generator's own pass over the sockets.
 Only frames sent inside a case's measured window count: frames of the warm-up are ignored, and a frame
 of the window not echoed by the end of a 0.5 s drain is lost. The cases (``--cases``, default all),
 each with a fresh process per server:
@@ -495,7 +497,11 @@ def _gateway(reactor, workdir: str):
 
     admin, port = free_port(), free_port()
     config = GatewayProcess.config(admin, _GATEWAY_CONFIG.format(port=port, did=ECHO_DID))
-    daemon = GatewayProcess(reactor, tempfile.mkdtemp(dir=workdir), config)
+    home = tempfile.mkdtemp(dir=workdir)
+    # The log goes to a file: GatewayProcess keeps and searches all of a child's output in this process,
+    # which would take the generator's time while it measures.
+    log = os.path.join(home, "gateway.log")
+    daemon = GatewayProcess(reactor, home, config, args=["--logfile", log])
     _children[daemon] = daemon.kill
     try:
         yield daemon.start(admin)
@@ -504,6 +510,8 @@ def _gateway(reactor, workdir: str):
         if daemon.transport is not None:
             yield daemon.ended
         _children.pop(daemon, None)
+        if os.path.exists(log):
+            sys.stderr.write(f"the gateway's log:\n{pathlib.Path(log).read_text(errors='replace')[-4000:]}\n")
         raise
     return _Server(reactor, "gateway", port, daemon.transport.pid, daemon.stop, daemon, key=daemon)
 
