@@ -58,6 +58,8 @@ log = Logger()
 
 OUTCOMES = ("answer", "busy", "failed", "no-answer")
 MEDIA_MODES = ("echo", "tone")
+#: seconds of played audio a callee keeps in ``FakeSession.heard``
+HEARD_SECONDS = 4.0
 AUTH_MISSING = "Authentication token is required"
 AUTH_INVALID = "Invalid authentication token"
 _DIGITS = re.compile(r"[0-9]+")
@@ -102,12 +104,17 @@ class ApiSettings:
     join_timeout: float = 10.0
     #: what the callee sends once connected: an echo of what it hears, or a tone
     media: str = attrs.field(default="echo", validator=attrs.validators.in_(MEDIA_MODES))
+    #: with media "tone": (number suffix, Hz) pairs, first match wins; 440 Hz for a number none matches
+    tones: tuple[tuple[str, float], ...] = ()
     #: digits the callee presses, timed from Connected
     callee_dtmf: tuple[TimedDigit, ...] = ()
     #: the callee hangs up this long after Connected (never if None)
     callee_hangup_after: float | None = None
     #: the loudspeaker queue holds at most this much audio; the excess is dropped and counted
     max_queued_seconds: float = 60.0
+
+    def tone_for(self, number):
+        return next((hz for suffix, hz in self.tones if number.endswith(suffix)), 440.0)
 
     def outcome_for(self, number):
         for rule in self.rules:
@@ -222,7 +229,9 @@ class FakeSession:
             round(settings.max_queued_seconds * self.input_codec.bytes_per_second),
             self._checkpoint_reached,
         )
-        self._tone = audio.frames(audio.tone(10.0), self.output_codec, loop=True)
+        self._tone = audio.frames(audio.tone(10.0, settings.tone_for(number)), self.output_codec, loop=True)
+        #: the last HEARD_SECONDS of the client's audio the callee's loudspeaker played, as pcm16
+        self.heard = bytearray()
         self._pacer = audio.Pacer(self._clock, audio.FRAME_SECONDS, self._tick)
         self._link = None
         self._timers = []
@@ -413,11 +422,16 @@ class FakeSession:
         for _ in range(count):
             if self._settings.media == "tone":
                 self._send_audio(next(self._tone))
-                self.loudspeaker.play_frame(lambda heard: None)
+                self.loudspeaker.play_frame(self._hear)
             else:
                 self.loudspeaker.play_frame(self._echo)
 
+    def _hear(self, data):
+        self.heard += self.input_codec.decode(data)
+        del self.heard[:max(0, len(self.heard) - round(HEARD_SECONDS * audio.SAMPLE_RATE * 2))]
+
     def _echo(self, heard):
+        self._hear(heard)
         self._send_audio(self._transcode(heard))
 
     def _transcode(self, data):
