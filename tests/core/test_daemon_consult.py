@@ -1,0 +1,153 @@
+"""Consult through the real daemon (twistd), with every party a simulated peer outside it, so what each
+one hears is measured by tone detection: the caller arrives over the OptimaCCS inbound WebSocket
+(playing CALLER_HZ), the agent's phone and the consulted party are callees of the fake OptimaCCS
+provider API (playing AGENT_HZ and CONSULTED_HZ, keeping what they heard). Proves who hears whom while
+the primary is held and the agent consults, after alternate, in a conference in consult, and after a
+transfer to consult (docs/core.md)."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from gateway.media.testing import tone_power
+from gateway.sim import audio
+from gateway.sim.optimaccs import ApiSettings, CallScript, FakeProviderApi, place_call
+from optimaccs.test_daemon import OPERATOR_DID, start_gateway, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "provider-t0ken"
+CALLER_HZ, AGENT_HZ, CONSULTED_HZ, HOLD_HZ = 700, 550, 950, 425
+TONES = (CALLER_HZ, AGENT_HZ, CONSULTED_HZ, HOLD_HZ)
+AGENT_PHONE, CONSULTED = "+6281100000101", "+6281200000202"
+#: the hold tone beeps 400 ms every 3 s: listening this long hears one beep whatever the phase
+HOLD_LISTEN = 3.2
+#: 100 ms of pcm16
+_BLOCK = 1600
+
+
+def level(pcm: bytes, hz: float) -> float:
+    """The share (0..1) of the energy of ``pcm`` (pcm16) that is at ``hz``, measured in 100 ms blocks."""
+    energy = sum(x * x for x in memoryview(pcm).cast("h")) if len(pcm) >= 2 else 0
+    if not energy:
+        return 0.0
+    blocks = (pcm[i:i + _BLOCK] for i in range(0, len(pcm) - len(pcm) % 2, _BLOCK))
+    return min(1.0, sum(2 * tone_power(b, hz) * (len(b) // 2) for b in blocks) / energy)
+
+
+class Ears:
+    """What the three parties heard since :meth:`listen` started."""
+
+    def __init__(self, caller, agent, consulted):
+        self.caller, self.agent, self.consulted = caller, agent, consulted
+
+    @defer.inlineCallbacks
+    def listen(self, seconds):
+        yield deferLater(reactor, 0.3, lambda: None)  # let the media change settle
+        mark = len(self.caller.received_audio)
+        for session in (self.agent, self.consulted):
+            if session is not None:
+                session.heard.clear()
+        yield deferLater(reactor, seconds, lambda: None)
+        return {"caller": bytes(self.caller.received_audio[mark:]),
+                "agent": bytes(self.agent.heard),
+                "consulted": bytes(self.consulted.heard) if self.consulted is not None else b""}
+
+
+def assert_hears(heard, who, *tones):
+    """``who`` heard each of ``tones`` and none of the others (the hold tone: in its 400 ms beeps)."""
+    pcm = heard[who]
+    assert len(pcm) > 8000, f"{who} heard almost nothing ({len(pcm)} bytes)"
+    for hz in TONES:
+        share = level(pcm, hz)
+        if hz in tones:
+            assert share > (0.05 if hz == HOLD_HZ else 0.1), f"{who} should hear {hz} Hz: share {share:.3f}"
+        else:
+            assert share < 0.02, f"{who} should not hear {hz} Hz: share {share:.3f}"
+
+
+@pytest_twisted.inlineCallbacks
+def test_who_hears_whom_when_held_consulting_alternated_conferenced_and_transferred(cleanup, tmp_path):
+    provider = FakeProviderApi(reactor, ApiSettings(
+        token=TOKEN, dial_time=0.1, ring_time=0.3, media="tone",
+        tones=((AGENT_PHONE[-4:], AGENT_HZ), (CONSULTED[-4:], CONSULTED_HZ))))
+    port = yield provider.listen(reactor, 0)
+    cleanup(port.stopListening)
+    cleanup(provider.shutdown)
+    gateway, url = yield start_gateway(cleanup, tmp_path, (
+        f'[pbx]\ndriver = "optimaccs"\n\n[[extensions]]\nid = "1001"\ndevice = "optimaccs:{AGENT_PHONE}"\n\n'
+        f'[[routes]]\ndid = "{OPERATOR_DID}"\nto = "extension:1001"\n\n'
+        f'[optimaccs.outbound]\napi_url = "http://127.0.0.1:{port.getHost().port}"\ntoken = "{TOKEN}"\n'
+    ))
+    sessions = 0
+
+    @defer.inlineCallbacks
+    def consulting():
+        """A caller talking to the agent, then held while the agent consults CONSULTED: (ids, ears)."""
+        nonlocal sessions
+        caller = place_call(reactor, url, CallScript(caller_id="081100000002", did=OPERATOR_DID,
+                                                     pcm=audio.tone(120, CALLER_HZ)))
+        cleanup(lambda: caller.close(1000, "test over"))
+        sessions += 1
+        agent = yield provider.wait_for_session(sessions)
+        yield caller.wait_for("answer")
+        code, calls = yield gateway.api("GET", "/api/calls?extension=1001", expect=200)
+        [primary] = [c["call_id"] for c in calls["calls"] if c["state"] == "TALKING"]
+        ears = Ears(caller, agent, None)
+        heard = yield ears.listen(1.0)
+        assert_hears(heard, "caller", AGENT_HZ)
+        assert_hears(heard, "agent", CALLER_HZ)
+        code, consult = yield gateway.api("POST", f"/api/calls/{primary}/consult", {"number": CONSULTED},
+                                          expect=201)
+        assert consult["consult_of"] == primary
+        sessions += 1
+        ears.consulted = yield provider.wait_for_session(sessions)
+        yield wait_until(lambda: gateway.api("GET", f"/api/calls/{consult['call_id']}").addCallback(
+            lambda reply: reply[1]["state"] == "TALKING"), "the consult talking")
+        return primary, consult["call_id"], ears
+
+    primary, consult, ears = yield consulting()
+    # consulting: the caller is held (hold tone only); the agent and the consulted party hear each other
+    heard = yield ears.listen(HOLD_LISTEN)
+    assert_hears(heard, "caller", HOLD_HZ)
+    assert_hears(heard, "agent", CONSULTED_HZ)
+    assert_hears(heard, "consulted", AGENT_HZ)
+
+    # alternate: back to the caller; the consulted party hears hold
+    code, snapshot = yield gateway.api("POST", f"/api/calls/{primary}/alternate", expect=200)
+    assert snapshot["state"] == "TALKING"
+    heard = yield ears.listen(HOLD_LISTEN)
+    assert_hears(heard, "caller", AGENT_HZ)
+    assert_hears(heard, "agent", CALLER_HZ)
+    assert_hears(heard, "consulted", HOLD_HZ)
+
+    # conference in consult: each hears the other two, never itself
+    code, snapshot = yield gateway.api("POST", f"/api/calls/{consult}/conference-in-consult", expect=200)
+    assert [p["number"] for p in snapshot["parties"]] == ["081100000002", CONSULTED]
+    heard = yield ears.listen(1.0)
+    assert_hears(heard, "caller", AGENT_HZ, CONSULTED_HZ)
+    assert_hears(heard, "agent", CALLER_HZ, CONSULTED_HZ)
+    assert_hears(heard, "consulted", CALLER_HZ, AGENT_HZ)
+    yield gateway.api("POST", f"/api/calls/{primary}/hangup", expect=200)
+    yield ears.caller.ended
+
+    # transfer to consult: the caller and the consulted party hear each other, the agent is dropped
+    primary, consult, ears = yield consulting()
+    code, snapshot = yield gateway.api("POST", f"/api/calls/{consult}/transfer-to-consult", expect=200)
+    assert (snapshot["call_id"], snapshot["cause"]) == (primary, "transferred")
+    yield ears.agent.disconnected
+    assert ears.agent.state == "ended"
+    heard = yield ears.listen(1.0)
+    assert_hears(heard, "caller", CONSULTED_HZ)
+    assert_hears(heard, "consulted", CALLER_HZ)
+    code, calls = yield gateway.api("GET", "/api/calls", expect=200)
+    [joined] = calls["calls"]
+    assert (joined["extension"], joined["attributes"]["transferred_from"]) == (None, primary)
+    yield gateway.api("POST", f"/api/calls/{joined['call_id']}/hangup", expect=200)
+    for call_id, key, value in ((primary, "consults", [consult]), (consult, "consult_of", primary)):
+        cdr = yield wait_until(lambda: gateway.api("GET", f"/api/cdrs/{call_id}").addCallback(
+            lambda reply: reply[1] if reply[0] == 200 else None), f"the CDR of {call_id}")
+        assert (cdr["cause"], cdr[key]) == ("transferred", value)
+    assert (yield gateway.stop()) == 0
+    assert "Traceback" not in gateway.output
