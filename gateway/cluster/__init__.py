@@ -17,15 +17,31 @@ from gateway.cluster.errors import (
     RedisUnavailable,
     RemoteCommandError,
 )
+from gateway.cluster.calls import CallRecord, CallRecords, NodeLostSweeper
+from gateway.cluster.commands import CommandRouter
+from gateway.cluster.events import ExtensionEvents
+from gateway.cluster.leases import Lease, LeaseCampaign, LeaseHolder, lease_holder, lease_holders
+from gateway.cluster.nodes import NodeHeartbeat, NodeInfo, NodeRegistry, least_loaded
 from gateway.cluster.redis import IRedis, ISubscription, RedisClient, RedisURL, Script
 
 __all__ = [
+    "CallRecord",
+    "CallRecords",
     "ClusterError",
+    "CommandRouter",
     "CommandTimeout",
+    "ExtensionEvents",
     "IRedis",
     "ISubscription",
+    "Lease",
+    "LeaseCampaign",
+    "LeaseHolder",
     "LeaseLost",
+    "NodeHeartbeat",
     "NodeIdInUse",
+    "NodeInfo",
+    "NodeLostSweeper",
+    "NodeRegistry",
     "OwnerDead",
     "RedisClient",
     "RedisError",
@@ -36,4 +52,7 @@ __all__ = [
     "RedisUnavailable",
     "RemoteCommandError",
     "Script",
+    "least_loaded",
+    "lease_holder",
+    "lease_holders",
 ]
