@@ -9,7 +9,7 @@ NODE_STAMP := $(VENV)/.node-installed
 export NODE_PATH := $(abspath $(VENV))/node/node_modules
 ARGS   ?=
 
-.PHONY: run test venv demo bench clean browser engines
+.PHONY: run test venv demo bench clean browser engines sipp
 
 venv: $(STAMP)
 
@@ -59,8 +59,20 @@ engines:
 	  fi; \
 	fi
 
+## Debian's SIPp (package sip-tester) for the SIP tests against a real peer: installed when missing
+## and run as root (CI); otherwise those tests are skipped and say why.
+sipp:
+	@if ! command -v sipp >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y sip-tester; } \
+	      || echo "installing sip-tester failed: the sipp tests will be skipped"; \
+	  else \
+	    echo "sipp missing (not root, not installed): the sipp tests will be skipped"; \
+	  fi; \
+	fi
+
 ## Run the whole test suite.
-test: $(STAMP) $(NODE_STAMP) browser engines
+test: $(STAMP) $(NODE_STAMP) browser engines sipp
 	$(BIN)/python -m pytest $(ARGS)
 
 ## Run the daemon with every peer simulated and play a narrated scenario (ARGS=--once: play once, then exit).
