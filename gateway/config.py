@@ -30,6 +30,7 @@ import typing
 import attrs
 
 from gateway.chat.config import ChatConfig
+from gateway.cluster.config import ClusterConfig
 from gateway.confschema import (
     ConfigError,
     Secret,
@@ -152,6 +153,8 @@ class Config:
     media: MediaSection = attrs.Factory(MediaSection)
     extensions: list[Extension] = attrs.Factory(list)
     routes: list[Route] = attrs.Factory(list)
+    #: absent: one process, no Redis (the default); see docs/cluster.md
+    cluster: ClusterConfig | None = None
     optimaccs: OptimaccsConfig | None = None
     patriot: PatriotConfig | None = None
     cti: CtiConfig | None = None

@@ -263,7 +263,7 @@ def test_an_operator_adapter_brings_its_own_section(operator_adapter, tmp_path):
                 f'[admin]\ntoken = "t"\n[store]\nurl = "sqlite:{tmp_path / "g.sqlite"}"\n'
                 f'[[extensions]]\nid = "1001"\n[greeter]\n{greeter}')
 
-    with pytest.raises(ConfigError, match=r"^x\.toml: greeter: unknown key \(known keys here: admin, chat, cti,"):
+    with pytest.raises(ConfigError, match=r"^x\.toml: greeter: unknown key \(known keys here: admin, chat, cluster, cti,"):
         loads(text('greeting = "hi"\n').replace(f'plugin_dirs = ["{operator_adapter}"]\n', ""), "x.toml")
     with pytest.raises(ConfigError, match=r"^x\.toml: greeter\.greting: unknown key \(known keys here: enabled,"):
         loads(text('greting = "hi"\n'), "x.toml")
