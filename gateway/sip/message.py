@@ -863,6 +863,8 @@ def parse_message(data: bytes, *, stream: bool = False, limits: Limits = Limits(
     if end < 0:
         raise SIPMessageError("no empty line ends the header section", status=None)
     head_text = _decode(data[:end], None)
+    if "\r" in head_text.replace(CRLF, "") or "\n" in head_text.replace(CRLF, ""):
+        raise SIPMessageError("a bare CR or LF in the header section", status=None)
     start, _, rest = head_text.partition(CRLF)
     message, deferred = _parse_start_line(start)
     request = message if isinstance(message, Request) else None

@@ -210,6 +210,12 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual(caught.exception.reason, "bad_text")
         self.assertIsNone(caught.exception.status)
 
+    def test_a_bare_cr_or_lf_in_the_head_is_dropped(self):
+        for bad in (b"Al\nice", b"Al\rice"):
+            with self.assertRaises(SIPMessageError) as caught:
+                parse_datagram(OPTIONS.replace(b"Alice", bad))
+            self.assertIsNone(caught.exception.status)
+
     def test_size_limits(self):
         with self.assertRaises(SIPMessageError) as caught:
             parse_datagram(OPTIONS + b"x" * 70000)

@@ -1,0 +1,337 @@
+"""SIP over UDP and TCP, and the endpoint that answers what needs no call: the door of the SIP stack.
+
+- :class:`UDPTransport` (a ``DatagramProtocol``): one message per datagram.
+- :class:`TCPTransportFactory` / :class:`TCPConnection`: a stream framed by
+  Content-Length (:class:`~gateway.sip.message.StreamParser`); after a framing
+  error the connection is answered (when it can be) and closed, since the
+  stream cannot be re-synchronised.
+- :class:`SIPEndpoint`: the transaction user over a
+  :class:`~gateway.sip.transaction.TransactionLayer`. It refuses **INVITEs from
+  hosts that are no configured trunk** (403, counted as
+  ``gateway_sip_refused_total{reason="unknown_host"}``: an open SIP port is never
+  a way into the phone network), answers what the UAS checks find wrong
+  (416, 420, 415, 406 from :func:`~gateway.sip.message.request_problem`),
+  answers ``OPTIONS`` with 200 (keep-alives from trunks), and hands the rest to
+  the handlers registered per method (405 with ``Allow`` for a known method
+  without one, 501 for an unknown method).
+
+Malformed messages never reach the endpoint: the transport counts them in
+``gateway_ignored_messages_total{adapter="sip",reason}`` (``malformed``,
+``bad_text``, ``oversized``), logs them through a rate-limited
+:class:`~gateway.boundary.IgnoredBudget` naming the peer and the problem, and
+answers 400/505/513 when a response can be formed, or drops them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+
+from gateway.boundary import IgnoredBudget, ignored_counter
+from gateway.sip.message import (
+    Limits,
+    Message,
+    Request,
+    Response,
+    SIPMessageError,
+    StreamParser,
+    error_response,
+    parse_datagram,
+    request_problem,
+)
+from gateway.sip.transaction import Peer, ServerTransaction, Timers, TransactionLayer
+
+__all__ = [
+    "KNOWN_METHODS",
+    "SIPEndpoint",
+    "TCPConnection",
+    "TCPTransportFactory",
+    "TrunkMatcher",
+    "UDPTransport",
+    "parse_listen",
+]
+
+log = Logger()
+
+KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK",
+                           "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"})
+
+
+def parse_listen(description: str) -> tuple[str, int, str]:
+    """``udp:5060:interface=127.0.0.1`` (or ``tcp:...``) → ``("udp", 5060, "127.0.0.1")``.
+
+    :raises ValueError: not ``udp|tcp:<port>[:interface=<address>]``.
+    """
+    parts = description.split(":")
+    if len(parts) < 2 or parts[0].lower() not in ("udp", "tcp") or not parts[1].isdigit():
+        raise ValueError(f"a SIP listen string is udp|tcp:<port>[:interface=<address>], not {description!r}")
+    interface = ""
+    for option in parts[2:]:
+        name, _, value = option.partition("=")
+        if name != "interface" or not value:
+            raise ValueError(f"unknown option {option!r} in SIP listen string {description!r}")
+        interface = value
+    port = int(parts[1])
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range in {description!r}")
+    return parts[0].lower(), port, interface
+
+
+class TrunkMatcher:
+    """Which configured trunk a source address belongs to (by IP address or network), if any.
+
+    :param trunks: ``(name, address-or-network)`` pairs, already resolved to IP text (no DNS here).
+    """
+
+    def __init__(self, trunks: Iterable[tuple[str, str]]):
+        self._networks = [(name, ipaddress.ip_network(address, strict=False)) for name, address in trunks]
+
+    def match(self, host: str) -> str | None:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        for name, network in self._networks:
+            if address.version == network.version and address in network:
+                return name
+        return None
+
+
+Handler = Callable[[Request, ServerTransaction | None, Peer, str | None], None]
+
+
+class SIPEndpoint:
+    """The transaction user that guards the door (see the module docstring).
+
+    :param clock: ``IReactorTime`` for the transaction timers.
+    :param trunks: the :class:`TrunkMatcher` for INVITEs.
+    :param sent_by: ``sent_by(transport)`` → this endpoint's ``host:port`` for its Via headers.
+    :param registry: a prometheus registry for ``gateway_sip_refused_total`` (optional).
+    """
+
+    def __init__(self, clock: Any, trunks: TrunkMatcher, sent_by: Callable[[str], str], *, registry: Any = None,
+                 timers: Timers = Timers(), random: Callable[[int], bytes] = os.urandom,
+                 user_agent: str = "telephony-gateway"):
+        self.clock = clock
+        self.trunks = trunks
+        self.random = random
+        self.user_agent = user_agent
+        self.transports: dict[str, Any] = {}
+        self.layer = TransactionLayer(clock, self._send, self, sent_by, timers=timers, random=random)
+        #: method -> handler(request, transaction, source, trunk name or None)
+        self.handlers: dict[str, Handler] = {"OPTIONS": self._options}
+        #: called with (response, source) for responses that matched no transaction
+        self.on_stray_response: Callable[[Response, Peer], None] | None = None
+        #: refusals by reason, also counted in gateway_sip_refused_total when a registry is given
+        self.refused: dict[str, int] = {}
+        self._refused_counter = None
+        if registry is not None:
+            from prometheus_client import Counter
+
+            from gateway.metrics import define_metric
+
+            self._refused_counter = define_metric(
+                registry, Counter, "sip_refused",
+                "SIP requests refused by the endpoint, by reason (unknown_host: an INVITE from no trunk).",
+                ["reason"])
+
+    # -- wiring
+    def add_transport(self, name: str, transport: Any) -> None:
+        """Register the transport that sends ``name`` (``UDP``/``TCP``) messages: ``transport.send(message, peer)``."""
+        self.transports[name.upper()] = transport
+
+    def _send(self, message: Message, peer: Peer) -> None:
+        transport = self.transports.get(peer.transport.upper())
+        if transport is None:
+            log.warn("SIP: no {transport} transport to send to {host}:{port}", transport=peer.transport,
+                     host=peer.host, port=peer.port)
+            return
+        transport.send(message, peer)
+
+    def message_received(self, message: Message, source: Peer) -> None:
+        """A parsed message from a transport."""
+        self.layer.receive(message, source)
+
+    def new_tag(self) -> str:
+        return self.random(6).hex()
+
+    def _refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self._refused_counter is not None:
+            self._refused_counter.labels(reason).inc()
+
+    def respond(self, transaction: ServerTransaction, status: int, reason: str | None = None,
+                headers: Iterable[tuple[str, str]] = (), body: bytes = b"", *, to_tag: str | None = None) -> Response:
+        """Answer ``transaction``'s request (a To tag made when none is given)."""
+        response = transaction.request.response(status, reason, to_tag=to_tag or self.new_tag())
+        for name, value in headers:
+            response.add(name, value)
+        response.add("Server", self.user_agent)
+        response.body = body
+        transaction.respond(response)
+        return response
+
+    # -- the transaction user
+    def request_received(self, request: Request, transaction: ServerTransaction | None, source: Peer) -> None:
+        trunk = self.trunks.match(source.host)
+        if transaction is None:  # an ACK for a 2xx
+            handler = self.handlers.get("ACK")
+            if handler is not None:
+                handler(request, None, source, trunk)
+            return
+        method = request.method
+        if method == "INVITE" and trunk is None:
+            self._refuse("unknown_host")
+            log.warn("SIP: refused an INVITE from {host}:{port}, which is no configured trunk (403)",
+                     host=source.host, port=source.port)
+            self.respond(transaction, 403, "Forbidden (not a configured trunk)")
+            return
+        problem = request_problem(request)
+        if problem is not None and method not in ("ACK", "CANCEL", "BYE"):
+            status, reason, headers = problem
+            self._refuse(f"status_{status}")
+            self.respond(transaction, status, reason, headers)
+            return
+        handler = self.handlers.get(method)
+        if handler is not None:
+            handler(request, transaction, source, trunk)
+        elif method in KNOWN_METHODS:
+            self.respond(transaction, 405, headers=[("Allow", ", ".join(sorted(self.handlers)))])
+        else:
+            self.respond(transaction, 501)
+
+    def stray_response(self, response: Response, source: Peer) -> None:
+        if self.on_stray_response is not None:
+            self.on_stray_response(response, source)
+
+    def _options(self, request: Request, transaction: ServerTransaction | None, source: Peer,
+                 trunk: str | None) -> None:
+        assert transaction is not None
+        self.respond(transaction, 200, headers=[("Allow", ", ".join(sorted(self.handlers))),
+                                                ("Accept", "application/sdp")])
+
+    def close(self) -> None:
+        self.layer.close()
+
+
+def _ignore(budget: IgnoredBudget, error: SIPMessageError, peer: str) -> None:
+    outcome = f"answered {error.status}" if error.status is not None else "dropped"
+    budget.ignored(error.reason, f"from {peer}: {error} ({outcome})")
+
+
+class UDPTransport(protocol.DatagramProtocol):
+    """SIP over UDP: each datagram one message (RFC 3261 18).
+
+    :param endpoint: gets ``message_received(message, Peer)``.
+    :param budget: the :class:`IgnoredBudget` for refused datagrams.
+    """
+
+    def __init__(self, endpoint: SIPEndpoint, budget: IgnoredBudget, *, limits: Limits = Limits()):
+        self.endpoint = endpoint
+        self.budget = budget
+        self.limits = limits
+        self.keepalives = 0
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        host, port = addr[0], addr[1]
+        if datagram.strip(b"\r\n") == b"":
+            self.keepalives += 1  # a CRLF keep-alive
+            return
+        try:
+            message = parse_datagram(datagram, limits=self.limits)
+        except SIPMessageError as error:
+            _ignore(self.budget, error, f"{host}:{port}")
+            response = error_response(error, to_tag=self.endpoint.new_tag())
+            if response is not None:
+                self.send(response, Peer("UDP", host, port))
+            return
+        try:
+            self.endpoint.message_received(message, Peer("UDP", host, port))
+        except SIPMessageError as error:  # a view the parser checked cannot fail; kept as a last guard
+            _ignore(self.budget, error, f"{host}:{port}")
+        except Exception:
+            log.failure("SIP: handling a message from {host}:{port} failed", host=host, port=port)
+
+    def send(self, message: Message, peer: Peer) -> None:
+        if self.transport is None:
+            return
+        try:
+            self.transport.write(message.to_bytes(), (peer.host, peer.port))
+        except OSError as error:
+            log.warn("SIP: sending to {host}:{port} over UDP failed: {error}", host=peer.host, port=peer.port,
+                     error=error)
+
+    def stopProtocol(self) -> None:
+        self.budget.close()
+
+
+class TCPConnection(protocol.Protocol):
+    """One SIP over TCP connection (RFC 3261 18.3), framed by Content-Length."""
+
+    factory: TCPTransportFactory
+
+    def __init__(self) -> None:
+        self.parser: StreamParser | None = None
+        self.peer: Peer | None = None
+        self.budget: IgnoredBudget | None = None
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()  # type: ignore[attr-defined]
+        self.peer = Peer("TCP", address.host, address.port)
+        self.parser = StreamParser(self.factory.limits)
+        self.budget = self.factory.budget(f"{address.host}:{address.port}")
+        self.factory.connections[(address.host, address.port)] = self
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.parser is not None and self.peer is not None and self.budget is not None
+        try:
+            messages = self.parser.feed(data)
+        except SIPMessageError as error:
+            _ignore(self.budget, error, f"{self.peer.host}:{self.peer.port}")
+            response = error_response(error, to_tag=self.factory.endpoint.new_tag())
+            if response is not None:
+                self.transport.write(response.to_bytes())  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        for message in messages:
+            try:
+                self.factory.endpoint.message_received(message, self.peer)
+            except Exception:
+                log.failure("SIP: handling a message from {host}:{port} failed", host=self.peer.host,
+                            port=self.peer.port)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.peer is not None:
+            self.factory.connections.pop((self.peer.host, self.peer.port), None)
+        if self.budget is not None:
+            self.budget.close()
+
+
+class TCPTransportFactory(protocol.ServerFactory):
+    """Accepts SIP over TCP; sends a message to a peer over its open connection."""
+
+    protocol = TCPConnection
+
+    def __init__(self, endpoint: SIPEndpoint, budget: Callable[[str], IgnoredBudget], *,
+                 limits: Limits = Limits()):
+        self.endpoint = endpoint
+        self.budget = budget
+        self.limits = limits
+        self.connections: dict[tuple[str, int], TCPConnection] = {}
+
+    def send(self, message: Message, peer: Peer) -> None:
+        connection = self.connections.get((peer.host, peer.port))
+        if connection is None or connection.transport is None:
+            log.warn("SIP: no TCP connection to {host}:{port} to send on", host=peer.host, port=peer.port)
+            return
+        connection.transport.write(message.to_bytes())
+
+
+def sip_budget_counter(registry: Any) -> Any:
+    """``gateway_ignored_messages_total`` for the SIP transports (adapter ``sip``)."""
+    return ignored_counter(registry) if registry is not None else None
