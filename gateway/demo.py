@@ -8,10 +8,13 @@ free at start. Then it plays, narrating one line per thing that happened:
 1. an OptimaCCS inbound call (the provider's simulated caller) routed to CTI agent alice, who
    answers, holds, retrieves, sends DTMF and blind-transfers the caller from her desktop (the HIS
    bridge simulator), before the caller hangs up;
-2. a Patriot operator in client mode (the Patriot simulator, logged in to the Dialler Bridge)
+2. an attended transfer: a second caller reaches alice, who consults another number (the caller
+   is held; the consult call is shown linked to it on the status page), alternates between the two,
+   then transfers the caller to the consulted party; the two CDRs say which call consulted which;
+3. a Patriot operator in client mode (the Patriot simulator, logged in to the Dialler Bridge)
    clicks to dial: the operator's simulated phone rings and answers, then the number rings and
    answers, then the operator hangs up from Patriot;
-3. an inbound SMS becomes a chat conversation on the chat server, and an agent's reply there goes
+4. an inbound SMS becomes a chat conversation on the chat server, and an agent's reply there goes
    back out as an SMS.
 
 Every step waits for its evidence (a wire message at a simulator, or the call core's state through
@@ -56,6 +59,7 @@ PACE = 1.0
 
 AGENT, AGENT_EXTENSION, AGENT_DID = "alice", "1001", "0215550100"
 CALLER, TRANSFER_TO, DTMF = "081100000001", "5550123", "123"
+SECOND_CALLER, CONSULT_TO = "081100000002", "5550124"
 OPERATOR, OPERATOR_PASSWORD, OPERATOR_EXTENSION, DIALLED = "operator1", "demo-password", "2001", "5550199"
 CUSTOMER = "+15550142"
 CUSTOMER_TEXT = "Hello, my alarm panel keeps beeping"
@@ -315,6 +319,7 @@ class Demo:
                 Step("chat: the gateway registers with the chat server as its SMS connector", self.chat_registered),
             ), essential=True),
             AgentCall(self).story(),
+            AttendedTransfer(self).story(),
             ClickToDial(self).story(),
             SmsChat(self).story(),
             Story((Step("simulators: no protocol violation seen", self.no_violations),)),
@@ -456,6 +461,8 @@ def _leg(call: dict, role: str) -> dict | None:
 class AgentCall:
     """OptimaCCS inbound call -> CTI agent: answer, hold, retrieve, DTMF, blind transfer; the caller hangs up."""
 
+    caller = CALLER
+
     def __init__(self, demo: Demo):
         self.demo = demo
         self.say = demo.narrator.say
@@ -484,12 +491,13 @@ class AgentCall:
 
     async def ring(self) -> None:
         initialised = self.demo.expect(self.demo.his.when_destination("conversation"), f"call on {AGENT}'s desktop")
-        self.call = self.demo.place_call(CallScript(caller_id=CALLER, did=AGENT_DID))
-        self.say("optimaccs", f"the provider's caller {CALLER} dials {AGENT_DID}: incoming_call over the WebSocket")
+        self.call = self.demo.place_call(CallScript(caller_id=self.caller, did=AGENT_DID))
+        self.say("optimaccs", f"the provider's caller {self.caller} dials {AGENT_DID}: incoming_call over the"
+                              " WebSocket")
         destination = await initialised
         self.conversation = destination.target
         self.call_id = self.conversation.split(".")[-2]  # <agent>.cg.tel.<call id>.primary
-        self.say("cti", f"{AGENT}'s desktop shows call {self.call_id} from {CALLER}: conversation"
+        self.say("cti", f"{AGENT}'s desktop shows call {self.call_id} from {self.caller}: conversation"
                         f" {destination.init.state}")
 
     async def answer(self) -> None:
@@ -537,6 +545,90 @@ class AgentCall:
         cdr = await self.demo.stored_cdr(self.transferred_id)
         self.say("optimaccs", f"the caller hangs up: hangup, then the provider's cdr; CDR of call {self.transferred_id}"
                               f" stored (cause {cdr['cause']}, {cdr['billable_seconds']} s billable)")
+
+
+class AttendedTransfer(AgentCall):
+    """OptimaCCS inbound call -> CTI agent: answer, consult, alternate twice, transfer to the consulted party."""
+
+    caller = SECOND_CALLER
+
+    def __init__(self, demo: Demo):
+        super().__init__(demo)
+        self.interaction = self.consult_id = self.consult_conversation = None
+
+    def story(self) -> Story:
+        return Story((
+            Step(f"optimaccs: a second call to {AGENT_DID} rings {AGENT}'s desktop", self.ring),
+            Step(f"cti: {AGENT} answers the second call", self.answer),
+            Step(f"cti: {AGENT} consults {CONSULT_TO}: the caller is held, the consult call is linked to it",
+                 self.consult),
+            Step(f"cti: {AGENT} alternates to the caller and back", self.alternate),
+            Step(f"cti: {AGENT} transfers the caller to {CONSULT_TO} (attended transfer)", self.transfer),
+            Step("optimaccs: the caller hangs up; the CDRs say which call consulted which", self.hang_up),
+        ))
+
+    async def ring(self) -> None:
+        await super().ring()
+        self.interaction = self.conversation.rpartition(".")[0]
+
+    async def interaction_request(self, verb: str, **properties):
+        response = await self.demo.expect(self.demo.his.send(verb, self.interaction, **properties),
+                                          f"answer to {verb}")
+        if not response.ok:
+            raise StepFailed(f"{verb} failed: {response.describe()}")
+        return response
+
+    def focus(self) -> defer.Deferred:
+        return self.demo.expect(self.demo.his.when_event("interaction.focuschanged", self.interaction),
+                                "interaction.focuschanged")
+
+    async def consult(self) -> None:
+        held = self.event("conversation.held")
+        initialised = self.demo.expect(self.demo.his.when_destination("conversation"), "the consult conversation")
+        focus = self.focus()
+        response = await self.interaction_request("consult", destination=CONSULT_TO)
+        self.consult_id = response.body["id"]
+        await held
+        self.consult_conversation = (await initialised).target
+        await focus
+        talking = self.demo.his.when_event("conversation.talking", self.consult_conversation)
+        await self.demo.expect(talking, f"{CONSULT_TO} answering the consult")
+        call = await self.demo.api("GET", f"/api/calls/{self.call_id}")
+        self.say("cti", f"{AGENT} consults {CONSULT_TO}: the caller is held (call {self.call_id} {call['state']}),"
+                        f" consult call {self.consult_id} talks as a second conversation of the interaction"
+                        f" (the live calls list it under call {self.call_id})")
+
+    async def alternate(self) -> None:
+        for to in ("the caller", CONSULT_TO):
+            focus = self.focus()
+            await self.interaction_request("alternate")
+            moved = await focus
+            self.say("cti", f"{AGENT} alternates to {to}: interaction.focuschanged to {moved.body['id']}")
+
+    async def transfer(self) -> None:
+        ended = self.demo.expect(self.demo.his.when_event("interaction.ended", self.interaction), "interaction.ended")
+        await self.interaction_request("transfer-to-consult")
+        await ended
+
+        async def transferred():
+            calls = (await self.demo.api("GET", "/api/calls"))["calls"]
+            call = _call_with(calls, transferred_from=self.call_id, consult_id=self.consult_id)
+            return call if call is not None and call["state"] == "TALKING" else None
+
+        call = await self.demo.wait_until(transferred, f"the caller talking to {CONSULT_TO}")
+        self.transferred_id = call["call_id"]
+        self.say("cti", f"{AGENT} transfers the caller to {CONSULT_TO}: both her conversations end and are"
+                        f" disposed, then the interaction; call {self.transferred_id} joins {self.caller} and"
+                        f" {CONSULT_TO}")
+
+    async def hang_up(self) -> None:
+        self.call.hangup()
+        await self.demo.expect(self.call.ended, "end of the caller's WebSocket")
+        primary = await self.demo.stored_cdr(self.call_id)
+        consult = await self.demo.stored_cdr(self.consult_id)
+        self.say("optimaccs", f"the caller hangs up; CDRs: call {self.call_id} (cause {primary['cause']}, consults"
+                              f" {', '.join(primary['consults'])}), call {self.consult_id} (cause {consult['cause']},"
+                              f" consult of {consult['consult_of']})")
 
 
 class ClickToDial:

@@ -117,7 +117,8 @@ def test_demo_once_plays_every_step_and_cleans_up(demo_process, tmp_path):
     assert "demo: every step happened." in out and "MISSING" not in out
     for room in ("optimaccs", "cti", "patriot", "chat"):
         assert re.search(rf"^\s+\d+\.\ds  {room} ", out, re.MULTILINE), f"nothing narrated for {room}:\n{out}"
-    for evidence in ("conversation.held", "the provider received 1, 2, 3",
+    for evidence in ("conversation.held", "the provider received 1, 2, 3", "consult of",
+                     "interaction.focuschanged to primary", "both her conversations end and are disposed",
                      "the gateway rings the operator's phone first", "operator's phone TALKING, 5550199 DIALING",
                      "opens conversation", "sends the reply as SMS"):
         assert evidence in out, out
@@ -139,7 +140,7 @@ def test_demo_once_names_the_missing_step_and_exits_1(demo_process):
         proc = demo_process("--once", "--admin-port", str(busy.getsockname()[1]))
         out, _ = proc.communicate(timeout=DEMO_TIMEOUT)
     assert proc.returncode == 1, out
-    assert "demo: 19 step(s) did not happen:" in out
+    assert "demo: 25 step(s) did not happen:" in out
     assert re.search(r"^  - gateway: the daemon starts .*: the daemon did not start: gateway: cannot listen on"
                      r" tcp:\d+:interface=127\.0\.0\.1 \(admin\): Address already in use", out, re.MULTILINE), out
     assert "  - chat: an agent's reply goes out as an SMS to +15550142: not reached" in out
