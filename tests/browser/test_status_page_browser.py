@@ -225,6 +225,34 @@ def test_a_call_appears_on_the_page_and_leaves_it_for_the_cdrs(daemon, browser, 
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_consult_call_is_shown_linked_to_its_primary(daemon, browser, artifacts_dir):
+    yield daemon.start()
+    page = StatusPage(browser, f"http://127.0.0.1:{daemon.admin_port}/")
+    yield threads.deferToThread(page.log_in, TOKEN)
+    yield threads.deferToThread(page.wait_live)
+    code, other = yield daemon.api("POST", "/api/sim/inbound", {"caller_id": "+4930123456", "did": "100"})
+    code, primary = yield daemon.api("POST", "/api/calls", {"extension": "1001", "number": "5551234"})
+    yield threads.deferToThread(page.call_card, primary["call_id"], "TALKING")
+    code, consult = yield daemon.api("POST", f"/api/calls/{primary['call_id']}/consult", {"number": "5552222"})
+    assert code == 201, consult
+    card = yield threads.deferToThread(page.call_card, consult["call_id"], f"consult of call {primary['call_id']}")
+    assert "5552222" in card
+    held = yield threads.deferToThread(page.call_card, primary["call_id"], "HELD")
+    assert f"consulting in call {consult['call_id']}" in held
+    order = yield threads.deferToThread(
+        lambda: [e.get_attribute("data-call-id") for e in browser.find_elements(page.By.CSS_SELECTOR, "article.call")])
+    assert order.index(consult["call_id"]) == order.index(primary["call_id"]) + 1, "listed after its primary"
+    assert other["call_id"] in order
+    yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page-consult.png")
+
+    code, _ = yield daemon.api("POST", f"/api/calls/{primary['call_id']}/transfer-to-consult")
+    assert code == 200
+    yield threads.deferToThread(page.wait_call_gone, consult["call_id"])
+    yield threads.deferToThread(page.wait_call_gone, primary["call_id"])
+    assert (yield daemon.stop()) == 0, daemon.output
+
+
+@pytest_twisted.inlineCallbacks
 def test_the_page_reconnects_with_a_fresh_ticket_when_the_gateway_restarts(daemon, browser):
     yield daemon.start()
     page = StatusPage(browser, f"http://127.0.0.1:{daemon.admin_port}/status/")

@@ -132,8 +132,9 @@
 
   function callCard(call) {
     const inbound = call.direction === "inbound";
-    const card = el("article", `call ${call.state.toLowerCase()}`);
+    const card = el("article", `call ${call.state.toLowerCase()}${call.consult_of ? " consult" : ""}`);
     card.dataset.callId = call.call_id;
+    if (call.consult_of) card.dataset.consultOf = call.consult_of;
     const who = el("div", "who",
       el("span", "party-from", call.caller || "unknown"),
       el("span", "arrow", "→"),
@@ -144,7 +145,9 @@
       call.did ? el("span", "tag", `DID ${call.did}`) : null,
       call.app ? el("span", "tag", `app ${call.app}`) : null,
       call.muted ? el("span", "flag", "muted") : null,
-      call.dtmf_count ? el("span", "tag", `DTMF ${call.dtmf_count}`) : null);
+      call.dtmf_count ? el("span", "tag", `DTMF ${call.dtmf_count}`) : null,
+      call.consult_of ? el("span", "tag linked", `consult of call ${call.consult_of}`) : null,
+      call.consult ? el("span", "tag linked", `consulting in call ${call.consult}`) : null);
     const talk = call.answered_at ? el("div", "talk dim", "answered ", ticking(seconds(call.answered_at))) : null;
     card.append(
       el("div", "state", pill(call.state)),
@@ -154,9 +157,21 @@
     return card;
   }
 
+  // A consult call is listed right after the primary it was placed from (and drawn indented).
+  function linked(calls) {
+    const byId = new Map(calls.map((c) => [c.call_id, c]));
+    const order = [];
+    for (const call of calls) {
+      if (call.consult_of && byId.has(call.consult_of)) continue;
+      order.push(call);
+      for (const other of calls) if (other.consult_of === call.call_id) order.push(other);
+    }
+    return order;
+  }
+
   function renderCalls(calls) {
     $("call-count").textContent = calls.length ? String(calls.length) : "";
-    fill("calls", ...(calls.length ? calls.map(callCard) : [empty("No live calls")]));
+    fill("calls", ...(calls.length ? linked(calls).map(callCard) : [empty("No live calls")]));
   }
 
   function disabled(id) {
