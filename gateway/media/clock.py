@@ -74,6 +74,15 @@ class Beat:
             self._generation += 1
             self._media.removed()
 
+    @property
+    def next_deadline(self) -> float:
+        """The deadline of the tick queued (outside a tick) or running (inside it)."""
+        return self._anchor + self._n * self.interval
+
+    def shift(self, seconds: float) -> None:
+        """From inside its own tick: move the rest of the schedule ``seconds`` earlier (its phase; no tick is lost)."""
+        self._anchor -= seconds
+
 
 class MediaClock:
     """The paced schedules of one reactor on one timer (see the module docstring).

@@ -55,3 +55,12 @@ class Pacer:
     def stop(self) -> None:
         """Stop ticking (safe from inside a tick, and when not running)."""
         self._beat.stop()
+
+    @property
+    def next_deadline(self) -> float:
+        """When the next tick is due (while running, outside a tick)."""
+        return self._beat.next_deadline
+
+    def shift(self, seconds: float) -> None:
+        """From inside a tick: move the rest of the schedule ``seconds`` earlier."""
+        self._beat.shift(seconds)

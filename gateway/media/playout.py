@@ -31,6 +31,17 @@ depth of ``jitter_ms // 20`` frames (at least one):
   trims below the target. Each trim is counted (``frames_trimmed``) and told to
   ``on_trim(where, 1)`` with ``where`` ``"trim_silence"`` or ``"trim_oldest"``.
 
+- phase: a live source's frames come at its own phase of the 20 ms, and the
+  schedule was anchored on whichever frame started it (a late one, or the
+  catch-up after a stall), so every frame could wait most of a tick for ever.
+  For every frame that comes to an empty queue the playout notes how long it
+  will wait for its tick; when, over a window of ``TRIM_WINDOW`` ticks, the
+  least of those waits was ``PHASE_SLACK`` (3 ms) or more, the schedule moves
+  that much earlier, less ``PHASE_MARGIN`` (1 ms): the frames then wait about
+  1 ms more than their jitter. A frame later than its tick finds the queue
+  empty: that tick is an underrun, and the frame starts a fresh schedule at
+  its own phase. Shifts are counted (``phase_shifts``, ``phase_shifted``).
+
 Prompts and hold music (a producer that is not ``realtime``, e.g. a
 ``FrameFeeder``) and frames written with no producer are never trimmed nor
 pre-buffered: their backlog is wanted, held in check by pausing the producer.
@@ -51,7 +62,7 @@ from gateway.media.frame import Frame
 from gateway.media.interfaces import IFrameConsumer
 from gateway.media.pacing import Pacer
 
-__all__ = ["Playout", "SILENCE_RMS", "TRIM_MARGIN", "TRIM_WINDOW"]
+__all__ = ["PHASE_MARGIN", "PHASE_SLACK", "Playout", "SILENCE_RMS", "TRIM_MARGIN", "TRIM_WINDOW"]
 
 #: seconds the queue must stay above target + ``TRIM_MARGIN`` frames, at every tick, before trimming starts
 TRIM_WINDOW = 0.4
@@ -59,6 +70,10 @@ TRIM_WINDOW = 0.4
 TRIM_MARGIN = 0
 #: a frame whose 16-bit linear RMS is below this (about -50 dBFS) is silence, trimmed first
 SILENCE_RMS = 100
+#: seconds a live frame may wait for its tick, at the least, before the schedule moves earlier
+PHASE_SLACK = 0.003
+#: seconds of that wait kept when it does (arrivals jitter by the window's spread already)
+PHASE_MARGIN = 0.001
 
 _TO_LINEAR = {PCM16: None, "ulaw": audioop.ulaw2lin, "alaw": audioop.alaw2lin}
 
@@ -100,6 +115,13 @@ class Playout:
         self.target = max(1, jitter_ms // FRAME_MS) if jitter_ms else 0
         self._window = round(TRIM_WINDOW * 1000 / FRAME_MS)
         self._high_ticks = 0
+        #: phase alignment: ticks in the window, frames that came to an empty queue, the least they waited
+        self._phase_ticks = 0
+        self._phase_arrivals = 0
+        self._phase_wait = 1.0
+        #: times the schedule moved earlier to meet a live source's frames (and the seconds it moved in all)
+        self.phase_shifts = 0
+        self.phase_shifted = 0.0
         self._silent = _silent_test(codec)
         self._on_trim = on_trim
         self._clock = clock
@@ -147,11 +169,18 @@ class Playout:
         if self.closed:
             return
         payload = frame.payload
+        pacer = self._pacer
+        if self.target and not self._queue and pacer.running:
+            # A frame for the next tick: how long it will wait for it (see _align_phase).
+            wait = pacer.next_deadline - self._clock.seconds()
+            self._phase_arrivals += 1
+            if wait < self._phase_wait:
+                self._phase_wait = wait
         if frame.codec == self.codec and len(payload) == self._size and not self._reframer.pending:
             self._queue.push(payload)  # the common case: one whole frame of our codec, queued as it is
         else:
             self._reframer.push(self._convert[frame.codec](payload))
-        if not self._pacer.running and not self.paused and self._wire is not None:
+        if not pacer.running and not self.paused and self._wire is not None:
             self._start()
 
     @property
@@ -166,15 +195,20 @@ class Playout:
                 self._prebuffer = self._clock.callLater(self.jitter_ms / 1000, self._prebuffered)
             return
         self._cancel_prebuffer()
-        self._high_ticks = 0
+        self._fresh_window()
         self._pacer.start()
 
     def _prebuffered(self) -> None:
         """The pre-buffer waited ``jitter_ms``: play what there is."""
         self._prebuffer = None
         if self._wire is not None and not self.paused and (self._queue or self._reframer.pending):
-            self._high_ticks = 0
+            self._fresh_window()
             self._pacer.start()
+
+    def _fresh_window(self) -> None:
+        """A fresh schedule: the trim and phase windows start again."""
+        self._high_ticks = self._phase_ticks = self._phase_arrivals = 0
+        self._phase_wait = 1.0
 
     def _cancel_prebuffer(self) -> None:
         if self._prebuffer is not None:
@@ -218,6 +252,9 @@ class Playout:
         queue = self._queue
         if self.target:
             self._check_backlog()
+            self._phase_ticks += 1
+            if self._phase_ticks >= self._window:
+                self._align_phase()
         if queue:
             payload = queue.pop()
         elif self._reframer.pending:
@@ -245,6 +282,18 @@ class Playout:
         self._position += 1
         if self._on_trim is not None:
             self._on_trim(where, 1)
+
+    def _align_phase(self) -> None:
+        """At the end of a window of ticks: if every live frame that came to an empty queue waited at least
+        ``PHASE_SLACK`` for its tick, move the schedule earlier by that least wait less ``PHASE_MARGIN``."""
+        wait, arrivals = self._phase_wait, self._phase_arrivals
+        self._phase_ticks = self._phase_arrivals = 0
+        self._phase_wait = 1.0
+        if arrivals * 2 >= self._window and wait >= PHASE_SLACK and self._live:
+            shift = min(wait, FRAME_MS / 1000) - PHASE_MARGIN
+            self._pacer.shift(shift)
+            self.phase_shifts += 1
+            self.phase_shifted += shift
 
     # -- control --------------------------------------------------------------
 

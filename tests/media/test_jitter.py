@@ -112,6 +112,46 @@ class RatchetTests(SynchronousTestCase):
         self.assertLessEqual(depths[-1], bridge.b.playout.target + 1)
 
 
+class PhaseTests(SynchronousTestCase):
+    """The schedule meets a live source's frames: a frame does not wait most of a tick for ever."""
+
+    def deliver(self, bridge, frames, offset):
+        """Frame n arrives at ``n * FRAME + offset(n)``; the clock moves in 0.5 ms steps, so ticks run on time."""
+        clock = bridge.clock
+        for n in frames:
+            when = n * FRAME + offset(n)
+            while clock.seconds() + 0.0005 < when:
+                clock.advance(0.0005)
+            bridge.at(when)
+            bridge.a.receive(numbered(n))
+            clock.advance(0)
+        for _ in range(400):
+            clock.advance(0.0005)
+
+    def test_a_schedule_anchored_on_a_late_frame_moves_to_meet_the_others(self):
+        bridge = Bridge(self, jitter_ms=20)
+        # the first frame is 15 ms late, so the schedule's phase is 15 ms behind every later frame
+        self.deliver(bridge, range(150), lambda n: 0.015 if n == 0 else 0.0)
+        self.assertGreaterEqual(max(bridge.latencies(after=0.1)[:5]), 0.014)  # at first each frame waits 15 ms
+        settled = bridge.latencies(after=1.0)
+        self.assertLessEqual(max(settled), 0.0015 + 1e-9)
+        playout = bridge.b.playout
+        self.assertEqual(([seq for seq, _ in bridge.played], playout.frames_trimmed), (list(range(150)), 0))
+        self.assertEqual(playout.phase_shifts, 1)
+
+    def test_jittery_frames_wait_no_longer_than_the_jitter_and_none_is_lost(self):
+        import random
+
+        rng = random.Random(5)
+        bridge = Bridge(self, jitter_ms=20)
+        offsets = [rng.uniform(0, 0.005) for _ in range(1500)]  # 30 s, each frame 0-5 ms late
+        self.deliver(bridge, range(1500), offsets.__getitem__)
+        settled = bridge.latencies(after=1.0)
+        self.assertLessEqual(max(settled), 0.005 + 0.0015 + 1e-9)
+        self.assertEqual([seq for seq, _ in bridge.played], list(range(1500)))
+        self.assertEqual(bridge.b.playout.frames_trimmed, 0)
+
+
 class PrebufferTests(SynchronousTestCase):
     def test_a_live_source_waits_for_the_target_depth_or_jitter_ms(self):
         bridge = Bridge(self)
