@@ -449,6 +449,7 @@ class RedisClient(service.Service):
         retry_initial: float = 0.1,
         retry_max: float = 5.0,
         name: str = "redis",
+        registry=None,
     ):
         self._reactor = reactor
         self.url = url if isinstance(url, RedisURL) else RedisURL.parse(url)
@@ -461,6 +462,30 @@ class RedisClient(service.Service):
         self._subscriptions: dict[str, list[_Subscription]] = {}
         self._listeners: list[Callable[[bool], Any]] = []
         self._services: list[ClientService] = []
+        self._up_gauge = self._errors = None
+        if registry is not None:
+            from prometheus_client import Counter, Gauge
+
+            from gateway.metrics import define_metric
+
+            self._up_gauge = define_metric(registry, Gauge, "redis_up", "1 while the link to Redis for commands is up.")
+            self._up_gauge.set(0)
+            self._errors = define_metric(
+                registry, Counter, "redis_errors", "Redis commands that failed, by reason.", ["reason"]
+            )
+
+    def _count(self, failure):
+        error = failure.value
+        if self._errors is not None and not (isinstance(error, RedisReplyError) and error.code == "NOSCRIPT"):
+            reason = (
+                "timeout" if isinstance(error, RedisTimeout)
+                else "unavailable" if isinstance(error, RedisUnavailable)
+                else "reply" if isinstance(error, RedisReplyError)
+                else "protocol" if isinstance(error, RedisProtocolError)
+                else "other"
+            )
+            self._errors.labels(reason=reason).inc()
+        return failure
 
     # -- the links ----------------------------------------------------------------------------
 
@@ -540,6 +565,8 @@ class RedisClient(service.Service):
             self._subscriber = None
 
     def _notify(self, up: bool) -> None:
+        if self._up_gauge is not None:
+            self._up_gauge.set(1 if up else 0)
         for listener in list(self._listeners):
             try:
                 listener(up)
@@ -565,8 +592,10 @@ class RedisClient(service.Service):
     def _execute(self, *args: Any) -> defer.Deferred:
         proto = self._command
         if proto is None:
-            return defer.fail(RedisUnavailable(f"not connected to {self.url}"))
-        return proto.execute(*args)
+            d = defer.fail(RedisUnavailable(f"not connected to {self.url}"))
+        else:
+            d = proto.execute(*args)
+        return d.addErrback(self._count)
 
     def execute(self, *args: Any) -> defer.Deferred:
         """Any command, its reply with bulk strings decoded (for what :class:`IRedis` lacks)."""

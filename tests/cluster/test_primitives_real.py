@@ -212,3 +212,33 @@ async def test_a_quick_redis_restart_rebuilds_the_state_without_losses(redis_ser
     await until(lambda: b.connected, 10, "b reconnecting")
     assert await NodeRegistry(b).is_alive("a")
     assert (await lease_holder(b, "his")).token == lease.check()
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest_twisted.ensureDeferred
+async def test_during_an_outage_every_primitive_fails_typed_and_promptly(redis_server, cleanup, how):
+    """Redis stopped or killed -9: publishing an event, routing a command, taking a lease and joining
+    the registry each fail at once with RedisUnavailable; all work again once Redis is back."""
+    a, b = await two_clients(redis_server, cleanup)
+    ra = CommandRouter(a, reactor(), "a", lambda command, args: "done", timeout=1.0)
+    rb = CommandRouter(b, reactor(), "b", lambda command, args: "done", timeout=1.0)
+    await ra.start()
+    await rb.start()
+    cleanup(lambda: pytest_twisted.blockon(defer.DeferredList([ra.stop(), rb.stop()])))
+    getattr(redis_server, how)()
+    await until(lambda: not b.connected, 5, "the client seeing redis go")
+    attempts = [
+        lambda: ExtensionEvents(b, "b").publish("201", {"type": "x"}),
+        lambda: rb.call("a", "hangup", {"call": "c1"}),
+        lambda: Lease(b, reactor(), "chat", "b", ttl=TTL).acquire(),
+        lambda: NodeHeartbeat(b, reactor(), "b", ttl=TTL).start(),
+        lambda: NodeRegistry(b).nodes(),
+    ]
+    for attempt in attempts:
+        started_at = time.monotonic()
+        with pytest.raises(RedisUnavailable):
+            await attempt()
+        assert time.monotonic() - started_at < 0.1
+    redis_server.start()
+    await until(lambda: a.connected and b.connected and a._subscriber and b._subscriber, 10, "the reconnection")
+    assert await rb.call("a", "hangup", {"call": "c1"}) == "done"  # the routers' subscriptions are back

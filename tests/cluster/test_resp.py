@@ -133,3 +133,20 @@ class ClientNotConnectedTests(SynchronousTestCase):
         self.failureResultOf(client.get("k"), RedisUnavailable)
         self.failureResultOf(client.subscribe("c", print), RedisUnavailable)
         self.successResultOf(client.stopService())
+
+
+class MetricsTests(SynchronousTestCase):
+    def test_the_link_state_and_failures_are_counted(self):
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        reactor = MemoryReactorClock()
+        client = RedisClient(reactor, "redis://127.0.0.1:6379/0", registry=registry)
+        client.startService()
+        self.assertEqual(registry.get_sample_value("gateway_redis_up"), 0)
+        self.failureResultOf(client.get("k"), RedisUnavailable)
+        self.failureResultOf(client.publish("c", "m"), RedisUnavailable)
+        self.assertEqual(registry.get_sample_value("gateway_redis_errors_total", {"reason": "unavailable"}), 2)
+        client._notify(True)
+        self.assertEqual(registry.get_sample_value("gateway_redis_up"), 1)
+        self.successResultOf(client.stopService())
