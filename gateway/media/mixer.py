@@ -50,6 +50,9 @@ def _narrow(wide: bytes) -> bytes:
 class _Party:
     """One party: consumer of its port's frames (as pcm16), producer toward its port's sink."""
 
+    #: the mix comes at the conference's 20 ms pace: the sink's jitter buffer applies (gateway.media.playout)
+    realtime = True
+
     def __init__(self, conference: Conference, port: MediaPort) -> None:
         self.port = port
         self.queue: FrameQueue[bytes] = FrameQueue(JITTER_FRAMES, port.drop_hook("mix"))

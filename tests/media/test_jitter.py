@@ -152,6 +152,38 @@ class PhaseTests(SynchronousTestCase):
         self.assertEqual(bridge.b.playout.frames_trimmed, 0)
 
 
+class ConferenceFeedTests(SynchronousTestCase):
+    def test_a_conference_feed_is_live_its_backlog_after_a_stalled_wire_is_trimmed(self):
+        from gateway.media.mixer import Conference
+        from gateway.media.producers import BytesConsumer, PacedSource
+
+        clock = Clock()
+        ports = MediaPorts(queue_ms=1000, jitter_ms=20)
+        a, b = ports.port(clock, PCM16, "a"), ports.port(clock, PCM16, "b")
+        wire = []
+        a.set_wire(lambda payload: None)
+        b.set_wire(wire.append)
+        conference = Conference(clock)
+        conference.add(a)
+        conference.add(b)
+        talker = PacedSource(clock, (numbered(n) for n in range(400)), PCM16)
+        talker.connect(BytesConsumer(a.receive))
+        clock.pump([FRAME / 2] * 100)
+        b.playout.pauseProducing()  # b's transport stops taking data for 0.6 s: the mix backs up in b's playout
+        clock.pump([FRAME / 2] * 60)
+        backlog = b.playout.queued
+        self.assertGreater(backlog, 20)
+        b.playout.resumeProducing()
+        clock.pump([FRAME / 2] * 200)
+        self.assertLessEqual(b.playout.queued, b.playout.target + 1)  # back near the target, not 0.6 s behind
+        self.assertGreater(b.playout.frames_trimmed, backlog - 5)
+        conference.stop()
+        talker.disconnect()
+        a.close()
+        b.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class PrebufferTests(SynchronousTestCase):
     def test_a_live_source_waits_for_the_target_depth_or_jitter_ms(self):
         bridge = Bridge(self)
