@@ -1,0 +1,155 @@
+"""Integration tests against a real SIPp (Debian's sip-tester, installed by ``make sipp``): a tiny UAS built
+on gateway.sip's layers, on real loopback UDP sockets, answers SIPp's OPTIONS, REGISTER and calls; an INVITE
+from no configured trunk gets 403; RFC 4475's torture messages sent raw over UDP are answered or dropped."""
+
+import os
+import pathlib
+import shutil
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.internet.task import deferLater
+
+from gateway.sip.message import parse_datagram
+from tests.sip.torture import TORTURE
+from tests.sip.uas import TinyUAS
+
+SIPP = shutil.which("sipp")
+SCENARIOS = pathlib.Path(__file__).parent / "scenarios"
+#: seconds SIPp may run before the test fails (its own -timeout is shorter)
+WAIT = 40
+
+pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is not installed (make sipp installs sip-tester as root)")
+
+
+def reactor():
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SippProcess(protocol.ProcessProtocol):
+    def __init__(self):
+        self.output = bytearray()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(getattr(reason.value, "exitCode", None))
+
+
+@pytest.fixture
+def uas(cleanup):
+    """A TinyUAS on a free loopback UDP port, trunk 127.0.0.1; stopped at teardown."""
+    made = []
+
+    def make(**options):
+        server = TinyUAS(reactor(), free_udp_port(), **options)
+        server.start()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        pytest_twisted.blockon(defer.maybeDeferred(server.stop))
+
+
+@pytest.fixture
+def sipp(cleanup, tmp_path):
+    """``await sipp(uas, *args)`` runs SIPp against the UAS, returning (exit code, output); killed at teardown."""
+    running = []
+
+    def kill():
+        for proc, transport in running:
+            if not proc.ended.called:
+                transport.signalProcess("KILL")
+                pytest_twisted.blockon(proc.ended)
+
+    cleanup(kill)
+
+    async def run(server, *args):
+        proc = SippProcess()
+        argv = [SIPP, f"127.0.0.1:{server.port}", "-i", "127.0.0.1", "-p", str(free_udp_port()),
+                "-nostdin", "-timeout", "30s", "-timeout_error", "-max_retrans", "3", *map(str, args)]
+        transport = reactor().spawnProcess(proc, SIPP, argv, env=dict(os.environ, TERM="dumb"), path=str(tmp_path))
+        running.append((proc, transport))
+        code = await proc.ended.addTimeout(WAIT, reactor())
+        return code, proc.output.decode("utf-8", "replace")
+
+    return run
+
+
+@pytest_twisted.ensureDeferred
+async def test_sipp_options_and_register_are_answered(uas, sipp):
+    server = uas()
+    code, output = await sipp(server, "-sf", SCENARIOS / "options.xml", "-m", 5, "-r", 20)
+    assert code == 0, output[-3000:]
+    code, output = await sipp(server, "-sf", SCENARIOS / "register.xml", "-m", 3, "-r", 20)
+    assert code == 0, output[-3000:]
+    assert server.counts["register"] == 6
+    assert server.metric("gateway_ignored_messages_total", adapter="sip", reason="malformed") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sipp_calls_are_answered_acked_and_hung_up(uas, sipp):
+    server = uas()
+    code, output = await sipp(server, "-sn", "uac", "-m", 10, "-r", 10, "-d", 200)
+    assert code == 0, output[-3000:]
+    assert (server.counts["invite"], server.counts["ack"], server.counts["bye"]) == (10, 10, 10)
+    assert server.dialogs == {} and server.counts["no_ack"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_invite_from_no_trunk_gets_403_and_is_counted(uas, sipp):
+    server = uas(trunks=[("elsewhere", "192.0.2.7")])
+    code, output = await sipp(server, "-sf", SCENARIOS / "invite_refused.xml", "-m", 3, "-r", 10)
+    assert code == 0, output[-3000:]
+    assert server.counts["invite"] == 0
+    assert server.metric("gateway_sip_refused_total", reason="unknown_host") == 3
+    await deferLater(reactor(), 0.2, lambda: None)
+    assert server.endpoint.layer.count == 3  # the three INVITE transactions absorb late ACKs (timer I)
+
+
+class RawClient(protocol.DatagramProtocol):
+    def __init__(self):
+        self.received = []
+
+    def datagramReceived(self, data, addr):
+        self.received.append(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_torture_messages_sent_raw_over_udp_are_answered_or_dropped(uas):
+    server = uas()
+    client = RawClient()
+    port = reactor().listenUDP(0, client, interface="127.0.0.1")
+    try:
+        for name, _, data, expected in TORTURE:
+            before = len(client.received)
+            client.transport.write(data, ("127.0.0.1", server.port))
+            await deferLater(reactor(), 0.05, lambda: None)
+            got = [int(d.split(b" ", 2)[1]) for d in client.received[before:]]
+            if isinstance(expected, int):
+                assert got[-1:] == [expected], name
+            elif expected == "drop":
+                assert got == [], name
+        before = len(client.received)
+        options = next(data for name, _, data, _ in TORTURE if name == "badbranch")
+        options = options.replace(b"badbranch.", b"after.").replace(b"branch=z9hG4bK\r\n", b"branch=z9hG4bKz;rport\r\n")
+        client.transport.write(options, ("127.0.0.1", server.port))  # rport: the answer comes to this port
+        await deferLater(reactor(), 0.1, lambda: None)
+        assert [parse_datagram(d).status for d in client.received[before:]] == [200]
+    finally:
+        await port.stopListening()
