@@ -11,6 +11,7 @@ response. Who hears whom in each state is proven by tone detection in tests/core
 
 from gateway.core.registry import Registry
 from gateway.core.routing import Router
+from gateway.cti import envelope as env
 from gateway.drivers.config import NumberRule, SimNetworkConfig
 from gateway.drivers.sim import SimNetwork
 
@@ -276,3 +277,39 @@ class ConsultLinkTests(ConsultBridge):
         self.assertEqual(list(self.sim.destinations[CHANNEL].init.interactions), [self.primary])
         self.assertIsNone(self.sim.destinations[self.interaction].init.consult)
         self.assertTrue(self.send("retrieve", target=self.conversation).ok)
+
+    def test_a_new_link_after_the_primary_ended_lists_its_interaction_with_the_live_consult(self):
+        consult_id, consult = self.consult()
+        self.network.party("5551234").hang_up()
+        self.flush()
+        self.sim.disconnect()
+        self.flush()
+        self.connect()
+        self.assertEqual(list(self.sim.destinations[CHANNEL].init.interactions), [self.primary])
+        init = self.sim.destinations[self.interaction].init
+        self.assertEqual((init.state, init.primary, init.consult), ("STARTED", "primary", consult_id))
+        self.assertEqual(self.sim.destinations[self.conversation].init.state, "RELEASED")
+        self.assertTrue(self.send("release", target=consult).ok)
+        self.assertEqual(self.events(self.interaction)[-1], "interaction.ended")
+
+
+class ConsultRequestTests(ConsultBridge):
+    def test_register_names_a_conversation_of_the_interaction(self):
+        self.refused(self.query("interaction.request.register", self.interaction, {"id": "nope"}, message=env.request),
+                     "no conversation 'nope'")
+        self.refused(self.query("interaction.request.register", self.interaction, {}, message=env.request),
+                     "needs the property 'id'")
+        self.assertTrue(self.query("interaction.request.register", self.interaction, {"id": "primary"},
+                                   message=env.request).ok)
+
+    def test_a_consult_needs_a_destination(self):
+        self.refused(self.query("interaction.request.consult", self.interaction, {}, message=env.request),
+                     "needs the property 'destination'")
+        self.assertEqual([c.call_id for c in self.registry.calls()], [self.primary])
+
+    def test_disposing_the_interaction_during_a_consult_ends_both_calls(self):
+        consult_id, consult = self.consult()
+        self.assertTrue(self.send("dispose-interaction", target=self.interaction).ok)
+        self.flush()
+        self.assertEqual(self.registry.calls(), [])
+        self.assertEqual({self.network.party(n).state for n in ("1003", "5551234", CONSULTED)}, {"ended"})
