@@ -1,7 +1,9 @@
-"""One call as an agent's desktop sees it: an interaction destination with its primary conversation.
+"""One call as an agent's desktop sees it: an interaction destination with its primary conversation,
+and the conversation of the consult call placed from it.
 
-:class:`TrackedCall` turns the call core's events into the interaction and conversation events of
-004. Every event of its call comes with the call's snapshot (taken by the core once per batch of
+:class:`TrackedCall` (the interaction) and its :class:`TrackedConversation` s (the primary, and the
+consult while there is one) turn the call core's events into the interaction and conversation events
+of 004. Every event of a call comes with the call's snapshot (taken by the core once per batch of
 events); it compares that snapshot with what the desktop has been told, and raises what changed, in
 this order:
 
@@ -17,6 +19,14 @@ or ended. A call that ends busy raises ``busy``, one that fails or is not answer
 with the reason, before ``ended``. A transfer or conference that fails raises ``transfer.failed`` or
 ``conference.failed`` and leaves everything else as it was. A completed blind transfer ends the
 agent's call (the core goes on with a new call), so the desktop sees ``ended``.
+
+Consult (docs/cti.md has the order of each flow): the consult call's conversation has the consult
+call's id; ``interaction.focuschanged {"id"}`` follows the conversation the agent is on (the consult
+once the bridge has initialised it, the one left talking after an alternate, the primary again when
+the consult ends). A consult that ends raises ``ended`` then ``disposed`` and is gone; a transfer to
+consult raises the primary's ``ended`` and ``disposed``, the focus change, then the consult's
+``ended`` and ``disposed``, then ``interaction.ended``. The interaction stays STARTED while a consult
+is live, even once the primary has ended.
 """
 
 from __future__ import annotations

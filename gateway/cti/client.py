@@ -14,7 +14,12 @@ The destinations and the IDs the client gives them:
   ``[[cti.agents]]``; its one channel group is ``cg``, which has one telephony channel ``tel``
   whose end-point is the agent's extension;
 - interaction ``<call id>`` under the channel, announced with ``channel.interaction`` when a call of the
-  extension appears (inbound, click-to-dial, ``channel.request.dial``); its conversation is ``primary``.
+  extension appears (inbound, click-to-dial, ``channel.request.dial``); its conversation is ``primary``,
+  and a consult call placed from it (``interaction.request.consult``) is its second conversation, with
+  the consult call's id, never an interaction of its own.
+
+``session.request.logout`` forgets the session and everything below it without an event, then
+answers; ``session.request.dispose`` answers, then does the same. Neither touches the agent's calls.
 
 Every request becomes one registry command; its failure (unknown call, illegal in this state, driver
 error...) is the FAILURE response's errorMessage.
