@@ -21,6 +21,7 @@ from gateway.cluster.calls import CallRecord, CallRecords, NodeLostSweeper
 from gateway.cluster.commands import CommandRouter
 from gateway.cluster.events import ExtensionEvents
 from gateway.cluster.leases import Lease, LeaseCampaign, LeaseHolder, lease_holder, lease_holders
+from gateway.cluster.node import ClusterNode
 from gateway.cluster.nodes import NodeHeartbeat, NodeInfo, NodeRegistry, least_loaded
 from gateway.cluster.redis import IRedis, ISubscription, RedisClient, RedisURL, Script
 
@@ -28,6 +29,7 @@ __all__ = [
     "CallRecord",
     "CallRecords",
     "ClusterError",
+    "ClusterNode",
     "CommandRouter",
     "CommandTimeout",
     "ExtensionEvents",
