@@ -482,6 +482,13 @@ class TransactionLayer:
         transaction.start()
         return transaction
 
+    def send_stateless(self, request: Request, peer: Peer) -> None:
+        """Send ``request`` outside any transaction, with this endpoint's Via and a new branch: the ACK
+        to a 2xx (RFC 3261 13.2.2.4), sent again by the TU for each retransmitted 2xx."""
+        if request.get("Via") is None:
+            self._prepare(request, peer)
+        self.send(request, peer)
+
     def request(self, request: Request, peer: Peer) -> defer.Deferred[Response]:
         """A non-INVITE request's final response (provisional ones are skipped); fails with
         :class:`TransactionTimeout` when none comes."""

@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 
 from gateway.sip.message import parse_datagram
 from tests.sip.torture import TORTURE
+from tests.sip.uac import TinyUAC
 from tests.sip.uas import TinyUAS
 
 SIPP = shutil.which("sipp")
@@ -79,15 +80,21 @@ def sipp(cleanup, tmp_path):
 
     cleanup(kill)
 
-    async def run(server, *args):
+    def spawn(server, *args, port=None):
+        """SIPp against ``server`` (or, with ``server`` None, a SIPp UAS on ``port``); fires with (code, output)."""
         proc = SippProcess()
-        argv = [SIPP, f"127.0.0.1:{server.port}", "-i", "127.0.0.1", "-p", str(free_udp_port()),
+        target = [f"127.0.0.1:{server.port}"] if server is not None else []
+        argv = [SIPP, *target, "-i", "127.0.0.1", "-p", str(port or free_udp_port()),
                 "-nostdin", "-timeout", "30s", "-timeout_error", "-max_retrans", "3", *map(str, args)]
         transport = reactor().spawnProcess(proc, SIPP, argv, env=dict(os.environ, TERM="dumb"), path=str(tmp_path))
         running.append((proc, transport))
-        code = await proc.ended.addTimeout(WAIT, reactor())
-        return code, proc.output.decode("utf-8", "replace")
+        ended = proc.ended.addTimeout(WAIT, reactor())
+        return ended.addCallback(lambda code: (code, proc.output.decode("utf-8", "replace")))
 
+    async def run(server, *args):
+        return await spawn(server, *args)
+
+    run.spawn = spawn
     return run
 
 
@@ -153,3 +160,57 @@ async def test_the_torture_messages_sent_raw_over_udp_are_answered_or_dropped(ua
         assert [parse_datagram(d).status for d in client.received[before:]] == [200]
     finally:
         await port.stopListening()
+
+
+@pytest.fixture
+def uac(cleanup):
+    """A TinyUAC on a free loopback UDP port; stopped at teardown."""
+    made = []
+
+    def make(**options):
+        client = TinyUAC(reactor(), free_udp_port(), **options)
+        client.start()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        pytest_twisted.blockon(defer.maybeDeferred(client.stop))
+
+
+@pytest_twisted.ensureDeferred
+async def test_calling_a_sipp_uas_holding_retrieving_and_hanging_up(uac, sipp):
+    port = free_udp_port()
+    ended = sipp.spawn(None, "-sf", SCENARIOS / "uas_hold.xml", "-m", 1, port=port)
+    client = uac()
+    outcome = await client.call("127.0.0.1", port, "15551234")  # the INVITE is retransmitted until SIPp is up
+    code, output = await ended
+    assert code == 0, output[-3000:]
+    assert outcome["answer"] == 200 and outcome["bye"] == 200
+    assert (outcome["agreed"].codec, outcome["agreed"].dtmf_payload_type, outcome["agreed"].direction) == (
+        "PCMU", 101, "sendrecv")
+    assert outcome["hold"] == (200, "sendonly") and outcome["retrieve"] == (200, "sendrecv")
+    assert client.statuses[:2] == [180, 200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_calling_a_sipp_uas_that_asks_for_digest(uac, sipp):
+    port = free_udp_port()
+    ended = sipp.spawn(None, "-sf", SCENARIOS / "uas_auth.xml", "-m", 1, port=port)
+    client = uac(username="trunkuser", password="s3cret")
+    outcome = await client.call("127.0.0.1", port, "15551234", hold=False)
+    code, output = await ended
+    assert code == 0, output[-3000:]
+    assert client.statuses == [401, 200]
+    assert outcome["answer"] == 200 and outcome["bye"] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_is_refused_by_the_sipp_uas(uac, sipp):
+    port = free_udp_port()
+    ended = sipp.spawn(None, "-sf", SCENARIOS / "uas_auth.xml", "-m", 1, port=port)
+    client = uac(username="trunkuser", password="wrong")
+    outcome = await client.call("127.0.0.1", port, "15551234", hold=False)
+    await ended
+    assert client.statuses == [401, 403]
+    assert outcome == {"answer": 403}
