@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Union
 
 import attrs
@@ -555,7 +555,7 @@ def _check_contact(text: str) -> None:
         _delta(expires, "Contact")
 
 
-_CHECKS = {
+_CHECKS: dict[str, Callable[[str], object]] = {
     "Via": parse_via,
     "CSeq": parse_cseq,
     "From": lambda text: parse_name_addr(text, "From"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -139,7 +140,7 @@ def parse_sdp(body: bytes) -> SessionDescription:
     version = 0
     session_address: str | None = None
     session_direction = "sendrecv"
-    media: list[dict] = []
+    media: list[dict[str, Any]] = []
     for line in lines[1:]:
         if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
             raise SDPError(f"not an SDP line: {line[:60]!r}", 400)

@@ -444,8 +444,12 @@ class TransactionLayer:
 
     def __init__(self, clock: Any, send: Callable[[Message, Peer], None], tu: TransactionUser,
                  sent_by: Callable[[str], str], *, timers: Timers = Timers(),
-                 random: Callable[[int], bytes] = os.urandom):
+                 random: Callable[[int], bytes] = os.urandom, max_server_transactions: int = 10000):
         self.clock = clock
+        #: past this many live server transactions a new request gets 503 statelessly (a flood cannot
+        #: make the layer hold unbounded state); counted in ``overloaded``
+        self.max_server_transactions = max_server_transactions
+        self.overloaded = 0
         self._send = send
         self.tu = tu
         self.sent_by = sent_by
@@ -546,6 +550,15 @@ class TransactionLayer:
             self.tu.request_received(request, None, source)
             return
         peer = response_destination(request.top_via, source.transport) if not source.reliable else source  # type: ignore[arg-type]
+        if len(self._servers) >= self.max_server_transactions:
+            self.overloaded += 1
+            busy = request.response(503, to_tag=self.random(6).hex())
+            busy.add("Retry-After", "5")
+            self.send(busy, peer)
+            notify = getattr(self.tu, "overloaded", None)
+            if notify is not None:
+                notify(request, source)
+            return
         server: ServerTransaction
         if request.method == "INVITE":
             server = InviteServerTransaction(self, key, request, peer)

@@ -32,7 +32,7 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.logger import Logger
 
-from gateway.boundary import IgnoredBudget, ignored_counter
+from gateway.boundary import IgnoredBudget, RateLimitedLog
 from gateway.sip.message import (
     Limits,
     Message,
@@ -116,19 +116,21 @@ class SIPEndpoint:
 
     def __init__(self, clock: Any, trunks: TrunkMatcher, sent_by: Callable[[str], str], *, registry: Any = None,
                  timers: Timers = Timers(), random: Callable[[int], bytes] = os.urandom,
-                 user_agent: str = "telephony-gateway"):
+                 user_agent: str = "telephony-gateway", max_transactions: int = 10000):
         self.clock = clock
         self.trunks = trunks
         self.random = random
         self.user_agent = user_agent
         self.transports: dict[str, Any] = {}
-        self.layer = TransactionLayer(clock, self._send, self, sent_by, timers=timers, random=random)
+        self.layer = TransactionLayer(clock, self._send, self, sent_by, timers=timers, random=random,
+                                      max_server_transactions=max_transactions)
         #: method -> handler(request, transaction, source, trunk name or None)
         self.handlers: dict[str, Handler] = {"OPTIONS": self._options}
         #: called with (response, source) for responses that matched no transaction
         self.on_stray_response: Callable[[Response, Peer], None] | None = None
         #: refusals by reason, also counted in gateway_sip_refused_total when a registry is given
         self.refused: dict[str, int] = {}
+        self._overload_log = RateLimitedLog(clock, log)
         self._refused_counter = None
         if registry is not None:
             from prometheus_client import Counter
@@ -204,6 +206,14 @@ class SIPEndpoint:
             self.respond(transaction, 405, headers=[("Allow", ", ".join(sorted(self.handlers)))])
         else:
             self.respond(transaction, 501)
+
+    def overloaded(self, request: Request, source: Peer) -> None:
+        """The transaction layer answered 503: too many live server transactions."""
+        self._refuse("overloaded")
+        self._overload_log.emit(
+            "SIP: too many transactions, answered {method} from {host}:{port} with 503{more}",
+            summary="SIP: too many transactions, {count} more requests answered 503 in the last {seconds:.0f} s",
+            method=request.method[:40], host=source.host, port=source.port)
 
     def stray_response(self, response: Response, source: Peer) -> None:
         if self.on_stray_response is not None:
@@ -281,7 +291,8 @@ class TCPConnection(protocol.Protocol):
         self.budget: IgnoredBudget | None = None
 
     def connectionMade(self) -> None:
-        address = self.transport.getPeer()  # type: ignore[attr-defined]
+        assert self.transport is not None
+        address: Any = self.transport.getPeer()
         self.peer = Peer("TCP", address.host, address.port)
         self.parser = StreamParser(self.factory.limits)
         self.budget = self.factory.budget(f"{address.host}:{address.port}")
@@ -315,7 +326,7 @@ class TCPConnection(protocol.Protocol):
 class TCPTransportFactory(protocol.ServerFactory):
     """Accepts SIP over TCP; sends a message to a peer over its open connection."""
 
-    protocol = TCPConnection
+    protocol = TCPConnection  # type: ignore[assignment]
 
     def __init__(self, endpoint: SIPEndpoint, budget: Callable[[str], IgnoredBudget], *,
                  limits: Limits = Limits()):
@@ -331,7 +342,3 @@ class TCPTransportFactory(protocol.ServerFactory):
             return
         connection.transport.write(message.to_bytes())
 
-
-def sip_budget_counter(registry: Any) -> Any:
-    """``gateway_ignored_messages_total`` for the SIP transports (adapter ``sip``)."""
-    return ignored_counter(registry) if registry is not None else None

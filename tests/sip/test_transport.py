@@ -203,3 +203,22 @@ class ConfigTests(SynchronousTestCase):
         trunks = TrunkMatcher([("a", "10.0.0.5"), ("b", "2001:db8::/64")])
         self.assertEqual([trunks.match(h) for h in ("10.0.0.5", "10.0.0.6", "2001:db8::9", "x", "::1")],
                          ["a", None, "b", None, None])
+
+
+class OverloadTests(SynchronousTestCase):
+    def test_past_the_cap_new_requests_get_503_statelessly_and_are_counted(self):
+        clock, registry = Clock(), CollectorRegistry()
+        endpoint = SIPEndpoint(clock, TrunkMatcher([("carrier", "10.0.0.5")]), lambda t: "192.0.2.1:5060",
+                               registry=registry, max_transactions=3)
+        udp = UDPTransport(endpoint, budget_factory(clock, "sip", registry)("udp"))
+        wire_ = FakeUDP()
+        udp.makeConnection(wire_)
+        endpoint.add_transport("UDP", udp)
+        endpoint.handlers["REGISTER"] = lambda req, tx, src, trunk: None  # keeps its transactions open
+        for i in range(5):
+            udp.datagramReceived(request("REGISTER", branch=f"z9hG4bKr{i}"), TRUNK)
+        self.assertEqual([int(d.split(b" ", 2)[1]) for d, _ in wire_.written], [503, 503])
+        self.assertEqual(parse_datagram(wire_.written[0][0]).get("Retry-After"), "5")
+        self.assertEqual(endpoint.layer.count, 3)
+        self.assertEqual(registry.get_sample_value("gateway_sip_refused_total", {"reason": "overloaded"}), 2)
+        endpoint.close()
