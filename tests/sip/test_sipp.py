@@ -214,3 +214,32 @@ async def test_a_wrong_password_is_refused_by_the_sipp_uas(uac, sipp):
     await ended
     assert client.statuses == [401, 403]
     assert outcome == {"answer": 403}
+
+
+@pytest_twisted.ensureDeferred
+async def test_registering_at_a_sipp_registrar_with_digest_refresh_and_removal(cleanup, sipp):
+    from gateway.sip.digest import DigestClient
+    from gateway.sip.register import Registration
+    from gateway.sip.transaction import Peer
+
+    port = free_udp_port()
+    ended = sipp.spawn(None, "-sf", SCENARIOS / "uas_register.xml", "-m", 1, port=port)
+    client = TinyUAC(reactor(), free_udp_port())
+    client.start()
+    cleanup(lambda: pytest_twisted.blockon(defer.maybeDeferred(client.stop)))
+    states = []
+    registration = Registration(reactor(), client.endpoint.layer, trunk="sipp", registrar=Peer("UDP", "127.0.0.1", port),
+                                aor="sip:trunkuser@127.0.0.1", contact=f"sip:trunkuser@127.0.0.1:{client.port}",
+                                digest=DigestClient("trunkuser", "s3cret"), expires=4,
+                                on_change=lambda r: states.append(r.state))
+    cleanup(registration.abandon)
+    registration.start()
+    for _ in range(100):  # the refresh comes 2 s after the grant
+        await deferLater(reactor(), 0.1, lambda: None)
+        if registration.cseq >= 3 and registration.state == "registered":
+            break
+    assert (registration.state, registration.cseq) == ("registered", 3)
+    await registration.stop()
+    code, output = await ended
+    assert code == 0, output[-3000:]
+    assert states == ["registering", "registered", "unregistered"]
