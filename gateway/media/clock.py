@@ -13,7 +13,11 @@ hundreds of legs made and sorted hundreds of timers every 20 ms. A
   together (the reactor wakes at millisecond granularity) tick in one batch,
   and their writes go out together in the reactor's next write pass;
 - a schedule behind its deadlines (a stalled reactor) ticks again at once
-  until it has caught up, as before;
+  until it has caught up, as before; when the timer fires more than
+  :data:`STALL` late, the catch-up waits for one pass of the reactor's I/O
+  first, so that the frames which arrived during the stall are read and the
+  missed ticks play them (in a burst that ends the stall's delay) instead of
+  finding the queues empty and leaving the frames as a backlog;
 - a schedule started during a firing (a mixer's tick starting a leg's
   playout) first ticks in the next firing, as a fresh ``callLater(0)`` would;
 - a schedule whose tick returns false, or that is stopped, leaves the heap;
@@ -33,12 +37,14 @@ import typing
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["Beat", "MediaClock", "media_clock"]
+__all__ = ["Beat", "MediaClock", "STALL", "media_clock"]
 
 log = Logger()
 
 #: a deadline this close past ``now`` counts as due (float rounding of ``anchor + n * interval``)
 _EPSILON = 1e-9
+#: seconds a firing may be late before it counts as a stall of the reactor (two frames)
+STALL = 0.040
 
 
 class Beat:
@@ -87,8 +93,8 @@ class Beat:
 class MediaClock:
     """The paced schedules of one reactor on one timer (see the module docstring).
 
-    Counters: ``firings`` (times the timer fired), ``ticks`` (schedule ticks run);
-    ``beats`` is the number of running schedules.
+    Counters: ``firings`` (times the timer fired), ``ticks`` (schedule ticks run),
+    ``stalls`` (firings later than :data:`STALL`); ``beats`` is the number of running schedules.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -105,6 +111,8 @@ class MediaClock:
         self.beats = 0
         self.firings = 0
         self.ticks = 0
+        self.stalls = 0
+        self._after_stall = False
 
     def beat(self, tick: typing.Callable[[], bool], interval: float, name: str = "") -> Beat:
         """A new (stopped) schedule calling ``tick`` every ``interval`` seconds once started."""
@@ -158,9 +166,18 @@ class MediaClock:
 
     def _fire(self) -> None:
         self._call = None
-        self.firings += 1
         heap = self._heap
         now = self._clock.seconds() + _EPSILON
+        if heap and now - heap[0][0] > STALL and not self._after_stall:
+            # The reactor was stalled: let it read what came meanwhile before the schedules catch up, so
+            # the missed ticks play the frames that arrived during the stall instead of finding empty queues.
+            self._after_stall = True
+            self.stalls += 1
+            self._due = now
+            self._call = self._clock.callLater(0, self._fire)
+            return
+        self._after_stall = False
+        self.firings += 1
         self._firing = True
         try:
             while heap and heap[0][0] <= now:

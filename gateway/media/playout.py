@@ -25,7 +25,9 @@ depth of ``jitter_ms // 20`` frames (at least one):
 - pre-buffer: a fresh schedule (at the start, or after running dry) waits until
   the target depth is queued, or ``jitter_ms`` has passed, before it plays;
 - trim: when, at every tick for ``TRIM_WINDOW`` (0.4) seconds, more than
-  target + ``TRIM_MARGIN`` (0) frames are queued before the tick plays one, one
+  target + ``TRIM_MARGIN`` (0) frames are queued before the tick plays one
+  (a tick more than a frame late, catching up after a stall, is not counted:
+  it drains the backlog), one
   frame per tick is removed until it is not: the oldest
   silent frame (RMS below ``SILENCE_RMS``) first, else the oldest. It never
   trims below the target. Each trim is counted (``frames_trimmed``) and told to
@@ -274,6 +276,8 @@ class Playout:
         if len(self._queue) <= self.target + TRIM_MARGIN or not self._live:
             self._high_ticks = 0
             return
+        if self._clock.seconds() - self._pacer.next_deadline > FRAME_MS / 1000:
+            return  # a tick catching up after a stall drains the backlog: not counted
         self._high_ticks += 1
         if self._high_ticks < self._window:
             return

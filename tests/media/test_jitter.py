@@ -112,6 +112,57 @@ class RatchetTests(SynchronousTestCase):
         self.assertLessEqual(depths[-1], bridge.b.playout.target + 1)
 
 
+class ReactorClock(Clock):
+    """A ``task.Clock`` that runs, per step, only the calls already scheduled when the step began, as a reactor
+    does (a ``callLater(0)`` made by a timed call runs after the reactor's next pass over I/O, not at once)."""
+
+    def advance(self, amount):
+        self.rightNow += amount
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+class OwnStallTests(SynchronousTestCase):
+    def test_after_a_stall_of_the_process_the_frames_that_came_meanwhile_play_in_the_catch_up(self):
+        from gateway.media.clock import media_clock
+
+        bridge = Bridge(self, jitter_ms=20)
+        clock = bridge.clock = ReactorClock()
+        bridge.a = bridge.ports.port(clock, PCM16, "leg-a")
+        bridge.b = bridge.ports.port(clock, PCM16, "leg-b")
+        bridge.b.set_wire(lambda payload: bridge.played.append((int.from_bytes(payload[:2], "little"),
+                                                                clock.seconds())))
+        bridge.a.source.connect(bridge.b.sink)
+        for n in range(100):  # 2 s of audio on time
+            while clock.seconds() + 0.001 < n * FRAME:
+                clock.advance(0.001)
+            bridge.a.receive(numbered(n))
+            clock.advance(0)
+        clock.advance(0.001)
+        # the process stalls for 200 ms: the reactor's first pass is the late timer, then I/O brings the
+        # ten frames sent meanwhile, then the timer's catch-up
+        clock.advance(0.2)
+        for n in range(100, 110):
+            bridge.a.receive(numbered(n))
+        clock.advance(0)
+        self.assertEqual([seq for seq, _ in bridge.played][-10:], list(range(100, 110)))
+        self.assertEqual(media_clock(clock).stalls, 1)
+        for n in range(110, 200):
+            while clock.seconds() + 0.001 < n * FRAME:
+                clock.advance(0.001)
+            bridge.a.receive(numbered(n))
+            clock.advance(0)
+        for _ in range(100):
+            clock.advance(0.001)
+        self.assertEqual([seq for seq, _ in bridge.played], list(range(200)))  # none trimmed, none lost
+        self.assertEqual(bridge.b.playout.frames_trimmed, 0)
+        self.assertLessEqual(max(bridge.latencies(after=2.3)), 0.0025)
+
+
 class PhaseTests(SynchronousTestCase):
     """The schedule meets a live source's frames: a frame does not wait most of a tick for ever."""
 
