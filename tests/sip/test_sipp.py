@@ -243,3 +243,26 @@ async def test_registering_at_a_sipp_registrar_with_digest_refresh_and_removal(c
     code, output = await ended
     assert code == 0, output[-3000:]
     assert states == ["registering", "registered", "unregistered"]
+
+
+PCAP_DIRS = ("/usr/share/sip-tester", "/usr/share/sipp", "/usr/share/sipp/pcap")
+
+
+@pytest_twisted.ensureDeferred
+async def test_pcap_audio_and_rfc_2833_dtmf_from_sipp_reach_the_rtp_session(uas, sipp, tmp_path):
+    pcap_dir = next((d for d in PCAP_DIRS if os.path.exists(os.path.join(d, "g711a.pcap"))), None)
+    if pcap_dir is None:
+        pytest.skip(f"sip-tester's pcap files are not in any of {PCAP_DIRS}")
+    scenario = tmp_path / "uac_pcap_dtmf.xml"
+    scenario.write_text((SCENARIOS / "uac_pcap_dtmf.xml").read_text().replace("{pcap_dir}", pcap_dir))
+    server = uas(rtp=True)
+    code, output = await sipp(server, "-sf", scenario, "-m", 1, "-mp", free_udp_port())
+    assert code == 0, output[-3000:]
+    [(session, _)] = server.sessions
+    assert session.latched and session.audio_pt == 8 and session.dtmf_pt == 101
+    assert server.audio_packets >= 50  # 1.5 s of 20 ms packets, on a loaded machine some less
+    # the capture's 2240-sample event, its end packet sent three times with one sequence number: one digit
+    assert server.digits == [("1", 280)]
+    # the DTMF capture has its own SSRC (the statistics start over) and repeats a sequence number, which
+    # RFC 3550 counts as a negative loss
+    assert session.stats.lost <= 0 and session.dropped == {}

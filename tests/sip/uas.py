@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.boundary import budget_factory
 from gateway.sip.dialog import Dialog, SuccessRetransmitter
+from gateway.sip.rtp import RTPSession
 from gateway.sip.sdp import LocalMedia, SDPError, parse_sdp
 from gateway.sip.transport import SIPEndpoint, TrunkMatcher, UDPTransport
 
@@ -21,8 +22,13 @@ _sessions = itertools.count(1)
 
 
 class TinyUAS:
-    def __init__(self, reactor, port, trunks=(("loopback", "127.0.0.1"),), *, answer=True):
+    def __init__(self, reactor, port, trunks=(("loopback", "127.0.0.1"),), *, answer=True, rtp=False):
         self.reactor = reactor
+        self.rtp = rtp
+        #: with ``rtp``: each call's RTPSession, its listening port, and what it received
+        self.sessions = []
+        self.audio_packets = 0
+        self.digits = []
         self.port = port
         self.answer = answer
         self.registry = CollectorRegistry()
@@ -46,6 +52,9 @@ class TinyUAS:
     def stop(self):
         for _, retransmitter in self.dialogs.values():
             retransmitter.cancel()
+        for session, listening in self.sessions:
+            session.stop()
+            listening.stopListening()
         self.endpoint.close()
         return self.listening.stopListening()
 
@@ -60,12 +69,23 @@ class TinyUAS:
 
     def invite(self, request, tx, source, trunk):
         self.counts["invite"] += 1
-        media = LocalMedia(address="127.0.0.1", port=40000, session_id=str(next(_sessions)))
+        session = listening = None
+        media_port = 40000
+        if self.rtp:
+            session = RTPSession(self.reactor, audio_pt=-1, dtmf_pt=None, remote=("127.0.0.1", 9),
+                                 on_audio=self._audio, on_digit=lambda digit, ms: self.digits.append((digit, ms)))
+            listening = self.reactor.listenUDP(0, session, interface="127.0.0.1")
+            self.sessions.append((session, listening))
+            media_port = listening.getHost().port
+        media = LocalMedia(address="127.0.0.1", port=media_port, session_id=str(next(_sessions)))
         try:
-            body, _ = media.answer(parse_sdp(request.body))
+            body, agreed = media.answer(parse_sdp(request.body))
         except SDPError as error:
             self.endpoint.respond(tx, error.status)
             return
+        if session is not None:
+            session.audio_pt, session.dtmf_pt = agreed.payload_type, agreed.dtmf_payload_type
+            session.remote = (agreed.remote_address, agreed.remote_port)
         tag = self.endpoint.new_tag()
         self.endpoint.respond(tx, 180, to_tag=tag)
         if not self.answer:
@@ -80,6 +100,9 @@ class TinyUAS:
             self.dialogs.pop(key, None)
 
         self.dialogs[key] = (dialog, SuccessRetransmitter(self.reactor, lambda: tx.respond(response), no_ack))
+
+    def _audio(self, payload, packet):
+        self.audio_packets += 1
 
     def ack(self, request, tx, source, trunk):
         entry = self.dialogs.get((request.call_id, request.to.tag))
