@@ -266,3 +266,15 @@ async def test_pcap_audio_and_rfc_2833_dtmf_from_sipp_reach_the_rtp_session(uas,
     # the DTMF capture has its own SSRC (the statistics start over) and repeats a sequence number, which
     # RFC 3550 counts as a negative loss
     assert session.stats.lost <= 0 and session.dropped == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_300_calls_up_to_100_at_once_all_complete(uas, sipp):
+    """A short load run (the issue's 30 s daemon load test is still to come): the transaction layer, the 2xx
+    retransmitter and the dialogs under 100 concurrent calls, every call answered, ACKed and hung up."""
+    server = uas()
+    code, output = await sipp(server, "-sn", "uac", "-m", 300, "-r", 100, "-l", 100, "-d", 1000)
+    assert code == 0, output[-3000:]
+    assert (server.counts["invite"], server.counts["ack"], server.counts["bye"]) == (300, 300, 300)
+    assert server.dialogs == {} and server.counts["no_ack"] == 0
+    assert server.metric("gateway_ignored_messages_total", adapter="sip", reason="malformed") == 0
