@@ -32,9 +32,17 @@ def reactor():
 
 
 def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free for UDP and, a moment ago, for TCP too (the test UAS listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no loopback port free for both UDP and TCP")
 
 
 class SippProcess(protocol.ProcessProtocol):
@@ -278,3 +286,12 @@ async def test_300_calls_up_to_100_at_once_all_complete(uas, sipp):
     assert (server.counts["invite"], server.counts["ack"], server.counts["bye"]) == (300, 300, 300)
     assert server.dialogs == {} and server.counts["no_ack"] == 0
     assert server.metric("gateway_ignored_messages_total", adapter="sip", reason="malformed") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sipp_calls_over_tcp(uas, sipp):
+    """Over TCP: framed by Content-Length, answered on the connection they came on, nothing retransmitted."""
+    server = uas()
+    code, output = await sipp(server, "-sn", "uac", "-t", "t1", "-m", 5, "-r", 10, "-d", 200)
+    assert code == 0, output[-3000:]
+    assert (server.counts["invite"], server.counts["ack"], server.counts["bye"]) == (5, 5, 5)

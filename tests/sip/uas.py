@@ -16,7 +16,7 @@ from gateway.boundary import budget_factory
 from gateway.sip.dialog import Dialog, SuccessRetransmitter
 from gateway.sip.rtp import RTPSession
 from gateway.sip.sdp import LocalMedia, SDPError, parse_sdp
-from gateway.sip.transport import SIPEndpoint, TrunkMatcher, UDPTransport
+from gateway.sip.transport import SIPEndpoint, TCPTransportFactory, TrunkMatcher, UDPTransport
 
 _sessions = itertools.count(1)
 
@@ -36,6 +36,8 @@ class TinyUAS:
                                     registry=self.registry)
         self.udp = UDPTransport(self.endpoint, budget_factory(reactor, "sip", self.registry)("udp"))
         self.endpoint.add_transport("UDP", self.udp)
+        self.tcp = TCPTransportFactory(self.endpoint, budget_factory(reactor, "sip", self.registry))
+        self.endpoint.add_transport("TCP", self.tcp)
         handlers = self.endpoint.handlers
         handlers["INVITE"] = self.invite
         handlers["ACK"] = self.ack
@@ -45,9 +47,11 @@ class TinyUAS:
         self.dialogs = {}  # (call_id, local tag) -> (dialog, retransmitter)
         self.counts = {"invite": 0, "ack": 0, "bye": 0, "register": 0, "cancelled": 0, "no_ack": 0}
         self.listening = None
+        self.listening_tcp = None
 
     def start(self):
         self.listening = self.reactor.listenUDP(self.port, self.udp, interface="127.0.0.1")
+        self.listening_tcp = self.reactor.listenTCP(self.port, self.tcp, interface="127.0.0.1")
 
     def stop(self):
         for _, retransmitter in self.dialogs.values():
@@ -56,6 +60,9 @@ class TinyUAS:
             session.stop()
             listening.stopListening()
         self.endpoint.close()
+        for connection in list(self.tcp.connections.values()):
+            connection.transport.abortConnection()
+        self.listening_tcp.stopListening()
         return self.listening.stopListening()
 
     def metric(self, name, **labels):
