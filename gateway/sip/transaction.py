@@ -522,7 +522,7 @@ class TransactionLayer:
         if via is None:
             return
         transaction = self._clients.get((via.branch or "", response.cseq.method))
-        if transaction is None or via.sent_by != self.sent_by(transaction.peer.transport):
+        if transaction is None or via.sent_by != self.sent_by(transaction.peer.transport).lower():
             self.tu.stray_response(response, source)
             return
         transaction.response_received(response)

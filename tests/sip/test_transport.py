@@ -222,3 +222,30 @@ class OverloadTests(SynchronousTestCase):
         self.assertEqual(endpoint.layer.count, 3)
         self.assertEqual(registry.get_sample_value("gateway_sip_refused_total", {"reason": "overloaded"}), 2)
         endpoint.close()
+
+
+class FuzzThroughTheDoorTests(EndpointTestCase):
+    def test_mutated_messages_never_raise_past_the_parser(self):
+        """Mutated torture messages through the UDP transport, endpoint and transaction layer: every one is
+        refused, answered or handled, and none ends in the transport's last-resort failure log."""
+        import random
+
+        from gateway.sip import transport as transport_module
+
+        failures = []
+        self.patch(transport_module, "log", Logger(observer=lambda event: failures.append(event)
+                                                   if "log_failure" in event else None))
+        self.endpoint.handlers["BYE"] = lambda req, tx, src, trunk: self.endpoint.respond(tx, 481)
+        self.endpoint.handlers["INVITE"] = lambda req, tx, src, trunk: self.endpoint.respond(tx, 486)
+        rng = random.Random(17)
+        corpus = [data for _, _, data, _ in TORTURE] + [invite(), request("OPTIONS"), request("BYE"),
+                                                        request("CANCEL")]
+        for _ in range(3000):
+            data = bytearray(rng.choice(corpus))
+            for _ in range(rng.randrange(1, 4)):
+                pos = rng.randrange(len(data))
+                data[pos] = rng.choice(b"\r\n :;,<>\"%@\tz9hG4bK0123456789")
+            self.udp.datagramReceived(bytes(data), rng.choice([TRUNK, STRANGER]))
+        self.assertEqual([event.get("log_failure") for event in failures], [])
+        self.clock.advance(64)
+        self.assertEqual(self.endpoint.layer.count, 0)
