@@ -295,3 +295,125 @@ async def test_sipp_calls_over_tcp(uas, sipp):
     code, output = await sipp(server, "-sn", "uac", "-t", "t1", "-m", 5, "-r", 10, "-d", 200)
     assert code == 0, output[-3000:]
     assert (server.counts["invite"], server.counts["ack"], server.counts["bye"]) == (5, 5, 5)
+
+
+class _Recorder:
+    """CallEvents that keep what happened, answering inbound calls at once when asked to."""
+
+    def __init__(self, answer=False):
+        self.seen = []
+        self.answer = answer
+        self.done = defer.Deferred()
+
+    def ringing(self, call):
+        self.seen.append("ringing")
+
+    def answered(self, call, media):
+        self.seen.append(("answered", media.codec, media.direction))
+
+    def media_changed(self, call, media):
+        self.seen.append(("media", media.direction))
+
+    def ended(self, call, cause, detail):
+        self.seen.append(("ended", cause))
+        if not self.done.called:
+            self.done.callback(cause)
+
+
+@pytest.fixture
+def gateway_calls(cleanup):
+    """``gateway_calls(trunks, credentials)`` → (CallManager, port): the call layer on a free loopback UDP port."""
+    from gateway.boundary import budget_factory
+    from gateway.sip.call import CallManager
+    from gateway.sip.sdp import LocalMedia
+    from gateway.sip.transport import SIPEndpoint, TrunkMatcher, UDPTransport
+
+    def make(trunks=(("loopback", "127.0.0.1"),), credentials=None):
+        port = free_udp_port()
+        endpoint = SIPEndpoint(reactor(), TrunkMatcher(trunks), lambda transport: f"127.0.0.1:{port}")
+        udp = UDPTransport(endpoint, budget_factory(reactor(), "sip")("udp"))
+        endpoint.add_transport("UDP", udp)
+        listening = reactor().listenUDP(port, udp, interface="127.0.0.1")
+        media_ports = iter(range(42000, 43000, 2))
+        manager = CallManager(endpoint, contact=f"sip:gw@127.0.0.1:{port}",
+                              media_factory=lambda call_id: LocalMedia("127.0.0.1", next(media_ports), call_id),
+                              credentials=credentials)
+
+        def stop():
+            manager.close()
+            endpoint.close()
+            pytest_twisted.blockon(defer.maybeDeferred(listening.stopListening))
+
+        cleanup(stop)
+        return manager, port
+
+    return make
+
+
+@pytest_twisted.ensureDeferred
+async def test_sipp_calls_into_the_call_layer(gateway_calls, sipp):
+    manager, port = gateway_calls()
+    recorders = []
+
+    def incoming(call):
+        recorder = _Recorder()
+        recorders.append((call, recorder))
+        call.ring()
+        call.answer().addErrback(lambda failure: None)
+        return recorder
+
+    manager.on_incoming = incoming
+
+    class Server:  # what the sipp fixture needs of a target
+        pass
+
+    Server.port = port
+    code, output = await sipp(Server, "-sn", "uac", "-m", 5, "-r", 10, "-d", 200)
+    assert code == 0, output[-3000:]
+    assert [recorder.seen for _, recorder in recorders] == [
+        [("answered", "PCMU", "sendrecv"), ("ended", "remote_hangup")]] * 5
+    assert manager.calls == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_call_layer_calls_a_sipp_uas_holds_retrieves_and_hangs_up(gateway_calls, sipp):
+    from gateway.sip.transaction import Peer
+
+    manager, _ = gateway_calls()
+    sipp_port = free_udp_port()
+    ended = sipp.spawn(None, "-sf", SCENARIOS / "uas_hold.xml", "-m", 1, port=sipp_port)
+    recorder = _Recorder()
+    call = manager.dial(Peer("UDP", "127.0.0.1", sipp_port), f"sip:15551234@127.0.0.1:{sipp_port}",
+                        from_user="gateway", from_host="127.0.0.1", events=recorder, trunk="sipp")
+    for _ in range(100):
+        await deferLater(reactor(), 0.05, lambda: None)
+        if call.state == "answered":
+            break
+    assert (await call.hold()).direction == "sendonly"
+    assert (await call.retrieve()).direction == "sendrecv"
+    await call.hangup()
+    code, output = await ended
+    assert code == 0, output[-3000:]
+    assert recorder.seen == ["ringing", ("answered", "PCMU", "sendrecv"), ("media", "sendonly"),
+                             ("media", "sendrecv"), ("ended", "normal")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_call_layer_answers_a_sipp_digest_challenge(gateway_calls, sipp):
+    from gateway.sip.digest import DigestClient
+    from gateway.sip.transaction import Peer
+
+    manager, _ = gateway_calls(credentials={"sipp": DigestClient("trunkuser", "s3cret")})
+    sipp_port = free_udp_port()
+    ended = sipp.spawn(None, "-sf", SCENARIOS / "uas_auth.xml", "-m", 1, port=sipp_port)
+    recorder = _Recorder()
+    call = manager.dial(Peer("UDP", "127.0.0.1", sipp_port), f"sip:15551234@127.0.0.1:{sipp_port}",
+                        from_user="gateway", from_host="127.0.0.1", events=recorder, trunk="sipp")
+    for _ in range(100):
+        await deferLater(reactor(), 0.05, lambda: None)
+        if call.state == "answered":
+            break
+    await call.hangup()
+    code, output = await ended
+    assert code == 0, output[-3000:]
+    assert recorder.seen == [("answered", "PCMU", "sendrecv"), ("ended", "normal")]
