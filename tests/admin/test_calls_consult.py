@@ -105,3 +105,29 @@ class ConsultApiTests(SynchronousTestCase):
         self.assertEqual(self.call("GET", base)[1]["state"], "HELD")
         self.assertEqual(self.call("POST", f"{base}/consult", {"number": "5552222"}, headers={})[0], 401)
         self.assertEqual(len(self.h.registry.calls()), 1)
+
+    def test_the_failure_paths_through_the_api(self):
+        base = f"/api/calls/{self.primary}"
+        # busy and unanswered consults end; the primary stays held and can be retrieved
+        for number, cause, wait in (("5550001", "busy", 1.5), ("5558881", "no_answer", 10.5)):
+            code, consult = self.call("POST", f"{base}/consult", {"number": number})
+            self.h.advance(wait)
+            self.assertEqual(self.call("GET", f"/api/calls/{consult['call_id']}")[1]["cause"], cause)
+            self.assertEqual(self.call("GET", base)[1]["state"], "HELD")
+        self.assertEqual(self.call("POST", f"{base}/retrieve")[1]["state"], "TALKING")
+        # the consulted party hangs up
+        consult = self.consult()["call_id"]
+        self.h.network.party("5552222").hang_up()
+        ended = self.call("GET", f"/api/calls/{consult}")[1]
+        self.assertEqual((ended["cause"], ended["hangup_by"]), ("remote_hangup", "remote"))
+        self.assertEqual(self.call("GET", base)[1]["consult"], None)
+        # the primary party hangs up during a consult: the consult goes on, the phone with it
+        consult = self.consult("5553333")["call_id"]
+        self.h.network.party("5551234").hang_up()
+        self.assertEqual(self.call("GET", base)[1]["cause"], "remote_hangup")
+        self.assertEqual(self.call("GET", f"/api/calls/{consult}")[1]["state"], "TALKING")
+        self.assertEqual(self.h.network.party("1001").state, "talking")
+        self.assertEqual(self.call("POST", f"{base}/alternate")[0], 409)
+        self.assertEqual(self.call("POST", f"/api/calls/{consult}/hangup")[1]["cause"], "normal")
+        self.assertEqual(self.h.network.party("1001").state, "ended")
+        self.assertEqual(self.h.registry.calls(), [])
