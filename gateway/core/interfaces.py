@@ -238,8 +238,9 @@ class ICallControl(Interface):
 
     def transfer_to_consult(call_id: str, *, by: str = "api") -> Deferred[CallSnapshot]:
         """Join the primary's remote parties with the consulted party (``call_id``: the primary or
-        its consult, which must have answered) in a new call nobody's extension owns
-        (``attributes["transferred_from"]`` the primary, ``attributes["consult_id"]`` the consult)
+        its consult, which must have answered) in a new call (``attributes["transferred_from"]`` the
+        primary, ``attributes["consult_id"]`` the consult) that belongs to the consulted extension (its
+        phone becomes the device leg), or to nobody when a number was consulted,
         and drop the agent: both calls end, cause ``transferred`` on each of their legs,
         ``hangup_by`` ``by``; the primary's ``ConsultEnded`` (outcome ``transferred``) and
         ``CallEnded`` come before the consult's ``CallEnded``. Fires with the primary's snapshot."""

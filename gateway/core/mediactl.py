@@ -11,6 +11,11 @@ starts, stops or re-shapes sessions to match:
   never itself), grown and shrunk in place as parties come and go;
 - a muted leg: its port discards the party's audio.
 
+A primary and its consult call (``ICallControl.consult``) each have a device leg carrying the same
+phone port. Each call is wired from its own legs as above; the registry keeps at most one of the two
+with talking parties, so the phone is in one bridge or mix at a time (the held call's parties hear
+hold), and a call that ends stops only its own sessions.
+
 The registry's logic therefore reads as call logic, and the media plane's
 apps are used only through :class:`gateway.media.IMediaApp`.
 """

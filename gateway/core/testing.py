@@ -494,6 +494,10 @@ class FakeCallControl:
         call = self._checked(call_id, "transfer_to_consult")
         primary, consult = self._pair(call, "transfer_to_consult")
         moving = [*primary.parties, *consult.parties]
+        # a consulted extension takes the call over (its phone becomes the call's device), as in a blind
+        # transfer to an extension; a consulted number leaves it nobody's
+        target = consult.parties[0] if len(consult.parties) == 1 else None
+        extension = target.attributes.get("extension") if target is not None else None
         primary.consult = None
         self._event(ev.ConsultEnded, primary, consult_id=consult.call_id, outcome="transferred",
                     cause=str(Cause.TRANSFERRED))
@@ -501,10 +505,12 @@ class FakeCallControl:
         self._end_call(primary, Cause.TRANSFERRED, by)
         self._detach(consult, consult.parties, Cause.TRANSFERRED)
         self._end_call(consult, Cause.TRANSFERRED, by)
-        successor = self._new_call(extension=None, direction=primary.direction, caller=primary.caller,
+        successor = self._new_call(extension=extension, direction=primary.direction, caller=primary.caller,
                                    number=primary.number, did=primary.did,
                                    attributes={**primary.attributes, "transferred_from": primary.call_id,
                                                "consult_id": consult.call_id})
+        if target is not None and extension is not None:
+            target.role = DEVICE
         self._adopt(successor, moving)
         self._retrieve_parties(successor)
         return self._snapshot(primary)

@@ -545,6 +545,13 @@ class CallControlContract:
         self.assertTrue(self.successResultOf(self.calls.mute(consult)).muted)
         self.assertTrue(self.calls.call(primary).muted)
         self.assertEqual([(e.type, e.call_id) for e, _ in self.take()], [("LegMuted", consult), ("LegMuted", primary)])
+        # a transfer to a consulted extension hands it the call, as a blind transfer to an extension does
+        self.successResultOf(self.calls.transfer_to_consult(primary))
+        successor = self.calls.active_call_for(BOB)
+        self.assertEqual((successor.extension, successor.attributes["transferred_from"]), (BOB, primary))
+        self.assertEqual([(leg.role, leg.number) for leg in successor.legs if leg.state != "RELEASED"],
+                         [("party", NUMBER), ("device", BOB)])
+        self.assertIsNone(self.calls.active_call_for(ALICE))
 
     # -- events --------------------------------------------------------------------------------------
 
