@@ -109,7 +109,7 @@ def test_every_key_in_etc_file_has_a_comment():
         ('[cti]\nconnect = "tcp:host=:port=9500"', "cti.connect: bad connecting endpoint 'tcp:host=:port=9500': no host to connect to"),
         ('[cti]\nconnect = "tls:bridge.example:99999"', "cti.connect: bad connecting endpoint 'tls:bridge.example:99999': port 99999 is out of range"),
         ('[cti]\nconnect = "carrier-pigeon:x"', "cti.connect: bad connecting endpoint 'carrier-pigeon:x': Unknown endpoint type"),
-        ('[store]\nurl = "postgres://x"', "x.toml: store.url: expected sqlite:PATH"),
+        ('[store]\nurl = "mysql://x"', "x.toml: store.url: expected sqlite:PATH"),
         ("[media]\nqueue_ms = 50", "x.toml: media.queue_ms: must be between 100 and 10000 ms, got 50"),
         ("[media]\nqueue_ms = 1.5", "x.toml: media.queue_ms: expected an integer"),
         ("[media]\njitter_ms = -20", "x.toml: media.jitter_ms: must be between 0 and 500 ms and below queue_ms, got -20"),

@@ -75,6 +75,8 @@ def describe_url(url: str) -> str:
     """``user@host:port/dbname`` of a PostgreSQL URL, never its password (for logs and errors)."""
     try:
         parts = urllib.parse.urlsplit(url)
+        if not parts.netloc:
+            raise ValueError("no //host part")
         host, port, user = parts.hostname or "localhost", parts.port or 5432, parts.username
     except (TypeError, ValueError, AttributeError):
         return "(a malformed postgresql URL)"
@@ -247,6 +249,8 @@ class PostgresStore:
             return fail(RuntimeError(f"{self!r}: open() may be called once, on a new store"))
         self._state = _State.OPENING
         self._threads.start()
+        # the pool's threads keep a process from exiting: stopped at reactor shutdown if not closed before
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._threads.stop)
         self._attempt()
         return self._opened
 
@@ -412,6 +416,7 @@ class PostgresStore:
         return d
 
     def _stop_threads(self, result):
+        self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
         self._threads.stop()
         log.info("CDR store {where} is closed", where=self.where)
         return None

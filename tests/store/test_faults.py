@@ -65,9 +65,12 @@ class Rig:
         self.metrics = CollectorRegistry()
         self.readiness = Readiness()
         self.health = StoreHealth(self.metrics, self.readiness.register("store"))
-        self.store = GuardedStore(SqliteCdrStore(path, reactor()), reactor(), health=self.health, delays=DELAYS)
+        self.store = GuardedStore(self._backend(path), reactor(), health=self.health, delays=DELAYS)
         self.cdrs = RetryingSink(reactor(), self.store.add_cdr, "CDR", **self.store.queue_options)
         self.closed = False
+
+    def _backend(self, path):
+        return SqliteCdrStore(path, reactor())
 
     def sample(self, name, **labels):
         return self.metrics.get_sample_value(name, labels) or 0

@@ -206,7 +206,7 @@ async def test_open_store_takes_a_path_relative_to_the_working_directory(tmp_pat
     assert user_version(tmp_path / "var" / "data" / "gateway.sqlite") == len(MIGRATIONS)
 
 
-@pytest.mark.parametrize("url", ["sqlite:", "postgresql://db/gateway", "var/gateway.sqlite"])
+@pytest.mark.parametrize("url", ["sqlite:", "mysql://db/gateway", "postgresql:/db", "var/gateway.sqlite"])
 def test_open_store_refuses_other_urls(url):
     with pytest.raises(ValueError, match="expected sqlite:PATH"):
         open_store(url, reactor())
