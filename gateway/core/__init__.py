@@ -13,7 +13,9 @@ cdr_sink, provider_cdr_sink, retention=60, on_command=None)`` — built by
   ``reject(call_id, *, by)``, ``hangup(call_id, *, by)``, ``hold``/``retrieve``/``mute``/``unmute(call_id)``
   (idempotent), ``transfer(call_id, destination, *, by)``, ``conference(call_id, destination, *, by)``,
   ``remove_party(call_id, number, *, by)``, ``send_dtmf(call_id, digits, duration_ms=100, gap_ms=50)``,
-  ``flush(call_id)`` (barge-in),
+  ``flush(call_id)`` (barge-in), the consult commands ``consult(call_id, number, *, by)``,
+  ``alternate(call_id, *, by)``, ``transfer_to_consult(call_id, *, by)``,
+  ``conference_in_consult(call_id, *, by)`` (docs/core.md),
   ``dispose(call_id)``, and ``shutdown(grace)``.
 - Queries: ``calls(include_released=False)``, ``call(call_id)``, ``calls_for(extension_id)``,
   ``active_call_for(extension_id)`` -> :class:`CallSnapshot` (``to_dict()`` for JSON).
