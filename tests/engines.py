@@ -7,8 +7,9 @@ root) in its own temporary directory, on a free loopback port, as a child of the
   append-only file in its directory, so a restart finds the data again).
 - :class:`PostgresServer`: ``initdb`` then ``postgres`` (from ``/usr/lib/postgresql/*/bin``), trust
   authentication for the superuser ``gateway`` on 127.0.0.1. PostgreSQL refuses to run as root, so
-  when the tests run as root (CI does) both run as the ``postgres`` system user (or ``nobody``)
-  through ``runuser``, with the directory chowned to that user.
+  when the tests run as root (CI does) both run as the ``postgres`` system user (or ``nobody``),
+  with the directory chowned to that user: ``initdb`` through ``runuser``, and ``postgres`` switched
+  to that user by ``subprocess.Popen(user=...)`` so that the postmaster is the fixture's own child.
 
 Both have ``start()`` (waits until the server answers), ``stop()`` (a clean shutdown; the port and the
 data directory are kept, so ``start()`` again is a restart, as outage tests need), ``kill()``
@@ -344,16 +345,20 @@ class PostgresServer:
             self._initdb()
         # the log is opened by us (as root when root) and handed over as the child's stdout/stderr
         log = open(self.log_path, "ab")
+        # the postmaster is our own child (switched to the unprivileged user by Popen itself, not
+        # through runuser, which would stand between as a parent): stop() and kill() signal it and
+        # reap it, so a start() right after finds no live postmaster.pid owner
+        as_user = {} if self.run_as is None else {"user": self.run_as, "group": pwd.getpwnam(self.run_as).pw_gid, "extra_groups": []}
         try:
             self.proc = subprocess.Popen(
-                self._argv(
+                [
                     os.path.join(self.bindir, "postgres"), "-D", self.data_dir, "-p", str(self.port),
                     "-k", self.socket_dir, "-c", "listen_addresses=127.0.0.1",
                     "-c", "fsync=off", "-c", "full_page_writes=off",
                     "-c", "max_connections=200", "-c", "shared_buffers=32MB",
-                ),
+                ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-                start_new_session=True,
+                start_new_session=True, **as_user,
             )
         finally:
             log.close()
@@ -372,12 +377,16 @@ class PostgresServer:
         return result.returncode == 0
 
     def _signal_server(self, sig: int) -> None:
-        # under runuser the server is runuser's child: signal the session (the whole process group)
+        """``sig`` to the postmaster (SIGKILL: to its whole process group, the backends too, as a
+        crash would), then reap it."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, sig)
+                if sig == signal.SIGKILL:
+                    os.killpg(self.proc.pid, sig)
+                else:
+                    self.proc.send_signal(sig)
             except ProcessLookupError:
                 pass
             try:

@@ -179,8 +179,15 @@ class GuardedStore:
         return {"pending_max": self.pending_max, "observer": self.health, "delays": self.delays}
 
     def open(self) -> defer.Deferred:
+        # a backend that keeps trying to open in the background (PostgreSQL, while its server cannot be
+        # reached) reports each attempt to the health itself, and its open() fires after the first
+        watch = getattr(self.backend, "watch_availability", None)
+        if watch is not None:
+            watch(self.health)
+
         def opened(result):
-            self.health.opened()
+            if getattr(self.backend, "is_open", True):
+                self.health.opened()
             return result
 
         def failed(failure):

@@ -12,11 +12,14 @@ The promises are the SQLite store's (:mod:`gateway.store.sqlite`), same answers,
   ``synchronous_commit`` as configured; its default flushes the WAL first).
 - ``open()`` applies the migrations of :mod:`gateway.store.pg_schema` under an advisory lock, so
   nodes starting together apply each exactly once. While the server cannot be reached at open, it
-  tries again (1, 2, 5, 10, then every 30 s; each failure logged); operations asked meanwhile fail
-  with :class:`StoreUnavailable` naming the server and its error, which the
-  :class:`~gateway.store.GuardedStore` in front takes as "store down": records wait in its queues
-  and go in once the server answers. Operations asked before the first attempt has finished wait
-  for it. A database written by a newer gateway (:class:`SchemaTooNew`) fails ``open()`` for good.
+  tries again (1, 2, 5, 10, then every 30 s; each failure logged, and reported to the readiness
+  through :meth:`PostgresStore.watch_availability`), and ``open()`` fires after the first attempt
+  all the same (:attr:`PostgresStore.is_open` tells which): the daemon starts, since calls need no
+  store. Operations asked meanwhile fail with :class:`StoreUnavailable` naming the server and its
+  error, which the :class:`~gateway.store.GuardedStore` in front takes as "store down": records
+  wait in its queues and go in once the server answers. Operations asked before the first attempt
+  has finished wait for it. A database written by a newer gateway (:class:`SchemaTooNew`) fails
+  ``open()`` for good.
 - A lost connection fails the operation with :class:`StoreUnavailable`; content the server
   refuses (a NUL character in a text field, say) fails with ``ValueError``, like any malformed record.
 - ``close()`` waits for every operation already running, then closes the connections.
@@ -233,6 +236,16 @@ class PostgresStore:
         self._attempts = 0
         self._opened = Deferred()
         self._outboxes: set[SmsOutbox] = set()
+        self._health = None
+
+    def watch_availability(self, health) -> None:
+        """``health`` (a :class:`~gateway.store.StoreHealth`) hears of every open attempt:
+        ``open_failed(reason)`` while the server cannot be reached, ``opened()`` once it is open."""
+        self._health = health
+
+    @property
+    def is_open(self) -> bool:
+        return self._state is _State.OPEN
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.where} {self._state.value}>"
@@ -270,7 +283,10 @@ class PostgresStore:
         self._state = _State.OPEN
         self._why = None
         self._release_waiting()
-        self._opened.callback(None)
+        if self._health is not None:
+            self._health.opened()
+        if not self._opened.called:
+            self._opened.callback(None)
 
     def _attempt_failed(self, failure) -> None:
         if self._state is _State.CLOSING:
@@ -285,12 +301,20 @@ class PostgresStore:
             self._state = _State.RETRYING
             self._release_waiting()
             self._retry = self._reactor.callLater(delay, self._attempt)
+            if self._health is not None:
+                self._health.open_failed(failure.getErrorMessage())
+            if not self._opened.called:
+                # the daemon starts (calls need no store): records wait in the GuardedStore's queues
+                self._opened.callback(None)
             return
         log.failure("CDR store {where} failed to open", failure, where=self.where)
         self._state = _State.FAILED
         self._why = f"the store at {self.where} failed to open: {failure.getErrorMessage()}"
         self._release_waiting()
-        self._opened.errback(failure)
+        if self._health is not None:
+            self._health.open_failed(self._why)
+        if not self._opened.called:
+            self._opened.errback(failure)
 
     def _release_waiting(self) -> None:
         waiting, self._waiting = self._waiting, []

@@ -8,7 +8,16 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from gateway.config import ConfigError, loads
-from gateway.store import GuardedStore, PostgresStore, SchemaTooNew, SmsRecord, StoreUnavailable, open_store
+from gateway.context import Readiness
+from gateway.store import (
+    GuardedStore,
+    PostgresStore,
+    SchemaTooNew,
+    SmsRecord,
+    StoreHealth,
+    StoreUnavailable,
+    open_store,
+)
 from gateway.store.pg_schema import MIGRATIONS
 from tests.engines import PostgresServer
 
@@ -215,18 +224,23 @@ async def test_records_wait_through_an_outage_and_arrive_after(postgres_server):
 @pytest_twisted.ensureDeferred
 async def test_a_store_opened_while_the_server_is_down_opens_when_it_comes(tmp_path):
     server = PostgresServer()
-    store = GuardedStore(PostgresStore(server.url("gateway"), reactor(), open_retry_delays=(0.1,)), reactor())
+    readiness = Readiness()
+    health = StoreHealth(None, readiness.register("store"))
+    backend = PostgresStore(server.url("gateway"), reactor(), open_retry_delays=(0.1,))
+    store = GuardedStore(backend, reactor(), health=health, delays=(0.1,))
     try:
-        opening = store.open()
+        await store.open()  # the daemon starts all the same
+        assert not backend.is_open
+        assert f"PostgreSQL gateway@127.0.0.1:{server.port}/gateway cannot be reached" in readiness.not_ready()["store"]
         error = await failure_of(store.cdrs(), StoreUnavailable)
         assert "PostgreSQL" in str(error) and f"127.0.0.1:{server.port}" in str(error)
         written = store.add_sms(sms("u1"))  # waits in the guard's queue
         server.start()
         server.create_database("gateway")
-        await opening
         stored, created = await written
         assert created and stored.uid == "u1"
         assert [r.uid for r in await store.pending_sms()] == ["u1"]
+        await wait_until(lambda: readiness.ready, "readiness back")
     finally:
         await store.close()
         server.cleanup()
