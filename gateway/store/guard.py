@@ -4,10 +4,11 @@
 :class:`~gateway.store.MemoryCdrStore`) and provides the same interfaces. It adds two things:
 
 - **Content.** A record the backend would refuse for what it holds (a string with a lone
-  UTF-16 surrogate, which no UTF-8 database can encode; a NaN or infinite number, which JSON
-  cannot hold; a value that is not JSON at all) is stored as the sanitised copy
-  :func:`gateway.boundary.sanitise` makes: the surrogate visibly escaped (``\\ud800``), the
-  number as the string ``"NaN"``/``"Infinity"``, another value as its ``repr``. It is logged once
+  UTF-16 surrogate, which no UTF-8 database can encode; a NUL character, which PostgreSQL's text
+  cannot hold; a NaN or infinite number, which JSON cannot hold; a value that is not JSON at all)
+  is stored as the sanitised copy :func:`gateway.boundary.sanitise` makes: the surrogate visibly
+  escaped (``\\ud800``), the NUL as ``\\u0000``, the number as the string
+  ``"NaN"``/``"Infinity"``, another value as its ``repr``. It is logged once
   (kind and id) and counted in ``gateway_store_records_sanitised_total{kind}``.
 - **Faults.** SMS and conversation writes go through a bounded
   :class:`~gateway.core.cdr.RetryingSink` each (CDRs and provider CDRs go through the call
@@ -57,13 +58,36 @@ _REMEMBERED = 1024
 
 def store_safe(value: typing.Any) -> tuple[typing.Any, bool]:
     """``(copy any store takes, whether it had to change)``: :func:`~gateway.boundary.sanitise`, then
-    anything still not JSON as its ``repr``."""
+    anything still not JSON as its ``repr``, then a NUL character (PostgreSQL's text cannot hold it)
+    as its visible escape ``\\u0000``."""
     copy, changed = sanitise(value)
     try:
         json.dumps(copy, allow_nan=False)
     except (TypeError, ValueError):
         copy, changed = json.loads(json.dumps(copy, default=repr)), True
+    if _has_nul(copy):
+        copy, changed = _without_nul(copy), True
     return copy, changed
+
+
+def _has_nul(item) -> bool:
+    if isinstance(item, str):
+        return "\x00" in item
+    if isinstance(item, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in item.items())
+    if isinstance(item, list):
+        return any(_has_nul(v) for v in item)
+    return False
+
+
+def _without_nul(item):
+    if isinstance(item, str):
+        return item.replace("\x00", "\\u0000")
+    if isinstance(item, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in item.items()}
+    if isinstance(item, list):
+        return [_without_nul(v) for v in item]
+    return item
 
 
 class StoreHealth:

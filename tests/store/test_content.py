@@ -157,3 +157,17 @@ async def test_a_call_whose_caller_id_holds_a_surrogate_keeps_its_cdr_through_th
     await sink.close()
     stored = await guarded.cdr("c1")
     assert stored["caller"] == ESCAPED and stored["legs"][0]["caller_id"] == ESCAPED
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_nul_character_postgresql_cannot_hold_is_stored_escaped_on_every_backend(guarded):
+    (stored, created) = await guarded.add_sms(sms("u1", text="nul \x00 inside"))
+    assert created and stored.text == "nul \\u0000 inside"
+    await guarded.add_cdr(make_cdr("c1", extension="10\x001", note="a\x00b"))
+    cdr = await guarded.cdr("c1")
+    assert (cdr["extension"], cdr["note"]) == ("10\\u00001", "a\\u0000b")
+    assert sanitised(guarded, "sms") == 1 and sanitised(guarded, "cdr") == 1
+    # text that merely spells the escape is not changed, nor counted
+    await guarded.add_sms(sms("u2", text="spelled \\u0000"))
+    assert [r.text for r in await guarded.list_sms()][1] == "spelled \\u0000"
+    assert sanitised(guarded, "sms") == 1
