@@ -6,7 +6,8 @@ then opens the WebSocket ``/ws/{sessionId}`` (Bearer header required) and the fa
 reporting ``dialStatus`` Dialing, Ringing, then Connected, Busy or Failed as the number's :class:`DialRule`
 says. Once connected the callee echoes what it hears (or plays a tone), and its loudspeaker plays the
 client's audio at real time so ``checkPoint``/``CheckPoint`` and ``interruption`` behave as on the real
-platform. The call ends on ``hangup`` (WebSocket or ``POST /pbx/hangup``), on the callee's hangup, or
+platform. The call ends on ``hangup`` (WebSocket or ``POST /pbx/hangup``), on the callee's hangup
+(``callee_hangup_after``, or :meth:`FakeSession.callee_hangs_up` for one call), or
 when the ring timeout passes; the fake then sends the ``cdr`` (integer ``hangupCauseCode``), ``hangup``,
 and closes. ``GET /v1/cdr/{sessionId}`` returns the stored CDR.
 
@@ -316,6 +317,14 @@ class FakeSession:
             self._end("ANSWERED", NORMAL_CLEARING, "CALLER")
         else:
             self._end("CANCEL", NORMAL_CLEARING, "CALLER")
+
+    def callee_hangs_up(self):
+        """The callee hangs up now, as ``callee_hangup_after`` does by timer: the client gets the ``cdr``
+        (hangupBy CALLEE, normal clearing), then ``hangup``, and the WebSocket closes. A test uses it
+        to make one party of several leave; ``RuntimeError`` if the call is not connected."""
+        if self.state != "connected":
+            raise RuntimeError(f"session {self.session_id}: the callee cannot hang up a call that is {self.state}")
+        self._end("ANSWERED", NORMAL_CLEARING, "CALLEE")
 
     def shut_down(self):
         if self.state == "connected":

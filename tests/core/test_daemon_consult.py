@@ -67,30 +67,39 @@ def assert_hears(heard, who, *tones):
             assert share < 0.02, f"{who} should not hear {hz} Hz: share {share:.3f}"
 
 
-@pytest_twisted.inlineCallbacks
-def test_who_hears_whom_when_held_consulting_alternated_conferenced_and_transferred(cleanup, tmp_path):
-    provider = FakeProviderApi(reactor, ApiSettings(
-        token=TOKEN, dial_time=0.1, ring_time=0.3, media="tone",
-        tones=((AGENT_PHONE[-4:], AGENT_HZ), (CONSULTED[-4:], CONSULTED_HZ))))
-    port = yield provider.listen(reactor, 0)
-    cleanup(port.stopListening)
-    cleanup(provider.shutdown)
-    gateway, url = yield start_gateway(cleanup, tmp_path, (
-        f'[pbx]\ndriver = "optimaccs"\n\n[[extensions]]\nid = "1001"\ndevice = "optimaccs:{AGENT_PHONE}"\n\n'
-        f'[[routes]]\ndid = "{OPERATOR_DID}"\nto = "extension:1001"\n\n'
-        f'[optimaccs.outbound]\napi_url = "http://127.0.0.1:{port.getHost().port}"\ntoken = "{TOKEN}"\n'
-    ))
-    sessions = 0
+class Scene:
+    """The fake provider and the daemon routing OPERATOR_DID to extension 1001, whose phone is the
+    provider's callee AGENT_PHONE."""
+
+    def __init__(self, provider, gateway, url, cleanup):
+        self.provider, self.gateway, self.url, self.cleanup = provider, gateway, url, cleanup
+        self.sessions = 0
+
+    @classmethod
+    @defer.inlineCallbacks
+    def start(cls, cleanup, tmp_path):
+        provider = FakeProviderApi(reactor, ApiSettings(
+            token=TOKEN, dial_time=0.1, ring_time=0.3, media="tone",
+            tones=((AGENT_PHONE[-4:], AGENT_HZ), (CONSULTED[-4:], CONSULTED_HZ))))
+        port = yield provider.listen(reactor, 0)
+        cleanup(port.stopListening)
+        cleanup(provider.shutdown)
+        gateway, url = yield start_gateway(cleanup, tmp_path, (
+            f'[pbx]\ndriver = "optimaccs"\n\n[[extensions]]\nid = "1001"\ndevice = "optimaccs:{AGENT_PHONE}"\n\n'
+            f'[[routes]]\ndid = "{OPERATOR_DID}"\nto = "extension:1001"\n\n'
+            f'[optimaccs.outbound]\napi_url = "http://127.0.0.1:{port.getHost().port}"\ntoken = "{TOKEN}"\n'
+        ))
+        return cls(provider, gateway, url, cleanup)
 
     @defer.inlineCallbacks
-    def consulting():
+    def consulting(self):
         """A caller talking to the agent, then held while the agent consults CONSULTED: (ids, ears)."""
-        nonlocal sessions
-        caller = place_call(reactor, url, CallScript(caller_id="081100000002", did=OPERATOR_DID,
-                                                     pcm=audio.tone(120, CALLER_HZ)))
-        cleanup(lambda: caller.close(1000, "test over"))
-        sessions += 1
-        agent = yield provider.wait_for_session(sessions)
+        gateway = self.gateway
+        caller = place_call(reactor, self.url, CallScript(caller_id="081100000002", did=OPERATOR_DID,
+                                                          pcm=audio.tone(120, CALLER_HZ)))
+        self.cleanup(lambda: caller.close(1000, "test over"))
+        self.sessions += 1
+        agent = yield self.provider.wait_for_session(self.sessions)
         yield caller.wait_for("answer")
         code, calls = yield gateway.api("GET", "/api/calls?extension=1001", expect=200)
         [primary] = [c["call_id"] for c in calls["calls"] if c["state"] == "TALKING"]
@@ -101,11 +110,22 @@ def test_who_hears_whom_when_held_consulting_alternated_conferenced_and_transfer
         code, consult = yield gateway.api("POST", f"/api/calls/{primary}/consult", {"number": CONSULTED},
                                           expect=201)
         assert consult["consult_of"] == primary
-        sessions += 1
-        ears.consulted = yield provider.wait_for_session(sessions)
+        self.sessions += 1
+        ears.consulted = yield self.provider.wait_for_session(self.sessions)
         yield wait_until(lambda: gateway.api("GET", f"/api/calls/{consult['call_id']}").addCallback(
             lambda reply: reply[1]["state"] == "TALKING"), "the consult talking")
         return primary, consult["call_id"], ears
+
+    def cdr(self, call_id):
+        """The call's CDR, once the store has written it."""
+        return wait_until(lambda: self.gateway.api("GET", f"/api/cdrs/{call_id}").addCallback(
+            lambda reply: reply[1] if reply[0] == 200 else None), f"the CDR of {call_id}")
+
+
+@pytest_twisted.inlineCallbacks
+def test_who_hears_whom_when_held_consulting_alternated_conferenced_and_transferred(cleanup, tmp_path):
+    scene = yield Scene.start(cleanup, tmp_path)
+    gateway, consulting = scene.gateway, scene.consulting
 
     primary, consult, ears = yield consulting()
     # consulting: the caller is held (hold tone only); the agent and the consulted party hear each other
@@ -146,8 +166,46 @@ def test_who_hears_whom_when_held_consulting_alternated_conferenced_and_transfer
     assert (joined["extension"], joined["attributes"]["transferred_from"]) == (None, primary)
     yield gateway.api("POST", f"/api/calls/{joined['call_id']}/hangup", expect=200)
     for call_id, key, value in ((primary, "consults", [consult]), (consult, "consult_of", primary)):
-        cdr = yield wait_until(lambda: gateway.api("GET", f"/api/cdrs/{call_id}").addCallback(
-            lambda reply: reply[1] if reply[0] == 200 else None), f"the CDR of {call_id}")
+        cdr = yield scene.cdr(call_id)
         assert (cdr["cause"], cdr[key]) == ("transferred", value)
+    assert (yield gateway.stop()) == 0
+    assert "Traceback" not in gateway.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_consulted_party_hangs_up_then_the_agent_retrieves_the_caller(cleanup, tmp_path):
+    scene = yield Scene.start(cleanup, tmp_path)
+    gateway = scene.gateway
+    primary, consult, ears = yield scene.consulting()
+    consulted = ears.consulted
+    consulted.callee_hangs_up()  # the provider's cdr (hangupBy CALLEE) and hangup on the consult's WebSocket
+    ended = yield wait_until(lambda: gateway.api("GET", f"/api/calls/{consult}").addCallback(
+        lambda reply: reply[1] if reply[1]["state"] == "RELEASED" else None), "the consult ended")
+    assert (ended["cause"], ended["hangup_by"], ended["consult_of"]) == ("remote_hangup", "remote", primary)
+    code, held = yield gateway.api("GET", f"/api/calls/{primary}", expect=200)
+    assert (held["state"], held["consult"], held["consults"]) == ("HELD", None, [consult])
+    # the agent's phone stays up for the held caller, who still hears only the hold tone
+    assert ears.agent.state == "connected"
+    ears.consulted = None
+    heard = yield ears.listen(HOLD_LISTEN)
+    assert_hears(heard, "caller", HOLD_HZ)
+    assert level(heard["agent"], CONSULTED_HZ) < 0.02 and level(heard["agent"], CALLER_HZ) < 0.02
+
+    # the agent retrieves the caller: they hear each other again
+    code, snapshot = yield gateway.api("POST", f"/api/calls/{primary}/retrieve", expect=200)
+    assert snapshot["state"] == "TALKING"
+    heard = yield ears.listen(1.0)
+    assert_hears(heard, "caller", AGENT_HZ)
+    assert_hears(heard, "agent", CALLER_HZ)
+
+    yield gateway.api("POST", f"/api/calls/{primary}/hangup", expect=200)
+    yield ears.caller.ended
+    yield ears.agent.ended
+    primary_cdr = yield scene.cdr(primary)
+    consult_cdr = yield scene.cdr(consult)
+    assert (primary_cdr["cause"], primary_cdr["consults"], primary_cdr["consult_of"]) == ("normal", [consult], None)
+    assert (consult_cdr["cause"], consult_cdr["consult_of"], consult_cdr["consults"]) == (
+        "remote_hangup", primary, [])
+    assert consulted.cdr["hangupBy"] == "CALLEE"
     assert (yield gateway.stop()) == 0
     assert "Traceback" not in gateway.output
