@@ -46,7 +46,7 @@ if typing.TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CORE_SECTIONS", "IAdapter", "adapter_plugins", "adapter_states", "enabled"]
 
 #: the top-level tables of the gateway itself; every other one belongs to an adapter plugin
-CORE_SECTIONS = ("gateway", "admin", "store", "pbx", "media", "extensions", "routes", "cluster")
+CORE_SECTIONS = ("gateway", "admin", "store", "pbx", "media", "extensions", "routes", "cluster", "sip")
 
 
 class IAdapter(Interface):

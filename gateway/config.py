@@ -42,6 +42,7 @@ from gateway.confschema import (
 from gateway.cti.config import CtiConfig
 from gateway.drivers.config import OptimaccsConfig, PbxConfig
 from gateway.patriot.config import PatriotConfig
+from gateway.sip.config import SipConfig
 from gateway.tlspolicy import MINIMUMS
 
 TLS_MINIMUM_PROBLEM = 'expected "1.2" or "1.3" (TLS 1.0 and 1.1 are never allowed), got {value!r}'
@@ -155,6 +156,8 @@ class Config:
     routes: list[Route] = attrs.Factory(list)
     #: absent: one process, no Redis (the default); see docs/cluster.md
     cluster: ClusterConfig | None = None
+    #: absent: no SIP socket; present: the sip driver runs (docs/sip.md)
+    sip: SipConfig | None = None
     optimaccs: OptimaccsConfig | None = None
     patriot: PatriotConfig | None = None
     cti: CtiConfig | None = None
@@ -172,9 +175,24 @@ class Config:
             kind, _, target = route.to.partition(":")
             if kind == "extension" and target not in seen:
                 raise ConfigError(f"routes[{i}].to", f"no extension with id {target!r}")
+        self._check_sip()
         for path, ext_id in self.extension_references():
             if ext_id not in seen:
                 raise ConfigError(path, f"no extension with id {ext_id!r}")
+
+    def _check_sip(self) -> None:
+        """``sip:`` devices name a configured trunk; ``[pbx] driver = "sip"`` needs a trunk."""
+        for i, ext in enumerate(self.extensions):
+            driver, _, address = ext.device.partition(":")
+            if driver != "sip":
+                continue
+            if self.sip is None:
+                raise ConfigError(f"extensions[{i}].device", "a sip: device needs the [sip] section")
+            problem = self.sip.check_device(address)
+            if problem is not None:
+                raise ConfigError(f"extensions[{i}].device", problem)
+        if self.pbx.driver == "sip" and (self.sip is None or not self.sip.trunks):
+            raise ConfigError("pbx.driver", '"sip" needs the [sip] section with at least one [[sip.trunks]]')
 
     def extension(self, ext_id: str) -> Extension | None:
         return next((e for e in self.extensions if e.id == ext_id), None)
