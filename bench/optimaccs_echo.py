@@ -9,13 +9,16 @@ same load generator (this process):
 - **tcp**: a plain Twisted TCP echo server (``dataReceived`` -> ``write``).
 
 A streaming connection sends one 320-byte pcm16 frame (20 ms of 8 kHz audio) every 20 ms. The
-generator is a lean hand-written WebSocket client: client frames are masked with a zero key, so every
-connection sends the same bytes, built once per 20 ms tick (the tick number and the tick's send time at
-the head of the payload, silence after), and written straight to each socket (through the transport
-only once a socket would block). All connections send in the same phase, so each tick reaches a server
-as one burst: the worst case for burstiness, where the last frame of a burst waits for the server to
-handle the others. Latency is from the tick's send time to the receipt of the echo, in this process; at
-several hundred connections it includes the generator's own pass over the sockets.
+generator is a lean hand-written WebSocket client. The connections are dealt into ``--phases`` groups
+(default 10) that send in turn, one group every 20 ms / phases, as independent calls arrive in all
+phases; ``--phases 1`` sends every frame of a 20 ms tick in one burst, where the last frame waits for the
+server (and the generator) to handle all the others, so p99 grows with the number of calls long before
+the server runs out of CPU. Client frames are masked with a zero key, so every connection of a group
+sends the same bytes, built once per tick (the tick number and its send time at the head of the
+payload, silence after), and written straight to each socket (through the transport only once a socket
+would block). Latency is from the tick's send time to the receipt of the echo, in this process, so it
+includes the generator's own pass over a group's sockets. The generator's garbage collector is off
+while it measures (a full collection walks every latency list); it collects when a load closes.
 Only frames sent inside a case's measured window count: frames of the warm-up are ignored, and a frame
 of the window not echoed by the end of a 0.5 s drain is lost. The cases (``--cases``, default all),
 each with a fresh process per server:
@@ -52,6 +55,7 @@ floor server (used by the benchmark itself).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pathlib
@@ -221,40 +225,47 @@ class _Probe(protocol.Protocol):
 
 
 class _Window:
-    """The frames of one measured window: per tick, its send time and the echoes' latencies (seconds)."""
+    """The frames of one measured window: per tick, its send time, the frames sent and the echoes'
+    latencies (seconds)."""
 
-    def __init__(self, calls: int, send_times: list[float], per_tick: list[list[float]]) -> None:
-        self.calls = calls
+    def __init__(self, send_times: list[float], sent: list[int], per_tick: list[list[float]]) -> None:
         self.send_times = send_times
+        self.sent = sent
         self.per_tick = per_tick
 
     def summary(self, since: float = float("-inf"), until: float = float("inf")) -> dict:
         """Frames sent, echoed, lost and p50/p99 (ms) of the ticks sent in [since, until)."""
-        latencies, ticks = [], 0
-        for sent_at, echoes in zip(self.send_times, self.per_tick):
+        latencies, sent = [], 0
+        for sent_at, frames, echoes in zip(self.send_times, self.sent, self.per_tick):
             if since <= sent_at < until:
-                ticks += 1
+                sent += frames
                 latencies += echoes
         latencies.sort()
-        sent = ticks * self.calls
         return {"sent": sent, "echoed": len(latencies), "lost": sent - len(latencies),
                 "p50_ms": _percentile(latencies, 0.50) * 1e3, "p99_ms": _percentile(latencies, 0.99) * 1e3}
 
 
 class _Load:
-    """The generator's connections to one server, the 20 ms ticker, and the measured window."""
+    """The generator's connections to one server, the ticker, and the measured window.
 
-    def __init__(self, reactor, port: int, websocket: bool, greeting=None) -> None:
+    The connections are dealt round-robin into ``phases`` groups; the ticker fires every
+    20 ms / ``phases`` and each firing (a "tick") sends one frame on every connection of the next group.
+    """
+
+    def __init__(self, reactor, port: int, websocket: bool, greeting=None, phases: int = 1) -> None:
         self.reactor = reactor
         self.port = port
         self.websocket = websocket
         self.greeting = greeting
+        self.phases = phases
         self.probes: list[_Probe] = []
+        self._groups: list[list[_Probe]] = [[] for _ in range(phases)]
         self.tick = 0
         #: the window: the first tick measured, and per tick from there the echoes' latencies
         self.first = 1 << 40
         self.per_tick: list[list[float]] = []
         self._send_times: list[float] = []
+        self._sent: list[int] = []
         self._collecting = False
         self._header = _WS_HEADER if websocket else b""
         self._ticker = None
@@ -272,7 +283,9 @@ class _Load:
         try:
             for _ in range(calls):
                 creator = protocol.ClientCreator(self.reactor, _Probe, self, len(self.probes))
-                self.probes.append((yield creator.connectTCP("127.0.0.1", self.port, timeout=10)))
+                probe = yield creator.connectTCP("127.0.0.1", self.port, timeout=10)
+                self._groups[len(self.probes) % self.phases].append(probe)
+                self.probes.append(probe)
         except BaseException:
             waiting.addErrback(lambda failure: None)  # the connect error is the one to report
             raise
@@ -292,41 +305,47 @@ class _Load:
     def close(self) -> defer.Deferred:
         """Stop streaming and abort every connection; fires when all are gone."""
         self.stop()
-        probes, self.probes = self.probes, []
+        probes, self.probes, self._groups = self.probes, [], [[] for _ in range(self.phases)]
         for probe in probes:
             if probe.transport is not None and not probe.lost.called:
                 probe.transport.abortConnection()
-        return defer.DeferredList([probe.lost for probe in probes])
+        return defer.DeferredList([probe.lost for probe in probes]).addCallback(lambda _: gc.collect())
 
     # streaming
 
     def start(self) -> None:
-        self._ticker = task.LoopingCall(self._send)
+        self._ticker = task.LoopingCall.withCount(self._send)
         self._ticker.clock = self.reactor
-        self._ticker.start(TICK)
+        self._ticker.start(TICK / self.phases)
 
     def stop(self) -> None:
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
 
-    def _send(self) -> None:
+    def _send(self, count: int) -> None:
+        """Send the next group's frames, and those of any group whose tick came while this process was
+        busy (``count`` > 1: at most one round late; frames of a longer gap are not sent, nor counted)."""
         now = time.perf_counter()
-        frame = self._header + _STAMP.pack(self.tick, now) + _SILENCE
-        if self._collecting:
-            self.per_tick.append([])
-            self._send_times.append(now)
-        for probe in self.probes:
-            probe.send(frame)
-        self.tick += 1
+        for _ in range(min(count, self.phases)):
+            group = self._groups[self.tick % self.phases]
+            frame = self._header + _STAMP.pack(self.tick, now) + _SILENCE
+            if self._collecting:
+                self.per_tick.append([])
+                self._send_times.append(now)
+                self._sent.append(len(group))
+            for probe in group:
+                probe.send(frame)
+            self.tick += 1
 
     def open_window(self) -> None:
         """Measure from the next tick on."""
-        self.first, self.per_tick, self._send_times, self._collecting = self.tick, [], [], True
+        self.first, self.per_tick, self._send_times, self._sent = self.tick, [], [], []
+        self._collecting = True
 
     def close_window(self) -> _Window:
         """Measure no later tick; the window's echoes still count until the next window opens."""
         self._collecting = False
-        return _Window(len(self.probes), self._send_times, self.per_tick)
+        return _Window(self._send_times, self._sent, self.per_tick)
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -423,8 +442,8 @@ class _Server:
     def greeting(self):
         return _incoming_call if self.kind == "gateway" else None
 
-    def load(self) -> _Load:
-        return _Load(self.reactor, self.port, self.websocket, self.greeting)
+    def load(self, phases: int) -> _Load:
+        return _Load(self.reactor, self.port, self.websocket, self.greeting, phases)
 
     @defer.inlineCallbacks
     def settle(self, timeout: float = 60.0):
@@ -536,7 +555,7 @@ def _incoming_call(index: int) -> bytes:
 @defer.inlineCallbacks
 def steady(reactor, server: _Server, options):
     """``--calls`` streaming for ``--seconds``: CPU per echoed frame, latency, loss."""
-    load = server.load()
+    load = server.load(options.phases)
     try:
         yield load.connect(options.calls)
         load.start()
@@ -561,7 +580,7 @@ def steady(reactor, server: _Server, options):
 @defer.inlineCallbacks
 def stall(reactor, server: _Server, options):
     """``--stall-calls`` streaming; SIGSTOP the server for ``--stall-ms``; per-second buckets by send time."""
-    load = server.load()
+    load = server.load(options.phases)
     try:
         yield load.connect(options.stall_calls)
         load.start()
@@ -604,7 +623,7 @@ def capacity(reactor, server: _Server, options):
 
     @defer.inlineCallbacks
     def trial(calls: int):
-        load = server.load()
+        load = server.load(options.phases)
         result = {"calls": calls}
         try:
             yield load.connect(calls)
@@ -658,7 +677,7 @@ def capacity(reactor, server: _Server, options):
 def memory(reactor, server: _Server, options):
     """VmRSS growth per idle leg: rounds of ``--idle-calls`` more legs, earlier rounds kept open."""
     yield _sleep(reactor, 1.0)  # the fresh server settles
-    load = server.load()
+    load = server.load(options.phases)
     rounds = []
     try:
         for _ in range(options.idle_rounds):
@@ -681,6 +700,9 @@ def _measure_all(reactor, options):
     """{case: {server: result or {"error": text}}}: every case, a fresh process per server and case."""
     results = {}
     trigger = reactor.addSystemEventTrigger("before", "shutdown", _emergency_cleanup)
+    # No collector pause in the generator while it measures: a full collection walks every latency list.
+    # The hot path makes no cycles; whatever the rest makes is collected when a load's connections close.
+    gc.disable()
     try:
         with tempfile.TemporaryDirectory(prefix="optimaccs-echo-") as workdir:
             for case in options.cases:
@@ -697,6 +719,7 @@ def _measure_all(reactor, options):
                     results[case][kind] = result
                     sys.stderr.write(f"{case} {kind}: {result}\n")
     finally:
+        gc.enable()
         _emergency_cleanup()
         reactor.removeSystemEventTrigger(trigger)
     return results
@@ -717,7 +740,9 @@ def _error_row(kind: str, result: dict, columns: int) -> str | None:
 def report(results: dict, options) -> str:
     from bench.media_bench import machine
 
-    lines = [f"Machine: {machine()}; load average at start {options.load_at_start:.2f}"]
+    lines = [f"Machine: {machine()}; load average at start {options.load_at_start:.2f}",
+             f"Load generator: this process, the connections in {options.phases} phases "
+             f"{TICK * 1e3 / options.phases:g} ms apart"]
     if "steady" in results:
         rows = results["steady"]
         floors = [rows.get(k, {}).get("cpu_us_per_frame") for k in ("autobahn", "tcp")]
@@ -832,6 +857,9 @@ def serve(kind: str, port: int) -> int:
         factory.protocol = Echo
     else:
         class Echo(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.setTcpNoDelay(True)  # as Autobahn and the gateway do: no Nagle delay
+
             def dataReceived(self, data):
                 self.transport.write(data)
 
@@ -878,6 +906,8 @@ def main(argv=None) -> int:
     add("--capacity-max", type=_positive(int), default=400, help="capacity: the most calls tried (default 400)")
     add("--idle-calls", type=_positive(int), default=100, help="memory: legs opened per round (default 100)")
     add("--idle-rounds", type=_positive(int), default=3, help="memory: rounds, the last one reported (default 3)")
+    add("--phases", type=_positive(int), default=10,
+        help="connections send in this many phases spread over the 20 ms (default 10; 1: all in one burst)")
     add("--serve", choices=("autobahn", "tcp"), help=argparse.SUPPRESS)
     add("--port", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
