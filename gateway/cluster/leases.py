@@ -356,7 +356,8 @@ class LeaseCampaign:
     """Hold ``name`` whenever possible: try every ``retry_interval`` while not held.
 
     ``on_acquired(lease)`` when it is ours (start the link, with ``lease.token``), ``on_lost(lease,
-    error)`` when it is not any more (stop the link at once). :meth:`stop` releases it.
+    error)`` when it is not any more (stop the link at once). :meth:`stop` releases it, after
+    ``on_releasing(lease)`` (close the link; a Deferred is waited for) when it is held.
     """
 
     def __init__(
@@ -370,11 +371,13 @@ class LeaseCampaign:
         retry_interval: float = 1.0,
         on_acquired: Callable[[Lease], Any] | None = None,
         on_lost: Callable[[Lease, LeaseLost], Any] | None = None,
+        on_releasing: Callable[[Lease], Any] | None = None,
     ):
         self.clock = clock
         self.retry_interval = retry_interval
         self.on_acquired = on_acquired
         self.on_lost_callback = on_lost
+        self.on_releasing = on_releasing
         self.lease = Lease(redis, clock, name, holder, ttl=ttl, on_lost=self._lost)
         self._loop: task.LoopingCall | None = None
         self._trying = False
@@ -413,8 +416,15 @@ class LeaseCampaign:
             self.on_lost_callback(lease, error)
 
     def stop(self) -> defer.Deferred:
-        """Stop campaigning and release the lease (another node takes it on its next try)."""
+        """Stop campaigning and release the lease (another node takes it on its next try).
+
+        When it is held, ``on_releasing(lease)`` runs first and the release waits for the Deferred it
+        may return (a singleton link is closed before another node may open it); never fails."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        return self.lease.release()
+        if not self.lease.held or self.on_releasing is None:
+            return self.lease.release()
+        d = defer.maybeDeferred(self.on_releasing, self.lease)
+        d.addErrback(lambda f: log.failure("lease {name}: on_releasing failed", f, name=self.lease.name))
+        return d.addCallback(lambda _: self.lease.release())

@@ -161,12 +161,13 @@ class ClusterNode(service.MultiService):
         on_acquired: Callable[[Lease], Any],
         on_lost: Callable[[Lease, LeaseLost], Any],
         retry_interval: float = 1.0,
+        on_releasing: Callable[[Lease], Any] | None = None,
     ) -> LeaseCampaign:
         """Hold the singleton link ``name`` whenever this node can (started now, released on stop
-        and on :meth:`drain`)."""
+        and on :meth:`drain`, after ``on_releasing(lease)`` when held: see :class:`LeaseCampaign`)."""
         campaign = LeaseCampaign(
             self.redis, self.clock, name, self.node, ttl=self.config.lease_ttl,
-            retry_interval=retry_interval, on_acquired=on_acquired, on_lost=on_lost,
+            retry_interval=retry_interval, on_acquired=on_acquired, on_lost=on_lost, on_releasing=on_releasing,
         )
         self._campaigns.append(campaign)
         if self.running:
