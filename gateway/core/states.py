@@ -49,6 +49,12 @@ class Cause(str, enum.Enum):
     TRANSFERRED = "transferred"
     #: a consult call whose party was joined into its primary (conference_in_consult)
     CONFERENCED = "conferenced"
+    #: a driver heard no media from the party for its timeout (the sip driver's [sip] media_timeout)
+    MEDIA_TIMEOUT = "media_timeout"
+    #: cluster: the call's node died; a surviving node ended the call and wrote its CDR
+    NODE_LOST = "node_lost"
+    #: cluster: the call was still up when its draining node's [cluster] drain_timeout ran out
+    DRAIN_FORCED = "drain_forced"
 
     def __str__(self) -> str:
         return self.value
