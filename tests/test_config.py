@@ -126,6 +126,9 @@ def test_every_key_in_etc_file_has_a_comment():
         ("extensions = 3", "x.toml: extensions: expected an array, got int 3"),
         ("[pbx.sim]\nrules = [{match = '('}]", "pbx.sim.rules[0].match: not a valid regular expression"),
         ("[pbx.sim]\nrules = [{match = '1', outcome = 'maybe'}]", "pbx.sim.rules[0].outcome: expected one of"),
+        ("[pbx.sim]\nrules = [{match = '1', hang_up_after = 0}]", "pbx.sim.rules[0].hang_up_after: must be a positive"),
+        ("[pbx.sim]\nrules = [{match = '1', outcome = 'busy', hang_up_after = 2}]",
+         "pbx.sim.rules[0].hang_up_after: only a party that answers can hang up after answering"),
         (
             "[[extensions]]\nid = '1'\n[patriot.bridge]\nusers = [{username = 'u', password = 'p', extension = 42}]",
             "x.toml: patriot.bridge.users[0].extension: expected a string, got int 42",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import typing
 import urllib.parse
 
 import attrs
 
-from gateway.confschema import Secret, ServerEndpoint, check, section
+from gateway.confschema import ConfigError, Secret, ServerEndpoint, check, section
 
 
 def _is_regex(text: str) -> bool:
@@ -29,6 +30,18 @@ class NumberRule:
     outcome: typing.Literal["answer", "busy", "no-answer", "failed"] = "answer"
     #: seconds of ringing before the outcome happens
     after: float = attrs.field(default=2.0, validator=check(lambda v: v >= 0, "must not be negative"))
+    #: with outcome answer: the party hangs up by itself this many seconds after answering (absent: never)
+    hang_up_after: float | None = attrs.field(default=None)
+
+    @hang_up_after.validator
+    def _check_hang_up_after(self, attribute, value):
+        if value is None:
+            return
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(attribute.name, f"must be a positive number of seconds, got {value!r}")
+        if self.outcome != "answer":
+            raise ConfigError(attribute.name, f"only a party that answers can hang up after answering "
+                                              f"(outcome is {self.outcome!r})")
 
 
 @section

@@ -8,8 +8,9 @@
   ``sim:manual``;
 - **numbers**: they ring and answer after ``ring_time``, unless the first
   ``[[pbx.sim.rules]]`` entry matching the whole number says busy, no-answer,
-  failed or answer after N seconds; anything still ringing after
-  ``no_answer_timeout`` ends with no answer;
+  failed or answer after N seconds (an answering rule's ``hang_up_after``
+  makes the party hang up by itself that long after answering); anything
+  still ringing after ``no_answer_timeout`` ends with no answer;
 - **callers**: :meth:`SimNetwork.place_inbound` delivers an inbound call to the
   registry (the admin API's ``POST /api/sim/inbound`` and the optional demo
   generator, ``inbound_every``, use it).
@@ -40,6 +41,7 @@ from gateway.media.testing import tone_power
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from gateway.core.interfaces import IInboundCalls
+    from gateway.drivers.config import NumberRule
 
 __all__ = ["SimLeg", "SimNetwork", "SimParty", "TONE_HZ", "run_clock"]
 
@@ -336,7 +338,12 @@ class SimNetwork:
         if not address:
             raise DriverError(NAME, "no number to dial")
         leg = self._leg(SimParty(self, NUMBER, address), "outbound", events)
-        leg._ring(*self._rule(address))
+        rule = self._rule(address)
+        if rule is None:
+            leg._ring("answer", self.config.ring_time)
+        else:
+            leg.party.hang_up_after = rule.hang_up_after
+            leg._ring(rule.outcome, rule.after)
         return leg
 
     def start(self) -> None:
@@ -400,11 +407,12 @@ class SimNetwork:
         live = [p for p in found if p.state != ENDED]
         return (live or found)[-1]
 
-    def _rule(self, number: str) -> tuple[str, float]:
+    def _rule(self, number: str) -> NumberRule | None:
+        """The first ``[[pbx.sim.rules]]`` entry matching the whole number, if any."""
         for rule in self.config.rules:
             if re.fullmatch(rule.match, number):
-                return rule.outcome, rule.after
-        return "answer", self.config.ring_time
+                return rule
+        return None
 
     def _audio(self, codec: str) -> typing.Iterator[bytes]:
         if self.config.audio_file:

@@ -143,6 +143,13 @@ class DialTests(SimTestCase):
             self.advance(5)
             self.assertEqual(events.reports, expected, number)
 
+    def test_a_rule_can_make_the_party_hang_up_after_answering(self):
+        self.network = self.make(rules=[NumberRule(match="5557...", after=0.5, hang_up_after=2.0), *RULES])
+        leg, events = self.dial("5557001")
+        self.advance(5)
+        self.assertEqual(events.reports, [(0.0, "ringing"), (0.5, "answered"), (2.5, "hung_up", "remote_hangup")])
+        self.assertEqual((leg.party.state, self.network.live), ("ended", []))
+
     def test_ringing_longer_than_the_timeout_is_no_answer(self):
         self.network = self.make(ring_time=40.0)
         leg, events = self.dial("1234")
