@@ -182,6 +182,9 @@ class SingletonLink(service.Service):
 
         def start(_):
             if self.held and not self.link.running:  # not lost meanwhile
+                if self.component is not None:
+                    # down until the link says it is up (quietly: standing by was not a failure)
+                    self.component.up, self.component.reason = False, "not started"
                 self.link.startService()
 
         return d.addCallback(start)

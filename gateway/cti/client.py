@@ -30,6 +30,7 @@ from __future__ import annotations
 import attrs
 from twisted.logger import Logger
 
+from gateway.cluster.errors import LeaseLost
 from gateway.core import events as ev
 from gateway.core.dtmf import MAX_DTMF_DIGITS, PHONE_KEYS
 from gateway.core.errors import UnknownCall
@@ -103,6 +104,9 @@ class BridgeClient:
         component.set_down(f"connecting to {config.connect}")
         self.link = None
         self.tree = None
+        #: in cluster mode, the singleton link's ``check``: raises LeaseLost when this node no longer
+        #: holds the HIS link (a request it would still get is refused, not run)
+        self.fence = None
         self.telephony = (self.names.status_started, None)
         self._handlers = self._build_handlers()
         self._unsubscribe = registry.subscribe(self._call_event)
@@ -188,6 +192,11 @@ class BridgeClient:
 
     def handle(self, message):
         """Answer one query or request (see :class:`~gateway.cti.link.BridgeLink`)."""
+        if self.fence is not None:
+            try:
+                self.fence()
+            except LeaseLost as e:
+                raise Refusal(f"this gateway node does not hold the HIS link any more ({e}); try again") from None
         if message.name == self.names.session_query_init:
             return self._session_init(message)
         destination = self.tree.get(message.target)

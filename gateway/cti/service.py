@@ -5,6 +5,12 @@
 that retries with an exponential backoff (:func:`retry_delay`), registers the readiness component
 ``cti:<processor>`` (up while the link is), the metrics and the ``/api/status`` entry ``cti``, and
 watches the telephony side's readiness components for the control status.
+
+In cluster mode (``ctx.cluster``) the link is a singleton (:class:`~gateway.cluster.singleton.SingletonLink`,
+lease ``cti:<processor>``): only the node holding the lease connects; the new holder's bridge initialises
+its destinations again, and each channel's init lists the agent's live calls on every node
+(``calls_for`` of the cluster's ``ICallControl``), so a takeover, like a reconnection, announces each
+call once. A request reaching a node that no longer holds the lease is refused (FAILURE).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.protocol import Factory
 
 from gateway.boundary import budget_factory
+from gateway.cluster.singleton import SingletonLink
 from gateway.cti.client import BridgeClient
 from gateway.cti.config import CtiConfig
 from gateway.cti.endpoint import bridge_endpoint
@@ -94,5 +101,11 @@ def make_service(ctx, config: CtiConfig | None = None) -> CtiService:
     watch = TelephonyWatch(
         ctx.reactor, ctx.readiness, config.telephony, config.health_interval, client.telephony_changed
     )
+    cluster = getattr(ctx, "cluster", None)
+    if cluster is not None:
+        # a singleton link: one node of the cluster holds it under a lease; the others stand by
+        link_service = SingletonLink(cluster, f"cti:{config.processor}", link_service, component=component,
+                                     metrics=ctx.metrics)
+        client.fence = link_service.check
     ctx.status["cti"] = client
     return CtiService(client, link_service, watch)
