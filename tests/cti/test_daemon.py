@@ -37,7 +37,8 @@ ring_time = 0.3
 audio = "silence"
 rules = [{{match = "555000[0-9]", outcome = "busy", after = 0.3}},
          {{match = "555999[0-9]", outcome = "failed", after = 0.3}},
-         {{match = "555888[0-9]", outcome = "no-answer", after = 0.3}}]
+         {{match = "555888[0-9]", outcome = "no-answer", after = 0.3}},
+         {{match = "555777[0-9]", outcome = "answer", after = 0.3, hang_up_after = 2.0}}]
 
 [cti]
 enabled = true

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 
 CONSULTED = "5552222"
 BUSY, FAILED, NO_ANSWER = "5550003", "5559993", "5558883"
+#: answers, then hangs up by itself 2 s later (a [[pbx.sim.rules]] entry in test_daemon.CONFIG)
+LEAVES = "5557773"
 
 
 @defer.inlineCallbacks
@@ -187,7 +189,7 @@ def test_the_primary_party_hangs_up_during_the_consult(bridge):
 
 
 @pytest_twisted.inlineCallbacks
-def test_the_consulted_party_leaving_and_refused_requests(bridge):
+def test_the_agent_removing_the_consulted_party_and_refused_requests(bridge):
     yield bridge.start()
     call_id, interaction, primary = yield talking(bridge)
     for verb in ("alternate", "transfer-to-consult", "conference-in-consult"):
@@ -196,8 +198,33 @@ def test_the_consulted_party_leaving_and_refused_requests(bridge):
     consult_id, consult_target = yield consult(bridge, interaction)
     response = yield bridge.send("consult", target=interaction, destination="5553333")
     assert not response.ok and "consulting already" in response.header.error_message
-    yield bridge.ok("removeparty", target=consult_target, number=CONSULTED)  # the consulted party is gone
+    yield bridge.ok("removeparty", target=consult_target, number=CONSULTED)  # the agent drops the consulted party
     yield back_on_hold(bridge, call_id, interaction, primary, consult_target)
     ended = bridge.event("interaction.ended", interaction)
     yield bridge.ok("release", target=primary)
     yield ended
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_consulted_party_hangs_up(bridge):
+    yield bridge.start()
+    call_id, interaction, primary = yield talking(bridge)
+    consult_id, consult_target = yield consult(bridge, interaction, LEAVES)
+    yield back_on_hold(bridge, call_id, interaction, primary, consult_target)  # it hangs up 2 s after answering
+    log = [(e.target, e.name) for e in bridge.sim.event_log]
+    at = log.index((consult_target, "conversation.ended"))
+    assert log[at:at + 4] == [(consult_target, "conversation.ended"), (consult_target, "conversation.disposed"),
+                              (interaction, "interaction.focuschanged"), (primary, "conversation.talking")]
+    assert names(bridge, consult_target) == [
+        "conversation.started", "conversation.dialing", "conversation.talking", "conversation.partyadded", "conversation.ended",
+        "conversation.disposed"]
+    ended = yield call(bridge, consult_id)
+    assert (ended["cause"], ended["hangup_by"], ended["consult_of"]) == ("remote_hangup", "remote", call_id)
+    assert (yield call(bridge, call_id))["state"] == "TALKING"  # retrieved by back_on_hold
+    interaction_ended = bridge.event("interaction.ended", interaction)
+    yield bridge.ok("release", target=primary)
+    yield interaction_ended
+    primary_cdr = yield cdr(bridge, call_id)
+    consult_cdr = yield cdr(bridge, consult_id)
+    assert (primary_cdr["cause"], primary_cdr["consults"]) == ("normal", [consult_id])
+    assert (consult_cdr["cause"], consult_cdr["consult_of"]) == ("remote_hangup", call_id)
