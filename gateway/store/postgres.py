@@ -129,19 +129,30 @@ class _Pool:
     # in a pool thread:
 
     def _call(self, func, args):
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self.connect()
-        try:
-            result = func(conn, *args)
-            conn.commit()
-        except BaseException as e:
-            self._discard_or_rollback(conn)
-            raise _translate(e, self.where) from None
-        with self._lock:
-            self._idle.append(conn)
-        return result
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = self.connect()
+            try:
+                result = func(conn, *args)
+            except BaseException as e:
+                self._discard_or_rollback(conn)
+                if reused and conn.broken:
+                    # an idle connection the server dropped (a restart): nothing was committed, so try
+                    # again on a new one; the other idle ones are most likely gone too
+                    self.close_all()
+                    continue
+                raise _translate(e, self.where) from None
+            try:
+                conn.commit()
+            except BaseException as e:  # the outcome is unknown: the caller decides (a retried add is a duplicate)
+                self._discard_or_rollback(conn)
+                raise _translate(e, self.where) from None
+            with self._lock:
+                self._idle.append(conn)
+            return result
 
     def _call_alone(self, func, args):
         conn = self.connect(autocommit=True)
@@ -343,10 +354,13 @@ class PostgresStore:
         return self._pool.run(func, *args)
 
     def _track(self, d: Deferred) -> Deferred:
-        self._inflight.add(d)
+        """``d``, counted as running until it fires (``close()`` waits for it)."""
+        finished: Deferred = Deferred()
+        self._inflight.add(finished)
 
         def done(result):
-            self._inflight.discard(d)
+            self._inflight.discard(finished)
+            finished.callback(None)
             return result
 
         return d.addBoth(done)

@@ -222,6 +222,19 @@ async def test_records_wait_through_an_outage_and_arrive_after(postgres_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_after_a_server_restart_the_next_operation_connects_again_unharmed(postgres_server):
+    store = await opened(postgres_server.url)
+    try:
+        await defer.gatherResults([store.add_cdr(make_cdr(f"c{n}")) for n in range(4)])  # several idle connections
+        postgres_server.server.restart()
+        assert [c["call_id"] for c in await store.cdrs()] == ["c0", "c1", "c2", "c3"]
+        await store.add_cdr(make_cdr("c4"))
+        assert len(await store.cdrs()) == 5
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_store_opened_while_the_server_is_down_opens_when_it_comes(tmp_path):
     server = PostgresServer()
     readiness = Readiness()
