@@ -3,9 +3,12 @@ once by nodes starting together, the SMS outbox's order per number under concurr
 lost when a consumer's connection dies mid-delivery, and records kept through an outage of the server.
 """
 
+import os
+import sys
+
 import pytest
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
 
 from gateway.config import ConfigError, loads
 from gateway.context import Readiness
@@ -266,6 +269,68 @@ async def test_text_postgresql_cannot_hold_is_refused_not_retried(postgres_serve
         error = await failure_of(store.add_sms(sms("u1", text="nul \x00 inside")), ValueError)
         assert "PostgreSQL" in str(error)
         assert await store.list_sms() == []
+    finally:
+        await store.close()
+
+
+class _Writer(protocol.ProcessProtocol):
+    """sms_writer.py's acknowledgements: ``acked`` (uids), ``enough`` fires after ``count`` of them."""
+
+    def __init__(self, count):
+        self.count = count
+        self.buffer = b""
+        self.acked = []
+        self.stderr = b""
+        self.enough = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        self.acked += [line.split()[1].decode() for line in lines if line.startswith(b"ACK ")]
+        if len(self.acked) >= self.count and not self.enough.called:
+            self.enough.callback(None)
+
+    def errReceived(self, data):
+        self.stderr += data
+
+    def processEnded(self, reason):
+        if not self.enough.called:
+            self.enough.errback(RuntimeError(f"the writer ended early: {self.stderr.decode(errors='replace')[-2000:]}"))
+        self.ended.callback(reason.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_record_acknowledged_before_a_node_is_killed_9_is_in_postgresql(postgres_server):
+    script = os.path.join(os.path.dirname(__file__), "sms_writer.py")
+    writers = []
+    for node in ("n1", "n2"):  # two nodes writing at once, as a cluster does
+        proto = _Writer(20)
+        transport = reactor().spawnProcess(proto, sys.executable, [sys.executable, script, postgres_server.url, node],
+                                           env=os.environ.copy())
+        writers.append((proto, transport))
+    try:
+        for proto, _ in writers:
+            await proto.enough.addTimeout(60, reactor())
+    finally:
+        for proto, transport in writers:
+            if not proto.ended.called:
+                transport.signalProcess("KILL")
+            ended = await proto.ended
+            assert ended.signal == 9
+    store = await opened(postgres_server.url)
+    try:
+        acked = {uid for proto, _ in writers for uid in proto.acked}
+        stored_sms = {r.uid for r in await store.list_sms(limit=1000)}
+        stored_cdrs = {c["call_id"] for c in await store.cdrs(limit=1000)}
+        assert acked <= stored_sms and acked <= stored_cdrs
+        assert len(acked) >= 40
+        # per number, each node's SMS are in the order it wrote them
+        for node in ("n1", "n2"):
+            for number in ("+62810", "+62811", "+62812"):
+                mine = [int(r.uid.split("-")[1]) for r in await store.list_sms(number=number, limit=1000)
+                        if r.uid.startswith(node + "-")]
+                assert mine == sorted(mine)
     finally:
         await store.close()
 
