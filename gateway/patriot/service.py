@@ -5,6 +5,12 @@ for the bridge's listener (``listener:patriot-bridge``), registers a readiness c
 (``patriot-desktop:<index>``), puts the adapter's metrics on ``ctx.metrics`` and its live status
 at ``ctx.status["patriot"]``. Calls go through ``ctx.registry`` only, on one
 :class:`~gateway.patriot.line.Line` per extension shared by both modes.
+
+The Desktop mode's links are the ones the gateway originates and keeps up. In cluster mode
+(``ctx.cluster``) each is a singleton link (:class:`~gateway.cluster.singleton.SingletonLink`, lease
+``patriot-desktop:<index>``): only the node holding the lease connects and logs in; the others stand by
+and take it over when the holder dies or drains. The Dialler Bridge is a listener (Patriot connects
+to us), so every node serves it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.internet import defer, threads
 
+from gateway.cluster.singleton import SingletonLink
 from gateway.confschema import ConfigError
 from gateway.patriot.bridge import DiallerBridge
 from gateway.patriot.config import PatriotConfig
@@ -33,7 +40,8 @@ class PatriotService(service.MultiService):
 
     @property
     def links(self) -> list[DesktopLink]:
-        return [child for child in self if isinstance(child, DesktopLink)]
+        children = [child.link if isinstance(child, SingletonLink) else child for child in self]
+        return [child for child in children if isinstance(child, DesktopLink)]
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -79,11 +87,16 @@ def make_service(ctx, config: PatriotConfig | None = None) -> PatriotService:
                                run_blocking=_thread_runner(ctx.reactor))
         ctx.listen("patriot-bridge", config.bridge.listen, bridge.factory)
     svc = PatriotService(lines, bridge)
+    cluster = getattr(ctx, "cluster", None)
     for index, link_config in enumerate(config.desktop):
         endpoint = desktop_endpoint(ctx.reactor, link_config, _ca_certificates(index, link_config.ca), tls=ctx.tls)
+        component = ctx.readiness.register(f"patriot-desktop:{index}")
         link = DesktopLink(index, link_config, reactor=ctx.reactor, endpoint=endpoint,
-                           line=lines.get(link_config.extension), metrics=metrics,
-                           component=ctx.readiness.register(f"patriot-desktop:{index}"))
+                           line=lines.get(link_config.extension), metrics=metrics, component=component)
+        if cluster is not None:
+            # a singleton link: one node of the cluster holds it under a lease; the others stand by
+            link = SingletonLink(cluster, f"patriot-desktop:{index}", link, component=component,
+                                 metrics=ctx.metrics)
         link.setServiceParent(svc)
     ctx.status["patriot"] = svc
     return svc
