@@ -65,6 +65,10 @@ class GatewaySection:
     )
     #: the oldest TLS version of every ssl: listener and TLS link: "1.2" or "1.3" (gateway.tlspolicy)
     tls_minimum: str = attrs.field(default="1.2", validator=check(lambda v: v in MINIMUMS, TLS_MINIMUM_PROBLEM))
+    #: worker processes under one parent (gateway.workers): 1 is the plain daemon, 0 one per core
+    workers: int = attrs.field(
+        default=1, validator=check(lambda v: 0 <= v <= 64, "must be between 0 (one per core) and 64, got {value!r}")
+    )
 
 
 @section
