@@ -48,6 +48,8 @@ def _driver_names(config) -> dict[str, str]:
     names = {config.pbx.driver: "pbx.driver"}
     for index, ext in enumerate(config.extensions):
         names.setdefault(ext.device.partition(":")[0], f"extensions[{index}].device")
+    if getattr(config, "sip", None) is not None:
+        names.setdefault("sip", "sip")  # its trunks' inbound calls need the driver even when nothing dials out
     return names
 
 

@@ -367,11 +367,14 @@ class CallManager:
         address and port).
     :param on_incoming: ``on_incoming(call)`` → the call's :class:`CallEvents`; it may ``reject`` the call.
     :param credentials: trunk name → :class:`DigestClient` for outbound INVITEs.
+    :param on_media_unused: ``on_media_unused(media)`` when an INVITE the media was made for is refused
+        (488: the driver frees its RTP ports). A ``media_factory`` raising answers the INVITE 503.
     """
 
     def __init__(self, endpoint: SIPEndpoint, *, contact: str, media_factory: Callable[[str], LocalMedia],
                  on_incoming: Callable[[SIPCall], CallEvents | None] | None = None,
-                 credentials: dict[str, DigestClient] | None = None):
+                 credentials: dict[str, DigestClient] | None = None,
+                 on_media_unused: Callable[[LocalMedia], None] | None = None):
         self.endpoint = endpoint
         self.clock = endpoint.clock
         self.timers = endpoint.layer.timers
@@ -379,6 +382,7 @@ class CallManager:
         self.media_factory = media_factory
         self.on_incoming = on_incoming
         self.credentials = credentials or {}
+        self.on_media_unused = on_media_unused
         self.calls: dict[tuple[str, str], SIPCall] = {}
         self._by_invite: dict[int, SIPCall] = {}
         handlers = endpoint.handlers
@@ -412,7 +416,13 @@ class CallManager:
                 return
             call._reinvite_received(request, transaction)
             return
-        media = self.media_factory(request.call_id)
+        try:
+            media = self.media_factory(request.call_id)
+        except Exception as error:
+            log.error("SIP: no media for the INVITE {call_id} from {host}:{port}: {error} (503)",
+                      call_id=request.call_id, host=source.host, port=source.port, error=error)
+            self.endpoint.respond(transaction, 503, headers=[("Retry-After", "5")])
+            return
         call = SIPCall(self, direction="inbound", call_id=request.call_id, local_tag=self.endpoint.new_tag(),
                        peer=transaction.peer, media=media, trunk=trunk)
         call.invite = request
@@ -425,6 +435,8 @@ class CallManager:
             call._answer_body, call.negotiated = media.answer(parse_sdp(request.body))
         except SDPError as error:
             self.endpoint.respond(transaction, error.status, to_tag=call.local_tag)
+            if self.on_media_unused is not None:
+                self.on_media_unused(media)
             return
         self.calls[(call.call_id, call.local_tag)] = call
         self._by_invite[id(transaction)] = call
