@@ -9,6 +9,7 @@ An ``ssl:`` endpoint gets the TLS versions and ciphers of :mod:`gateway.tlspolic
 from __future__ import annotations
 
 import errno
+import socket
 
 from twisted.application import service
 from twisted.internet.defer import maybeDeferred
@@ -48,13 +49,16 @@ class Listener(service.Service):
         self._component = component
         self._tls = tls
         self.port = None
+        #: bind TCP with SO_REUSEPORT, so that every worker of ``[gateway] workers`` listens on the same port
+        self.reuse_port = False
 
     def bind(self) -> None:
         """Listen now, or raise :class:`StartupError`."""
         if self.port is not None:
             return
         try:
-            endpoint = self._tls.server_endpoint(self._reactor, self.description, name=self.name)
+            reactor = _ReusePortReactor(self._reactor) if self.reuse_port else self._reactor
+            endpoint = self._tls.server_endpoint(reactor, self.description, name=self.name)
         except Exception as e:
             raise StartupError(f"cannot listen on {self.description} ({self.name}): {e}") from None
         outcome = []
@@ -89,3 +93,35 @@ class Listener(service.Service):
         if port is None:
             return None
         return maybeDeferred(port.stopListening)
+
+
+class _ReusePortReactor:
+    """The reactor, with ``listenTCP`` binding a ``SO_REUSEPORT`` socket (then adopted by the reactor).
+
+    ``tcp:``, ``tcp6:`` and ``ssl:`` endpoints all listen through ``listenTCP``,
+    so a worker's listener shares its port with the other workers' (Linux
+    spreads the connections across them); other endpoint types are unchanged.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        from twisted.internet.error import CannotListenError
+
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+            return self._reactor.adoptStreamPort(sock.fileno(), family, factory)
+        except OSError as e:
+            raise CannotListenError(interface, port, e) from None
+        finally:
+            sock.close()  # the reactor's port holds its own copy of the descriptor

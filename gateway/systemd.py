@@ -20,7 +20,7 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-__all__ = ["Notifier", "SystemdService"]
+__all__ = ["Notifier", "PipeNotifier", "SystemdService"]
 
 
 def _address(notify_socket: str) -> str:
@@ -114,6 +114,40 @@ class Notifier:
         if usec <= 0:
             return None
         return usec / 2 / 1_000_000
+
+
+class PipeNotifier(Notifier):
+    """A worker's notifier (``[gateway] workers`` > 1): the same lines, to the parent over a pipe.
+
+    Each message is its lines, each ended by a newline, written at once on
+    ``fd`` (a pipe the parent reads, :data:`gateway.workers.NOTIFY_FD`); the
+    watchdog interval comes from ``WATCHDOG_USEC`` in ``environ``, which the
+    parent sets to its own. Never raises: a failed write is logged once.
+    """
+
+    def __init__(self, fd: int, environ=os.environ):
+        super().__init__({"NOTIFY_SOCKET": f"fd:{fd}", "WATCHDOG_USEC": environ.get("WATCHDOG_USEC", "")})
+        self._fd = fd
+        try:
+            os.set_blocking(fd, False)  # never stall the reactor on a parent that does not read
+        except OSError:
+            pass
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def notify(self, *lines: str) -> bool:
+        data = "".join(_one_line(line) + "\n" for line in lines).encode("utf-8")
+        try:
+            os.write(self._fd, data)
+        except OSError as e:
+            if not self._failing:
+                self.log.warn("cannot notify the parent process on fd {fd}: {error}", fd=self._fd, error=e)
+            self._failing = True
+            return False
+        self._failing = False
+        return True
 
 
 class SystemdService(service.Service):
