@@ -122,7 +122,7 @@ class GatewayService(service.MultiService):
         reactor = self.ctx.reactor
 
         def on_stop_signal(signum, frame):
-            reactor.callFromThread(reactor.stop)
+            reactor.callFromThread(stop_reactor, reactor)
 
         signal.signal(signal.SIGTERM, on_stop_signal)
         signal.signal(signal.SIGINT, on_stop_signal)
@@ -165,6 +165,16 @@ class GatewayService(service.MultiService):
                 except Exception:
                     log.failure("stopping {service} failed", service=getattr(svc, "name", svc))
         log.info("gateway stopped")
+
+
+def stop_reactor(reactor) -> None:
+    """Stop the reactor; a second stop signal (Ctrl-C reaches a parent and its workers alike) is no error."""
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
 
 
 def _exit_code_trigger(ctx: Context):
@@ -261,6 +271,8 @@ def makeService(options: Options):
         source=options["config"] or DEFAULTS_NAME,
     )
     try:
-        return build(config, reactor, options["config"])
+        from gateway.workers import make_service  # [gateway] workers: the plain daemon, a worker or their parent
+
+        return make_service(config, reactor, options["config"], build)
     except (ConfigError, StartupError) as e:
         raise SystemExit(f"gateway: {e}") from None
