@@ -35,6 +35,7 @@ CI must run these tests, and ``make test`` installs the engines) and skip otherw
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import itertools
 import os
@@ -87,6 +88,16 @@ def _log_tail(path) -> str:
     except OSError:
         return ""
     return ": log tail:\n" + "\n".join(lines)
+
+
+def _die_with_parent() -> None:
+    """Popen's ``preexec_fn``: the server gets SIGKILL if the test process dies (a timeout's kill -9),
+    so no engine outlives the run that started it (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> None:
@@ -179,7 +190,8 @@ class RedisServer:
             "--protected-mode", "no",
             "--logfile", self.log_path,
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent)
         try:
             _wait_for(self.ping, START_TIMEOUT, f"redis-server on port {self.port}", self.log_path, self.proc)
         except BaseException:
@@ -358,7 +370,7 @@ class PostgresServer:
                     "-c", "max_connections=200", "-c", "shared_buffers=32MB",
                 ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-                start_new_session=True, **as_user,
+                start_new_session=True, preexec_fn=_die_with_parent, **as_user,
             )
         finally:
             log.close()
