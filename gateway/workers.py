@@ -285,7 +285,7 @@ class Supervisor:
         try:
             worker.process = self._spawn(worker.index, _WorkerProtocol(self, worker))
         except Exception as e:  # e.g. out of processes: try again later as for a death
-            log.failure("cannot start worker {index}: {error}", index=worker.index, error=e)
+            log.error("cannot start worker {index}: {error}", index=worker.index, error=e)
             worker.process = None
             self.ended(worker, e)
             return
@@ -505,8 +505,11 @@ class SupervisorService(service.Service):
 
     name = "workers"
 
-    def __init__(self, supervisor: Supervisor, notifier, reactor, *, listener=None, source: str | None = None):
+    def __init__(self, supervisor: Supervisor, notifier, reactor, *, listener=None, source: str | None = None,
+                 take_signals: bool = True):
+        """``take_signals``: SIGTERM/SIGINT stop the reactor (False in unit tests)."""
         self.supervisor = supervisor
+        self._take_signals = take_signals
         self.notifier = notifier
         self._reactor = reactor
         self.listener = listener
@@ -540,7 +543,8 @@ class SupervisorService(service.Service):
         if self.listener is not None:
             self.listener.startService()
         super().startService()
-        self._reactor.callWhenRunning(self._take_over_stop_signals)
+        if self._take_signals:
+            self._reactor.callWhenRunning(self._take_over_stop_signals)
         self._reactor.callWhenRunning(self.supervisor.start)
         self._reactor.addSystemEventTrigger("after", "shutdown", self._exit)
         self._interval = self.notifier.watchdog_interval()
