@@ -879,8 +879,16 @@ class Registry:
     @_batched
     def _end_all(self, cause: Cause) -> None:
         self._shutdown_timer = None
-        for call in [c for c in self._calls.values() if not c.ended]:
-            self._end_call(call, cause, "gateway")
+        self.end_live_calls(cause)
+
+    @_batched
+    def end_live_calls(self, cause: Cause, by: str = "gateway") -> int:
+        """End every live call now with ``cause`` (a cluster node's drain: ``drain_forced``), without
+        closing the registry; returns how many were ended."""
+        live = [c for c in self._calls.values() if not c.ended]
+        for call in live:
+            self._end_call(call, cause, by)
+        return len(live)
 
     def _check_drained(self) -> None:
         if not self._closing or any(not c.ended for c in self._calls.values()):

@@ -20,7 +20,8 @@ class DoorTests(SynchronousTestCase):
 
     def test_icallcontrol_lists_every_public_method_of_the_registry_but_its_wiring(self):
         """Nothing an adapter could call is missing from the interface (``incoming`` is the drivers'
-        door; ``shutdown`` belongs to whoever owns the registry, ``gateway.callservice``, and
-        ``app_finished`` to the media controller it is wired to)."""
+        door; ``shutdown`` belongs to whoever owns the registry, ``gateway.callservice``, ``end_live_calls``
+        to a cluster node's drain, and ``app_finished`` to the media controller it is wired to)."""
         public = {name for name in dir(Registry) if not name.startswith("_")}
-        self.assertLessEqual(public - set(ICallControl) - set(IInboundCalls), {"shutdown", "app_finished"})
+        self.assertLessEqual(public - set(ICallControl) - set(IInboundCalls),
+                             {"shutdown", "end_live_calls", "app_finished"})
