@@ -339,6 +339,7 @@ class FakeSession:
             self._later(self._settings.ring_time, self._connect)
 
     def _connect(self):
+        self._cancel_timers()  # the ring timeout: the request's timeout hangs up only an unanswered call
         self.state = "connected"
         self.answered_at = self._clock.seconds()
         self._status("Connected")

@@ -771,6 +771,24 @@ async def test_unanswered_number_rings_until_the_timeout(provider):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_answered_call_outlives_the_ring_timeout_until_the_callee_hangs_up(provider):
+    p = await provider()
+    session_id = (await p.dial("0811", timeout=1))["sessionId"]
+    client = await p.join(session_id)
+    await client.wait_for("dialStatus", count=3)
+    session = p.api.sessions[session_id]
+    with pytest.raises(RuntimeError):
+        p.api.sessions[(await p.dial("08110000"))["sessionId"]].callee_hangs_up()  # not connected yet
+    await task.deferLater(p.reactor, 1.2, lambda: None)
+    assert (session.state, client.events()) == ("connected", ["dialStatus"] * 3)
+    session.callee_hangs_up()
+    cdr = (await client.wait_for("cdr"))["data"]
+    await client.factory.closed
+    assert client.events()[-2:] == ["cdr", "hangup"]
+    assert (cdr["disposition"], cdr["hangupBy"], cdr["hangupCauseCode"]) == ("ANSWERED", "CALLEE", 16)
+
+
+@pytest_twisted.ensureDeferred
 async def test_connected_call_echoes_and_orders_checkpoints(provider):
     p = await provider(rules=(DialRule("7777", "busy"),))
     session_id = (await p.dial("08110000"))["sessionId"]  # no longer busy: the rules were replaced
