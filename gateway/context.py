@@ -113,6 +113,13 @@ class Context:
     listeners: list[Listener] = attrs.Factory(list)
     #: the process exit status once the reactor stops (set by a fatal error)
     exit_code: int = 0
+    #: the cluster node (``gateway.cluster.ClusterNode``) when ``[cluster]`` is set, else None
+    cluster: typing.Any = None
+    #: cluster mode: ``drain()`` drains this node (see ``gateway.cluster.control.ClusterDrain``) and
+    #: returns a Deferred fired once its live calls are gone; None without ``[cluster]``
+    drain: typing.Callable[[], typing.Any] | None = None
+    #: True once this node drains: listeners refuse new calls (OptimaCCS: close 1013)
+    draining: bool = False
 
     @property
     def tls(self) -> TlsPolicy:

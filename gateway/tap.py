@@ -81,6 +81,8 @@ class GatewayService(service.MultiService):
         self.store_service = None
         self.core_service = None
         self.adapter_services: list = []
+        #: cluster mode: the cluster's ICallControl and the ClusterNode, stopped after the adapters
+        self.cluster_services: list = []
 
     # -- start -----------------------------------------------------------
 
@@ -153,10 +155,16 @@ class GatewayService(service.MultiService):
             retried.addErrback(lambda f: log.failure("the store's last try at its waiting writes failed: {error}",
                                                      f, error=f.getErrorMessage()))
         yield defer.maybeDeferred(self.systemd.stopService)  # STOPPING=1 first
+        if self.ctx.drain is not None:  # cluster: drain first ([cluster] drain_timeout, then drain_forced)
+            try:
+                yield self.ctx.drain()
+            except Exception:
+                log.failure("draining the node failed")
         log.info("gateway stopping: no new connections; live calls get {grace} s",
                  grace=self.ctx.config.gateway.shutdown_grace)
         yield defer.DeferredList([defer.maybeDeferred(l.stopService) for l in self.ctx.listeners])
-        for svc in [self.core_service, *reversed(self.adapter_services), self.store_service]:
+        for svc in [self.core_service, *reversed(self.adapter_services), *reversed(self.cluster_services),
+                    self.store_service]:
             if svc is self.store_service and retried is not None:
                 yield retried  # the waiting writes' last try has settled (none of it held up the adapters)
             if svc is not None and svc.running:
@@ -165,6 +173,24 @@ class GatewayService(service.MultiService):
                 except Exception:
                     log.failure("stopping {service} failed", service=getattr(svc, "name", svc))
         log.info("gateway stopped")
+
+
+def _publish_cluster(ctx: Context, core, root: GatewayService) -> None:
+    """``[cluster]``: the ClusterNode and the cluster's ICallControl over the core, published as
+    ``ctx.registry`` (see gateway.cluster.control); ``ctx.cluster`` and ``ctx.drain`` are set."""
+    from gateway.admin.calls import register_calls_api
+    from gateway.cluster.control import build_cluster
+    from gateway.drivers.sim import SimNetwork
+
+    control, node, _ = build_cluster(ctx, core.registry)
+    ctx.registry = control
+    ctx.status["calls"] = control
+    if ctx.api is not None:
+        sim = core.drivers.get("sim")
+        register_calls_api(ctx.api, control, sim if isinstance(sim, SimNetwork) else None)
+    root.cluster_services = [control, node]
+    node.setServiceParent(root)
+    control.setServiceParent(root)
 
 
 def stop_reactor(reactor) -> None:
@@ -221,9 +247,13 @@ def build(config, reactor, source: str | None = None) -> GatewayService:
     #    controller deliver to the registry), then published as ctx.registry, the adapters' ICallControl
     core = build_core(ctx)
     core.wire()
-    publish(ctx, core)
     root.core_service = core
     root.core_service.setServiceParent(root)
+    if config.cluster is None:
+        publish(ctx, core)
+    else:
+        # cluster mode: the adapters' ICallControl is the cluster's (remote calls seen and routed)
+        _publish_cluster(ctx, core, root)
 
     # 4. the adapters: every enabled adapter plugin, built with ctx and its validated section
     adapters = adapter_plugins()

@@ -477,6 +477,8 @@ class InboundServer:
         self.budget = budget_factory(clock, NAME, metrics.registry, logger=log)
         #: the log lines about connections refused past max_calls
         self.refusals = Refusals(clock, metrics.registry)
+        #: a reason to refuse every new connection with 1013 (a draining cluster node), or None
+        self.draining: typing.Callable[[], str | None] = lambda: None
 
     @property
     def open_to_all(self) -> bool:
@@ -529,8 +531,10 @@ class InboundServer:
 
     def opened(self, protocol: _ProviderProtocol) -> InboundCall | None:
         """The connection's call; None, and the connection closed with 1013, past ``max_calls``."""
-        if len(self.calls) >= self.config.max_calls:
-            reason = f"too many calls ({self.config.max_calls} open); try again later"
+        draining = self.draining()
+        if draining or len(self.calls) >= self.config.max_calls:
+            reason = (f"{draining}; try another node" if draining
+                      else f"too many calls ({self.config.max_calls} open); try again later")
             self.refusals.refused(protocol.peer_address, reason)
             if Link(protocol).close(CLOSE_TRY_AGAIN, reason):
                 self.metrics.closed.labels(str(CLOSE_TRY_AGAIN)).inc()
@@ -597,6 +601,7 @@ def make_service(ctx, config: OptimaccsConfig | None = None) -> OptimaccsService
     ``config`` (by default ``ctx.config.optimaccs``): the inbound-call listener, its status and metrics."""
     config = config if config is not None else ctx.config.optimaccs
     server = InboundServer(ctx.reactor, config, ctx.registry, _Metrics(ctx.metrics), ctx.media_ports)
+    server.draining = lambda: "this gateway node is draining" if getattr(ctx, "draining", False) else None
     ctx.listen(NAME, config.listen, server.factory(ctx.reactor))
     ctx.status[NAME] = server
     return OptimaccsService(server)

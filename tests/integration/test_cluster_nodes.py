@@ -1,0 +1,224 @@
+"""Two real gateway daemons as one cluster, on a real Redis and a real PostgreSQL (issue 15).
+
+Each test starts two ``twistd gateway`` processes (nodes ``a`` and ``b``) on free loopback ports,
+sharing the session's ``redis-server`` (flushed) and a fresh PostgreSQL database for their CDRs.
+"""
+
+import os
+import signal
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from gateway.sim.optimaccs import CallScript, place_call
+from gateway.testing import TOKEN, GatewayProcess, free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+OPERATOR_DID = "100"
+
+
+def node_config(name, admin, inbound, redis_url, store_url, drain_timeout=10.0):
+    return f"""
+[gateway]
+node = "{name}"
+state_dir = "var"
+shutdown_grace = 2.0
+
+[admin]
+listen = "tcp:{admin}:interface=127.0.0.1"
+token = "{TOKEN}"
+
+[store]
+url = "{store_url}"
+
+[cluster]
+redis = "{redis_url}"
+node_ttl = 2.0
+lease_ttl = 2.0
+command_timeout = 2.0
+drain_timeout = {drain_timeout}
+
+[optimaccs]
+listen = "tcp:{inbound}:interface=127.0.0.1"
+cdr_wait = 0.5
+
+[[extensions]]
+id = "1001"
+name = "Alice"
+device = "sim"
+
+[[extensions]]
+id = "1002"
+name = "Bob"
+device = "sim"
+
+[[extensions]]
+id = "1003"
+name = "Carol"
+device = "sim"
+
+[[routes]]
+did = "{OPERATOR_DID}"
+to = "extension:1001"
+
+[[routes]]
+did = "101"
+to = "extension:1002"
+
+[pbx.sim]
+phone_answer_delay = 0.2
+ring_time = 0.2
+audio = "silence"
+"""
+
+
+class Node:
+    def __init__(self, process, inbound):
+        self.process = process
+        self.url = f"ws://127.0.0.1:{inbound}/"
+
+    def api(self, *args, **kwargs):
+        return self.process.api(*args, **kwargs)
+
+
+@defer.inlineCallbacks
+def start_nodes(tmp_path, cleanup, redis_server, postgres_server, drain_timeout=10.0, names=("a", "b")):
+    nodes = {}
+    for name in names:
+        admin, inbound = free_port(), free_port()
+        workdir = tmp_path / name
+        workdir.mkdir()
+        config = node_config(name, admin, inbound, redis_server.url, postgres_server.url, drain_timeout)
+        process = GatewayProcess(reactor, workdir, config)
+        cleanup(process.kill)
+        nodes[name] = Node(process, inbound)
+    yield defer.gatherResults([nodes[n].process.start(admin_of(nodes[n].process)) for n in names])
+    for name in names:
+        yield wait_until(lambda n=nodes[name]: ready(n), f"node {name} ready", 20)
+    return nodes
+
+
+def admin_of(process):
+    with open(process.config_path, encoding="utf-8") as f:
+        text = f.read()
+    return int(text.split('listen = "tcp:', 1)[1].split(":", 1)[0])
+
+
+@defer.inlineCallbacks
+def ready(node):
+    code, body = yield node.api("GET", "/readyz", token=None)
+    return code == 200
+
+
+def sleep(seconds):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def wait_until(predicate, what, timeout=15.0):
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = yield defer.maybeDeferred(predicate)
+        if result:
+            return result
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield sleep(0.1)
+
+
+@defer.inlineCallbacks
+def call_seen(node, call_id, state=None):
+    code, body = yield node.api("GET", f"/api/calls/{call_id}")
+    if code != 200:
+        return None
+    return body if state is None or body["state"] == state else None
+
+
+@defer.inlineCallbacks
+def cdr_of(node, call_id):
+    code, body = yield node.api("GET", f"/api/cdrs/{call_id}")
+    return body if code == 200 else None
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_call_on_node_a_is_seen_held_and_hung_up_from_node_b(tmp_path, cleanup, redis_server, postgres_server):
+    nodes = yield start_nodes(tmp_path, cleanup, redis_server, postgres_server)
+    a, b = nodes["a"], nodes["b"]
+    code, call = yield a.api("POST", "/api/sim/inbound", {"caller_id": "5550100", "did": OPERATOR_DID})
+    assert code == 201, call
+    call_id = call["call_id"]
+    seen = yield wait_until(lambda: call_seen(b, call_id, "TALKING"), "node b to see the call talking")
+    assert seen["extension"] == "1001"
+    code, listed = yield b.api("GET", "/api/calls")
+    assert [c["call_id"] for c in listed["calls"]] == [call_id]
+    code, held = yield b.api("POST", f"/api/calls/{call_id}/hold")
+    assert (code, held["state"]) == (200, "HELD"), held
+    code, on_a = yield a.api("GET", f"/api/calls/{call_id}")
+    assert on_a["state"] == "HELD"
+    code, ended = yield b.api("POST", f"/api/calls/{call_id}/hangup")
+    assert (code, ended["state"]) == (200, "RELEASED"), ended
+    cdr = yield wait_until(lambda: cdr_of(b, call_id), "the CDR in PostgreSQL, read from node b")
+    assert (cdr["node"], cdr["cause"], cdr["hangup_by"]) == ("a", "normal", "api")
+    code, missing = yield b.api("POST", "/api/calls/nosuchcall/hangup")
+    assert (code, missing["error"]) == (404, "unknown_call")
+    for node in (a, b):
+        assert (yield node.process.stop()) == 0
+        assert "Traceback" not in node.process.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_kill_9_of_a_node_with_a_live_call_leaves_a_node_lost_cdr(tmp_path, cleanup, redis_server, postgres_server):
+    nodes = yield start_nodes(tmp_path, cleanup, redis_server, postgres_server)
+    a, b = nodes["a"], nodes["b"]
+    code, call = yield a.api("POST", "/api/sim/inbound", {"caller_id": "5550100", "did": OPERATOR_DID})
+    call_id = call["call_id"]
+    yield wait_until(lambda: call_seen(b, call_id, "TALKING"), "node b to see the call")
+    os.kill(a.process.transport.pid, signal.SIGKILL)
+    yield a.process.ended
+    cdr = yield wait_until(lambda: cdr_of(b, call_id), "the node_lost CDR", 15)
+    assert (cdr["node"], cdr["cause"], cdr["hangup_by"]) == ("a", "node_lost", "cluster")
+    assert cdr["answered_at"] is not None
+    code, _ = yield b.api("GET", f"/api/calls/{call_id}")
+    assert code == 404
+    assert "node a is dead; ending its call" in b.process.output
+    assert (yield b.process.stop()) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_drain_refuses_new_optimaccs_calls_lets_live_ones_finish_and_forces_the_rest(
+        tmp_path, cleanup, redis_server, postgres_server):
+    nodes = yield start_nodes(tmp_path, cleanup, redis_server, postgres_server, drain_timeout=4.0)
+    a, b = nodes["a"], nodes["b"]
+    # a call from the provider that ends by itself during the drain, and one that would not
+    short = place_call(reactor, a.url, CallScript(caller_id="0811000001", did=OPERATOR_DID, hangup_after=1.5))
+    cleanup(lambda: short.close(1000, "test over"))
+    code, long_call = yield a.api("POST", "/api/sim/inbound", {"caller_id": "5550199", "did": "101"})
+    assert code == 201
+    yield wait_until(lambda: call_seen(a, long_call["call_id"], "TALKING"), "the long call talking")
+    yield wait_until(lambda: a.api("GET", "/api/calls").addCallback(lambda r: len(r[1]["calls"]) == 2),
+                     "both calls up on a")
+    a.process.signal("TERM")  # SIGTERM: drain first
+    yield wait_until(lambda: ready(a).addCallback(lambda ok: not ok), "a's /readyz false")
+    code, body = yield a.api("GET", "/readyz", token=None)
+    assert body["not_ready"].get("cluster") == "draining", body
+    refused = place_call(reactor, a.url, CallScript(caller_id="0811000002", did=OPERATOR_DID, hangup_after=5))
+    cleanup(lambda: refused.close(1000, "test over"))
+    yield refused.ended
+    assert refused.close_code == 1013, refused.close_code
+    # an origination asked of the draining a goes to b
+    code, dialled = yield a.api("POST", "/api/calls", {"extension": "1003", "number": "5551234"})
+    assert code == 201, dialled
+    code, status = yield b.api("GET", "/api/status")
+    assert status["calls"]["live_calls"] == 1, status["calls"]
+    yield short.ended
+    assert short.close_code == 1000
+    code = yield a.process.ended
+    assert code == 0, a.process.output[-3000:]
+    short_cdrs = yield b.api("GET", "/api/cdrs")
+    by_cause = {c["call_id"]: c["cause"] for c in short_cdrs[1]["cdrs"] if c["node"] == "a"}
+    assert by_cause[long_call["call_id"]] == "drain_forced", by_cause
+    assert sorted(by_cause.values()) == ["drain_forced", "remote_hangup"], by_cause
+    assert (yield b.process.stop()) == 0
