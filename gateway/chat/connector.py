@@ -145,8 +145,31 @@ class Connector:
         pending = yield self._store.pending_sms()
         if pending:
             log.info("{count} SMS not yet delivered taken from the store", count=len(pending))
+        self._queue(pending)
+
+    def _queue(self, pending) -> None:
         self.inbound.load(r for r in pending if r.direction == "inbound")
         self.outbound.load(r for r in pending if r.direction == "outbound")
+
+    # -- in cluster mode (gateway.chat.service.ClusterChatService) ------------------------------
+
+    def stand_by(self) -> defer.Deferred:
+        """Another node holds the chat link: deliver nothing here. An SMS stored here (from the
+        transport or the admin API) stays pending in the shared store for the holder to deliver."""
+        return self.stop()
+
+    def take_over(self):
+        """This node holds the chat link now: deliver from here, starting from what the store holds
+        (the conversations the previous holder left open, every pending SMS)."""
+        self.conversations.reset()
+        self.inbound.resume()
+        self.outbound.resume()
+        return self.start()
+
+    def poll_pending(self) -> defer.Deferred:
+        """Queue the pending SMS other nodes stored since the last look (those queued already, or
+        delivered lately, are skipped)."""
+        return self._store.pending_sms().addCallback(self._queue)
 
     def stop(self) -> defer.Deferred:
         """Stop delivering (what is pending stays stored); fires once the attempts under way settled."""

@@ -126,6 +126,14 @@ class Conversations:
         if self._by_id:
             log.info("{count} open chat conversation(s) taken from the store", count=len(self._by_id))
 
+    def reset(self) -> None:
+        """Forget every conversation (their idle timers cancelled): in cluster mode, a node taking the
+        chat link over loads them again from the store, where the previous holder left them."""
+        for conversation in self._by_id.values():
+            self._cancel_idle(conversation)
+        self._by_id.clear()
+        self._by_number.clear()
+
     def stop(self) -> defer.Deferred:
         """Cancel idle timers and the attempts under way; fires once those have settled."""
         for conversation in self._by_id.values():

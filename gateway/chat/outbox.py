@@ -28,6 +28,9 @@ __all__ = ["Outbox", "describe_failure"]
 
 log = Logger()
 
+#: how many delivered (or refused) seqs an outbox remembers, so as not to queue them again
+RECENT = 10_000
+
 
 def describe_failure(failure) -> str:
     """One line saying what went wrong."""
@@ -81,6 +84,10 @@ class Outbox:
         self._metrics = metrics
         self._lanes: dict[str, _Lane] = {}
         self._stopped = False
+        #: the seqs delivered or refused lately (at most RECENT): a store read that began before their
+        #: outcome was written (the cluster's poll of the pending SMS) does not queue them again
+        self._recent: collections.deque = collections.deque(maxlen=RECENT)
+        self._recent_seqs: set = set()
 
     @property
     def pending(self) -> int:
@@ -100,6 +107,8 @@ class Outbox:
         """Queue a stored record behind the other SMS of its number."""
         if self._stopped:
             return  # it stays pending in the store: delivered after the next start
+        if record.seq in self._recent_seqs:
+            return
         lane = self._lanes.get(record.number)
         if lane is None:
             lane = self._lanes[record.number] = _Lane(record.number)
@@ -117,6 +126,12 @@ class Outbox:
                 lane.timer = None
                 lane.failures = 0
                 self._pump(lane)
+
+    def resume(self) -> None:
+        """Take records again after :meth:`stop`, from scratch (in cluster mode, a node taking the
+        chat link over loads the pending SMS from the store next)."""
+        self._lanes.clear()
+        self._stopped = False
 
     def stop(self) -> defer.Deferred:
         """No more attempts; the ones under way are cancelled. Fires once they have settled."""
@@ -204,6 +219,10 @@ class Outbox:
     def _finish(self, lane: _Lane, record) -> None:
         lane.queue.popleft()
         lane.seqs.discard(record.seq)
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_seqs.discard(self._recent[0])
+        self._recent.append(record.seq)
+        self._recent_seqs.add(record.seq)
 
     def _bookkeeping_failed(self, failure, lane: _Lane, record) -> None:
         log.failure(

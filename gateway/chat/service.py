@@ -10,6 +10,9 @@ in ``gateway_ignored_messages_total{adapter="chat",reason}``.
 
 At start the pending SMS and open conversations are taken from the store; at stop the deliveries
 under way are cancelled (what is not delivered stays stored), then the link and HTTP clients close.
+
+In cluster mode (``ctx.cluster``) the chat link is a singleton link, held by one node at a time:
+see :class:`ClusterChatService`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import uuid
 
 from twisted.application import service
 from twisted.application.internet import backoffPolicy
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
@@ -35,11 +38,12 @@ from gateway.chat.metrics import ChatMetrics
 from gateway.chat.rest import ChatRest
 from gateway.chat.socketio import SocketIOClient
 from gateway.chat.web import HttpClient, client_tls, load_trust
+from gateway.cluster.singleton import SingletonLink
 from gateway.confschema import ConfigError
 from gateway.linkwatch import LinkWatch, url_peer
 from gateway.pluginload import find_plugin, plugins
 
-__all__ = ["ChatService", "make_service"]
+__all__ = ["ChatService", "ClusterChatService", "make_service"]
 
 log = Logger()
 
@@ -93,6 +97,74 @@ class ChatService(service.Service):
         yield self.connector.stop()
         if self.link.running:
             yield self.link.stopService()
+        for close in self._closers:
+            yield defer.maybeDeferred(close)
+
+
+#: seconds between two looks, by the chat link's holder, for the SMS other nodes stored (cluster mode)
+POLL_INTERVAL = 1.0
+
+
+class ClusterChatService(service.Service):
+    """``[chat]`` in cluster mode: the chat link is a singleton link (lease ``chat``).
+
+    The node holding the lease runs the connector and its link: it takes the open conversations and
+    the pending SMS from the shared store when it takes over, then looks for SMS other nodes stored
+    every :data:`POLL_INTERVAL` s, and delivers every SMS of the cluster in each number's order. The
+    other nodes stand by: an SMS reaching one of them (the transport, the admin API) is stored
+    pending, for the holder. When the holder loses its lease the link is closed at once and the
+    deliveries under way are cancelled (what is not delivered stays pending); on drain or stop the
+    link is closed before the lease is released.
+    """
+
+    name = "chat"
+
+    def __init__(self, cluster, connector: Connector, link: SocketIOClient, closers, *, clock, component,
+                 metrics=None, poll_interval: float = POLL_INTERVAL):
+        self.connector = connector
+        self.link = link
+        self._closers = closers
+        self._clock = clock
+        self._poll_interval = poll_interval
+        self._poll: task.LoopingCall | None = None
+        self.singleton = SingletonLink(cluster, "chat", link, component=component, on_acquired=self._take_over,
+                                       on_released=self._hand_over, metrics=metrics)
+
+    def startService(self):
+        super().startService()
+        self.connector.stand_by()
+        self.singleton.startService()
+
+    def _take_over(self, token: int) -> defer.Deferred:
+        d = self.connector.take_over()
+        d.addErrback(
+            lambda failure: log.failure("the chat connector could not take its pending SMS from the store", failure)
+        )
+
+        def polling(_):
+            self._poll = task.LoopingCall(self._look)
+            self._poll.clock = self._clock
+            self._poll.start(self._poll_interval, now=False)
+
+        return d.addCallback(polling)
+
+    def _look(self) -> defer.Deferred:
+        return self.connector.poll_pending().addErrback(
+            lambda failure: log.warn("chat: could not look for pending SMS in the store: {error}",
+                                     error=failure.getErrorMessage())
+        )
+
+    def _hand_over(self) -> defer.Deferred:
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        return self.connector.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        yield self.singleton.stopService()
+        yield self.connector.stop()
         for close in self._closers:
             yield defer.maybeDeferred(close)
 
@@ -171,4 +243,9 @@ def make_service(ctx, config: ChatConfig | None = None) -> ChatService:
     directory = directory.absolute()
     add_routes(ctx.api, connector, ctx.store, Transcripts(rest, directory, functools.partial(_in_thread, ctx.reactor)))
     ctx.status["chat"] = connector
-    return ChatService(connector, _link(ctx, config, connector), [http.close, transport.stop])
+    link, closers = _link(ctx, config, connector), [http.close, transport.stop]
+    cluster = getattr(ctx, "cluster", None)
+    if cluster is not None:
+        return ClusterChatService(cluster, connector, link, closers, clock=ctx.reactor,
+                                  component=ctx.readiness.components["chat"], metrics=ctx.metrics)
+    return ChatService(connector, link, closers)

@@ -97,6 +97,7 @@ class SingletonLink(service.Service):
         #: the fencing token while this node holds the link
         self.token: int | None = None
         self._busy: defer.Deferred = defer.succeed(None)
+        self._active = False
         self._held_gauge = self._takeovers = None
         if metrics is not None:
             held, takeovers = _metrics(metrics)
@@ -178,6 +179,7 @@ class SingletonLink(service.Service):
     def _start_link(self) -> Any:
         if not self.held or self.link.running:
             return None
+        self._active = True  # on_released is owed from now on, even if the link never starts
         d = defer.maybeDeferred(self.on_acquired, self.token) if self.on_acquired is not None else defer.succeed(None)
 
         def start(_):
@@ -190,12 +192,11 @@ class SingletonLink(service.Service):
         return d.addCallback(start)
 
     def _stop_link(self) -> Any:
-        if not self.link.running:
-            self._standby()
-            return None
-        d = defer.maybeDeferred(self.link.stopService)
-        if self.on_released is not None:
-            d.addCallback(lambda _: self.on_released())
+        d = defer.maybeDeferred(self.link.stopService) if self.link.running else defer.succeed(None)
+        if self._active:
+            self._active = False
+            if self.on_released is not None:
+                d.addCallback(lambda _: self.on_released())
         return d.addCallback(lambda _: self._standby())
 
     def _standby(self) -> None:

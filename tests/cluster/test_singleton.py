@@ -169,6 +169,7 @@ class SingletonLinkTests(SynchronousTestCase):
         loaded.callback(None)
         self.assertFalse(a_link.running)
         self.assertEqual(self.log, [])
+        self.assertEqual(calls[-1], "released", "what on_acquired started is undone, though the link never ran")
         self.let_pass(TTL + RETRY)  # its old value expires in redis, then it takes the lease again
         self.assertTrue(a.held)
         self.assertTrue(a_link.running)
