@@ -180,14 +180,15 @@ class LegMedia:
         self.clock = clock
         self.expected_hosts = {trunk_host}
         self.session = _Session(clock, audio_pt=0, dtmf_pt=101, remote=(trunk_host, 0), on_audio=self._audio,
-                                on_digit=self._digit, on_media_timeout=self._timed_out,
-                                media_timeout=driver.config.media_timeout)
+                                on_digit=self._digit, on_media_timeout=self._timed_out)
         self.session.media = self
         self.rtcp = _RTCP(self)
         self.rtp_port, self.rtcp_port, self.port = driver.rtp_ports.listen(self.session, self.rtcp)
         self.local = LocalMedia(driver.address, self.port, str(int(clock.seconds() * 1000) % 10**10))
         self.negotiated: Negotiated | None = None
         self.packets_in = 0
+        #: audio packets taken (whatever their SSRC: the statistics start over with a new one)
+        self.audio_in = 0
         self.remote_reports: list[tuple[int, int, int]] = []  # (fraction lost /256, cumulative lost, jitter)
         self._to_port = None  # converter from the wire codec into the port's, when they differ
         self._from_port = None
@@ -196,6 +197,16 @@ class LegMedia:
         self._rtcp_timer: typing.Any = None
         self._rtcp_remote: tuple[str, int] | None = None
         self.closed = False
+        #: the media timeout runs once the call is answered
+        self.timing = False
+
+    def start_timeout(self) -> None:
+        """The call is answered: from now on ``[sip] media_timeout`` without RTP ends it."""
+        self.timing = True
+        session = self.session
+        session.media_timeout = self.driver.config.media_timeout
+        if session.media_timeout and not session.timed_out and (self.negotiated is None or self.negotiated.receive):
+            session._arm()
 
     # -- set up by the negotiation
     def apply(self, agreed: Negotiated) -> None:
@@ -214,7 +225,7 @@ class LegMedia:
         self._to_port = None if wire == port_codec else converter(wire, port_codec)
         self._from_port = None if wire == port_codec else converter(port_codec, wire)
         if agreed.receive:
-            if session.media_timeout and not session.timed_out:
+            if self.timing and session.media_timeout and not session.timed_out:
                 session._arm()
         else:
             session.stop()  # on hold by the peer (inactive, or we hold): no media is due
@@ -225,6 +236,7 @@ class LegMedia:
 
     # -- from the party
     def _audio(self, payload: bytes, packet: typing.Any) -> None:
+        self.audio_in += 1
         if self.leg is None:
             return
         if self._to_port is not None:
@@ -327,7 +339,7 @@ class LegMedia:
             "codec": self.negotiated.codec if self.negotiated else None,
             "local_rtp_port": self.port,
             "remote_rtp": f"{session.remote[0]}:{session.remote[1]}" if session.latched else None,
-            "packets_received": stats.received, "packets_expected": stats.expected, "packets_lost": max(0, stats.lost),
+            "audio_packets_received": self.audio_in, "packets_received": stats.received, "packets_expected": stats.expected, "packets_lost": max(0, stats.lost),
             "jitter_ms": round(stats.jitter_ms, 2), "packets_sent": session.sent_packets,
             "dropped": dict(session.dropped),
         }
@@ -343,7 +355,7 @@ class LegMedia:
             return
         self.closed = True
         stats = self.session.stats
-        self.driver.metrics.inc("rtp_packets", "in", amount=stats.received)
+        self.driver.metrics.inc("rtp_packets", "in", amount=self.audio_in)
         self.driver.metrics.inc("rtp_lost", amount=max(0, stats.lost))
         if self.driver.metrics.registry is not None and stats.received:
             self.driver.metrics.jitter.observe(stats.jitter_ms)
@@ -423,8 +435,10 @@ class SipLeg:
 
     # -- the core's hold
     def core_hold(self, hold: bool) -> None:
-        if self.over or self.call is None or self.call.state != "answered" or self._peer_holds:
-            return  # a peer holding us made the core's hold: nothing to send back
+        if self.over or self.call is None or self.call.state != "answered":
+            return
+        if (self.media.local.wanted == "sendonly") == hold or (hold and self._peer_holds):
+            return  # already so (the core's hold or retrieve mirrors the peer's): nothing to send
         self._our_reinvite = True
         d = self.call.hold() if hold else self.call.retrieve()
 
@@ -443,6 +457,7 @@ class SipLeg:
 
     def answered(self, call: SIPCall, media: Negotiated) -> None:
         self.media.apply(media)
+        self.media.start_timeout()
         if self.direction == "outbound" and self.events is not None and not self.over:
             self.events.answered()
 
