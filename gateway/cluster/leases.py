@@ -204,6 +204,14 @@ class Lease:
     def held(self) -> bool:
         return self.token is not None
 
+    @property
+    def valid_until(self) -> float | None:
+        """The time (on our clock) until which the lease is surely ours; None when not held. A
+        process that was paused may find it past before its expiry timer has run."""
+        if not self.held or self._expiry is None:
+            return None
+        return self._expiry.getTime()
+
     def check(self) -> int:
         """The fencing token; raises :class:`LeaseLost` when the lease is not held."""
         if self.token is None:

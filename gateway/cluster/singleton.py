@@ -109,9 +109,15 @@ class SingletonLink(service.Service):
         return self.token is not None
 
     def check(self) -> int:
-        """The fencing token; raises :class:`LeaseLost` when this node does not hold the link."""
+        """The fencing token; raises :class:`LeaseLost` when this node does not hold the link, or
+        when the lease is past its TTL by our clock though its expiry timer has not run yet (a
+        process resumed after a pause handles what waited on its sockets before its timers)."""
         if self.token is None:
             raise LeaseLost(f"the singleton link {self.name!r} is held by another node, not {self.cluster.node!r}")
+        lease = self.campaign.lease if self.campaign is not None else None
+        until = lease.valid_until if lease is not None else None
+        if until is not None and self.cluster.clock.seconds() >= until:
+            raise LeaseLost(f"the lease of the singleton link {self.name!r} ran out (this node was paused)")
         return self.token
 
     # -- life ---------------------------------------------------------------------------------

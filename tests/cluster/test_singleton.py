@@ -182,3 +182,15 @@ class SingletonLinkTests(SynchronousTestCase):
         self.make("b", metrics=CollectorRegistry())
         self.assertEqual(registry.get_sample_value("gateway_cluster_link_held", {"link": "his:PROC"}), 1)
         self.assertEqual(registry.get_sample_value("gateway_cluster_link_takeovers_total", {"link": "his:PROC"}), 1)
+
+    def test_a_holder_resumed_after_a_pause_refuses_work_before_its_expiry_timer_runs(self):
+        a_node, a, a_link, _ = self.make("a")
+        token = a.check()
+        self.clock.rightNow += TTL  # the process was stopped; no timer has run yet
+        self.assertTrue(a.held)
+        self.assertRaises(LeaseLost, a.check)
+        # meanwhile another node took the lease; then a's timers run: the lease is lost, the link closed
+        self.successResultOf(self.server.client("c").set(keys.lease("his:PROC"), "999999999999999:c", px=5000))
+        self.clock.advance(0)
+        self.assertFalse(a_link.running)
+        self.assertGreater(token, 0)
