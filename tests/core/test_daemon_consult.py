@@ -3,7 +3,9 @@ one hears is measured by tone detection: the caller arrives over the OptimaCCS i
 (playing CALLER_HZ), the agent's phone and the consulted party are callees of the fake OptimaCCS
 provider API (playing AGENT_HZ and CONSULTED_HZ, keeping what they heard). Proves who hears whom while
 the primary is held and the agent consults, after alternate, in a conference in consult, and after a
-transfer to consult (docs/core.md)."""
+transfer to consult (docs/core.md); and, through the admin API, every failure path: busy, failed and
+unanswered consults, the consulted party hanging up by itself, the agent releasing the consult or the
+primary, the caller hanging up during the consult, with who hears whom after each and the CDRs linked."""
 
 import pytest
 import pytest_twisted
@@ -21,6 +23,10 @@ TOKEN = "provider-t0ken"
 CALLER_HZ, AGENT_HZ, CONSULTED_HZ, HOLD_HZ = 700, 550, 950, 425
 TONES = (CALLER_HZ, AGENT_HZ, CONSULTED_HZ, HOLD_HZ)
 AGENT_PHONE, CONSULTED = "+6281100000101", "+6281200000202"
+#: the fake provider's default rules: ...0000 is busy, ...9999 fails, ...8888 rings until the ring timeout
+BUSY, FAILED, NO_ANSWER = "6281200000000", "6281200009999", "6281200008888"
+#: seconds the provider lets a call ring ([optimaccs.outbound] ring_timeout)
+RING_TIMEOUT = 2
 #: the hold tone beeps 400 ms every 3 s: listening this long hears one beep whatever the phase
 HOLD_LISTEN = 3.2
 #: 100 ms of pcm16
@@ -88,33 +94,56 @@ class Scene:
             f'[pbx]\ndriver = "optimaccs"\n\n[[extensions]]\nid = "1001"\ndevice = "optimaccs:{AGENT_PHONE}"\n\n'
             f'[[routes]]\ndid = "{OPERATOR_DID}"\nto = "extension:1001"\n\n'
             f'[optimaccs.outbound]\napi_url = "http://127.0.0.1:{port.getHost().port}"\ntoken = "{TOKEN}"\n'
+            f'ring_timeout = {RING_TIMEOUT}\n'
         ))
         return cls(provider, gateway, url, cleanup)
 
+    def next_session(self):
+        """The provider's next call (the agent's phone, or a consulted number), once placed."""
+        self.sessions += 1
+        return self.provider.wait_for_session(self.sessions)
+
+    def until(self, call_id, state):
+        """The call's snapshot once it is in ``state``."""
+        return wait_until(lambda: self.gateway.api("GET", f"/api/calls/{call_id}").addCallback(
+            lambda reply: reply[1] if reply[0] == 200 and reply[1]["state"] == state else None),
+            f"call {call_id} {state}")
+
     @defer.inlineCallbacks
-    def consulting(self):
-        """A caller talking to the agent, then held while the agent consults CONSULTED: (ids, ears)."""
-        gateway = self.gateway
+    def talking(self):
+        """A caller talking to the agent, who hear each other: (primary id, ears)."""
         caller = place_call(reactor, self.url, CallScript(caller_id="081100000002", did=OPERATOR_DID,
                                                           pcm=audio.tone(120, CALLER_HZ)))
         self.cleanup(lambda: caller.close(1000, "test over"))
-        self.sessions += 1
-        agent = yield self.provider.wait_for_session(self.sessions)
+        agent = yield self.next_session()
         yield caller.wait_for("answer")
-        code, calls = yield gateway.api("GET", "/api/calls?extension=1001", expect=200)
+        code, calls = yield self.gateway.api("GET", "/api/calls?extension=1001", expect=200)
         [primary] = [c["call_id"] for c in calls["calls"] if c["state"] == "TALKING"]
         ears = Ears(caller, agent, None)
         heard = yield ears.listen(1.0)
         assert_hears(heard, "caller", AGENT_HZ)
         assert_hears(heard, "agent", CALLER_HZ)
-        code, consult = yield gateway.api("POST", f"/api/calls/{primary}/consult", {"number": CONSULTED},
-                                          expect=201)
+        return primary, ears
+
+    @defer.inlineCallbacks
+    def consult(self, primary, ears, number=CONSULTED, state="TALKING"):
+        """The agent consults ``number`` through the API: (consult id, its provider session) once the
+        consult is in ``state``; a consult that talks becomes ``ears.consulted``."""
+        code, consult = yield self.gateway.api("POST", f"/api/calls/{primary}/consult", {"number": number},
+                                               expect=201)
         assert consult["consult_of"] == primary
-        self.sessions += 1
-        ears.consulted = yield self.provider.wait_for_session(self.sessions)
-        yield wait_until(lambda: gateway.api("GET", f"/api/calls/{consult['call_id']}").addCallback(
-            lambda reply: reply[1]["state"] == "TALKING"), "the consult talking")
-        return primary, consult["call_id"], ears
+        session = yield self.next_session()
+        if state == "TALKING":
+            ears.consulted = session
+        yield self.until(consult["call_id"], state)
+        return consult["call_id"], session
+
+    @defer.inlineCallbacks
+    def consulting(self):
+        """A caller talking to the agent, then held while the agent consults CONSULTED: (ids, ears)."""
+        primary, ears = yield self.talking()
+        consult, _ = yield self.consult(primary, ears)
+        return primary, consult, ears
 
     def cdr(self, call_id):
         """The call's CDR, once the store has written it."""
@@ -207,5 +236,82 @@ def test_the_consulted_party_hangs_up_then_the_agent_retrieves_the_caller(cleanu
     assert (consult_cdr["cause"], consult_cdr["consult_of"], consult_cdr["consults"]) == (
         "remote_hangup", primary, [])
     assert consulted.cdr["hangupBy"] == "CALLEE"
+    assert (yield gateway.stop()) == 0
+    assert "Traceback" not in gateway.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_failure_paths_through_the_admin_api_and_who_hears_whom_after_each(cleanup, tmp_path):
+    scene = yield Scene.start(cleanup, tmp_path)
+    gateway = scene.gateway
+    primary, ears = yield scene.talking()
+    consults = []
+
+    # busy, failed and unanswered consults end; the caller stays held (hearing only hold) until retrieved
+    for number, cause in ((BUSY, "busy"), (FAILED, "failed"), (NO_ANSWER, "no_answer")):
+        consult, session = yield scene.consult(primary, ears, number, state="RELEASED")
+        consults.append(consult)
+        code, ended = yield gateway.api("GET", f"/api/calls/{consult}", expect=200)
+        assert (ended["cause"], ended["consult_of"]) == (cause, primary), number
+        yield session.ended
+        code, held = yield gateway.api("GET", f"/api/calls/{primary}", expect=200)
+        assert (held["state"], held["consult"]) == ("HELD", None), number
+        if cause == "no_answer":
+            heard = yield ears.listen(HOLD_LISTEN)
+            assert_hears(heard, "caller", HOLD_HZ)
+        code, snapshot = yield gateway.api("POST", f"/api/calls/{primary}/retrieve", expect=200)
+        assert snapshot["state"] == "TALKING"
+    heard = yield ears.listen(1.0)
+    assert_hears(heard, "caller", AGENT_HZ)
+    assert_hears(heard, "agent", CALLER_HZ)
+
+    # the agent releases the consult: the phone stays up, the caller held until retrieved
+    consult, consulted = yield scene.consult(primary, ears)
+    consults.append(consult)
+    code, ended = yield gateway.api("POST", f"/api/calls/{consult}/hangup", expect=200)
+    assert (ended["state"], ended["hangup_by"]) == ("RELEASED", "api")
+    yield consulted.ended
+    assert (consulted.cdr["hangupBy"], ears.agent.state) == ("CALLER", "connected")
+    ears.consulted = None
+    heard = yield ears.listen(HOLD_LISTEN)
+    assert_hears(heard, "caller", HOLD_HZ)
+    assert (yield gateway.api("GET", f"/api/calls/{primary}", expect=200))[1]["state"] == "HELD"
+    yield gateway.api("POST", f"/api/calls/{primary}/retrieve", expect=200)
+    heard = yield ears.listen(1.0)
+    assert_hears(heard, "caller", AGENT_HZ)
+    assert_hears(heard, "agent", CALLER_HZ)
+
+    # the agent releases the primary during a consult: the caller is gone, the consult goes on
+    consult, consulted = yield scene.consult(primary, ears)
+    consults.append(consult)
+    code, ended = yield gateway.api("POST", f"/api/calls/{primary}/hangup", expect=200)
+    assert (ended["state"], ended["hangup_by"]) == ("RELEASED", "api")
+    yield ears.caller.ended
+    code, going_on = yield gateway.api("GET", f"/api/calls/{consult}", expect=200)
+    assert going_on["state"] == "TALKING"
+    heard = yield ears.listen(1.0)
+    assert_hears(heard, "agent", CONSULTED_HZ)
+    assert_hears(heard, "consulted", AGENT_HZ)
+    yield gateway.api("POST", f"/api/calls/{consult}/hangup", expect=200)
+    yield ears.agent.ended
+    primary_cdr = yield scene.cdr(primary)
+    assert (primary_cdr["cause"], primary_cdr["consults"]) == ("normal", consults)
+    for consult, cause in zip(consults, ("busy", "failed", "no_answer", "normal", "normal")):
+        cdr = yield scene.cdr(consult)
+        assert (cdr["cause"], cdr["consult_of"]) == (cause, primary), consult
+
+    # the primary party (the caller) hangs up during a consult: the agent and the consulted talk on
+    primary, consult, ears = yield scene.consulting()
+    ears.caller.hangup()
+    yield ears.caller.ended
+    ended = yield scene.until(primary, "RELEASED")
+    assert (ended["cause"], ended["hangup_by"]) == ("remote_hangup", "remote")
+    assert (yield gateway.api("GET", f"/api/calls/{consult}", expect=200))[1]["state"] == "TALKING"
+    heard = yield ears.listen(1.0)
+    assert_hears(heard, "agent", CONSULTED_HZ)
+    assert_hears(heard, "consulted", AGENT_HZ)
+    yield gateway.api("POST", f"/api/calls/{consult}/hangup", expect=200)
+    yield ears.agent.ended
+    assert ((yield scene.cdr(primary))["consults"], (yield scene.cdr(consult))["consult_of"]) == ([consult], primary)
     assert (yield gateway.stop()) == 0
     assert "Traceback" not in gateway.output
