@@ -146,7 +146,7 @@ class ChatTakeoverTests(SynchronousTestCase):
 class OutboxTests(SynchronousTestCase):
     def test_a_record_delivered_lately_is_not_queued_again_by_a_stale_read_of_the_store(self):
         from gateway.chat.outbox import Outbox
-        from gateway.store.records import SmsRecord
+        from gateway.store.sms import SmsRecord
 
         clock = task.Clock()
         store = MemoryCdrStore(clock)
