@@ -354,18 +354,47 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gateway with ``--workers`` > 1: the parent and its workers)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            children = pathlib.Path(f"/proc/{pids[i]}/task/{pids[i]}/children").read_text().split()
+        except OSError:
+            children = []
+        pids += [int(child) for child in children]
+        i += 1
+    return pids
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    for each in _tree(pid):
+        try:
+            os.kill(each, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid`` and its descendants so far (Linux ``/proc``)."""
+    total = 0
+    for each in _tree(pid):
+        fields = pathlib.Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kb(pid: int) -> int:
-    """The resident set size of process ``pid``, in KB (``VmRSS`` of ``/proc/<pid>/status``)."""
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """The resident set size of process ``pid`` and its descendants, in KB (``VmRSS`` of ``/proc/<pid>/status``)."""
+    total = 0
+    for each in _tree(pid):
+        for line in pathlib.Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+                break
+        else:
+            raise RuntimeError(f"no VmRSS for process {each}")
+    return total
 
 
 def _sockets(pid: int) -> int:
@@ -391,7 +420,7 @@ def _emergency_cleanup() -> None:
     """At reactor shutdown: continue any stopped child, and kill every child still running."""
     for pid in list(_stopped):
         try:
-            os.kill(pid, signal.SIGCONT)
+            _signal_tree(pid, signal.SIGCONT)
         except OSError:
             pass
     _stopped.clear()
@@ -426,8 +455,10 @@ class _Floor(protocol.ProcessProtocol):
 class _Server:
     """One server process: its kind, port and pid, how to stop it and how to wait until it is idle."""
 
-    def __init__(self, reactor, kind: str, port: int, pid: int, stop, daemon=None, key=None) -> None:
+    def __init__(self, reactor, kind: str, port: int, pid: int, stop, daemon=None, key=None, workers: int = 1) -> None:
         self.reactor = reactor
+        #: the gateway's [gateway] workers: with more than 1, each worker's API is on the admin port + its number
+        self.workers = workers
         self.kind = kind
         self.port = port
         self.pid = pid
@@ -452,7 +483,17 @@ class _Server:
         """Wait until the server holds no connection (call) of the generator any more."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.daemon is not None:
+            if self.daemon is not None and self.workers > 1:
+                from gateway.testing import GatewayProcess
+
+                left = 0
+                for index in range(1, self.workers + 1):
+                    worker = GatewayProcess(self.reactor, self.daemon.workdir)  # only its API: on admin port + index
+                    worker.admin_port = self.daemon.admin_port + index
+                    _, body = yield worker.api("GET", "/api/calls", expect=200)
+                    left += len(body["calls"])
+                what = "live calls"
+            elif self.daemon is not None:
                 _, body = yield self.daemon.api("GET", "/api/calls", expect=200)
                 left = len(body["calls"])
                 what = "live calls"
@@ -468,7 +509,7 @@ class _Server:
     @defer.inlineCallbacks
     def stop(self):
         if self.pid in _stopped:  # never stop a stopped process: SIGTERM would wait for a SIGCONT
-            os.kill(self.pid, signal.SIGCONT)
+            _signal_tree(self.pid, signal.SIGCONT)
             _stopped.discard(self.pid)
         try:
             yield self._stop()
@@ -518,12 +559,15 @@ _GATEWAY_CONFIG = (
 
 
 @defer.inlineCallbacks
-def _gateway(reactor, workdir: str):
-    """Start the daemon with a DID routed to app:echo."""
+def _gateway(reactor, workdir: str, workers: int = 1):
+    """Start the daemon with a DID routed to app:echo (``workers`` > 1: a parent and that many workers)."""
     from gateway.testing import GatewayProcess, free_port
 
     admin, port = free_port(), free_port()
+    while workers > 1 and not all(_port_free(admin + i) for i in range(1, workers + 1)):
+        admin = free_port()  # the workers' admin APIs are on the next ports
     config = GatewayProcess.config(admin, _GATEWAY_CONFIG.format(port=port, did=ECHO_DID))
+    config = config.replace("[gateway]\n", f"[gateway]\nworkers = {workers}\n", 1)
     home = tempfile.mkdtemp(dir=workdir)
     # The log goes to a file: GatewayProcess keeps and searches all of a child's output in this process,
     # which would take the generator's time while it measures.
@@ -532,6 +576,14 @@ def _gateway(reactor, workdir: str):
     _children[daemon] = daemon.kill
     try:
         yield daemon.start(admin)
+        started = time.monotonic()
+        while workers > 1:  # the parent answers /healthz at once; /readyz once every worker is ready
+            code, _ = yield daemon.api("GET", "/readyz")
+            if code == 200:
+                break
+            if daemon.ended.called or time.monotonic() - started > 60:
+                raise RuntimeError(f"the gateway's {workers} workers were not ready in 60 s")
+            yield _sleep(reactor, 0.1)
     except BaseException:
         daemon.kill()
         if daemon.transport is not None:
@@ -540,11 +592,20 @@ def _gateway(reactor, workdir: str):
         if os.path.exists(log):
             sys.stderr.write(f"the gateway's log:\n{pathlib.Path(log).read_text(errors='replace')[-4000:]}\n")
         raise
-    return _Server(reactor, "gateway", port, daemon.transport.pid, daemon.stop, daemon, key=daemon)
+    return _Server(reactor, "gateway", port, daemon.transport.pid, daemon.stop, daemon, key=daemon, workers=workers)
 
 
-def _start(reactor, kind: str, workdir: str):
-    return _gateway(reactor, workdir) if kind == "gateway" else _floor_server(reactor, kind)
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _start(reactor, kind: str, workdir: str, workers: int = 1):
+    return _gateway(reactor, workdir, workers) if kind == "gateway" else _floor_server(reactor, kind)
 
 
 def _incoming_call(index: int) -> bytes:
@@ -591,12 +652,12 @@ def stall(reactor, server: _Server, options):
         yield _sleep(reactor, 1.0 + STALL_MARGIN)
         sys.stderr.write(f"stall {server.kind}: SIGSTOP {server.pid} for {options.stall_ms:g} ms\n")
         stopped_at = time.perf_counter()
-        os.kill(server.pid, signal.SIGSTOP)
+        _signal_tree(server.pid, signal.SIGSTOP)  # with --workers, the parent and every worker
         _stopped.add(server.pid)
         try:
             yield _sleep(reactor, options.stall_ms / 1000)
         finally:
-            os.kill(server.pid, signal.SIGCONT)
+            _signal_tree(server.pid, signal.SIGCONT)
             _stopped.discard(server.pid)
             continued_at = time.perf_counter()
         yield _sleep(reactor, options.stall_buckets)
@@ -721,7 +782,7 @@ def _measure_all(reactor, options):
                 results[case] = {}
                 for kind in options.servers:
                     try:
-                        server = yield _start(reactor, kind, workdir)
+                        server = yield _start(reactor, kind, workdir, options.workers)
                         try:
                             result = yield CASE_FUNCTIONS[case](reactor, server, options)
                         finally:
@@ -755,6 +816,8 @@ def report(results: dict, options) -> str:
     lines = [f"Machine: {machine()}; load average at start {options.load_at_start:.2f}",
              f"Load generator: this process, the connections in {options.phases} phases "
              f"{TICK * 1e3 / options.phases:g} ms apart"]
+    if getattr(options, "workers", 1) != 1:
+        lines.append(f"Gateway: [gateway] workers = {options.workers} (the parent and its workers measured together)")
     if "steady" in results:
         rows = results["steady"]
         floors = [rows.get(k, {}).get("cpu_us_per_frame") for k in ("autobahn", "tcp")]
@@ -922,6 +985,9 @@ def main(argv=None) -> int:
     add("--idle-rounds", type=_positive(int), default=3, help="memory: rounds, the last one reported (default 3)")
     add("--phases", type=_positive(int), default=10,
         help="connections send in this many phases spread over the 20 ms (default 10; 1: all in one burst)")
+    add("--workers", type=int, default=1,
+        help="gateway: its [gateway] workers (default 1; N > 1: a parent and N workers on one port, "
+             "their CPU and memory summed, all of them stopped by the stall case)")
     add("--serve", choices=("autobahn", "tcp"), help=argparse.SUPPRESS)
     add("--port", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
