@@ -26,7 +26,10 @@ Every body is read through :meth:`ApiRequest.json` (the boundary policy of
 ``gateway.boundary``): bad text, non-finite numbers, deep nesting and keys the
 endpoint does not read are a 400 naming the field or key.
 
-A call is rendered by ``CallSnapshot.to_dict()``. The registry's errors carry
+A call is rendered by ``CallSnapshot.to_dict()``. In cluster mode (``[cluster]``) the registry is the
+cluster's ``ICallControl``: the listing is cluster-wide (this node's calls and the other nodes'), a
+command for another node's call is routed to its owner, and each call also names ``node``, the node
+that holds its media. The registry's errors carry
 their own status and code (404 unknown call, 409 illegal in this state, ...),
 which the router renders as ``{"error": code, "message": ...}``.
 """
@@ -109,6 +112,19 @@ def _rendered(snapshot) -> dict:
     return snapshot.to_dict()
 
 
+def owner_of(registry, call_id: str) -> str | None:
+    """The node holding a call's media, in cluster mode (the cluster's ICallControl knows the other
+    nodes' calls as ``remote``: id -> (owner, snapshot)); None for a one-process gateway."""
+    node_id = getattr(registry, "node_id", None)
+    if node_id is None:
+        return None
+    local_has = getattr(registry, "local_has", None)
+    if local_has is not None and local_has(call_id):
+        return node_id
+    entry = getattr(registry, "remote", {}).get(call_id)
+    return entry[0] if entry else node_id
+
+
 class _CallsApi:
     def __init__(self, registry, sim) -> None:
         self._registry = registry
@@ -134,6 +150,13 @@ class _CallsApi:
             ),
         }
 
+    def _render(self, snapshot) -> dict:
+        data = _rendered(snapshot)
+        owner = owner_of(self._registry, snapshot.call_id)
+        if owner is not None:
+            data["node"] = owner
+        return data
+
     def _consult_action(self, name: str):
         command = getattr(self._registry, name)
         return lambda call_id, body: command(call_id, by="api")
@@ -145,10 +168,10 @@ class _CallsApi:
     def list(self, request: ApiRequest) -> dict:
         extension = request.query.get("extension")
         found = self._registry.calls_for(extension) if extension else self._registry.calls()
-        return {"calls": [_rendered(c) for c in found]}
+        return {"calls": [self._render(c) for c in found]}
 
     def get(self, request: ApiRequest) -> dict:
-        return _rendered(self._registry.call(request.params["id"]))
+        return self._render(self._registry.call(request.params["id"]))
 
     def originate(self, request: ApiRequest):
         body = request.json(known=("extension", "number", "attributes", "if_busy"))

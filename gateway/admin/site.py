@@ -15,6 +15,10 @@ Behind the bearer token:
 - ``GET /api/cdrs?since=ISO8601&limit=N``: ``{"cdrs": [...]}`` ended at or after ``since``, oldest first;
 - ``GET /api/cdrs/{call_id}``: one CDR.
 
+With ``[store] url = "postgresql://..."`` the store is the cluster's shared PostgreSQL database, so
+``/api/cdrs`` on any node lists every node's CDRs. ``/api/cluster`` and the drain of a node are
+added by :func:`gateway.admin.cluster.add_cluster_api`.
+
 The live status page (``/status/``, its stream and ``POST /api/status/ticket``)
 is added by :func:`gateway.admin.status_page.add_status_page`.
 
@@ -45,6 +49,7 @@ from twisted.web.server import Request, Site
 
 import gateway
 from gateway.admin.api import ApiError, ApiRequest, ApiResponse, ApiRouter, error_response
+from gateway.admin.cluster import add_cluster_api, install_drain_command
 from gateway.admin.status_page import add_status_page
 from gateway.boundary import RateLimitedLog
 from gateway.confschema import Secret
@@ -244,6 +249,13 @@ class AdminSite(Site):
         self.open_channels = 0
         self._refused_total = refused_counter(metrics) if metrics is not None else None
         self._refusals = RateLimitedLog(self.reactor, log)
+        #: called when the site starts listening (the daemon is built by then)
+        self.on_start: list = []
+
+    def startFactory(self):
+        super().startFactory()
+        for callback in self.on_start:
+            callback()
 
     def buildProtocol(self, addr):
         if self.open_channels >= self.max_connections:
@@ -288,11 +300,15 @@ def make_site(ctx, token: Secret) -> Site:
     router.route("GET", "/api/status", endpoints.status)
     router.route("GET", "/api/cdrs", endpoints.cdrs)
     router.route("GET", "/api/cdrs/{call_id}", endpoints.cdr)
+    add_cluster_api(ctx, router)
     ctx.api = router
     admin = ctx.config.admin
-    return AdminSite(router, add_status_page(ctx, router), reactor=ctx.reactor, max_body_size=admin.max_body_size,
+    site = AdminSite(router, add_status_page(ctx, router), reactor=ctx.reactor, max_body_size=admin.max_body_size,
                      request_timeout=admin.request_timeout, max_connections=admin.max_connections,
                      metrics=ctx.metrics)
+    # the cluster node is built after the site: once listening, other nodes may ask this one to drain
+    site.on_start.append(lambda: install_drain_command(ctx))
+    return site
 
 
 class _Endpoints:
