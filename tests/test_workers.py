@@ -454,3 +454,18 @@ class ReusePortTests(SynchronousTestCase):
             listener.bind()
         self.assertTrue(e.exception.in_use)
         self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1 (optimaccs)", str(e.exception))
+
+
+class UnitFileTests(SynchronousTestCase):
+    """The shipped unit suits a parent with workers."""
+
+    def test_systemd_stops_the_parent_which_stops_its_workers(self):
+        from tests.test_systemd import read_unit
+
+        from gateway.config import GatewaySection
+
+        svc = read_unit("gateway.service")["Service"]
+        self.assertEqual(svc["KillMode"], "mixed")  # SIGTERM to the parent alone, SIGKILL to all at the end
+        self.assertEqual(svc["NotifyAccess"], "main")  # the workers never talk to systemd
+        # the parent's own SIGKILL of a worker comes before systemd's
+        self.assertGreater(int(svc["TimeoutStopSec"]), GatewaySection().shutdown_grace + 25)
