@@ -142,10 +142,10 @@ async def wait_for(predicate, timeout=10.0, step=0.1):
         await deferLater(reactor(), step, lambda: None)
 
 
-def uac(proc, *args):
+def uac(proc, *args, timeout="40s"):
     """The arguments of a SIPp UAC calling the daemon from the trunk's address."""
     return [f"127.0.0.1:{proc.sip_port}", "-i", "127.0.0.1", "-p", proc.trunk_port, "-mp", free_udp_port(),
-            "-timeout", "40s", *args]
+            "-timeout", timeout, *args]
 
 
 @pytest_twisted.ensureDeferred
@@ -306,8 +306,8 @@ async def test_load_100_concurrent_calls_for_30_seconds_into_the_echo(gateway, s
     """SIPp's uac: 10 new calls a second for 30 s, each 10 s long, so 100 at once (-l 100 caps it); signalling
     only (SIPp's built-in uac sends no RTP; the echo answers each and waits). None fails, every CDR is stored."""
     proc = await gateway(media_timeout=0)
-    code, output = await sipp(*uac(proc, "-sn", "uac", "-s", "600", "-m", 300, "-r", 10, "-l", 100, "-d", 10000),
-                              wait=120)
+    code, output = await sipp(*uac(proc, "-sn", "uac", "-s", "600", "-m", 300, "-r", 10, "-l", 100, "-d", 10000,
+                                  timeout="100s"), wait=120)
     assert code == 0, output[-3000:]
     assert "Failed call" in output
     records = await cdrs(proc, 300, timeout=30)
