@@ -222,3 +222,32 @@ def test_drain_refuses_new_optimaccs_calls_lets_live_ones_finish_and_forces_the_
     assert by_cause[long_call["call_id"]] == "drain_forced", by_cause
     assert sorted(by_cause.values()) == ["drain_forced", "remote_hangup"], by_cause
     assert (yield b.process.stop()) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_killed_mid_call_readyz_names_it_the_call_goes_on_and_the_state_is_rebuilt(
+        tmp_path, cleanup, redis_server, postgres_server):
+    nodes = yield start_nodes(tmp_path, cleanup, redis_server, postgres_server)
+    a, b = nodes["a"], nodes["b"]
+    code, call = yield a.api("POST", "/api/sim/inbound", {"caller_id": "5550100", "did": OPERATOR_DID})
+    call_id = call["call_id"]
+    yield wait_until(lambda: call_seen(b, call_id, "TALKING"), "node b to see the call")
+    redis_server.kill()  # a crash: it comes back empty (no persistence)
+    for node in (a, b):
+        yield wait_until(lambda n=node: n.api("GET", "/readyz", token=None).addCallback(
+            lambda r: r[0] == 503 and "redis" in r[1]["not_ready"]), "/readyz naming redis")
+    code, failed = yield b.api("POST", f"/api/calls/{call_id}/hold")
+    assert (code, failed["error"]) in ((503, "cluster_unavailable"), (503, "owner_unreachable")), (code, failed)
+    yield sleep(3)  # longer than the node TTL: both nodes lose their place in the cluster
+    code, on_a = yield a.api("GET", f"/api/calls/{call_id}")
+    assert (code, on_a["state"]) == (200, "TALKING")  # the call went on
+    redis_server.start()
+    for node in (a, b):
+        yield wait_until(lambda n=node: ready(n), "ready again", 20)
+    yield wait_until(lambda: call_seen(b, call_id, "TALKING"), "node b to see the call again (rebuilt)")
+    code, ended = yield b.api("POST", f"/api/calls/{call_id}/hangup")
+    assert (code, ended["state"]) == (200, "RELEASED"), ended
+    cdr = yield wait_until(lambda: cdr_of(b, call_id), "the CDR")
+    assert cdr["cause"] == "normal"
+    for node in (a, b):
+        assert (yield node.process.stop()) == 0
