@@ -20,6 +20,11 @@ When a message goes out:
 - every ``heartbeat`` seconds each stream gets an SSE comment, so proxies and
   load balancers keep an idle stream open.
 
+In cluster mode (``ctx.cluster``) the view also has ``cluster``: the live nodes (their load,
+draining, the leases each holds; read from Redis every ``sample`` seconds, as ``/api/cluster``
+shows them, without the heartbeat times that change at every beat), and each call names its
+``node``. Without ``[cluster]``, ``cluster`` is None.
+
 A stream whose client reads slowly pauses (it is the request's push producer):
 while paused it keeps only the newest message, sent when the client catches up.
 """
@@ -35,6 +40,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 import gateway
+from gateway.admin.calls import owner_of
+from gateway.admin.cluster import cluster_view
 from gateway.core.events import CallEnded
 from gateway.core.states import LegState
 
@@ -67,6 +74,14 @@ def call_view(snapshot) -> dict:
     data = snapshot.to_dict()
     del data["duration"]
     return data
+
+
+def _nodes_view(view: dict) -> dict:
+    """``/api/cluster``'s body for the page: without the heartbeat times (they change at every beat)."""
+    nodes = [{key: value for key, value in node.items() if key not in ("seen", "instance")}
+             for node in view.get("nodes", [])]
+    return {"redis": view.get("redis"), "nodes": nodes, "leases": [
+        {"name": lease["name"], "holder": lease["holder"]} for lease in view.get("leases", [])]}
 
 
 def cdr_view(cdr: dict) -> dict:
@@ -109,6 +124,9 @@ class StatusFeed:
         self._failing: set[str] = set()
         #: bumped at every stop, so that a CDR load finishing after it is ignored
         self._generation = 0
+        #: the cluster's nodes as last read (None without [cluster]); True while a read is under way
+        self._cluster: dict | None = None
+        self._reading_cluster = False
 
     @property
     def full(self) -> bool:
@@ -138,8 +156,9 @@ class StatusFeed:
         if registry is not None:
             self._unsubscribe = registry.subscribe(self._changed)
             self._calls = {call.call_id: call for call in registry.calls()}
-        self._loops = [self._every(self._sample, self._publish), self._every(self._heartbeat, self._beat)]
+        self._loops = [self._every(self._sample, self._sampled), self._every(self._heartbeat, self._beat)]
         generation = self._generation
+        self._read_cluster()
         d = self._ctx.store.recent_cdrs(limit=self._recent)
         d.addCallback(self._remember_all, generation)
         d.addErrback(lambda f: log.failure("the status page could not read the recent CDRs", f))
@@ -167,6 +186,7 @@ class StatusFeed:
         self._cdrs.clear()
         self._calls = {}
         self._view = None
+        self._cluster = None
         self._generation += 1
 
     # -- recent CDRs ---------------------------------------------------------------------------
@@ -185,6 +205,38 @@ class StatusFeed:
     def _loaded(self, generation: int) -> None:
         if generation == self._generation:
             self._send_all(self._build())
+
+    # -- the cluster ---------------------------------------------------------------------------
+
+    def _sampled(self) -> None:
+        self._read_cluster()
+        self._publish()
+
+    def _read_cluster(self) -> None:
+        """Read the nodes (cluster mode only, one read at a time); the view is published once read."""
+        if getattr(self._ctx, "cluster", None) is None or self._reading_cluster:
+            return
+        self._reading_cluster = True
+        generation = self._generation
+
+        def read(view: dict) -> None:
+            if generation == self._generation:
+                self._cluster = _nodes_view(view)
+
+        def failed(failure) -> None:
+            if generation == self._generation:
+                self._cluster = {"error": f"the cluster cannot be read: {failure.getErrorMessage()}",
+                                 "nodes": [], "leases": []}
+
+        def done(_) -> None:
+            self._reading_cluster = False
+            if generation == self._generation:
+                self._publish()
+
+        d = cluster_view(self._ctx)
+        d.addCallbacks(read, failed)
+        d.addCallback(done)
+        d.addErrback(lambda f: log.failure("the status page could not show the cluster", f))
 
     # -- the view ------------------------------------------------------------------------------
 
@@ -233,10 +285,18 @@ class StatusFeed:
             "extensions": {ext.id: ext.name for ext in ctx.config.extensions},
             "readiness": [{"name": c.name, "up": c.up, "reason": c.reason}
                           for c in ctx.readiness.components.values()],
-            "calls": [call_view(call) for call in self._calls.values()],
+            "calls": [self._call_view(call) for call in self._calls.values()],
+            "cluster": self._cluster,
             "cdrs": sorted(self._cdrs.values(), key=_ended, reverse=True),
             "adapters": {name: self._status_of(name, obj) for name, obj in ctx.status.items()},
         }
+
+    def _call_view(self, snapshot) -> dict:
+        data = call_view(snapshot)
+        owner = owner_of(self._ctx.registry, snapshot.call_id)
+        if owner is not None:
+            data["node"] = owner
+        return data
 
     def _status_of(self, name: str, obj) -> dict:
         try:

@@ -147,7 +147,8 @@
       call.muted ? el("span", "flag", "muted") : null,
       call.dtmf_count ? el("span", "tag", `DTMF ${call.dtmf_count}`) : null,
       call.consult_of ? el("span", "tag linked", `consult of call ${call.consult_of}`) : null,
-      call.consult ? el("span", "tag linked", `consulting in call ${call.consult}`) : null);
+      call.consult ? el("span", "tag linked", `consulting in call ${call.consult}`) : null,
+      call.node ? el("span", "tag node-tag", `node ${call.node}`) : null);
     const talk = call.answered_at ? el("div", "talk dim", "answered ", ticking(seconds(call.answered_at))) : null;
     card.append(
       el("div", "state", pill(call.state)),
@@ -263,6 +264,24 @@
     return tr;
   }
 
+  // Cluster mode: every live node, its load, whether it drains, the singleton links it holds.
+  function renderCluster(cluster) {
+    $("cluster-panel").hidden = !cluster;
+    if (!cluster) return;
+    if (cluster.error) return fill("cluster", el("p", "error", cluster.error));
+    const nodes = cluster.nodes.map((n) => {
+      const item = el("li", "item cluster-node", dot(!n.draining),
+        el("span", "strong", n.node), n.self ? el("span", "dim", " (this node)") : null,
+        stateWord(!n.draining, "serving", "draining"),
+        el("span", "dim", ` · ${plural(n.load.calls || 0, "call", "calls")}`),
+        ...n.leases.map((name) => el("span", "tag", name)));
+      item.dataset.node = n.node;
+      return item;
+    });
+    fill("cluster", nodes.length ? el("ul", "items", ...nodes) : empty("no live node"),
+      row("Redis", cluster.redis || "?"));
+  }
+
   function renderCdrs(cdrs) {
     const body = $("cdrs");
     if (!cdrs.length) {
@@ -290,6 +309,7 @@
     const adapters = view.adapters;
     renderHeader(view);
     section("calls", renderCalls, view.calls);
+    section("cluster", renderCluster, view.cluster);
     section("patriot", renderPatriot, adapters.patriot);
     section("cti", renderCti, adapters.cti, view.calls);
     section("chat", renderChat, adapters.chat);
