@@ -249,3 +249,26 @@ def test_the_parent_is_the_systemd_notify_process(processes, tmp_path):
         assert sum("READY=1" in m for m in receiver.messages) == 1
     finally:
         receiver.sock.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_with_a_cluster_every_worker_joins_as_a_node(processes, cleanup, tmp_path, redis_server):
+    gateway = yield Workers(processes, tmp_path, extra=(
+        f'[cluster]\nredis = "{redis_server.url}"\nnode_ttl = 2.0\nlease_ttl = 2.0\ndrain_timeout = 5.0\n')).start()
+
+    def both_nodes():
+        return gateway.worker(2).api("GET", "/api/cluster").addCallback(
+            lambda reply: reply[1] if reply[0] == 200 and
+            [n["node"] for n in reply[1]["nodes"]] == ["edge-w1", "edge-w2"] else None)
+
+    view = yield wait_until(both_nodes, "both workers in /api/cluster", process=gateway.parent)
+    assert view["node"] == "edge-w2" and view["cluster"] is True
+    calls = yield _place(gateway, 10, cleanup, "4")
+    # every worker's calls API is cluster-wide: worker 1 lists the calls of both
+    yield wait_until(lambda: gateway.worker(1).api("GET", "/api/calls", expect=200).addCallback(
+        lambda reply: len(reply[1]["calls"]) == 10), "worker 1 listing the 10 calls", timeout=10, process=gateway.parent)
+    for call in calls:
+        call.hangup()
+    yield defer.gatherResults([call.ended for call in calls], consumeErrors=True)
+    assert (yield gateway.parent.stop()) == 0, gateway.parent.output[-3000:]
+    assert gateway.parent.output.count("stopped: exit status 0") == 2
