@@ -228,3 +228,47 @@ def test_the_consulted_party_hangs_up(bridge):
     consult_cdr = yield cdr(bridge, consult_id)
     assert (primary_cdr["cause"], primary_cdr["consults"]) == ("normal", [consult_id])
     assert (consult_cdr["cause"], consult_cdr["consult_of"]) == ("remote_hangup", call_id)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_logout_during_a_consult_then_a_login_names_the_live_consult_only(bridge):
+    yield bridge.start()
+    call_id, interaction, primary = yield talking(bridge)
+    consult_id, consult_target = yield consult(bridge, interaction)
+    channel = primary.rsplit(".", 2)[0]
+
+    @defer.inlineCallbacks
+    def logout_and_login(wait_between=0.0):
+        # nothing in flight: the simulator counts any event arriving after the logout was sent
+        yield until(lambda: names(bridge, consult_target)[-1] == "conversation.partyadded")
+        yield bridge.ok("logout", target="alice")  # answered once complete; no event after it
+        logged = len(bridge.sim.event_log)
+        yield deferLater(reactor, wait_between or 0.3, lambda: None)
+        assert bridge.sim.event_log[logged:] == []
+        yield wait(bridge.sim.login("alice"))
+        yield until(lambda: interaction in bridge.sim.destinations
+                    and bridge.sim.destinations[interaction].init is not None)
+        assert list(bridge.sim.destinations[channel].init.interactions) == [call_id]
+        return bridge.sim.destinations[interaction].init
+
+    # the consult is live: the new session's interaction init names it (STARTED)
+    init = yield logout_and_login()
+    assert (init.state, init.primary, init.consult) == ("STARTED", "primary", consult_id)
+    yield until(lambda: consult_target in bridge.sim.destinations
+                and bridge.sim.destinations[consult_target].init is not None)
+    assert bridge.sim.destinations[consult_target].init.state == "TALKING"
+    yield bridge.ok("release", target=consult_target)
+    yield back_on_hold(bridge, call_id, interaction, primary, consult_target)
+
+    # the consulted party hangs up while the agent is logged out: a login names no consult
+    consult_id, consult_target = yield consult(bridge, interaction, LEAVES)
+    init = yield logout_and_login(wait_between=2.5)
+    assert (init.state, init.primary, init.consult) == ("STARTED", "primary", None)
+    assert (yield call(bridge, consult_id))["cause"] == "remote_hangup"
+    assert (yield call(bridge, call_id))["state"] == "HELD"
+    retrieved = bridge.event("conversation.talking", primary)
+    yield bridge.ok("retrieve", target=primary)
+    yield retrieved
+    ended = bridge.event("interaction.ended", interaction)
+    yield bridge.ok("release", target=primary)
+    yield ended
