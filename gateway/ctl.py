@@ -16,6 +16,9 @@
                                            transport sends it
     gatewayctl sms receive NUMBER TEXT     an SMS from NUMBER reaches the gateway (the chat connector's
                                            inbound route, as a phone network's webhook would deliver it)
+    gatewayctl cluster                     the cluster's nodes: load, draining, the leases each holds
+    gatewayctl drain NODE                  NODE drains: no new calls, links handed over, live calls
+                                           until [cluster] drain_timeout (asked through any node)
 
 Where the daemon is: ``--url``, else ``http://`` (``https://`` for ``ssl:``) and the host and port of
 ``[admin] listen`` in the configuration (``--config PATH``, else the embedded defaults, as
@@ -215,11 +218,46 @@ def render_calls(data: dict) -> str:
     calls = data["calls"]
     if not calls:
         return "no calls"
-    return table(
-        ["CALL", "EXT", "DIR", "STATE", "FROM", "TO", "PARTIES", "TIME"],
-        [[c["call_id"], c["extension"], c["direction"], c["state"], c["caller"], c["number"], _parties(c),
-          _duration(c["duration"])] for c in calls],
-    )
+    headers = ["CALL", "EXT", "DIR", "STATE", "FROM", "TO", "PARTIES", "TIME"]
+    rows = [[c["call_id"], c["extension"], c["direction"], c["state"], c["caller"], c["number"], _parties(c),
+             _duration(c["duration"])] for c in calls]
+    if any("node" in c for c in calls):  # cluster mode: the node holding each call's media
+        headers.append("NODE")
+        for row, c in zip(rows, calls):
+            row.append(c.get("node"))
+    return table(headers, rows)
+
+
+def _load(load: dict) -> str:
+    calls = load.get("calls")
+    if isinstance(calls, (int, float)) and float(calls).is_integer():
+        calls = int(calls)
+    others = [f"{k} {v}" for k, v in sorted(load.items()) if k != "calls"]
+    return ", ".join([f"{calls} calls" if calls is not None else "-", *others])
+
+
+def render_cluster(data: dict) -> str:
+    if not data.get("cluster"):
+        return f"cluster: off (node {data.get('node')} runs alone: no [cluster] table)"
+    lines = [f"cluster: node {data['node']} sees {len(data['nodes'])} live node(s); redis {data['redis']}"]
+    lines.append(table(
+        ["NODE", "STATE", "LOAD", "LEASES", "ADMIN"],
+        [[n["node"] + (" *" if n.get("self") else ""), "draining" if n["draining"] else "serving",
+          _load(n.get("load", {})), ", ".join(n.get("leases", [])), n.get("meta", {}).get("admin")]
+         for n in data["nodes"]],
+    ))
+    if data["leases"]:
+        lines.append("")
+        lines.append(table(["LEASE", "HOLDER", "TOKEN", "TTL"],
+                           [[l["name"], l["holder"], l["token"], f"{l['ttl_ms'] / 1000:.1f}s"] for l in data["leases"]]))
+    else:
+        lines.append("no lease is held")
+    return "\n".join(lines)
+
+
+def render_drain(data: dict) -> str:
+    return (f"node {data['node']} is draining ({data.get('live_calls', 0)} live calls may finish until its"
+            " drain timeout); gatewayctl cluster shows it until it leaves")
 
 
 def render_call(call: dict) -> str:
@@ -351,6 +389,16 @@ def _cdrs(api: AdminClient, args) -> dict:
     return api.call("GET", "/api/cdrs" + (f"?{urllib.parse.urlencode(query)}" if query else ""))
 
 
+def _drain(api: AdminClient, args) -> dict:
+    try:
+        return api.call("POST", f"/api/cluster/nodes/{_quoted(args.node)}/drain", accept=(202,))
+    except CtlError as e:
+        if e.status == EXIT_NOT_FOUND and "cluster is off" in str(e):
+            raise CtlError("not found: the cluster is off: this gateway has no [cluster] table, so there is"
+                           " no node to drain (stop it with SIGTERM)", EXIT_NOT_FOUND) from None
+        raise
+
+
 def _sms(path: str, number_field: str):
     """A command posting ``{number_field: NUMBER, "text": TEXT}`` to one of the chat connector's SMS routes."""
 
@@ -389,6 +437,10 @@ COMMANDS = {
                               lambda api, args: api.call("POST", f"/api/calls/{_quoted(args.id)}/conference-in-consult"),
                               render_conferenced),
     "cdrs": ("call detail records, oldest first", _cdrs, render_cdrs),
+    "cluster": ("the cluster's nodes, their load, which drain, and who holds each singleton link",
+                lambda api, args: api.call("GET", "/api/cluster"), render_cluster),
+    "drain": ("drain NODE: no new calls there, its singleton links handed over, its live calls until"
+              " [cluster] drain_timeout", _drain, render_drain),
     "sms send": ("an SMS to NUMBER: stored, then sent by the chat connector's SMS transport",
                  _sms("/api/sms/outbound", "to"), render_sms_sent),
     "sms receive": ("an SMS from NUMBER reaches the gateway (the chat connector's inbound route, as a"
@@ -435,6 +487,8 @@ def _parser() -> argparse.ArgumentParser:
         command(name, ("id", {"help": "the primary call's id, or its consult's"}))
     command("cdrs", ("--since", {"metavar": "ISO8601", "help": "ended at or after this time"}),
             ("--limit", {"type": int, "help": "at most this many (the API's default: 100)"}))
+    command("cluster")
+    command("drain", ("node", {"help": "the node's id ([gateway] node; gatewayctl cluster lists them)"}))
     sms = commands.add_parser("sms", help="SMS through the chat connector")
     sms_commands = sms.add_subparsers(dest="sms_command", metavar="COMMAND", required=True)
     for name, number_help in (("send", "the number the SMS goes to"), ("receive", "the number the SMS comes from")):

@@ -135,6 +135,37 @@ class RenderingTests(SynchronousTestCase):
             "gateway gw 1.0: ready", "adapters:", "  optimaccs: on", "  chat: off (enabled = false)",
         ])
 
+    def test_cluster_lists_nodes_load_draining_and_lease_holders(self):
+        text = ctl.render_cluster({
+            "cluster": True, "node": "a", "redis": "up", "joined": True,
+            "nodes": [
+                {"node": "a", "self": True, "draining": False, "load": {"calls": 2.0}, "leases": ["chat", "cti:his"],
+                 "meta": {"admin": "tcp:8081"}},
+                {"node": "b", "self": False, "draining": True, "load": {"calls": 0.0}, "leases": [], "meta": {}},
+            ],
+            "leases": [{"name": "chat", "holder": "a", "token": 7, "ttl_ms": 4200},
+                       {"name": "cti:his", "holder": "a", "token": 3, "ttl_ms": 900}],
+            "draining": ["b"],
+        })
+        self.assertEqual(text.splitlines(), [
+            "cluster: node a sees 2 live node(s); redis up",
+            "NODE  STATE     LOAD     LEASES         ADMIN",
+            "a *   serving   2 calls  chat, cti:his  tcp:8081",
+            "b     draining  0 calls  -              -",
+            "",
+            "LEASE    HOLDER  TOKEN  TTL",
+            "chat     a       7      4.2s",
+            "cti:his  a       3      0.9s",
+        ])
+        self.assertEqual(ctl.render_cluster({"cluster": False, "node": "solo"}),
+                         "cluster: off (node solo runs alone: no [cluster] table)")
+
+    def test_calls_name_their_node_in_cluster_mode(self):
+        call = {"call_id": "c1", "extension": "1001", "direction": "inbound", "state": "TALKING", "caller": "555",
+                "number": "100", "parties": [], "duration": 5}
+        self.assertNotIn("NODE", ctl.render_calls({"calls": [call]}))
+        self.assertEqual(ctl.render_calls({"calls": [{**call, "node": "b"}]}).splitlines()[1].split()[-1], "b")
+
     def test_help_says_what_exit_5_means(self):
         help_text = ctl._parser().format_help()
         self.assertIn("5 not found (no such call, extension or CDR, or the adapter the command needs is off)",
@@ -310,6 +341,15 @@ def test_a_refused_command_is_exit_1(daemon, capsys):
     assert (status, err) == (ctl.EXIT_NOT_FOUND, "gatewayctl: not found: no extension with id '9999'\n")
     status, out, err = run(capsys, "--config", daemon.config_path, "cdrs", "--since", "yesterday")
     assert status == ctl.EXIT_REFUSED and err.startswith("gatewayctl: refused (400 bad_request): ")
+
+
+def test_cluster_and_drain_without_a_cluster(daemon, capsys):
+    status, out, err = run(capsys, "--config", daemon.config_path, "cluster")
+    assert (status, err) == (ctl.EXIT_OK, "")
+    assert out.startswith("cluster: off (node ") and out.endswith(" runs alone: no [cluster] table)\n")
+    status, out, err = run(capsys, "--config", daemon.config_path, "drain", "somenode")
+    assert (status, out) == (ctl.EXIT_NOT_FOUND, "")
+    assert err.startswith("gatewayctl: not found: the cluster is off") and "SIGTERM" in err
 
 
 def test_a_wrong_token_is_exit_4(daemon, capsys):
