@@ -6,6 +6,7 @@ import sys
 BENCHMARKS = {
     "media": "bench.media_bench",
     "optimaccs-echo": "bench.optimaccs_echo",
+    "sip-echo": "bench.sip_echo",
     "soak": "bench.soak",
 }
 
