@@ -5,7 +5,8 @@ provider API (playing AGENT_HZ and CONSULTED_HZ, keeping what they heard). Prove
 the primary is held and the agent consults, after alternate, in a conference in consult, and after a
 transfer to consult (docs/core.md); and, through the admin API, every failure path: busy, failed and
 unanswered consults, the consulted party hanging up by itself, the agent releasing the consult or the
-primary, the caller hanging up during the consult, with who hears whom after each and the CDRs linked."""
+primary, the caller hanging up during the consult, the agent's phone hanging up, with who hears whom
+after each and the CDRs linked."""
 
 import pytest
 import pytest_twisted
@@ -313,5 +314,14 @@ def test_the_failure_paths_through_the_admin_api_and_who_hears_whom_after_each(c
     yield gateway.api("POST", f"/api/calls/{consult}/hangup", expect=200)
     yield ears.agent.ended
     assert ((yield scene.cdr(primary))["consults"], (yield scene.cdr(consult))["consult_of"]) == ([consult], primary)
+
+    # the agent's phone hangs up during a consult: both calls end, and both other parties are hung up
+    primary, consult, ears = yield scene.consulting()
+    ears.agent.callee_hangs_up()
+    for call_id in (primary, consult):
+        ended = yield scene.until(call_id, "RELEASED")
+        assert (ended["cause"], ended["hangup_by"]) == ("normal", "extension"), call_id
+    yield ears.caller.ended
+    yield ears.consulted.ended
     assert (yield gateway.stop()) == 0
     assert "Traceback" not in gateway.output
