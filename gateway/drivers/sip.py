@@ -161,6 +161,9 @@ class _Session(RTPSession):
         super()._drop(reason)
         self.media.driver.metrics.inc("rtp_dropped", reason)
 
+    def startProtocol(self) -> None:
+        pass  # the media timeout starts once the call is answered (LegMedia.start_timeout)
+
     def datagramReceived(self, datagram: bytes, addr: typing.Any) -> None:
         if not self.latched and addr[0] not in self.media.expected_hosts:
             self._drop("address")
@@ -262,7 +265,6 @@ class LegMedia:
         if self._from_port is not None:
             payload = self._from_port(payload)
         session.send_audio(payload, len(payload))
-        self.driver.metrics.inc("rtp_packets", "out")
 
     def send_dtmf(self, digit: str, duration_ms: int) -> defer.Deferred[None]:
         """RFC 4733 packets every 20 ms, then the three end packets; fires when the last was sent."""
@@ -356,6 +358,7 @@ class LegMedia:
         self.closed = True
         stats = self.session.stats
         self.driver.metrics.inc("rtp_packets", "in", amount=self.audio_in)
+        self.driver.metrics.inc("rtp_packets", "out", amount=self.session.sent_packets)
         self.driver.metrics.inc("rtp_lost", amount=max(0, stats.lost))
         if self.driver.metrics.registry is not None and stats.received:
             self.driver.metrics.jitter.observe(stats.jitter_ms)

@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 log = Logger()
+_HEADER = struct.Struct("!BBHII")
 
 RTP_VERSION = 2
 #: the largest RTP packet accepted (a 20 ms G.711 packet is 172 bytes)
@@ -449,6 +450,7 @@ class RTPSession(protocol.DatagramProtocol):
         self.dropped: dict[str, int] = {}
         self.last_received: float | None = None
         self._timeout_call: Any = None
+        self._armed_at = 0.0
         self.timed_out = False
 
     def startProtocol(self) -> None:
@@ -463,14 +465,22 @@ class RTPSession(protocol.DatagramProtocol):
         self._timeout_call = None
 
     def _arm(self) -> None:
+        """Make sure the media timeout runs. A packet only notes its arrival (``last_received``); the timer
+        checks it when it fires and waits the rest (no timer is moved per packet)."""
         if self.media_timeout > 0 and not self.timed_out:
-            if self._timeout_call is not None and self._timeout_call.active():
-                self._timeout_call.reset(self.media_timeout)
-            else:
+            if self._timeout_call is None or not self._timeout_call.active():
+                self._armed_at = self.clock.seconds()
                 self._timeout_call = self.clock.callLater(self.media_timeout, self._expired)
 
     def _expired(self) -> None:
         self._timeout_call = None
+        if self.media_timeout <= 0:
+            return
+        now = self.clock.seconds()
+        last = max(self.last_received or 0.0, self._armed_at)
+        if last + self.media_timeout > now:
+            self._timeout_call = self.clock.callLater(last + self.media_timeout - now, self._expired)
+            return
         self.timed_out = True
         log.warn("RTP: no packet for {seconds} s from {host}:{port}: media timeout", seconds=self.media_timeout,
                  host=self.remote[0], port=self.remote[1])
@@ -496,9 +506,10 @@ class RTPSession(protocol.DatagramProtocol):
         if not self.latched:
             self.latched = True  # symmetric RTP: answer where the packets come from
             self.remote = source
-        self.last_received = self.clock.seconds()
-        self._arm()
-        if not self.stats.update(packet, self.clock.seconds()):
+        now = self.last_received = self.clock.seconds()
+        if self._timeout_call is None:
+            self._arm()
+        if not self.stats.update(packet, now):
             return
         if packet.payload_type == self.dtmf_pt:
             if self.dtmf is not None:
@@ -511,8 +522,22 @@ class RTPSession(protocol.DatagramProtocol):
 
     def send_audio(self, payload: bytes, samples: int = 160, marker: bool = False) -> None:
         """Send one audio packet (``samples`` per packet: 160 for 20 ms of G.711)."""
-        self._send(RTPPacket(self.audio_pt, self.sequence, self.timestamp, self.ssrc, payload, marker))
-        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        # the hot path: the header packed straight, no RTPPacket made
+        sequence = self.sequence
+        self.sequence = (sequence + 1) & 0xFFFF
+        timestamp = self.timestamp
+        self.timestamp = (timestamp + samples) & 0xFFFFFFFF
+        transport = self.transport
+        if transport is None:
+            return
+        self.sent_packets += 1
+        self.sent_octets += len(payload)
+        try:
+            transport.write(_HEADER.pack(0x80, (0x80 if marker else 0) | self.audio_pt, sequence, timestamp,
+                                         self.ssrc) + payload, self.remote)
+        except OSError as error:
+            log.warn("RTP: sending to {host}:{port} failed: {error}", host=self.remote[0], port=self.remote[1],
+                     error=error)
 
     def send_digit_packet(self, event: DTMFEvent, marker: bool, timestamp: int) -> None:
         if self.dtmf_pt is None:
