@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from gateway.sim.optimaccs import CallScript, place_call
+from gateway.sim.patriot_client import PatriotClientSim
 from gateway.testing import TOKEN, GatewayProcess, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,8 +21,13 @@ pytestmark = pytest.mark.timeout(60)
 OPERATOR_DID = "100"
 
 
-def node_config(name, admin, inbound, redis_url, store_url, drain_timeout=10.0):
-    return f"""
+def node_config(name, admin, inbound, redis_url, store_url, drain_timeout=10.0, bridge=None):
+    patriot = "" if bridge is None else f"""
+[patriot.bridge]
+listen = "tcp:{bridge}:interface=127.0.0.1"
+users = [{{username = "alice", password = "pw-alice", extension = "1001"}}]
+"""
+    return patriot + f"""
 [gateway]
 node = "{name}"
 state_dir = "var"
@@ -76,9 +82,10 @@ audio = "silence"
 
 
 class Node:
-    def __init__(self, process, inbound):
+    def __init__(self, process, inbound, bridge):
         self.process = process
         self.url = f"ws://127.0.0.1:{inbound}/"
+        self.bridge_url = f"ws://127.0.0.1:{bridge}/dialler"
 
     def api(self, *args, **kwargs):
         return self.process.api(*args, **kwargs)
@@ -88,23 +95,18 @@ class Node:
 def start_nodes(tmp_path, cleanup, redis_server, postgres_server, drain_timeout=10.0, names=("a", "b")):
     nodes = {}
     for name in names:
-        admin, inbound = free_port(), free_port()
+        admin, inbound, bridge = free_port(), free_port(), free_port()
         workdir = tmp_path / name
         workdir.mkdir()
-        config = node_config(name, admin, inbound, redis_server.url, postgres_server.url, drain_timeout)
+        config = node_config(name, admin, inbound, redis_server.url, postgres_server.url, drain_timeout, bridge)
         process = GatewayProcess(reactor, workdir, config)
         cleanup(process.kill)
-        nodes[name] = Node(process, inbound)
-    yield defer.gatherResults([nodes[n].process.start(admin_of(nodes[n].process)) for n in names])
+        process.admin_port = admin
+        nodes[name] = Node(process, inbound, bridge)
+    yield defer.gatherResults([nodes[n].process.start() for n in names])
     for name in names:
         yield wait_until(lambda n=nodes[name]: ready(n), f"node {name} ready", 20)
     return nodes
-
-
-def admin_of(process):
-    with open(process.config_path, encoding="utf-8") as f:
-        text = f.read()
-    return int(text.split('listen = "tcp:', 1)[1].split(":", 1)[0])
 
 
 @defer.inlineCallbacks
@@ -164,6 +166,34 @@ def test_a_call_on_node_a_is_seen_held_and_hung_up_from_node_b(tmp_path, cleanup
     assert (cdr["node"], cdr["cause"], cdr["hangup_by"]) == ("a", "normal", "api")
     code, missing = yield b.api("POST", "/api/calls/nosuchcall/hangup")
     assert (code, missing["error"]) == (404, "unknown_call")
+    for node in (a, b):
+        assert (yield node.process.stop()) == 0
+        assert "Traceback" not in node.process.output
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_patriot_operator_on_node_b_sees_and_hangs_up_a_call_on_node_a(
+        tmp_path, cleanup, redis_server, postgres_server):
+    nodes = yield start_nodes(tmp_path, cleanup, redis_server, postgres_server)
+    a, b = nodes["a"], nodes["b"]
+    operator = PatriotClientSim(reactor, b.bridge_url, {"userName": "alice", "password": "pw-alice"}, reconnect=False)
+    cleanup(lambda: operator.stop())
+    operator.start()
+    response = yield operator.wait_for("init-response", timeout=10)
+    assert response.success, response
+    first = yield operator.wait_for("call-status-update", timeout=10)
+    assert not first.call_active
+    code, call = yield a.api("POST", "/api/sim/inbound", {"caller_id": "0299998888", "did": OPERATOR_DID})
+    assert code == 201
+    active = yield operator.wait_for("call-status-update", lambda u: u.call_active, timeout=10)
+    assert (active.outbound, active.caller_id) == (False, "0299998888")
+    yield wait_until(lambda: call_seen(a, call["call_id"], "TALKING"), "the call talking on a")
+    operator.hangup()
+    ended = yield operator.wait_for("call-status-update", lambda u: not u.call_active, timeout=10)
+    assert ended.caller_id == "0299998888"
+    cdr = yield wait_until(lambda: cdr_of(a, call["call_id"]), "the CDR")
+    assert (cdr["node"], cdr["cause"]) == ("a", "normal")
+    yield operator.stop()
     for node in (a, b):
         assert (yield node.process.stop()) == 0
         assert "Traceback" not in node.process.output
