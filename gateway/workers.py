@@ -400,11 +400,21 @@ class Supervisor:
 # -- the parent process -------------------------------------------------------------
 
 
-def worker_argv(argv=None, executable=None) -> list[str]:
-    """The command of a worker: this ``twistd``'s, in the foreground, without a pid file.
+def _numbered(path: str, index: int) -> str:
+    """``var/gateway.log`` -> ``var/gateway-w2.log``: a file of worker ``index``'s own."""
+    head, dot, ext = path.rpartition(".")
+    if not dot or "/" in ext or not head or head.endswith("/"):
+        return f"{path}-w{index}"
+    return f"{head}-w{index}.{ext}"
 
-    Only ``--logger`` is kept of twistd's own options: a worker logs to the
-    parent's standard output/error, which it inherits.
+
+def worker_argv(argv=None, executable=None, index: int = 1) -> list[str]:
+    """The command of worker ``index``: this ``twistd``'s, in the foreground, without a pid file.
+
+    Of twistd's own options only ``--logger`` and ``--logfile`` are kept: a
+    worker logs to the parent's standard output/error, which it inherits (the
+    journal under systemd), or, when the parent has ``--logfile PATH``, to a
+    file of its own beside it (``gateway.log`` -> ``gateway-w1.log``).
     """
     argv = list(sys.argv if argv is None else argv)
     executable = executable or sys.executable
@@ -422,8 +432,12 @@ def worker_argv(argv=None, executable=None) -> list[str]:
             kept += [opt, options[i + 1]]
             i += 2
             continue
+        if opt in ("--logfile", "-l") and i + 1 < len(options):
+            opt, i = "--logfile=" + options[i + 1], i + 1
         if opt.startswith("--logger="):
             kept.append(opt)
+        elif opt.startswith("--logfile=") and opt != "--logfile=-":
+            kept.append("--logfile=" + _numbered(os.path.abspath(opt[len("--logfile="):]), index))
         i += 1
     plugin = [os.path.abspath(plugin[j]) if j > 0 and plugin[j - 1] in ("--config", "-c") else plugin[j]
               for j in range(len(plugin))]
@@ -433,14 +447,18 @@ def worker_argv(argv=None, executable=None) -> list[str]:
             "--nodaemon", "--pidfile=", *kept, "gateway", *plugin]
 
 
-def reactor_spawner(reactor, argv: list[str], environ=os.environ, watchdog_usec: int | None = None):
-    """A ``spawn`` for :class:`Supervisor` starting real workers with ``reactor.spawnProcess``."""
+def reactor_spawner(reactor, argv_for, environ=os.environ, watchdog_usec: int | None = None):
+    """A ``spawn`` for :class:`Supervisor` starting real workers with ``reactor.spawnProcess``.
+
+    ``argv_for(index)``: worker ``index``'s command line (:func:`worker_argv`).
+    """
     base = {k: v for k, v in environ.items() if k not in _SYSTEMD_ENV}
     if watchdog_usec:
         base["WATCHDOG_USEC"] = str(watchdog_usec)  # the worker pings the parent as often as it pings systemd
 
     def spawn(index, proto):
         env = dict(base, **{WORKER_ENV: str(index), "GATEWAY_PARENT_PID": str(os.getpid())})
+        argv = argv_for(index)
         return reactor.spawnProcess(proto, argv[0], argv, env=env,
                                     childFDs={0: "w", 1: 1, 2: 2, NOTIFY_FD: "r"})
 
@@ -618,7 +636,7 @@ def make_parent(config, reactor, source: str | None = None, *, argv=None, enviro
     notifier = Notifier(environ)
     interval = notifier.watchdog_interval()
     metrics = make_metrics_registry()
-    spawn = reactor_spawner(reactor, worker_argv(argv), environ,
+    spawn = reactor_spawner(reactor, lambda index: worker_argv(argv, index=index), environ,
                             watchdog_usec=int(interval * 1_000_000) if interval else None)
     supervisor = Supervisor(count, spawn, reactor, node=config.gateway.node, metrics=metrics,
                             stop_timeout=config.gateway.shutdown_grace + 25.0)

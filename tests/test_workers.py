@@ -406,8 +406,17 @@ class WorkerArgvTests(SynchronousTestCase):
         argv = workers.worker_argv(["/v/bin/twistd", "--pidfile=x.pid", "--logger", "gateway.logs.text", "-l", "f.log",
                                     "gateway", "--config", "etc/g.toml"], executable="/v/bin/python")
         self.assertEqual(argv[:3], ["/v/bin/python", "-c", "from twisted.scripts.twistd import run; run()"])
-        self.assertEqual(argv[3:], ["--nodaemon", "--pidfile=", "--logger", "gateway.logs.text", "gateway",
+        self.assertEqual(argv[3:], ["--nodaemon", "--pidfile=", "--logger", "gateway.logs.text",
+                                    "--logfile=" + os.path.abspath("f-w1.log"), "gateway",
                                     "--config", os.path.abspath("etc/g.toml")])
+
+    def test_a_log_file_of_its_own_beside_the_parents(self):
+        for given, wanted in [(["--logfile", "/var/log/gw.log"], "/var/log/gw-w2.log"),
+                              (["--logfile=/var/log/gw"], "/var/log/gw-w2"), (["-l", "/v/.gw"], "/v/.gw-w2")]:
+            argv = workers.worker_argv(["twistd", *given, "gateway"], executable="py", index=2)
+            self.assertEqual(argv[3:], ["--nodaemon", "--pidfile=", "--logfile=" + wanted, "gateway"])
+        self.assertEqual(workers.worker_argv(["twistd", "--logfile=-", "gateway"], executable="py")[3:],
+                         ["--nodaemon", "--pidfile=", "gateway"])  # stdout: the parent's, inherited
 
 
 class PipeNotifierTests(SynchronousTestCase):
