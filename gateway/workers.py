@@ -619,6 +619,13 @@ class SupervisorService(service.Service):
             os._exit(self.exit_code)
 
 
+def stop_timeout(config) -> float:
+    """Seconds the parent gives its workers after SIGTERM before SIGKILL: their drain (``[cluster]``),
+    their ``shutdown_grace``, and 25 s to flush their stores and exit."""
+    drain = config.cluster.drain_timeout if config.cluster is not None else 0.0
+    return drain + config.gateway.shutdown_grace + 25.0
+
+
 def make_parent(config, reactor, source: str | None = None, *, argv=None, environ=os.environ):
     """The parent's service for ``config`` (its ``workers`` > 1)."""
     from gateway.admin.metrics import make_metrics_registry
@@ -639,7 +646,7 @@ def make_parent(config, reactor, source: str | None = None, *, argv=None, enviro
     spawn = reactor_spawner(reactor, lambda index: worker_argv(argv, index=index), environ,
                             watchdog_usec=int(interval * 1_000_000) if interval else None)
     supervisor = Supervisor(count, spawn, reactor, node=config.gateway.node, metrics=metrics,
-                            stop_timeout=config.gateway.shutdown_grace + 25.0)
+                            stop_timeout=stop_timeout(config))
     site = server.Site(_ParentAdmin(supervisor, metrics, resolve_token(config.admin.token, state_dir)))
     site.noisy = False
     listener = Listener(reactor, "admin", config.admin.listen, site, _NoReadiness(), tls=TlsPolicy.from_config(config))

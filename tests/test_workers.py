@@ -324,6 +324,12 @@ class WorkerConfigTests(SynchronousTestCase):
             store=attrs.evolve(_config().store, url="postgresql://gw@db/gw")), 2)
         self.assertEqual(pg.store.url, "postgresql://gw@db/gw")
 
+    def test_the_stop_timeout_covers_the_drain_and_the_grace(self):
+        config = _config()
+        self.assertEqual(workers.stop_timeout(config), config.gateway.shutdown_grace + 25)
+        clustered = _config('[cluster]\nredis = "redis://127.0.0.1:6379/0"\ndrain_timeout = 60.0\n')
+        self.assertEqual(workers.stop_timeout(clustered), 60 + clustered.gateway.shutdown_grace + 25)
+
     def test_offset_port(self):
         self.assertEqual(workers.offset_port("tcp:8080", 3), "tcp:8083")
         self.assertEqual(workers.offset_port("tcp6:port=8080:interface=\\:\\:1", 1), "tcp6:port=8081:interface=\\:\\:1")
