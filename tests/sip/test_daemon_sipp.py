@@ -352,3 +352,32 @@ async def test_rfc_4475_torture_messages_raw_over_udp_leave_the_daemon_up_and_an
     _, health = await proc.api("GET", "/healthz", expect=200)
     assert health == {"status": "ok"}
     assert "Unhandled" not in proc.output and "Traceback" not in proc.output, proc.output[-5000:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registering_trunk_is_in_readyz_and_the_status_until_removed_at_stop(gateway, sipp, tmp_path):
+    """SIPp as the trunk's registrar (Digest MD5 qop=auth checked by verifyauth, 4 s granted): /readyz waits for
+    the registration, the status shows it, the refresh comes before expiry, and stopping the daemon removes it."""
+    trunk_port = free_udp_port()
+    scenario = tmp_path / "registrar.xml"
+    scenario.write_text((SCENARIOS / "uas_register.xml").read_text().replace('regexp="Expires: 4"',
+                                                                             'regexp="Expires: 60"'))
+    registrar = sipp("-sf", scenario, "-i", "127.0.0.1", "-p", trunk_port, "-m", 1, "-timeout", "40s")
+    await deferLater(reactor(), 0.5, lambda: None)
+    proc = await gateway(trunk_port=trunk_port, extra="register = true\nexpires = 60\n")
+
+    async def ready():
+        code, _ = await proc.api("GET", "/readyz")
+        return code == 200
+
+    await wait_for(ready, timeout=15)
+    _, status = await proc.api("GET", "/api/status", expect=200)
+    registration = status["sip"]["trunks"]["loop"]["registration"]
+    assert registration["state"] == "registered" and registration["failures"] == 0, registration
+    assert "s3cret" not in str(status) and "s3cret" not in proc.output
+    await deferLater(reactor(), 3.0, lambda: None)  # the refresh, halfway through the 4 s granted
+    code, _ = await proc.api("GET", "/readyz")
+    assert code == 200
+    assert await proc.stop() == 0
+    code, output = await registrar  # the removal (Expires: 0) was the registrar's last expected message
+    assert code == 0, output[-3000:]
