@@ -220,3 +220,19 @@ class ControlTests(SynchronousTestCase):
         self.server.start()
         self.let_pass(3)
         self.assertTrue(self.a.readiness.ready, self.a.readiness.not_ready())
+
+    def test_it_is_an_icallcontrol_and_the_drivers_door(self):
+        from zope.interface.verify import verifyObject
+
+        from gateway.core.interfaces import ICallControl, IInboundCalls
+
+        self.assertTrue(verifyObject(ICallControl, self.a.control))
+        self.assertTrue(verifyObject(IInboundCalls, self.a.control))
+        self.assertEqual(self.a.control.extensions, ["1001", "1002"])
+
+    def test_a_routed_command_outside_the_list_is_refused(self):
+        from gateway.core.errors import InvalidArgument
+
+        self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "shutdown", {"grace": 0}), InvalidArgument)
+        self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "hangup", {"call_id": "x", "evil": 1}),
+                             InvalidArgument)
