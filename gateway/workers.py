@@ -39,7 +39,6 @@ its tests run on ``task.Clock`` with a fake spawner.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -49,7 +48,6 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer, error, protocol, task
 from twisted.logger import Logger
-from twisted.web import resource, server
 
 __all__ = [
     "Backoff",
@@ -465,49 +463,30 @@ def reactor_spawner(reactor, argv_for, environ=os.environ, watchdog_usec: int | 
     return spawn
 
 
-class _ParentAdmin(resource.Resource):
-    """The parent's own small HTTP API on ``[admin] listen``."""
+def parent_site(supervisor: Supervisor, metrics, admin, token, reactor):
+    """The parent's own admin site on ``[admin] listen``: the admin API's router, limits and errors."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    isLeaf = True
+    from gateway.admin.api import ApiResponse, ApiRouter
+    from gateway.admin.site import AdminSite
 
-    def __init__(self, supervisor: Supervisor, metrics, token):
-        super().__init__()
-        self._supervisor = supervisor
-        self._metrics = metrics
-        self._token = token.reveal() if token else ""
+    def workers():
+        return [w.as_json(supervisor.node) for w in supervisor.workers]
 
-    def render_GET(self, request):
-        path = request.path.decode("utf-8", "replace")
-        workers = [w.as_json(self._supervisor.node) for w in self._supervisor.workers]
-        if path == "/healthz":
-            return self._json(request, 200, {"status": "ok", "role": "parent"})
-        if path == "/readyz":
-            ready = self._supervisor.all_alive() and not self._supervisor.stopping
-            body = {"ready": ready}
-            if not ready:
-                body["not_ready"] = [f"worker {w['index']}: {w['state']}" for w in workers if w["state"] != "ready"]
-            return self._json(request, 200 if ready else 503, body)
-        if path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    def readyz(request):
+        if supervisor.all_alive() and not supervisor.stopping:
+            return ApiResponse(200, {"ready": True})
+        return ApiResponse(503, {"ready": False, "not_ready": [f"worker {w['index']}: {w['state']}"
+                                                               for w in workers() if w["state"] != "ready"]})
 
-            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-            return generate_latest(self._metrics)
-        if path == "/api/workers":
-            import hmac
-
-            given = (request.getHeader("authorization") or "").removeprefix("Bearer ")
-            if not self._token or not hmac.compare_digest(given.encode(), self._token.encode()):
-                return self._json(request, 401, {"error": "unauthorized", "message": "a valid bearer token is needed"})
-            return self._json(request, 200, {"node": self._supervisor.node, "workers": workers})
-        return self._json(request, 404, {"error": "not_found",
-                                         "message": f"{path}: the parent answers /healthz, /readyz, /metrics and "
-                                                    "/api/workers; each worker's API is on its own port"})
-
-    @staticmethod
-    def _json(request, code, body):
-        request.setResponseCode(code)
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(body).encode()
+    router = ApiRouter(token)
+    router.route("GET", "/healthz", lambda request: {"status": "ok", "role": "parent"})
+    router.route("GET", "/readyz", readyz)
+    router.route("GET", "/metrics", lambda request: ApiResponse(200, generate_latest(metrics),
+                                                                {"Content-Type": CONTENT_TYPE_LATEST}))
+    router.route("GET", "/api/workers", lambda request: {"node": supervisor.node, "workers": workers()})
+    return AdminSite(router, reactor=reactor, max_body_size=admin.max_body_size,
+                     request_timeout=admin.request_timeout, max_connections=admin.max_connections, metrics=metrics)
 
 
 class _NoReadiness:
@@ -647,8 +626,7 @@ def make_parent(config, reactor, source: str | None = None, *, argv=None, enviro
                             watchdog_usec=int(interval * 1_000_000) if interval else None)
     supervisor = Supervisor(count, spawn, reactor, node=config.gateway.node, metrics=metrics,
                             stop_timeout=stop_timeout(config))
-    site = server.Site(_ParentAdmin(supervisor, metrics, resolve_token(config.admin.token, state_dir)))
-    site.noisy = False
+    site = parent_site(supervisor, metrics, config.admin, resolve_token(config.admin.token, state_dir), reactor)
     listener = Listener(reactor, "admin", config.admin.listen, site, _NoReadiness(), tls=TlsPolicy.from_config(config))
     log.info("gateway {node}: parent of {count} workers", node=config.gateway.node, count=count)
     return SupervisorService(supervisor, notifier, reactor, listener=listener, source=source)

@@ -128,6 +128,9 @@ def test_two_workers_share_the_optimaccs_port_and_sigterm_stops_all_with_0(proce
     assert len(set(pids)) == 2 and gateway.parent.transport.pid not in pids
     for index in (1, 2):  # each worker is a node of its own, with its own admin API
         _, health = yield gateway.worker(index).api("GET", "/healthz", expect=200)
+    # the parent's own API: the workers' list wants the token; the calls are the workers' business
+    yield gateway.parent.api("GET", "/api/workers", token="wrong-token-0123456789abcdef", expect=401)
+    yield gateway.parent.api("GET", "/api/calls", expect=404)
 
     calls = yield _place(gateway, 20, cleanup, "1")
     live = yield wait_until(lambda: gateway.live_calls().addCallback(
