@@ -30,7 +30,9 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
+import socket
 import sys
 import typing
 
@@ -321,6 +323,7 @@ class Demo:
             AgentCall(self).story(),
             AttendedTransfer(self).story(),
             ClickToDial(self).story(),
+            *([SipCall(self).story()] if SIPP else []),
             SmsChat(self).story(),
             Story((Step("simulators: no protocol violation seen", self.no_violations),)),
         ]
@@ -398,6 +401,9 @@ class Demo:
         fresh_store(self.workdir / "var")
         text = demo_config(self.workdir / "var", inbound_every=0.0 if self.once else ECHO_EVERY, **{
             name: self.ports[name] for name in ("admin", "optimaccs", "patriot", "his", "chat")})
+        if SIPP:
+            self.ports["sip"], self.ports["sip_trunk"] = _free_udp_port(), _free_udp_port()
+            text += SIP_CONFIG.format(sip=self.ports["sip"], trunk=self.ports["sip_trunk"])
         log_path = self.workdir / "gateway.log"
         logged_before = log_path.stat().st_size if log_path.exists() else 0
         self.daemon = GatewayProcess(self.reactor, self.workdir, text, args=["--logfile", str(log_path)])
@@ -705,6 +711,87 @@ class ClickToDial:
         cdr = await self.demo.stored_cdr(self.call_id)
         self.say("patriot", f"{OPERATOR} hangs up in Patriot: call-status-update callActive=false; CDR stored"
                             f" (cause {cdr['cause']}, hung up by {cdr['hangup_by']})")
+
+
+#: SIPp (Debian's sip-tester), for the demo's SIP call; without it the demo has none
+SIPP = shutil.which("sipp")
+#: where sip-tester ships its G.711 and RFC 2833 captures (SIPp's uac_pcap plays pcap/<name>)
+SIPP_PCAPS = "/usr/share/sip-tester"
+SIP_CONFIG = """
+[sip]
+listen = "udp:{sip}:interface=127.0.0.1"
+rtp_ports = "31000-31999"
+
+[[sip.trunks]]
+name = "demo-trunk"
+proxy = "udp:127.0.0.1:{trunk}"
+"""
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        return udp.getsockname()[1]
+
+
+class _Sipp(protocol.ProcessProtocol):
+    def __init__(self):
+        self.output = bytearray()
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(getattr(reason.value, "exitCode", None))
+
+
+class SipCall:
+    """A SIP trunk (SIPp's uac_pcap) calls the echo app: G.711 A-law over RTP and the RFC 2833 digit 1."""
+
+    def __init__(self, demo: Demo):
+        self.demo = demo
+        self.say = demo.narrator.say
+
+    def story(self) -> Story:
+        return Story((
+            Step(f"sip: a trunk calls {ECHO_DID} (the echo) with G.711 audio and RFC 2833 DTMF", self.call),
+            Step("sip: the CDR has the SIP leg, its RTP statistics and the digit", self.cdr),
+        ))
+
+    async def call(self) -> None:
+        demo = self.demo
+        workdir = demo.workdir / "sipp"
+        workdir.mkdir(exist_ok=True)
+        if not (workdir / "pcap").exists():
+            (workdir / "pcap").symlink_to(SIPP_PCAPS)
+        sipp = _Sipp()
+        argv = [SIPP, f"127.0.0.1:{demo.ports['sip']}", "-sn", "uac_pcap", "-s", ECHO_DID, "-i", "127.0.0.1",
+                "-p", str(demo.ports["sip_trunk"]), "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error"]
+        transport = demo.reactor.spawnProcess(sipp, SIPP, argv, env=dict(os.environ, TERM="dumb"), path=str(workdir))
+        try:
+            code = await demo.expect(sipp.ended, "end of the SIPp call", timeout=40)
+        finally:
+            if not sipp.ended.called:
+                transport.signalProcess("KILL")
+        if code != 0:
+            raise StepFailed(f"SIPp's call failed (exit {code}): {sipp.output.decode(errors='replace')[-500:]}")
+        self.say("sip", f"SIPp called {ECHO_DID} through trunk demo-trunk: answered, 8 s of audio, digit 1, BYE")
+
+    async def cdr(self) -> None:
+        async def found():
+            cdrs = (await self.demo.api("GET", "/api/cdrs?limit=1000"))["cdrs"]
+            return next((c for c in reversed(cdrs) if c["legs"] and c["legs"][0]["driver"] == "sip"), None)
+
+        cdr = await self.demo.wait_until(found, "CDR of the SIP call")
+        rtp = next((p["data"] for p in cdr["provider_cdrs"] if p["source"] == "sip"), {})
+        self.say("sip", f"CDR {cdr['call_id']}: cause {cdr['cause']}, {cdr['dtmf_count']} DTMF digit(s), codec "
+                        f"{rtp.get('codec')}, {rtp.get('audio_packets_received')} RTP packets in, "
+                        f"{rtp.get('packets_sent')} out, jitter {rtp.get('jitter_ms')} ms")
+        if cdr["dtmf_count"] < 1:
+            raise StepFailed(f"the SIP call's digit was not counted: {cdr}")
 
 
 class SmsChat:
