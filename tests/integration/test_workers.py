@@ -275,3 +275,18 @@ def test_with_a_cluster_every_worker_joins_as_a_node(processes, cleanup, tmp_pat
     yield defer.gatherResults([call.ended for call in calls], consumeErrors=True)
     assert (yield gateway.parent.stop()) == 0, gateway.parent.output[-3000:]
     assert gateway.parent.output.count("stopped: exit status 0") == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_workers_end_when_their_parent_is_killed(processes, tmp_path):
+    gateway = yield Workers(processes, tmp_path).start()
+    pids = [w["pid"] for w in (yield gateway.workers())]
+    gateway.parent.kill()
+    yield gateway.parent.ended
+
+    def gone():
+        return defer.succeed(not any(_alive(pid) for pid in pids))
+
+    yield wait_until(gone, "the orphaned workers to end", timeout=30)
+    with socket.socket() as s:  # nobody is left holding the shared port
+        s.bind(("127.0.0.1", gateway.optimaccs))
