@@ -251,10 +251,12 @@ class ClusterControl(service.Service):
         self._observers: list[tuple[typing.Callable, str | None]] = []
         self._written: dict[str, CallSnapshot] = {}
         self._unremoved: set[str] = set()
+        self._removing: set[str] = set()
         self._subscribed: set[str] = set()
         self._loop: task.LoopingCall | None = None
         self._unsubscribe: typing.Callable[[], None] | None = None
         self._write_failing = False
+        self._write_logged = False
         self._redis_component = readiness.register("redis") if readiness is not None else None
         self._cluster_component = readiness.register("cluster") if readiness is not None else None
 
@@ -294,6 +296,13 @@ class ClusterControl(service.Service):
             else:
                 self._cluster_component.set_up()
         if health["joined"]:
+            if self._write_failing:  # a write failed (a short Redis outage): write every live call again
+                self._write_failing = False
+                self._written.clear()
+                for snapshot in self.local.calls():
+                    self._put(snapshot)
+            for call_id in list(self._unremoved):
+                self._remove(call_id)
             self._read_records()
 
     def _read_records(self) -> None:
@@ -403,22 +412,27 @@ class ClusterControl(service.Service):
         d.addCallbacks(self._wrote, self._write_failed, errbackArgs=(snapshot.call_id,))
 
     def _wrote(self, _):
-        if self._write_failing:
-            self._write_failing = False
+        if self._write_logged:
+            self._write_logged = False
             log.info("cluster: call records are written again")
 
     def _write_failed(self, failure: Failure, call_id: str) -> None:
-        if not self._write_failing:
-            self._write_failing = True
-            log.warn("cluster: the record of call {call_id} was not written: {problem} (written again at the next join)",
-                     call_id=call_id, problem=failure.getErrorMessage())
+        self._write_failing = True
+        if not self._write_logged:
+            self._write_logged = True
+            log.warn("cluster: the record of call {call_id} was not written: {problem} (every live call is "
+                     "written again once redis answers)", call_id=call_id, problem=failure.getErrorMessage())
 
     def _remove(self, call_id: str) -> None:
         if self.node is None:
             return
+        if call_id in self._removing:
+            return
         self._unremoved.add(call_id)
+        self._removing.add(call_id)
         d = self.node.records.remove(call_id)
         d.addCallbacks(lambda _: self._unremoved.discard(call_id), lambda f: None)
+        d.addBoth(lambda _: self._removing.discard(call_id))
 
     def _publish(self, event: ev.CallEvent, snapshot: CallSnapshot) -> None:
         if event.extension is None or self.node is None or not self.node.redis.connected:

@@ -236,3 +236,17 @@ class ControlTests(SynchronousTestCase):
         self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "shutdown", {"grace": 0}), InvalidArgument)
         self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "hangup", {"call_id": "x", "evil": 1}),
                              InvalidArgument)
+
+    def test_after_a_short_redis_outage_the_records_catch_up(self):
+        call_id = self.inbound_on_a()
+        other = self.inbound_on_a("999")
+        self.assertIsNotNone(self.successResultOf(self.a.node.records.get(other)))
+        self.server.stop()
+        self.settled(self.a.registry.answer(call_id))  # a TALKING record cannot be written now
+        self.settled(self.a.registry.hangup(other))  # nor can the ended call's record be removed
+        self.server.start()
+        self.let_pass(1.0)  # shorter than the node TTL: no rejoin, the ticks catch up
+        self.assertTrue(self.a.node.heartbeat.alive)
+        self.assertEqual(self.successResultOf(self.a.node.records.get(call_id)).state, "TALKING")
+        self.assertIsNone(self.successResultOf(self.a.node.records.get(other)))
+        self.assertEqual([c.call_id for c in self.b.control.calls()], [call_id])
