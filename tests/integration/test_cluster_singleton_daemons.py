@@ -141,3 +141,36 @@ async def test_kill_9_of_the_daemon_holding_the_his_link(tmp_path, redis_server,
     assert response.ok, response.describe()
     await until(lambda: "conversation.ended" in sim.event_names(target)[-1:], 10, "the call ended")
     assert sim.violations == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drained_holder_hands_the_his_link_over_at_once(tmp_path, redis_server, cleanup):
+    sim = HisBridgeSim(reactor, agents=["alice"], response_timeout=10)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(sim)
+    cleanup(lambda: pytest_twisted.blockon(defer.maybeDeferred(port.stopListening)))
+    redis = await connected(start_client(redis_server.url, cleanup))
+    nodes = {}
+    for name in ("a", "b"):
+        admin = free_port()
+        workdir = tmp_path / name
+        workdir.mkdir()
+        process = GatewayProcess(reactor, workdir, node_config(name, admin, redis_server.url, port.getHost().port))
+        cleanup(lambda p=process: pytest_twisted.blockon(p.stop()))
+        nodes[name] = process
+        await process.start(admin)
+        if name == "a":
+            await until(lambda: sim.ready, 20, "node a's link to the bridge and alice's login")
+    assert (await lease_holder(redis, "cti:PROC")).holder == "a"
+    # drained through its admin API: a closes its link, then releases the lease; b takes it
+    drained = time.monotonic()
+    code, body = await nodes["a"].api("POST", "/api/cluster/nodes/a/drain")
+    assert code == 202, body
+    holder = None
+    while holder != "b":
+        assert time.monotonic() - drained < 3.0, "node b did not take the HIS link over after the drain"
+        await sleep(0.05)
+        found = await lease_holder(redis, "cti:PROC")
+        holder = found.holder if found is not None else None
+    await until(lambda: sim.ready, 10, "node b's link and alice's login")
+    print(f"node b held the HIS link {time.monotonic() - drained:.2f} s after node a was drained")
+    assert sim.violations == [], "the two links overlapped"
