@@ -35,6 +35,9 @@ __all__ = ["CallRecord", "CallRecords", "NodeLostSweeper", "PUT_CALL"]
 
 log = Logger()
 
+#: keys read by one MGET when listing every call record
+MGET_BATCH = 200
+
 
 @attrs.frozen
 class CallRecord:
@@ -179,10 +182,13 @@ class CallRecords:
 
     async def _all(self) -> list[CallRecord]:
         records = []
-        for key in await self.redis.scan(keys.CALL + "*"):
-            record = _parse(await self.redis.get(key), key[len(keys.CALL) :])
-            if record is not None:
-                records.append(record)
+        found = await self.redis.scan(keys.CALL + "*")
+        for start in range(0, len(found), MGET_BATCH):
+            batch = found[start : start + MGET_BATCH]
+            for key, text in zip(batch, await self.redis.mget(*batch)):
+                record = _parse(text, key[len(keys.CALL) :])
+                if record is not None:
+                    records.append(record)
         return records
 
     def owned_by(self, node: str) -> defer.Deferred:

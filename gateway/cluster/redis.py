@@ -86,6 +86,9 @@ class IRedis(Interface):
     def get(key):
         """The string at ``key``, or None."""
 
+    def mget(*keys):
+        """``MGET``: the strings at ``keys``, in order (None for a missing key or one of another type)."""
+
     def set(key, value, px=None, nx=False):
         """``SET key value [PX ms] [NX]``: fires True when set, False when NX found the key."""
 
@@ -606,6 +609,11 @@ class RedisClient(service.Service):
 
     def get(self, key: str) -> defer.Deferred:
         return self.execute("GET", key)
+
+    def mget(self, *keys: str) -> defer.Deferred:
+        if not keys:
+            return defer.succeed([])
+        return self.execute("MGET", *keys)
 
     def set(self, key: str, value: str, px: float | None = None, nx: bool = False) -> defer.Deferred:
         args: list[Any] = ["SET", key, value]

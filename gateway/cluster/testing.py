@@ -278,6 +278,16 @@ class FakeRedis:
     def get(self, key: str) -> defer.Deferred:
         return self._run("GET", self.server.store.get, key)
 
+    def mget(self, *keys: str) -> defer.Deferred:
+        store = self.server.store
+
+        def values() -> list:
+            # MGET answers None for a key of another type, where GET would be WRONGTYPE
+            return [store._data[key] if store.exists(key) and isinstance(store._data[key], str) else None
+                    for key in keys]
+
+        return self._run("MGET", values)
+
     def set(self, key: str, value: str, px: float | None = None, nx: bool = False) -> defer.Deferred:
         return self._run("SET", self.server.store.set, key, value, px, nx)
 

@@ -26,6 +26,16 @@ async def _fails(d, error_type):
 
 
 @check
+async def mget(env):
+    a, b = env.a, env.b
+    assert await a.mget() == []
+    await a.set("m1", "one")
+    await a.set("m3", "thr\u00e9e")
+    await a.sadd("mset", "x")
+    assert await b.mget("m1", "m2", "m3", "mset") == ["one", None, "thr\u00e9e", None]
+
+
+@check
 async def get_set_delete(env):
     a, b = env.a, env.b
     assert await a.get("k") is None
