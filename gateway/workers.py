@@ -40,6 +40,7 @@ its tests run on ``task.Clock`` with a fake spawner.
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import signal
 import sys
@@ -614,8 +615,6 @@ def make_parent(config, reactor, source: str | None = None, *, argv=None, enviro
     from gateway.tlspolicy import TlsPolicy
 
     check_workers_config(config)
-    import pathlib
-
     state_dir = pathlib.Path(config.gateway.state_dir)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     count = worker_count(config)
