@@ -252,6 +252,12 @@ class ClusterControl(service.Service):
         self._written: dict[str, CallSnapshot] = {}
         self._unremoved: set[str] = set()
         self._removing: set[str] = set()
+        self._reading = False
+        #: remote changes told by events, numbered, so that a read of the records begun earlier
+        #: does not undo them
+        self._seq = 0
+        self._touched: dict[str, tuple[int, tuple[str, CallSnapshot] | None]] = {}
+        self._unreadable: set[str] = set()
         self._subscribed: set[str] = set()
         self._loop: task.LoopingCall | None = None
         self._unsubscribe: typing.Callable[[], None] | None = None
@@ -306,6 +312,11 @@ class ClusterControl(service.Service):
             self._read_records()
 
     def _read_records(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        started = self._seq
+
         def read(records: list[CallRecord]) -> None:
             remote = {}
             for record in records:
@@ -314,12 +325,36 @@ class ClusterControl(service.Service):
                 try:
                     remote[record.call_id] = (record.owner, snapshot_from_json(record.data["snapshot"]))
                 except (KeyError, TypeError, ValueError) as e:
-                    log.warn("cluster: the record of call {call_id} has no readable snapshot: {problem}",
-                             call_id=record.call_id, problem=str(e))
+                    if record.call_id not in self._unreadable:  # once per call, not every second
+                        self._unreadable.add(record.call_id)
+                        log.warn("cluster: the record of call {call_id} has no readable snapshot: {problem}",
+                                 call_id=record.call_id, problem=str(e))
+            # what events told since the read began is newer than what it read
+            for call_id, (seq, entry) in list(self._touched.items()):
+                if seq <= started:
+                    del self._touched[call_id]
+                elif entry is None:
+                    remote.pop(call_id, None)
+                else:
+                    remote[call_id] = entry
             self.remote = remote
 
-        self.node.records.all().addCallbacks(read, lambda f: f.trap(RedisError) and None).addErrback(
+        def done(result):
+            self._reading = False
+            return result
+
+        d = self.node.records.all().addBoth(done)
+        d.addCallbacks(read, lambda f: f.trap(RedisError) and None).addErrback(
             lambda f: log.failure("cluster: reading the call records failed", f))
+
+    def _remote_changed(self, call_id: str, entry: tuple[str, CallSnapshot] | None) -> None:
+        """A remote call changed (``entry``) or ended (None), as an event or a routed command said."""
+        self._seq += 1
+        self._touched[call_id] = (self._seq, entry)
+        if entry is None:
+            self.remote.pop(call_id, None)
+        else:
+            self.remote[call_id] = entry
 
     # -- the node's callbacks -----------------------------------------------------------------
 
@@ -375,7 +410,7 @@ class ClusterControl(service.Service):
             return defer.succeed(None)
         log.warn("cluster: writing the CDR of call {call_id} of dead node {owner} (node_lost)",
                  call_id=record.call_id, owner=record.owner)
-        self.remote.pop(record.call_id, None)
+        self._remote_changed(record.call_id, None)
         if record.extension is not None and self.node is not None:
             snapshot = snapshot_from_json(record.data["snapshot"])
             ended = ev.CallEnded(call_id=record.call_id, extension=record.extension, at=self.clock.seconds(),
@@ -456,10 +491,7 @@ class ClusterControl(service.Service):
             return
         if self.local_has(event.call_id):
             return
-        if isinstance(event, ev.CallEnded):
-            self.remote.pop(event.call_id, None)
-        else:
-            self.remote[event.call_id] = (origin, snapshot)
+        self._remote_changed(event.call_id, None if isinstance(event, ev.CallEnded) else (origin, snapshot))
         self._deliver_remote(event, snapshot)
 
     def _deliver_remote(self, event: ev.CallEvent, snapshot: CallSnapshot) -> None:
@@ -576,13 +608,13 @@ class ClusterControl(service.Service):
         def done(result: typing.Any) -> CallSnapshot | None:
             if result is None:
                 if command == "dispose":
-                    self.remote.pop(args.get("call_id"), None)
+                    self._remote_changed(args["call_id"], None)
                 return None
             snapshot = snapshot_from_json(result)
             if snapshot.state is LegState.RELEASED:
-                self.remote.pop(snapshot.call_id, None)
-            elif snapshot.call_id in self.remote:
-                self.remote[snapshot.call_id] = (owner, snapshot)
+                self._remote_changed(snapshot.call_id, None)
+            else:
+                self._remote_changed(snapshot.call_id, (owner, snapshot))
             return snapshot
 
         return d.addCallbacks(done, as_call_error)

@@ -250,3 +250,15 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.a.node.records.get(call_id)).state, "TALKING")
         self.assertIsNone(self.successResultOf(self.a.node.records.get(other)))
         self.assertEqual([c.call_id for c in self.b.control.calls()], [call_id])
+
+    def test_a_read_of_the_records_begun_before_an_event_does_not_undo_it(self):
+        slow = defer.Deferred()
+        self.b.node.records.all = lambda: slow
+        self.b.control._read_records()  # begins: nothing is recorded yet
+        call_id = self.inbound_on_a()  # the events reach b meanwhile
+        self.assertEqual([c.call_id for c in self.b.control.calls()], [call_id])
+        slow.callback([])  # the old read ends: it saw no call
+        self.assertEqual([c.call_id for c in self.b.control.calls()], [call_id])
+        del self.b.node.records.all
+        self.let_pass(1.0)
+        self.assertEqual([c.call_id for c in self.b.control.calls()], [call_id])
