@@ -387,6 +387,9 @@ class ClusterControl(service.Service):
         spec = COMMANDS.get(command)
         if spec is None:
             raise InvalidArgument(f"no routed command {command!r}")
+        if command == "originate" and self.draining:
+            # sent here on a load figure from before the drain: no new call lands on a draining node
+            raise IllegalState("originate", "draining", "node")
         positional, keywords = spec
         unknown = set(args) - set(positional) - set(keywords)
         if unknown:
@@ -631,6 +634,8 @@ class ClusterControl(service.Service):
             if if_busy == "replace":
                 await self.hangup(current.call_id, by=by)
         target = await self._origination_node()
+        if target is None and self.draining:
+            raise IllegalState("originate", "draining, and no other node can be reached", "node")
         if target is None or target == self.node_id:
             return await defer.maybeDeferred(self.local.originate, extension_id, number, **kwargs)
         if self.local.active_call_for(extension_id) is not None:
@@ -655,11 +660,7 @@ class ClusterControl(service.Service):
             log.warn("cluster: cannot choose where to originate ({problem}); here", problem=str(e))
             return None
         chosen = least_loaded(nodes)
-        if chosen is None:
-            if self.draining:
-                raise IllegalState("originate", "draining, and no other node is up", "node")
-            return None
-        return chosen.node
+        return chosen.node if chosen is not None else None
 
     def answer(self, call_id):
         return self._run("answer", call_id)

@@ -262,3 +262,14 @@ class ControlTests(SynchronousTestCase):
         del self.b.node.records.all
         self.let_pass(1.0)
         self.assertEqual([c.call_id for c in self.b.control.calls()], [call_id])
+
+    def test_a_draining_node_takes_no_origination_even_when_asked_directly(self):
+        self.a.drain.drain()
+        self.failed(defer.maybeDeferred(self.a.control.handle, "originate",
+                                        {"extension_id": "1001", "number": "5551234"}), IllegalState)
+        self.b.drain.drain()
+        self.let_pass(0.5)
+        self.failed(self.a.control.originate("1001", "5551234"), IllegalState)  # nowhere to go
+        self.server.stop()
+        self.failed(self.a.control.originate("1001", "5551234"), IllegalState)  # and no way to ask
+        self.assertEqual(self.a.registry.calls() + self.b.registry.calls(), [])
