@@ -74,6 +74,10 @@ to = "extension:1001"
 did = "101"
 to = "extension:1002"
 
+[[routes]]
+did = "102"
+to = "extension:1003"
+
 [pbx.sim]
 phone_answer_delay = 0.2
 ring_time = 0.2
@@ -281,3 +285,47 @@ def test_redis_killed_mid_call_readyz_names_it_the_call_goes_on_and_the_state_is
     assert cdr["cause"] == "normal"
     for node in (a, b):
         assert (yield node.process.stop()) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_rolling_restart_drops_no_call_that_ends_within_the_drain_timeout(
+        tmp_path, cleanup, redis_server, postgres_server):
+    nodes = yield start_nodes(tmp_path, cleanup, redis_server, postgres_server, drain_timeout=8.0)
+    a, b = nodes["a"], nodes["b"]
+    calls = []
+
+    def provider_call(node, did, seconds):
+        call = place_call(reactor, node.url, CallScript(caller_id=f"08110000{len(calls):02d}", did=did,
+                                                        hangup_after=seconds))
+        cleanup(lambda: call.close(1000, "test over"))
+        calls.append(call)
+        return call
+
+    provider_call(a, OPERATOR_DID, 3.0)
+    provider_call(b, "101", 5.0)
+    yield wait_until(lambda: b.api("GET", "/api/calls").addCallback(lambda r: len(r[1]["calls"]) == 2),
+                     "both calls up")
+    # node a restarts: drained (its call ends by itself), stopped, started again
+    a.process.signal("TERM")
+    yield wait_until(lambda: ready(a).addCallback(lambda ok: not ok), "a draining")
+    provider_call(b, "102", 2.0)  # the provider tries the node that is not draining
+    assert (yield a.process.ended) == 0
+    config = open(a.process.config_path, encoding="utf-8").read()
+    restarted = GatewayProcess(reactor, a.process.workdir, config)
+    restarted.admin_port = a.process.admin_port
+    cleanup(restarted.kill)
+    a.process = restarted
+    yield restarted.start()
+    yield wait_until(lambda: ready(a), "a ready again", 20)
+    # then node b
+    b.process.signal("TERM")
+    yield wait_until(lambda: ready(b).addCallback(lambda ok: not ok), "b draining")
+    provider_call(a, OPERATOR_DID, 1.0)
+    assert (yield b.process.ended) == 0
+    for call in calls:
+        yield call.ended
+    assert [call.close_code for call in calls] == [1000] * 4
+    _, body = yield a.api("GET", "/api/cdrs")
+    causes = sorted(c["cause"] for c in body["cdrs"])
+    assert causes == ["remote_hangup"] * 4, body["cdrs"]
+    assert (yield a.process.stop()) == 0
