@@ -193,8 +193,9 @@ class LegMedia:
         #: audio packets taken (whatever their SSRC: the statistics start over with a new one)
         self.audio_in = 0
         self.remote_reports: list[tuple[int, int, int]] = []  # (fraction lost /256, cumulative lost, jitter)
-        self._to_port = None  # converter from the wire codec into the port's, when they differ
-        self._from_port = None
+        #: converters from the wire codec into the port's and back, when they differ
+        self._to_port: typing.Callable[[bytes], bytes] | None = None
+        self._from_port: typing.Callable[[bytes], bytes] | None = None
         self._sending_digit = False
         self._digits: list[typing.Any] = []
         self._rtcp_timer: typing.Any = None
@@ -223,8 +224,10 @@ class LegMedia:
         if not session.latched:
             session.remote = (agreed.remote_address, agreed.remote_port)
         self._rtcp_remote = (agreed.remote_address, agreed.remote_port + 1)
+        leg = self.leg
+        assert leg is not None, "a leg's media is applied once it is a leg"
         wire = _CODECS[agreed.codec]
-        port_codec = self.leg.port.codec
+        port_codec = leg.port.codec
         self._to_port = None if wire == port_codec else converter(wire, port_codec)
         self._from_port = None if wire == port_codec else converter(port_codec, wire)
         if agreed.receive:
@@ -233,8 +236,8 @@ class LegMedia:
         else:
             session.stop()  # on hold by the peer (inactive, or we hold): no media is due
         if first:
-            self.leg.port.set_wire(self._write)
-            self.leg.port.upstream = self.rtp_port
+            leg.port.set_wire(self._write)
+            leg.port.upstream = self.rtp_port
             self._rtcp_timer = self.clock.callLater(RTCP_INTERVAL, self._send_rtcp)
 
     # -- from the party
@@ -443,12 +446,13 @@ class SipLeg:
         if (self.media.local.wanted == "sendonly") == hold or (hold and self._peer_holds):
             return  # already so (the core's hold or retrieve mirrors the peer's): nothing to send
         self._our_reinvite = True
-        d = self.call.hold() if hold else self.call.retrieve()
+        call = self.call
+        d = call.hold() if hold else call.retrieve()
 
         def done(result: typing.Any) -> None:
             self._our_reinvite = False
             if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
-                log.warn("SIP call {call_id}: the {what} re-INVITE failed: {error}", call_id=self.call.call_id,
+                log.warn("SIP call {call_id}: the {what} re-INVITE failed: {error}", call_id=call.call_id,
                          what="hold" if hold else "retrieve", error=result.getErrorMessage())
 
         d.addBoth(done)
@@ -556,6 +560,7 @@ class SipDriver:
         self.registrations: dict[str, Registration] = {}
         self._components: dict[str, typing.Any] = {}
         self._listening: typing.Any = None
+        self._listening_tcp: typing.Any = None
         self._unsubscribe: typing.Callable[[], None] | None = None
         self.started = False
 
@@ -572,15 +577,14 @@ class SipDriver:
         budgets = budget_factory(self.reactor, "sip", registry)
         udp = UDPTransport(endpoint, budgets("udp"))
         endpoint.add_transport("UDP", udp)
+        # UDP always (requests toward trunks go over UDP); with tcp: also TCP on the same port
+        self._listening = self.reactor.listenUDP(self.listen_port, udp, interface=self.interface)
+        if self.listen_port == 0:
+            self.listen_port = self._listening.getHost().port
         if self.transport == "tcp":
             tcp = TCPTransportFactory(endpoint, budgets)
             endpoint.add_transport("TCP", tcp)
-            self._listening = self.reactor.listenTCP(self.listen_port, tcp, interface=self.interface)
-            self._listening_udp = None
-        else:
-            self._listening = self.reactor.listenUDP(self.listen_port, udp, interface=self.interface)
-        if self.listen_port == 0:
-            self.listen_port = self._listening.getHost().port
+            self._listening_tcp = self.reactor.listenTCP(self.listen_port, tcp, interface=self.interface)
         contact = f"sip:gateway@{self.address}:{self.listen_port}"
         credentials = {trunk.name: DigestClient(trunk.username, trunk.password.reveal())
                        for trunk in config.trunks if trunk.username and trunk.password}
@@ -628,12 +632,15 @@ class SipDriver:
                 self.manager.close()
             if self.endpoint is not None:
                 self.endpoint.close()
-            return defer.maybeDeferred(self._listening.stopListening)
+            stops = [defer.maybeDeferred(self._listening.stopListening)]
+            if self._listening_tcp is not None:
+                stops.append(defer.maybeDeferred(self._listening_tcp.stopListening))
+            return defer.DeferredList(stops)
 
         return defer.DeferredList(removals).addCallback(close).addCallback(lambda _: None)
 
     def dial(self, address: str, events: ILegEvents, caller_id: str | None = None,
-             attributes: dict | None = None) -> SipLeg:
+             attributes: dict[str, typing.Any] | None = None) -> SipLeg:
         if not self.started or self.manager is None:
             raise DriverError(NAME, "the SIP driver is not running")
         trunk_name, number = split_device(address)
@@ -757,7 +764,7 @@ class SipDriver:
 def _resolve(host: str) -> str:
     """A trunk's host as an IPv4 address (once, at start; a name that does not resolve is an error)."""
     try:
-        return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+        return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])
     except (OSError, IndexError) as problem:
         from gateway.confschema import ConfigError
 

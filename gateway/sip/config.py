@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import typing
 
 import attrs
 
@@ -77,6 +78,13 @@ def _check_listen(value: str) -> bool:
     return True
 
 
+def _check_rtp_ports(attribute: typing.Any, value: str) -> None:
+    try:
+        parse_rtp_ports(value)
+    except ValueError as error:
+        raise ConfigError(attribute.name, str(error)) from None
+
+
 def _check_public(value: str) -> bool:
     if not value:
         return True
@@ -131,7 +139,8 @@ class SipConfig:
         default="udp:5060:interface=127.0.0.1",
         validator=check(_check_listen, "expected udp|tcp:<port>[:interface=<address>], got {value!r}"))
     #: the UDP ports of call legs: each leg takes an even port for RTP and the next for RTCP
-    rtp_ports: str = attrs.field(default="10000-20000")
+    rtp_ports: str = attrs.field(default="10000-20000", validator=lambda self, attribute, value: _check_rtp_ports(
+        attribute, value))
     #: seconds without an RTP packet after which a call ends with cause media_timeout (0: never)
     media_timeout: float = attrs.field(
         default=30.0, validator=check(lambda v: v == 0 or 1 <= v <= 3600,
@@ -141,13 +150,6 @@ class SipConfig:
     public_address: str = attrs.field(default="", validator=check(_check_public, "expected an IPv4 address, "
                                                                                "got {value!r}"))
     trunks: list[SipTrunk] = attrs.Factory(list)
-
-    @rtp_ports.validator
-    def _check_rtp_ports(self, attribute, value):
-        try:
-            parse_rtp_ports(value)
-        except ValueError as error:
-            raise ConfigError(attribute.name, str(error)) from None
 
     def __attrs_post_init__(self) -> None:
         seen = set()

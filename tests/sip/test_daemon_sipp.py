@@ -42,7 +42,7 @@ def rtp_range():
     return f"{base}-{base + 799}"
 
 
-def daemon_config(admin, sip_port, *, trunk_port, media_timeout=30, extra=""):
+def daemon_config(admin, sip_port, *, trunk_port, media_timeout=30, extra="", transport="udp"):
     return GatewayProcess.config(admin, f"""
 [pbx]
 driver = "sip"
@@ -63,7 +63,7 @@ did = "700"
 to = "extension:1001"
 
 [sip]
-listen = "udp:{sip_port}:interface=127.0.0.1"
+listen = "{transport}:{sip_port}:interface=127.0.0.1"
 rtp_ports = "{rtp_range()}"
 media_timeout = {media_timeout}
 
@@ -381,3 +381,12 @@ async def test_a_registering_trunk_is_in_readyz_and_the_status_until_removed_at_
     assert await proc.stop() == 0
     code, output = await registrar  # the removal (Expires: 0) was the registrar's last expected message
     assert code == 0, output[-3000:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_listening_on_tcp_takes_sipps_calls_over_tcp(gateway, sipp):
+    proc = await gateway(transport="tcp")
+    code, output = await sipp(*uac(proc, "-sn", "uac", "-t", "t1", "-s", "600", "-m", 3, "-r", 10, "-d", 300))
+    assert code == 0, output[-3000:]
+    records = await cdrs(proc, 3)
+    assert [cdr["cause"] for cdr in records] == ["remote_hangup"] * 3
