@@ -40,7 +40,7 @@ from gateway.boundary import PeerDataError, check_text
 from gateway.chat.conversations import ENDED_BY_GATEWAY, ENDED_BY_SERVER, REFUSED, refused
 from gateway.chat.interfaces import OutboundSms
 from gateway.chat.messages import BadPayload, IncomingMessage, Participant, customer_message, parse_message
-from gateway.chat.outbox import Outbox
+from gateway.chat.outbox import ClaimedOutbox, Outbox
 from gateway.chat.socketio import AckTimeout, EventRefused, ISocketIOHandler, LinkLost, UnexpectedEvent
 from gateway.store.records import timestamp_from_seconds
 from gateway.store.sms import SmsRecord
@@ -114,9 +114,13 @@ class Connector:
     :param readiness: the readiness component, up while registered.
     :param retry_policy: ``f(failures) -> seconds`` between two deliveries of an SMS.
     :param new_id: makes GUIDs.
+    :param claims: cluster mode on PostgreSQL: ``PostgresStore.outbox``, which makes a consumer of
+        the shared table's pending SMS; the outboxes are then :class:`ClaimedOutbox`es (claims with
+        ``SKIP LOCKED`` per number) instead of lanes filled from ``pending_sms()``.
     """
 
-    def __init__(self, clock, store, conversations, transport, config, metrics, readiness, *, retry_policy, new_id):
+    def __init__(self, clock, store, conversations, transport, config, metrics, readiness, *, retry_policy, new_id,
+                 claims=None):
         self._clock = clock
         self._store = store
         self.conversations = conversations
@@ -126,10 +130,17 @@ class Connector:
         self._readiness = readiness
         self._new_id = new_id
         self.registered = False
-        self.inbound = Outbox(clock, store, "inbound", self._deliver_inbound, retry_policy=retry_policy,
-                              metrics=metrics)
-        self.outbound = Outbox(clock, store, "outbound", self._deliver_outbound, retry_policy=retry_policy,
-                               metrics=metrics)
+        self.claimed = claims is not None
+        if self.claimed:
+            self.inbound = ClaimedOutbox(clock, claims, "inbound", self._deliver_inbound, retry_policy=retry_policy,
+                                         metrics=metrics)
+            self.outbound = ClaimedOutbox(clock, claims, "outbound", self._deliver_outbound,
+                                          retry_policy=retry_policy, metrics=metrics)
+        else:
+            self.inbound = Outbox(clock, store, "inbound", self._deliver_inbound, retry_policy=retry_policy,
+                                  metrics=metrics)
+            self.outbound = Outbox(clock, store, "outbound", self._deliver_outbound, retry_policy=retry_policy,
+                                   metrics=metrics)
         for outbox in (self.inbound, self.outbound):
             metrics.watch_pending(outbox)
 
@@ -140,8 +151,12 @@ class Connector:
 
     @defer.inlineCallbacks
     def start(self):
-        """Take the open conversations and the pending SMS from the store."""
+        """Take the open conversations and the pending SMS from the store (with claims: start claiming)."""
         yield self.conversations.load()
+        if self.claimed:
+            self.inbound.resume()
+            self.outbound.resume()
+            return
         pending = yield self._store.pending_sms()
         if pending:
             log.info("{count} SMS not yet delivered taken from the store", count=len(pending))
@@ -162,13 +177,18 @@ class Connector:
         """This node holds the chat link now: deliver from here, starting from what the store holds
         (the conversations the previous holder left open, every pending SMS)."""
         self.conversations.reset()
-        self.inbound.resume()
-        self.outbound.resume()
+        if not self.claimed:  # claims start once the conversations are loaded (start())
+            self.inbound.resume()
+            self.outbound.resume()
         return self.start()
 
     def poll_pending(self) -> defer.Deferred:
         """Queue the pending SMS other nodes stored since the last look (those queued already, or
-        delivered lately, are skipped)."""
+        delivered lately, are skipped). With claims the consumers look themselves: they are woken."""
+        if self.claimed:
+            self.inbound.wake()
+            self.outbound.wake()
+            return defer.succeed(None)
         return self._store.pending_sms().addCallback(self._queue)
 
     def stop(self) -> defer.Deferred:

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from gateway.chat.interfaces import SmsRejected
 from gateway.store.records import timestamp_from_seconds
 
-__all__ = ["Outbox", "describe_failure"]
+__all__ = ["ClaimedOutbox", "Outbox", "describe_failure"]
 
 log = Logger()
 
@@ -238,3 +238,237 @@ class Outbox:
     def _retry(self, lane: _Lane) -> None:
         lane.timer = None
         self._pump(lane)
+
+
+#: consumers (claims at once, so numbers delivered side by side) per direction of a ClaimedOutbox
+CLAIM_CONSUMERS = 2
+#: seconds between two claims of a consumer that found nothing (an SMS stored here wakes it at once)
+CLAIM_POLL = 1.0
+
+
+class ClaimedOutbox:
+    """One direction's SMS in cluster mode, delivered from the shared PostgreSQL table through claims.
+
+    Instead of lanes filled from ``pending_sms()``, each of ``consumers`` loops takes the next SMS
+    with :meth:`gateway.store.postgres.SmsOutbox.claim` (the oldest pending SMS of a number that no
+    consumer of any node holds, row-locked with ``FOR UPDATE SKIP LOCKED``), delivers it, then
+    ``finish()``es it (delivered, or failed when refused for good) or counts the failed attempt
+    (``attempt_failed()``, and the number waits the retry policy's delay on this node). So a
+    number's SMS go out one at a time, in ``seq`` order, across every node; a node killed -9
+    mid-delivery loses nothing (its claim's connection dies, the server rolls the claim back, and
+    the SMS is pending again, with the same uid and seq, for the next claim: at least once).
+
+    The same surface as :class:`Outbox` for the connector: :meth:`add`/:meth:`load` wake the
+    consumers (what they deliver comes from the table), :meth:`kick`, :meth:`stop`,
+    :meth:`resume`, :attr:`pending` (the SMS held or waiting here), :meth:`status`.
+
+    :param claims: makes a consumer: ``PostgresStore.outbox`` (one connection each).
+    """
+
+    def __init__(self, clock, claims, direction: str, deliver, *, retry_policy, metrics=None,
+                 consumers: int = CLAIM_CONSUMERS, poll_interval: float = CLAIM_POLL):
+        self._clock = clock
+        self._claims = claims
+        self.direction = direction
+        self._deliver = deliver
+        self._retry_policy = retry_policy
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._count = consumers
+        self._consumers: list = []
+        self._loops: list[defer.Deferred] = []
+        self._stopped = True
+        #: number -> (failures, when it may be tried again, last error)
+        self._backoff: dict[str, tuple[int, float, str]] = {}
+        #: the sleeps under way (woken by add/kick, cancelled by stop)
+        self._sleeps: set = set()
+        #: seq -> the delivery under way (cancelled by stop)
+        self._deliveries: dict[int, defer.Deferred] = {}
+        self._held: dict[int, str] = {}
+        self._claim_failing = False
+
+    @property
+    def pending(self) -> int:
+        """SMS held by this node's consumers now, and numbers waiting here after a failure."""
+        return len(self._held) + len([n for n in self._backoff if n not in self._held.values()])
+
+    def status(self) -> dict:
+        return {"pending": self.pending, "waiting": {number: error for number, (_, _, error) in self._backoff.items()},
+                "claims": True}
+
+    # -- the connector's calls ---------------------------------------------------------------
+
+    def load(self, records) -> None:
+        self.wake()
+
+    def add(self, record) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        """Have the idle consumers claim now (an SMS was stored)."""
+        for sleep in list(self._sleeps):
+            sleep.wake()
+
+    def kick(self) -> None:
+        """Every number waiting after a failure may be tried now."""
+        self._backoff.clear()
+        self.wake()
+
+    def resume(self) -> None:
+        """Start the consumers (at the connector's start, or when this node takes the chat link over)."""
+        if not self._stopped:
+            return
+        self._stopped = False
+        self._backoff.clear()
+        while len(self._consumers) < self._count:
+            self._consumers.append(self._claims())
+        self._loops = [defer.ensureDeferred(self._run(consumer)) for consumer in self._consumers]
+        for loop in self._loops:
+            loop.addErrback(lambda f: log.failure("the {direction} SMS outbox's consumer stopped", f,
+                                                  direction=self.direction))
+
+    def stop(self) -> defer.Deferred:
+        """No more claims; deliveries under way are cancelled and their SMS let go (pending). Fires
+        once every consumer has let its SMS go."""
+        self._stopped = True
+        for sleep in list(self._sleeps):
+            sleep.cancel()
+        for delivery in list(self._deliveries.values()):
+            delivery.cancel()
+        loops, self._loops = self._loops, []
+        return defer.DeferredList(loops, consumeErrors=True).addCallback(lambda _: None)
+
+    def close(self) -> defer.Deferred:
+        """Stop, then close the consumers' connections."""
+        consumers, self._consumers = self._consumers, []
+        d = self.stop()
+        d.addCallback(lambda _: defer.DeferredList([c.close() for c in consumers], consumeErrors=True))
+        return d.addCallback(lambda _: None)
+
+    # -- one consumer ------------------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> defer.Deferred:
+        sleep = _Sleep(self._clock, seconds, self._sleeps)
+        return sleep.done.addErrback(lambda f: f.trap(defer.CancelledError) and None)
+
+    async def _run(self, consumer) -> None:
+        while not self._stopped:
+            try:
+                record = await consumer.claim(self.direction)
+            except defer.CancelledError:
+                return
+            except Exception as e:
+                if not self._claim_failing:
+                    self._claim_failing = True
+                    log.warn("{direction} SMS: cannot claim the next SMS from the store: {error}; trying again",
+                             direction=self.direction, error=str(e))
+                await self._sleep(self._poll_interval)
+                continue
+            if self._claim_failing:
+                self._claim_failing = False
+                log.info("{direction} SMS: claiming from the store again", direction=self.direction)
+            if record is None:
+                await self._sleep(self._poll_interval)
+                continue
+            if self._stopped:
+                await self._let_go(consumer, record)
+                return
+            backoff = self._backoff.get(record.number)
+            if backoff is not None and backoff[1] > self._clock.seconds():
+                # this number waits after a failure: hold it (no other consumer takes it) meanwhile
+                await self._sleep(backoff[1] - self._clock.seconds())
+                if self._stopped or self._backoff.get(record.number, (0, 0.0, ""))[1] > self._clock.seconds():
+                    await self._let_go(consumer, record)
+                    continue
+            self._held[record.seq] = record.number
+            try:
+                await self._attempt(consumer, record)
+            finally:
+                self._held.pop(record.seq, None)
+
+    async def _let_go(self, consumer, record) -> None:
+        try:
+            await consumer.release()
+        except Exception as e:
+            log.info("{direction} SMS {seq}: letting it go failed ({error}); its claim ends with the connection",
+                     direction=self.direction, seq=record.seq, error=str(e))
+
+    async def _attempt(self, consumer, record) -> None:
+        delivery = self._deliveries[record.seq] = defer.maybeDeferred(self._deliver, record)
+        try:
+            result = await delivery
+        except defer.CancelledError:
+            self._deliveries.pop(record.seq, None)
+            await self._let_go(consumer, record)
+            return
+        except SmsRejected as e:
+            self._deliveries.pop(record.seq, None)
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.warn("{direction} SMS {seq} ({number}) was refused for good: {error}",
+                     direction=self.direction, seq=record.seq, number=record.number, error=error)
+            self._backoff.pop(record.number, None)
+            if self._metrics is not None:
+                self._metrics.rejected(self.direction)
+            await self._write(consumer.finish("failed", self._now(), error=error), record)
+            return
+        except Exception as e:
+            self._deliveries.pop(record.seq, None)
+            if self._stopped:
+                await self._let_go(consumer, record)
+                return
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            failures = self._backoff.get(record.number, (0, 0.0, ""))[0] + 1
+            delay = self._retry_policy(failures - 1)
+            self._backoff[record.number] = (failures, self._clock.seconds() + delay, error)
+            (log.warn if failures == 1 else log.info)(
+                "{direction} SMS {seq} ({number}) not delivered (attempt {attempt}): {error};"
+                " next attempt in {delay:.1f} s",
+                direction=self.direction, seq=record.seq, number=record.number, attempt=failures, error=error,
+                delay=delay,
+            )
+            if self._metrics is not None:
+                self._metrics.attempt_failed(self.direction)
+            await self._write(consumer.attempt_failed(error), record)
+            return
+        self._deliveries.pop(record.seq, None)
+        self._backoff.pop(record.number, None)
+        if self._metrics is not None:
+            self._metrics.delivered(self.direction)
+        conversation_id = result if isinstance(result, str) else None
+        await self._write(consumer.finish("delivered", self._now(), conversation_id=conversation_id), record)
+
+    async def _write(self, d: defer.Deferred, record) -> None:
+        try:
+            await d
+        except Exception as e:
+            log.warn("could not record the outcome of {direction} SMS {seq} ({number}): {error}; it is pending"
+                     " again and will be sent again (at least once)",
+                     direction=self.direction, seq=record.seq, number=record.number, error=str(e))
+
+    def _now(self) -> str:
+        return timestamp_from_seconds(self._clock.seconds())
+
+
+class _Sleep:
+    """``seconds`` on ``clock``, or less when woken; its ``done`` fires with None either way (a
+    cancelled one fails with CancelledError)."""
+
+    def __init__(self, clock, seconds: float, registry: set):
+        self._registry = registry
+        self.done: defer.Deferred = defer.Deferred(lambda d: self._end())
+        self._timer = clock.callLater(max(0.0, seconds), self.wake)
+        registry.add(self)
+
+    def _end(self) -> None:
+        self._registry.discard(self)
+        if self._timer.active():
+            self._timer.cancel()
+
+    def wake(self) -> None:
+        if not self.done.called:
+            self._end()
+            self.done.callback(None)
+
+    def cancel(self) -> None:
+        if not self.done.called:
+            self.done.cancel()

@@ -201,6 +201,15 @@ def _link(ctx, config, connector) -> SocketIOClient:
     )
 
 
+def _claims(ctx):
+    """Cluster mode on PostgreSQL: the store's outbox consumers (``PostgresStore.outbox``), so that
+    SMS are claimed per number with ``SKIP LOCKED`` across nodes; None on another store."""
+    from gateway.store.postgres import PostgresStore
+
+    backend = getattr(ctx.store, "backend", ctx.store)
+    return backend.outbox if isinstance(backend, PostgresStore) else None
+
+
 def make_service(ctx, config: ChatConfig | None = None) -> ChatService:
     """The ``[chat]`` adapter for its validated section ``config`` (by default ``ctx.config.chat``)."""
     config = config if config is not None else ctx.config.chat
@@ -228,6 +237,7 @@ def make_service(ctx, config: ChatConfig | None = None) -> ChatService:
         return connector.receive_sms(number, text, external_id)
 
     transport = factory.build(ctx, receive)
+    cluster = getattr(ctx, "cluster", None)
     connector = Connector(
         ctx.reactor,
         ctx.store,
@@ -238,13 +248,13 @@ def make_service(ctx, config: ChatConfig | None = None) -> ChatService:
         ctx.readiness.register("chat"),
         retry_policy=retry,
         new_id=_new_id,
+        claims=_claims(ctx) if cluster is not None else None,
     )
     directory = pathlib.Path(config.transcript_dir) if config.transcript_dir else ctx.state_dir / "transcripts"
     directory = directory.absolute()
     add_routes(ctx.api, connector, ctx.store, Transcripts(rest, directory, functools.partial(_in_thread, ctx.reactor)))
     ctx.status["chat"] = connector
     link, closers = _link(ctx, config, connector), [http.close, transport.stop]
-    cluster = getattr(ctx, "cluster", None)
     if cluster is not None:
         return ClusterChatService(cluster, connector, link, closers, clock=ctx.reactor,
                                   component=ctx.readiness.components["chat"], metrics=ctx.metrics)
