@@ -132,7 +132,8 @@ class Extension:
     id: str = attrs.field(validator=check(_EXT_ID.match, "expected 1-64 letters, digits or _.+-, got {value!r}"))
     name: str = ""
     #: how the user's phone is reached: "sim" (a simulated phone), "sim:answer=2.5",
-    #: "sim:manual" (rings until answered through the API), "optimaccs:+6281..."
+    #: "sim:manual" (rings until answered through the API), "optimaccs:+6281...",
+    #: "sip:<trunk>:<number>" (through a [[sip.trunks]] entry)
     device: str = attrs.field(default="sim", validator=check(lambda v: bool(v.partition(":")[0]), "must name a driver"))
 
 

@@ -10,9 +10,13 @@ The layers, bottom up, each usable and tested alone:
 - :mod:`gateway.sip.transport`: UDP and TCP transports, and the endpoint that refuses INVITEs from
   hosts that are no trunk and answers OPTIONS;
 - :mod:`gateway.sip.register`: registration to a trunk with refresh and backoff;
-- :mod:`gateway.sip.call`: inbound and outbound calls, hold and retrieve (what the driver will wrap);
-- :mod:`gateway.sip.rtp`: RTP, RTCP and RFC 4733 DTMF for one leg, with symmetric RTP.
+- :mod:`gateway.sip.call`: inbound and outbound calls, hold and retrieve (what the driver wraps);
+- :mod:`gateway.sip.rtp`: RTP, RTCP and RFC 4733 DTMF for one leg, with symmetric RTP;
+- :mod:`gateway.sip.config`: the ``[sip]`` section and its ``[[sip.trunks]]``.
+
+The driver on top, mapping calls to the core's legs and RTP into the media plane, is
+:mod:`gateway.drivers.sip` (plugin ``plugins/pbx_sip.py``).
 
 No module here imports the global reactor: every timer runs on a reactor or clock passed in.
-See ``docs/sip.md`` for what exists and what is next.
+See ``docs/sip.md`` for the configuration, what is supported and what is next.
 """
