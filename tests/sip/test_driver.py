@@ -245,6 +245,20 @@ class DriverTests(SynchronousTestCase):
         self.assertEqual(events.seen, [("ringing",), ("busy",)])
         self.assertFalse(leg.media.rtp_port.listening)
 
+    def test_hanging_up_before_the_answer_cancels(self):
+        events = Events()
+        leg = self.driver.dial("carrier:5551234", events)
+        [(request, _)] = [(m, a) for m, a in self.sent() if isinstance(m, Request)]
+        self.sip.protocol.datagramReceived(request.response(180, to_tag="callee").to_bytes(), TRUNK)
+        since = len(self.sip.sent)
+        leg.hangup("normal")
+        [(cancel, addr)] = [(m, a) for m, a in self.sent(since) if isinstance(m, Request)]
+        self.assertEqual((cancel.method, addr, cancel.call_id), ("CANCEL", TRUNK, request.call_id))
+        self.sip.protocol.datagramReceived(request.response(487, to_tag="callee").to_bytes(), TRUNK)
+        self.assertEqual(events.seen, [("ringing",)])  # the core hung up: nothing more is reported
+        self.assertEqual(events.cdrs[0][1]["cause"], "cancelled")
+        self.assertFalse(leg.media.rtp_port.listening)
+
     def test_the_driver_refuses_a_bad_number_or_trunk(self):
         from gateway.core.errors import DriverError
 
