@@ -56,6 +56,9 @@ _HEARING_BYTES = int(HEARING_SECONDS * RATE) * 2  # pcm16
 _BLOCK_BYTES = 1600  # 100 ms of pcm16
 #: ended parties kept for inspection
 HISTORY = 200
+#: the most recent ended parties that also keep what they heard (HEARING_SECONDS each); an older one
+#: in the history lets its audio go, so the history holds a few hundred KB instead of up to 13 MB
+HEARD_HISTORY = 20
 
 PHONE, NUMBER, CALLER = "phone", "number", "caller"
 RINGING, TALKING, ENDED = "ringing", "talking", "ended"
@@ -130,7 +133,8 @@ class SimParty:
 
     @property
     def heard(self) -> bytes:
-        """The last seconds of audio received, as pcm16."""
+        """The last seconds of audio received, as pcm16 (empty for an ended party older than the
+        :data:`HEARD_HISTORY` most recent ones)."""
         return bytes(self._heard)
 
     def tone_level(self, hz: float) -> float:
@@ -393,7 +397,10 @@ class SimNetwork:
     def _ended(self, leg: SimLeg) -> None:
         if leg in self.live:
             self.live.remove(leg)
+        leg.party._payloads = None  # an ended party sends nothing more
         self.history.append(leg.party)
+        if len(self.history) > HEARD_HISTORY:
+            self.history[-HEARD_HISTORY - 1]._heard = bytearray()
 
     def parties(self) -> list[SimParty]:
         """Every party, ended ones (the most recent) first, live ones last."""
