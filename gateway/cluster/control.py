@@ -238,8 +238,10 @@ class ClusterControl(service.Service):
 
     name = "cluster-control"
 
-    def __init__(self, clock, local, node_id: str, *, store=None, readiness=None, refresh: float = 1.0):
+    def __init__(self, clock, local, node_id: str, *, store=None, readiness=None, refresh: float = 1.0,
+                 metrics=None):
         self.clock = clock
+        self.metrics = _Metrics(metrics, self)
         self.local = local
         self.node_id = node_id
         self.store = store
@@ -413,6 +415,7 @@ class ClusterControl(service.Service):
             return defer.succeed(None)
         log.warn("cluster: writing the CDR of call {call_id} of dead node {owner} (node_lost)",
                  call_id=record.call_id, owner=record.owner)
+        self.metrics.ended(str(Cause.NODE_LOST))
         self._remote_changed(record.call_id, None)
         if record.extension is not None and self.node is not None:
             snapshot = snapshot_from_json(record.data["snapshot"])
@@ -607,6 +610,7 @@ class ClusterControl(service.Service):
 
     def _routed(self, owner: str, command: str, args: dict[str, typing.Any]) -> defer.Deferred:
         d = self.node.call(owner, command, args)
+        self.metrics.routed(d, command, self.clock)
 
         def done(result: typing.Any) -> CallSnapshot | None:
             if result is None:
@@ -717,6 +721,52 @@ class ClusterControl(service.Service):
         return self._run("dispose", call_id, by=by)
 
 
+class _Metrics:
+    """``gateway_cluster_routed_commands_total{command,outcome}``, ``gateway_cluster_routed_command_seconds``,
+    ``gateway_cluster_calls_ended_total{cause}`` (node_lost by this survivor, drain_forced here) and
+    ``gateway_cluster_remote_calls``; nothing when ``registry`` is None."""
+
+    def __init__(self, registry, control: "ClusterControl"):
+        self._routed = self._seconds = self._ended = None
+        if registry is None:
+            return
+        from prometheus_client import Counter, Gauge, Histogram
+
+        from gateway.metrics import define_metric
+
+        self._routed = define_metric(registry, Counter, "cluster_routed_commands",
+                                     "Commands sent to the node owning the call, by command and outcome "
+                                     "(ok or the error code).", ["command", "outcome"])
+        self._seconds = define_metric(registry, Histogram, "cluster_routed_command_seconds",
+                                      "Time from sending a routed command to its owner's answer.",
+                                      buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0))
+        self._ended = define_metric(registry, Counter, "cluster_calls_ended",
+                                    "Calls ended by the cluster: node_lost (a dead node's call, by this survivor) "
+                                    "and drain_forced (still up at this node's drain timeout).", ["cause"])
+        define_metric(registry, Gauge, "cluster_remote_calls",
+                      "Calls of other nodes this node sees.").set_function(lambda: len(control.remote))
+
+    def routed(self, d: defer.Deferred, command: str, clock) -> None:
+        """Count ``d`` (a routed command's Deferred) when it fires, and time it on ``clock``."""
+        if self._routed is None:
+            return
+        sent = clock.seconds()
+
+        def done(result):
+            outcome = "ok"
+            if isinstance(result, Failure):
+                outcome = getattr(as_call_error(result).value, "code", "error")
+            self._routed.labels(command=command, outcome=outcome).inc()
+            self._seconds.observe(max(0.0, clock.seconds() - sent))
+            return result
+
+        d.addBoth(done)
+
+    def ended(self, cause: str) -> None:
+        if self._ended is not None:
+            self._ended.labels(cause=cause).inc()
+
+
 # -- drain ----------------------------------------------------------------------------------------
 
 
@@ -777,6 +827,8 @@ class ClusterDrain:
         self._timer = None
         # counted first: the calls' CallEnded reach _check (and fire done) before end_live_calls returns
         self.forced = len(self.control.local.calls())
+        for _ in range(self.forced):
+            self.control.metrics.ended(str(Cause.DRAIN_FORCED))
         self.control.local.end_live_calls(Cause.DRAIN_FORCED)
         if self.forced:
             log.warn("cluster: drain timeout ({timeout} s): {count} call(s) ended with cause drain_forced",
@@ -815,7 +867,8 @@ def build_cluster(ctx, registry) -> tuple[ClusterControl, typing.Any, ClusterDra
 
     config = ctx.config
     node_id = config.gateway.node
-    control = ClusterControl(ctx.reactor, registry, node_id, store=ctx.store, readiness=ctx.readiness)
+    control = ClusterControl(ctx.reactor, registry, node_id, store=ctx.store, readiness=ctx.readiness,
+                             metrics=ctx.metrics)
     node = ClusterNode(
         ctx.reactor, config.cluster, node_id,
         handler=control.handle,

@@ -273,3 +273,27 @@ class ControlTests(SynchronousTestCase):
         self.server.stop()
         self.failed(self.a.control.originate("1001", "5551234"), IllegalState)  # and no way to ask
         self.assertEqual(self.a.registry.calls() + self.b.registry.calls(), [])
+
+    def test_routed_commands_and_calls_ended_by_the_cluster_are_counted(self):
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        from gateway.cluster.control import _Metrics
+
+        self.b.control.metrics = _Metrics(registry, self.b.control)
+        call_id = self.inbound_on_a()
+        self.settled(self.b.control.answer(call_id))
+        self.failed(self.b.control.hold("nosuchcall"), UnknownCall)
+        self.failed(self.b.control.answer(call_id), IllegalState)
+        value = registry.get_sample_value
+        self.assertEqual(value("gateway_cluster_routed_commands_total", {"command": "answer", "outcome": "ok"}), 1)
+        self.assertEqual(value("gateway_cluster_routed_commands_total",
+                               {"command": "answer", "outcome": "illegal_state"}), 1)
+        self.assertEqual(value("gateway_cluster_routed_command_seconds_count"), 2)
+        self.assertEqual(value("gateway_cluster_remote_calls"), 1)
+        second = self.b.network.place_inbound("5550100", "999").events.call_id
+        self.let_pass(0.2)
+        self.settled(self.b.registry.answer(second))
+        self.b.drain.drain()
+        self.let_pass(10.5)  # [cluster] drain_timeout
+        self.assertEqual(value("gateway_cluster_calls_ended_total", {"cause": "drain_forced"}), 1)
