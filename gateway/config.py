@@ -36,6 +36,7 @@ from gateway.confschema import (
     Secret,
     ServerEndpoint,
     check,
+    mask_url_password,
     section,
     structure,
 )
@@ -92,11 +93,14 @@ class AdminSection:
 
 @section
 class StoreSection:
+    #: may hold a password: every error, log line and repr shows it masked (mask_url_password)
     url: str = attrs.field(
         default="sqlite:var/gateway.sqlite",
+        repr=mask_url_password,
         validator=check(
             lambda v: (v.startswith("sqlite:") and len(v) > 7) or re.fullmatch(r"postgres(ql)?://\S+", v) is not None,
             "expected sqlite:PATH or postgresql://user@host:port/dbname, got {value!r}",
+            shown=mask_url_password,
         ),
     )
     #: records of each kind (CDR, provider CDR, SMS, conversation) kept waiting while the store cannot be written

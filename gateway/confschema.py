@@ -24,6 +24,7 @@ or ``TypeError`` are reported the same way.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 
@@ -60,6 +61,40 @@ class ConfigError(Exception):
 def section(cls):
     """Declare a configuration section: a frozen, keyword-only attrs class."""
     return attrs.frozen(kw_only=True)(cls)
+
+
+_QUERY_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)=[^&\s]*")
+
+
+def mask_url_password(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URL in it, and any
+    ``password=`` query value, replaced by ``***``: for every error and log line that repeats a
+    URL as written (``postgresql://gw:s3cret@db/gw`` -> ``postgresql://gw:***@db/gw``). The
+    userinfo runs to the last ``@`` of the URL, so a password holding ``@``, ``/`` or ``:`` is
+    masked whole."""
+    if not isinstance(text, str):
+        return text
+    out, position = [], 0
+    for match in re.finditer(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
+        if match.start() < position:
+            continue
+        start = match.end()
+        end = start
+        while end < len(text) and not text[end].isspace() and text[end] not in "'\"":
+            end += 1
+        at = text.rfind("@", start, end)
+        if at == -1:  # a password holding a space: the URL runs to its closing quote
+            limits = [i for i in (text.find("'", start), text.find('"', start)) if i != -1]
+            following = re.compile(r"\s\S*://").search(text, start)
+            if following is not None:
+                limits.append(following.start())
+            at = text.rfind("@", start, min(limits) if limits else len(text))
+        colon = text.find(":", start, at) if at != -1 else -1
+        if colon != -1:
+            out.append(text[position:colon + 1] + "***")
+            position = at
+    out.append(text[position:])
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group(1)}=***", "".join(out))
 
 
 @attrs.frozen(repr=False)
@@ -272,11 +307,15 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path and key else (path or key)
 
 
-def check(predicate, problem: str):
-    """An attrs validator reporting ``problem`` (``{value!r}`` is filled in) at the field's key."""
+def check(predicate, problem: str, *, shown=None):
+    """An attrs validator reporting ``problem`` (``{value!r}`` is filled in) at the field's key.
+
+    ``shown``: applied to the message before it is raised (e.g. :func:`mask_url_password`, for a
+    URL that may hold a password)."""
 
     def validator(instance, attribute, value):
         if not predicate(value):
-            raise ConfigError(attribute.name, problem.format(value=value))
+            text = problem.format(value=value)
+            raise ConfigError(attribute.name, shown(text) if shown is not None else text)
 
     return validator

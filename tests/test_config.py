@@ -219,3 +219,45 @@ def test_secrets_are_never_rendered():
     assert "hunter2-token" not in rendered and "pw-s3cret" not in rendered
     assert cfg.admin.token.reveal() == "hunter2-token"
     assert cfg.patriot.bridge.users[0].password.reveal() == "pw-s3cret"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://gw:s3cret-pw@db host/gw",  # a space: refused
+    "postgresql://gw:s3cret-pw@",  # nothing after the @ but the regex's \S+ passes: not refused here
+    "mysql://gw:s3cret-pw@db/gw",
+    "postgresql://",
+    "postgres://gw:s3cret pw@db/gw",  # a password holding a space
+])
+def test_an_invalid_store_url_is_named_without_its_password(url):
+    """The [store] url may hold a password: a configuration error repeats the URL masked."""
+    try:
+        config.loads(f"[store]\nurl = {url!r}\n", "gateway.toml")
+    except ConfigError as e:
+        message = str(e)
+        assert message.startswith("gateway.toml: store.url: expected sqlite:PATH or postgresql://")
+        assert "s3cret" not in message
+        assert "pw@" not in message or "***@" in message
+    else:
+        assert url == "postgresql://gw:s3cret-pw@"
+
+
+def test_a_store_url_password_is_never_in_repr_an_open_error_or_a_connection_error():
+    from twisted.internet.task import Clock
+
+    from gateway.confschema import mask_url_password
+    from gateway.store import open_store
+    from gateway.store.postgres import _without_password
+
+    cfg = config.loads("[store]\nurl = 'postgresql://gw:s3cret-pw@db:5432/gw'\n", "x.toml")
+    assert "s3cret" not in repr(cfg) and "postgresql://gw:***@db:5432/gw" in repr(cfg.store)
+    assert cfg.store.url == "postgresql://gw:s3cret-pw@db:5432/gw"
+    with pytest.raises(ValueError) as raised:
+        open_store("mysql://gw:s3cret-pw@db/gw", Clock())
+    assert "s3cret" not in str(raised.value) and "mysql://gw:***@db/gw" in str(raised.value)
+    # what libpq says of a URL it cannot parse may repeat the password itself
+    error = Exception('unexpected spaces found in "s3 cret", use percent-encoded spaces (%20) instead')
+    assert _without_password(error, "postgresql://gw:s3%20cret@db/gw") == (
+        'unexpected spaces found in "***", use percent-encoded spaces (%20) instead')
+    assert mask_url_password("x postgresql://u:p@ss:w/rd@h/d?password=q&a=1 y") == (
+        "x postgresql://u:***@h/d?password=***&a=1 y")
+    assert mask_url_password("sqlite:var/gateway.sqlite") == "sqlite:var/gateway.sqlite"

@@ -47,6 +47,7 @@ def open_store(url: str, reactor, *, health: StoreHealth | None = None, pending_
 
     Raises ``ValueError`` for any other URL.
     """
+    from gateway.confschema import mask_url_password
     from gateway.store.postgres import PostgresStore, describe_url, is_postgres_url
 
     scheme, _, rest = url.partition(":")
@@ -55,6 +56,6 @@ def open_store(url: str, reactor, *, health: StoreHealth | None = None, pending_
     elif is_postgres_url(url):
         backend = PostgresStore(url, reactor)
     else:
-        shown = describe_url(url) if scheme.startswith("postgres") else repr(url)
+        shown = describe_url(url) if scheme.startswith("postgres") else mask_url_password(repr(url))
         raise ValueError(f"unsupported store URL {shown}: expected sqlite:PATH or postgresql://user@host:port/dbname")
     return GuardedStore(backend, reactor, health=health, pending_max=pending_max)

@@ -116,7 +116,7 @@ class _Pool:
                 application_name="gateway",
             )
         except psycopg.Error as e:
-            raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached: {_one_line(e)}") from None
+            raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached: {_without_password(e, self.url)}") from None
 
     def run(self, func, *args) -> Deferred:
         """``func(conn, *args)`` in one transaction in a pool thread."""
@@ -183,7 +183,23 @@ class _Pool:
 
 
 def _one_line(error) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    """The error as one line, any URL's password in it masked (a driver may repeat its conninfo)."""
+    from gateway.confschema import mask_url_password
+
+    return mask_url_password(" ".join(str(error).split())) or type(error).__name__
+
+
+def _without_password(error, url: str) -> str:
+    """:func:`_one_line`, and the URL's password itself masked too: libpq repeats a part of the URL
+    it cannot parse (``unexpected spaces found in "<password>"``)."""
+    text = _one_line(error)
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _translate(error: BaseException, where: str) -> BaseException:
