@@ -734,7 +734,7 @@ def _wait(reactor, seconds: float, daemon):
 
 def _snapshot(daemon, snapdir: str, number: int, reactor):
     path = os.path.join(snapdir, f"snapshot-{number}.tracemalloc")
-    daemon.signal("USR2")
+    daemon.signal(signal.SIGUSR2)
 
     @defer.inlineCallbacks
     def wait():
