@@ -51,7 +51,7 @@ from gateway.core.errors import DriverError
 from gateway.core.events import LegHeld, LegRetrieved
 from gateway.core.interfaces import IDriverLeg, IInboundDriver
 from gateway.media import MediaPorts
-from gateway.media.codecs import ALAW, ULAW, converter
+from gateway.media.codecs import ALAW, ULAW, converter, silence
 from gateway.metrics import define_metric
 from gateway.sip.call import CallManager, SIPCall
 from gateway.sip.config import NUMBER, SipConfig, parse_rtp_ports, split_device
@@ -77,6 +77,10 @@ _CODECS = {"PCMU": ULAW, "PCMA": ALAW}
 #: what the core's hangup cause answers an inbound INVITE not yet answered
 _REJECT_STATUS = {"busy": 486, "no_route": 404, "rejected": 603}
 _DTMF_STEP = 0.02
+#: inbound RTP is delivered in sequence order: a packet ahead of the one due is held until the gap fills,
+#: or until this many are held, when each still missing one becomes 20 ms of silence (a lost packet then
+#: delays the audio behind it by at most this many packets, in order; nothing is added while in order)
+REORDER_WINDOW = 3
 
 
 class SipMetrics:
@@ -172,6 +176,21 @@ class _Session(RTPSession):
         super().datagramReceived(datagram, addr)
 
 
+class _DTMFTap:
+    """The session's DTMF receiver, telling the leg's reordering where each telephone-event packet is."""
+
+    def __init__(self, receiver: typing.Any, media: LegMedia) -> None:
+        self.receiver = receiver
+        self.media = media
+
+    def packet(self, packet: typing.Any) -> None:
+        self.media.dtmf_packet(packet)
+        self.receiver.packet(packet)
+
+    def flush(self) -> None:
+        self.receiver.flush()
+
+
 class LegMedia:
     """One leg's RTP: the sockets, the MediaPort wiring, DTMF, RTCP, statistics."""
 
@@ -185,6 +204,8 @@ class LegMedia:
         self.session = _Session(clock, audio_pt=0, dtmf_pt=101, remote=(trunk_host, 0), on_audio=self._audio,
                                 on_digit=self._digit, on_media_timeout=self._timed_out)
         self.session.media = self
+        if self.session.dtmf is not None:
+            self.session.dtmf = _DTMFTap(self.session.dtmf, self)  # type: ignore[assignment]
         self.rtcp = _RTCP(self)
         self.rtp_port, self.rtcp_port, self.port = driver.rtp_ports.listen(self.session, self.rtcp)
         self.local = LocalMedia(driver.address, self.port, str(int(clock.seconds() * 1000) % 10**10))
@@ -192,6 +213,14 @@ class LegMedia:
         self.packets_in = 0
         #: audio packets taken (whatever their SSRC: the statistics start over with a new one)
         self.audio_in = 0
+        #: reordering: the next sequence number due, its source, the packets held until it comes
+        self._next_seq: int | None = None
+        self._ssrc: int | None = None
+        self._held: dict[int, bytes] = {}
+        self._silence = b""
+        #: packets dropped as older than what was played (duplicates, too late), and gaps filled with silence
+        self.late = 0
+        self.concealed = 0
         self.remote_reports: list[tuple[int, int, int]] = []  # (fraction lost /256, cumulative lost, jitter)
         #: converters from the wire codec into the port's and back, when they differ
         self._to_port: typing.Callable[[bytes], bytes] | None = None
@@ -227,6 +256,7 @@ class LegMedia:
         leg = self.leg
         assert leg is not None, "a leg's media is applied once it is a leg"
         wire = _CODECS[agreed.codec]
+        self._silence = silence(wire)
         port_codec = leg.port.codec
         self._to_port = None if wire == port_codec else converter(wire, port_codec)
         self._from_port = None if wire == port_codec else converter(port_codec, wire)
@@ -242,11 +272,66 @@ class LegMedia:
 
     # -- from the party
     def _audio(self, payload: bytes, packet: typing.Any) -> None:
+        """An audio packet from the party, into the port in sequence order (see :data:`REORDER_WINDOW`)."""
         self.audio_in += 1
-        if self.leg is None:
+        if self.leg is not None:
+            self._in_order(payload, packet)
+
+    def dtmf_packet(self, packet: typing.Any) -> None:
+        """A telephone-event packet takes its place in the sequence (it carries no audio)."""
+        if self.leg is not None and packet.ssrc == self._ssrc:
+            self._in_order(b"", packet)
+
+    def _in_order(self, payload: bytes, packet: typing.Any) -> None:
+        seq = packet.sequence
+        expected = self._next_seq
+        if expected is None or packet.ssrc != self._ssrc:  # the first packet, or a new source: start there
+            self._ssrc = packet.ssrc
+            self._held.clear()
+            self._next_seq = (seq + 1) & 0xFFFF
+            self._deliver(payload)
+            return
+        ahead = (seq - expected) & 0xFFFF
+        if ahead == 0:  # the common case: in order, nothing held
+            self._next_seq = (seq + 1) & 0xFFFF
+            self._deliver(payload)
+            if self._held:
+                self._drain(False)
+        elif ahead < 0x8000:
+            if ahead > 4 * REORDER_WINDOW:  # a jump (the source skipped ahead): go on from there
+                self._held.clear()
+                self._next_seq = (seq + 1) & 0xFFFF
+                self._deliver(payload)
+                return
+            self._held[seq] = payload
+            if len(self._held) >= REORDER_WINDOW:
+                self._drain(True)
+        else:
+            self.late += 1  # older than what was played: a duplicate, or too late
+
+    def _drain(self, conceal: bool) -> None:
+        """Deliver what is held from the expected sequence number on; with ``conceal``, a missing packet
+        gives way to 20 ms of silence until everything held is delivered."""
+        held = self._held
+        expected = self._next_seq
+        assert expected is not None
+        while held:
+            payload = held.pop(expected, None)  # b"": a telephone-event packet's place
+            if payload is None:
+                if not conceal:
+                    break
+                self.concealed += 1
+                payload = self._silence
+            self._deliver(payload)
+            expected = (expected + 1) & 0xFFFF
+        self._next_seq = expected
+
+    def _deliver(self, payload: bytes) -> None:
+        if not payload:
             return
         if self._to_port is not None:
             payload = self._to_port(payload)
+        assert self.leg is not None
         self.leg.port.receive(payload)
 
     def _digit(self, digit: str, duration_ms: int) -> None:
@@ -344,7 +429,9 @@ class LegMedia:
             "codec": self.negotiated.codec if self.negotiated else None,
             "local_rtp_port": self.port,
             "remote_rtp": f"{session.remote[0]}:{session.remote[1]}" if session.latched else None,
-            "audio_packets_received": self.audio_in, "packets_received": stats.received, "packets_expected": stats.expected, "packets_lost": max(0, stats.lost),
+            "audio_packets_received": self.audio_in, "packets_received": stats.received,
+            "packets_expected": stats.expected, "packets_lost": max(0, stats.lost),
+            "packets_late": self.late, "packets_concealed": self.concealed,
             "jitter_ms": round(stats.jitter_ms, 2), "packets_sent": session.sent_packets,
             "dropped": dict(session.dropped),
         }

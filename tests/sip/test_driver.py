@@ -193,6 +193,37 @@ class DriverTests(SynchronousTestCase):
         self.assertEqual([(b.sequence - a.sequence) % 65536 for a, b in zip(packets, packets[1:])], [1, 1])
         self.assertEqual([b.timestamp - a.timestamp for a, b in zip(packets, packets[1:])], [160, 160])
 
+    def capture(self, leg):
+        frames = []
+        leg.port.source.connect(type("C", (), {"write": lambda self, frame: frames.append(frame.payload[:1]),
+                                                "registerProducer": lambda *a: None,
+                                                "unregisterProducer": lambda *a: None})())
+        return frames
+
+    def test_inbound_rtp_is_delivered_in_sequence_order_and_a_lost_packet_becomes_silence(self):
+        leg, events, _ = self.answered_call()
+        frames = self.capture(leg)
+        receive = self.reactor.ports[40000].protocol.datagramReceived
+
+        def send(*seqs):
+            for seq in seqs:
+                receive(rtp(seq, bytes([seq]) * 160), (TRUNK[0], 7000))
+
+        send(1, 3, 2, 4)  # reordered: played 1 2 3 4
+        self.assertEqual(frames, [bytes([n]) for n in (1, 2, 3, 4)])
+        send(6, 7)  # 5 is missing: held
+        self.assertEqual(len(frames), 4)
+        send(8)  # three held: 5 becomes silence, then 6 7 8
+        self.assertEqual(frames[4:], [b"\xd5", b"\x06", b"\x07", b"\x08"])
+        send(5, 8)  # too late, and a duplicate
+        self.assertEqual(len(frames), 8)
+        self.assertEqual((leg.media.late, leg.media.concealed), (2, 1))
+        # a telephone-event packet (the same source) takes its sequence number: no gap, no silence
+        receive(rtp(9, DTMFEvent(1, True, 10, 800).to_bytes(), pt=101, ts=9999), (TRUNK[0], 7000))
+        send(10)
+        self.assertEqual(frames[8:], [b"\x0a"])
+        self.assertEqual(leg.media.concealed, 1)
+
     def test_silence_for_media_timeout_ends_the_call_with_bye_cause_and_cdr(self):
         leg, events, _ = self.answered_call()
         rtp_port = self.reactor.ports[40000]
