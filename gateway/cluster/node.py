@@ -1,7 +1,7 @@
 """One gateway process as a cluster node: the primitives put together as one Twisted service.
 
-:class:`ClusterNode` is what the daemon builds from ``[cluster]`` and ``[gateway] node`` (it is not
-wired into ``tap.py`` yet: see ``docs/cluster.md``). Started, it connects to Redis and *joins*:
+:class:`ClusterNode` is what the daemon builds from ``[cluster]`` and ``[gateway] node``
+(:func:`gateway.cluster.control.build_cluster`, ``ctx.cluster``). Started, it connects to Redis and *joins*:
 its heartbeat (:class:`NodeHeartbeat`), its command channel (:class:`CommandRouter`) and the
 ``node_lost`` sweep (:class:`NodeLostSweeper`). It keeps trying to join every ``join_interval``
 while Redis is unreachable or the node id is still held (a process restarted quicker than the node
