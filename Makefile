@@ -9,7 +9,7 @@ NODE_STAMP := $(VENV)/.node-installed
 export NODE_PATH := $(abspath $(VENV))/node/node_modules
 ARGS   ?=
 
-.PHONY: run test venv demo bench clean browser engines sipp
+.PHONY: run test venv demo cluster-demo bench clean browser engines sipp
 
 venv: $(STAMP)
 
@@ -78,6 +78,12 @@ test: $(STAMP) $(NODE_STAMP) browser engines sipp
 ## Run the daemon with every peer simulated and play a narrated scenario (ARGS=--once: play once, then exit).
 demo: $(STAMP)
 	$(BIN)/python -m gateway.demo $(ARGS)
+
+## Two gateway nodes as one cluster on a real Redis and PostgreSQL (installed by `engines` when root),
+## with the simulators, playing a narrated scenario across the nodes; stays up until Ctrl-C
+## (ARGS=--once: play once, then exit).
+cluster-demo: $(STAMP) engines
+	$(BIN)/python -m gateway.demo_cluster $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
