@@ -337,8 +337,12 @@ class ClusterDemo:
 
         conversation = await self.wait_until(opened, f"{CUSTOMER}'s conversation on the chat server")
         self.conversation_id = conversation["conversationId"]
-        self.say("sms", f"the chat link's holder claimed it (SKIP LOCKED, per number) and delivered it: conversation"
-                        f" {self.conversation_id} on the chat server")
+        holder = await self.chat_holder()
+        chat = (await self.api(holder, "GET", "/api/status")).get("chat", {})
+        if not chat.get("inbound", {}).get("claims"):
+            raise StepFailed(f"{holder}'s chat connector does not claim SMS from PostgreSQL: {chat.get('inbound')}")
+        self.say("sms", f"{holder}, holding the chat link, claimed it (SKIP LOCKED, per number) and delivered it:"
+                        f" conversation {self.conversation_id} on the chat server")
 
     async def reply(self) -> None:
         await self.chat_api("POST", f"/sim/conversations/{self.conversation_id}/messages", {"text": AGENT_REPLY})

@@ -69,7 +69,7 @@ def test_cluster_demo_once_plays_every_step_across_the_nodes_and_cleans_up(clust
         "TALKING, node node-a",
         "-> HELD; node-a, which holds the media, says HELD",
         "node-b reads the CDR written by node-a from PostgreSQL: node node-a, cause normal, hung up by api",
-        "delivered it: conversation",
+        "holding the chat link, claimed it (SKIP LOCKED, per number) and delivered it: conversation",
         "sends the reply as SMS",
         "node-a's /api/cluster lists node-b as draining",
     ):
