@@ -247,6 +247,8 @@ class ClusterControl(service.Service):
         self.store = store
         self.refresh = refresh
         self.node: typing.Any = None
+        #: starts this node's drain (ClusterDrain.drain), for a drain routed here; set by build_cluster
+        self.on_drain: typing.Callable[[], defer.Deferred] | None = None
         #: remote calls by id: their latest snapshot (from the records and the events)
         self.remote: dict[str, tuple[str, CallSnapshot]] = {}
         self.draining = False
@@ -386,6 +388,10 @@ class ClusterControl(service.Service):
 
     def handle(self, command: str, args: dict[str, typing.Any]) -> typing.Any:
         """Run a command routed here by another node (``CommandRouter``'s handler)."""
+        if command == "drain":
+            if args:
+                raise InvalidArgument(f"drain: unknown arguments {sorted(args)}")
+            return self._drain_here()
         spec = COMMANDS.get(command)
         if spec is None:
             raise InvalidArgument(f"no routed command {command!r}")
@@ -403,6 +409,22 @@ class ClusterControl(service.Service):
         kwargs = {name: args[name] for name in keywords if name in args}
         d = defer.maybeDeferred(getattr(self.local, command), *call_args, **kwargs)
         return d.addCallback(lambda result: snapshot_to_json(result) if isinstance(result, CallSnapshot) else None)
+
+    def drain_node(self, node_id: str) -> defer.Deferred:
+        """Start the drain of ``node_id`` (this node, or another one through its command channel);
+        fires with ``{"node", "draining": True, "live_calls"}`` once it began, not when it ended
+        (for ``gatewayctl drain NODE`` through the admin API of any node)."""
+        if node_id == self.node_id:
+            return defer.maybeDeferred(self._drain_here)
+        if self.node is None:
+            return defer.fail(OwnerUnreachable(f"node {node_id!r}: this node is not in a cluster"))
+        return self.node.call(node_id, "drain", {}).addErrback(as_call_error)
+
+    def _drain_here(self) -> dict[str, typing.Any]:
+        if self.on_drain is None:
+            raise IllegalState("drain", "not in a cluster", "node")
+        self.on_drain().addErrback(lambda f: log.failure("cluster: the drain failed", f))
+        return {"node": self.node_id, "draining": True, "live_calls": len(self.local.calls())}
 
     def end_lost_call(self, record: CallRecord) -> defer.Deferred:
         """The sweeper's ``on_node_lost``: the CDR of a dead node's call (cause ``node_lost``), written
@@ -882,6 +904,7 @@ def build_cluster(ctx, registry) -> tuple[ClusterControl, typing.Any, ClusterDra
     )
     control.attach(node)
     drain = ClusterDrain(ctx.reactor, control, node, config.cluster.drain_timeout, ctx)
+    control.on_drain = drain.drain
     ctx.cluster = node
     ctx.drain = drain.drain
     return control, node, drain

@@ -297,3 +297,18 @@ class ControlTests(SynchronousTestCase):
         self.b.drain.drain()
         self.let_pass(10.5)  # [cluster] drain_timeout
         self.assertEqual(value("gateway_cluster_calls_ended_total", {"cause": "drain_forced"}), 1)
+
+    def test_any_node_can_start_the_drain_of_another(self):
+        self.a.control.on_drain = self.a.drain.drain
+        self.b.control.on_drain = self.b.drain.drain
+        call_id = self.inbound_on_a()
+        started = self.settled(self.b.control.drain_node("a"))
+        self.assertEqual(started, {"node": "a", "draining": True, "live_calls": 1})
+        self.assertTrue(self.a.drain.draining)
+        self.assertFalse(self.b.drain.draining)
+        self.assertEqual(self.a.readiness.not_ready(), {"cluster": "draining"})
+        self.assertEqual(self.settled(self.a.control.drain_node("a"))["node"], "a")  # again: no harm
+        self.failed(self.b.control.drain_node("nosuchnode"), OwnerUnreachable)
+        self.assertEqual(self.settled(self.b.control.drain_node("b"))["live_calls"], 0)
+        self.assertTrue(self.b.drain.draining)
+        self.assertIn(call_id, [c.call_id for c in self.a.registry.calls()])  # it may finish
