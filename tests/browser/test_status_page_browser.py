@@ -377,3 +377,56 @@ def test_on_a_phone_the_page_fits_and_says_each_agents_state_and_live_interactio
     finally:
         daemon.kill()
         yield port.stopListening()
+
+
+@pytest.fixture
+def cluster_demo(tmp_path):
+    """``python -m gateway.demo_cluster`` (staying up) in its own process group; killed at teardown."""
+    from tests.engines import postgres_bindir, redis_binary
+
+    try:
+        redis_binary()
+        postgres_bindir()
+    except Exception as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{e} (make engines installs them)")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.demo_cluster", "--workdir", str(tmp_path / "cluster")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_the_cluster_demo_shows_the_nodes_and_each_calls_node(cluster_demo, browser, artifacts_dir):
+    """``make cluster-demo``: node-b's status page lists both nodes and the chat link's holder, and a call
+    placed on node-a shows there naming node-a."""
+    import json
+    import urllib.request
+
+    out = []
+    for line in cluster_demo.stdout:  # the test's timeout bounds this
+        out.append(line)
+        if "status pages" in line:
+            break
+    text = "".join(out)
+    assert "cluster demo: every step happened." in text, text
+    url_a, url_b, token = re.search(r"status pages\s+(\S+)\s+(\S+)\s+\(admin token: (\S+)\)", text).groups()
+
+    page = StatusPage(browser, url_b)
+    page.log_in(token)
+    page.wait_live()
+    nodes = page.text_in("#cluster", "node-a")
+    assert "node-b" in nodes and "(this node)" in nodes and "serving" in nodes and "chat" in nodes, nodes
+    request = urllib.request.Request(url_a + "api/sim/inbound", method="POST",
+                                     data=json.dumps({"caller_id": "5550111", "did": "0215550100"}).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        call_id = json.loads(response.read())["call_id"]
+    assert "node node-a" in page.text_in(f'article.call[data-call-id="{call_id}"]', "node node-a")
+    page.screenshot(artifacts_dir / "status-page-cluster.png")
+
+    cluster_demo.send_signal(signal.SIGTERM)
+    rest, _ = cluster_demo.communicate(timeout=60)
+    assert cluster_demo.returncode == 0, text + rest
