@@ -334,3 +334,30 @@ def test_a_rolling_restart_drops_no_call_that_ends_within_the_drain_timeout(
     causes = sorted(c["cause"] for c in body["cdrs"])
     assert causes == ["remote_hangup"] * 4, body["cdrs"]
     assert (yield a.process.stop()) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_node_started_while_redis_is_down_serves_calls_and_joins_when_it_comes(
+        tmp_path, cleanup, redis_server, postgres_server):
+    redis_server.stop()
+    admin, inbound, bridge = free_port(), free_port(), free_port()
+    workdir = tmp_path / "a"
+    workdir.mkdir()
+    process = GatewayProcess(reactor, workdir, node_config("a", admin, inbound, redis_server.url,
+                                                           postgres_server.url, bridge=bridge))
+    cleanup(process.kill)
+    yield process.start(admin)
+    a = Node(process, inbound, bridge)
+    yield wait_until(lambda: a.api("GET", "/readyz", token=None).addCallback(
+        lambda r: r[0] == 503 and "redis" in r[1]["not_ready"] and "cluster" in r[1]["not_ready"]),
+        "/readyz naming redis and the cluster")
+    code, call = yield a.api("POST", "/api/sim/inbound", {"caller_id": "5550100", "did": OPERATOR_DID})
+    assert code == 201, call  # local calls need no Redis
+    yield wait_until(lambda: call_seen(a, call["call_id"], "TALKING"), "the call talking")
+    redis_server.start()
+    yield wait_until(lambda: ready(a), "ready once redis is up", 20)
+    record = yield wait_until(lambda: redis_server.command("GET", f"gw:call:{call['call_id']}"), "the call's record")
+    assert b'"owner":"a"' in record
+    code, _ = yield a.api("POST", f"/api/calls/{call['call_id']}/hangup")
+    assert code == 200
+    assert (yield process.stop()) == 0
