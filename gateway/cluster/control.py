@@ -672,6 +672,19 @@ class ClusterControl(service.Service):
         log.info("cluster: originate for extension {extension} runs on node {node}", extension=extension_id, node=target)
         return await self._routed(target, "originate", {"extension_id": extension_id, "number": number, **kwargs})
 
+    def busy_elsewhere(self, extension_id: str) -> str | None:
+        """The id of a live call of another node the extension is in (its own, or its phone as a
+        party), or None: the registry's ``busy_elsewhere`` hook."""
+        for snapshot in self._remote_snapshots():
+            if snapshot.state is LegState.RELEASED:
+                continue
+            if snapshot.extension == extension_id or any(
+                leg.state is not LegState.RELEASED and leg.attributes.get("extension") == extension_id
+                for leg in snapshot.legs
+            ):
+                return snapshot.call_id
+        return None
+
     def _remote_active(self, extension_id: str) -> CallSnapshot | None:
         return next((s for s in self._remote_snapshots()
                      if s.extension == extension_id and s.state is not LegState.RELEASED), None)
@@ -903,6 +916,7 @@ def build_cluster(ctx, registry) -> tuple[ClusterControl, typing.Any, ClusterDra
         metrics=ctx.metrics,
     )
     control.attach(node)
+    registry.busy_elsewhere = control.busy_elsewhere
     drain = ClusterDrain(ctx.reactor, control, node, config.cluster.drain_timeout, ctx)
     control.on_drain = drain.drain
     ctx.cluster = node

@@ -288,6 +288,9 @@ class Registry:
         self._closing = False
         self._drained: list[defer.Deferred[None]] = []
         self._shutdown_timer: IDelayedCall | None = None
+        #: cluster mode: ``busy_elsewhere(extension_id)`` is the id of the extension's live call on
+        #: another node (or None), for the busy checks (gateway.cluster.control)
+        self.busy_elsewhere: typing.Callable[[str], str | None] | None = None
 
     # -- observers -----------------------------------------------------------
 
@@ -508,7 +511,7 @@ class Registry:
                       extension=extension_id)
             self._end_call(call, Cause.NO_ROUTE, "gateway")
             return
-        if self._busy_call(ext.id, besides=call) is not None:
+        if self._busy_call(ext.id, besides=call) is not None or self._busy_elsewhere(ext.id) is not None:
             self._end_call(call, Cause.BUSY, "gateway")
             return
         try:
@@ -948,6 +951,12 @@ class Registry:
         busy = self._busy_call(extension_id, besides=besides)
         if busy is not None:
             raise ExtensionBusy(extension_id, busy.call_id)
+        elsewhere = self._busy_elsewhere(extension_id)
+        if elsewhere is not None:
+            raise ExtensionBusy(extension_id, elsewhere)
+
+    def _busy_elsewhere(self, extension_id: str) -> str | None:
+        return self.busy_elsewhere(extension_id) if self.busy_elsewhere is not None else None
 
     def _own_live_call(self, extension_id: str) -> Call | None:
         """The extension's own live call (the one ``active_call_for`` shows), if any."""

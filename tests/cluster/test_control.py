@@ -65,6 +65,7 @@ class Node:
             redis=server.client(name),
         )
         self.control.attach(self.node)
+        self.registry.busy_elsewhere = self.control.busy_elsewhere
         self.drain = ClusterDrain(clock, self.control, self.node, CONFIG.drain_timeout)
         self.events = []
         self.control.subscribe(lambda event, call: self.events.append((event, call)))
@@ -312,3 +313,15 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(self.settled(self.b.control.drain_node("b"))["live_calls"], 0)
         self.assertTrue(self.b.drain.draining)
         self.assertIn(call_id, [c.call_id for c in self.a.registry.calls()])  # it may finish
+
+    def test_an_extension_busy_on_another_node_is_busy_here(self):
+        call_id = self.inbound_on_a()  # 1001 rings on a
+        leg = self.b.network.place_inbound("5550177", "100")  # another caller for 1001, on b
+        self.let_pass(0.2)
+        refused = self.b.registry.call(leg.events.call_id)
+        self.assertEqual((str(refused.state), refused.cause), ("RELEASED", "busy"))
+        failure = self.failed(defer.maybeDeferred(self.b.registry.originate, "1001", "5551234"), ExtensionBusy)
+        self.assertEqual(failure.value.call_id, call_id)
+        self.failed(defer.maybeDeferred(self.b.registry.originate, "1002", "1001"), ExtensionBusy)
+        self.settled(self.a.registry.hangup(call_id))
+        self.settled(self.b.registry.originate("1001", "5551234"))  # free again

@@ -29,6 +29,7 @@ class WiringTests(SynchronousTestCase):
         self.assertEqual(root.cluster_services, [])
         self.assertNotIn("redis", ctx.readiness.components)
         self.assertNotIn("cluster", ctx.readiness.components)
+        self.assertIsNone(ctx.registry.busy_elsewhere)
 
     def test_with_cluster_the_adapters_get_the_clusters_icallcontrol(self):
         root = build(self.config('[cluster]\nredis = "redis://:s3cret@127.0.0.1:6390/2"\ndrain_timeout = 7\n'),
@@ -45,3 +46,4 @@ class WiringTests(SynchronousTestCase):
         self.assertIn("redis", ctx.readiness.components)
         self.assertIn("cluster", ctx.readiness.components)
         self.assertNotIn("s3cret", repr(ctx.cluster.redis.url) + str(ctx.cluster.redis.url))
+        self.assertEqual(root.core_service.registry.busy_elsewhere, ctx.registry.busy_elsewhere)
