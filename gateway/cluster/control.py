@@ -297,7 +297,8 @@ class ClusterControl(service.Service):
             if health["redis"] == "up":
                 self._redis_component.set_up()
             else:
-                self._redis_component.set_down(f"unreachable ({self.node.redis.url if hasattr(self.node.redis, 'url') else 'redis'})")
+                # the URL's str() has no password
+                self._redis_component.set_down(f"unreachable ({getattr(self.node.redis, 'url', 'redis')})")
         if self._cluster_component is not None:
             if self.draining:
                 self._cluster_component.set_down("draining")
@@ -840,7 +841,8 @@ class ClusterDrain:
             live = len(self.control.local.calls())
             log.info("cluster: node {node} is draining: no new calls; {live} live call(s) get {timeout} s",
                      node=self.control.node_id, live=live, timeout=self.timeout)
-            self.control._tick() if self.control.running else None
+            if self.control.running:
+                self.control._tick()  # /readyz false now, not at the next tick
             if self.node is not None:
                 self.node.drain().addErrback(lambda f: log.warn("cluster: announcing the drain failed: {problem}",
                                                                 problem=f.getErrorMessage()))
