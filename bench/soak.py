@@ -658,6 +658,8 @@ def report(rows: list[dict], result: dict, options) -> str:
         f"- CDRs missing {s['cdrs_missing']}, provider CDRs missing {s['provider_cdrs_missing']}, "
         f"SMS missing {s['sms_missing']} (not yet delivered {s['sms_undelivered']})",
         f"- tracebacks {s['tracebacks']}; SIGTERM exit status {result['exit_code']} in {result['stop_seconds']:.1f} s",
+        f"- the harness's own peak RSS: {rows[0]['harness_rss'] / 1e6:.1f} MB at the first sample, "
+        f"{rows[-1]['harness_rss'] / 1e6:.1f} MB at the end",
     ]
     if result.get("problems"):
         lines.append(f"- harness notes ({result['problem_count']}): " + "; ".join(result["problems"]))
