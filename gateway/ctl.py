@@ -249,7 +249,8 @@ def render_cluster(data: dict) -> str:
     if data["leases"]:
         lines.append("")
         lines.append(table(["LEASE", "HOLDER", "TOKEN", "TTL"],
-                           [[l["name"], l["holder"], l["token"], f"{l['ttl_ms'] / 1000:.1f}s"] for l in data["leases"]]))
+                           [[lease["name"], lease["holder"], lease["token"], f"{lease['ttl_ms'] / 1000:.1f}s"]
+                            for lease in data["leases"]]))
     else:
         lines.append("no lease is held")
     return "\n".join(lines)

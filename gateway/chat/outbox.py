@@ -286,6 +286,10 @@ class ClaimedOutbox:
         self._deliveries: dict[int, defer.Deferred] = {}
         self._held: dict[int, str] = {}
         self._claim_failing = False
+        #: id(consumer) -> fires once its loop from before the last stop() has ended
+        self._finishing: dict[int, defer.Deferred] = {}
+        #: bumped at every stop(): a loop of an older generation ends, even after a quick resume()
+        self._generation = 0
 
     @property
     def pending(self) -> int:
@@ -322,21 +326,37 @@ class ClaimedOutbox:
         self._backoff.clear()
         while len(self._consumers) < self._count:
             self._consumers.append(self._claims())
-        self._loops = [defer.ensureDeferred(self._run(consumer)) for consumer in self._consumers]
-        for loop in self._loops:
-            loop.addErrback(lambda f: log.failure("the {direction} SMS outbox's consumer stopped", f,
-                                                  direction=self.direction))
+        # a consumer still finishing its loop from before a stop() is started again only once it has
+        # (one operation at a time on its connection)
+        finishing = self._finishing
+        self._loops = [finishing.get(id(consumer), defer.succeed(None)).addCallback(self._start_loop, consumer)
+                       for consumer in self._consumers]
+
+    def _start_loop(self, _, consumer) -> defer.Deferred | None:
+        if self._stopped:
+            return None
+        loop = defer.ensureDeferred(self._run(consumer, self._generation))
+        loop.addErrback(lambda f: log.failure("the {direction} SMS outbox's consumer stopped", f,
+                                              direction=self.direction))
+        return loop
 
     def stop(self) -> defer.Deferred:
         """No more claims; deliveries under way are cancelled and their SMS let go (pending). Fires
         once every consumer has let its SMS go."""
         self._stopped = True
+        self._generation += 1
         for sleep in list(self._sleeps):
             sleep.cancel()
         for delivery in list(self._deliveries.values()):
             delivery.cancel()
         loops, self._loops = self._loops, []
-        return defer.DeferredList(loops, consumeErrors=True).addCallback(lambda _: None)
+        self._finishing = {}
+        for consumer, loop in zip(self._consumers, loops):
+            finished = defer.Deferred()
+            loop.addBoth(lambda _, finished=finished: finished.callback(None))
+            self._finishing[id(consumer)] = finished
+        done = [self._finishing[id(consumer)] for consumer in self._consumers[:len(loops)]]
+        return defer.DeferredList([_chained(d) for d in done], consumeErrors=True).addCallback(lambda _: None)
 
     def close(self) -> defer.Deferred:
         """Stop, then close the consumers' connections."""
@@ -351,8 +371,11 @@ class ClaimedOutbox:
         sleep = _Sleep(self._clock, seconds, self._sleeps)
         return sleep.done.addErrback(lambda f: f.trap(defer.CancelledError) and None)
 
-    async def _run(self, consumer) -> None:
-        while not self._stopped:
+    def _live(self, generation: int) -> bool:
+        return not self._stopped and generation == self._generation
+
+    async def _run(self, consumer, generation: int) -> None:
+        while self._live(generation):
             try:
                 record = await consumer.claim(self.direction)
             except defer.CancelledError:
@@ -370,19 +393,20 @@ class ClaimedOutbox:
             if record is None:
                 await self._sleep(self._poll_interval)
                 continue
-            if self._stopped:
+            if not self._live(generation):
                 await self._let_go(consumer, record)
                 return
             backoff = self._backoff.get(record.number)
             if backoff is not None and backoff[1] > self._clock.seconds():
                 # this number waits after a failure: hold it (no other consumer takes it) meanwhile
                 await self._sleep(backoff[1] - self._clock.seconds())
-                if self._stopped or self._backoff.get(record.number, (0, 0.0, ""))[1] > self._clock.seconds():
+                waiting = self._backoff.get(record.number, (0, 0.0, ""))[1] > self._clock.seconds()
+                if not self._live(generation) or waiting:
                     await self._let_go(consumer, record)
                     continue
             self._held[record.seq] = record.number
             try:
-                await self._attempt(consumer, record)
+                await self._attempt(consumer, record, generation)
             finally:
                 self._held.pop(record.seq, None)
 
@@ -393,7 +417,7 @@ class ClaimedOutbox:
             log.info("{direction} SMS {seq}: letting it go failed ({error}); its claim ends with the connection",
                      direction=self.direction, seq=record.seq, error=str(e))
 
-    async def _attempt(self, consumer, record) -> None:
+    async def _attempt(self, consumer, record, generation: int) -> None:
         delivery = self._deliveries[record.seq] = defer.maybeDeferred(self._deliver, record)
         try:
             result = await delivery
@@ -413,7 +437,7 @@ class ClaimedOutbox:
             return
         except Exception as e:
             self._deliveries.pop(record.seq, None)
-            if self._stopped:
+            if not self._live(generation):
                 await self._let_go(consumer, record)
                 return
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
@@ -447,6 +471,13 @@ class ClaimedOutbox:
 
     def _now(self) -> str:
         return timestamp_from_seconds(self._clock.seconds())
+
+
+def _chained(d: defer.Deferred) -> defer.Deferred:
+    """A Deferred firing when ``d`` does, leaving ``d``'s own result alone (others wait on it too)."""
+    mirror: defer.Deferred = defer.Deferred()
+    d.addBoth(lambda result: (mirror.callback(None), result)[1])
+    return mirror
 
 
 class _Sleep:

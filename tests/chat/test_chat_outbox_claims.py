@@ -190,3 +190,40 @@ def test_the_connector_claims_only_in_cluster_mode_on_postgresql(tmp_path):
     assert _claims(types.SimpleNamespace(store=GuardedStore(pg, reactor()))) == pg.outbox
     sqlite = SqliteCdrStore(tmp_path / "x.db", reactor())
     assert _claims(types.SimpleNamespace(store=GuardedStore(sqlite, reactor()))) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_lets_the_held_sms_go_and_a_resume_at_once_delivers_it(postgres_server):
+    """The chat link handed over and back: stop() cancels the delivery under way (the SMS stays
+    pending), and resume() right after starts each consumer again once its old loop has ended."""
+    from twisted.internet import defer
+
+    store = await opened(postgres_server.url)
+    await store.add_sms(sms("first", "+15550020"))
+    await store.add_sms(sms("second", "+15550020"))
+    attempts, delivered = [], []
+    blocked = defer.Deferred()
+
+    def deliver(record):
+        attempts.append(record.uid)
+        if len(attempts) == 1:
+            return blocked  # under way when the outbox stops
+        delivered.append(record.uid)
+        return None
+
+    outbox = ClaimedOutbox(reactor(), store.outbox, "outbound", deliver, retry_policy=no_retry_wait,
+                           poll_interval=0.05)
+    try:
+        outbox.resume()
+        await until(lambda: attempts == ["first"], what="the first attempt")
+        stopped = outbox.stop()
+        outbox.resume()
+        await stopped
+        assert blocked.called  # cancelled
+        await until(lambda: delivered == ["first", "second"], what="both delivered after the resume")
+        await until(lambda: outbox.pending == 0, what="the outcomes written")
+        assert [(r.uid, r.status, r.attempts) for r in await store.list_sms()] == [
+            ("first", "delivered", 0), ("second", "delivered", 0)]
+    finally:
+        await outbox.close()
+        await store.close()
