@@ -1,6 +1,7 @@
 """``make cluster-demo``: ``python -m gateway.demo_cluster --once`` end to end (a real Redis and PostgreSQL,
 two gateway nodes, the chat server simulator), and the demo staying up until SIGTERM."""
 
+import json
 import os
 import re
 import signal
@@ -80,7 +81,9 @@ def test_cluster_demo_once_plays_every_step_across_the_nodes_and_cleans_up(clust
         assert "gateway stopped" in (tmp_path / node / "gateway.log").read_text()
 
 
-def test_the_cluster_demo_stays_up_until_sigterm(cluster_demo):
+def test_the_cluster_demo_stays_up_until_sigterm_and_gatewayctl_drives_it(cluster_demo, tmp_path, capsys):
+    from gateway import ctl
+
     proc = cluster_demo()
     lines = []
     deadline = time.monotonic() + DEMO_TIMEOUT
@@ -90,6 +93,24 @@ def test_the_cluster_demo_stays_up_until_sigterm(cluster_demo):
         lines.append(line)
     time.sleep(1.0)
     assert proc.poll() is None, "".join(lines)
+    # gatewayctl against the running nodes, with node-b's configuration (its admin port and token)
+    config = str(tmp_path / "node-b" / "gateway.toml")
+    assert ctl.main(["--config", config, "cluster"]) == ctl.EXIT_OK
+    table = capsys.readouterr().out
+    assert table.startswith("cluster: node node-b sees 2 live node(s); redis up\n"), table
+    assert re.search(r"^node-a\s+serving\s+\d+ calls", table, re.MULTILINE), table
+    assert re.search(r"^node-b \*\s+serving", table, re.MULTILINE), table
+    assert ctl.main(["--config", config, "drain", "node-a"]) == ctl.EXIT_OK
+    assert capsys.readouterr().out.startswith("node node-a is draining (")
+    deadline = time.monotonic() + 10
+    while True:
+        assert ctl.main(["--config", config, "--json", "cluster"]) == ctl.EXIT_OK
+        if json.loads(capsys.readouterr().out)["draining"] == ["node-a"]:
+            break
+        assert time.monotonic() < deadline, "node-a never shown draining"
+        time.sleep(0.2)
+    assert ctl.main(["--config", config, "drain", "node-x"]) == ctl.EXIT_NOT_FOUND
+    assert "no live node 'node-x'" in capsys.readouterr().err
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     out = "".join(lines) + out
