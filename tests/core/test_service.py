@@ -94,7 +94,7 @@ class ServiceTests(SynchronousTestCase):
         ctx = self.context('\n[[extensions]]\nid = "1002"\ndevice = "carrier-pigeon:coop"\n')
         error = self.assertRaises(ConfigError, make_service, ctx)
         self.assertEqual(error.path, "extensions[1].device")
-        self.assertIn("no driver plugin named 'carrier-pigeon' (known: optimaccs, sim)", str(error))
+        self.assertIn("no driver plugin named 'carrier-pigeon' (known: optimaccs, sim, sip)", str(error))
 
     def test_a_route_to_an_unknown_app_is_refused(self):
         ctx = self.context('\n[[routes]]\ndid = "200"\nto = "app:karaoke"\n')
