@@ -14,10 +14,11 @@ Behind the bearer token, like every path under ``/api``:
   ``nodes`` are the live nodes of the registry (a dead node's entry has expired), sorted by id;
   ``leases`` every singleton link's lease held now. Redis unreachable: 503 ``cluster_unavailable``.
 - ``POST /api/cluster/nodes/{node}/drain`` (no body): that node starts its drain sequence
-  (``ctx.drain``: ``/readyz`` false, no new calls, its singleton links handed over, live calls
-  until ``[cluster] drain_timeout``, then ``drain_forced``). This node drains at once; another is
-  asked through the cluster's command routing (Redis request/reply, command ``admin.drain``), and
-  the answer comes once it has started. 202 ``{"node", "draining": true, "live_calls": N}``.
+  (``/readyz`` false, no new calls, its singleton links handed over, live calls until ``[cluster]
+  drain_timeout``, then ``drain_forced``), through the cluster's ICallControl
+  (``ClusterControl.drain_node``): this node drains at once; another is asked through the command
+  routing (Redis request/reply, the routed command ``drain``), and the answer comes once it has
+  started. 202 ``{"node", "draining": true, "live_calls": N}``.
   Without ``[cluster]``: 404 ``cluster_off``; no live node of that id: 404 ``unknown_node``; the
   node dead or silent: 503 ``owner_unreachable`` / 504 ``command_timeout``.
 
@@ -33,12 +34,9 @@ from twisted.logger import Logger
 
 from gateway.admin.api import ApiError, ApiRequest, ApiResponse
 
-__all__ = ["DRAIN_COMMAND", "ClusterApi", "add_cluster_api", "cluster_view", "install_drain_command"]
+__all__ = ["ClusterApi", "add_cluster_api", "cluster_view"]
 
 log = Logger()
-
-#: the routed command that asks a node to drain (see :func:`install_drain_command`)
-DRAIN_COMMAND = "admin.drain"
 
 
 def _cluster(ctx):
@@ -81,54 +79,6 @@ def cluster_view(ctx) -> defer.Deferred:
     return defer.ensureDeferred(_view(ctx))
 
 
-def _live_calls(ctx) -> int:
-    registry = ctx.registry
-    local = getattr(registry, "local", registry)  # the cluster's ICallControl wraps the node's own
-    if local is None:
-        return 0
-    try:
-        return int(local.status().get("live_calls", 0))
-    except Exception:
-        return 0
-
-
-def drain_here(ctx) -> dict[str, typing.Any]:
-    """Start this node's drain (``ctx.drain``); the answer does not wait for the calls to end."""
-    drain = getattr(ctx, "drain", None)
-    if drain is None:
-        raise ApiError(404, "the cluster is off: this gateway has no [cluster] table, so it has no drain",
-                       code="cluster_off")
-    me = ctx.config.gateway.node
-    log.info("admin: node {node} asked to drain", node=me)
-    d = defer.maybeDeferred(drain)
-    d.addErrback(lambda f: log.failure("admin: the drain of node {node} failed", f, node=me))
-    return {"node": me, "draining": True, "live_calls": _live_calls(ctx)}
-
-
-def install_drain_command(ctx) -> bool:
-    """Let other nodes ask this one to drain: the routed command :data:`DRAIN_COMMAND` runs
-    :func:`drain_here`, every other command goes to the handler the node had. Idempotent; False
-    without ``[cluster]``."""
-    node = _cluster(ctx)
-    router = getattr(node, "router", None)
-    if router is None:
-        return False
-    inner = router.handler
-    if getattr(inner, "_admin_drain", False):
-        return True
-
-    def handler(command: str, args: dict[str, typing.Any]) -> typing.Any:
-        if command == DRAIN_COMMAND:
-            if args:
-                raise ValueError(f"{DRAIN_COMMAND} takes no arguments, got {sorted(args)}")
-            return drain_here(ctx)
-        return inner(command, args)
-
-    handler._admin_drain = True  # type: ignore[attr-defined]
-    router.handler = handler
-    return True
-
-
 def _unavailable(failure):
     from gateway.cluster.errors import CommandTimeout, OwnerDead, RedisError
 
@@ -143,8 +93,8 @@ def _unavailable(failure):
 
 
 class ClusterApi:
-    """The handlers; ``ctx.cluster`` and ``ctx.drain`` are read at request time (the cluster node
-    is built after the admin site)."""
+    """The handlers; ``ctx.cluster`` and ``ctx.registry`` are read at request time (the cluster
+    node and its ICallControl are built after the admin site)."""
 
     def __init__(self, ctx):
         self._ctx = ctx
@@ -156,19 +106,16 @@ class ClusterApi:
         request.no_body()
         target = request.params["node"]
         ctx = self._ctx
-        node = _cluster(ctx)
-        if node is None:
+        drain_node = getattr(ctx.registry, "drain_node", None)  # the cluster's ICallControl
+        if _cluster(ctx) is None or drain_node is None:
             raise ApiError(404, "the cluster is off: this gateway has no [cluster] table", code="cluster_off")
-        if target == ctx.config.gateway.node:
-            return ApiResponse(202, drain_here(ctx))
-        return defer.ensureDeferred(self._drain_remote(node, target)).addErrback(_unavailable)
+        return defer.ensureDeferred(self._drain(_cluster(ctx), drain_node, target)).addErrback(_unavailable)
 
-    async def _drain_remote(self, node, target: str) -> ApiResponse:
-        if not await node.registry.is_alive(target):
+    async def _drain(self, node, drain_node, target: str) -> ApiResponse:
+        if target != self._ctx.config.gateway.node and not await node.registry.is_alive(target):
             raise ApiError(404, f"no live node {target!r} in the cluster", code="unknown_node", node=target)
-        log.info("admin: asking node {target} to drain", target=target)
-        result = await node.call(target, DRAIN_COMMAND, {})
-        return ApiResponse(202, result)
+        log.info("admin: node {target} asked to drain", target=target)
+        return ApiResponse(202, await drain_node(target))
 
 
 def add_cluster_api(ctx, router) -> ClusterApi:

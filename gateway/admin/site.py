@@ -49,7 +49,7 @@ from twisted.web.server import Request, Site
 
 import gateway
 from gateway.admin.api import ApiError, ApiRequest, ApiResponse, ApiRouter, error_response
-from gateway.admin.cluster import add_cluster_api, install_drain_command
+from gateway.admin.cluster import add_cluster_api
 from gateway.admin.status_page import add_status_page
 from gateway.boundary import RateLimitedLog
 from gateway.confschema import Secret
@@ -249,13 +249,6 @@ class AdminSite(Site):
         self.open_channels = 0
         self._refused_total = refused_counter(metrics) if metrics is not None else None
         self._refusals = RateLimitedLog(self.reactor, log)
-        #: called when the site starts listening (the daemon is built by then)
-        self.on_start: list = []
-
-    def startFactory(self):
-        super().startFactory()
-        for callback in self.on_start:
-            callback()
 
     def buildProtocol(self, addr):
         if self.open_channels >= self.max_connections:
@@ -303,12 +296,9 @@ def make_site(ctx, token: Secret) -> Site:
     add_cluster_api(ctx, router)
     ctx.api = router
     admin = ctx.config.admin
-    site = AdminSite(router, add_status_page(ctx, router), reactor=ctx.reactor, max_body_size=admin.max_body_size,
+    return AdminSite(router, add_status_page(ctx, router), reactor=ctx.reactor, max_body_size=admin.max_body_size,
                      request_timeout=admin.request_timeout, max_connections=admin.max_connections,
                      metrics=ctx.metrics)
-    # the cluster node is built after the site: once listening, other nodes may ask this one to drain
-    site.on_start.append(lambda: install_drain_command(ctx))
-    return site
 
 
 class _Endpoints:

@@ -5,16 +5,17 @@ import json
 import types
 
 from treq.testing import StubTreq
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin.api import ApiRouter
-from gateway.admin.cluster import DRAIN_COMMAND, add_cluster_api, install_drain_command
+from gateway.admin.cluster import add_cluster_api
 from gateway.cluster.config import ClusterConfig
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.testing import FakeRedisServer
 from gateway.confschema import Secret
+
+from .test_control import Node
 
 TOKEN = "t0ken-for-the-cluster"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,7 +24,7 @@ CONFIG = ClusterConfig(redis="redis://127.0.0.1:6379/0", node_ttl=3.0, lease_ttl
 
 
 class _Registry:
-    """What the drain answer reads of the node's core: its live call count."""
+    """A one-process core's ICallControl (no ``drain_node``)."""
 
     def __init__(self, live):
         self.live = live
@@ -33,17 +34,10 @@ class _Registry:
 
 
 def _ctx(name, cluster=None, live=0):
-    ctx = types.SimpleNamespace(
-        config=types.SimpleNamespace(gateway=types.SimpleNamespace(node=name)),
-        cluster=cluster, drain=None, registry=_Registry(live), drained=[],
+    return types.SimpleNamespace(
+        config=types.SimpleNamespace(gateway=types.SimpleNamespace(node=name)), cluster=cluster,
+        registry=_Registry(live),
     )
-    if cluster is not None:
-        def drain():
-            ctx.drained.append(name)
-            return defer.Deferred()  # the calls are still going on
-
-        ctx.drain = drain
-    return ctx
 
 
 class ClusterApiTests(SynchronousTestCase):
@@ -65,7 +59,6 @@ class ClusterApiTests(SynchronousTestCase):
         )
         self.nodes.append(node)
         ctx = _ctx(name, node, live)
-        self.assertTrue(install_drain_command(ctx))
         node.startService()
         return ctx
 
@@ -88,7 +81,6 @@ class ClusterApiTests(SynchronousTestCase):
         self.assertEqual(self.request(client, "GET", "/api/cluster"), (200, {"cluster": False, "node": "solo"}))
         code, body = self.request(client, "POST", "/api/cluster/nodes/solo/drain")
         self.assertEqual((code, body["error"]), (404, "cluster_off"))
-        self.assertFalse(install_drain_command(_ctx("solo")))
 
     def test_it_needs_the_token(self):
         client = self.client(_ctx("solo"))
@@ -116,47 +108,80 @@ class ClusterApiTests(SynchronousTestCase):
         code, body = self.request(self.client(a), "GET", "/api/cluster")
         self.assertEqual((code, body["error"]), (503, "cluster_unavailable"))
 
+
+
+class ClusterDrainApiTests(SynchronousTestCase):
+    """The drain route over two nodes' ClusterControls (real registries on the sim driver)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.server = FakeRedisServer(self.clock)
+        self.a, self.b = Node(self, "a"), Node(self, "b")
+        for node in (self.a, self.b):
+            node.control.on_drain = node.drain.drain
+            node.start()
+        self.let_pass(0.5)
+
+    def tearDown(self):
+        for node in (self.a, self.b):
+            node.registry.end_live_calls("normal")
+            self.let_pass(1)
+            node.stop(self)
+
+    def let_pass(self, seconds):
+        for _ in range(round(seconds * 10)):
+            self.clock.advance(0.1)
+
+    def request(self, node, method, path, **kw):
+        ctx = types.SimpleNamespace(config=types.SimpleNamespace(gateway=types.SimpleNamespace(node=node.name)),
+                                    cluster=node.node, registry=node.control)
+        router = ApiRouter(Secret(TOKEN))
+        add_cluster_api(ctx, router)
+        client = StubTreq(router)
+        d = client.request(method, URL + path, headers=AUTH, **kw)
+        for _ in range(5):
+            client.flush()
+            self.let_pass(0.1)
+        response = self.successResultOf(d)
+        return response.code, json.loads(self.successResultOf(response.content()))
+
     def test_draining_this_node(self):
-        a = self.node("a", live=3)
-        code, body = self.request(self.client(a), "POST", "/api/cluster/nodes/a/drain")
-        self.assertEqual((code, body), (202, {"node": "a", "draining": True, "live_calls": 3}))
-        self.assertEqual(a.drained, ["a"])
+        self.a.network.place_inbound("5550100", "100")
+        self.let_pass(0.2)
+        code, body = self.request(self.a, "POST", "/api/cluster/nodes/a/drain")
+        self.assertEqual((code, body), (202, {"node": "a", "draining": True, "live_calls": 1}))
+        self.assertTrue(self.a.drain.draining)
+        self.assertFalse(self.b.drain.draining)
 
     def test_draining_another_node_goes_through_the_command_routing(self):
-        a, b = self.node("a"), self.node("b", live=1)
-        code, body = self.request(self.client(a), "POST", "/api/cluster/nodes/b/drain")
-        self.assertEqual((code, body), (202, {"node": "b", "draining": True, "live_calls": 1}))
-        self.assertEqual((a.drained, b.drained), ([], ["b"]))
-        # the node's other routed commands still reach its own handler
-        d = a.cluster.call("b", "hangup", {})
-        self.clock.advance(0)
-        self.clock.advance(0)
-        self.assertEqual(self.successResultOf(d), {"ran": "hangup"})
+        code, body = self.request(self.a, "POST", "/api/cluster/nodes/b/drain")
+        self.assertEqual((code, body), (202, {"node": "b", "draining": True, "live_calls": 0}))
+        self.assertEqual((self.a.drain.draining, self.b.drain.draining), (False, True))
+        code, body = self.request(self.a, "GET", "/api/cluster")
+        self.assertEqual(body["draining"], ["b"])
 
     def test_draining_a_node_that_is_not_there(self):
-        a = self.node("a")
-        code, body = self.request(self.client(a), "POST", "/api/cluster/nodes/ghost/drain")
+        code, body = self.request(self.a, "POST", "/api/cluster/nodes/ghost/drain")
         self.assertEqual((code, body["error"], body["node"]), (404, "unknown_node", "ghost"))
 
-    def test_a_drain_with_a_body_or_arguments_is_refused(self):
-        a, b = self.node("a"), self.node("b")
-        code, body = self.request(self.client(a), "POST", "/api/cluster/nodes/b/drain", data=b'{"now": 1}')
+    def test_a_drain_with_a_body_is_refused(self):
+        code, body = self.request(self.a, "POST", "/api/cluster/nodes/b/drain", data=b'{"now": 1}')
         self.assertEqual((code, body["field"]), (400, "now"))
-        d = a.cluster.call("b", DRAIN_COMMAND, {"x": 1})
-        self.clock.advance(0)
-        self.clock.advance(0)
-        self.assertIn("takes no arguments", str(self.failureResultOf(d).value))
-        self.assertEqual(b.drained, [])
+        self.assertFalse(self.b.drain.draining)
 
     def test_a_dead_node_is_a_503(self):
-        a, b = self.node("a"), self.node("b")
         # b's process is gone (kill -9): its entry lives until the TTL, nobody listens on its channel
-        b.cluster.heartbeat._stop_timers()
-        b.cluster._loop.stop()
-        b.cluster._loop = None
-        self.successResultOf(b.cluster.router.stop())
-        b.cluster._routing = False
-        b.cluster.sweeper.stop()
-        self.nodes.remove(b.cluster)
-        code, body = self.request(self.client(a), "POST", "/api/cluster/nodes/b/drain")
+        b = self.b.node
+        b.heartbeat._stop_timers()
+        b._loop.stop()
+        b._loop = None
+        self.successResultOf(b.router.stop())
+        b._routing = False
+        b.sweeper.stop()
+        code, body = self.request(self.a, "POST", "/api/cluster/nodes/b/drain")
         self.assertEqual((code, body["error"]), (503, "owner_unreachable"))
+
+    def test_redis_unreachable_is_a_503(self):
+        self.server.stop()
+        code, body = self.request(self.a, "POST", "/api/cluster/nodes/b/drain")
+        self.assertEqual((code, body["error"]), (503, "cluster_unavailable"))
