@@ -44,7 +44,7 @@ from gateway.sip.message import (
     parse_datagram,
     request_problem,
 )
-from gateway.sip.transaction import Peer, ServerTransaction, Timers, TransactionLayer
+from gateway.sip.transaction import Peer, ServerTransaction, Timers, TransactionLayer, response_destination, stamp_via
 
 __all__ = [
     "KNOWN_METHODS",
@@ -131,6 +131,7 @@ class SIPEndpoint:
         #: refusals by reason, also counted in gateway_sip_refused_total when a registry is given
         self.refused: dict[str, int] = {}
         self._overload_log = RateLimitedLog(clock, log)
+        self._stranger_log = RateLimitedLog(clock, log)
         self._refused_counter = None
         if registry is not None:
             from prometheus_client import Counter
@@ -156,8 +157,31 @@ class SIPEndpoint:
         transport.send(message, peer)
 
     def message_received(self, message: Message, source: Peer) -> None:
-        """A parsed message from a transport."""
+        """A parsed message from a transport.
+
+        An INVITE from a host that is no trunk is answered 403 here, statelessly, before the transaction
+        layer: an INVITE server transaction would send 100, retransmit the 403 until timer H (32 s, about
+        ten copies toward a source address anyone can forge) and hold one of the ``max_transactions``
+        places all that time, so a stranger's flood could leave the trunks' own INVITEs to get 503.
+        """
+        if (isinstance(message, Request) and message.method == "INVITE" and message.top_via is not None
+                and self.trunks.match(source.host) is None):
+            self._refuse_stranger(message, source)
+            return
         self.layer.receive(message, source)
+
+    def _refuse_stranger(self, request: Request, source: Peer) -> None:
+        self._refuse("unknown_host")
+        self._stranger_log.emit(
+            "SIP: refused an INVITE from {host}:{port}, which is no configured trunk (403){more}",
+            summary="SIP: refused {count} more INVITEs from hosts that are no configured trunk (403) in the last "
+                    "{seconds:.0f} s, the latest from {host}:{port}",
+            host=source.host, port=source.port)
+        stamp_via(request, source)
+        peer = source if source.reliable else response_destination(request.top_via, source.transport)  # type: ignore[arg-type]
+        response = request.response(403, "Forbidden (not a configured trunk)", to_tag=self.new_tag())
+        response.add("Server", self.user_agent)
+        self._send(response, peer)
 
     def new_tag(self) -> str:
         return self.random(6).hex()

@@ -164,7 +164,7 @@ class DriverTests(SynchronousTestCase):
 
     def test_an_invite_from_no_trunk_gets_403_and_is_counted(self):
         self.sip.protocol.datagramReceived(invite(source=("198.51.100.1", 5060)), ("198.51.100.1", 5060))
-        self.assertEqual(self.statuses(), [100, 403])
+        self.assertEqual(self.statuses(), [403])  # statelessly: no 100, no retransmissions, no transaction
         self.assertEqual(self.inbound.calls, [])
         self.assertEqual(self.metric("gateway_sip_refused_total", reason="unknown_host"), 1)
 

@@ -88,11 +88,39 @@ class EndpointTestCase(SynchronousTestCase):
 class DoorTests(EndpointTestCase):
     def test_an_invite_from_no_trunk_gets_403_and_is_counted(self):
         self.udp.datagramReceived(invite(via="203.0.113.66:5060"), STRANGER)
-        self.assertEqual(self.statuses(), [100, 403])
+        self.assertEqual(self.statuses(), [403])
         self.assertEqual(self.answers()[-1][1], STRANGER)
         self.assertEqual(self.invites, [])
         self.assertEqual(self.metric("gateway_sip_refused_total", reason="unknown_host"), 1)
         self.assertEqual(self.endpoint.refused, {"unknown_host": 1})
+
+    def test_a_strangers_invite_is_refused_statelessly_once_and_holds_no_transaction(self):
+        """No 100, no 403 retransmitted until timer H (an amplifier toward a forged source), no transaction
+        kept: a flood from strangers never takes the places the trunks' INVITEs need."""
+        for i in range(50):
+            self.udp.datagramReceived(invite(branch=f"z9hG4bKs{i}", via="203.0.113.66:5060"), STRANGER)
+        self.assertEqual(self.endpoint.layer.count, 0)
+        self.clock.advance(40)
+        self.assertEqual(self.statuses(), [403] * 50)
+        self.assertEqual(self.metric("gateway_sip_refused_total", reason="unknown_host"), 50)
+        self.udp.datagramReceived(invite(), TRUNK)
+        self.assertEqual(len(self.invites), 1)
+
+    def test_a_flood_of_strangers_invites_leaves_the_trunks_invite_a_place(self):
+        endpoint = SIPEndpoint(self.clock, TrunkMatcher([("carrier", "10.0.0.5")]), lambda t: "192.0.2.1:5060",
+                               max_transactions=3)
+        udp = UDPTransport(endpoint, budget_factory(self.clock, "sip", CollectorRegistry())("udp"))
+        wire_ = FakeUDP()
+        udp.makeConnection(wire_)
+        endpoint.add_transport("UDP", udp)
+        taken = []
+        endpoint.handlers["INVITE"] = lambda req, tx, src, trunk: taken.append(trunk)
+        for i in range(10):
+            udp.datagramReceived(invite(branch=f"z9hG4bKf{i}", via="203.0.113.66:5060"), STRANGER)
+        udp.datagramReceived(invite(), TRUNK)
+        self.assertEqual(taken, ["carrier"])
+        self.assertNotIn(b"SIP/2.0 503", b"".join(d for d, _ in wire_.written))
+        endpoint.close()
 
     def test_an_invite_from_a_trunk_reaches_the_handler_with_the_trunk_name(self):
         self.udp.datagramReceived(invite(), TRUNK)
