@@ -25,7 +25,10 @@ from gateway.media.port import MediaPorts
 if typing.TYPE_CHECKING:  # pragma: no cover
     from prometheus_client import CollectorRegistry
 
+    from twisted.internet.defer import Deferred
+
     from gateway.admin.api import ApiRouter
+    from gateway.cluster.node import ClusterNode
     from gateway.config import Config
     from gateway.core.interfaces import ICallControl
     from gateway.listeners import Listener
@@ -114,10 +117,10 @@ class Context:
     #: the process exit status once the reactor stops (set by a fatal error)
     exit_code: int = 0
     #: the cluster node (``gateway.cluster.ClusterNode``) when ``[cluster]`` is set, else None
-    cluster: typing.Any = None
+    cluster: ClusterNode | None = None
     #: cluster mode: ``drain()`` drains this node (see ``gateway.cluster.control.ClusterDrain``) and
     #: returns a Deferred fired once its live calls are gone; None without ``[cluster]``
-    drain: typing.Callable[[], typing.Any] | None = None
+    drain: typing.Callable[[], Deferred[None]] | None = None
     #: True once this node drains: listeners refuse new calls (OptimaCCS: close 1013)
     draining: bool = False
 
