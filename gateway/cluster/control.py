@@ -226,6 +226,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dispose": (("call_id",), ("by",)),
 }
 
+#: the routed commands' arguments that are not text (every other one must be a string): a value of
+#: the wrong type would reach the registry, and a ``by`` that is no text ends up in the CDR's
+#: ``hangup_by`` column, where the store cannot write it (the CDR waits, and every CDR behind it)
+ARGUMENT_TYPES: dict[str, type | tuple[type, ...]] = {"attributes": dict, "duration_ms": int, "gap_ms": int}
+
 
 @implementer(ICallControl, IInboundCalls)
 class ClusterControl(service.Service):
@@ -404,10 +409,15 @@ class ClusterControl(service.Service):
         if unknown:
             raise InvalidArgument(f"{command}: unknown arguments {sorted(unknown)}")
         try:
-            call_args = [args[name] for name in positional if name in args]
+            call_args = [args[name] for name in positional]
         except KeyError as e:
             raise InvalidArgument(f"{command}: missing {e}") from None
         kwargs = {name: args[name] for name in keywords if name in args}
+        for name, value in args.items():
+            wanted = ARGUMENT_TYPES.get(name, str)
+            if not isinstance(value, wanted) or isinstance(value, bool):
+                kind = getattr(wanted, "__name__", "text") if wanted is not str else "text"
+                raise InvalidArgument(f"{command}: {name} must be {kind}, not {type(value).__name__}")
         d = defer.maybeDeferred(getattr(self.local, command), *call_args, **kwargs)
         return d.addCallback(lambda result: snapshot_to_json(result) if isinstance(result, CallSnapshot) else None)
 

@@ -238,6 +238,26 @@ class ControlTests(SynchronousTestCase):
         self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "hangup", {"call_id": "x", "evil": 1}),
                              InvalidArgument)
 
+    def test_a_routed_command_with_an_argument_of_the_wrong_type_is_refused_and_the_call_keeps_its_cdr(self):
+        """A ``by`` that is no text would end up in the CDR's hangup_by column, which no store can write."""
+        from gateway.core.errors import InvalidArgument
+
+        call_id = self.inbound_on_a()
+        for args in ({"call_id": call_id, "by": {"who": ["x"]}}, {"call_id": [call_id]}, {"call_id": call_id, "by": 1}):
+            failure = self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "hangup", args), InvalidArgument)
+            self.assertIn("must be text", str(failure.value))
+        for args in ({"extension_id": "1002", "number": "100", "attributes": ["x"]},
+                     {"extension_id": "1002", "number": 100},
+                     {"extension_id": "1002", "number": "100", "if_busy": True}):
+            self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "originate", args), InvalidArgument)
+        failure = self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "hangup", {}), InvalidArgument)
+        self.assertIn("missing 'call_id'", str(failure.value))  # not a TypeError naming Registry.hangup
+        self.failureResultOf(defer.maybeDeferred(self.a.control.handle, "send_dtmf", {
+            "call_id": call_id, "digits": "1", "duration_ms": True, "gap_ms": 50}), InvalidArgument)
+        self.assertIsNotNone(self.a.registry.call(call_id))
+        self.settled(defer.maybeDeferred(self.a.control.handle, "hangup", {"call_id": call_id, "by": "b"}))
+        self.assertEqual(self.a.store.cdrs[call_id]["hangup_by"], "b")
+
     def test_after_a_short_redis_outage_the_records_catch_up(self):
         call_id = self.inbound_on_a()
         other = self.inbound_on_a("999")
