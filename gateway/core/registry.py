@@ -1233,4 +1233,9 @@ class Registry:
         timer = self._forget_timers.pop(call_id, None)
         if timer is not None and timer.active():
             timer.cancel()
-        self._calls.pop(call_id, None)
+        call = self._calls.pop(call_id, None)
+        if call is not None:
+            # A call and its legs refer to each other (a cycle Python frees only at a full collection):
+            # let go of the drivers' legs, which hold the connections, ports and buffers, at once.
+            for leg in call.legs:
+                leg.driver_leg = None

@@ -152,6 +152,11 @@ class Machine:
     def allows(self, name: str) -> bool:
         return self.transitions.allows(self.state, name)
 
+    def settle(self, who: str) -> None:
+        """The connection is gone: name the call by ``who`` from now on, holding no reference to it (so the
+        call's objects are freed when it ends, not at Python's next full garbage collection)."""
+        self._who = lambda: who
+
     def fire(self, name: str) -> bool:
         """Take the transition ``name`` from the current state; False (logged, counted) if it is illegal."""
         target = self.transitions.table.get((self.state, name))

@@ -47,6 +47,10 @@ _EPSILON = 1e-9
 STALL = 0.040
 
 
+def _stopped() -> bool:
+    return False
+
+
 class Beat:
     """One paced schedule on a :class:`MediaClock`: ``tick()`` at ``anchor + n * interval`` while it returns true."""
 
@@ -84,6 +88,11 @@ class Beat:
     def next_deadline(self) -> float:
         """The deadline of the tick queued (outside a tick) or running (inside it)."""
         return self._anchor + self._n * self.interval
+
+    def release(self) -> None:
+        """Stop for good and let go of the tick (whose owner usually holds this schedule: a cycle)."""
+        self.stop()
+        self._tick = _stopped
 
     def shift(self, seconds: float) -> None:
         """From inside its own tick: move the rest of the schedule ``seconds`` earlier (its phase; no tick is lost)."""

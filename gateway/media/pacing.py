@@ -56,6 +56,10 @@ class Pacer:
         """Stop ticking (safe from inside a tick, and when not running)."""
         self._beat.stop()
 
+    def release(self) -> None:
+        """Stop for good, letting go of the tick (no reference cycle is left with its owner)."""
+        self._beat.release()
+
     @property
     def next_deadline(self) -> float:
         """When the next tick is due (while running, outside a tick)."""

@@ -341,5 +341,6 @@ class Playout:
         self._queue.set_producer(None)
         self.flush()
         self._wire = None
+        self._pacer.release()
         if producer is not None:
             producer.stopProducing()

@@ -748,3 +748,29 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(ending.close_code, 1000)
         self.assertEqual([c.phase for c in (bench.server.calls)], [])
         self.assertEqual(len(bench.h.provider_cdrs), 1)
+
+
+class FreedTests(SynchronousTestCase):
+    def test_an_ended_call_is_freed_at_once_not_at_a_full_garbage_collection(self):
+        """Issue 18: an ended call's connection objects, port and buffers hung on reference cycles (the
+        Autobahn protocol's own, the call's machine, the registry's leg), so they waited for Python's full
+        collections, which came every few hundred calls with tens of milliseconds of pause."""
+        import gc
+        import weakref
+
+        bench = Bench(self)
+        bench.run(0.1)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for _ in range(5):
+            bench.connect(CallScript(did=ECHO_DID, caller_id="0811", hangup_after=0.5))
+        bench.run(0.3)
+        calls = [weakref.ref(call) for call in bench.server.calls]
+        ports = [weakref.ref(call.port) for call in bench.server.calls]
+        self.assertEqual(len(calls), 5)
+        bench.run(2.0)
+        bench._pumps.clear()  # the test's own hold on the finished connections
+        bench.run(62.0, step=0.5)  # past the registry's retention of released calls
+        self.assertEqual(bench.h.registry.calls(include_released=True), [])
+        self.assertEqual(([r for r in calls if r() is not None], [r for r in ports if r() is not None]), ([], []))
