@@ -4,6 +4,7 @@ import importlib
 import sys
 
 BENCHMARKS = {
+    "cluster": "bench.cluster_bench",
     "media": "bench.media_bench",
     "optimaccs-echo": "bench.optimaccs_echo",
     "sip-echo": "bench.sip_echo",
