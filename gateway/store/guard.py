@@ -43,6 +43,7 @@ from gateway.boundary import sanitise
 from gateway.core.cdr import PENDING_MAX, RETRY_DELAYS, RetryingSink
 from gateway.metrics import define_metric
 from gateway.store.interfaces import ICdrStore, ISmsStore
+from gateway.store.records import TEXT_COLUMNS
 from gateway.store.sms import ConversationRecord, SmsRecord
 
 __all__ = ["KINDS", "GuardedStore", "StoreHealth", "store_safe"]
@@ -258,8 +259,18 @@ class GuardedStore:
 
     def add_cdr(self, cdr) -> defer.Deferred:
         if isinstance(cdr, dict):
+            odd = [key for key in TEXT_COLUMNS if cdr.get(key) is not None and not isinstance(cdr[key], str)]
+            if odd:  # an indexed text column that is no text: kept as its JSON text (sanitised below)
+                cdr = {**cdr, **{key: json.dumps(cdr[key], ensure_ascii=False, default=repr) for key in odd}}
             cdr = self._safe("cdr", cdr.get("call_id"), cdr)
+            if odd and cdr.get("call_id") is not None:
+                self._column_changed(cdr.get("call_id"), odd)
         return self.backend.add_cdr(cdr)
+
+    def _column_changed(self, call_id, columns: list[str]) -> None:
+        self.health.sanitised("cdr")
+        log.warn("cdr {record_id}: {columns} held no text; stored as its JSON text", record_id=copy_id(call_id),
+                 columns=", ".join(columns))
 
     def attach_provider_cdr(self, call_id, source, data) -> defer.Deferred:
         call_id, source, data = self._safe("provider_cdr", call_id, [call_id, source, data])

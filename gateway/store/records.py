@@ -84,6 +84,26 @@ def _to_json(what: str, value: Any) -> str:
     return text
 
 
+#: the CDR's indexed text columns: a value of another type could not be bound (SQLite and PostgreSQL
+#: would fail the write with an error that is no ValueError, taken for an outage and retried forever)
+TEXT_COLUMNS = ("node", "direction", "extension", "cause", "hangup_by")
+
+
+def _optional_text(cdr: dict, key: str) -> str | None:
+    value = cdr.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"the CDR's {key} must be text, got {type(value).__name__}")
+    return value
+
+
+def _optional_number(cdr: dict, key: str) -> Any:
+    """A number column: a number, or the text the guard leaves of a non-finite one (``"NaN"``)."""
+    value = cdr.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
+        raise ValueError(f"the CDR's {key} must be a number, got {type(value).__name__}")
+    return value
+
+
 def _optional_time(cdr: dict, key: str) -> str | None:
     value = cdr.get(key)
     return None if value is None else normalize_timestamp(value)
@@ -126,16 +146,16 @@ def encode_cdr(cdr: Any) -> CdrRow:
         raise ValueError(f"a CDR must be a dict, got {type(cdr).__name__}")
     return CdrRow(
         call_id=_check_id("call_id", cdr.get("call_id")),
-        node=cdr.get("node"),
-        direction=cdr.get("direction"),
-        extension=cdr.get("extension"),
+        node=_optional_text(cdr, "node"),
+        direction=_optional_text(cdr, "direction"),
+        extension=_optional_text(cdr, "extension"),
         started_at=_optional_time(cdr, "started_at"),
         answered_at=_optional_time(cdr, "answered_at"),
         ended_at=normalize_timestamp(cdr.get("ended_at")),
-        duration=cdr.get("duration"),
-        billable_seconds=cdr.get("billable_seconds"),
-        cause=cdr.get("cause"),
-        hangup_by=cdr.get("hangup_by"),
+        duration=_optional_number(cdr, "duration"),
+        billable_seconds=_optional_number(cdr, "billable_seconds"),
+        cause=_optional_text(cdr, "cause"),
+        hangup_by=_optional_text(cdr, "hangup_by"),
         document=_to_json("the CDR", cdr),
     )
 

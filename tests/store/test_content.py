@@ -171,3 +171,23 @@ async def test_a_nul_character_postgresql_cannot_hold_is_stored_escaped_on_every
     await guarded.add_sms(sms("u2", text="spelled \\u0000"))
     assert [r.text for r in await guarded.list_sms()][1] == "spelled \\u0000"
     assert sanitised(guarded, "sms") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cdr_whose_text_column_holds_no_text_is_stored_and_the_bare_backend_refuses_it_alike(guarded):
+    """A ``hangup_by`` that is an object (a routed command's argument once put one there) could not be bound:
+    SQLite and PostgreSQL failed the write with an error the CDR queue took for an outage, and retried it,
+    and every CDR behind it, forever. The bare backends refuse it as a ValueError (the queue's "refused, not
+    retried"); the guard stores it with that column as its JSON text."""
+    odd = {"hangup_by": {"who": ["x"]}, "node": ["a"], "cause": 3}
+    error = await failure_of(guarded.backend.add_cdr(make_cdr("c0", **odd)), ValueError)
+    assert "must be text" in str(error)
+    await failure_of(guarded.backend.add_cdr(make_cdr("c0", duration={"s": 1})), ValueError)
+    with capturedLogs() as events:
+        await guarded.add_cdr(make_cdr("c1", **odd))
+    stored = await guarded.cdr("c1")
+    assert stored["hangup_by"] == '{"who": ["x"]}' and stored["node"] == '["a"]' and stored["cause"] == "3"
+    assert sanitised(guarded, "cdr") == 1
+    assert any("held no text" in e["log_format"] for e in events)
+    await guarded.add_cdr(make_cdr("c2"))
+    assert (await guarded.cdr("c2"))["hangup_by"] == "remote"
