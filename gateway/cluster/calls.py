@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from gateway.boundary import PeerDataError, load_json
 from gateway.cluster import keys
-from gateway.cluster.errors import LeaseLost, RedisError
+from gateway.cluster.errors import LeaseLost, RedisError, RedisReplyError
 from gateway.cluster.leases import Lease
 from gateway.cluster.nodes import NodeHeartbeat
 from gateway.cluster.redis import IRedis, Script
@@ -272,6 +272,9 @@ class NodeLostSweeper:
                 continue  # another survivor is on it
             try:
                 ended += await self._end_calls_of(owner)
+            except RedisReplyError as e:  # e.g. WRONGTYPE: a key of another kind under our name costs only itself
+                log.warn("cluster: {key} is unreadable ({problem}); the sweep goes on with the other nodes",
+                         key=key, problem=str(e))
             finally:
                 await claim.release()
         return ended
@@ -279,7 +282,13 @@ class NodeLostSweeper:
     async def _end_calls_of(self, owner: str) -> list[str]:
         ended = []
         for call_id in sorted(await self.redis.smembers(keys.owned(owner))):
-            record = _parse(await self.redis.get(keys.call(call_id)), call_id)
+            try:
+                text = await self.redis.get(keys.call(call_id))
+            except RedisReplyError as e:  # not a string: as unreadable as a record that is not JSON
+                log.warn("cluster: the record of call {call_id} of dead node {owner} is unreadable: {problem}",
+                         call_id=call_id, owner=owner, problem=str(e))
+                text = None
+            record = _parse(text, call_id)
             if record is not None:
                 log.warn("cluster: node {owner} is dead; ending its call {call_id} (node_lost)", owner=owner, call_id=call_id)
                 try:

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 
 from gateway.boundary import PeerDataError, load_json
 from gateway.cluster import keys
-from gateway.cluster.errors import LeaseLost, NodeIdInUse, RedisError
+from gateway.cluster.errors import LeaseLost, NodeIdInUse, RedisError, RedisReplyError
 from gateway.cluster.redis import IRedis, Script
 
 __all__ = ["HEARTBEAT", "NodeHeartbeat", "NodeInfo", "NodeRegistry", "least_loaded"]
@@ -305,7 +305,11 @@ class NodeRegistry:
         return defer.ensureDeferred(self._node(node))
 
     async def _node(self, node: str) -> NodeInfo | None:
-        fields = await self.redis.hgetall(keys.node(node))
+        try:
+            fields = await self.redis.hgetall(keys.node(node))
+        except RedisReplyError as e:  # e.g. WRONGTYPE: a key of another kind under the node's name
+            log.warn("cluster: the registry entry of node {node} is unreadable: {problem}", node=node, problem=str(e))
+            return None
         if not fields:
             return None
         try:

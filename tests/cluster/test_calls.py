@@ -135,3 +135,32 @@ class SweepTests(CallRecordTests):
         self.assertEqual(self.successResultOf(sweeper.sweep()), [])
         self.successResultOf(claim.release())
         self.assertEqual(self.successResultOf(sweeper.sweep()), ["a0"])
+
+
+class PoisonKeyTests(SynchronousTestCase):
+    """A key of the wrong type (or an unreadable entry) under the cluster's names, written by any client of
+    the shared Redis, costs only itself: the sweep still ends the other dead nodes' calls, the node list
+    still lists the live nodes."""
+
+    setUp = CallRecordTests.setUp
+    let_pass = CallRecordTests.let_pass
+
+    def test_a_wrongly_typed_key_does_not_stop_the_sweep_nor_the_node_list(self):
+        from gateway.cluster.nodes import NodeRegistry
+
+        self.successResultOf(self.records["a"].put(record("a0", "a")))
+        self.successResultOf(self.records["a"].put(record("a1", "a")))
+        self.server.store.set(keys.owned("0dead"), "not a set")  # scanned before gw:owned:a
+        self.server.store.sadd(keys.owned("1dead"), "c9")
+        self.server.store.hset(keys.call("c9"), {"not": "a string"})
+        self.server.store.delete(keys.call("a1"))
+        self.server.store.hset(keys.call("a1"), {"not": "a string"})
+        self.server.store.set(keys.node("0bad"), "not a hash")
+        self.hb["a"]._stop_timers()
+        self.let_pass(3.5)
+        ended = []
+        sweeper = NodeLostSweeper(self.records["b"].redis, self.clock, "b", lambda r: ended.append(r.call_id))
+        self.successResultOf(sweeper.sweep())
+        self.assertEqual(ended, ["a0"])
+        nodes = self.successResultOf(NodeRegistry(self.records["b"].redis).nodes())
+        self.assertEqual([n.node for n in nodes], ["b", "c"])
