@@ -219,3 +219,56 @@ async def test_payloads_past_redis_pubsub_buffer_drop_the_nodes_link_and_it_come
             break
         await pause(0.1)
     await assert_serving(proc)
+
+
+async def raw(proc, method, path, *, token=TOKEN, body=None, content_type="application/json"):
+    import treq
+
+    headers = {"Authorization": [f"Bearer {token}"]} if token else {}
+    if body is not None:
+        headers["Content-Type"] = [content_type]
+    response = await treq.request(method, f"http://127.0.0.1:{proc.admin_port}{path}", headers=headers, data=body,
+                                  timeout=10)
+    text = await response.text()
+    return response.code, text
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_drain_and_consult_endpoints_refuse_strangers_and_bad_input_with_typed_errors(node):
+    proc = await node()
+    drain = "/api/cluster/nodes/{}/drain"
+    for token in (None, "wrong", TOKEN + "x"):
+        for method, path in (("POST", drain.format("a")), ("GET", "/api/cluster"),
+                             ("POST", "/api/calls/x/consult"), ("POST", "/api/calls/x/alternate")):
+            code, text = await raw(proc, method, path, token=token, body=b'{"number": "1002"}')
+            assert code == 401, (token, path, code, text)
+    cases = [
+        ("GET", drain.format("a"), None, (405,)),
+        ("POST", drain.format("a"), b'{"x": 1}', (400, 415)),
+        ("POST", drain.format("zz"), None, (404,)),
+        ("POST", drain.format("z" * 5000), None, (404, 414)),
+        ("POST", drain.format("%00"), None, (400, 404)),
+        ("POST", drain.format("%ff%fe"), None, (400, 404)),
+        ("POST", drain.format("%ed%a0%80"), None, (400, 404)),  # a UTF-8-encoded lone surrogate
+        ("POST", drain.format("a*"), None, (404,)),
+        ("POST", drain.format("..%2f..%2fa"), None, (400, 404)),
+        ("POST", "/api/cluster/nodes//drain", None, (400, 404, 405)),
+        ("POST", "/api/calls/nope/consult", b'{"number": 1002}', (400,)),
+        ("POST", "/api/calls/nope/consult", b'{"number": ["1002"]}', (400,)),
+        ("POST", "/api/calls/nope/consult", b'{"number": "1002", "extra": 1}', (400,)),
+        ("POST", "/api/calls/nope/consult", b'{"number": "1002"', (400,)),
+        ("POST", "/api/calls/nope/consult", b'[]', (400,)),
+        ("POST", "/api/calls/nope/consult", b'{"number": "\\ud800"}', (400,)),
+        ("POST", "/api/calls/nope/consult", b'{"number": "1002"}', (404,)),
+        ("POST", "/api/calls/nope/alternate", b'{"x": 1}', (400,)),
+        ("POST", "/api/calls/nope/transfer-to-consult", None, (404,)),
+        ("POST", "/api/calls/nope/conference-in-consult", None, (404,)),
+    ]
+    for method, path, body, expected in cases:
+        code, text = await raw(proc, method, path, body=body)
+        assert code in expected, (method, path[:80], body, code, text[:300])
+        if code != 405:
+            assert "error" in json.loads(text), text[:300]
+    _, cluster = await proc.api("GET", "/api/cluster", expect=200)
+    assert cluster["draining"] == [], cluster  # none of the above drained this node
+    await assert_serving(proc)
