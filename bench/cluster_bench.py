@@ -131,7 +131,8 @@ class Engines:
         if self.redis is None:
             from tests.engines import RedisServer
 
-            self.redis = RedisServer().start()
+            self.redis = RedisServer()  # kept before it starts, so that stop() removes its directory
+            self.redis.start()
         return self.redis
 
     def database(self) -> str:
@@ -139,7 +140,8 @@ class Engines:
         if self.postgres is None:
             from tests.engines import PostgresServer
 
-            self.postgres = PostgresServer().start()
+            self.postgres = PostgresServer()
+            self.postgres.start()
         self._databases += 1
         return self.postgres.create_database(f"bench_cluster_{os.getpid()}_{self._databases}")
 
