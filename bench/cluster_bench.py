@@ -7,11 +7,12 @@ cases (``--cases``, default all):
 
 - **latency**: two nodes ``a`` and ``b`` with ``[cluster]`` on the one Redis and ``[store]`` on one
   PostgreSQL database, the simulated network, ``--calls`` extensions whose simulated phones answer at
-  once. Two batches of ``--calls`` calls, each placed on node a (``POST /api/sim/inbound`` there, so
-  their media is on a) and waited for until a says TALKING and b lists them naming node a:
+  once. ``--batches`` batches of ``--calls`` calls per side, the sides taking turns, each batch placed
+  on node a (``POST /api/sim/inbound`` there, so their media is on a) and waited for until a says
+  TALKING and b lists them naming node a:
 
   - *via b*: ``--pairs`` rounds of hold then retrieve of every call, one command at a time, sent to
-    b's admin API (b routes each to a), then a hangup of every call through b;
+    b's admin API (b routes each to a), then a hangup of every call through b (the issue's command);
   - *on a* (the floor): the same commands sent to a's admin API, which runs them locally.
 
   Each command is timed end to end in this process (the HTTP request to the answer). For the batch
@@ -255,6 +256,12 @@ def _histogram_delta(before: dict, after: dict) -> dict:
             "sum": after["sum"] - before["sum"], "count": after["count"] - before["count"]}
 
 
+def _histogram_sum(one: dict, other: dict) -> dict:
+    more = dict(other["buckets"])
+    return {"buckets": [(le, n + more.get(le, 0.0)) for le, n in one["buckets"]],
+            "sum": one["sum"] + other["sum"], "count": one["count"] + other["count"]}
+
+
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     """The ``q`` quantile of cumulative ``buckets`` (upper bound, count), interpolated linearly within
     the bucket where it falls (Prometheus' ``histogram_quantile``); the last finite bound if it falls in
@@ -356,18 +363,24 @@ def latency(reactor, engines: Engines, daemons: Daemons, options):
         yield _commands(a, ids, 1)
         yield _settled(reactor, a, b)
 
-        ids = yield _place_calls(reactor, a, b, options.calls)
-        before = yield _histogram(b)
-        via_b = yield _commands(b, ids, options.pairs)
-        after = yield _histogram(b)
-        yield _settled(reactor, a, b)
-        ids = yield _place_calls(reactor, a, b, options.calls)
-        on_a = yield _commands(a, ids, options.pairs)
-        yield _settled(reactor, a, b)
+        via_b = {"hold": [], "retrieve": [], "hangup": []}
+        on_a = {"hold": [], "retrieve": [], "hangup": []}
+        routed = None
+        for _ in range(options.batches):  # the two sides take turns, so that both meet the same moments
+            ids = yield _place_calls(reactor, a, b, options.calls)
+            before = yield _histogram(b)
+            for action, samples in (yield _commands(b, ids, options.pairs)).items():
+                via_b[action] += samples
+            delta = _histogram_delta(before, (yield _histogram(b)))
+            routed = delta if routed is None else _histogram_sum(routed, delta)
+            yield _settled(reactor, a, b)
+            ids = yield _place_calls(reactor, a, b, options.calls)
+            for action, samples in (yield _commands(a, ids, options.pairs)).items():
+                on_a[action] += samples
+            yield _settled(reactor, a, b)
     finally:
         yield daemons.stop(b)
         yield daemons.stop(a)
-    routed = _histogram_delta(before, after)
     return {
         "via_b": {action: _summary(samples) for action, samples in via_b.items()},
         "on_a": {action: _summary(samples) for action, samples in on_a.items()},
@@ -386,11 +399,20 @@ def latency(reactor, engines: Engines, daemons: Daemons, options):
 # -- the setup case -----------------------------------------------------------------------------------
 
 def _cpu(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (0 for None); a child that ended
+    meanwhile (a PostgreSQL backend) is left out, not an error."""
     if pid is None:
         return 0.0
-    from bench.optimaccs_echo import _cpu_seconds
+    from bench.optimaccs_echo import _tree
 
-    return _cpu_seconds(pid)
+    total = 0
+    for each in _tree(pid):
+        try:
+            fields = pathlib.Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _commandstats(redis) -> dict[str, int]:
@@ -599,9 +621,10 @@ def report(results: dict, options) -> str:
     if "latency" in results:
         r = results["latency"]
         lines += ["", "### Command latency across nodes",
-                  f"Nodes a and b on one Redis and one PostgreSQL; {options.calls} calls with their media on a; "
-                  f"{options.pairs} rounds of hold then retrieve of each, then a hangup of each, one command at a "
-                  f"time. End to end: the admin API request timed in the bench. Routed part: node b's "
+                  f"Nodes a and b on one Redis and one PostgreSQL; {options.batches} batches per side (taking "
+                  f"turns) of {options.calls} calls with their media on a; in each, {options.pairs} rounds of hold "
+                  f"then retrieve of each call, then a hangup of each, one command at a time. End to end: the "
+                  f"admin API request timed in the bench. Routed part: node b's "
                   f"{HISTOGRAM} histogram over the same commands (p50/p99 interpolated within its buckets). "
                   f"Target: cross-node p99 < {TARGET_P99_MS:g} ms\n"]
         if "error" in r:
@@ -621,12 +644,15 @@ def report(results: dict, options) -> str:
                          f"| {_ms(routed['p99_ms'])} | - |")
             bounds = ", ".join(f"≤{le * 1e3:g} ms: {int(n):,}" for le, n in routed["buckets"] if not math.isinf(le))
             bucket = bucket_bound(0.99, routed["buckets"])
-            end_to_end = r["via_b_all"]["p99_ms"]
+            hangup, every = r["via_b"]["hangup"]["p99_ms"], r["via_b_all"]["p99_ms"]
             lines += ["", f"Routed part: mean {_ms(routed['mean_ms'])} ms; its p99 is in the bucket "
                           f"≤ {bucket * 1e3:g} ms; cumulative buckets: {bounds}",
-                      f"Cross-node p99 < {TARGET_P99_MS:g} ms: end to end {_ms(end_to_end)} ms, "
-                      f"{'met' if end_to_end < TARGET_P99_MS else 'NOT met'}; routed part ≤ {bucket * 1e3:g} ms, "
-                      f"{'met' if bucket <= TARGET_P99_MS / 1e3 else 'NOT shown by the buckets'}"]
+                      f"Target, cross-node p99 < {TARGET_P99_MS:g} ms: the hangup from b, end to end, "
+                      f"{_ms(hangup)} ms: {'met' if hangup < TARGET_P99_MS else 'NOT met'}; every command from b, "
+                      f"end to end, {_ms(every)} ms: {'met' if every < TARGET_P99_MS else 'NOT met'}; "
+                      f"the routed part's "
+                      f"p99 ≤ {bucket * 1e3:g} ms: "
+                      f"{'met' if bucket <= TARGET_P99_MS / 1e3 else 'not shown by the buckets'}"]
     if "setup" in results:
         rows = results["setup"]
         rows = {"all": rows} if "error" in rows else rows
@@ -718,7 +744,10 @@ def main(argv=None) -> int:
     add = parser.add_argument
     add("--cases", type=_names, default=list(CASES), help="cases to run (default all: latency,setup,workers)")
     add("--calls", type=_positive(int), default=50, help="latency: calls on node a per batch (default 50)")
-    add("--pairs", type=_positive(int), default=10, help="latency: hold/retrieve rounds over the calls (default 10)")
+    add("--pairs", type=_positive(int), default=5,
+        help="latency: hold/retrieve rounds over a batch's calls (default 5)")
+    add("--batches", type=_positive(int), default=4,
+        help="latency: batches of --calls calls per side, the sides taking turns (default 4)")
     add("--setup-calls", type=_positive(int), default=500, help="setup: calls per daemon (default 500, at most 1000)")
     add("--setup-concurrency", type=_positive(int), default=10, help="setup: calls at a time (default 10)")
     add("--idle-seconds", type=_positive(float), default=5.0, help="setup: the idle window before (default 5)")

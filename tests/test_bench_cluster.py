@@ -13,10 +13,10 @@ from tests.engines import EngineMissing, _missing, postgres_bindir, redis_binary
 from tests.test_bench_echo import _marked
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CALLS, PAIRS, SETUP_CALLS = 2, 2, 10
+CALLS, PAIRS, BATCHES, SETUP_CALLS = 2, 2, 2, 10
 
 TINY = [
-    "--calls", str(CALLS), "--pairs", str(PAIRS),
+    "--calls", str(CALLS), "--pairs", str(PAIRS), "--batches", str(BATCHES),
     "--setup-calls", str(SETUP_CALLS), "--setup-concurrency", "5", "--idle-seconds", "0.5",
     "--capacity-start", "5", "--capacity-step", "5", "--capacity-max", "10",
     "--capacity-seconds", "0.5", "--capacity-warmup", "0.3", "--capacity-tries", "1",
@@ -52,11 +52,12 @@ def test_every_case_reports_its_table(tmp_path):
     latency = result["latency"]
     for side in ("via_b", "on_a"):
         counts = {action: latency[side][action]["count"] for action in ("hold", "retrieve", "hangup")}
-        assert counts == {"hold": CALLS * PAIRS, "retrieve": CALLS * PAIRS, "hangup": CALLS}, (side, counts)
-        assert latency[f"{side}_all"]["count"] == CALLS * (2 * PAIRS + 1)
+        batch = {"hold": CALLS * PAIRS, "retrieve": CALLS * PAIRS, "hangup": CALLS}
+        assert counts == {action: n * BATCHES for action, n in batch.items()}, (side, counts)
+        assert latency[f"{side}_all"]["count"] == BATCHES * CALLS * (2 * PAIRS + 1)
     # every command sent to node b was routed to node a, and only those
-    assert latency["routed"]["count"] == CALLS * (2 * PAIRS + 1)
-    assert "| hangup | b (routed to a), end to end | 2 |" in report
+    assert latency["routed"]["count"] == BATCHES * CALLS * (2 * PAIRS + 1)
+    assert f"| hangup | b (routed to a), end to end | {BATCHES * CALLS} |" in report
 
     setup = result["setup"]
     assert list(setup) == ["one process, SQLite", "one process, PostgreSQL", "[cluster], SQLite",
