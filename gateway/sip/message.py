@@ -962,6 +962,11 @@ class StreamParser:
         self._buffer = bytearray()
         self.keepalives = 0
 
+    @property
+    def pending(self) -> int:
+        """Bytes of a message begun and not complete yet."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[Message]:
         self._buffer += data
         messages: list[Message] = []

@@ -305,7 +305,11 @@ class UDPTransport(protocol.DatagramProtocol):
 
 
 class TCPConnection(protocol.Protocol):
-    """One SIP over TCP connection (RFC 3261 18.3), framed by Content-Length."""
+    """One SIP over TCP connection (RFC 3261 18.3), framed by Content-Length.
+
+    Bounded (see :class:`TCPTransportFactory`): a message begun must be complete within
+    ``message_timeout``, and a connection silent for ``idle_timeout`` is closed.
+    """
 
     factory: TCPTransportFactory
 
@@ -313,17 +317,58 @@ class TCPConnection(protocol.Protocol):
         self.parser: StreamParser | None = None
         self.peer: Peer | None = None
         self.budget: IgnoredBudget | None = None
+        self._message_timer: Any = None
+        self._idle_timer: Any = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         address: Any = self.transport.getPeer()
+        factory = self.factory
+        too_many = factory.too_many(address.host)
+        if too_many is not None:
+            factory.refuse(address.host, address.port, f"refused: {too_many}")
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
         self.peer = Peer("TCP", address.host, address.port)
-        self.parser = StreamParser(self.factory.limits)
-        self.budget = self.factory.budget(f"{address.host}:{address.port}")
-        self.factory.connections[(address.host, address.port)] = self
+        self.parser = StreamParser(factory.limits)
+        self.budget = factory.budget(f"{address.host}:{address.port}")
+        factory.connections[(address.host, address.port)] = self
+        if factory.idle_timeout:
+            self._idle_timer = factory.clock.callLater(factory.idle_timeout, self._timed_out, "idle_timeout")
+
+    def _timed_out(self, which: str) -> None:
+        if which == "idle_timeout":
+            self._idle_timer = None
+        else:
+            self._message_timer = None
+        seconds = getattr(self.factory, which)
+        assert self.peer is not None
+        problem = (f"no complete message within {seconds:g} s" if which == "message_timeout"
+                   else f"nothing received for {seconds:g} s")
+        self.factory.refuse(self.peer.host, self.peer.port, f"{problem}; closed", reason=f"tcp_{which}")
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _timers(self, progress: bool) -> None:
+        """After bytes came: the idle timer starts over; the message timer runs while a message is begun
+        and starts over with each complete message (a busy peer's pipelined messages are progress)."""
+        factory = self.factory
+        if self._idle_timer is not None:
+            self._idle_timer.reset(factory.idle_timeout)
+        if progress and self._message_timer is not None:
+            self._message_timer.cancel()
+            self._message_timer = None
+        if self.parser is not None and self.parser.pending:
+            if self._message_timer is None and factory.message_timeout:
+                self._message_timer = factory.clock.callLater(factory.message_timeout, self._timed_out,
+                                                              "message_timeout")
+        elif self._message_timer is not None:
+            self._message_timer.cancel()
+            self._message_timer = None
 
     def dataReceived(self, data: bytes) -> None:
-        assert self.parser is not None and self.peer is not None and self.budget is not None
+        if self.parser is None:
+            return  # refused at connectionMade
+        assert self.peer is not None and self.budget is not None
         try:
             messages = self.parser.feed(data)
         except SIPMessageError as error:
@@ -333,6 +378,7 @@ class TCPConnection(protocol.Protocol):
                 self.transport.write(response.to_bytes())  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
+        self._timers(bool(messages))
         for message in messages:
             try:
                 self.factory.endpoint.message_received(message, self.peer)
@@ -341,23 +387,58 @@ class TCPConnection(protocol.Protocol):
                             port=self.peer.port)
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self.peer is not None:
-            self.factory.connections.pop((self.peer.host, self.peer.port), None)
+        for timer in (self._message_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._message_timer = self._idle_timer = None
+        if self.peer is not None and self.factory.connections.get((self.peer.host, self.peer.port)) is self:
+            del self.factory.connections[(self.peer.host, self.peer.port)]
         if self.budget is not None:
             self.budget.close()
 
 
 class TCPTransportFactory(protocol.ServerFactory):
-    """Accepts SIP over TCP; sends a message to a peer over its open connection."""
+    """Accepts SIP over TCP; sends a message to a peer over its open connection.
+
+    Anyone may connect, so the connections are bounded: at most ``max_connections`` open and
+    ``max_per_host`` from one address (past either, a new one is closed at once, counted in
+    ``gateway_sip_refused_total{reason="tcp_connections"}``); a message begun must be complete within
+    ``message_timeout`` seconds (a peer trickling a head byte by byte holds no connection and buffer for
+    good; ``reason="tcp_message_timeout"``) and a connection silent for ``idle_timeout`` seconds is
+    closed (``reason="tcp_idle_timeout"``; 0: never). Each is logged, rate-limited, naming the peer. Requests toward trunks go over UDP, so closing an idle connection loses nothing.
+    """
 
     protocol = TCPConnection  # type: ignore[assignment]
 
     def __init__(self, endpoint: SIPEndpoint, budget: Callable[[str], IgnoredBudget], *,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), max_connections: int = 256, max_per_host: int = 16,
+                 message_timeout: float = 10.0, idle_timeout: float = 600.0):
         self.endpoint = endpoint
+        self.clock = endpoint.clock
         self.budget = budget
         self.limits = limits
+        self.max_connections = max_connections
+        self.max_per_host = max_per_host
+        self.message_timeout = message_timeout
+        self.idle_timeout = idle_timeout
         self.connections: dict[tuple[str, int], TCPConnection] = {}
+        self._refusals = RateLimitedLog(self.clock, log)
+
+    def too_many(self, host: str) -> str | None:
+        """Why a new connection from ``host`` is refused, or None."""
+        if len(self.connections) >= self.max_connections:
+            return f"{self.max_connections} SIP TCP connections are open"
+        if sum(1 for other, _ in self.connections if other == host) >= self.max_per_host:
+            return f"{self.max_per_host} SIP TCP connections from {host} are open"
+        return None
+
+    def refuse(self, host: str, port: int, why: str, *, reason: str = "tcp_connections") -> None:
+        """Count (``gateway_sip_refused_total{reason}``) and log, rate-limited, a connection refused or ended."""
+        self.endpoint._refuse(reason)
+        self._refusals.emit("SIP: TCP connection from {host}:{port}: {why}{more}",
+                            summary="SIP: {count} more TCP connections refused or closed in the last {seconds:.0f} s, "
+                                    "the latest from {host}:{port}: {why}",
+                            host=host, port=port, why=why)
 
     def send(self, message: Message, peer: Peer) -> None:
         connection = self.connections.get((peer.host, peer.port))

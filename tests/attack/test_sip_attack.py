@@ -331,3 +331,51 @@ async def test_a_trunk_that_never_acks_gets_a_bounded_200_retransmission_then_a_
     records = await cdrs(proc, 1)
     assert records and records[0]["cause"] != "normal", records
     assert port_is_free(rtp_port) and port_is_free(rtp_port + 1)
+
+
+def closed_by_peer(sock, wait=0.0):
+    sock.settimeout(wait or 0.01)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stranger_holding_tcp_connections_is_capped_per_address(daemon, udp):
+    """16 connections from one address at most (the 17th on is closed at once, counted); the trunk still
+    connects and is answered."""
+    proc = await daemon(transport="tcp")
+    held = []
+    try:
+        for _ in range(20):
+            sock = socket.socket()
+            sock.bind((STRANGER, 0))
+            sock.connect(("127.0.0.1", proc.sip_port))
+            sock.sendall(b"OPTIONS sip:x SIP/2.0\r\nVia: ")  # a message begun, never ended
+            held.append(sock)
+        await pause(0.5)
+        closed = [closed_by_peer(sock) for sock in held]
+        assert closed == [False] * 16 + [True] * 4, closed
+        assert await metric(proc, "gateway_sip_refused_total", reason="tcp_connections") == 4
+        trunk = socket.create_connection(("127.0.0.1", proc.sip_port), timeout=5)
+        trunk.sendall(options("127.0.0.1", 5060, "z9hG4bKtcptrunk").replace(b"UDP", b"TCP"))
+        answer = b""
+        for _ in range(30):
+            await pause(0.1)
+            trunk.settimeout(0.05)
+            try:
+                answer += trunk.recv(4096)
+            except socket.timeout:
+                continue
+            if b"\r\n\r\n" in answer:
+                break
+        trunk.close()
+        assert answer.startswith(b"SIP/2.0 200"), answer
+    finally:
+        for sock in held:
+            sock.close()
+    trunk_udp = udp("127.0.0.1", proc.trunk_port)
+    await assert_alive(proc, trunk_udp, "127.0.0.1")

@@ -277,3 +277,66 @@ class FuzzThroughTheDoorTests(EndpointTestCase):
         self.assertEqual([event.get("log_failure") for event in failures], [])
         self.clock.advance(64)
         self.assertEqual(self.endpoint.layer.count, 0)
+
+
+class TCPBoundsTests(EndpointTestCase):
+    """Anyone may connect to the SIP TCP port: connections are capped, per address and in all, a message must
+    be complete within message_timeout and a silent connection ends after idle_timeout."""
+
+    def factory(self, **options):
+        factory = TCPTransportFactory(self.endpoint, budget_factory(self.clock, "sip", self.registry), **options)
+        self.endpoint.add_transport("TCP", factory)
+        return factory
+
+    def connect(self, factory, host="203.0.113.66", port=40001):
+        connection = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=_Address(host, port))
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def test_past_the_caps_a_new_connection_is_closed_at_once_and_counted(self):
+        factory = self.factory(max_connections=5, max_per_host=3)
+        opened = [self.connect(factory, port=40000 + i) for i in range(4)]
+        self.assertEqual([t.disconnecting or t.disconnected for _, t in opened], [False, False, False, True])
+        opened[3][0].dataReceived(request("OPTIONS"))  # a refused connection's bytes go nowhere
+        self.assertEqual(opened[3][1].value(), b"")
+        others = [self.connect(factory, host=f"198.51.100.{i}") for i in range(3)]
+        self.assertEqual([t.disconnecting or t.disconnected for _, t in others], [False, False, True])
+        self.assertEqual(self.metric("gateway_sip_refused_total", reason="tcp_connections"), 2)
+        opened[0][0].connectionLost()  # a place is free again
+        self.assertFalse(self.connect(factory, host="198.51.100.9")[1].disconnecting)
+
+    def test_a_message_trickled_past_message_timeout_closes_the_connection(self):
+        factory = self.factory(message_timeout=10.0, idle_timeout=600.0)
+        connection, transport = self.connect(factory)
+        data = request("OPTIONS").replace(b"UDP", b"TCP")
+        for i in range(9):  # a byte a second: never a complete message
+            connection.dataReceived(data[i:i + 1])
+            self.clock.advance(1.0)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.5)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.metric("gateway_sip_refused_total", reason="tcp_message_timeout"), 1)
+        connection.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_complete_messages_keep_a_busy_connection_and_silence_ends_it(self):
+        factory = self.factory(message_timeout=10.0, idle_timeout=60.0)
+        connection, transport = self.connect(factory, host="10.0.0.5")
+        data = request("OPTIONS").replace(b"UDP", b"TCP")
+        messages = [data.replace(b"z9hG4bKo1", f"z9hG4bKp{i:03d}".encode()) for i in range(31)]
+        stream = b"".join(messages)
+        cuts = [sum(len(m) for m in messages[:i + 1]) + 20 for i in range(30)]
+        for start, end in zip([0] + cuts, cuts):  # pipelined: each read ends inside the next message, for 30 s
+            connection.dataReceived(stream[start:end])
+            self.clock.advance(1.0)
+        self.assertFalse(transport.disconnecting)
+        connection.dataReceived(stream[cuts[-1]:])
+        self.assertEqual(transport.value().count(b"SIP/2.0 200 OK\r\n"), 31)
+        self.clock.advance(59.0)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2.0)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.metric("gateway_sip_refused_total", reason="tcp_idle_timeout"), 1)
+        connection.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
