@@ -222,6 +222,14 @@ class UnitFileTests(SynchronousTestCase):
         timeout = int(read_unit("gateway.service")["Service"]["TimeoutStopSec"])
         self.assertGreaterEqual(timeout, GatewaySection().shutdown_grace + 10)
 
+    def test_stop_timeout_covers_a_cluster_node_with_workers_on_the_defaults(self):
+        """A draining cluster node's calls may run drain_timeout, and a workers parent waits
+        shutdown_grace + 25 s more: systemd's SIGKILL must not cut that short on the defaults."""
+        from gateway.cluster.config import ClusterConfig
+
+        timeout = int(read_unit("gateway.service")["Service"]["TimeoutStopSec"])
+        self.assertGreater(timeout, GatewaySection().shutdown_grace + 25 + ClusterConfig(redis="redis://x").drain_timeout)
+
     def test_socket_matches_the_documented_listen_line(self):
         text = (UNITS / "gateway.socket").read_text()
         [listen] = re.findall(r'^#\s+listen = "([^"]+)"$', text, re.M)
