@@ -598,6 +598,7 @@ def workers(reactor, engines: Engines, daemons: Daemons, options):
         capacity_max=options.capacity_max, capacity_tries=options.capacity_tries)
     rows = {}
     trigger = reactor.addSystemEventTrigger("before", "shutdown", echo._emergency_cleanup)
+    gc.collect()  # what the cases before left, collected now rather than in a measured window
     gc.disable()  # as optimaccs-echo does while it measures
     try:
         for count in (1, 2):
