@@ -6,6 +6,7 @@ CSRC counts, extension lengths and padding, RTCP garbage, and strangers flood an
 each, the daemon is up, the damage is counted, no call or RTP port leaks, and a real call still works.
 """
 
+import os
 import random
 import re
 import socket
@@ -379,3 +380,65 @@ async def test_a_stranger_holding_tcp_connections_is_capped_per_address(daemon, 
             sock.close()
     trunk_udp = udp("127.0.0.1", proc.trunk_port)
     await assert_alive(proc, trunk_udp, "127.0.0.1")
+
+
+def udp_sockets(pid):
+    """How many UDP sockets the process ``pid`` has open (its RTP/RTCP pairs and the SIP socket)."""
+    inodes = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            count += sum(1 for line in f.readlines()[1:] if line.split()[9] in inodes)
+    return count
+
+
+@pytest_twisted.ensureDeferred
+async def test_trunk_invites_with_bad_sdp_or_hung_up_at_once_leak_no_rtp_ports(daemon, udp):
+    proc = await daemon()
+    trunk = udp("127.0.0.1", proc.trunk_port)
+    pid = proc.transport.pid
+    base = udp_sockets(pid)
+    good = invite("600", "127.0.0.1", trunk.port, "z9hG4bKx", rtp_port=40000).decode()
+    head, _, sdp = good.partition("\r\n\r\n")
+    bodies = {
+        "no body": "",
+        "not sdp": "hello\r\n",
+        "no audio": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 4000 RTP/AVP 31\r\n",
+        "no codec of ours": sdp.replace("RTP/AVP 0", "RTP/AVP 18"),
+        "port 0": sdp.replace("m=audio 40000", "m=audio 0"),
+        "port 70000": sdp.replace("m=audio 40000", "m=audio 70000"),
+        "1000 m-lines": sdp + "m=audio 4002 RTP/AVP 0\r\n" * 1000,
+        "a huge attribute": sdp + "a=x:" + "y" * 30000 + "\r\n",
+    }
+    for i, (name, body) in enumerate(bodies.items()):
+        message = head.replace("z9hG4bKx", f"z9hG4bKsdp{i}")
+        message = re.sub(r"Content-Length: \d+", f"Content-Length: {len(body.encode())}", message)
+        if not body:
+            message = message.replace("Content-Type: application/sdp\r\n", "")
+        trunk.transport.write((message + "\r\n\r\n" + body).encode(), ("127.0.0.1", proc.sip_port))
+        await pause(0.2)
+    # and calls the trunk CANCELs at once, before any answer
+    for i in range(10):
+        data = invite("700", "127.0.0.1", trunk.port, f"z9hG4bKcx{i}", rtp_port=40000, call_id=f"cx{i}")
+        trunk.transport.write(data, ("127.0.0.1", proc.sip_port))
+        cancel = data.decode().split("\r\n\r\n")[0].replace("INVITE sip:700", "CANCEL sip:700", 1)
+        cancel = cancel.replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL").replace("Content-Type: application/sdp\r\n", "")
+        cancel = re.sub(r"Content-Length: \d+", "Content-Length: 0", cancel)
+        trunk.transport.write((cancel + "\r\n\r\n").encode(), ("127.0.0.1", proc.sip_port))
+    for _ in range(50):
+        if udp_sockets(pid) == base:
+            break
+        await pause(0.1)
+    assert udp_sockets(pid) == base, (base, udp_sockets(pid))
+    _, calls = await proc.api("GET", "/api/calls", expect=200)
+    assert calls["calls"] == [], calls
+    statuses = trunk.statuses()
+    assert 500 not in statuses and all(s < 500 or s == 503 for s in statuses), statuses
+    await assert_alive(proc, trunk, "127.0.0.1")
