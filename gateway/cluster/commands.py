@@ -27,7 +27,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.boundary import PeerDataError, load_json
+from gateway.boundary import PeerDataError, RateLimitedLog, load_json
 from gateway.cluster import keys
 from gateway.cluster.errors import CommandTimeout, OwnerDead, RemoteCommandError
 from gateway.cluster.nodes import NodeRegistry
@@ -64,6 +64,8 @@ class CommandRouter:
         self.registry = NodeRegistry(redis)
         self._pending: dict[str, tuple[defer.Deferred, Any, str, str]] = {}
         self._subscriptions: list[Any] = []
+        #: unreadable commands and replies: the first lines one by one, then a summary a minute
+        self._unreadable = RateLimitedLog(clock, log)
 
     def start(self) -> defer.Deferred:
         """Listen on this node's channels; fires when both subscriptions are confirmed."""
@@ -139,7 +141,7 @@ class CommandRouter:
             if not (isinstance(reply, dict) and isinstance(reply.get("id"), str)):
                 raise ValueError("a reply without an id")
         except (ValueError, PeerDataError) as e:
-            log.warn("cluster: a reply on {channel} is unreadable: {problem}; dropped", channel=channel, problem=str(e))
+            self._dropped("reply", channel, e)
             return
         entry = self._pending.pop(reply["id"], None)
         if entry is None:
@@ -155,6 +157,13 @@ class CommandRouter:
         make = self.error_types.get(kind)
         d.errback(make(text) if make is not None else RemoteCommandError(node, kind, text))
 
+    def _dropped(self, what: str, channel: str, error: Exception) -> None:
+        self._unreadable.emit(
+            "cluster: a {what} on {channel} is unreadable: {problem}; dropped{more}",
+            summary="cluster: {count} more unreadable commands or replies dropped in the last {seconds:.0f} s, "
+                    "the latest a {what} on {channel}: {problem}",
+            what=what, channel=channel, problem=str(error)[:200])
+
     # -- the owner's side ---------------------------------------------------------------------
 
     def _request(self, channel: str, message: str) -> None:
@@ -169,7 +178,7 @@ class CommandRouter:
             ):
                 raise ValueError('expected {"id", "from", "command", "args"}')
         except (ValueError, PeerDataError) as e:
-            log.warn("cluster: a command on {channel} is unreadable: {problem}; dropped", channel=channel, problem=str(e))
+            self._dropped("command", channel, e)
             return
         d = defer.maybeDeferred(self.handler, request["command"], request["args"])
 

@@ -158,3 +158,16 @@ class CommandTests(SynchronousTestCase):
             self.server.publish(keys.reply_channel("b"), junk)
         self.clock.advance(0)
         self.assertEqual(self.handled, [])
+
+    def test_a_flood_of_unreadable_commands_is_logged_rate_limited_naming_the_channel(self):
+        from twisted.logger import capturedLogs
+
+        with capturedLogs() as events:
+            for _ in range(500):
+                self.server.publish(keys.command_channel("a"), "{")
+            self.clock.advance(0)
+        lines = [e for e in events if "unreadable" in e.get("log_format", "")]
+        self.assertLessEqual(len(lines), 6)
+        self.assertEqual(lines[0]["channel"], keys.command_channel("a"))
+        self.assertIn("not JSON", lines[0]["problem"])
+        self.assertEqual(self.handled, [])
