@@ -444,11 +444,16 @@ class TransactionLayer:
 
     def __init__(self, clock: Any, send: Callable[[Message, Peer], None], tu: TransactionUser,
                  sent_by: Callable[[str], str], *, timers: Timers = Timers(),
-                 random: Callable[[int], bytes] = os.urandom, max_server_transactions: int = 10000):
+                 random: Callable[[int], bytes] = os.urandom, max_server_transactions: int = 10000,
+                 stranger_share: float = 0.5):
         self.clock = clock
         #: past this many live server transactions a new request gets 503 statelessly (a flood cannot
         #: make the layer hold unbounded state); counted in ``overloaded``
         self.max_server_transactions = max_server_transactions
+        #: the share of those places that requests from sources the TU does not trust (``tu.trusted(peer)``
+        #: false: hosts that are no trunk) may hold together, so that their flood leaves the rest to trunks
+        self.stranger_places = max(1, int(max_server_transactions * stranger_share))
+        self._strangers: set[tuple[str, ...]] = set()
         self.overloaded = 0
         self._send = send
         self.tu = tu
@@ -550,7 +555,10 @@ class TransactionLayer:
             self.tu.request_received(request, None, source)
             return
         peer = response_destination(request.top_via, source.transport) if not source.reliable else source  # type: ignore[arg-type]
-        if len(self._servers) >= self.max_server_transactions:
+        trusted = getattr(self.tu, "trusted", None)
+        stranger = trusted is not None and not trusted(source)
+        if len(self._servers) >= self.max_server_transactions or (
+                stranger and len(self._strangers) >= self.stranger_places):
             self.overloaded += 1
             busy = request.response(503, to_tag=self.random(6).hex())
             busy.add("Retry-After", "5")
@@ -565,6 +573,8 @@ class TransactionLayer:
         else:
             server = ServerTransaction(self, key, request, peer)
         self._servers[key] = server
+        if stranger:
+            self._strangers.add(key)
         if isinstance(server, InviteServerTransaction):
             server.start()
         self.tu.request_received(request, server, source)
@@ -579,6 +589,7 @@ class TransactionLayer:
             del self._clients[transaction.key]
         if self._servers.get(transaction.key) is transaction:
             del self._servers[transaction.key]
+            self._strangers.discard(transaction.key)
 
     @property
     def count(self) -> int:

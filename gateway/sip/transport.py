@@ -186,6 +186,10 @@ class SIPEndpoint:
     def new_tag(self) -> str:
         return self.random(6).hex()
 
+    def trusted(self, source: Peer) -> bool:
+        """Whether ``source`` is a trunk's host (the transaction layer keeps places for them)."""
+        return self.trunks.match(source.host) is not None
+
     def _refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         if self._refused_counter is not None:

@@ -340,3 +340,34 @@ class TCPBoundsTests(EndpointTestCase):
         self.assertEqual(self.metric("gateway_sip_refused_total", reason="tcp_idle_timeout"), 1)
         connection.connectionLost()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class StrangerShareTests(SynchronousTestCase):
+    """Requests other than INVITE from hosts that are no trunk (OPTIONS, REGISTER, a BYE) are still served, each
+    holding a transaction for timer J (32 s over UDP): strangers together hold at most half the places, so
+    their flood never leaves a trunk's INVITE without one."""
+
+    def test_a_strangers_flood_of_options_leaves_the_trunks_half_of_the_places(self):
+        clock, registry = Clock(), CollectorRegistry()
+        endpoint = SIPEndpoint(clock, TrunkMatcher([("carrier", "10.0.0.5")]), lambda t: "192.0.2.1:5060",
+                               registry=registry, max_transactions=10)
+        udp = UDPTransport(endpoint, budget_factory(clock, "sip", registry)("udp"))
+        wire_ = FakeUDP()
+        udp.makeConnection(wire_)
+        endpoint.add_transport("UDP", udp)
+        taken = []
+        endpoint.handlers["INVITE"] = lambda req, tx, src, trunk: taken.append(trunk)
+        for i in range(20):
+            udp.datagramReceived(request("OPTIONS", branch=f"z9hG4bKs{i}").replace(b"10.0.0.5", b"203.0.113.66"),
+                                 STRANGER)
+        statuses = [int(d.split(b" ", 2)[1]) for d, _ in wire_.written]
+        self.assertEqual(statuses, [200] * 5 + [503] * 15)
+        self.assertEqual(registry.get_sample_value("gateway_sip_refused_total", {"reason": "overloaded"}), 15)
+        for i in range(4):
+            udp.datagramReceived(invite(branch=f"z9hG4bKt{i}"), TRUNK)
+        self.assertEqual(taken, ["carrier"] * 4)
+        clock.advance(33)  # timer J: the strangers' places are free again
+        udp.datagramReceived(request("OPTIONS", branch="z9hG4bKlater").replace(b"10.0.0.5", b"203.0.113.66"),
+                             STRANGER)
+        self.assertEqual(int(wire_.written[-1][0].split(b" ", 2)[1]), 200)
+        endpoint.close()
