@@ -1236,6 +1236,9 @@ class Registry:
         call = self._calls.pop(call_id, None)
         if call is not None:
             # A call and its legs refer to each other (a cycle Python frees only at a full collection):
-            # let go of the drivers' legs, which hold the connections, ports and buffers, at once.
+            # let go of the drivers' legs, which hold the connections, ports and buffers, at once. Not the
+            # phone a live consult still carries: its reports reach the consult through this leg's driver
+            # leg (_current_leg), so letting go of it would leave the consult deaf to the phone hanging up.
             for leg in call.legs:
-                leg.driver_leg = None
+                if not self._phone_elsewhere(call, leg):
+                    leg.driver_leg = None

@@ -637,6 +637,18 @@ class RegistryContractTests(CallControlContract, SynchronousTestCase):
     def consult_fails(self, call_id, cause):
         self.h.advance(11.0)  # the network's rules: busy after 1 s, failed after 0.5 s, no answer after 10 s
 
+    def test_the_phone_hanging_up_ends_the_consult_after_the_ended_primary_is_forgotten(self):
+        """The phone's reports still reach the consult once the primary it was dialled for is forgotten
+        (forgetting a call lets go of its legs' driver legs, which ``_current_leg`` follows)."""
+        primary, consult = self.consulting()
+        self.party_hangs_up(primary, NUMBER)
+        self.h.advance(61.0)  # past the registry's retention: the primary is forgotten
+        self.assertRaises(UnknownCall, self.calls.call, primary)
+        self.assertEqual(self.calls.call(consult).state, "TALKING")
+        self.phone_hangs_up(consult)
+        ended = self.calls.call(consult)
+        self.assertEqual((ended.state, ended.cause, ended.hangup_by), ("RELEASED", "normal", "extension"))
+
 
 class FakeContractTests(CallControlContract, SynchronousTestCase):
     """The shipped fake."""
