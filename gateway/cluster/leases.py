@@ -36,7 +36,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway.cluster import keys
-from gateway.cluster.errors import LeaseLost, RedisError
+from gateway.cluster.errors import LeaseLost, RedisError, RedisReplyError
 from gateway.cluster.redis import IRedis, Script
 
 __all__ = ["ACQUIRE", "Lease", "LeaseCampaign", "LeaseHolder", "RELEASE", "RENEW", "lease_holder", "lease_holders"]
@@ -136,7 +136,7 @@ class LeaseHolder:
     @classmethod
     def parse(cls, name: str, value: str, ttl_ms: int) -> "LeaseHolder | None":
         token, _, holder = value.partition(":")
-        if not token.isdigit():
+        if not (token.isascii() and token.isdigit() and len(token) <= 20):  # not "²", not 5,000 digits
             return None
         return cls(name, holder, int(token), ttl_ms)
 
@@ -158,7 +158,11 @@ async def _holders(redis: IRedis) -> list[LeaseHolder]:
     for key in await redis.scan(keys.LEASE + "*"):
         if key.endswith(":token"):
             continue
-        holder = await _holder(redis, key[len(keys.LEASE) :])
+        try:
+            holder = await _holder(redis, key[len(keys.LEASE) :])
+        except RedisReplyError as e:  # e.g. WRONGTYPE: a key of another kind under a lease's name
+            log.warn("cluster: {key} is unreadable ({problem}); not listed among the leases", key=key, problem=str(e))
+            continue
         if holder is not None:
             found.append(holder)
     return found

@@ -20,6 +20,15 @@ class LeaseTests(SynchronousTestCase):
     def lease(self, redis, holder, **kw):
         return Lease(redis, self.clock, "his", holder, ttl=3.0, on_lost=lambda lease, e: self.lost.append((holder, e)), **kw)
 
+    def test_unreadable_lease_keys_are_left_out_of_the_list(self):
+        """A unicode digit or 5,000 digits as the token (int() raised: /api/cluster answered 500), or a key of
+        the wrong type (WRONGTYPE: the whole list failed): each is left out, the real lease is listed."""
+        self.successResultOf(self.lease(self.a, "a").acquire())
+        self.server.store.set(keys.lease("sup"), "\u00b2:evil")
+        self.server.store.set(keys.lease("long"), "9" * 5000 + ":evil")
+        self.server.store.hset(keys.lease("hash"), {"not": "a string"})
+        self.assertEqual([h.name for h in self.successResultOf(lease_holders(self.b))], ["his"])
+
     def test_one_holder_at_a_time_and_tokens_grow(self):
         la, lb = self.lease(self.a, "node-a"), self.lease(self.b, "node-b")
         self.assertTrue(self.successResultOf(la.acquire()))
