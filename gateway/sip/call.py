@@ -36,13 +36,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.sip.dialog import Dialog, DialogError, SuccessRetransmitter
-from gateway.sip.digest import DigestClient, DigestError, best_challenge, parse_challenge
+from gateway.sip.digest import MAX_CHALLENGES, DigestClient, DigestError, best_challenge, parse_challenge
 from gateway.sip.message import Request, Response, SipURI
 from gateway.sip.sdp import LocalMedia, Negotiated, SDPError, parse_sdp
 from gateway.sip.transaction import InviteClientTransaction, Peer, ServerTransaction
 from gateway.sip.transport import SIPEndpoint
 
-__all__ = ["CAUSES", "CallEvents", "CallManager", "SIPCall", "SIPCallError"]
+__all__ = ["CAUSES", "CallEvents", "CallManager", "MAX_CHALLENGES", "SIPCall", "SIPCallError"]
 
 log = Logger()
 
@@ -100,6 +100,7 @@ class SIPCall:
         self._ack: Request | None = None
         self._cancelled = False
         self._nonces: set[str] = set()
+        self._challenges = 0
         self._reinvite: defer.Deferred[Negotiated] | None = None
 
     def __repr__(self) -> str:
@@ -346,6 +347,9 @@ class SIPCall:
                 continue
         challenge = best_challenge(challenges)
         if challenge is None or (challenge.nonce in self._nonces and not challenge.stale):
+            return False
+        self._challenges += 1
+        if self._challenges > MAX_CHALLENGES:
             return False
         self._nonces.add(challenge.nonce)
         retry = Request(method="INVITE", uri=request.uri)

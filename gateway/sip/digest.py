@@ -28,6 +28,7 @@ __all__ = [
     "Challenge",
     "DigestClient",
     "DigestError",
+    "MAX_CHALLENGES",
     "best_challenge",
     "compute_response",
     "parse_challenge",
@@ -37,6 +38,10 @@ __all__ = [
 def _sha512_256(data: bytes) -> str:
     return hashlib.new("sha512_256", data).hexdigest()
 
+
+#: 401/407 challenges one request (an INVITE, a registration) answers at most: a peer sending a fresh or a
+#: stale nonce every time would otherwise have the gateway send requests for ever; the next one fails it
+MAX_CHALLENGES = 3
 
 #: algorithm name (upper case, without ``-sess``) -> hex digest function; strongest last
 ALGORITHMS: dict[str, Callable[[bytes], str]] = {

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.sip.digest import DigestClient, DigestError, best_challenge, parse_challenge
+from gateway.sip.digest import MAX_CHALLENGES, DigestClient, DigestError, best_challenge, parse_challenge
 from gateway.sip.message import Request, Response, SIPMessageError, parse_name_addr
 from gateway.sip.transaction import Peer, TransactionLayer
 
@@ -73,6 +73,7 @@ class Registration:
         self.failures = 0
         self._requested = expires
         self._answered_nonces: set[str] = set()
+        self._challenges = 0
         self._timer: Any = None
         self._stopped = False
 
@@ -97,6 +98,7 @@ class Registration:
             if not done.called:
                 done.callback(None)
 
+        self._challenges = 0
         self._send(0, on_final=finished)
         return done
 
@@ -129,6 +131,7 @@ class Registration:
         if self.state != "registered":
             self._set("registering", self.last_error)
         self._answered_nonces.clear()
+        self._challenges = 0
         self._send(self._requested)
 
     def _request(self, expires: int, authorization: tuple[str, str] | None) -> Request:
@@ -181,6 +184,9 @@ class Registration:
                 continue
         challenge = best_challenge(challenges)
         if challenge is None or (challenge.nonce in self._answered_nonces and not challenge.stale):
+            return False
+        self._challenges += 1
+        if self._challenges > MAX_CHALLENGES:
             return False
         self._answered_nonces.add(challenge.nonce)
         authorization = (challenge.header, self.digest.authorization(challenge, "REGISTER", request.uri))

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.boundary import budget_factory
 from gateway.sip.call import CallManager, SIPCallError
-from gateway.sip.digest import DigestClient, compute_response
+from gateway.sip.digest import MAX_CHALLENGES, DigestClient, compute_response
 from gateway.sip.message import parse_datagram
 from gateway.sip.sdp import LocalMedia, parse_sdp
 from gateway.sip.transaction import Peer
@@ -345,6 +345,25 @@ class OutboundTests(CallTestCase):
         _, events = self.gateway_dials()
         self.assertEqual(events.seen, [("ended", "failed")])
         self.assertEqual(self.wire.log.count("SIP/2.0 407 Proxy Authentication Required"), 2)
+
+    def test_a_carrier_challenging_every_invite_with_a_fresh_nonce_fails_the_call(self):
+        """A hostile or broken carrier that answers each INVITE with a new nonce (or a stale one) must not
+        make the gateway send INVITEs for ever."""
+        invites = []
+
+        def carrier_invite(request, tx, source, trunk):
+            invites.append(request)
+            if len(invites) > 20:
+                self.carrier.respond(tx, 403)  # end the test's loop if the gateway never gives up
+                return
+            nonce, stale = (f"n{len(invites)}", "") if len(invites) % 2 else ("n1", ", stale=true")
+            self.carrier.respond(tx, 401, headers=[("WWW-Authenticate",
+                                                    f'Digest realm="carrier", nonce="{nonce}"{stale}')])
+
+        self.carrier.handlers["INVITE"] = carrier_invite
+        _, events = self.gateway_dials()
+        self.assertEqual(events.seen, [("ended", "failed")])
+        self.assertLessEqual(len(invites), 1 + MAX_CHALLENGES)
 
     def test_no_answer_at_all_fails_after_timer_b(self):
         self.wire.drop = lambda data, src, dst: dst == CARRIER

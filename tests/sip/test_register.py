@@ -6,7 +6,7 @@ import re
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.sip.digest import DigestClient, compute_response
+from gateway.sip.digest import MAX_CHALLENGES, DigestClient, compute_response
 from gateway.sip.message import parse_datagram
 from gateway.sip.register import Registration
 from gateway.sip.transaction import Peer, TransactionLayer
@@ -111,6 +111,17 @@ class RegistrationTests(SynchronousTestCase):
         self.answer(401, ("WWW-Authenticate", 'Digest realm="carrier", nonce="n1", qop="auth", stale=true'))
         self.assertEqual(self.last().cseq.seq, 3)
         self.assertEqual(self.registration.state, "registering")
+
+    def test_a_registrar_challenging_every_register_with_a_fresh_or_stale_nonce_fails_it(self):
+        """A hostile or broken registrar must not have the gateway send REGISTERs for ever."""
+        self.registration.start()
+        sent = 1
+        while self.registration.state == "registering" and sent <= 20:
+            nonce, stale = (f"n{sent}", "") if sent % 2 else ("n1", ", stale=true")
+            self.answer(401, ("WWW-Authenticate", f'Digest realm="carrier", nonce="{nonce}", qop="auth"{stale}'))
+            sent += 1
+        self.assertEqual(self.registration.state, "failed")
+        self.assertLessEqual(sent, 1 + MAX_CHALLENGES + 1)
 
     def test_no_answer_is_a_failure_after_timer_f(self):
         self.registration.start()
