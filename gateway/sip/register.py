@@ -74,6 +74,8 @@ class Registration:
         self._requested = expires
         self._answered_nonces: set[str] = set()
         self._challenges = 0
+        #: whether this attempt followed a 423 already (a second one fails it: no raising Min-Expires for ever)
+        self._followed_423 = False
         self._timer: Any = None
         self._stopped = False
 
@@ -132,6 +134,7 @@ class Registration:
             self._set("registering", self.last_error)
         self._answered_nonces.clear()
         self._challenges = 0
+        self._followed_423 = False
         self._send(self._requested)
 
     def _request(self, expires: int, authorization: tuple[str, str] | None) -> Request:
@@ -213,7 +216,9 @@ class Registration:
             return
         if status == 423:
             minimum = response.get("Min-Expires")
-            if minimum is not None and minimum.strip().isdigit() and int(minimum) > expires:
+            if (minimum is not None and minimum.strip().isdigit() and int(minimum) > expires
+                    and not self._followed_423):
+                self._followed_423 = True
                 self._requested = int(minimum)
                 self._send(self._requested)
                 return

@@ -136,6 +136,17 @@ class RegistrationTests(SynchronousTestCase):
         self.answer(200)
         self.assertEqual(self.registration.expires_at, 1800)
 
+    def test_a_second_423_in_one_attempt_fails_it(self):
+        """A registrar raising Min-Expires at every answer must not have the gateway send REGISTERs for ever."""
+        self.registration.start()
+        sent = 1
+        while self.registration.state == "registering" and sent <= 20:
+            self.answer(423, ("Min-Expires", str(1800 + sent)))
+            sent += 1
+        self.assertEqual(self.registration.state, "failed")
+        self.assertEqual(sent, 3)
+        self.assertIn("423", self.registration.last_error)
+
     def test_without_credentials_a_401_fails(self):
         self.registration.digest = None
         self.registration.start()
