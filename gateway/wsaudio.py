@@ -115,6 +115,15 @@ class AudioFastPath:
     current_frame: object
     inside_message: bool
 
+    def connectionLost(self, reason: object) -> None:
+        """Autobahn's, then let go of ``is_closed``: Autobahn fires that Deferred with the protocol itself,
+        a reference cycle that kept every ended call's protocol (and what hangs on it) until Python's next
+        full collection, which comes every few hundred calls and pauses the reactor (issue 18)."""
+        super().connectionLost(reason)  # type: ignore[misc]
+        closed = self.__dict__.get("is_closed")
+        if closed is not None and closed.called:
+            self.is_closed = None
+
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the transport: while OPEN, straight to the frame loop (Autobahn's own way otherwise).
 

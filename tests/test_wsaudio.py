@@ -154,3 +154,31 @@ def test_a_tls_transport_never_takes_the_direct_path():
     plain = _Sender()
     plain.transport = object()  # not a TCP transport at all (e.g. a test's StringTransport)
     assert plain._direct is False
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.timeout(TIMEOUT)
+def test_a_closed_connection_s_protocol_is_freed_without_a_garbage_collection(reactor, server, cleanup):
+    """Autobahn fires ``is_closed`` with the protocol itself: the lean path lets go of it once fired, so an
+    ended call's protocol is freed when Twisted drops it, not at Python's next full collection."""
+    import gc
+    import weakref
+
+    factory, port = server
+    client = yield protocol.ClientCreator(reactor, _RawClient).connectTCP("127.0.0.1", port)
+    cleanup(lambda: client.transport.abortConnection() if client.transport.connected else None)
+    yield client.handshaken
+    sender = yield factory.opened
+    factory.opened = None
+    gc.collect()
+    gc.disable()
+    try:
+        ref = weakref.ref(sender)
+        closed = weakref.ref(sender.is_closed)  # not waited on: inlineCallbacks would reset its result
+        del sender
+        client.transport.loseConnection()
+        yield _until(reactor, lambda: closed() is None or closed().called, "the server side's close")
+        yield deferLater(reactor, 0.05, lambda: None)
+        assert ref() is None
+    finally:
+        gc.enable()
