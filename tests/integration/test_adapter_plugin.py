@@ -164,5 +164,5 @@ def test_the_drop_in_section_is_validated_naming_its_key(processes, tmp_path, pl
     proc.spawn()
     assert (yield proc.ended) != 0
     assert (f"gateway: configuration error: {proc.config_path}: hello: unknown key (known keys here: admin, chat,"
-            " cluster, cti, extensions, gateway, media, optimaccs, patriot, pbx, routes, store)") in proc.output
+            " cluster, cti, extensions, gateway, media, optimaccs, patriot, pbx, routes, sip, store)") in proc.output
     assert "Traceback" not in proc.output
