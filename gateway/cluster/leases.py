@@ -393,12 +393,16 @@ class LeaseCampaign:
         self.lease = Lease(redis, clock, name, holder, ttl=ttl, on_lost=self._lost)
         self._loop: task.LoopingCall | None = None
         self._trying = False
+        #: the acquisition under way (stop() waits for it), and whether stop() was called since start()
+        self._attempt: defer.Deferred | None = None
+        self._stopped = False
 
     @property
     def held(self) -> bool:
         return self.lease.held
 
     def start(self) -> None:
+        self._stopped = False
         self._loop = task.LoopingCall(self._try)
         self._loop.clock = self.clock
         self._loop.start(self.retry_interval, now=True)
@@ -411,6 +415,8 @@ class LeaseCampaign:
 
         def done(ok):
             self._trying = False
+            if self._stopped:
+                return  # stopped while Redis was asked: stop() releases what it got, nobody uses it
             if ok and self.on_acquired is not None and self.lease.held:
                 self.on_acquired(self.lease)
 
@@ -419,7 +425,7 @@ class LeaseCampaign:
             failure.trap(RedisError)
             log.debug("lease {name}: cannot campaign now: {problem}", name=self.lease.name, problem=str(failure.value))
 
-        d.addCallbacks(done, failed).addErrback(
+        self._attempt = d.addCallbacks(done, failed).addErrback(
             lambda f: log.failure("lease {name}: on_acquired failed", f, name=self.lease.name)
         )
 
@@ -432,9 +438,15 @@ class LeaseCampaign:
 
         When it is held, ``on_releasing(lease)`` runs first and the release waits for the Deferred it
         may return (a singleton link is closed before another node may open it); never fails."""
+        self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self._trying and self._attempt is not None:
+            # an acquisition is on its way: whatever it gets is released, never handed to on_acquired
+            attempt, waited = self._attempt, defer.Deferred()
+            attempt.addBoth(lambda result: (waited.callback(None), result)[1])
+            return waited.addCallback(lambda _: self.lease.release())
         if not self.lease.held or self.on_releasing is None:
             return self.lease.release()
         d = defer.maybeDeferred(self.on_releasing, self.lease)
