@@ -93,6 +93,8 @@ class ClusterNode(service.MultiService):
         self._routing = False
         self._loop: task.LoopingCall | None = None
         self._joining = False
+        #: the join under way (stopService waits for it before leaving)
+        self._join_attempt: defer.Deferred | None = None
         self._campaigns: list[LeaseCampaign] = []
 
     # -- joining ------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class ClusterNode(service.MultiService):
         if self.joined or self._joining or not self.running:
             return
         self._joining = True
-        d = defer.ensureDeferred(self._join())
+        d = self._join_attempt = defer.ensureDeferred(self._join())
 
         def done(result: Any) -> None:
             self._joining = False
@@ -134,8 +136,8 @@ class ClusterNode(service.MultiService):
             self._routing = True
         if not self.heartbeat.alive:
             await self.heartbeat.start()
-        if not self.running:
-            return
+        if not self.running or self._loop is None:
+            return  # stopped meanwhile (stopService leaves once this join has ended)
         if self.sweeper._loop is None:
             self.sweeper.start()
         self._joined()
@@ -197,8 +199,16 @@ class ClusterNode(service.MultiService):
         self._loop = None
         self.sweeper.stop()
         campaigns, self._campaigns = self._campaigns, []
+        joining = self._join_attempt if self._joining else None
 
         async def leave() -> None:
+            if joining is not None:
+                # a join under way (its heartbeat's first write on its way to Redis) would start the
+                # heartbeat, the routing and the sweeper after they were stopped: let it end first
+                waited: defer.Deferred = defer.Deferred()
+                joining.addBoth(lambda result: (waited.callback(None), result)[1])
+                await waited
+                self.sweeper.stop()
             for campaign in campaigns:
                 await campaign.stop()
             if self._routing:
