@@ -135,6 +135,8 @@ def snapshot_to_json(snapshot: CallSnapshot) -> dict[str, typing.Any]:
 
 
 def _known(cls: type, data: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    if not isinstance(data, dict):  # a record written by any client of the shared Redis: TypeError, not AttributeError
+        raise TypeError(f"a {cls.__name__} must be a JSON object, not {type(data).__name__}")
     names = {f.name for f in attrs.fields(cls)}
     return {k: v for k, v in data.items() if k in names}
 
