@@ -253,7 +253,8 @@ class ClaimedOutbox:
     with :meth:`gateway.store.postgres.SmsOutbox.claim` (the oldest pending SMS of a number that no
     consumer of any node holds, row-locked with ``FOR UPDATE SKIP LOCKED``), delivers it, then
     ``finish()``es it (delivered, or failed when refused for good) or counts the failed attempt
-    (``attempt_failed()``, and the number waits the retry policy's delay on this node). So a
+    (``attempt_failed()``, and the number waits the retry policy's delay on this node: its claims
+    leave it out meanwhile, so numbers failing for good never starve the others). So a
     number's SMS go out one at a time, in ``seq`` order, across every node; a node killed -9
     mid-delivery loses nothing (its claim's connection dies, the server rolls the claim back, and
     the SMS is pending again, with the same uid and seq, for the next claim: at least once).
@@ -376,8 +377,10 @@ class ClaimedOutbox:
 
     async def _run(self, consumer, generation: int) -> None:
         while self._live(generation):
+            now = self._clock.seconds()
+            waiting = [number for number, (_, when, _) in self._backoff.items() if when > now]
             try:
-                record = await consumer.claim(self.direction)
+                record = await consumer.claim(self.direction, exclude=waiting)
             except defer.CancelledError:
                 return
             except Exception as e:
@@ -391,19 +394,20 @@ class ClaimedOutbox:
                 self._claim_failing = False
                 log.info("{direction} SMS: claiming from the store again", direction=self.direction)
             if record is None:
-                await self._sleep(self._poll_interval)
+                # nothing free: poll again, or sooner when a number's delay ends
+                ends = [when for _, when, _ in self._backoff.values() if when > self._clock.seconds()]
+                await self._sleep(min([self._poll_interval, *(when - self._clock.seconds() for when in ends)]))
                 continue
             if not self._live(generation):
                 await self._let_go(consumer, record)
                 return
             backoff = self._backoff.get(record.number)
             if backoff is not None and backoff[1] > self._clock.seconds():
-                # this number waits after a failure: hold it (no other consumer takes it) meanwhile
-                await self._sleep(backoff[1] - self._clock.seconds())
-                waiting = self._backoff.get(record.number, (0, 0.0, ""))[1] > self._clock.seconds()
-                if not self._live(generation) or waiting:
-                    await self._let_go(consumer, record)
-                    continue
+                # it failed on another consumer of this node while this claim was on its way: let it go
+                # (pending, its later SMS behind it) and claim again without it, never sleeping on a
+                # claim: the other numbers keep flowing
+                await self._let_go(consumer, record)
+                continue
             self._held[record.seq] = record.number
             try:
                 await self._attempt(consumer, record, generation)

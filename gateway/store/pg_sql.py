@@ -56,7 +56,7 @@ _CONVERSATION_COLUMNS = [f.name for f in attrs.fields(ConversationRecord)]
 #: A record held by a consumer (its row locked) is skipped, and so is the rest of its number, since
 #: only a number's oldest pending record is ever a candidate: that keeps the order per number.
 _CLAIM = (
-    f"{_SELECT_SMS} WHERE status = 'pending' AND {{direction}} seq IN ("
+    f"{_SELECT_SMS} WHERE status = 'pending' AND {{exclude}} {{direction}} seq IN ("
     " SELECT min(seq) FROM sms WHERE status = 'pending' {direction_inner} GROUP BY direction, number)"
     " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
@@ -203,14 +203,19 @@ def select_sms(conn, direction, number, after: int, limit: int) -> list[SmsRecor
     return [_sms(row) for row in conn.execute(query, [*args, limit])]
 
 
-def claim_sms(conn, direction) -> SmsRecord | None:
-    """The oldest pending SMS no other consumer holds whose number has no older pending one, locked
-    (``FOR UPDATE``) in the caller's open transaction; None when there is none."""
-    if direction is None:
-        query, args = _CLAIM.format(direction="", direction_inner=""), ()
-    else:
-        query = _CLAIM.format(direction="direction = %s AND", direction_inner="AND direction = %s")
-        args = (direction, direction)
+def claim_sms(conn, direction, exclude=()) -> SmsRecord | None:
+    """The oldest pending SMS no other consumer holds whose number has no older pending one and is
+    not in ``exclude`` (the numbers the caller backs off), locked (``FOR UPDATE``) in the caller's
+    open transaction; None when there is none."""
+    # a backing-off number is left out whole: only its oldest pending SMS is ever a candidate anyway
+    parts, args = {"exclude": "", "direction": "", "direction_inner": ""}, []
+    if exclude:
+        parts["exclude"] = "number <> ALL(%s) AND"
+        args.append(list(exclude))
+    if direction is not None:
+        parts.update(direction="direction = %s AND", direction_inner="AND direction = %s")
+        args += [direction, direction]
+    query = _CLAIM.format(**parts)
     row = conn.execute(query, args).fetchone()
     return None if row is None else _sms(row)
 

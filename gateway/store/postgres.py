@@ -504,13 +504,14 @@ class SmsOutbox:
         """The server process of this consumer's connection (for tests and diagnostics)."""
         return None if self._conn is None or self._conn.closed else self._conn.info.backend_pid
 
-    def claim(self, direction: str | None = None) -> Deferred:
-        """The next SMS this consumer delivers (an :class:`SmsRecord`, held), or None when none is free."""
+    def claim(self, direction: str | None = None, exclude=()) -> Deferred:
+        """The next SMS this consumer delivers (an :class:`SmsRecord`, held), or None when none is
+        free; the numbers in ``exclude`` (backing off on this node) are left out."""
         if self.held is not None:
             return fail(RuntimeError(f"{self!r}: finish or release the held SMS before claiming another"))
         if direction is not None and direction not in ("inbound", "outbound"):
             return fail(ValueError(f"direction must be inbound or outbound, got {direction!r}"))
-        return self._op(self._claim, direction).addCallback(self._hold)
+        return self._op(self._claim, direction, tuple(exclude)).addCallback(self._hold)
 
     def finish(self, status: str, finished_at: str, conversation_id=None, error=None) -> Deferred:
         """Mark the held SMS delivered or failed and let it go; fires with True (False: it was not pending)."""
@@ -586,8 +587,8 @@ class SmsOutbox:
                 self._conn.close()
             raise _translate(e, self._store.where) from None
 
-    def _claim(self, direction):
-        record = _sql().claim_sms(self._conn, direction)
+    def _claim(self, direction, exclude=()):
+        record = _sql().claim_sms(self._conn, direction, exclude)
         if record is None:
             self._conn.rollback()
         return record

@@ -227,3 +227,36 @@ async def test_a_stop_lets_the_held_sms_go_and_a_resume_at_once_delivers_it(post
     finally:
         await outbox.close()
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_numbers_backing_off_do_not_starve_the_others(postgres_server):
+    """As many persistently failing older numbers as consumers: each consumer used to claim the
+    oldest pending number again, hold it and sleep out its delay, so no other number went out. The
+    numbers this node backs off are left out of its claims; a failing number's later SMS still
+    waits behind its head."""
+    store = await opened(postgres_server.url)
+    for n in (1, 2, 3):
+        await store.add_sms(sms(f"bad{n}", f"+1555003{n}"))
+        await store.add_sms(sms(f"bad{n}-later", f"+1555003{n}"))
+    await store.add_sms(sms("good", "+15550039"))
+    tries = []
+
+    def deliver(record):
+        tries.append(record.uid)
+        if record.uid.startswith("bad"):
+            raise ConnectionError("transport down")
+        return None
+
+    outbox = ClaimedOutbox(reactor(), store.outbox, "outbound", deliver, retry_policy=lambda n: 600.0,
+                           consumers=2, poll_interval=0.05)
+    try:
+        outbox.resume()
+        await until(lambda: "good" in tries, timeout=5.0, what="the healthy number's SMS")
+        await until(lambda: {"bad1", "bad2", "bad3"} <= set(tries), timeout=5.0, what="every failing head tried")
+        assert not [u for u in tries if u.endswith("-later")]  # never overtakes its failing head
+        assert sorted(tries) == ["bad1", "bad2", "bad3", "good"]  # each tried once: they back off
+        assert set(outbox.status()["waiting"]) == {"+15550031", "+15550032", "+15550033"}
+    finally:
+        await outbox.close()
+        await store.close()
