@@ -235,24 +235,49 @@ class RESPParser:
     :class:`RedisReplyError` (an error reply, as a value), ``int``, ``bytes`` or None (bulk),
     and ``list`` or None (array). Raises :class:`RedisProtocolError` on bytes that are not RESP
     or on a backlog above ``max_size``.
+
+    Resumable: the elements of an unfinished reply parsed so far are kept (the arrays being filled
+    on a stack) and their bytes dropped, and a bulk string whose bytes have not all come is not
+    looked at again before they have; so a large reply arriving in small chunks costs work linear
+    in its size, not a re-parse from its start at every chunk.
     """
 
     def __init__(self, max_size: int = MAX_REPLY):
         self._buffer = bytearray()
         self._max = max_size
+        #: the arrays being filled, outermost first: [items, how many still to come]
+        self._stack: list[list] = []
+        #: bytes of the unfinished reply already parsed (and dropped from the buffer)
+        self._partial = 0
+        #: the buffer length the next element needs before it is worth parsing
+        self._need = 0
 
     def feed(self, data: bytes) -> list[Any]:
         self._buffer += data
         replies = []
         pos = 0
-        while pos < len(self._buffer):
-            try:
-                reply, pos = self._parse(pos)
-            except _Incomplete:
-                break
-            replies.append(reply)
+        try:
+            while len(self._buffer) >= max(self._need, pos + 1):
+                self._need = 0
+                value, pos = self._element(pos)
+                if value is _ARRAY:
+                    continue
+                while self._stack:  # the element goes into the array being filled
+                    frame = self._stack[-1]
+                    frame[0].append(value)
+                    frame[1] -= 1
+                    if frame[1]:
+                        break
+                    value = self._stack.pop()[0]
+                else:
+                    replies.append(value)
+                    self._partial = -pos  # the next reply starts here
+        except _Incomplete:
+            pass
         del self._buffer[:pos]
-        if len(self._buffer) > self._max:
+        self._need = max(0, self._need - pos)
+        self._partial += pos
+        if self._partial + len(self._buffer) > self._max:
             raise RedisProtocolError(f"a reply larger than {self._max} bytes")
         return replies
 
@@ -269,40 +294,46 @@ class RESPParser:
             raise RedisProtocolError(f"not an integer: {text[:40]!r}")
         return int(text)
 
-    def _parse(self, pos: int, depth: int = 0) -> tuple[Any, int]:
-        if depth > 32:
+    def _element(self, pos: int) -> tuple[Any, int]:
+        """One element at ``pos``: a value, or ``_ARRAY`` once a non-empty array's header is read
+        (its frame pushed: its items are the next elements)."""
+        if len(self._stack) > 32:
             raise RedisProtocolError("a reply nested deeper than 32")
         kind = self._buffer[pos : pos + 1]
-        line, pos = self._line(pos + 1) if kind else (b"", pos)
-        if not kind:
-            raise _Incomplete
+        line, end = self._line(pos + 1)
         if kind == b"+":
-            return line.decode("utf-8", "replace"), pos
+            return line.decode("utf-8", "replace"), end
         if kind == b"-":
-            return RedisReplyError(line.decode("utf-8", "replace")), pos
+            return RedisReplyError(line.decode("utf-8", "replace")), end
         if kind == b":":
-            return self._int(line), pos
+            return self._int(line), end
         if kind == b"$":
             length = self._int(line)
             if length < 0:
-                return None, pos
+                return None, end
             if length > self._max:
                 raise RedisProtocolError(f"a bulk string of {length} bytes")
-            if len(self._buffer) < pos + length + 2:
+            if len(self._buffer) < end + length + 2:
+                self._need = end + length + 2  # not parsed again before its bytes are all here
                 raise _Incomplete
-            if self._buffer[pos + length : pos + length + 2] != b"\r\n":
+            if self._buffer[end + length : end + length + 2] != b"\r\n":
                 raise RedisProtocolError("a bulk string without its CRLF")
-            return bytes(self._buffer[pos : pos + length]), pos + length + 2
+            return bytes(self._buffer[end : end + length]), end + length + 2
         if kind == b"*":
             count = self._int(line)
             if count < 0:
-                return None, pos
-            items = []
-            for _ in range(count):
-                item, pos = self._parse(pos, depth + 1)
-                items.append(item)
-            return items, pos
+                return None, end
+            if count == 0:
+                return [], end
+            self._stack.append([[], count])
+            if len(self._stack) > 32:
+                raise RedisProtocolError("a reply nested deeper than 32")
+            return _ARRAY, end
         raise RedisProtocolError(f"unknown reply type {bytes(kind)!r}")
+
+
+#: :meth:`RESPParser._element`'s "an array begins"
+_ARRAY = object()
 
 
 def _text(value: Any) -> Any:

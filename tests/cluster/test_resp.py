@@ -40,6 +40,58 @@ class ParserTests(SynchronousTestCase):
         with self.assertRaises(RedisProtocolError):
             RESPParser().feed(b"*1\r\n" * 40 + b":1\r\n")
 
+    def counted(self, parser, budget):
+        """Count the reply lines ``parser`` reads (its parse steps); more than ``budget`` fails at once."""
+        calls = [0]
+        line = parser._line
+
+        def counting(pos):
+            calls[0] += 1
+            if calls[0] > budget:
+                raise AssertionError(f"more than {budget} parse steps")
+            return line(pos)
+
+        parser._line = counting
+        return calls
+
+    def test_a_large_reply_in_small_chunks_costs_linear_work(self):
+        """A reply arriving in 1 KB chunks was parsed again from its start at every chunk: quadratic.
+        A 3 MB bulk string and a 2 MB array of 100,000 items parse with a bounded number of steps."""
+        bulk = b"x" * (3 * 1024 * 1024)
+        items = [b"%06d" % i for i in range(100_000)]
+        data = (b"$%d\r\n" % len(bulk) + bulk + b"\r\n"
+                + b"*%d\r\n" % len(items) + b"".join(b"$6\r\n" + item + b"\r\n" for item in items) + b":7\r\n")
+        parser = RESPParser()
+        chunks = range(0, len(data), 1024)
+        steps = self.counted(parser, budget=2 * (len(items) + 3) + 2 * len(chunks))
+        replies = []
+        for i in chunks:
+            replies += parser.feed(data[i : i + 1024])
+        self.assertEqual(replies, [bulk, items, 7])
+        self.assertLessEqual(steps[0], 2 * (len(items) + 3) + 2 * len(chunks))
+        self.assertEqual(parser.feed(b"+OK\r\n"), ["OK"])  # and it goes on
+
+    def test_a_pipeline_split_at_every_byte_boundary(self):
+        data = (b"+OK\r\n-ERR boom\r\n:42\r\n$3\r\nabc\r\n$-1\r\n$0\r\n\r\n"
+                b"*3\r\n$1\r\nx\r\n*2\r\n:1\r\n*0\r\n$2\r\n\r\n\r\n*-1\r\n*1\r\n*1\r\n+in\r\n:5\r\n")
+        expected = RESPParser().feed(data)
+        self.assertEqual(len(expected), 10)
+        for i in range(len(data) + 1):
+            for j in range(i, len(data) + 1):
+                parser = RESPParser()
+                replies = parser.feed(data[:i]) + parser.feed(data[i:j]) + parser.feed(data[j:])
+                self.assertEqual([str(r) if isinstance(r, RedisReplyError) else r for r in replies],
+                                 [str(r) if isinstance(r, RedisReplyError) else r for r in expected], (i, j))
+
+    def test_the_size_cap_counts_the_parsed_part_of_an_unfinished_reply(self):
+        parser = RESPParser(max_size=100)
+        parser.feed(b"*50\r\n" + b":1\r\n" * 20)  # 20 items parsed, their bytes dropped
+        with self.assertRaises(RedisProtocolError):
+            parser.feed(b":1\r\n" * 10)
+        parser = RESPParser(max_size=100)
+        for _ in range(10):  # complete replies do not add up
+            self.assertEqual(parser.feed(b"*3\r\n" + b":1\r\n" * 3), [[1, 1, 1]])
+
     def test_commands_are_arrays_of_bulk_strings(self):
         self.assertEqual(encode_command("SET", "k\u00e9", 5, b"\x00"), b"*4\r\n$3\r\nSET\r\n$3\r\nk\xc3\xa9\r\n$1\r\n5\r\n$1\r\n\x00\r\n")
         with self.assertRaises(TypeError):
