@@ -245,8 +245,9 @@ def test_a_consult_call_is_shown_linked_to_its_primary(daemon, browser, artifact
     assert other["call_id"] in order
     yield threads.deferToThread(page.screenshot, artifacts_dir / "status-page-consult.png")
 
-    code, _ = yield daemon.api("POST", f"/api/calls/{primary['call_id']}/transfer-to-consult")
-    assert code == 200
+    yield threads.deferToThread(page.call_card, consult["call_id"], "TALKING")  # answered: it can take the transfer
+    code, body = yield daemon.api("POST", f"/api/calls/{primary['call_id']}/transfer-to-consult")
+    assert code == 200, body
     yield threads.deferToThread(page.wait_call_gone, consult["call_id"])
     yield threads.deferToThread(page.wait_call_gone, primary["call_id"])
     assert (yield daemon.stop()) == 0, daemon.output
