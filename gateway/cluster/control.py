@@ -291,6 +291,9 @@ class ClusterControl(service.Service):
 
     def stopService(self):
         super().stopService()
+        if self._unsubscribe is not None:  # no more writes for late registry events; a restart subscribes once
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None

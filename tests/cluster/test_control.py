@@ -129,6 +129,25 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual([type(e).__name__ for e, _ in self.b.events][:1], ["CallCreated"])
         self.assertTrue(all(e.call_id == call_id for e, _ in self.b.events))
 
+    def test_a_stopped_control_writes_nothing_and_a_restart_subscribes_once(self):
+        """stopService() left the registry subscription: late events still wrote records and
+        published to Redis, and a stop/start cycle subscribed twice (every event published twice)."""
+        self.a.control.stopService()
+        call_id = self.inbound_on_a()
+        self.let_pass(1)
+        self.assertIsNone(self.successResultOf(self.a.node.records.get(call_id)))
+        self.assertEqual(self.b.events, [])
+        self.a.registry.end_live_calls("normal")
+        self.let_pass(1)
+        self.a.control.startService()
+        self.let_pass(0.5)
+        del self.a.events[:]
+        call_id = self.inbound_on_a()
+        self.assertIsNotNone(self.successResultOf(self.a.node.records.get(call_id)))
+        raised = [e for e, _ in self.a.events if e.call_id == call_id]
+        self.assertTrue(raised)
+        self.assertEqual([e for e, _ in self.b.events], raised)  # each published once
+
     def test_b_holds_and_hangs_up_a_call_of_a_and_the_deferred_has_a_snapshot(self):
         call_id = self.inbound_on_a()
         self.settled(self.b.control.answer(call_id))
