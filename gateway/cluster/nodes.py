@@ -252,6 +252,13 @@ class NodeHeartbeat:
             result = await self.redis.eval(HEARTBEAT, [keys.node(self.node)], [instance, self._info(), self._ttl_ms(), "start"])
         except RedisError:
             return False
+        if not self.alive or instance != self.instance:
+            # stopped (or lost) while the entry was being written again: stay so; the entry this
+            # wrote, if it reached Redis after the stop's REMOVE, goes too (only if still ours)
+            if result == 1 and not self.alive:
+                d = self.redis.eval(REMOVE, [keys.node(self.node)], [instance])
+                d.addErrback(lambda f: f.trap(RedisError) and None)
+            return False
         if result != 1:
             self._lose("gone from redis (it lost its data) and taken by another process")
             return False

@@ -1,5 +1,6 @@
 """The node registry (heartbeats, load, draining, death after the TTL), on the fake Redis and a Clock."""
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -97,6 +98,49 @@ class NodeTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.registry.is_alive("a")))
         self.assertEqual(self.rebuilt, ["a"])
         self.assertEqual(self.lost, [])
+
+    def test_a_stop_during_the_rewrite_after_a_data_loss_stays_stopped(self):
+        """The beat that writes the entry again after Redis lost its data did not look at ``alive``
+        after that write: a stop landing while it was on its way was undone (the entry written
+        back, on_rebuilt called, an expiry timer left). Here the write reaches Redis after the
+        stop's REMOVE, the worst order."""
+        held = []
+
+        class HeldRewrite:
+            """The fake's client, holding the heartbeat's rewrite ("start" mode) on its way."""
+
+            hold = False
+
+            def __init__(self, redis):
+                self.redis = redis
+
+            def __getattr__(self, name):
+                return getattr(self.redis, name)
+
+            def eval(self, script, keys=(), args=()):
+                if self.hold and args and args[-1] == "start":
+                    d = defer.Deferred()
+                    held.append(lambda: self.redis.eval(script, keys, args).chainDeferred(d))
+                    return d
+                return self.redis.eval(script, keys, args)
+
+        redis = HeldRewrite(self.server.client("a"))
+        a = self.heartbeat("a", redis=redis)
+        self.successResultOf(a.start())
+        redis.hold = True
+        self.server.stop()
+        self.server.start(flush=True)
+        beat = a.beat()
+        self.assertEqual(len(held), 1)  # the rewrite is on its way
+        self.successResultOf(a.stop())
+        held.pop()()
+        self.assertFalse(self.successResultOf(beat))
+        self.let_pass(0.1)
+        self.assertFalse(a.alive)
+        self.assertEqual(self.rebuilt, [])
+        self.assertEqual(self.lost, [])
+        self.assertFalse(self.successResultOf(self.registry.is_alive("a")))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_leaves_the_registry(self):
         a = self.heartbeat("a")
