@@ -263,6 +263,10 @@ def test_drain_refuses_new_optimaccs_calls_lets_live_ones_finish_and_forces_the_
     assert (yield b.process.stop()) == 0
 
 
+#: the typed answers of a routed command while the owner's command channel comes back
+TRANSIENT = ("owner_unreachable", "command_timeout")
+
+
 @pytest_twisted.inlineCallbacks
 def test_redis_killed_mid_call_readyz_names_it_the_call_goes_on_and_the_state_is_rebuilt(
         tmp_path, cleanup, redis_server, postgres_server):
@@ -285,17 +289,18 @@ def test_redis_killed_mid_call_readyz_names_it_the_call_goes_on_and_the_state_is
         yield wait_until(lambda n=node: ready(n), "ready again", 20)
     yield wait_until(lambda: call_seen(b, call_id, "TALKING"), "node b to see the call again (rebuilt)")
     # a's two Redis links (commands, subscriptions) come back one after the other: until its command
-    # channel is subscribed again a routed command is a typed 503, never a wrong answer
+    # channel is subscribed again a routed command is a typed 503 (or, on a loaded machine, a typed 504
+    # timeout while the channel comes back), never a wrong answer
     answers = []
 
     def hangup():
         return b.api("POST", f"/api/calls/{call_id}/hangup").addCallback(
-            lambda reply: answers.append(reply) or reply[0] != 503)
+            lambda reply: answers.append(reply) or reply[0] not in (503, 504))
 
-    yield wait_until(hangup, "the hangup routed to a", 10)
+    yield wait_until(hangup, "the hangup routed to a", 15)
     code, ended = answers[-1]
     assert (code, ended["state"]) == (200, "RELEASED"), ended
-    assert all(reply[1]["error"] == "owner_unreachable" for reply in answers[:-1]), answers
+    assert all(reply[1]["error"] in TRANSIENT for reply in answers[:-1]), answers
     cdr = yield wait_until(lambda: cdr_of(b, call_id), "the CDR")
     assert cdr["cause"] == "normal"
     for node in (a, b):
