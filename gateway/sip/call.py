@@ -36,7 +36,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.sip.dialog import Dialog, DialogError, SuccessRetransmitter
-from gateway.sip.digest import MAX_CHALLENGES, DigestClient, DigestError, best_challenge, parse_challenge
+from gateway.sip.digest import MAX_CHALLENGES, ChallengeAnswers, DigestClient
 from gateway.sip.message import Request, Response, SipURI
 from gateway.sip.sdp import LocalMedia, Negotiated, SDPError, parse_sdp
 from gateway.sip.transaction import InviteClientTransaction, Peer, ServerTransaction
@@ -99,8 +99,7 @@ class SIPCall:
         self.client_transaction: InviteClientTransaction | None = None
         self._ack: Request | None = None
         self._cancelled = False
-        self._nonces: set[str] = set()
-        self._challenges = 0
+        self._challenges = ChallengeAnswers()
         self._reinvite: defer.Deferred[Negotiated] | None = None
 
     def __repr__(self) -> str:
@@ -338,20 +337,9 @@ class SIPCall:
         digest = self.manager.credentials.get(self.trunk or "")
         if digest is None:
             return False
-        name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
-        challenges = []
-        for value in response.get_all(name):
-            try:
-                challenges.append(parse_challenge(value, proxy=response.status == 407))
-            except DigestError:
-                continue
-        challenge = best_challenge(challenges)
-        if challenge is None or (challenge.nonce in self._nonces and not challenge.stale):
+        challenge = self._challenges.next(response)
+        if challenge is None:
             return False
-        self._challenges += 1
-        if self._challenges > MAX_CHALLENGES:
-            return False
-        self._nonces.add(challenge.nonce)
         retry = Request(method="INVITE", uri=request.uri)
         retry.headers = [(k, v) for k, v in request.headers if k not in ("Via", "Authorization",
                                                                          "Proxy-Authorization", "CSeq")]

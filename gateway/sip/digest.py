@@ -20,12 +20,14 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import attrs
 
 __all__ = [
     "ALGORITHMS",
     "Challenge",
+    "ChallengeAnswers",
     "DigestClient",
     "DigestError",
     "MAX_CHALLENGES",
@@ -137,6 +139,50 @@ def best_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
     """The challenge with the strongest supported algorithm (RFC 8760 2.4), or None."""
     ranked = sorted(challenges, key=lambda c: _STRENGTH.get(c.base_algorithm, -1), reverse=True)
     return ranked[0] if ranked else None
+
+
+class _Challenged(Protocol):
+    """A 401/407 response (:class:`gateway.sip.message.Response`)."""
+
+    status: int
+
+    def get_all(self, name: str) -> list[str]: ...
+
+
+class ChallengeAnswers:
+    """The 401/407 challenges one request (an INVITE, a registration attempt) has answered.
+
+    :meth:`next` picks the challenge to answer from a response, or None when it must not be answered: no
+    parsable challenge, a nonce answered already and not marked stale, or :data:`MAX_CHALLENGES` answered.
+    """
+
+    def __init__(self) -> None:
+        self.nonces: set[str] = set()
+        self.count = 0
+
+    def restart(self, *, keep_nonces: bool = False) -> None:
+        """A new attempt: the count starts again (and the nonces answered are forgotten unless kept)."""
+        self.count = 0
+        if not keep_nonces:
+            self.nonces.clear()
+
+    def next(self, response: _Challenged) -> Challenge | None:
+        """The challenge of ``response`` to answer now (counted), or None."""
+        name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+        challenges = []
+        for value in response.get_all(name):
+            try:
+                challenges.append(parse_challenge(value, proxy=response.status == 407))
+            except DigestError:
+                continue
+        challenge = best_challenge(challenges)
+        if challenge is None or (challenge.nonce in self.nonces and not challenge.stale):
+            return None
+        self.count += 1
+        if self.count > MAX_CHALLENGES:
+            return None
+        self.nonces.add(challenge.nonce)
+        return challenge
 
 
 def compute_response(*, algorithm: str, username: str, realm: str, password: str, nonce: str, method: str,

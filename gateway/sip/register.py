@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from gateway.sip.digest import MAX_CHALLENGES, DigestClient, DigestError, best_challenge, parse_challenge
+from gateway.sip.digest import ChallengeAnswers, DigestClient
 from gateway.sip.message import Request, Response, SIPMessageError, parse_name_addr
 from gateway.sip.transaction import Peer, TransactionLayer
 
@@ -72,8 +72,8 @@ class Registration:
         self.expires_at: float | None = None
         self.failures = 0
         self._requested = expires
-        self._answered_nonces: set[str] = set()
-        self._challenges = 0
+        #: the 401/407 challenges this attempt answered (nonces, and how many against MAX_CHALLENGES)
+        self._challenges = ChallengeAnswers()
         #: whether this attempt followed a 423 already (a second one fails it: no raising Min-Expires for ever)
         self._followed_423 = False
         self._timer: Any = None
@@ -100,7 +100,7 @@ class Registration:
             if not done.called:
                 done.callback(None)
 
-        self._challenges = 0
+        self._challenges.restart(keep_nonces=True)
         self._send(0, on_final=finished)
         return done
 
@@ -132,8 +132,7 @@ class Registration:
             return
         if self.state != "registered":
             self._set("registering", self.last_error)
-        self._answered_nonces.clear()
-        self._challenges = 0
+        self._challenges.restart()
         self._followed_423 = False
         self._send(self._requested)
 
@@ -178,20 +177,9 @@ class Registration:
         """Answer a 401/407 once per nonce; False when it cannot be answered."""
         if self.digest is None:
             return False
-        name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
-        challenges = []
-        for value in response.get_all(name):
-            try:
-                challenges.append(parse_challenge(value, proxy=response.status == 407))
-            except DigestError:
-                continue
-        challenge = best_challenge(challenges)
-        if challenge is None or (challenge.nonce in self._answered_nonces and not challenge.stale):
+        challenge = self._challenges.next(response)
+        if challenge is None:
             return False
-        self._challenges += 1
-        if self._challenges > MAX_CHALLENGES:
-            return False
-        self._answered_nonces.add(challenge.nonce)
         authorization = (challenge.header, self.digest.authorization(challenge, "REGISTER", request.uri))
         self._send(expires, authorization, on_final)
         return True
