@@ -19,6 +19,7 @@ from gateway.store.interfaces import DuplicateCdr, SchemaTooNew
 from gateway.store.pg_schema import MIGRATION_LOCK, VERSION_TABLE
 from gateway.store.records import CdrRow, ProviderRow, decode_cdr
 from gateway.store.sms import ConversationRecord, SmsRecord
+from gateway.store.sms_statements import NEW_SMS_COLUMNS, SELECT_SMS, SmsStatements, sms_record
 
 __all__ = [
     "claim_sms",
@@ -43,20 +44,17 @@ _INSERT_PROVIDER = "INSERT INTO provider_cdrs (call_id, source, data, received_a
 SINCE = "SELECT {columns} FROM cdrs WHERE ended_at >= %s ORDER BY ended_at, call_id LIMIT %s"
 NEWEST = "SELECT {columns} FROM cdrs ORDER BY ended_at DESC, call_id DESC LIMIT %s"
 
-_SMS_COLUMNS = [f.name for f in attrs.fields(SmsRecord)]
-_SELECT_SMS = f"SELECT {', '.join(_SMS_COLUMNS)} FROM sms"
-_NEW_SMS_COLUMNS = [name for name in _SMS_COLUMNS if name != "seq"]
+_STATEMENTS = SmsStatements("%s", conversation_order="saved")
 _INSERT_SMS = (
-    f"INSERT INTO sms ({', '.join(_NEW_SMS_COLUMNS)}) VALUES ({', '.join('%s' for _ in _NEW_SMS_COLUMNS)})"
+    f"INSERT INTO sms ({', '.join(NEW_SMS_COLUMNS)}) VALUES ({_STATEMENTS.values(len(NEW_SMS_COLUMNS))})"
     " ON CONFLICT DO NOTHING RETURNING seq"
 )
-_CONVERSATION_COLUMNS = [f.name for f in attrs.fields(ConversationRecord)]
 
 #: the oldest pending record of each (direction, number) that no other consumer holds, oldest first.
 #: A record held by a consumer (its row locked) is skipped, and so is the rest of its number, since
 #: only a number's oldest pending record is ever a candidate: that keeps the order per number.
 _CLAIM = (
-    f"{_SELECT_SMS} WHERE status = 'pending' AND {{exclude}} {{direction}} seq IN ("
+    f"{SELECT_SMS} WHERE status = 'pending' AND {{exclude}} {{direction}} seq IN ("
     " SELECT min(seq) FROM sms WHERE status = 'pending' {direction_inner} GROUP BY direction, number)"
     " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
@@ -152,55 +150,26 @@ def select_cdr(conn, call_id: str) -> dict | None:
 # -- SMS -------------------------------------------------------------------------------------------
 
 
-def _sms(row) -> SmsRecord:
-    return SmsRecord(**dict(zip(_SMS_COLUMNS, row)))
-
-
-def _conversation(row) -> ConversationRecord:
-    values = dict(zip(_CONVERSATION_COLUMNS, row))
-    values["participant"] = json.loads(values["participant"])
-    return ConversationRecord(**values)
+pending_sms = _STATEMENTS.pending_sms
+sms_attempt_failed = _STATEMENTS.sms_attempt_failed
+finish_sms = _STATEMENTS.finish_sms
+select_sms = _STATEMENTS.select_sms
+close_conversation = _STATEMENTS.close_conversation
+open_conversations = _STATEMENTS.open_conversations
 
 
 def insert_sms(conn, record: SmsRecord) -> tuple[SmsRecord, bool]:
     # the number's lock, held until commit: within a number, seq order is commit order on every node
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"sms:{record.number}",))
-    row = conn.execute(_INSERT_SMS, [getattr(record, name) for name in _NEW_SMS_COLUMNS]).fetchone()
+    row = conn.execute(_INSERT_SMS, [getattr(record, name) for name in NEW_SMS_COLUMNS]).fetchone()
     if row is not None:
         return attrs.evolve(record, seq=row[0]), True
     if record.external_id is not None:
         where, args = "(direction = %s AND external_id = %s) OR uid = %s", (record.direction, record.external_id, record.uid)
     else:
         where, args = "uid = %s", (record.uid,)
-    existing = conn.execute(f"{_SELECT_SMS} WHERE {where} ORDER BY seq LIMIT 1", args).fetchone()
-    return _sms(existing), False
-
-
-def pending_sms(conn) -> list[SmsRecord]:
-    return [_sms(row) for row in conn.execute(f"{_SELECT_SMS} WHERE status = 'pending' ORDER BY seq")]
-
-
-def sms_attempt_failed(conn, seq: int, error: str) -> None:
-    conn.execute("UPDATE sms SET attempts = attempts + 1, last_error = %s WHERE seq = %s", (error, seq))
-
-
-def finish_sms(conn, seq: int, status: str, finished_at: str, conversation_id, error) -> bool:
-    cursor = conn.execute(
-        "UPDATE sms SET status = %s, finished_at = %s, conversation_id = COALESCE(%s, conversation_id),"
-        " last_error = COALESCE(%s, last_error) WHERE seq = %s AND status = 'pending'",
-        (status, finished_at, conversation_id, error, seq),
-    )
-    return cursor.rowcount == 1
-
-
-def select_sms(conn, direction, number, after: int, limit: int) -> list[SmsRecord]:
-    where, args = ["seq > %s"], [after]
-    for column, value in (("direction", direction), ("number", number)):
-        if value is not None:
-            where.append(f"{column} = %s")
-            args.append(value)
-    query = f"{_SELECT_SMS} WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
-    return [_sms(row) for row in conn.execute(query, [*args, limit])]
+    existing = conn.execute(f"{SELECT_SMS} WHERE {where} ORDER BY seq LIMIT 1", args).fetchone()
+    return sms_record(existing), False
 
 
 def claim_sms(conn, direction, exclude=()) -> SmsRecord | None:
@@ -217,38 +186,17 @@ def claim_sms(conn, direction, exclude=()) -> SmsRecord | None:
         args += [direction, direction]
     query = _CLAIM.format(**parts)
     row = conn.execute(query, args).fetchone()
-    return None if row is None else _sms(row)
+    return None if row is None else sms_record(row)
 
 
 # -- conversations ---------------------------------------------------------------------------------
 
 
 def save_conversation(conn, record: ConversationRecord) -> None:
-    conn.execute(
-        "UPDATE chat_conversations SET status = 'closed', closed_at = %s, close_reason = 'replaced'"
-        " WHERE number = %s AND status = 'open' AND conversation_id != %s",
-        (record.opened_at, record.number, record.conversation_id),
-    )
+    _STATEMENTS.close_replaced(conn, record)
     conn.execute("DELETE FROM chat_conversations WHERE conversation_id = %s", (record.conversation_id,))
     values = {**attrs.asdict(record), "participant": json.dumps(record.participant)}
     conn.execute(
-        f"INSERT INTO chat_conversations ({', '.join(values)}) VALUES ({', '.join('%s' for _ in values)})",
+        f"INSERT INTO chat_conversations ({', '.join(values)}) VALUES ({_STATEMENTS.values(len(values))})",
         list(values.values()),
     )
-
-
-def close_conversation(conn, conversation_id: str, closed_at: str, reason: str) -> bool:
-    cursor = conn.execute(
-        "UPDATE chat_conversations SET status = 'closed', closed_at = %s, close_reason = %s"
-        " WHERE conversation_id = %s AND status = 'open'",
-        (closed_at, reason, conversation_id),
-    )
-    return cursor.rowcount == 1
-
-
-def open_conversations(conn) -> list[ConversationRecord]:
-    query = (
-        f"SELECT {', '.join(_CONVERSATION_COLUMNS)} FROM chat_conversations WHERE status = 'open'"
-        " ORDER BY opened_at, saved"
-    )
-    return [_conversation(row) for row in conn.execute(query)]
