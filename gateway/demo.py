@@ -48,7 +48,8 @@ from gateway.sim.optimaccs import CallScript, place_call
 from gateway.sim.patriot_client import PatriotClientSim
 from gateway.testing import GatewayProcess, free_port
 
-__all__ = ["Demo", "Narrator", "Script", "Step", "StepFailed", "Story", "demo_config", "main"]
+__all__ = ["Demo", "DemoRun", "Narrator", "Script", "Step", "StepFailed", "Story", "begin_logging", "demo_config",
+           "main", "play", "print_missing"]
 
 log = Logger()
 
@@ -288,7 +289,57 @@ def _startup_error(log_path: pathlib.Path, offset: int) -> str:
     return errors[-1] if errors else ""
 
 
-class Demo:
+class DemoRun:
+    """What every demo's run shares (:class:`Demo`, :class:`gateway.demo_cluster.ClusterDemo`): waiting
+    for evidence, the pace between steps, and the chat server simulator's control API.
+
+    A subclass sets ``reactor``, ``once`` and ``chat_port`` (the chat server simulator's port).
+    """
+
+    reactor: typing.Any
+    once: bool
+    chat_port: int | None
+
+    async def wait_until(self, probe: typing.Callable[[], typing.Awaitable], what: str, timeout: float = WAIT):
+        """The first true value of ``await probe()``, polled every :data:`POLL` seconds."""
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            value = await probe()
+            if value:
+                return value
+            if self.reactor.seconds() > deadline:
+                raise StepFailed(f"no {what} within {timeout:g} s")
+            await deferLater(self.reactor, POLL, lambda: None)
+
+    async def chat_api(self, method: str, path: str, body=None):
+        """The chat server simulator's control API (``/sim/...``)."""
+        import treq
+
+        url = f"http://127.0.0.1:{self.chat_port}{path}"
+        response = await treq.request(method, url, json=body, timeout=10)
+        data = json.loads(await response.text())
+        if response.code != 200:
+            raise StepFailed(f"chat server simulator: {method} {path} answered {response.code}: {data}")
+        return data
+
+    async def chat_conversation(self, customer: str, text: str) -> dict:
+        """The chat server's conversation for ``customer`` holding ``text``, once it is there."""
+
+        async def opened():
+            for conversation in await self.chat_api("GET", "/sim/conversations"):
+                texts = [m.get("text") for m in conversation["messages"]]
+                if conversation["refId"] == customer and text in texts:
+                    return conversation
+            return None
+
+        return await self.wait_until(opened, f"{customer}'s conversation on the chat server")
+
+    async def pause(self) -> None:
+        if not self.once:
+            await deferLater(self.reactor, PACE, lambda: None)
+
+
+class Demo(DemoRun):
     """The daemon and the simulators of one run, and the stories played against them."""
 
     def __init__(self, reactor, workdir: pathlib.Path, narrator: Narrator, *, once: bool, admin_port: int = 0):
@@ -304,6 +355,10 @@ class Demo:
         self.token: str | None = None
         self._his_port = None
         self._calls: list = []
+
+    @property
+    def chat_port(self) -> int | None:
+        return self.ports.get("chat")
 
     @property
     def status_url(self) -> str:
@@ -339,17 +394,6 @@ class Demo:
 
         return d.addTimeout(timeout, self.reactor).addErrback(timed_out)
 
-    async def wait_until(self, probe: typing.Callable[[], typing.Awaitable], what: str, timeout: float = WAIT):
-        """The first true value of ``await probe()``, polled every :data:`POLL` seconds."""
-        deadline = self.reactor.seconds() + timeout
-        while True:
-            value = await probe()
-            if value:
-                return value
-            if self.reactor.seconds() > deadline:
-                raise StepFailed(f"no {what} within {timeout:g} s")
-            await deferLater(self.reactor, POLL, lambda: None)
-
     async def api(self, method: str, path: str, body=None, expect: int | None = 200):
         """The daemon's admin API: the JSON, or ``StepFailed`` for an unexpected status."""
         code, data = await self.daemon.api(method, path, body, token=self.token)
@@ -365,21 +409,6 @@ class Demo:
             return cdr if code == 200 else None
 
         return await self.wait_until(stored, f"CDR of call {call_id}")
-
-    async def chat_api(self, method: str, path: str, body=None):
-        """The chat server simulator's control API (``/sim/...``)."""
-        import treq
-
-        url = f"http://127.0.0.1:{self.ports['chat']}{path}"
-        response = await treq.request(method, url, json=body, timeout=10)
-        data = json.loads(await response.text())
-        if response.code != 200:
-            raise StepFailed(f"chat server simulator: {method} {path} answered {response.code}: {data}")
-        return data
-
-    async def pause(self) -> None:
-        if not self.once:
-            await deferLater(self.reactor, PACE, lambda: None)
 
     def place_call(self, script: CallScript):
         """An OptimaCCS inbound call into the daemon (hung up at the demo's end if still open)."""
@@ -815,14 +844,7 @@ class SmsChat:
                          f" {stored['sms']['uid']})")
 
     async def conversation(self) -> None:
-        async def opened():
-            for conversation in await self.demo.chat_api("GET", "/sim/conversations"):
-                texts = [m.get("text") for m in conversation["messages"]]
-                if conversation["refId"] == CUSTOMER and CUSTOMER_TEXT in texts:
-                    return conversation
-            return None
-
-        conversation = await self.demo.wait_until(opened, f"{CUSTOMER}'s conversation on the chat server")
+        conversation = await self.demo.chat_conversation(CUSTOMER, CUSTOMER_TEXT)
         self.conversation_id = conversation["conversationId"]
         self.say("chat", f"the connector opens conversation {self.conversation_id} on the chat server"
                          " (init, joinConversation) and sends the message in it")
@@ -856,12 +878,17 @@ def _arguments(argv):
     return parser.parse_args(argv)
 
 
-def _closing_words(demo: Demo, missing: list[str], out) -> None:
+def print_missing(name: str, missing: list[str], out) -> None:
+    """The verdict after the stories: every step happened, or which did not (``name``: the demo's)."""
     print(file=out)
     if missing:
-        print(f"demo: {len(missing)} step(s) did not happen:", *(f"  - {m}" for m in missing), sep="\n", file=out)
+        print(f"{name}: {len(missing)} step(s) did not happen:", *(f"  - {m}" for m in missing), sep="\n", file=out)
     else:
-        print("demo: every step happened.", file=out)
+        print(f"{name}: every step happened.", file=out)
+
+
+def _closing_words(demo: Demo, missing: list[str], out) -> None:
+    print_missing("demo", missing, out)
     if demo.once:
         return
     print(f"\nThe gateway keeps running until Ctrl-C:\n"
@@ -871,8 +898,8 @@ def _closing_words(demo: Demo, missing: list[str], out) -> None:
           f"A simulated caller rings the echo app ({ECHO_DID}) every {ECHO_EVERY:g} s.", file=out, flush=True)
 
 
-def _stop_on_ctrl_c(reactor) -> None:
-    """Ctrl-C (SIGINT) stops the demo and everything it started, exit status 0.
+def _stop_on_signals(reactor, signals: typing.Iterable[int]) -> None:
+    """Ctrl-C (SIGINT) and the other ``signals`` stop the demo and everything it started, exit status 0.
 
     Installed explicitly: Twisted installs its SIGINT handler only over
     Python's default one, which a process started with SIGINT ignored (a
@@ -883,34 +910,48 @@ def _stop_on_ctrl_c(reactor) -> None:
     def stop(signum, frame):
         reactor.callFromThread(reactor.stop)
 
-    signal.signal(signal.SIGINT, stop)
+    for signum in signals:
+        signal.signal(signum, stop)
 
 
-async def _run(reactor, options) -> None:
+def begin_logging(workdir: pathlib.Path) -> pathlib.Path:
+    """The log goes to ``<workdir>/demo.log`` (info and up, HTTP clients' chatter left out); the
+    working directory, absolute and created."""
     from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
     from twisted.logger import textFileLogObserver
 
-    workdir = options.workdir.resolve()
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     log_file = open(workdir / "demo.log", "a", encoding="utf-8")
     levels = LogLevelFilterPredicate(LogLevel.info)
     levels.setLogLevelForNamespace("twisted.web.client", LogLevel.warn)  # a line per HTTP connection
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(log_file), [levels])],
                                      redirectStandardIO=False)
+    return workdir
 
+
+async def play(reactor, demo, narrator: Narrator, out, *, closing_words, signals=(signal.SIGINT,)) -> None:
+    """Play ``demo``'s stories, then ``closing_words(demo, missing, out)``; with ``demo.once`` exit (status 1
+    when a step did not happen), else stay up until one of ``signals`` stops the reactor. ``demo.stop`` runs
+    before the reactor shuts down."""
+    reactor.addSystemEventTrigger("before", "shutdown", demo.stop)
+    _stop_on_signals(reactor, signals)
+    missing = await Script(narrator, demo.pause).play(demo.stories())
+    closing_words(demo, missing, out)
+    if demo.once:
+        if missing:
+            raise SystemExit(1)
+        return
+    await defer.Deferred()  # until a signal stops the reactor
+
+
+async def _run(reactor, options) -> None:
+    workdir = begin_logging(options.workdir)
     out = sys.stdout
     print(f"demo: the gateway and every simulator on loopback; configuration and logs in {workdir}", file=out)
     narrator = Narrator(reactor, out)
     demo = Demo(reactor, workdir, narrator, once=options.once, admin_port=options.admin_port)
-    reactor.addSystemEventTrigger("before", "shutdown", demo.stop)
-    _stop_on_ctrl_c(reactor)
-    missing = await Script(narrator, demo.pause).play(demo.stories())
-    _closing_words(demo, missing, out)
-    if options.once:
-        if missing:
-            raise SystemExit(1)
-        return
-    await defer.Deferred()  # until Ctrl-C stops the reactor
+    await play(reactor, demo, narrator, out, closing_words=_closing_words)
 
 
 def main(argv=None) -> None:

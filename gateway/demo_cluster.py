@@ -35,14 +35,23 @@ import pathlib
 import secrets
 import signal
 import sys
-import typing
 
 from twisted.internet import defer
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.ctl import render_cluster
-from gateway.demo import WAIT, ChatServerProcess, Narrator, Script, Step, StepFailed, Story
+from gateway.demo import (
+    WAIT,
+    ChatServerProcess,
+    DemoRun,
+    Narrator,
+    Step,
+    StepFailed,
+    Story,
+    begin_logging,
+    play,
+    print_missing,
+)
 from gateway.testing import GatewayProcess, free_port
 
 __all__ = ["ClusterDemo", "main", "node_config"]
@@ -53,8 +62,6 @@ NODES = ("node-a", "node-b")
 AGENT_EXTENSION, AGENT_DID, CALLER = "1001", "0215550100", "081100000001"
 CUSTOMER, CUSTOMER_TEXT = "+15550177", "Hello from a phone: is my order on its way?"
 AGENT_REPLY = "It left the warehouse this morning; you will have it tomorrow."
-POLL = 0.1
-PACE = 1.0
 
 NODE_CONFIG = """\
 # One node of the cluster demo, written by `python -m gateway.demo_cluster` (make cluster-demo).
@@ -143,7 +150,7 @@ class Engines:
                     log.failure("stopping an engine of the cluster demo")
 
 
-class ClusterDemo:
+class ClusterDemo(DemoRun):
     """The engines, the chat server simulator and the two nodes of one run, and the stories."""
 
     def __init__(self, reactor, workdir: pathlib.Path, narrator: Narrator, *, once: bool):
@@ -192,34 +199,11 @@ class ClusterDemo:
 
     # -- waiting and the APIs
 
-    async def wait_until(self, probe: typing.Callable[[], typing.Awaitable], what: str, timeout: float = WAIT):
-        deadline = self.reactor.seconds() + timeout
-        while True:
-            value = await probe()
-            if value:
-                return value
-            if self.reactor.seconds() > deadline:
-                raise StepFailed(f"no {what} within {timeout:g} s")
-            await deferLater(self.reactor, POLL, lambda: None)
-
     async def api(self, node: str, method: str, path: str, body=None, expect: int | None = 200):
         code, data = await self.nodes[node].api(method, path, body, token=self.token)
         if expect is not None and code != expect:
             raise StepFailed(f"{node}: {method} {path} answered {code}: {data}")
         return data if expect is not None else (code, data)
-
-    async def chat_api(self, method: str, path: str, body=None):
-        import treq
-
-        response = await treq.request(method, f"http://127.0.0.1:{self.chat_port}{path}", json=body, timeout=10)
-        data = json.loads(await response.text())
-        if response.code != 200:
-            raise StepFailed(f"chat server simulator: {method} {path} answered {response.code}: {data}")
-        return data
-
-    async def pause(self) -> None:
-        if not self.once:
-            await deferLater(self.reactor, PACE, lambda: None)
 
     # -- the start
 
@@ -328,14 +312,7 @@ class ClusterDemo:
                         f" {stored['sms']['uid']} ({holder} holds the chat link)")
 
     async def conversation(self) -> None:
-        async def opened():
-            for conversation in await self.chat_api("GET", "/sim/conversations"):
-                texts = [m.get("text") for m in conversation["messages"]]
-                if conversation["refId"] == CUSTOMER and CUSTOMER_TEXT in texts:
-                    return conversation
-            return None
-
-        conversation = await self.wait_until(opened, f"{CUSTOMER}'s conversation on the chat server")
+        conversation = await self.chat_conversation(CUSTOMER, CUSTOMER_TEXT)
         self.conversation_id = conversation["conversationId"]
         holder = await self.chat_holder()
         chat = (await self.api(holder, "GET", "/api/status")).get("chat", {})
@@ -400,12 +377,7 @@ def _arguments(argv):
 
 
 def _closing_words(demo: ClusterDemo, missing: list[str], out) -> None:
-    print(file=out)
-    if missing:
-        print(f"cluster demo: {len(missing)} step(s) did not happen:", *(f"  - {m}" for m in missing), sep="\n",
-              file=out)
-    else:
-        print("cluster demo: every step happened.", file=out)
+    print_missing("cluster demo", missing, out)
     if demo.once or not demo.nodes:
         return
     a, b = NODES
@@ -417,42 +389,16 @@ def _closing_words(demo: ClusterDemo, missing: list[str], out) -> None:
           f"  logs          {demo.workdir}/{a}/gateway.log  {demo.workdir}/{b}/gateway.log", file=out, flush=True)
 
 
-def _stop_on_signals(reactor) -> None:
-    """Ctrl-C (SIGINT) and SIGTERM stop the demo and everything it started, exit status 0 (installed
-    explicitly: a process started with SIGINT ignored would not get Twisted's handler)."""
-
-    def stop(signum, frame):
-        reactor.callFromThread(reactor.stop)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
 async def _run(reactor, options) -> None:
-    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
-    from twisted.logger import textFileLogObserver
-
-    workdir = options.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_file = open(workdir / "demo.log", "a", encoding="utf-8")
-    levels = LogLevelFilterPredicate(LogLevel.info)
-    levels.setLogLevelForNamespace("twisted.web.client", LogLevel.warn)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(log_file), [levels])],
-                                     redirectStandardIO=False)
+    workdir = begin_logging(options.workdir)
     out = sys.stdout
     print(f"cluster demo: Redis, PostgreSQL and two gateway nodes on loopback; configurations and logs in {workdir}",
           file=out)
     narrator = Narrator(reactor, out)
     demo = ClusterDemo(reactor, workdir, narrator, once=options.once)
-    reactor.addSystemEventTrigger("before", "shutdown", demo.stop)
-    _stop_on_signals(reactor)
-    missing = await Script(narrator, demo.pause).play(demo.stories())
-    _closing_words(demo, missing, out)
-    if options.once:
-        if missing:
-            raise SystemExit(1)
-        return
-    await defer.Deferred()  # until Ctrl-C or SIGTERM stops the reactor
+    # Ctrl-C or SIGTERM stops it (installed explicitly: a process started with SIGINT ignored would not get
+    # Twisted's handler)
+    await play(reactor, demo, narrator, out, closing_words=_closing_words, signals=(signal.SIGINT, signal.SIGTERM))
 
 
 def main(argv=None) -> None:
