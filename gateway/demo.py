@@ -71,6 +71,17 @@ ECHO_DID = "0215550999"
 #: seconds between two demo calls to the echo app while the demo stays up
 ECHO_EVERY = 15.0
 
+#: the chat connector's section of a demo configuration (both demos': the chat server simulator on ``{chat}``)
+CHAT_CONFIG = """\
+[chat]
+enabled = true
+url = "http://127.0.0.1:{chat}"
+reconnect_initial = 0.5
+reconnect_max = 2.0
+retry_initial = 0.5
+retry_max = 2.0
+"""
+
 DEMO_CONFIG = """\
 # The demo's configuration, written by `python -m gateway.demo` (make demo) for one run: every
 # peer is a simulator on loopback, on ports picked free when the demo started.
@@ -133,14 +144,7 @@ reconnect_initial = 0.5
 reconnect_max = 2.0
 agents = [{{agent = "{agent}", extension = "{agent_extension}"}}]
 
-[chat]
-enabled = true
-url = "http://127.0.0.1:{chat}"
-reconnect_initial = 0.5
-reconnect_max = 2.0
-retry_initial = 0.5
-retry_max = 2.0
-"""
+""" + CHAT_CONFIG
 
 
 def demo_config(state_dir: pathlib.Path, *, admin: int, optimaccs: int, patriot: int, his: int, chat: int,

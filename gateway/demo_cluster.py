@@ -41,6 +41,7 @@ from twisted.logger import Logger
 
 from gateway.ctl import render_cluster
 from gateway.demo import (
+    CHAT_CONFIG,
     WAIT,
     ChatServerProcess,
     DemoRun,
@@ -102,14 +103,7 @@ device = "sim"                 # answers by itself after phone_answer_delay
 did = "{agent_did}"
 to = "extension:{agent_extension}"
 
-[chat]
-enabled = true
-url = "http://127.0.0.1:{chat}"
-reconnect_initial = 0.5
-reconnect_max = 2.0
-retry_initial = 0.5
-retry_max = 2.0
-"""
+""" + CHAT_CONFIG
 
 
 def node_config(node: str, state_dir: pathlib.Path, *, admin: int, optimaccs: int, chat: int, token: str,
